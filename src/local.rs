@@ -1,0 +1,51 @@
+//! This box: its identity, its shared folder and its request log, shared by the server and
+//! the client side of one process.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use rand::RngExt;
+
+use crate::history::History;
+use crate::share::{Share, ShareError};
+
+/// File under the state folder that keeps the box id across restarts.
+const BOX_ID_FILE: &str = "box-id";
+
+/// File under the state folder that holds the request log.
+const HISTORY_FILE: &str = "history.jsonl";
+
+/// Everything one box owns locally.
+pub struct LocalBox {
+    /// A stable random id (16 hex digits), told to peers in the handshake.
+    pub id: String,
+    /// The shared folder.
+    pub share: Arc<Share>,
+    /// The request log.
+    pub history: History,
+}
+
+impl LocalBox {
+    /// Opens the box whose shared folder is `dir` (created if missing), creating its id on
+    /// first use.
+    pub fn open(dir: &Path) -> Result<Arc<LocalBox>, ShareError> {
+        let share = Share::open(dir)?;
+        let state = share.state_dir();
+        let id_file = state.join(BOX_ID_FILE);
+        let id = match fs::read_to_string(&id_file) {
+            Ok(text) if is_box_id(text.trim()) => text.trim().to_string(),
+            _ => {
+                let id = format!("{:016x}", rand::rng().random::<u64>());
+                fs::write(&id_file, &id).map_err(|e| ShareError::io(&id_file, e))?;
+                id
+            }
+        };
+        let history = History::new(state.join(HISTORY_FILE));
+        Ok(Arc::new(LocalBox { id, share, history }))
+    }
+}
+
+fn is_box_id(text: &str) -> bool {
+    text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}

@@ -1,0 +1,343 @@
+//! The `boxsync` command: parses the command line into a validated configuration, then
+//! starts what it asks for (server, shell, script, demo). Nothing else lives here.
+
+use std::io::IsTerminal;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use tokio::runtime::{Handle, Runtime};
+
+use boxsync::local::LocalBox;
+use boxsync::server::Server;
+use boxsync::shell::command::check_peer_address;
+use boxsync::shell::{Format, Session, repl};
+
+/// Exit status when a command failed.
+const EXIT_FAILED: u8 = 1;
+/// Exit status for a usage error (clap uses the same).
+const EXIT_USAGE: u8 = 2;
+
+/// Keeps a folder identical on several machines and lets you work with a peer's folder.
+#[derive(Parser, Debug)]
+#[command(
+    name = "boxsync",
+    version,
+    about,
+    after_help = "Examples:\n  boxsync -d ~/shared -l 0.0.0.0:7001 -p 192.0.2.7:7002     a box with a shell\n  boxsync serve -d ~/shared -l 0.0.0.0:7002                  a box without a shell\n  boxsync -p 127.0.0.1:7002 -c 'index longlist' --json      one command, JSON out\n  boxsync demo                                              two local boxes to try"
+)]
+struct Cli {
+    /// What to start; without one, a box with an interactive shell.
+    #[command(subcommand)]
+    mode: Option<Mode>,
+
+    /// The shared folder (created if missing).
+    #[arg(
+        short = 'd',
+        long = "dir",
+        value_name = "DIR",
+        default_value = "./shared",
+        global = true
+    )]
+    dir: PathBuf,
+
+    /// TCP and UDP address of this box's server.
+    #[arg(
+        short = 'l',
+        long = "listen",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:7878",
+        global = true
+    )]
+    listen: String,
+
+    /// A peer box, HOST:PORT (may repeat; the first is the shell's current peer).
+    #[arg(short = 'p', long = "peer", value_name = "ADDR", global = true)]
+    peers: Vec<String>,
+
+    /// Run one shell command against the current peer, print the result, exit (may
+    /// repeat; no server is started).
+    #[arg(short = 'c', value_name = "COMMAND")]
+    commands: Vec<String>,
+
+    /// Machine-readable output: one JSON document per command.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// More detailed logs (-v: debug, -vv: trace); RUST_LOG overrides.
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// Start a box without a shell; runs until SIGINT or SIGTERM, then shuts down cleanly.
+    Serve,
+    /// Two boxes with sample files in a temporary folder; the shell runs on the first and
+    /// its peer is the second.
+    Demo,
+}
+
+/// The validated configuration: everything checked before any work starts.
+struct Config {
+    /// What to run.
+    run: Run,
+    /// The shared folder.
+    dir: PathBuf,
+    /// The server address.
+    listen: SocketAddr,
+    /// Peer addresses, validated.
+    peers: Vec<String>,
+    /// Output format for scripts.
+    format: Format,
+    /// Log verbosity.
+    verbose: u8,
+}
+
+/// The ways the program runs.
+enum Run {
+    /// Server and interactive shell.
+    Interactive,
+    /// Server only.
+    Serve,
+    /// Two local boxes and a shell.
+    Demo,
+    /// `-c` commands, no server.
+    Commands(Vec<String>),
+    /// Commands from a non-terminal stdin, no server.
+    Stdin,
+}
+
+impl Config {
+    fn from_cli(cli: Cli) -> Result<Config> {
+        let listen = resolve(&cli.listen)?;
+        let peers = cli
+            .peers
+            .iter()
+            .map(|p| check_peer_address(p).map_err(anyhow::Error::from))
+            .collect::<Result<Vec<_>>>()?;
+        let run = match cli.mode {
+            Some(_) if !cli.commands.is_empty() => {
+                bail!("-c cannot be combined with serve or demo")
+            }
+            Some(Mode::Serve) => Run::Serve,
+            Some(Mode::Demo) => Run::Demo,
+            None if !cli.commands.is_empty() => Run::Commands(cli.commands),
+            None if std::io::stdin().is_terminal() => Run::Interactive,
+            None => Run::Stdin,
+        };
+        Ok(Config {
+            run,
+            dir: cli.dir,
+            listen,
+            peers,
+            format: if cli.json {
+                Format::Json
+            } else {
+                Format::Human
+            },
+            verbose: cli.verbose,
+        })
+    }
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("bad listen address '{addr}': expected HOST:PORT"))?
+        .next()
+        .with_context(|| format!("listen address '{addr}' resolves to nothing"))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
+    let config = match Config::from_cli(cli) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("boxsync: {e:#}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match run(config) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(EXIT_FAILED),
+        Err(e) => {
+            eprintln!("boxsync: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// Runs the configured mode; `Ok(false)` when a command failed.
+fn run(config: Config) -> Result<bool> {
+    let runtime = Runtime::new().context("cannot start the async runtime")?;
+    let handle = runtime.handle().clone();
+    match config.run {
+        Run::Demo => return demo(&handle, config.verbose),
+        Run::Serve => {
+            let _log = init_logging(None, config.verbose);
+            let local = LocalBox::open(&config.dir)?;
+            return handle.block_on(serve(local, config.listen)).map(|_| true);
+        }
+        _ => {}
+    }
+    let local = LocalBox::open(&config.dir)?;
+    let _log = init_logging(Some(&local.share.state_dir()), config.verbose);
+    let mut session = Session::new(Arc::clone(&local), &config.peers);
+    match config.run {
+        Run::Commands(commands) => Ok(repl::run_script(
+            &handle,
+            &mut session,
+            commands,
+            config.format,
+        )),
+        Run::Stdin => Ok(repl::run_stdin(&handle, &mut session, config.format)),
+        _ => {
+            let server = handle.block_on(Server::bind(Arc::clone(&local), config.listen))?;
+            println!(
+                "boxsync box {} serving {} on {}; type 'help' for commands",
+                local.id,
+                local.share.root().display(),
+                server.local_addr()
+            );
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let serving = handle.spawn(server.run(async {
+                let _ = stopped.await;
+            }));
+            let result = repl::run_interactive(&handle, &mut session, shell_history(&local));
+            let _ = stop.send(());
+            let _ = handle.block_on(serving);
+            result.context("the shell failed")?;
+            Ok(true)
+        }
+    }
+}
+
+/// `boxsync serve`: the server until SIGINT or SIGTERM.
+async fn serve(local: Arc<LocalBox>, listen: SocketAddr) -> Result<()> {
+    let server = Server::bind(Arc::clone(&local), listen).await?;
+    tracing::info!(
+        addr = %server.local_addr(),
+        dir = %local.share.root().display(),
+        box_id = %local.id,
+        "serving"
+    );
+    // Scripts (and tests) started with port 0 read the bound address from this line.
+    println!(
+        "boxsync box {} serving {} on {}",
+        local.id,
+        local.share.root().display(),
+        server.local_addr()
+    );
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch for SIGTERM")?;
+    server
+        .run(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        })
+        .await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `boxsync demo`: two boxes in a temporary folder, the shell on the first.
+fn demo(handle: &Handle, verbose: u8) -> Result<bool> {
+    let temp = tempfile::Builder::new()
+        .prefix("boxsync-demo-")
+        .tempdir()
+        .context("cannot create the demo folder")?;
+    let (dir_a, dir_b) = (temp.path().join("box-a"), temp.path().join("box-b"));
+    boxsync::demo::populate(&dir_a, &dir_b).context("cannot write the demo files")?;
+    let box_a = LocalBox::open(&dir_a)?;
+    let box_b = LocalBox::open(&dir_b)?;
+    let _log = init_logging(Some(&box_a.share.state_dir()), verbose);
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let server_a = handle.block_on(Server::bind(Arc::clone(&box_a), loopback))?;
+    let server_b = handle.block_on(Server::bind(Arc::clone(&box_b), loopback))?;
+    let (addr_a, addr_b) = (server_a.local_addr(), server_b.local_addr());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    for server in [server_a, server_b] {
+        let mut stopped = stopped.clone();
+        handle.spawn(server.run(async move {
+            let _ = stopped.changed().await;
+        }));
+    }
+    println!(
+        "boxsync demo: two boxes on this machine, in {}",
+        temp.path().display()
+    );
+    println!("  this box (A)  {}  serving {}", addr_a, dir_a.display());
+    println!("  peer box (B)  {}  serving {}", addr_b, dir_b.display());
+    println!();
+    println!("Try, in this order:");
+    println!("  index longlist                     what box B shares");
+    println!("  index glob '*.txt'                 only text files, at any depth");
+    println!("  hash verify hello.txt              MD5 and SHA-256 of a file on B");
+    println!("  download tcp \"music/song one.mp3\"  fetch it into A's folder, verified");
+    println!("  history                            what was asked and answered");
+    println!("  help                               everything else; Ctrl-D or quit to leave");
+    println!();
+    let mut session = Session::new(Arc::clone(&box_a), &[addr_b.to_string()]);
+    let result = repl::run_interactive(handle, &mut session, shell_history(&box_a));
+    let _ = stop.send(true);
+    result.context("the shell failed")?;
+    Ok(true)
+}
+
+/// Where the interactive shell keeps its line history.
+fn shell_history(local: &LocalBox) -> PathBuf {
+    local.share.state_dir().join("shell-history")
+}
+
+/// Logs go to stderr for `serve`, and to `.boxsync/log/` (rotated daily) when a shell or
+/// script owns the terminal. The guard flushes the file writer when dropped.
+fn init_logging(
+    state_dir: Option<&Path>,
+    verbose: u8,
+) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    use tracing_subscriber::EnvFilter;
+    let level = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    match state_dir {
+        None => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .try_init();
+            None
+        }
+        Some(state) => {
+            std::fs::create_dir_all(state.join("log")).ok()?;
+            let appender = tracing_appender::rolling::Builder::new()
+                .rotation(tracing_appender::rolling::Rotation::DAILY)
+                .filename_prefix("boxsync")
+                .filename_suffix("log")
+                .max_log_files(7)
+                .build(state.join("log"))
+                .ok()?;
+            let (writer, guard) = tracing_appender::non_blocking(appender);
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(writer)
+                .with_ansi(false)
+                .try_init();
+            Some(guard)
+        }
+    }
+}

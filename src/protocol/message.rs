@@ -1,0 +1,137 @@
+//! The typed messages of the control channel, serialized as JSON in control frames.
+//!
+//! Each message's wire form lives here and only here. File bytes never travel inside these
+//! messages: they follow a [`Response::FileStart`] as data frames.
+
+use serde::{Deserialize, Serialize};
+
+use crate::share::filter::IndexFilter;
+use crate::share::{Digests, Entry, FileHash, RelPath};
+use crate::time::Timestamp;
+
+/// Identifies the protocol in the handshake.
+pub const MAGIC: &str = "boxsync";
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The first message on a connection, in both directions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Always [`MAGIC`]; anything else is not a boxsync peer.
+    pub magic: String,
+    /// The sender's [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// The sender's box id (stable across restarts).
+    pub box_id: String,
+}
+
+impl Hello {
+    /// This build's greeting for a box with the given id.
+    pub fn new(box_id: &str) -> Hello {
+        Hello {
+            magic: MAGIC.to_string(),
+            version: PROTOCOL_VERSION,
+            box_id: box_id.to_string(),
+        }
+    }
+}
+
+/// What a client asks of a box's server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    /// The entries of the shared folder that pass the filter.
+    Index {
+        /// Which entries.
+        filter: IndexFilter,
+    },
+    /// MD5, SHA-256 and mtime of one file.
+    HashVerify {
+        /// The file.
+        name: RelPath,
+    },
+    /// MD5, SHA-256 and mtime of every file.
+    HashCheckall,
+    /// The bytes of one file.
+    Download {
+        /// The file.
+        name: RelPath,
+    },
+}
+
+impl Request {
+    /// A short human description, for the history log.
+    pub fn describe(&self) -> String {
+        match self {
+            Request::Index { filter } => format!("index {}", filter.describe()),
+            Request::HashVerify { name } => format!("hash verify {name}"),
+            Request::HashCheckall => "hash checkall".to_string(),
+            Request::Download { name } => format!("download tcp {name}"),
+        }
+    }
+}
+
+/// What a box's server answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "snake_case")]
+pub enum Response {
+    /// A batch of index entries; `more` says whether another batch follows.
+    Entries {
+        /// This batch.
+        entries: Vec<Entry>,
+        /// Whether another batch follows.
+        more: bool,
+    },
+    /// A batch of file hashes; `more` says whether another batch follows.
+    Hashes {
+        /// This batch.
+        hashes: Vec<FileHash>,
+        /// Whether another batch follows.
+        more: bool,
+    },
+    /// A file transfer begins: exactly `size` bytes follow in data frames, then
+    /// [`Response::FileEnd`] (or [`Response::Error`] if the file changed while being sent).
+    FileStart {
+        /// The file.
+        name: RelPath,
+        /// Bytes that follow.
+        size: u64,
+        /// Its last-modified time.
+        mtime: Timestamp,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A file transfer ended; the digests are of exactly the bytes that were sent.
+    FileEnd {
+        /// MD5 and SHA-256 of the sent bytes.
+        digests: Digests,
+    },
+    /// The request failed; the connection stays usable unless the kind says otherwise.
+    Error {
+        /// What kind of failure.
+        kind: ErrorKind,
+        /// A one-line explanation for people.
+        message: String,
+    },
+}
+
+/// Kinds of failure a server reports, so that clients can react without parsing text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// No such file.
+    NotFound,
+    /// The path or request was refused (outside the folder, a symlink, a directory...).
+    Refused,
+    /// The request was not understood.
+    BadRequest,
+    /// The file changed while it was being read.
+    Changed,
+    /// The server is shutting down or overloaded.
+    Unavailable,
+    /// The handshake failed (wrong magic or version).
+    Handshake,
+    /// Something went wrong on the server's side.
+    Internal,
+}

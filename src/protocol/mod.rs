@@ -1,0 +1,97 @@
+//! The TCP wire protocol: frames, the connection that reads and writes them, the typed
+//! messages and the opening handshake. docs/protocol.md describes the same in prose.
+
+pub mod connection;
+pub mod frame;
+pub mod message;
+
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use connection::{Connection, ConnectionError};
+pub use frame::Frame;
+pub use message::{ErrorKind, Hello, MAGIC, PROTOCOL_VERSION, Request, Response};
+
+/// How long either side waits for the other's greeting.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the opening handshake failed.
+#[derive(Debug, Error)]
+pub enum HandshakeError {
+    /// The connection failed during the handshake.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    /// The other side is not a boxsync box.
+    #[error("not a boxsync peer (greeting '{0}')")]
+    WrongMagic(String),
+    /// The other side speaks another protocol version.
+    #[error("peer speaks protocol version {theirs}, this box speaks {PROTOCOL_VERSION}")]
+    Version {
+        /// The peer's version.
+        theirs: u32,
+    },
+    /// The other side refused us.
+    #[error("peer refused the connection: {0}")]
+    Refused(String),
+    /// No greeting in time.
+    #[error("no greeting within {HANDSHAKE_TIMEOUT:?}")]
+    Timeout,
+}
+
+/// Client side: send our greeting, read and check the server's. Returns the server's box id.
+pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    box_id: &str,
+) -> Result<String, HandshakeError> {
+    let exchange = async {
+        connection.write_message(&Hello::new(box_id)).await?;
+        let frame = connection.expect_frame().await?;
+        if let Ok(Response::Error { message, .. }) = connection::decode::<Response>(frame.clone()) {
+            return Err(HandshakeError::Refused(message));
+        }
+        let hello: Hello = connection::decode(frame)?;
+        check(&hello)?;
+        Ok(hello.box_id)
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .unwrap_or(Err(HandshakeError::Timeout))
+}
+
+/// Server side: read and check the client's greeting, answer with ours (or with an error
+/// message the client can show). Returns the client's box id.
+pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    box_id: &str,
+) -> Result<String, HandshakeError> {
+    let exchange = async {
+        let hello: Hello = connection.expect_message().await?;
+        if let Err(e) = check(&hello) {
+            let refusal = Response::Error {
+                kind: ErrorKind::Handshake,
+                message: e.to_string(),
+            };
+            let _ = connection.write_message(&refusal).await;
+            return Err(e);
+        }
+        connection.write_message(&Hello::new(box_id)).await?;
+        Ok(hello.box_id)
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .unwrap_or(Err(HandshakeError::Timeout))
+}
+
+fn check(hello: &Hello) -> Result<(), HandshakeError> {
+    if hello.magic != MAGIC {
+        return Err(HandshakeError::WrongMagic(hello.magic.clone()));
+    }
+    if hello.version != PROTOCOL_VERSION {
+        return Err(HandshakeError::Version {
+            theirs: hello.version,
+        });
+    }
+    Ok(())
+}

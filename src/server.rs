@@ -1,0 +1,312 @@
+//! The box's server: accepts peer connections on TCP (and holds the UDP port of the same
+//! number), runs the handshake, then answers requests until the peer leaves, the
+//! connection misbehaves or the box shuts down.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use thiserror::Error;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::history::Direction;
+use crate::local::LocalBox;
+use crate::protocol::{self, Connection, ConnectionError, ErrorKind, Request, Response};
+use crate::share::FileHash;
+use crate::transfer::tcp;
+
+/// Most connections served at once; further peers wait in the accept queue.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// A connection that sends no request for this long is closed (peers reconnect).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long shutdown waits for requests in progress before cutting them off.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serialized size at which a batch of entries or hashes is sent and a new one begun.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// Why the server could not start.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// The address could not be bound for TCP or UDP.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the operating system said.
+        source: io::Error,
+    },
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    /// This box.
+    local: Arc<LocalBox>,
+    /// The TCP listener.
+    listener: TcpListener,
+    /// The UDP socket on the same port (reserved for UDP transfers).
+    _udp: UdpSocket,
+}
+
+impl Server {
+    /// Binds TCP and UDP on `addr`. With port 0 both get the same, free port number.
+    pub async fn bind(local: Arc<LocalBox>, addr: SocketAddr) -> Result<Server, ServerError> {
+        let bind_error = |source| ServerError::Bind { addr, source };
+        // With port 0, the TCP port the kernel picks may be taken for UDP: try a few.
+        let attempts = if addr.port() == 0 { 16 } else { 1 };
+        let mut last_error = None;
+        for _ in 0..attempts {
+            let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+            let port = listener.local_addr().map_err(bind_error)?.port();
+            match UdpSocket::bind(SocketAddr::new(addr.ip(), port)).await {
+                Ok(udp) => {
+                    return Ok(Server {
+                        local,
+                        listener,
+                        _udp: udp,
+                    });
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(bind_error(
+            last_error.unwrap_or_else(|| io::ErrorKind::AddrInUse.into()),
+        ))
+    }
+
+    /// The address peers connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, tells every connection to
+    /// finish and waits (briefly) for them.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut handlers = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                permit = Arc::clone(&limit).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                _ = &mut shutdown => break,
+            };
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                _ = &mut shutdown => break,
+            };
+            // Reap finished handlers so the set does not grow without bound.
+            while handlers.try_join_next().is_some() {}
+            match accepted {
+                Ok((stream, peer)) => {
+                    let local = Arc::clone(&self.local);
+                    let stop = stop_rx.clone();
+                    handlers.spawn(async move {
+                        handle_connection(local, stream, peer, stop).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while handlers.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            handlers.abort_all();
+        }
+        self.local.share.persist_cache();
+    }
+}
+
+/// Serves one peer connection from handshake to close; every way it can end is logged.
+async fn handle_connection(
+    local: Arc<LocalBox>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut connection = Connection::new(stream);
+    let peer_id = match protocol::server_handshake(&mut connection, &local.id).await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::info!(%peer, reason = %e, "connection refused at handshake");
+            return;
+        }
+    };
+    tracing::debug!(%peer, peer_id, "peer connected");
+    loop {
+        let next = tokio::select! {
+            next = tokio::time::timeout(IDLE_TIMEOUT, connection.read_message::<Request>()) => next,
+            _ = stop.changed() => {
+                tracing::debug!(%peer, "closing connection for shutdown");
+                return;
+            }
+        };
+        let request = match next {
+            Err(_) => {
+                tracing::debug!(%peer, "closing idle connection");
+                return;
+            }
+            Ok(Ok(None)) => {
+                tracing::debug!(%peer, "peer closed the connection");
+                return;
+            }
+            Ok(Ok(Some(request))) => request,
+            Ok(Err(e)) => {
+                tracing::info!(%peer, reason = %e, "closing connection");
+                if matches!(
+                    e,
+                    ConnectionError::BadMessage(_) | ConnectionError::UnexpectedData
+                ) {
+                    let refusal = Response::Error {
+                        kind: ErrorKind::BadRequest,
+                        message: format!("request not understood: {e}"),
+                    };
+                    let _ = connection.write_message(&refusal).await;
+                }
+                return;
+            }
+        };
+        let description = request.describe();
+        match serve(&local, &mut connection, request).await {
+            Ok(outcome) => {
+                local
+                    .history
+                    .record(Direction::Served, &peer.to_string(), &description, outcome);
+            }
+            Err(e) => {
+                local.history.record(
+                    Direction::Served,
+                    &peer.to_string(),
+                    &description,
+                    Err(e.to_string()),
+                );
+                tracing::info!(%peer, reason = %e, "connection failed during a request");
+                return;
+            }
+        }
+    }
+}
+
+/// Answers one request. The outer `Err` means the connection failed; the inner result is
+/// the request's own outcome, for the log.
+async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    local: &Arc<LocalBox>,
+    connection: &mut Connection<S>,
+    request: Request,
+) -> Result<Result<(), String>, ConnectionError> {
+    let share = &local.share;
+    match request {
+        Request::Index { filter } => {
+            let matcher = match filter.compile() {
+                Ok(matcher) => matcher,
+                Err(e) => return refuse(connection, ErrorKind::BadRequest, e.to_string()).await,
+            };
+            match share.index().await {
+                Ok(entries) => {
+                    let entries = entries.into_iter().filter(|e| matcher.matches(e));
+                    send_batches(connection, entries, |entries, more| Response::Entries {
+                        entries,
+                        more,
+                    })
+                    .await?;
+                    Ok(Ok(()))
+                }
+                Err(e) => report(connection, &e).await,
+            }
+        }
+        Request::HashVerify { name } => match share.hash(&name).await {
+            Ok(hash) => {
+                send_batches(connection, [hash].into_iter(), hashes_response).await?;
+                Ok(Ok(()))
+            }
+            Err(e) => report(connection, &e).await,
+        },
+        Request::HashCheckall => match share.hash_all().await {
+            Ok(hashes) => {
+                send_batches(connection, hashes.into_iter(), hashes_response).await?;
+                Ok(Ok(()))
+            }
+            Err(e) => report(connection, &e).await,
+        },
+        Request::Download { name } => {
+            let outcome = tcp::send_file(connection, share, &name).await?;
+            share.persist_cache();
+            Ok(outcome.map_err(|e| e.to_string()))
+        }
+    }
+}
+
+fn hashes_response(hashes: Vec<FileHash>, more: bool) -> Response {
+    Response::Hashes { hashes, more }
+}
+
+async fn refuse<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    kind: ErrorKind,
+    message: String,
+) -> Result<Result<(), String>, ConnectionError> {
+    connection
+        .write_message(&Response::Error {
+            kind,
+            message: message.clone(),
+        })
+        .await?;
+    Ok(Err(message))
+}
+
+async fn report<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    error: &crate::share::ShareError,
+) -> Result<Result<(), String>, ConnectionError> {
+    connection
+        .write_message(&tcp::error_response(error))
+        .await?;
+    Ok(Err(error.to_string()))
+}
+
+/// Sends `items` as a series of responses, each under [`BATCH_BYTES`] serialized, the last
+/// one marked `more: false` (an empty list is one empty batch).
+async fn send_batches<S, T>(
+    connection: &mut Connection<S>,
+    items: impl Iterator<Item = T>,
+    response: impl Fn(Vec<T>, bool) -> Response,
+) -> Result<(), ConnectionError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let mut batch = Vec::new();
+    let mut batch_bytes = 0;
+    let mut items = items.peekable();
+    while let Some(item) = items.next() {
+        batch_bytes += serde_json::to_vec(&item).map(|v| v.len()).unwrap_or(0) + 1;
+        batch.push(item);
+        if batch_bytes >= BATCH_BYTES && items.peek().is_some() {
+            connection
+                .write_message(&response(std::mem::take(&mut batch), true))
+                .await?;
+            batch_bytes = 0;
+        }
+    }
+    connection.write_message(&response(batch, false)).await
+}

@@ -1,0 +1,208 @@
+//! Reading the shared folder safely: listing entries and opening files without ever
+//! following a symlink or leaving the folder.
+
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::ShareError;
+use super::path::{RelPath, STATE_DIR};
+use crate::time::Timestamp;
+
+/// The `type` of a directory entry; files carry a MIME type instead.
+pub const DIRECTORY_TYPE: &str = "directory";
+
+/// One entry of a shared folder's index, as it travels and as `--json` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Path relative to the shared folder, `/`-separated.
+    pub name: RelPath,
+    /// Size in bytes (0 for directories).
+    pub size: u64,
+    /// Last-modified time.
+    pub mtime: Timestamp,
+    /// `directory`, or the MIME type guessed from the name.
+    #[serde(rename = "type")]
+    pub file_type: String,
+    /// Unix permission bits (`0o644`), so copies keep them.
+    #[serde(default)]
+    pub mode: u32,
+}
+
+impl Entry {
+    /// Whether this entry is a directory rather than a file.
+    pub fn is_dir(&self) -> bool {
+        self.file_type == DIRECTORY_TYPE
+    }
+
+    fn from_metadata(name: RelPath, meta: &Metadata) -> Entry {
+        let is_dir = meta.is_dir();
+        Entry {
+            file_type: if is_dir {
+                DIRECTORY_TYPE.to_string()
+            } else {
+                mime_type(&name)
+            },
+            size: if is_dir { 0 } else { meta.len() },
+            mtime: modified(meta),
+            mode: meta.permissions().mode() & 0o7777,
+            name,
+        }
+    }
+}
+
+/// The MIME type guessed from a file name; `application/octet-stream` when unknown.
+pub fn mime_type(name: &RelPath) -> String {
+    mime_guess::from_path(name.file_name())
+        .first_raw()
+        .unwrap_or("application/octet-stream")
+        .to_string()
+}
+
+/// A file's last-modified time; the epoch if the platform cannot tell.
+pub fn modified(meta: &Metadata) -> Timestamp {
+    meta.modified()
+        .map(Timestamp::from_system)
+        .unwrap_or_else(|_| Timestamp::from_system(std::time::UNIX_EPOCH))
+}
+
+/// Lists every file and directory below `root`, recursively, sorted by name.
+///
+/// Symlinks, special files, names that are not UTF-8 and the root's `.boxsync/` are skipped:
+/// they can be neither served nor synced.
+pub fn list(root: &Path) -> Result<Vec<Entry>, ShareError> {
+    let mut entries = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(dir) = pending.pop() {
+        let read = match fs::read_dir(root.join(&dir)) {
+            Ok(read) => read,
+            // A folder that vanished during the walk is simply no longer there.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.as_os_str().is_empty() => {
+                continue;
+            }
+            Err(e) => return Err(ShareError::io(root.join(&dir), e)),
+        };
+        for item in read {
+            let item = item.map_err(|e| ShareError::io(root.join(&dir), e))?;
+            let relative = dir.join(item.file_name());
+            if dir.as_os_str().is_empty() && item.file_name() == STATE_DIR {
+                continue;
+            }
+            let Ok(name) = RelPath::from_local(&relative) else {
+                tracing::warn!(path = %relative.display(), "skipping a name that cannot be shared");
+                continue;
+            };
+            let meta = match fs::symlink_metadata(root.join(&relative)) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(ShareError::io(root.join(&relative), e)),
+            };
+            if meta.is_dir() {
+                pending.push(relative);
+            } else if !meta.is_file() {
+                continue;
+            }
+            entries.push(Entry::from_metadata(name, &meta));
+        }
+    }
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(entries)
+}
+
+/// Checks that every folder on the way to `rel` is a real directory inside `root`, not a
+/// symlink, so that a later operation on `rel` cannot be redirected outside the folder.
+pub fn check_ancestors(root: &Path, rel: &RelPath) -> Result<(), ShareError> {
+    let mut current = root.to_path_buf();
+    let parts: Vec<&str> = rel.components().collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        current.push(part);
+        match fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(ShareError::Symlink(rel.clone()));
+            }
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(ShareError::NotFound(rel.clone())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ShareError::NotFound(rel.clone()));
+            }
+            Err(e) => return Err(ShareError::io(current, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Metadata of `rel` without following symlinks; `Ok(None)` when nothing is there.
+pub fn stat(root: &Path, rel: &RelPath) -> Result<Option<Metadata>, ShareError> {
+    match check_ancestors(root, rel) {
+        Err(ShareError::NotFound(_)) => return Ok(None),
+        other => other?,
+    }
+    match fs::symlink_metadata(rel.under(root)) {
+        Ok(meta) => Ok(Some(meta)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ShareError::io(rel.under(root), e)),
+    }
+}
+
+/// Opens a regular file for reading, refusing symlinks anywhere on the way, and returns it
+/// with the metadata of the opened file itself.
+pub fn open_regular(root: &Path, rel: &RelPath) -> Result<(File, Metadata), ShareError> {
+    let before = stat(root, rel)?.ok_or_else(|| ShareError::NotFound(rel.clone()))?;
+    if before.file_type().is_symlink() {
+        return Err(ShareError::Symlink(rel.clone()));
+    }
+    if before.is_dir() {
+        return Err(ShareError::IsDirectory(rel.clone()));
+    }
+    if !before.is_file() {
+        return Err(ShareError::NotAFile(rel.clone()));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(rel.under(root))
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => ShareError::NotFound(rel.clone()),
+            _ if e.raw_os_error() == Some(libc::ELOOP) => ShareError::Symlink(rel.clone()),
+            _ => ShareError::io(rel.under(root), e),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| ShareError::io(rel.under(root), e))?;
+    if meta.ino() != before.ino() || meta.dev() != before.dev() || !meta.is_file() {
+        return Err(ShareError::Changed(rel.clone()));
+    }
+    Ok((file, meta))
+}
+
+/// The identity of one version of a file: if any of these change, so may its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// Inode number (a replaced file gets a new one).
+    pub ino: u64,
+    /// Status-change time, nanoseconds; catches writes that restore the mtime.
+    #[serde(default)]
+    pub ctime_ns: i64,
+}
+
+impl Fingerprint {
+    /// The fingerprint of the file described by `meta`.
+    pub fn of(meta: &Metadata) -> Fingerprint {
+        Fingerprint {
+            size: meta.len(),
+            mtime_ns: modified(meta).unix_nanos(),
+            ino: meta.ino(),
+            ctime_ns: meta
+                .ctime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.ctime_nsec()),
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! File digests (MD5 for people, SHA-256 for integrity) and the persistent cache that lets
+//! a box answer hash requests for unchanged files without reading them again.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use md5::Md5;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::ShareError;
+use super::folder::{self, Fingerprint};
+use super::path::RelPath;
+use crate::time::Timestamp;
+
+/// How many times a file that keeps changing while it is hashed is tried before giving up.
+const STABLE_ATTEMPTS: usize = 3;
+
+/// Size of the reads that feed the digests.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// The two digests of one content, as lowercase hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digests {
+    /// MD5, what the original assignment displays.
+    pub md5: String,
+    /// SHA-256, what every integrity check compares.
+    pub sha256: String,
+}
+
+/// The hashes of one file on a box, as `hash verify` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileHash {
+    /// Path relative to the shared folder.
+    pub name: RelPath,
+    /// MD5 of the content, hex.
+    pub md5: String,
+    /// SHA-256 of the content, hex.
+    pub sha256: String,
+    /// Last-modified time of the hashed version.
+    pub mtime: Timestamp,
+    /// Size of the hashed version.
+    #[serde(default)]
+    pub size: u64,
+}
+
+/// Computes MD5 and SHA-256 in one pass over a stream of bytes.
+#[derive(Default, Clone)]
+pub struct ContentHasher {
+    md5: Md5,
+    sha256: Sha256,
+}
+
+impl ContentHasher {
+    /// A hasher that has seen nothing yet.
+    pub fn new() -> ContentHasher {
+        ContentHasher::default()
+    }
+
+    /// Feeds the next bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.md5.update(bytes);
+        self.sha256.update(bytes);
+    }
+
+    /// The digests of everything fed so far.
+    pub fn finish(self) -> Digests {
+        Digests {
+            md5: to_hex(&self.md5.finalize()),
+            sha256: to_hex(&self.sha256.finalize()),
+        }
+    }
+}
+
+/// Lowercase hex of `bytes`.
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(DIGITS[(byte >> 4) as usize] as char);
+        out.push(DIGITS[(byte & 0xf) as usize] as char);
+    }
+    out
+}
+
+/// One remembered hash: valid while the file keeps this fingerprint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CachedHash {
+    fingerprint: Fingerprint,
+    digests: Digests,
+}
+
+/// Hashes of files keyed by path and fingerprint (size, mtime, inode, ctime), persisted as
+/// JSON under `.boxsync/` so that a restart does not mean rehashing everything.
+///
+/// The map sits behind a std `Mutex`: it is only held for lookups and inserts, never across
+/// an `.await` or a file read.
+pub struct HashCache {
+    /// Where the cache is persisted.
+    file: PathBuf,
+    /// The remembered hashes.
+    entries: Mutex<HashMap<RelPath, CachedHash>>,
+    /// Whether `entries` holds something not yet persisted.
+    dirty: AtomicBool,
+    /// Bytes of file content read for hashing since start: lets tests and benchmarks prove
+    /// that cached answers read nothing.
+    bytes_hashed: AtomicU64,
+}
+
+impl HashCache {
+    /// Loads the cache persisted at `file`; a missing or damaged cache starts empty.
+    pub fn load(file: PathBuf) -> HashCache {
+        let entries = fs::read(&file)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Vec<(RelPath, CachedHash)>>(&bytes).ok())
+            .map(|list| list.into_iter().collect())
+            .unwrap_or_default();
+        HashCache {
+            file,
+            entries: Mutex::new(entries),
+            dirty: AtomicBool::new(false),
+            bytes_hashed: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes of file content this box has read for hashing since it started.
+    pub fn bytes_hashed(&self) -> u64 {
+        self.bytes_hashed.load(Ordering::Relaxed)
+    }
+
+    /// The cached digests of `rel`, if its current fingerprint matches.
+    pub fn lookup(&self, rel: &RelPath, fingerprint: &Fingerprint) -> Option<Digests> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(rel)
+            .filter(|cached| &cached.fingerprint == fingerprint)
+            .map(|cached| cached.digests.clone())
+    }
+
+    /// Remembers the digests of the version of `rel` with this fingerprint.
+    pub fn insert(&self, rel: &RelPath, fingerprint: Fingerprint, digests: Digests) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.insert(
+            rel.clone(),
+            CachedHash {
+                fingerprint,
+                digests,
+            },
+        );
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Forgets every path for which `keep` says no (files that no longer exist).
+    pub fn retain(&self, mut keep: impl FnMut(&RelPath) -> bool) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let before = entries.len();
+        entries.retain(|rel, _| keep(rel));
+        if entries.len() != before {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes the cache to disk if it changed, atomically (temporary file, then rename).
+    pub fn save(&self) -> Result<(), ShareError> {
+        if !self.dirty.swap(false, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let bytes = {
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            let list: Vec<(&RelPath, &CachedHash)> = entries.iter().collect();
+            serde_json::to_vec(&list)
+                .map_err(|e| ShareError::io(&self.file, io::Error::other(e)))?
+        };
+        let tmp = self.file.with_extension("json.tmp");
+        let result = fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(&bytes).and_then(|_| f.sync_all()))
+            .and_then(|_| fs::rename(&tmp, &self.file));
+        if let Err(e) = result {
+            self.dirty.store(true, Ordering::Relaxed);
+            return Err(ShareError::io(&self.file, e));
+        }
+        Ok(())
+    }
+
+    /// The hashes of `rel`, from the cache or by reading the file once it holds still.
+    ///
+    /// A file that changes while it is read (seen by comparing its fingerprint before and
+    /// after) is read again, up to a few times; then the caller gets `ShareError::Unstable`.
+    pub fn hash_file(&self, root: &Path, rel: &RelPath) -> Result<FileHash, ShareError> {
+        for _ in 0..STABLE_ATTEMPTS {
+            let (mut file, meta) = folder::open_regular(root, rel)?;
+            let fingerprint = Fingerprint::of(&meta);
+            let mtime = folder::modified(&meta);
+            let digests = match self.lookup(rel, &fingerprint) {
+                Some(digests) => digests,
+                None => {
+                    let digests = self.hash_stream(&mut file, rel, root)?;
+                    let after = folder::stat(root, rel)?;
+                    if after.as_ref().map(Fingerprint::of) != Some(fingerprint) {
+                        continue;
+                    }
+                    self.insert(rel, fingerprint, digests.clone());
+                    digests
+                }
+            };
+            return Ok(FileHash {
+                name: rel.clone(),
+                md5: digests.md5,
+                sha256: digests.sha256,
+                mtime,
+                size: meta.len(),
+            });
+        }
+        Err(ShareError::Unstable(rel.clone()))
+    }
+
+    fn hash_stream(
+        &self,
+        file: &mut fs::File,
+        rel: &RelPath,
+        root: &Path,
+    ) -> Result<Digests, ShareError> {
+        let mut hasher = ContentHasher::new();
+        let mut buffer = vec![0u8; READ_CHUNK];
+        loop {
+            let n = match file.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ShareError::io(rel.under(root), e)),
+            };
+            hasher.update(&buffer[..n]);
+            self.bytes_hashed.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Ok(hasher.finish())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Known-answer test: the digests of "abc" from RFC 1321 and FIPS 180-2.
+    #[test]
+    fn digests_of_abc() {
+        let mut h = ContentHasher::new();
+        h.update(b"a");
+        h.update(b"bc");
+        let d = h.finish();
+        assert_eq!(d.md5, "900150983cd24fb0d6963f7d28e17f72");
+        assert_eq!(
+            d.sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! Help texts: one line per command for `help`, details and examples for `help <command>`.
+
+use super::command::canonical;
+
+/// One line per command.
+const OVERVIEW: &str = "\
+commands (keywords are case-insensitive; quote names with spaces: \"my file.txt\"):
+  index longlist                  every entry of the peer's folder
+  index shortlist <start> <end>   entries modified between start and end (inclusive)
+  index regex <pattern>           entries whose path matches a regular expression
+  index glob <pattern>            entries whose path matches a glob
+  hash verify <file>              MD5, SHA-256 and mtime of one file on the peer
+  hash checkall                   the same for every file on the peer
+  download tcp <file>             fetch a file over TCP into the local folder, verified
+  download udp <file>             fetch a file over UDP (not available yet)
+  history                         requests this box made and served, newest last
+  peer [HOST:PORT]                show the current peer, or switch to another
+  help [command]                  this list, or details and examples for one command
+  quit | exit                     leave (Ctrl-D too)
+aliases from the original assignment: IndexGet, FileHash, FileDownload";
+
+/// The help for `topic` (a command word), or the overview.
+pub fn text(topic: Option<&str>) -> String {
+    let Some(topic) = topic else {
+        return OVERVIEW.to_string();
+    };
+    match canonical(topic).as_str() {
+        "index" => "\
+index longlist
+    Every entry of the peer's shared folder, recursively: name, size, last-modified
+    time and type (a MIME type, or 'directory').
+index shortlist <start> <end>
+    Only entries modified between start and end, both inclusive. A timestamp covers
+    the span it names: '2026-11-21' as an end means the whole day.
+    Forms: 2026-11-21T10:00:00Z | '2026-11-21 10:00[:00]' | 2026-11-21 (local time)
+           @1763719200 (Unix seconds) | 2026/11/21/10/00/00 (any prefix)
+index regex <pattern>
+    Entries whose relative path contains a match (Rust regex syntax).
+index glob <pattern>
+    Entries whose relative path matches the glob; without a '/', the pattern matches
+    the file name at any depth.
+examples:
+    index longlist
+    index shortlist '2026-11-21 09:00' '2026-11-21 18:00'
+    index regex '\\.txt$'
+    index glob 'docs/**/*.md'"
+            .to_string(),
+        "hash" => "\
+hash verify <file>
+    MD5, SHA-256 and last-modified time of one file on the peer.
+hash checkall
+    The same for every file on the peer. Unchanged files are answered from the
+    peer's hash cache without reading them again.
+examples:
+    hash verify notes/todo.md
+    hash verify \"music/song one.mp3\"
+    hash checkall"
+            .to_string(),
+        "download" => "\
+download tcp <file>
+    Fetches the file into the local shared folder at the same relative path, with
+    the peer's last-modified time and permissions. The bytes are verified against
+    the peer's SHA-256 before the file appears; a replaced local version is kept in
+    .boxsync/trash/. Shows name, size, last-modified time and MD5.
+download udp <file>
+    Not available yet; use tcp.
+examples:
+    download tcp notes/todo.md
+    FileDownload TCP \"music/song one.mp3\""
+            .to_string(),
+        "history" => "\
+history
+    The requests this box has made (to peers) and served (to peers), oldest first,
+    with their time and result. Kept across restarts in .boxsync/history.jsonl.
+example:
+    history"
+            .to_string(),
+        "peer" => "\
+peer
+    Shows the current peer.
+peer HOST:PORT
+    Switches the current peer (the next command connects to it).
+examples:
+    peer
+    peer 127.0.0.1:7002"
+            .to_string(),
+        "help" => {
+            "help [command]\n    The list of commands, or details and examples for one.".to_string()
+        }
+        "quit" => "quit | exit\n    Leaves the shell (Ctrl-D too); the box's server stops with it."
+            .to_string(),
+        other => format!("no help for '{other}'; type 'help' for the list of commands"),
+    }
+}

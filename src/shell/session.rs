@@ -1,0 +1,137 @@
+//! A shell session: this box, its peers, the current peer, and the execution of commands
+//! against them. Returns typed outcomes; rendering is [`super::render`]'s job.
+
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use super::command::{Command, TransportChoice};
+use super::help;
+use crate::history::HistoryRecord;
+use crate::local::LocalBox;
+use crate::peer::{Peer, PeerError};
+use crate::share::{Entry, FileHash};
+use crate::transfer::{Downloaded, Progress};
+
+/// What a successful command produced.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Index entries.
+    Entries(Vec<Entry>),
+    /// One file's hashes.
+    Hash(FileHash),
+    /// Every file's hashes.
+    Hashes(Vec<FileHash>),
+    /// A completed download.
+    Downloaded(Downloaded),
+    /// The request log.
+    History(Vec<HistoryRecord>),
+    /// The current peer, if any.
+    Peer(Option<String>),
+    /// Help text.
+    Help(String),
+    /// The user wants to leave.
+    Quit,
+}
+
+/// Why a command failed after it was parsed.
+#[derive(Debug, Error)]
+pub enum SessionError {
+    /// The command needs a peer and none is set.
+    #[error("no peer: start with --peer HOST:PORT or type 'peer HOST:PORT'")]
+    NoPeer,
+    /// The request to the peer failed.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// A feature that has not landed yet.
+    #[error("{0}")]
+    Unsupported(&'static str),
+    /// The local request log could not be read.
+    #[error("cannot read the request log: {0}")]
+    History(std::io::Error),
+}
+
+/// The state of one shell: this box, the known peers and which one commands go to.
+pub struct Session {
+    /// This box.
+    local: Arc<LocalBox>,
+    /// Every peer known to the session, in the order given.
+    peers: Vec<Arc<Peer>>,
+    /// Index into `peers` of the current peer.
+    current: Option<usize>,
+}
+
+impl Session {
+    /// A session for `local` with `peers` (the first is current).
+    pub fn new(local: Arc<LocalBox>, peers: &[String]) -> Session {
+        let peers: Vec<Arc<Peer>> = peers
+            .iter()
+            .map(|addr| Arc::new(Peer::new(addr, Arc::clone(&local))))
+            .collect();
+        Session {
+            current: if peers.is_empty() { None } else { Some(0) },
+            local,
+            peers,
+        }
+    }
+
+    /// This box.
+    pub fn local(&self) -> &Arc<LocalBox> {
+        &self.local
+    }
+
+    /// The current peer, if one is set.
+    pub fn current_peer(&self) -> Option<&Arc<Peer>> {
+        self.current.and_then(|i| self.peers.get(i))
+    }
+
+    fn peer(&self) -> Result<Arc<Peer>, SessionError> {
+        self.current_peer().cloned().ok_or(SessionError::NoPeer)
+    }
+
+    /// Runs one command. Downloads report progress through `progress`.
+    pub async fn execute(
+        &mut self,
+        command: Command,
+        progress: Progress<'_>,
+    ) -> Result<Outcome, SessionError> {
+        Ok(match command {
+            Command::Index(filter) => Outcome::Entries(self.peer()?.index(&filter).await?),
+            Command::HashVerify(name) => Outcome::Hash(self.peer()?.hash(&name).await?),
+            Command::HashCheckall => Outcome::Hashes(self.peer()?.hash_all().await?),
+            Command::Download {
+                transport: TransportChoice::Tcp,
+                name,
+            } => Outcome::Downloaded(self.peer()?.download_tcp(&name, progress).await?),
+            Command::Download {
+                transport: TransportChoice::Udp,
+                ..
+            } => {
+                return Err(SessionError::Unsupported(
+                    "download udp is not available yet; use 'download tcp <file>'",
+                ));
+            }
+            Command::History => Outcome::History(
+                self.local
+                    .history
+                    .records()
+                    .map_err(SessionError::History)?,
+            ),
+            Command::Peer(None) => Outcome::Peer(self.current_peer().map(|p| p.addr().to_string())),
+            Command::Peer(Some(addr)) => {
+                let index = match self.peers.iter().position(|p| p.addr() == addr) {
+                    Some(index) => index,
+                    None => {
+                        self.peers
+                            .push(Arc::new(Peer::new(&addr, Arc::clone(&self.local))));
+                        self.peers.len() - 1
+                    }
+                };
+                self.current = Some(index);
+                Outcome::Peer(Some(addr))
+            }
+            Command::Help(topic) => Outcome::Help(help::text(topic.as_deref())),
+            Command::Quit => Outcome::Quit,
+        })
+    }
+}

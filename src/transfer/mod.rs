@@ -1,0 +1,103 @@
+//! Moving file bytes between boxes and landing them safely: the transports (TCP now) share
+//! the result type, the errors and the rule that nothing unverified becomes visible.
+
+pub mod partial;
+pub mod tcp;
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::protocol::{ConnectionError, ErrorKind};
+use crate::share::{RelPath, ShareError};
+use crate::time::Timestamp;
+
+/// A progress callback: `(bytes so far, total bytes)`. Called from the async side as data
+/// arrives; the shell draws bars with it, tests count bytes with it.
+pub type Progress<'a> = &'a mut (dyn FnMut(u64, u64) + Send);
+
+/// Which transport carried a download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// The box's TCP connection.
+    Tcp,
+}
+
+/// A completed, verified, installed download.
+#[derive(Debug, Clone, Serialize)]
+pub struct Downloaded {
+    /// Path relative to the shared folder.
+    pub name: RelPath,
+    /// Bytes.
+    pub size: u64,
+    /// Last-modified time, as on the peer.
+    pub mtime: Timestamp,
+    /// MD5 of the content, hex.
+    pub md5: String,
+    /// SHA-256 of the content, hex (verified end to end).
+    pub sha256: String,
+    /// How it travelled.
+    pub transport: Transport,
+    /// Where it landed locally.
+    pub path: PathBuf,
+    /// Wall-clock duration of the transfer, verification and installation.
+    pub seconds: f64,
+    /// Where the replaced local version went, if one was replaced.
+    #[serde(skip)]
+    pub replaced: Option<PathBuf>,
+}
+
+/// Why a download did not complete. Whatever the reason, the shared folder is unchanged.
+#[derive(Debug, Error)]
+pub enum TransferError {
+    /// The connection failed mid-transfer.
+    #[error("connection lost during the transfer: {0}")]
+    Connection(#[from] ConnectionError),
+    /// The peer refused or failed the request.
+    #[error("{message}")]
+    Remote {
+        /// What kind of failure the peer reported.
+        kind: ErrorKind,
+        /// The peer's explanation.
+        message: String,
+    },
+    /// The peer broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// More or fewer bytes than announced.
+    #[error("size mismatch for '{name}': expected {expected} bytes, got {got}")]
+    Size {
+        /// The file.
+        name: RelPath,
+        /// Announced size.
+        expected: u64,
+        /// Received size.
+        got: u64,
+    },
+    /// The received bytes do not hash to what the peer read.
+    #[error("checksum mismatch for '{name}': expected sha256 {expected}, got {got}")]
+    Checksum {
+        /// The file.
+        name: RelPath,
+        /// The peer's SHA-256.
+        expected: String,
+        /// The SHA-256 of what arrived.
+        got: String,
+    },
+    /// Writing or installing locally failed.
+    #[error(transparent)]
+    Local(#[from] ShareError),
+}
+
+impl TransferError {
+    /// Whether the connection is still at a message boundary after this error, so that it
+    /// can carry the next request; otherwise it must be dropped.
+    pub fn leaves_connection_usable(&self) -> bool {
+        matches!(
+            self,
+            TransferError::Remote { .. } | TransferError::Checksum { .. }
+        )
+    }
+}

@@ -1,0 +1,299 @@
+//! File transfer over the box's TCP connection, both ends.
+//!
+//! Sender: `FileStart`, then exactly `size` bytes in data frames, then `FileEnd` with the
+//! digests of the bytes actually read, or `Error{changed}` if the file changed meanwhile.
+//! Receiver: writes to a partial file under `.boxsync/tmp/`, hashes as it writes, compares
+//! with the sender's digests, and only then installs the file.
+//!
+//! Disk reads, writes and hashing run on blocking threads connected to the socket task by
+//! small bounded channels, so that disk, hashing and network overlap.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use super::partial::PartialFile;
+use super::{Downloaded, Progress, TransferError, Transport};
+use crate::protocol::{Connection, ConnectionError, ErrorKind, Frame, Request, Response};
+use crate::share::folder::{self, Fingerprint};
+use crate::share::{ContentHasher, Digests, InstallMeta, RelPath, Share, ShareError};
+
+/// Bytes per data frame and per disk read.
+pub const CHUNK: usize = 256 * 1024;
+
+/// Chunks in flight between the disk thread and the socket task.
+const PIPELINE_DEPTH: usize = 8;
+
+/// Serves `rel` on `connection`: the sender side of a TCP download.
+///
+/// Holds the shared lock on `rel` for the whole transfer. Returns `Ok` once the response is
+/// complete (including an `Error` response for a refused or changed file); `Err` only when
+/// the connection itself failed.
+pub async fn send_file<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    share: &Arc<Share>,
+    rel: &RelPath,
+) -> Result<Result<(), ShareError>, ConnectionError> {
+    let _guard = share.locks().read(rel).await;
+    let opened = {
+        let share = Arc::clone(share);
+        let rel = rel.clone();
+        tokio::task::spawn_blocking(move || {
+            let (file, meta) = folder::open_regular(share.root(), &rel)?;
+            let fingerprint = Fingerprint::of(&meta);
+            let cached = share.hash_cache().lookup(&rel, &fingerprint);
+            Ok::<_, ShareError>((file, meta, fingerprint, cached))
+        })
+        .await
+        .unwrap_or_else(|e| Err(ShareError::io("<worker>", io::Error::other(e))))
+    };
+    let (file, meta, fingerprint, cached) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            send_error(connection, &e).await?;
+            return Ok(Err(e));
+        }
+    };
+    let size = meta.len();
+    connection
+        .write_message(&Response::FileStart {
+            name: rel.clone(),
+            size,
+            mtime: folder::modified(&meta),
+            mode: std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777,
+        })
+        .await?;
+
+    let (chunks_tx, mut chunks) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
+    let reader = {
+        let share = Arc::clone(share);
+        let rel = rel.clone();
+        tokio::task::spawn_blocking(move || {
+            read_stable(file, size, cached, chunks_tx, &share, &rel, fingerprint)
+        })
+    };
+    while let Some(chunk) = chunks.recv().await {
+        connection.write_data(&chunk).await?;
+    }
+    let outcome = reader
+        .await
+        .unwrap_or_else(|e| Err(ShareError::io("<worker>", io::Error::other(e))));
+    match outcome {
+        Ok(digests) => {
+            connection
+                .write_message(&Response::FileEnd { digests })
+                .await?;
+            Ok(Ok(()))
+        }
+        Err(e) => {
+            send_error(connection, &e).await?;
+            Ok(Err(e))
+        }
+    }
+}
+
+/// Reads exactly `size` bytes into the channel, hashing them unless the digests are known,
+/// and checks afterwards that the file still has the fingerprint it had when opened.
+fn read_stable(
+    mut file: File,
+    size: u64,
+    cached: Option<Digests>,
+    chunks: mpsc::Sender<Bytes>,
+    share: &Share,
+    rel: &RelPath,
+    fingerprint: Fingerprint,
+) -> Result<Digests, ShareError> {
+    let mut hasher = cached.is_none().then(ContentHasher::new);
+    let mut remaining = size;
+    while remaining > 0 {
+        let want = remaining.min(CHUNK as u64) as usize;
+        let mut buffer = BytesMut::zeroed(want);
+        let mut filled = 0;
+        while filled < want {
+            match file.read(&mut buffer[filled..]) {
+                // Shorter than when it was opened: it changed.
+                Ok(0) => return Err(ShareError::Changed(rel.clone())),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ShareError::io(rel.under(share.root()), e)),
+            }
+        }
+        if let Some(hasher) = hasher.as_mut() {
+            hasher.update(&buffer);
+        }
+        remaining -= want as u64;
+        if chunks.blocking_send(buffer.freeze()).is_err() {
+            // The socket task stopped (the client left); nothing more to do.
+            return Err(ShareError::io(
+                rel.under(share.root()),
+                io::ErrorKind::BrokenPipe.into(),
+            ));
+        }
+    }
+    let now = folder::stat(share.root(), rel)?.map(|m| Fingerprint::of(&m));
+    if now != Some(fingerprint) {
+        return Err(ShareError::Changed(rel.clone()));
+    }
+    match (cached, hasher) {
+        (Some(digests), _) => Ok(digests),
+        (None, Some(hasher)) => {
+            let digests = hasher.finish();
+            share.hash_cache().insert(rel, fingerprint, digests.clone());
+            Ok(digests)
+        }
+        (None, None) => unreachable!("a hasher exists whenever no digests were cached"),
+    }
+}
+
+async fn send_error<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    error: &ShareError,
+) -> Result<(), ConnectionError> {
+    connection.write_message(&error_response(error)).await
+}
+
+/// The response that reports a share error to a peer.
+pub fn error_response(error: &ShareError) -> Response {
+    let kind = match error {
+        ShareError::NotFound(_) => ErrorKind::NotFound,
+        ShareError::Changed(_) | ShareError::Unstable(_) => ErrorKind::Changed,
+        ShareError::Path(_)
+        | ShareError::Symlink(_)
+        | ShareError::IsDirectory(_)
+        | ShareError::NotAFile(_)
+        | ShareError::NotADirectory(_) => ErrorKind::Refused,
+        ShareError::Io { .. } => ErrorKind::Internal,
+    };
+    let message = match error {
+        // The server's own paths are none of the peer's business.
+        ShareError::Io { source, .. } => format!("read error on the peer: {source}"),
+        other => other.to_string(),
+    };
+    Response::Error { kind, message }
+}
+
+/// Downloads `rel` over `connection` into `share`: the receiver side of a TCP download.
+///
+/// The file is written to a partial file, verified against the sender's SHA-256 and only
+/// then installed (atomically, with mtime and mode, the old version kept in the trash).
+/// Dropping the future cancels the download and removes the partial file.
+pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    share: &Arc<Share>,
+    rel: &RelPath,
+    progress: Progress<'_>,
+) -> Result<Downloaded, TransferError> {
+    let started = Instant::now();
+    connection
+        .write_message(&Request::Download { name: rel.clone() })
+        .await?;
+    let (size, mtime, mode) = match connection.expect_message::<Response>().await? {
+        Response::FileStart {
+            name,
+            size,
+            mtime,
+            mode,
+        } if &name == rel => (size, mtime, mode),
+        Response::Error { kind, message } => return Err(TransferError::Remote { kind, message }),
+        other => return Err(unexpected(&other)),
+    };
+    progress(0, size);
+
+    let (partial, file) = PartialFile::create(share.temp_path())?;
+    let (chunks_tx, chunks_rx) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
+    let writer = {
+        let path = partial.path().to_path_buf();
+        tokio::task::spawn_blocking(move || write_and_hash(file, chunks_rx, &path))
+    };
+    let mut received: u64 = 0;
+    let sent_digests = loop {
+        match connection.expect_frame().await? {
+            Frame::Data(bytes) => {
+                received += bytes.len() as u64;
+                if received > size {
+                    return Err(TransferError::Size {
+                        name: rel.clone(),
+                        expected: size,
+                        got: received,
+                    });
+                }
+                if chunks_tx.send(bytes).await.is_err() {
+                    break None;
+                }
+                progress(received, size);
+            }
+            frame => match crate::protocol::connection::decode::<Response>(frame)? {
+                Response::FileEnd { digests } => break Some(digests),
+                Response::Error { kind, message } => {
+                    return Err(TransferError::Remote { kind, message });
+                }
+                other => return Err(unexpected(&other)),
+            },
+        }
+    };
+    drop(chunks_tx);
+    let local_digests = writer
+        .await
+        .unwrap_or_else(|e| Err(ShareError::io(partial.path(), io::Error::other(e))))?;
+    let Some(sent_digests) = sent_digests else {
+        return Err(TransferError::Protocol("local writer stopped early".into()));
+    };
+    if received != size {
+        return Err(TransferError::Size {
+            name: rel.clone(),
+            expected: size,
+            got: received,
+        });
+    }
+    if local_digests != sent_digests {
+        return Err(TransferError::Checksum {
+            name: rel.clone(),
+            expected: sent_digests.sha256,
+            got: local_digests.sha256,
+        });
+    }
+    let replaced = share
+        .install(
+            partial.keep(),
+            rel,
+            InstallMeta { mtime, mode },
+            local_digests.clone(),
+        )
+        .await?;
+    Ok(Downloaded {
+        name: rel.clone(),
+        size,
+        mtime,
+        md5: local_digests.md5,
+        sha256: local_digests.sha256,
+        transport: Transport::Tcp,
+        path: rel.under(share.root()),
+        seconds: started.elapsed().as_secs_f64(),
+        replaced,
+    })
+}
+
+/// Writes arriving chunks to the partial file, hashing them, then flushes it to disk.
+fn write_and_hash(
+    mut file: File,
+    mut chunks: mpsc::Receiver<Bytes>,
+    path: &std::path::Path,
+) -> Result<Digests, ShareError> {
+    let mut hasher = ContentHasher::new();
+    while let Some(chunk) = chunks.blocking_recv() {
+        hasher.update(&chunk);
+        file.write_all(&chunk)
+            .map_err(|e| ShareError::io(path, e))?;
+    }
+    file.sync_all().map_err(|e| ShareError::io(path, e))?;
+    Ok(hasher.finish())
+}
+
+fn unexpected(response: &Response) -> TransferError {
+    TransferError::Protocol(format!("unexpected response {response:?}"))
+}

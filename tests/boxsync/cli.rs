@@ -1,0 +1,308 @@
+//! The real `boxsync` binary: `-c` and batch mode, `--json` shapes, exit codes, `serve`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::util::{TestBox, binary, coreutils_hashes};
+
+/// Runs the binary off the async threads (the peer box runs on them).
+async fn run(args: Vec<String>, stdin: Option<&'static str>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(binary())
+            .args(&args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start boxsync");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        child.wait_with_output().expect("wait for boxsync")
+    })
+    .await
+    .unwrap()
+}
+
+fn args(dir: &std::path::Path, peer: &TestBox, rest: &[&str]) -> Vec<String> {
+    let mut all = vec![
+        "-d".to_string(),
+        dir.display().to_string(),
+        "-p".to_string(),
+        peer.addr.to_string(),
+    ];
+    all.extend(rest.iter().map(|s| s.to_string()));
+    all
+}
+
+fn json_lines(output: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+/// `--json` gives one document per command with the documented keys, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_shapes() {
+    let b = TestBox::start().await;
+    b.write("music/a.mp3", b"abc");
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        args(
+            dir.path(),
+            &b,
+            &[
+                "--json",
+                "-c",
+                "index longlist",
+                "-c",
+                "hash verify music/a.mp3",
+                "-c",
+                "hash checkall",
+                "-c",
+                "download tcp music/a.mp3",
+            ],
+        ),
+        None,
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = json_lines(&out);
+    assert_eq!(docs.len(), 4);
+
+    let index = docs[0].as_array().unwrap();
+    assert_eq!(index.len(), 2);
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&index[1]), ["name", "size", "mtime", "type"]);
+    assert_eq!(index[0]["type"], "directory");
+    assert_eq!(index[1]["name"], "music/a.mp3");
+    assert_eq!(index[1]["type"], "audio/mpeg");
+    assert_eq!(index[1]["size"], 3);
+    let mtime = index[1]["mtime"].as_str().unwrap();
+    assert!(mtime.ends_with('Z') && mtime.len() == 30, "{mtime}");
+
+    let (md5, sha256) = coreutils_hashes(&b.root().join("music/a.mp3"));
+    assert_eq!(keys(&docs[1]), ["name", "md5", "sha256", "mtime"]);
+    assert_eq!(docs[1]["md5"], md5.as_str());
+    assert_eq!(docs[1]["sha256"], sha256.as_str());
+    assert_eq!(docs[2].as_array().unwrap().len(), 1);
+
+    assert_eq!(
+        keys(&docs[3]),
+        [
+            "name",
+            "size",
+            "mtime",
+            "md5",
+            "sha256",
+            "transport",
+            "path",
+            "seconds"
+        ]
+    );
+    assert_eq!(docs[3]["transport"], "tcp");
+    assert_eq!(docs[3]["md5"], md5.as_str());
+    let path = docs[3]["path"].as_str().unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), b"abc");
+}
+
+/// Exit status 0 when all succeed, 1 when one fails (and the rest still run), 2 for usage.
+#[tokio::test(flavor = "multi_thread")]
+async fn exit_codes() {
+    let b = TestBox::start().await;
+    b.write("a.txt", b"a");
+    let dir = tempfile::tempdir().unwrap();
+    let ok = run(args(dir.path(), &b, &["-c", "index longlist"]), None).await;
+    assert_eq!(ok.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        stdout.contains("NAME") && stdout.contains("a.txt"),
+        "{stdout}"
+    );
+
+    let failed = run(
+        args(
+            dir.path(),
+            &b,
+            &[
+                "--json",
+                "-c",
+                "hash verify missing",
+                "-c",
+                "index longlist",
+            ],
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(failed.status.code(), Some(1));
+    let docs = json_lines(&failed);
+    assert_eq!(docs[0]["error"], "no such file: 'missing'");
+    assert!(docs[1].is_array(), "later commands still run");
+
+    let usage = run(vec!["--no-such-option".into()], None).await;
+    assert_eq!(usage.status.code(), Some(2));
+    let bad_peer = run(
+        vec![
+            "-p".into(),
+            "nowhere".into(),
+            "-c".into(),
+            "index longlist".into(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(bad_peer.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_peer.stderr).contains("bad peer address"));
+
+    let bad_input = run(
+        args(dir.path(), &b, &["-c", "index shortlist tomorrow today"]),
+        None,
+    )
+    .await;
+    assert_eq!(bad_input.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad_input.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("bad timestamp 'tomorrow'"), "{stderr}");
+}
+
+/// Without `-c` and with stdin not a terminal, commands are read one per line.
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_mode_reads_stdin() {
+    let b = TestBox::start().await;
+    b.write("a.txt", b"a");
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        args(dir.path(), &b, &["--json"]),
+        Some("index longlist\n\n# a comment\nhash verify a.txt\nFileDownload TCP a.txt\n"),
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = json_lines(&out);
+    assert_eq!(docs.len(), 3);
+    assert_eq!(docs[2]["name"], "a.txt");
+    assert!(dir.path().join("a.txt").exists());
+
+    let out = run(args(dir.path(), &b, &[]), Some("hash verify nope\n")).await;
+    assert_eq!(out.status.code(), Some(1));
+}
+
+/// An unreachable peer: one line on stderr, exit 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_peer_is_one_line() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        vec![
+            "-d".into(),
+            dir.path().display().to_string(),
+            "-p".into(),
+            format!("127.0.0.1:{port}"),
+            "-c".into(),
+            "index longlist".into(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        format!("error: peer 127.0.0.1:{port} is unreachable: connection refused")
+    );
+}
+
+/// `serve` announces its address, serves, and exits cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_runs_until_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("x.txt"), b"x").unwrap();
+    let mut child = Command::new(binary())
+        .args([
+            "serve",
+            "-d",
+            &dir.path().display().to_string(),
+            "-l",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    let (_t, me) = TestBox::client();
+    let peer = boxsync::peer::Peer::new(&addr, me);
+    let entries = peer
+        .index(&boxsync::share::filter::IndexFilter::Longlist)
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1);
+    // SAFETY-free: kill(2) with SIGTERM through the shell's kill command.
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exited = tokio::task::spawn_blocking(move || {
+        for _ in 0..100 {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        None
+    })
+    .await
+    .unwrap();
+    let status = exited.expect("serve did not exit within 5 s of SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
+
+/// `--help` documents every option, and `serve --help` too.
+#[tokio::test(flavor = "multi_thread")]
+async fn help_documents_options() {
+    let out = run(vec!["--help".into()], None).await;
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for option in [
+        "--dir", "--listen", "--peer", "-c", "--json", "serve", "demo",
+    ] {
+        assert!(text.contains(option), "--help lacks {option}");
+    }
+    let out = run(vec!["serve".into(), "--help".into()], None).await;
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--listen"));
+}

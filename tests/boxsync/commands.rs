@@ -1,0 +1,377 @@
+//! Every command against a real box on 127.0.0.1:0: index in all its forms, hashes checked
+//! against coreutils, TCP downloads that keep mtime and mode and never lose a replaced file.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, SystemTime};
+
+use boxsync::share::filter::IndexFilter;
+use boxsync::share::{DIRECTORY_TYPE, RelPath};
+use boxsync::time::Timestamp;
+
+use crate::util::{TestBox, bytes, coreutils_hashes, files_under};
+
+fn rel(name: &str) -> RelPath {
+    RelPath::parse(name).unwrap()
+}
+
+/// A peer folder with subfolders, spaces, non-ASCII names, an empty file and an empty folder.
+async fn sample_box() -> TestBox {
+    let b = TestBox::start().await;
+    b.write("hello.txt", b"hello\n");
+    b.write("with space.txt", b"spaced\n");
+    b.write("música/canción ñ.mp3", &bytes(10_000, 1));
+    b.write("docs/guide/intro.md", b"# intro\n");
+    b.write("docs/readme.md", b"# readme\n");
+    b.write("empty.bin", b"");
+    fs::create_dir_all(b.root().join("empty dir")).unwrap();
+    b
+}
+
+/// longlist lists every entry recursively with sizes, types and directories, never the
+/// box's own state folder.
+#[tokio::test(flavor = "multi_thread")]
+async fn longlist_lists_everything() {
+    let b = sample_box().await;
+    let (_t, me) = TestBox::client();
+    let entries = b.peer_for(&me).index(&IndexFilter::Longlist).await.unwrap();
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "docs",
+            "docs/guide",
+            "docs/guide/intro.md",
+            "docs/readme.md",
+            "empty dir",
+            "empty.bin",
+            "hello.txt",
+            "música",
+            "música/canción ñ.mp3",
+            "with space.txt",
+        ]
+    );
+    let find = |n: &str| entries.iter().find(|e| e.name.as_str() == n).unwrap();
+    assert_eq!(find("música/canción ñ.mp3").size, 10_000);
+    assert_eq!(find("música/canción ñ.mp3").file_type, "audio/mpeg");
+    assert_eq!(find("hello.txt").file_type, "text/plain");
+    assert_eq!(find("empty.bin").size, 0);
+    assert_eq!(find("docs").file_type, DIRECTORY_TYPE);
+    let mtime = fs::metadata(b.root().join("hello.txt"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(find("hello.txt").mtime, Timestamp::from_system(mtime));
+}
+
+/// shortlist keeps exactly the entries modified inside the inclusive window.
+#[tokio::test(flavor = "multi_thread")]
+async fn shortlist_filters_by_modification_time() {
+    let b = TestBox::start().await;
+    let old = b.write("old.txt", b"old");
+    let new = b.write("new.txt", b"new");
+    let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+    fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(at(1_000_000))
+        .unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&new)
+        .unwrap()
+        .set_modified(at(2_000_000))
+        .unwrap();
+    let (_t, me) = TestBox::client();
+    let peer = b.peer_for(&me);
+    let window = |start: u64, end: u64| IndexFilter::Shortlist {
+        start: Timestamp::from_system(at(start)),
+        end: Timestamp::from_system(at(end)),
+    };
+    let names = |entries: Vec<boxsync::share::Entry>| {
+        entries
+            .into_iter()
+            .map(|e| e.name.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(peer.index(&window(1_500_000, 2_500_000)).await.unwrap()),
+        ["new.txt"]
+    );
+    // Both ends are inclusive.
+    assert_eq!(
+        names(peer.index(&window(1_000_000, 2_000_000)).await.unwrap()),
+        ["new.txt", "old.txt"]
+    );
+    assert!(
+        peer.index(&window(3_000_000, 4_000_000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// regex searches paths; glob matches names at any depth or whole paths with a slash.
+#[tokio::test(flavor = "multi_thread")]
+async fn regex_and_glob_filters() {
+    let b = sample_box().await;
+    let (_t, me) = TestBox::client();
+    let peer = b.peer_for(&me);
+    let names = |entries: Vec<boxsync::share::Entry>| {
+        entries
+            .into_iter()
+            .map(|e| e.name.to_string())
+            .collect::<Vec<_>>()
+    };
+    let regex = IndexFilter::Regex {
+        pattern: r"\.txt$".into(),
+    };
+    assert_eq!(
+        names(peer.index(&regex).await.unwrap()),
+        ["hello.txt", "with space.txt"]
+    );
+    let glob = IndexFilter::Glob {
+        pattern: "*.md".into(),
+    };
+    assert_eq!(
+        names(peer.index(&glob).await.unwrap()),
+        ["docs/guide/intro.md", "docs/readme.md"]
+    );
+    let glob = IndexFilter::Glob {
+        pattern: "docs/**/*.md".into(),
+    };
+    assert_eq!(
+        names(peer.index(&glob).await.unwrap()),
+        ["docs/guide/intro.md", "docs/readme.md"]
+    );
+    let glob = IndexFilter::Glob {
+        pattern: "*ñ*".into(),
+    };
+    assert_eq!(
+        names(peer.index(&glob).await.unwrap()),
+        ["música/canción ñ.mp3"]
+    );
+}
+
+/// A server refuses an invalid pattern sent by a client that skipped validation, with a
+/// clear error, and keeps serving on the same connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn server_refuses_bad_patterns() {
+    let b = sample_box().await;
+    let (_t, me) = TestBox::client();
+    let peer = b.peer_for(&me);
+    let error = peer
+        .index(&IndexFilter::Regex {
+            pattern: "(".into(),
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("invalid regex"), "{error}");
+    assert!(peer.index(&IndexFilter::Longlist).await.is_ok());
+}
+
+/// hash verify and checkall agree with md5sum and sha256sum, for empty, small, non-ASCII
+/// and multi-megabyte files.
+#[tokio::test(flavor = "multi_thread")]
+async fn hashes_match_coreutils() {
+    let b = sample_box().await;
+    b.write("big/data.bin", &bytes(5 * 1024 * 1024 + 7, 9));
+    let (_t, me) = TestBox::client();
+    let peer = b.peer_for(&me);
+    for name in [
+        "hello.txt",
+        "empty.bin",
+        "música/canción ñ.mp3",
+        "big/data.bin",
+    ] {
+        let hash = peer.hash(&rel(name)).await.unwrap();
+        let (md5, sha256) = coreutils_hashes(&b.root().join(name));
+        assert_eq!((hash.md5, hash.sha256), (md5, sha256), "{name}");
+    }
+    let all = peer.hash_all().await.unwrap();
+    assert_eq!(all.len(), 7, "every file, no directory");
+    for hash in all {
+        let (md5, sha256) = coreutils_hashes(&b.root().join(hash.name.as_str()));
+        assert_eq!((hash.md5, hash.sha256), (md5, sha256), "{}", hash.name);
+    }
+}
+
+/// A second checkall of an unchanged folder reads no file data, even after a restart
+/// (the cache is persisted); a changed file is hashed again.
+#[tokio::test(flavor = "multi_thread")]
+async fn hash_cache_avoids_rereading() {
+    let mut b = sample_box().await;
+    let (_t, me) = TestBox::client();
+    b.peer_for(&me).hash_all().await.unwrap();
+    let read = b.local.share.hash_cache().bytes_hashed();
+    assert!(read > 0);
+    b.peer_for(&me).hash_all().await.unwrap();
+    assert_eq!(
+        b.local.share.hash_cache().bytes_hashed(),
+        read,
+        "unchanged files were read"
+    );
+
+    b.stop().await;
+    let temp = std::mem::replace(&mut b.temp, tempfile::tempdir().unwrap());
+    drop(b);
+    let b = TestBox::start_in(temp).await;
+    b.peer_for(&me).hash_all().await.unwrap();
+    assert_eq!(
+        b.local.share.hash_cache().bytes_hashed(),
+        0,
+        "restart rehashed"
+    );
+
+    b.write("hello.txt", b"changed\n");
+    let hash = b.peer_for(&me).hash(&rel("hello.txt")).await.unwrap();
+    assert_eq!(b.local.share.hash_cache().bytes_hashed(), 8);
+    assert_eq!(hash.sha256, coreutils_hashes(&b.root().join("hello.txt")).1);
+}
+
+/// A TCP download lands at the same relative path with the same bytes, mtime and mode,
+/// reports progress up to the full size, and leaves nothing in the temporary folder.
+#[tokio::test(flavor = "multi_thread")]
+async fn download_keeps_content_mtime_and_mode() {
+    let b = sample_box().await;
+    let content = bytes(6 * 1024 * 1024 + 3, 4);
+    let remote = b.write("deep/er/data file ü.bin", &content);
+    fs::set_permissions(&remote, fs::Permissions::from_mode(0o640)).unwrap();
+    let mtime = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+    fs::File::options()
+        .write(true)
+        .open(&remote)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+
+    let (_t, me) = TestBox::client();
+    let mut last = (0, 0);
+    let mut progress = |done, total| last = (done, total);
+    let done = b
+        .peer_for(&me)
+        .download_tcp(&rel("deep/er/data file ü.bin"), &mut progress)
+        .await
+        .unwrap();
+    let local = me.share.root().join("deep/er/data file ü.bin");
+    assert_eq!(fs::read(&local).unwrap(), content);
+    let meta = fs::metadata(&local).unwrap();
+    assert_eq!(meta.modified().unwrap(), mtime);
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+    assert_eq!(last, (content.len() as u64, content.len() as u64));
+    let (md5, sha256) = coreutils_hashes(&local);
+    assert_eq!((done.md5, done.sha256), (md5, sha256));
+    assert_eq!(done.path, local);
+    assert!(files_under(&me.share.state_dir().join("tmp")).is_empty());
+}
+
+/// Empty files and top-level names download too.
+#[tokio::test(flavor = "multi_thread")]
+async fn download_empty_file() {
+    let b = sample_box().await;
+    let (_t, me) = TestBox::client();
+    let mut progress = |_, _| {};
+    b.peer_for(&me)
+        .download_tcp(&rel("empty.bin"), &mut progress)
+        .await
+        .unwrap();
+    assert_eq!(fs::read(me.share.root().join("empty.bin")).unwrap(), b"");
+}
+
+/// A local file that a download replaces moves to `.boxsync/trash/`, intact.
+#[tokio::test(flavor = "multi_thread")]
+async fn replaced_file_goes_to_trash() {
+    let b = sample_box().await;
+    let (_t, me) = TestBox::client();
+    crate::util::write_file(me.share.root(), "hello.txt", b"my precious local edit\n");
+    let mut progress = |_, _| {};
+    let done = b
+        .peer_for(&me)
+        .download_tcp(&rel("hello.txt"), &mut progress)
+        .await
+        .unwrap();
+    assert_eq!(
+        fs::read(me.share.root().join("hello.txt")).unwrap(),
+        b"hello\n"
+    );
+    let kept = done.replaced.expect("previous version kept");
+    assert!(kept.starts_with(me.share.state_dir().join("trash")));
+    assert!(kept.ends_with("hello.txt"));
+    assert_eq!(fs::read(kept).unwrap(), b"my precious local edit\n");
+}
+
+/// Missing files, directories and refused names give clear errors and change nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn download_errors_are_clear() {
+    let b = sample_box().await;
+    let (_t, me) = TestBox::client();
+    let peer = b.peer_for(&me);
+    let mut progress = |_, _| {};
+    let error = peer
+        .download_tcp(&rel("nope.txt"), &mut progress)
+        .await
+        .unwrap_err();
+    assert_eq!(error.to_string(), "no such file: 'nope.txt'");
+    let error = peer
+        .download_tcp(&rel("docs"), &mut progress)
+        .await
+        .unwrap_err();
+    assert_eq!(error.to_string(), "'docs' is a directory");
+    let error = peer.hash(&rel("nope.txt")).await.unwrap_err();
+    assert_eq!(error.to_string(), "no such file: 'nope.txt'");
+    assert!(
+        files_under(me.share.root())
+            .iter()
+            .all(|p| p.starts_with(".boxsync"))
+    );
+}
+
+/// Made and served requests are logged on each side, and the log survives a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_records_made_and_served() {
+    let b = sample_box().await;
+    let (temp, me) = TestBox::client();
+    let peer = b.peer_for(&me);
+    peer.index(&IndexFilter::Longlist).await.unwrap();
+    let _ = peer.hash(&rel("nope")).await;
+    let made = me.history.records().unwrap();
+    assert_eq!(made.len(), 2);
+    assert_eq!(made[0].request, "index longlist");
+    assert_eq!(made[0].outcome, "ok");
+    assert_eq!(made[1].request, "hash verify nope");
+    assert!(made[1].outcome.contains("no such file"));
+    let served = b.local.history.records().unwrap();
+    assert_eq!(served.len(), 2);
+    assert_eq!(served[0].direction, boxsync::history::Direction::Served);
+
+    drop(peer);
+    drop(me);
+    let reopened = boxsync::local::LocalBox::open(&temp.path().join("shared")).unwrap();
+    assert_eq!(reopened.history.records().unwrap().len(), 2);
+}
+
+/// One persistent connection serves many requests in a row.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_connection_serves_many_requests() {
+    let b = sample_box().await;
+    let (_t, me) = TestBox::client();
+    let peer = b.peer_for(&me);
+    for _ in 0..50 {
+        peer.index(&IndexFilter::Longlist).await.unwrap();
+        peer.hash(&rel("hello.txt")).await.unwrap();
+    }
+}
+
+/// Large listings arrive complete across several batches.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_listing_spans_batches() {
+    let b = TestBox::start().await;
+    for i in 0..3000 {
+        b.write(&format!("many/{}-{i:05}.txt", "x".repeat(100)), b"");
+    }
+    let (_t, me) = TestBox::client();
+    let entries = b.peer_for(&me).index(&IndexFilter::Longlist).await.unwrap();
+    assert_eq!(entries.len(), 3001);
+}

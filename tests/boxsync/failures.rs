@@ -1,0 +1,185 @@
+//! Failures mid-flight: the serving box dies, the file changes while it is sent, a lying
+//! server, an unreachable peer. Nothing half-written ever becomes visible.
+
+use std::fs;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use boxsync::protocol::{self, Connection, Request, Response};
+use boxsync::share::filter::IndexFilter;
+use boxsync::share::{Digests, RelPath};
+use boxsync::time::Timestamp;
+use tokio::net::TcpListener;
+
+use crate::util::{TestBox, bytes, files_under};
+
+fn rel(name: &str) -> RelPath {
+    RelPath::parse(name).unwrap()
+}
+
+/// Everything under the shared folder except the box's state, plus the partial files.
+fn visible_and_partial(me: &boxsync::local::LocalBox) -> (Vec<std::path::PathBuf>, usize) {
+    let visible = files_under(me.share.root())
+        .into_iter()
+        .filter(|p| !p.starts_with(".boxsync"))
+        .collect();
+    let partial = files_under(&me.share.state_dir().join("tmp")).len();
+    (visible, partial)
+}
+
+/// The serving box dies in the middle of a download: an error, no partial file anywhere,
+/// and the previous local version intact.
+#[tokio::test(flavor = "multi_thread")]
+async fn serving_box_dies_mid_download() {
+    let mut b = TestBox::start().await;
+    b.write("big.bin", &bytes(64 * 1024 * 1024, 3));
+    let (_t, me) = TestBox::client();
+    crate::util::write_file(me.share.root(), "big.bin", b"previous version");
+    let peer = b.peer_for(&me);
+
+    let halfway = tokio::sync::Notify::new();
+    let signalled = AtomicBool::new(false);
+    let mut progress = |done: u64, _total: u64| {
+        if done > 4 * 1024 * 1024 && !signalled.swap(true, Ordering::SeqCst) {
+            halfway.notify_one();
+        }
+    };
+    let kill = async {
+        halfway.notified().await;
+        b.kill().await;
+    };
+    let name = rel("big.bin");
+    let (result, ()) = tokio::join!(peer.download_tcp(&name, &mut progress), kill);
+    let error = result.expect_err("download of a dying peer succeeded");
+    assert!(
+        error.to_string().contains("connection"),
+        "unclear error: {error}"
+    );
+    assert_eq!(
+        fs::read(me.share.root().join("big.bin")).unwrap(),
+        b"previous version"
+    );
+    let (visible, partial) = visible_and_partial(&me);
+    assert_eq!(visible, [std::path::PathBuf::from("big.bin")]);
+    assert_eq!(partial, 0, "a partial file was left behind");
+}
+
+/// A file that changes on the peer while it is being sent is never stored as a mix.
+#[tokio::test(flavor = "multi_thread")]
+async fn file_changing_during_send_is_not_stored() {
+    let b = TestBox::start().await;
+    let path = b.write("growing.bin", &bytes(48 * 1024 * 1024, 5));
+    let (_t, me) = TestBox::client();
+    let peer = b.peer_for(&me);
+    let changed = AtomicBool::new(false);
+    let mut progress = |done: u64, _total: u64| {
+        if done > 1024 * 1024 && !changed.swap(true, Ordering::SeqCst) {
+            use std::io::Write;
+            let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+            f.write_all(b"appended while sending").unwrap();
+        }
+    };
+    let error = peer
+        .download_tcp(&rel("growing.bin"), &mut progress)
+        .await
+        .expect_err("a file that changed mid-send was stored");
+    assert!(error.to_string().contains("changed"), "{error}");
+    let (visible, partial) = visible_and_partial(&me);
+    assert!(visible.is_empty(), "{visible:?}");
+    assert_eq!(partial, 0);
+    // The connection is still good for the next request.
+    assert!(peer.index(&IndexFilter::Longlist).await.is_ok());
+}
+
+/// A server that lies (wrong digest, extra bytes, a different name) gets nothing stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn lying_server_gets_nothing_stored() {
+    for lie in ["digest", "extra", "name", "short"] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut connection = Connection::new(stream);
+            protocol::server_handshake(&mut connection, "liar000000000000")
+                .await
+                .unwrap();
+            let _: Request = connection.expect_message().await.unwrap();
+            let name = if lie == "name" { "other.txt" } else { "f.txt" };
+            let start = Response::FileStart {
+                name: rel(name),
+                size: 5,
+                mtime: Timestamp::now(),
+                mode: 0o644,
+            };
+            connection.write_message(&start).await.unwrap();
+            let body: &[u8] = match lie {
+                "extra" => b"hello!!",
+                "short" => b"hel",
+                _ => b"hello",
+            };
+            connection.write_data(body).await.unwrap();
+            let digests = Digests {
+                md5: "0".repeat(32),
+                sha256: "0".repeat(64),
+            };
+            let _ = connection
+                .write_message(&Response::FileEnd { digests })
+                .await;
+            // Hold the connection until the client is done with it.
+            let _ = connection.read_frame().await;
+        });
+        let (_t, me) = TestBox::client();
+        let peer = boxsync::peer::Peer::new(&addr.to_string(), Arc::clone(&me));
+        let mut progress = |_, _| {};
+        let error = peer.download_tcp(&rel("f.txt"), &mut progress).await;
+        assert!(error.is_err(), "{lie}: a lie was stored");
+        let (visible, partial) = visible_and_partial(&me);
+        assert!(visible.is_empty(), "{lie}: {visible:?}");
+        assert_eq!(partial, 0, "{lie}");
+        drop(peer);
+        server.abort();
+    }
+}
+
+/// An unreachable peer gives one clear line; once it is up, the next command works.
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_peer_then_reconnect() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let (_t, me) = TestBox::client();
+    let peer = boxsync::peer::Peer::new(&addr.to_string(), Arc::clone(&me));
+    let error = peer.index(&IndexFilter::Longlist).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!("peer {addr} is unreachable: connection refused")
+    );
+    let b = TestBox::start().await;
+    let peer = b.peer_for(&me);
+    assert!(peer.index(&IndexFilter::Longlist).await.is_ok());
+}
+
+/// A peer that restarts between two commands: the stale pooled connection is replaced
+/// transparently.
+#[tokio::test(flavor = "multi_thread")]
+async fn peer_restart_is_transparent() {
+    let mut b = TestBox::start().await;
+    b.write("a.txt", b"a");
+    let (_t, me) = TestBox::client();
+    let peer = b.peer_for(&me);
+    assert!(peer.index(&IndexFilter::Longlist).await.is_ok());
+    b.stop().await;
+    let addr = b.addr;
+    let temp = std::mem::replace(&mut b.temp, tempfile::tempdir().unwrap());
+    drop(b);
+    // Restart on the same port.
+    let local = boxsync::local::LocalBox::open(&temp.path().join("shared")).unwrap();
+    let server = boxsync::server::Server::bind(local, addr).await.unwrap();
+    let task = tokio::spawn(server.run(std::future::pending()));
+    let entries = tokio::time::timeout(Duration::from_secs(10), peer.index(&IndexFilter::Longlist))
+        .await
+        .unwrap();
+    assert_eq!(entries.unwrap().len(), 1);
+    task.abort();
+}

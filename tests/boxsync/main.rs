@@ -1,0 +1,9 @@
+//! boxsync's integration tests, in one binary: real boxes on 127.0.0.1:0 in temporary
+//! folders, the real binary, and the shell through a pseudo-terminal.
+
+mod attacks;
+mod cli;
+mod commands;
+mod failures;
+mod pty;
+mod util;

@@ -1,0 +1,44 @@
+//! The interactive shell driven through a pseudo-terminal, as a person would use it.
+
+use std::process::Command;
+
+use crate::util::{TestBox, binary};
+
+/// Typing commands at the prompt shows tables; errors keep the prompt alive; quit leaves.
+#[tokio::test(flavor = "multi_thread")]
+async fn interactive_shell_through_a_pty() {
+    let b = TestBox::start().await;
+    b.write("notes/hello world.txt", b"hello");
+    let dir = tempfile::tempdir().unwrap();
+    let peer = b.addr.to_string();
+    let dir_path = dir.path().display().to_string();
+    let result = tokio::task::spawn_blocking(move || -> Result<(), rexpect::error::Error> {
+        let mut command = Command::new(binary());
+        command.args(["-d", &dir_path, "-l", "127.0.0.1:0", "-p", &peer]);
+        command.env("NO_COLOR", "1");
+        let mut shell = rexpect::session::spawn_command(command, Some(15_000))?;
+        let prompt = format!("boxsync [{peer}]> ");
+        shell.exp_string(&prompt)?;
+        shell.send_line("index longlist")?;
+        shell.exp_string("NAME")?;
+        shell.exp_string("notes/hello world.txt")?;
+        shell.exp_string(&prompt)?;
+        shell.send_line("frobnicate")?;
+        shell.exp_string("unknown command 'frobnicate'")?;
+        shell.exp_string(&prompt)?;
+        shell.send_line("download tcp \"notes/hello world.txt\"")?;
+        shell.exp_string("MD5")?;
+        shell.exp_string("5d41402abc4b2a76b9719d911017c592")?;
+        shell.exp_string(&prompt)?;
+        shell.send_line("quit")?;
+        shell.exp_eof()?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    result.expect("shell session");
+    assert_eq!(
+        std::fs::read(dir.path().join("notes/hello world.txt")).unwrap(),
+        b"hello"
+    );
+}

@@ -1,0 +1,185 @@
+//! Shared test support: temporary boxes on 127.0.0.1:0, independent hashing, file helpers.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use boxsync::local::LocalBox;
+use boxsync::peer::Peer;
+use boxsync::server::Server;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A box with a running server, in a temporary folder that disappears with it.
+pub struct TestBox {
+    /// Keeps the temporary folder alive.
+    pub temp: TempDir,
+    /// The box.
+    pub local: Arc<LocalBox>,
+    /// Where its server listens.
+    pub addr: SocketAddr,
+    /// Asks the server to shut down gracefully.
+    stop: Option<oneshot::Sender<()>>,
+    /// The server task.
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestBox {
+    /// A new box with an empty shared folder, serving on 127.0.0.1:0.
+    pub async fn start() -> TestBox {
+        let temp = tempfile::tempdir().expect("temporary folder");
+        TestBox::start_in(temp).await
+    }
+
+    /// A box serving the shared folder `<temp>/shared`.
+    pub async fn start_in(temp: TempDir) -> TestBox {
+        let local = LocalBox::open(&temp.path().join("shared")).expect("open box");
+        let server = Server::bind(Arc::clone(&local), "127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("bind");
+        let addr = server.local_addr();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        TestBox {
+            temp,
+            local,
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// A second box with its own folder, not serving (a client only).
+    pub fn client() -> (TempDir, Arc<LocalBox>) {
+        let temp = tempfile::tempdir().expect("temporary folder");
+        let local = LocalBox::open(&temp.path().join("shared")).expect("open box");
+        (temp, local)
+    }
+
+    /// The shared folder.
+    pub fn root(&self) -> PathBuf {
+        self.local.share.root().to_path_buf()
+    }
+
+    /// Writes a file (creating folders) in the shared folder.
+    pub fn write(&self, rel: &str, content: &[u8]) -> PathBuf {
+        write_file(&self.root(), rel, content)
+    }
+
+    /// A client of this box, acting for `local`.
+    pub fn peer_for(&self, local: &Arc<LocalBox>) -> Peer {
+        Peer::new(&self.addr.to_string(), Arc::clone(local))
+    }
+
+    /// Kills the server abruptly: every connection drops mid-request.
+    pub async fn kill(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Shuts the server down gracefully and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestBox {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Writes `content` at `rel` under `root`, creating folders.
+pub fn write_file(root: &Path, rel: &str, content: &[u8]) -> PathBuf {
+    let path = root.join(rel);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).expect("create folders");
+    }
+    fs::write(&path, content).expect("write file");
+    path
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 32) as u8
+        })
+        .collect()
+}
+
+/// `(md5, sha256)` of a file, computed by coreutils: independent of boxsync's code.
+pub fn coreutils_hashes(path: &Path) -> (String, String) {
+    let run = |tool: &str| {
+        let out = Command::new(tool)
+            .arg(path)
+            .output()
+            .expect("run coreutils");
+        assert!(out.status.success(), "{tool} failed");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    (run("md5sum"), run("sha256sum"))
+}
+
+/// Files (not folders) under `dir`, recursively, relative.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let Ok(items) = fs::read_dir(&d) else {
+            continue;
+        };
+        for item in items.flatten() {
+            let path = item.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path.strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Polls `condition` until it holds or `deadline` passes; returns whether it held.
+pub async fn eventually(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    condition()
+}
+
+/// The path of the built `boxsync` binary.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_boxsync"))
+}
