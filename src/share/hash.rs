@@ -76,6 +76,62 @@ impl ContentHasher {
     }
 }
 
+/// Hashes a stream of chunks on background threads, one per digest, so that hashing runs
+/// beside disk and network work instead of after it. Feed it from a blocking thread.
+pub struct BackgroundHasher {
+    /// The MD5 worker, when MD5 is wanted.
+    md5: Option<DigestWorker>,
+    /// The SHA-256 worker.
+    sha256: DigestWorker,
+}
+
+/// One hashing thread and the channel that feeds it.
+struct DigestWorker {
+    chunks: std::sync::mpsc::SyncSender<bytes::Bytes>,
+    thread: std::thread::JoinHandle<String>,
+}
+
+impl DigestWorker {
+    fn spawn<D: Digest + Send + 'static>(mut digest: D) -> DigestWorker {
+        let (chunks, incoming) = std::sync::mpsc::sync_channel::<bytes::Bytes>(16);
+        let thread = std::thread::spawn(move || {
+            for chunk in incoming {
+                digest.update(&chunk);
+            }
+            to_hex(&digest.finalize())
+        });
+        DigestWorker { chunks, thread }
+    }
+}
+
+impl BackgroundHasher {
+    /// Starts the workers: SHA-256 always, MD5 when `with_md5`.
+    pub fn new(with_md5: bool) -> BackgroundHasher {
+        BackgroundHasher {
+            md5: with_md5.then(|| DigestWorker::spawn(Md5::new())),
+            sha256: DigestWorker::spawn(Sha256::new()),
+        }
+    }
+
+    /// Feeds the next chunk (a cheap reference-counted clone per worker); blocks while the
+    /// workers are behind.
+    pub fn update(&self, chunk: &bytes::Bytes) {
+        if let Some(md5) = &self.md5 {
+            let _ = md5.chunks.send(chunk.clone());
+        }
+        let _ = self.sha256.chunks.send(chunk.clone());
+    }
+
+    /// Waits for the workers: `(MD5 if asked for, SHA-256)`.
+    pub fn finish(self) -> (Option<String>, String) {
+        let join = |worker: DigestWorker| {
+            drop(worker.chunks);
+            worker.thread.join().unwrap_or_default()
+        };
+        (self.md5.map(join), join(self.sha256))
+    }
+}
+
 /// Lowercase hex of `bytes`.
 pub fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
