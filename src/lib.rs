@@ -10,6 +10,7 @@
 //! - [`demo`]: sample folders for `boxsync demo`.
 //! - [`history`]: the persistent log of requests made and served.
 //! - [`local`]: this box: its id, shared folder and log.
+//! - [`net`]: socket options (TCP congestion control).
 //! - [`server`]: accept loop, per-connection handler, shutdown.
 //! - [`transfer`]: moving file bytes and landing them verified (TCP).
 //! - [`peer`]: the typed async client for one peer box.
@@ -20,6 +21,7 @@
 pub mod demo;
 pub mod history;
 pub mod local;
+pub mod net;
 pub mod peer;
 pub mod protocol;
 pub mod server;

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tokio::runtime::{Handle, Runtime};
 
-use boxsync::local::LocalBox;
+use boxsync::local::{LocalBox, Settings};
 use boxsync::server::Server;
 use boxsync::shell::command::check_peer_address;
 use boxsync::shell::{Format, Session, repl};
@@ -67,6 +67,11 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
 
+    /// TCP congestion control for this box's connections (cubic, bbr, reno...), like
+    /// iperf3's -C; default: the kernel's.
+    #[arg(long, value_name = "ALGO", global = true)]
+    tcp_congestion: Option<String>,
+
     /// More detailed logs (-v: debug, -vv: trace); RUST_LOG overrides.
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -95,6 +100,8 @@ struct Config {
     format: Format,
     /// Log verbosity.
     verbose: u8,
+    /// Socket tunables.
+    settings: Settings,
 }
 
 /// The ways the program runs.
@@ -129,7 +136,15 @@ impl Config {
             None if std::io::stdin().is_terminal() => Run::Interactive,
             None => Run::Stdin,
         };
+        if let Some(algorithm) = &cli.tcp_congestion
+            && !boxsync::net::tcp_congestion_available(algorithm)
+        {
+            bail!("TCP congestion control '{algorithm}' is not available on this system");
+        }
         Ok(Config {
+            settings: Settings {
+                tcp_congestion: cli.tcp_congestion,
+            },
             run,
             dir: cli.dir,
             listen,
@@ -184,12 +199,12 @@ fn run(config: Config) -> Result<bool> {
         Run::Demo => return demo(&handle, config.verbose),
         Run::Serve => {
             let _log = init_logging(None, config.verbose);
-            let local = LocalBox::open(&config.dir)?;
+            let local = LocalBox::open_with(&config.dir, config.settings.clone())?;
             return handle.block_on(serve(local, config.listen)).map(|_| true);
         }
         _ => {}
     }
-    let local = LocalBox::open(&config.dir)?;
+    let local = LocalBox::open_with(&config.dir, config.settings.clone())?;
     let _log = init_logging(Some(&local.share.state_dir()), config.verbose);
     let mut session = Session::new(Arc::clone(&local), &config.peers);
     match config.run {

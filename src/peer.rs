@@ -288,7 +288,7 @@ impl Peer {
                 Ok(Err(e)) => return Err(unreachable(describe_io(&e))),
                 Ok(Ok(stream)) => stream,
             };
-        let _ = stream.set_nodelay(true);
+        self.local.tune(&stream);
         let mut connection = Connection::new(stream);
         protocol::client_handshake(&mut connection, &self.local.id)
             .await

@@ -143,7 +143,7 @@ async fn handle_connection(
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
+    local.tune(&stream);
     let mut connection = Connection::new(stream);
     let peer_id = match protocol::server_handshake(&mut connection, &local.id).await {
         Ok(id) => id,
