@@ -21,6 +21,8 @@ const HISTORY_FILE: &str = "history.jsonl";
 pub struct Settings {
     /// TCP congestion control for this box's TCP connections (`None`: the kernel default).
     pub tcp_congestion: Option<String>,
+    /// Cap on the rate of each UDP transfer this box serves or asks for, bytes per second.
+    pub max_udp_rate: Option<u64>,
 }
 
 /// Everything one box owns locally.

@@ -72,6 +72,11 @@ struct Cli {
     #[arg(long, value_name = "ALGO", global = true)]
     tcp_congestion: Option<String>,
 
+    /// Cap on the rate of each UDP transfer this box serves or asks for: bits per second
+    /// (500k, 50M, 1G) or bytes per second (50MB).
+    #[arg(long, value_name = "RATE", global = true, value_parser = parse_rate_arg)]
+    max_rate: Option<u64>,
+
     /// More detailed logs (-v: debug, -vv: trace); RUST_LOG overrides.
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -144,6 +149,7 @@ impl Config {
         Ok(Config {
             settings: Settings {
                 tcp_congestion: cli.tcp_congestion,
+                max_udp_rate: cli.max_rate,
             },
             run,
             dir: cli.dir,
@@ -157,6 +163,10 @@ impl Config {
             verbose: cli.verbose,
         })
     }
+}
+
+fn parse_rate_arg(text: &str) -> Result<u64, String> {
+    boxsync::shell::command::parse_rate(text).map_err(|e| e.to_string())
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr> {

@@ -19,6 +19,7 @@ use crate::protocol::{
 };
 use crate::share::filter::IndexFilter;
 use crate::share::{Entry, FileHash, RelPath};
+use crate::transfer::udp::{self, UdpError};
 use crate::transfer::{Downloaded, Progress, TransferError, tcp};
 
 /// How long connecting to a peer may take.
@@ -76,6 +77,9 @@ pub enum PeerError {
     /// A download failed.
     #[error(transparent)]
     Transfer(TransferError),
+    /// A UDP download failed in a way only UDP can.
+    #[error(transparent)]
+    Udp(UdpError),
 }
 
 impl PeerError {
@@ -102,6 +106,38 @@ impl PeerError {
 
 /// The connection type to a peer.
 type PeerConnection = Connection<TcpStream>;
+
+/// Runs one request's exchange on a leased connection, retrying once on a fresh connection
+/// if a pooled one turned out stale, and records the request in the box's log. A macro
+/// rather than a function taking an async closure, so that the futures stay `Send` (the
+/// sync loop and background jobs spawn them).
+macro_rules! exchange {
+    ($peer:expr, $request:expr, |$connection:ident, $addr:ident| $body:expr) => {{
+        let peer: &Peer = $peer;
+        let request: &Request = $request;
+        let mut result = None;
+        for _ in 0..2 {
+            let (mut leased, reused) = match peer.lease().await {
+                Ok(lease) => lease,
+                Err(e) => {
+                    result = Some(Err(e));
+                    break;
+                }
+            };
+            let outcome = {
+                let $connection = &mut leased;
+                let $addr: &str = &peer.addr;
+                async { $body }.await
+            };
+            let retry = peer.release(leased, reused, &outcome);
+            result = Some(outcome);
+            if !retry {
+                break;
+            }
+        }
+        peer.finish_request(request, result)
+    }};
+}
 
 /// A client for one peer box.
 pub struct Peer {
@@ -133,7 +169,7 @@ impl Peer {
         let request = Request::Index {
             filter: filter.clone(),
         };
-        self.logged(&request, async |connection, addr| {
+        exchange!(self, &request, |connection, addr| {
             connection
                 .write_message(&request)
                 .await
@@ -161,7 +197,6 @@ impl Peer {
                 }
             }
         })
-        .await
     }
 
     /// MD5, SHA-256 and mtime of one file on the peer.
@@ -180,7 +215,7 @@ impl Peer {
     }
 
     async fn hashes(&self, request: &Request) -> Result<Vec<FileHash>, PeerError> {
-        self.logged(request, async |connection, addr| {
+        exchange!(self, request, |connection, addr| {
             connection
                 .write_message(request)
                 .await
@@ -208,7 +243,6 @@ impl Peer {
                 }
             }
         })
-        .await
     }
 
     /// Downloads `name` over TCP into this box's shared folder, verified and atomic.
@@ -219,45 +253,93 @@ impl Peer {
     ) -> Result<Downloaded, PeerError> {
         let request = Request::Download { name: name.clone() };
         let share = Arc::clone(&self.local.share);
-        self.logged(&request, async |connection, _| {
+        exchange!(self, &request, |connection, _addr| {
             tcp::receive_file(connection, &share, name, &mut *progress)
                 .await
                 .map_err(PeerError::Transfer)
         })
-        .await
     }
 
-    /// Runs `exchange` on a connection, retrying once on a fresh connection if a pooled one
-    /// turned out stale, and records the request in the box's log.
-    async fn logged<T>(
+    /// Downloads `name` over UDP (negotiated on the TCP connection), verified and atomic.
+    ///
+    /// If not a single datagram gets through within a few seconds (a firewall), the file
+    /// is downloaded over TCP instead and the result's `note` says so.
+    pub async fn download_udp(
+        &self,
+        name: &RelPath,
+        max_rate: Option<u64>,
+        progress: Progress<'_>,
+    ) -> Result<Downloaded, PeerError> {
+        let request = Request::DownloadUdp {
+            name: name.clone(),
+            max_rate,
+        };
+        let share = Arc::clone(&self.local.share);
+        let result = exchange!(self, &request, |connection, addr| {
+            let stream = connection.get_ref();
+            let (local, remote) = match (stream.local_addr(), stream.peer_addr()) {
+                (Ok(local), Ok(remote)) => (local, remote),
+                (Err(e), _) | (_, Err(e)) => {
+                    return Err(lost(addr)(ConnectionError::Io(e)));
+                }
+            };
+            udp::receiver::receive_file(
+                connection,
+                local.ip(),
+                remote,
+                &share,
+                name,
+                max_rate,
+                &mut *progress,
+            )
+            .await
+            .map_err(|e| match e {
+                UdpError::Transfer(e) => PeerError::Transfer(e),
+                other => PeerError::Udp(other),
+            })
+        });
+        match result {
+            Err(PeerError::Udp(UdpError::Blocked(waited))) => {
+                let mut downloaded = self.download_tcp(name, progress).await?;
+                downloaded.note = Some(format!(
+                    "no UDP datagram arrived within {waited:?} (UDP blocked?); downloaded over TCP instead"
+                ));
+                Ok(downloaded)
+            }
+            other => other,
+        }
+    }
+
+    /// A connection for one request: an idle one (`true`: reused) or a new one.
+    async fn lease(&self) -> Result<(PeerConnection, bool), PeerError> {
+        match self.take_idle() {
+            Some(connection) => Ok((connection, true)),
+            None => self.connect().await.map(|connection| (connection, false)),
+        }
+    }
+
+    /// Returns a connection after a request; says whether the request should be retried on
+    /// a fresh connection (a reused one turned out stale).
+    fn release<T>(
+        &self,
+        connection: PeerConnection,
+        reused: bool,
+        outcome: &Result<T, PeerError>,
+    ) -> bool {
+        match outcome {
+            Ok(_) => self.put_idle(connection),
+            Err(e) if e.leaves_connection_usable() => self.put_idle(connection),
+            Err(_) => {}
+        }
+        matches!(outcome, Err(e) if reused && e.may_be_stale())
+    }
+
+    /// Records a finished request in the box's log and hands back its result.
+    fn finish_request<T>(
         &self,
         request: &Request,
-        mut exchange: impl AsyncFnMut(&mut PeerConnection, &str) -> Result<T, PeerError>,
+        result: Option<Result<T, PeerError>>,
     ) -> Result<T, PeerError> {
-        let mut result = None;
-        for _ in 0..2 {
-            let (mut connection, reused) = match self.take_idle() {
-                Some(connection) => (connection, true),
-                None => match self.connect().await {
-                    Ok(connection) => (connection, false),
-                    Err(e) => {
-                        result = Some(Err(e));
-                        break;
-                    }
-                },
-            };
-            let outcome = exchange(&mut connection, &self.addr).await;
-            let retry = matches!(&outcome, Err(e) if reused && e.may_be_stale());
-            match &outcome {
-                Ok(_) => self.put_idle(connection),
-                Err(e) if e.leaves_connection_usable() => self.put_idle(connection),
-                Err(_) => {}
-            }
-            result = Some(outcome);
-            if !retry {
-                break;
-            }
-        }
         let result = result.unwrap_or_else(|| Err(protocol_error(&self.addr, "no attempt made")));
         let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
         self.local

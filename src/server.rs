@@ -1,6 +1,6 @@
-//! The box's server: accepts peer connections on TCP (and holds the UDP port of the same
-//! number), runs the handshake, then answers requests until the peer leaves, the
-//! connection misbehaves or the box shuts down.
+//! The box's server: accepts peer connections on TCP, runs the handshake, then answers
+//! requests until the peer leaves, the connection misbehaves or the box shuts down. The UDP
+//! socket on the same port number carries UDP transfers (see [`crate::transfer::udp`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,6 +18,7 @@ use crate::local::LocalBox;
 use crate::protocol::{self, Connection, ConnectionError, ErrorKind, Request, Response};
 use crate::share::FileHash;
 use crate::transfer::tcp;
+use crate::transfer::udp::{self, hub::UdpHub};
 
 /// Most connections served at once; further peers wait in the accept queue.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -51,7 +52,7 @@ pub struct Server {
     /// The TCP listener.
     listener: TcpListener,
     /// The UDP socket on the same port (reserved for UDP transfers).
-    _udp: UdpSocket,
+    udp: UdpSocket,
 }
 
 impl Server {
@@ -69,7 +70,7 @@ impl Server {
                     return Ok(Server {
                         local,
                         listener,
-                        _udp: udp,
+                        udp,
                     });
                 }
                 Err(e) => last_error = Some(e),
@@ -91,6 +92,15 @@ impl Server {
     /// finish and waits (briefly) for them.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let max_rate = self.local.settings.max_udp_rate.map(|r| r as f64);
+        let hub = match UdpHub::new(self.udp, max_rate) {
+            Ok(hub) => hub,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set up the UDP socket; not serving");
+                return;
+            }
+        };
+        let hub_task = tokio::spawn(Arc::clone(&hub).run(stop_rx.clone()));
         let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut handlers = JoinSet::new();
         tokio::pin!(shutdown);
@@ -111,9 +121,10 @@ impl Server {
             match accepted {
                 Ok((stream, peer)) => {
                     let local = Arc::clone(&self.local);
+                    let hub = Arc::clone(&hub);
                     let stop = stop_rx.clone();
                     handlers.spawn(async move {
-                        handle_connection(local, stream, peer, stop).await;
+                        handle_connection(local, hub, stream, peer, stop).await;
                         drop(permit);
                     });
                 }
@@ -132,6 +143,9 @@ impl Server {
         if drained.is_err() {
             handlers.abort_all();
         }
+        // The port is free again once the UDP side has let go of its socket too.
+        let _ = hub_task.await;
+        drop(hub);
         self.local.share.persist_cache();
     }
 }
@@ -139,6 +153,7 @@ impl Server {
 /// Serves one peer connection from handshake to close; every way it can end is logged.
 async fn handle_connection(
     local: Arc<LocalBox>,
+    hub: Arc<UdpHub>,
     stream: TcpStream,
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
@@ -187,7 +202,7 @@ async fn handle_connection(
             }
         };
         let description = request.describe();
-        match serve(&local, &mut connection, request).await {
+        match serve(&local, &hub, &mut connection, request, peer.ip()).await {
             Ok(outcome) => {
                 local
                     .history
@@ -211,8 +226,10 @@ async fn handle_connection(
 /// the request's own outcome, for the log.
 async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     local: &Arc<LocalBox>,
+    hub: &Arc<UdpHub>,
     connection: &mut Connection<S>,
     request: Request,
+    client_ip: std::net::IpAddr,
 ) -> Result<Result<(), String>, ConnectionError> {
     let share = &local.share;
     match request {
@@ -252,6 +269,17 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             let outcome = tcp::send_file(connection, share, &name).await?;
             share.persist_cache();
             Ok(outcome.map_err(|e| e.to_string()))
+        }
+        Request::DownloadUdp { name, max_rate } => {
+            udp::serve::serve_download(connection, share, hub, &name, max_rate, client_ip).await
+        }
+        Request::UdpFinish { .. } => {
+            refuse(
+                connection,
+                ErrorKind::BadRequest,
+                "no UDP transfer is running on this connection".to_string(),
+            )
+            .await
         }
     }
 }

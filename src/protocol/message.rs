@@ -58,6 +58,19 @@ pub enum Request {
         /// The file.
         name: RelPath,
     },
+    /// Negotiates a UDP download of one file (answered by `udp_ready`).
+    DownloadUdp {
+        /// The file.
+        name: RelPath,
+        /// The client's cap on the sending rate, bytes per second.
+        #[serde(default)]
+        max_rate: Option<u64>,
+    },
+    /// Ends a UDP transfer, complete or not (answered by `udp_end`).
+    UdpFinish {
+        /// The session, 16 hex digits.
+        session: String,
+    },
 }
 
 impl Request {
@@ -68,6 +81,8 @@ impl Request {
             Request::HashVerify { name } => format!("hash verify {name}"),
             Request::HashCheckall => "hash checkall".to_string(),
             Request::Download { name } => format!("download tcp {name}"),
+            Request::DownloadUdp { name, .. } => format!("download udp {name}"),
+            Request::UdpFinish { session } => format!("udp finish {session}"),
         }
     }
 }
@@ -106,6 +121,33 @@ pub enum Response {
     FileEnd {
         /// MD5 and SHA-256 of the sent bytes.
         digests: Digests,
+    },
+    /// A UDP transfer is ready: the client proves its UDP endpoint with the token, then
+    /// datagrams flow from the server's port.
+    UdpReady {
+        /// The file.
+        name: RelPath,
+        /// The session id, 16 hex digits.
+        session: String,
+        /// The secret the client's UDP endpoint must present, 32 hex digits.
+        token: String,
+        /// File size.
+        size: u64,
+        /// Last-modified time.
+        mtime: Timestamp,
+        /// Permission bits.
+        mode: u32,
+        /// File bytes per datagram.
+        chunk_len: u32,
+        /// MD5 and SHA-256 of the file as it will be sent.
+        digests: Digests,
+    },
+    /// A UDP transfer ended.
+    UdpEnd {
+        /// DATA datagrams sent.
+        sent: u64,
+        /// Of those, resends.
+        resent: u64,
     },
     /// The request failed; the connection stays usable unless the kind says otherwise.
     Error {

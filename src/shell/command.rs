@@ -25,12 +25,14 @@ pub enum Command {
     HashVerify(RelPath),
     /// `hash checkall`.
     HashCheckall,
-    /// `download tcp|udp <file>`.
+    /// `download tcp|udp <file> [--max-rate RATE]`.
     Download {
         /// The transport asked for.
         transport: TransportChoice,
         /// The file.
         name: RelPath,
+        /// UDP only: a cap on the sending rate, bytes per second.
+        max_rate: Option<u64>,
     },
     /// `history`: requests made and served.
     History,
@@ -63,6 +65,11 @@ pub enum CommandError {
     /// A bad file name.
     #[error(transparent)]
     Path(#[from] PathError),
+    /// A bad rate.
+    #[error(
+        "bad rate '{0}': use bits per second like 500k, 50M or 1G, or bytes per second like 50MB"
+    )]
+    Rate(String),
     /// A bad peer address.
     #[error("bad peer address '{0}': expected HOST:PORT, like 127.0.0.1:7878")]
     PeerAddress(String),
@@ -82,7 +89,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
 const USAGE_INDEX: &str =
     "index longlist | index shortlist <start> <end> | index regex <pattern> | index glob <pattern>";
 const USAGE_HASH: &str = "hash verify <file> | hash checkall";
-const USAGE_DOWNLOAD: &str = "download tcp|udp <file>";
+const USAGE_DOWNLOAD: &str = "download tcp <file> | download udp <file> [--max-rate RATE]";
 
 /// Parses one line; `Ok(None)` for a blank line or a `#` comment.
 pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
@@ -183,18 +190,46 @@ fn parse_hash(args: &[&str]) -> Result<Command, CommandError> {
 }
 
 fn parse_download(args: &[&str]) -> Result<Command, CommandError> {
-    let [transport, file] = args else {
-        return Err(CommandError::Usage(USAGE_DOWNLOAD));
+    let usage = || CommandError::Usage(USAGE_DOWNLOAD);
+    let (transport, file, max_rate) = match args {
+        [transport, file] => (transport, file, None),
+        [transport, file, flag, rate] | [transport, flag, rate, file] if *flag == "--max-rate" => {
+            (transport, file, Some(parse_rate(rate)?))
+        }
+        _ => return Err(usage()),
     };
     let transport = match keyword(transport).as_str() {
-        "tcp" => TransportChoice::Tcp,
+        "tcp" if max_rate.is_none() => TransportChoice::Tcp,
         "udp" => TransportChoice::Udp,
-        _ => return Err(CommandError::Usage(USAGE_DOWNLOAD)),
+        _ => return Err(usage()),
     };
     Ok(Command::Download {
         transport,
         name: RelPath::parse(file)?,
+        max_rate,
     })
+}
+
+/// Reads a rate: bits per second with an optional k/M/G suffix (`50M` is 50 Mbit/s), or
+/// bytes per second when it ends in `B` (`50MB` is 50 megabytes/s). Returns bytes/second.
+pub fn parse_rate(text: &str) -> Result<u64, CommandError> {
+    let bad = || CommandError::Rate(text.to_string());
+    let (number, bytes) = match text.strip_suffix('B') {
+        Some(rest) => (rest, true),
+        None => (text.strip_suffix("bit").unwrap_or(text), false),
+    };
+    let (digits, scale) = match number.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&number[..i], 1e3),
+        Some((i, 'm' | 'M')) => (&number[..i], 1e6),
+        Some((i, 'g' | 'G')) => (&number[..i], 1e9),
+        _ => (number, 1.0),
+    };
+    let value: f64 = digits.parse().map_err(|_| bad())?;
+    let bytes_per_second = value * scale / if bytes { 1.0 } else { 8.0 };
+    if !bytes_per_second.is_finite() || bytes_per_second < 1.0 {
+        return Err(bad());
+    }
+    Ok(bytes_per_second as u64)
 }
 
 /// Accepts `HOST:PORT` (and `[v6]:PORT`) with a valid port number.
@@ -226,7 +261,8 @@ mod tests {
             parse(r#"FileDownload TCP "with space.txt""#).unwrap(),
             Some(Command::Download {
                 transport: TransportChoice::Tcp,
-                name: RelPath::parse("with space.txt").unwrap()
+                name: RelPath::parse("with space.txt").unwrap(),
+                max_rate: None,
             })
         );
         assert_eq!(parse("   ").unwrap(), None);
@@ -239,6 +275,25 @@ mod tests {
         assert!(parse("index shortlist 2026-11-21 10:00 2026-11-21 12:00").is_ok());
         assert!(parse("index shortlist 2026-11-21 2026-11-20").is_err());
         assert!(parse("index shortlist @0 @10").is_ok());
+    }
+
+    /// Rates read as bits per second unless they say bytes.
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("50M").unwrap(), 6_250_000);
+        assert_eq!(parse_rate("50MB").unwrap(), 50_000_000);
+        assert_eq!(parse_rate("800k").unwrap(), 100_000);
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("0").is_err());
+        assert!(matches!(
+            parse("download udp big.iso --max-rate 50M").unwrap(),
+            Some(Command::Download {
+                transport: TransportChoice::Udp,
+                max_rate: Some(6_250_000),
+                ..
+            })
+        ));
+        assert!(parse("download tcp big.iso --max-rate 50M").is_err());
     }
 
     /// Every malformed line gets a one-line error rather than a crash.

@@ -12,7 +12,7 @@ commands (keywords are case-insensitive; quote names with spaces: \"my file.txt\
   hash verify <file>              MD5, SHA-256 and mtime of one file on the peer
   hash checkall                   the same for every file on the peer
   download tcp <file>             fetch a file over TCP into the local folder, verified
-  download udp <file>             fetch a file over UDP (not available yet)
+  download udp <file>             fetch a file over UDP (fast on lossy long links)
   history                         requests this box made and served, newest last
   peer [HOST:PORT]                show the current peer, or switch to another
   help [command]                  this list, or details and examples for one command
@@ -62,11 +62,15 @@ download tcp <file>
     the peer's last-modified time and permissions. The bytes are verified against
     the peer's SHA-256 before the file appears; a replaced local version is kept in
     .boxsync/trash/. Shows name, size, last-modified time and MD5.
-download udp <file>
-    Not available yet; use tcp.
+download udp <file> [--max-rate RATE]
+    The same over UDP: paced datagrams, selective resends, rate control that does not
+    mistake random loss for congestion. Also shows how many datagrams were resent.
+    RATE is bits per second (500k, 50M, 1G) or bytes per second with a B (50MB).
+    If no UDP datagram gets through within 3 s, the file comes over TCP instead.
 examples:
     download tcp notes/todo.md
-    FileDownload TCP \"music/song one.mp3\""
+    FileDownload TCP \"music/song one.mp3\"
+    download udp data/big.bin --max-rate 50M"
             .to_string(),
         "history" => "\
 history

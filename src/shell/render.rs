@@ -68,7 +68,7 @@ fn hash_json(hash: &FileHash) -> Value {
 }
 
 fn download_json(d: &Downloaded) -> Value {
-    json!({
+    let mut value = json!({
         "name": d.name,
         "size": d.size,
         "mtime": d.mtime,
@@ -77,7 +77,14 @@ fn download_json(d: &Downloaded) -> Value {
         "transport": d.transport,
         "path": d.path,
         "seconds": (d.seconds * 1000.0).round() / 1000.0,
-    })
+    });
+    if let Some(resent) = d.resent {
+        value["resent"] = json!(resent);
+    }
+    if let Some(note) = &d.note {
+        value["note"] = json!(note);
+    }
+    value
 }
 
 fn outcome_human(outcome: &Outcome) -> String {
@@ -115,6 +122,7 @@ fn outcome_human(outcome: &Outcome) -> String {
                 d.name,
                 match d.transport {
                     crate::transfer::Transport::Tcp => "TCP",
+                    crate::transfer::Transport::Udp => "UDP",
                 },
                 human_size(d.size),
                 d.seconds,
@@ -130,6 +138,12 @@ fn outcome_human(outcome: &Outcome) -> String {
                     d.md5.clone(),
                 ]],
             ));
+            if let Some(resent) = d.resent {
+                lines.push(format!("{resent} datagrams resent"));
+            }
+            if let Some(note) = &d.note {
+                lines.push(format!("note: {note}"));
+            }
             if let Some(old) = &d.replaced {
                 lines.push(format!("previous version kept in {}", old.display()));
             }

@@ -43,9 +43,6 @@ pub enum SessionError {
     /// The request to the peer failed.
     #[error(transparent)]
     Peer(#[from] PeerError),
-    /// A feature that has not landed yet.
-    #[error("{0}")]
-    Unsupported(&'static str),
     /// The local request log could not be read.
     #[error("cannot read the request log: {0}")]
     History(std::io::Error),
@@ -102,14 +99,15 @@ impl Session {
             Command::Download {
                 transport: TransportChoice::Tcp,
                 name,
+                ..
             } => Outcome::Downloaded(self.peer()?.download_tcp(&name, progress).await?),
             Command::Download {
                 transport: TransportChoice::Udp,
-                ..
+                name,
+                max_rate,
             } => {
-                return Err(SessionError::Unsupported(
-                    "download udp is not available yet; use 'download tcp <file>'",
-                ));
+                let max_rate = max_rate.or(self.local.settings.max_udp_rate);
+                Outcome::Downloaded(self.peer()?.download_udp(&name, max_rate, progress).await?)
             }
             Command::History => Outcome::History(
                 self.local

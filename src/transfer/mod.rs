@@ -3,6 +3,7 @@
 
 pub mod partial;
 pub mod tcp;
+pub mod udp;
 
 use std::path::PathBuf;
 
@@ -23,6 +24,8 @@ pub type Progress<'a> = &'a mut (dyn FnMut(u64, u64) + Send);
 pub enum Transport {
     /// The box's TCP connection.
     Tcp,
+    /// UDP datagrams.
+    Udp,
 }
 
 /// A completed, verified, installed download.
@@ -47,6 +50,10 @@ pub struct Downloaded {
     /// Where the replaced local version went, if one was replaced.
     #[serde(skip)]
     pub replaced: Option<PathBuf>,
+    /// UDP only: how many datagrams were sent again.
+    pub resent: Option<u64>,
+    /// Something the user should know, such as a fallback from UDP to TCP.
+    pub note: Option<String>,
 }
 
 /// Why a download did not complete. Whatever the reason, the shared folder is unchanged.

@@ -15,9 +15,14 @@ pub struct PartialFile {
 }
 
 impl PartialFile {
-    /// Creates an empty temporary file at `path`.
+    /// Creates an empty temporary file at `path`, open for reading and writing.
     pub fn create(path: PathBuf) -> Result<(PartialFile, File), ShareError> {
-        let file = File::create(&path).map_err(|e| ShareError::io(&path, e))?;
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| ShareError::io(&path, e))?;
         Ok((PartialFile { path, armed: true }, file))
     }
 

@@ -287,6 +287,8 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
         path: rel.under(share.root()),
         seconds: started.elapsed().as_secs_f64(),
         replaced,
+        resent: None,
+        note: None,
     })
 }
 

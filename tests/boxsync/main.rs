@@ -6,4 +6,6 @@ mod cli;
 mod commands;
 mod failures;
 mod pty;
+mod relay;
+mod udp;
 mod util;

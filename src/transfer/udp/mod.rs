@@ -1,0 +1,64 @@
+//! Downloads over UDP: negotiated on the box's TCP connection, data in paced datagrams
+//! with per-datagram integrity checks, selective resends of exactly what was lost, and
+//! rate control that tells random loss from congestion. docs/protocol.md describes the
+//! datagrams.
+//!
+//! - [`wire`]: datagram layout and integrity check;
+//! - [`rate`]: the rate controller;
+//! - [`sender`]: the serving box's side of one transfer;
+//! - [`hub`]: the server's UDP socket, shared by all transfers, and their limits;
+//! - [`serve`]: the serving box's handling of the TCP negotiation;
+//! - [`socket`]: batched, offloaded UDP sends and receives;
+//! - [`receiver`]: the downloading box's side.
+
+pub mod hub;
+pub mod rate;
+pub mod receiver;
+pub mod sender;
+pub mod serve;
+pub mod socket;
+pub mod wire;
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+use super::TransferError;
+use crate::share::ShareError;
+
+/// Why a UDP download failed.
+#[derive(Debug, Error)]
+pub enum UdpError {
+    /// What can fail in any transfer.
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+    /// Not a single datagram arrived: UDP is blocked on the path.
+    #[error("no UDP datagram arrived within {0:?}: UDP looks blocked (a firewall?)")]
+    Blocked(Duration),
+    /// Datagrams stopped arriving.
+    #[error("UDP transfer made no progress for {0:?}")]
+    Stalled(Duration),
+}
+
+impl From<ShareError> for UdpError {
+    fn from(error: ShareError) -> UdpError {
+        UdpError::Transfer(TransferError::Local(error))
+    }
+}
+
+/// The token as it travels in JSON: 32 hex digits.
+pub fn format_token(token: &wire::Token) -> String {
+    crate::share::hash::to_hex(token)
+}
+
+/// Reads a token back from its hex form.
+pub fn parse_token(text: &str) -> Option<wire::Token> {
+    if text.len() != 32 || !text.is_ascii() {
+        return None;
+    }
+    let mut token = [0u8; 16];
+    for (i, byte) in token.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[i * 2..i * 2 + 2], 16).ok()?;
+    }
+    Some(token)
+}

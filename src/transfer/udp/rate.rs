@@ -1,0 +1,313 @@
+//! Rate control for UDP transfers: start fast, find the delivery rate, pace to it, and back
+//! off on rising queueing delay or on loss well above the link's random-loss floor, never
+//! on a few random drops.
+//!
+//! The model is BBR's: the pacing rate is an estimate of the bottleneck's delivery rate
+//! times a gain. The estimate is the highest delivery rate measured over the last ten
+//! rounds (a round is one round trip, at least 20 ms), where a measurement is the bytes
+//! the receiver got per second of its own clock, corrected for the random-loss floor.
+//! - Startup: gain 2 every round, until the estimate stops growing by a quarter for three
+//!   rounds or the queue grows; then one round at gain 0.5 drains what startup queued.
+//! - Cruise: gains cycle 1.25, 0.75, 1, 1, 1, 1, 1, 1: one round probes for more bandwidth,
+//!   the next drains the queue that probe made.
+//! - A round whose queueing delay exceeds 8 ms is not allowed to probe and drains instead.
+//! - Loss is not a signal, except loss far above the floor (more than chance and the
+//!   floor itself explain): then the estimate restarts from what was just delivered.
+//!   The floor is a slow average of the loss seen while queues were short: random loss
+//!   does not grow with the rate and does not delay packets; congestion does both.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Rate at which a transfer starts, bytes per second (20 Mbit/s).
+pub const START_RATE: f64 = 2.5e6;
+
+/// The rate never drops below this, bytes per second (2 Mbit/s), so that a transfer on a
+/// terrible link still progresses.
+pub const MIN_RATE: f64 = 250e3;
+
+/// Queueing delay above which a round drains instead of probing.
+const QUEUE_HIGH: Duration = Duration::from_millis(8);
+
+/// Shortest round: the receiver reports every 10 ms, and a round needs a few reports.
+const MIN_ROUND: Duration = Duration::from_millis(20);
+
+/// Rounds the bandwidth estimate remembers.
+const WINDOW_ROUNDS: usize = 10;
+
+/// Pacing gains of the cruise cycle, one per round.
+const CYCLE: [f64; 8] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+
+/// One receiver report, reduced to what the controller needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// Payload bytes that arrived since the previous report.
+    pub bytes: u64,
+    /// Receiver-clock seconds since the previous report.
+    pub seconds: f64,
+    /// Datagrams the sender sent in that span (by transmission numbers).
+    pub expected: u64,
+    /// Datagrams that arrived in that span.
+    pub received: u64,
+    /// Queueing delay the receiver saw since the previous report.
+    pub queue: Duration,
+}
+
+/// The phases of a transfer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// Doubling every round.
+    Startup,
+    /// One round below the estimate to empty the queue startup built.
+    Drain,
+    /// Cycling gains around the estimate; the index into [`CYCLE`].
+    Cruise(usize),
+}
+
+/// The pacing rate of one transfer and the state that adjusts it.
+#[derive(Debug, Clone)]
+pub struct RateControl {
+    /// Current pacing rate, bytes per second.
+    rate: f64,
+    /// Highest allowed rate (the user's or the server's cap).
+    ceiling: f64,
+    /// Where in the life of the transfer we are.
+    phase: Phase,
+    /// Loss-corrected delivery rates of recent rounds, newest last.
+    window: VecDeque<f64>,
+    /// Best estimate when startup last grew by a quarter, and rounds since.
+    startup_best: f64,
+    flat_rounds: u32,
+    /// Slow average of the loss seen while queues were short: the random-loss floor.
+    loss_floor: Option<f64>,
+    /// Smoothed round-trip time.
+    srtt: Duration,
+    /// The round being accumulated.
+    round: Sample,
+    /// When the current round began.
+    round_start: Instant,
+}
+
+impl RateControl {
+    /// A controller starting at [`START_RATE`] (or the ceiling, if lower).
+    pub fn new(ceiling: Option<f64>, now: Instant) -> RateControl {
+        let ceiling = ceiling.unwrap_or(f64::INFINITY).max(MIN_RATE);
+        RateControl {
+            rate: START_RATE.min(ceiling),
+            ceiling,
+            phase: Phase::Startup,
+            window: VecDeque::new(),
+            startup_best: 0.0,
+            flat_rounds: 0,
+            loss_floor: None,
+            srtt: MIN_ROUND,
+            round: Sample {
+                bytes: 0,
+                seconds: 0.0,
+                expected: 0,
+                received: 0,
+                queue: Duration::ZERO,
+            },
+            round_start: now,
+        }
+    }
+
+    /// The current pacing rate, bytes per second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// The smoothed round-trip time.
+    pub fn srtt(&self) -> Duration {
+        self.srtt
+    }
+
+    /// Takes a round-trip time measurement.
+    pub fn on_rtt(&mut self, rtt: Duration) {
+        self.srtt = (self.srtt * 7 + rtt) / 8;
+    }
+
+    /// Takes a receiver report; adjusts the rate at the end of each round.
+    pub fn on_sample(&mut self, sample: Sample, now: Instant) {
+        self.round.bytes += sample.bytes;
+        self.round.seconds += sample.seconds;
+        self.round.expected += sample.expected;
+        self.round.received += sample.received;
+        self.round.queue = self.round.queue.max(sample.queue);
+        if now.duration_since(self.round_start) < self.srtt.max(MIN_ROUND) {
+            return;
+        }
+        self.round_start = now;
+        let round = std::mem::replace(
+            &mut self.round,
+            Sample {
+                bytes: 0,
+                seconds: 0.0,
+                expected: 0,
+                received: 0,
+                queue: Duration::ZERO,
+            },
+        );
+        if round.seconds > 0.0 {
+            self.end_round(round);
+        }
+    }
+
+    fn end_round(&mut self, round: Sample) {
+        let loss = if round.expected == 0 {
+            0.0
+        } else {
+            1.0 - (round.received as f64 / round.expected as f64).min(1.0)
+        };
+        let floor = *self.loss_floor.get_or_insert(loss);
+        let noise = 3.0 * (floor.max(0.01) * (1.0 - floor) / round.expected.max(1) as f64).sqrt();
+        let congestion_loss = loss > floor + noise + 0.02 + floor * 0.5;
+        let queued = round.queue > QUEUE_HIGH;
+        if !queued && !congestion_loss {
+            self.loss_floor = Some(floor + (loss - floor) / 8.0);
+        }
+        let delivered = round.bytes as f64 / round.seconds / (1.0 - floor.min(0.9));
+        if congestion_loss {
+            self.window.clear();
+        }
+        self.window.push_back(delivered);
+        if self.window.len() > WINDOW_ROUNDS {
+            self.window.pop_front();
+        }
+        let estimate = self.window.iter().copied().fold(0.0, f64::max);
+
+        let gain = match self.phase {
+            Phase::Startup => {
+                if estimate > self.startup_best * 1.25 {
+                    self.startup_best = estimate;
+                    self.flat_rounds = 0;
+                } else {
+                    self.flat_rounds += 1;
+                }
+                if queued || congestion_loss || self.flat_rounds >= 3 {
+                    self.phase = Phase::Drain;
+                    0.5
+                } else {
+                    2.0
+                }
+            }
+            Phase::Drain => {
+                self.phase = Phase::Cruise(0);
+                CYCLE[0]
+            }
+            Phase::Cruise(i) => {
+                let next = (i + 1) % CYCLE.len();
+                self.phase = Phase::Cruise(next);
+                if queued { 0.75 } else { CYCLE[next] }
+            }
+        };
+        self.rate = match self.phase {
+            // Startup doubles what it is sending, which the estimate lags by a round.
+            Phase::Startup => self.rate * gain,
+            _ => estimate * gain,
+        };
+        self.rate = self.rate.clamp(MIN_RATE, self.ceiling);
+        tracing::trace!(
+            rate = self.rate as u64,
+            estimate = estimate as u64,
+            loss,
+            floor = self.loss_floor.unwrap_or(0.0),
+            queue_us = round.queue.as_micros() as u64,
+            phase = ?self.phase,
+            "rate adjusted"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Simulates a link of `capacity` bytes/s with random `loss` and a queue that grows
+    /// when the rate exceeds capacity; returns the average rate of the last rounds.
+    fn simulate(capacity: f64, loss: f64, rounds: usize) -> f64 {
+        let start = Instant::now();
+        let mut control = RateControl::new(None, start);
+        control.on_rtt(Duration::from_millis(50));
+        let mut queue_bytes: f64 = 0.0;
+        let round = 0.05;
+        let mut rates = Vec::new();
+        for i in 1..=rounds {
+            let now = start + Duration::from_secs_f64(round * i as f64);
+            let rate = control.rate();
+            rates.push(rate);
+            queue_bytes = (queue_bytes + (rate - capacity) * round).max(0.0);
+            let sent = (rate * round / 1400.0) as u64;
+            let delivered = rate.min(capacity) * (1.0 - loss) * round;
+            let sample = Sample {
+                bytes: delivered as u64,
+                seconds: round,
+                expected: sent,
+                received: (sent as f64 * (1.0 - loss)) as u64,
+                queue: Duration::from_secs_f64(queue_bytes / capacity),
+            };
+            control.on_sample(sample, now);
+        }
+        rates[rounds / 2..].iter().sum::<f64>() / (rounds - rounds / 2) as f64
+    }
+
+    /// On a 100 Mbit/s link the rate settles near capacity, whatever the random loss.
+    #[test]
+    fn finds_capacity_despite_random_loss() {
+        let capacity = 12.5e6;
+        for loss in [0.0, 0.01, 0.05, 0.1, 0.2, 0.5] {
+            let rate = simulate(capacity, loss, 200);
+            assert!(
+                rate > capacity * 0.85 && rate < capacity * 1.2,
+                "loss {loss}: rate {rate:.0} for capacity {capacity:.0}"
+            );
+        }
+    }
+
+    /// Loss far above the floor (a congested queue dropping) cuts the rate.
+    #[test]
+    fn congestion_loss_cuts_the_rate() {
+        let start = Instant::now();
+        let mut control = RateControl::new(None, start);
+        let calm = Sample {
+            bytes: 100_000,
+            seconds: 0.02,
+            expected: 100,
+            received: 99,
+            queue: Duration::ZERO,
+        };
+        for i in 1..30 {
+            control.on_sample(calm, start + MIN_ROUND * i);
+        }
+        let before = control.rate();
+        let burst = Sample {
+            bytes: 30_000,
+            received: 30,
+            ..calm
+        };
+        control.on_sample(burst, start + MIN_ROUND * 40);
+        assert!(
+            control.rate() < before * 0.8,
+            "{} vs {before}",
+            control.rate()
+        );
+    }
+
+    /// A ceiling is never exceeded.
+    #[test]
+    fn respects_the_ceiling() {
+        let start = Instant::now();
+        let mut control = RateControl::new(Some(1e6), start);
+        for i in 1..100 {
+            let sample = Sample {
+                bytes: (control.rate() * 0.02) as u64,
+                seconds: 0.02,
+                expected: 10,
+                received: 10,
+                queue: Duration::ZERO,
+            };
+            control.on_sample(sample, start + MIN_ROUND * i);
+        }
+        assert!(control.rate() <= 1e6);
+    }
+}

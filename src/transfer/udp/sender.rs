@@ -1,0 +1,350 @@
+//! The sending side of a UDP transfer, run by the serving box: waits for the receiver to
+//! prove it holds the token, then paces DATA datagrams at the controlled rate, resending
+//! exactly the chunks the receiver reports missing.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+use super::rate::{RateControl, Sample};
+use super::socket::FastSocket;
+use super::wire::{self, Data, Datagram, Feedback, Token};
+
+/// How long the sender waits for the receiver's HELLO.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A transfer whose receiver has sent no report for this long is abandoned.
+const SILENCE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pacing granularity: the sender wakes this often and sends what the rate allows.
+const TICK: Duration = Duration::from_millis(1);
+
+/// Longest span of sending credit one wake-up may use, so that a late timer does not turn
+/// into a large burst.
+const MAX_BURST: Duration = Duration::from_millis(2);
+
+/// Chunks read from disk at once for first sends (they are sequential).
+const READ_AHEAD: usize = 64;
+
+/// What the sender needs to know about the transfer.
+pub struct SenderPlan {
+    /// The session id.
+    pub session: u64,
+    /// The secret the receiver must present.
+    pub token: Token,
+    /// The file, open for reading.
+    pub file: File,
+    /// Its size.
+    pub size: u64,
+    /// File bytes per datagram.
+    pub chunk_len: usize,
+    /// Only a UDP endpoint at this IP (the TCP client's) may become the receiver.
+    pub client_ip: IpAddr,
+    /// Rate cap, bytes per second.
+    pub max_rate: Option<f64>,
+}
+
+/// How a sending session went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SenderStats {
+    /// DATA datagrams sent.
+    pub sent: u64,
+    /// Of those, resends.
+    pub resent: u64,
+    /// Whether the receiver reported having everything.
+    pub complete: bool,
+}
+
+/// Runs one sending session until the receiver has everything, `stop` fires, or the
+/// receiver falls silent. `incoming` carries this session's datagrams from the server's
+/// UDP socket.
+pub async fn run(
+    plan: SenderPlan,
+    socket: Arc<FastSocket>,
+    mut incoming: mpsc::Receiver<(Bytes, SocketAddr)>,
+    mut stop: watch::Receiver<bool>,
+) -> SenderStats {
+    let mut stats = SenderStats::default();
+    let Some(dest) = await_hello(&plan, &mut incoming, &mut stop).await else {
+        return stats;
+    };
+    let total = plan.size.div_ceil(plan.chunk_len as u64) as u32;
+    let mut state = SendState::new(total, plan.max_rate);
+    let batch_capacity = socket.batch_capacity(wire::MAX_DATAGRAM);
+    let mut batch = Vec::with_capacity(batch_capacity * wire::MAX_DATAGRAM);
+    let mut reader = ChunkReader::new(&plan);
+    let mut last_report = Instant::now();
+    let mut allowance: f64 = 0.0;
+    let mut last_tick = Instant::now();
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            datagram = incoming.recv() => {
+                let Some((bytes, from)) = datagram else { break };
+                if from != dest {
+                    continue;
+                }
+                match wire::decode(&bytes) {
+                    Ok(Datagram::Feedback(feedback))
+                        if feedback.session == plan.session && feedback.token == plan.token =>
+                    {
+                        last_report = Instant::now();
+                        if state.on_feedback(&feedback, last_report) {
+                            stats.complete = true;
+                            break;
+                        }
+                    }
+                    // The receiver still says HELLO: none of our data reached it yet.
+                    Ok(Datagram::Hello { session, token })
+                        if session == plan.session && token == plan.token =>
+                    {
+                        last_report = Instant::now();
+                        state.on_hello(last_report);
+                    }
+                    _ => {}
+                }
+            }
+            _ = ticker.tick() => {
+                let now = Instant::now();
+                if now.duration_since(last_report) > SILENCE_TIMEOUT {
+                    tracing::info!(session = plan.session, "receiver fell silent; abandoning");
+                    break;
+                }
+                let packet_bytes = (plan.chunk_len + wire::DATA_OVERHEAD) as f64;
+                allowance += now.duration_since(last_tick).as_secs_f64() * state.rate.rate();
+                let burst = state.rate.rate() * MAX_BURST.as_secs_f64();
+                allowance = allowance.min(burst.max(packet_bytes * 4.0));
+                last_tick = now;
+                let mut in_batch = 0;
+                while allowance >= packet_bytes {
+                    let Some((chunk, resend)) = state.next_chunk(now) else {
+                        // Nothing to send until the receiver reports: do not bank credit.
+                        allowance = allowance.min(packet_bytes);
+                        break;
+                    };
+                    let Ok(payload) = reader.chunk(chunk) else {
+                        tracing::warn!(session = plan.session, "cannot read the file; abandoning");
+                        return stats;
+                    };
+                    let len = payload.len();
+                    wire::encode_data(&mut batch, &Data {
+                        session: plan.session,
+                        chunk,
+                        tx: stats.sent as u32,
+                        frontier: state.next_new,
+                        sent_us: state.clock_us(now),
+                        payload,
+                    });
+                    in_batch += 1;
+                    stats.sent += 1;
+                    stats.resent += u64::from(resend);
+                    allowance -= packet_bytes;
+                    // A short datagram can only end a segmented send.
+                    if in_batch == batch_capacity || len < plan.chunk_len {
+                        if socket.send(dest, &batch, wire::MAX_DATAGRAM).await.is_err() {
+                            return stats;
+                        }
+                        batch.clear();
+                        in_batch = 0;
+                    }
+                }
+                if in_batch > 0 {
+                    if socket.send(dest, &batch, wire::MAX_DATAGRAM).await.is_err() {
+                        return stats;
+                    }
+                    batch.clear();
+                }
+            }
+        }
+    }
+    stats
+}
+
+/// Reads chunks from the file, a block of [`READ_AHEAD`] chunks at a time, so that first
+/// sends (which go in order) cost one read per block rather than one per datagram.
+struct ChunkReader<'a> {
+    plan: &'a SenderPlan,
+    /// First chunk in `block`.
+    first: u32,
+    /// Chunks in `block`.
+    count: u32,
+    block: Vec<u8>,
+}
+
+impl<'a> ChunkReader<'a> {
+    fn new(plan: &'a SenderPlan) -> ChunkReader<'a> {
+        ChunkReader {
+            plan,
+            first: 0,
+            count: 0,
+            block: vec![0u8; plan.chunk_len * READ_AHEAD],
+        }
+    }
+
+    /// The bytes of `chunk`.
+    fn chunk(&mut self, chunk: u32) -> std::io::Result<&[u8]> {
+        let chunk_len = self.plan.chunk_len as u64;
+        if chunk < self.first || chunk >= self.first + self.count {
+            let offset = u64::from(chunk) * chunk_len;
+            let len = (self.plan.size - offset).min(self.block.len() as u64) as usize;
+            self.plan
+                .file
+                .read_exact_at(&mut self.block[..len], offset)?;
+            self.first = chunk;
+            self.count = len.div_ceil(self.plan.chunk_len) as u32;
+        }
+        let start = u64::from(chunk - self.first) * chunk_len;
+        let len = (self.plan.size - u64::from(chunk) * chunk_len).min(chunk_len);
+        Ok(&self.block[start as usize..(start + len) as usize])
+    }
+}
+
+/// Waits for a HELLO with the session's token from the client's IP; returns its address.
+async fn await_hello(
+    plan: &SenderPlan,
+    incoming: &mut mpsc::Receiver<(Bytes, SocketAddr)>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<SocketAddr> {
+    let deadline = tokio::time::sleep(HELLO_TIMEOUT);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return None,
+            _ = stop.changed() => return None,
+            datagram = incoming.recv() => {
+                let (bytes, from) = datagram?;
+                match wire::decode(&bytes) {
+                    Ok(Datagram::Hello { session, token })
+                        if session == plan.session
+                            && token == plan.token
+                            && from.ip() == plan.client_ip =>
+                    {
+                        return Some(from);
+                    }
+                    _ => tracing::debug!(%from, "ignoring a datagram that proves nothing"),
+                }
+            }
+        }
+    }
+}
+
+/// What has been sent and what must be sent next.
+struct SendState {
+    /// Total chunks in the file.
+    total: u32,
+    /// Next chunk never sent.
+    next_new: u32,
+    /// Chunks reported missing, to resend first.
+    resend: VecDeque<u32>,
+    /// When each chunk was last sent, microseconds since `start` (0: never).
+    last_sent: Vec<u64>,
+    /// Whether each chunk is in `resend` already.
+    queued: Vec<bool>,
+    /// The rate controller.
+    rate: RateControl,
+    /// The session's clock origin.
+    start: Instant,
+    /// The previous report, for per-interval deltas.
+    previous: Option<Feedback>,
+}
+
+impl SendState {
+    fn new(total: u32, max_rate: Option<f64>) -> SendState {
+        let start = Instant::now();
+        SendState {
+            total,
+            next_new: 0,
+            resend: VecDeque::new(),
+            last_sent: vec![0; total as usize],
+            queued: vec![false; total as usize],
+            rate: RateControl::new(max_rate, start),
+            start,
+            previous: None,
+        }
+    }
+
+    fn clock_us(&self, now: Instant) -> u64 {
+        now.duration_since(self.start).as_micros() as u64
+    }
+
+    /// The next chunk to send and whether it is a resend.
+    fn next_chunk(&mut self, now: Instant) -> Option<(u32, bool)> {
+        let stamp = self.clock_us(now).max(1);
+        if let Some(chunk) = self.resend.pop_front() {
+            self.queued[chunk as usize] = false;
+            self.last_sent[chunk as usize] = stamp;
+            return Some((chunk, true));
+        }
+        if self.next_new < self.total {
+            let chunk = self.next_new;
+            self.next_new += 1;
+            self.last_sent[chunk as usize] = stamp;
+            return Some((chunk, false));
+        }
+        None
+    }
+
+    /// The receiver has received nothing yet: every chunk sent so far counts as missing.
+    fn on_hello(&mut self, now: Instant) {
+        let everything = Feedback {
+            missing: vec![(0, self.next_new)],
+            ..Feedback::default()
+        };
+        self.queue_missing(&everything, self.clock_us(now));
+    }
+
+    /// Takes a receiver report: feeds the rate controller and queues resends. Returns
+    /// whether the receiver has every chunk.
+    fn on_feedback(&mut self, feedback: &Feedback, now: Instant) -> bool {
+        if feedback.cumulative >= self.total {
+            return true;
+        }
+        let now_us = self.clock_us(now);
+        if feedback.echo_us > 0 {
+            let rtt = now_us
+                .saturating_sub(feedback.echo_us)
+                .saturating_sub(u64::from(feedback.hold_us));
+            self.rate.on_rtt(Duration::from_micros(rtt));
+        }
+        if let Some(previous) = &self.previous
+            && feedback.clock_us > previous.clock_us
+            && feedback.received >= previous.received
+        {
+            let sample = Sample {
+                bytes: feedback.bytes.saturating_sub(previous.bytes),
+                seconds: (feedback.clock_us - previous.clock_us) as f64 / 1e6,
+                expected: u64::from(feedback.highest_tx.saturating_sub(previous.highest_tx)),
+                received: feedback.received - previous.received,
+                queue: Duration::from_micros(u64::from(feedback.queue_us)),
+            };
+            self.rate.on_sample(sample, now);
+        }
+        self.queue_missing(feedback, now_us);
+        self.previous = Some(feedback.clone());
+        false
+    }
+
+    /// Queues for resending the reported-missing chunks that have had a round trip (plus a
+    /// margin) to arrive since they were last sent.
+    fn queue_missing(&mut self, feedback: &Feedback, now_us: u64) {
+        let patience =
+            (self.rate.srtt() + self.rate.srtt() / 4 + Duration::from_millis(5)).as_micros() as u64;
+        for &(start, end) in &feedback.missing {
+            for chunk in start..end.min(self.next_new) {
+                let index = chunk as usize;
+                if !self.queued[index] && now_us.saturating_sub(self.last_sent[index]) > patience {
+                    self.queued[index] = true;
+                    self.resend.push_back(chunk);
+                }
+            }
+        }
+    }
+}

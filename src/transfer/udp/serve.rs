@@ -1,0 +1,136 @@
+//! The serving box's handling of a `download_udp` request on a TCP connection: hash, open,
+//! start a sending session, announce it, and wait on the same connection for the client's
+//! `udp_finish`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use rand::RngExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::hub::UdpHub;
+use super::sender::SenderPlan;
+use super::wire::{CHUNK_LEN, Token};
+use crate::protocol::{Connection, ConnectionError, ErrorKind, Request, Response};
+use crate::share::folder::{self, Fingerprint};
+use crate::share::{RelPath, Share, ShareError};
+use crate::transfer::tcp::error_response;
+
+/// Serves one UDP download. The outer `Err` means the TCP connection failed; the inner
+/// result is the request's outcome, for the log.
+pub async fn serve_download<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    share: &Arc<Share>,
+    hub: &Arc<UdpHub>,
+    rel: &RelPath,
+    max_rate: Option<u64>,
+    client_ip: IpAddr,
+) -> Result<Result<(), String>, ConnectionError> {
+    let _guard = share.locks().read(rel).await;
+    let prepared = {
+        let share = Arc::clone(share);
+        let rel = rel.clone();
+        tokio::task::spawn_blocking(move || {
+            let hash = share.hash_cache().hash_file(share.root(), &rel)?;
+            let (file, meta) = folder::open_regular(share.root(), &rel)?;
+            if meta.len() != hash.size || folder::modified(&meta) != hash.mtime {
+                return Err(ShareError::Changed(rel.clone()));
+            }
+            Ok((hash, file, meta))
+        })
+        .await
+        .unwrap_or_else(|e| Err(ShareError::io("<worker>", std::io::Error::other(e))))
+    };
+    share.persist_cache();
+    let (hash, file, meta) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            connection.write_message(&error_response(&e)).await?;
+            return Ok(Err(e.to_string()));
+        }
+    };
+    let fingerprint = Fingerprint::of(&meta);
+    let session_id: u64 = rand::rng().random();
+    let token: Token = rand::rng().random();
+    let plan = SenderPlan {
+        session: session_id,
+        token,
+        file,
+        size: meta.len(),
+        chunk_len: CHUNK_LEN,
+        client_ip,
+        max_rate: None,
+    };
+    let session = match hub.start(plan, max_rate.map(|r| r as f64)) {
+        Ok(session) => session,
+        Err(e) => {
+            let message = e.to_string();
+            connection
+                .write_message(&Response::Error {
+                    kind: ErrorKind::Unavailable,
+                    message: message.clone(),
+                })
+                .await?;
+            return Ok(Err(message));
+        }
+    };
+    let session_hex = format!("{session_id:016x}");
+    let ready = Response::UdpReady {
+        name: rel.clone(),
+        session: session_hex.clone(),
+        token: super::format_token(&token),
+        size: meta.len(),
+        mtime: folder::modified(&meta),
+        mode: std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777,
+        chunk_len: CHUNK_LEN as u32,
+        digests: crate::share::Digests {
+            md5: hash.md5,
+            sha256: hash.sha256,
+        },
+    };
+    if let Err(e) = connection.write_message(&ready).await {
+        session.finish().await;
+        return Err(e);
+    }
+    let next = connection.read_message::<Request>().await;
+    let stats = session.finish().await;
+    match next {
+        Ok(Some(Request::UdpFinish { session })) if session == session_hex => {}
+        Ok(Some(_)) => {
+            let refusal = Response::Error {
+                kind: ErrorKind::BadRequest,
+                message: "expected udp_finish for the running transfer".to_string(),
+            };
+            connection.write_message(&refusal).await?;
+            return Ok(Err("client broke the UDP protocol".to_string()));
+        }
+        Ok(None) => return Err(ConnectionError::Closed),
+        Err(e) => return Err(e),
+    }
+    // The file must still be the version that was hashed and announced.
+    let now = {
+        let share = Arc::clone(share);
+        let rel = rel.clone();
+        tokio::task::spawn_blocking(move || folder::stat(share.root(), &rel))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+    };
+    if now.as_ref().map(Fingerprint::of) != Some(fingerprint) {
+        let error = ShareError::Changed(rel.clone());
+        connection.write_message(&error_response(&error)).await?;
+        return Ok(Err(error.to_string()));
+    }
+    connection
+        .write_message(&Response::UdpEnd {
+            sent: stats.sent,
+            resent: stats.resent,
+        })
+        .await?;
+    Ok(if stats.complete {
+        Ok(())
+    } else {
+        Err("transfer ended before it was complete".to_string())
+    })
+}

@@ -1,0 +1,229 @@
+//! A fault-injecting relay between a client box and a server box: TCP passes through
+//! untouched, UDP datagrams on the same port number suffer seeded, deterministic faults
+//! (loss, loss bursts, reordering, duplication, corruption), each direction on its own.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+
+/// What happens to datagrams in one direction. Probabilities are per datagram.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Independent loss.
+    pub loss: f64,
+    /// Loss bursts (Gilbert-Elliott): chance to enter a burst, chance to leave it; every
+    /// datagram in a burst is lost.
+    pub burst: Option<(f64, f64)>,
+    /// Chance a datagram is held back and sent after the next one.
+    pub reorder: f64,
+    /// Chance a datagram is sent twice.
+    pub duplicate: f64,
+    /// Chance one byte of a datagram is flipped.
+    pub corrupt: f64,
+    /// Drop everything (a firewall).
+    pub blackhole: bool,
+}
+
+impl Faults {
+    /// Only independent loss.
+    pub fn loss(p: f64) -> Faults {
+        Faults {
+            loss: p,
+            ..Faults::default()
+        }
+    }
+}
+
+/// Counts of what the relay did, both directions together.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    /// Datagrams received from either side.
+    pub seen: AtomicU64,
+    /// Dropped by loss, bursts or blackhole.
+    pub dropped: AtomicU64,
+    /// Sent with a flipped byte.
+    pub corrupted: AtomicU64,
+    /// Sent twice.
+    pub duplicated: AtomicU64,
+    /// Held back past the next datagram.
+    pub reordered: AtomicU64,
+}
+
+/// A running relay; clients connect to `addr` as if it were the server.
+pub struct Relay {
+    /// The address to give clients (TCP and UDP).
+    pub addr: SocketAddr,
+    /// What the relay did.
+    pub stats: Arc<RelayStats>,
+    /// When set, every datagram is dropped from now on (the path dies).
+    pub cut: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Deterministic xorshift generator: the same seed gives the same fault decisions.
+struct Rng(u64);
+
+impl Rng {
+    fn chance(&mut self, p: f64) -> bool {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        p > 0.0 && ((self.0 >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+    fn below(&mut self, n: usize) -> usize {
+        self.chance(0.0);
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// The fault state of one direction.
+struct Direction {
+    faults: Faults,
+    rng: Rng,
+    in_burst: bool,
+    held: Option<Vec<u8>>,
+}
+
+impl Direction {
+    /// Decides the fate of one datagram: the datagrams to send now, in order.
+    fn apply(&mut self, datagram: Vec<u8>, stats: &RelayStats, cut: bool) -> Vec<Vec<u8>> {
+        stats.seen.fetch_add(1, Ordering::Relaxed);
+        if let Some((enter, leave)) = self.faults.burst {
+            self.in_burst = if self.in_burst {
+                !self.rng.chance(leave)
+            } else {
+                self.rng.chance(enter)
+            };
+        }
+        if cut || self.faults.blackhole || self.in_burst || self.rng.chance(self.faults.loss) {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return Vec::new();
+        }
+        let mut datagram = datagram;
+        if self.rng.chance(self.faults.corrupt) {
+            let i = self.rng.below(datagram.len());
+            datagram[i] ^= 0x5a;
+            stats.corrupted.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut out = Vec::new();
+        if self.rng.chance(self.faults.reorder) && self.held.is_none() {
+            stats.reordered.fetch_add(1, Ordering::Relaxed);
+            self.held = Some(datagram);
+            return out;
+        }
+        if self.rng.chance(self.faults.duplicate) {
+            stats.duplicated.fetch_add(1, Ordering::Relaxed);
+            out.push(datagram.clone());
+        }
+        out.push(datagram);
+        if let Some(held) = self.held.take() {
+            out.push(held);
+        }
+        out
+    }
+}
+
+impl Relay {
+    /// Starts a relay in front of the server at `server`, with faults for datagrams going
+    /// to the server and to the client.
+    pub async fn start(
+        server: SocketAddr,
+        to_server: Faults,
+        to_client: Faults,
+        seed: u64,
+    ) -> Relay {
+        let (listener, front) = loop {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            if let Ok(front) = UdpSocket::bind(("127.0.0.1", port)).await {
+                break (listener, front);
+            }
+        };
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(RelayStats::default());
+        let cut = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+
+        tasks.push(tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut upstream) = TcpStream::connect(server).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                });
+            }
+        }));
+
+        let front = Arc::new(front);
+        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        back.connect(server).await.unwrap();
+        let client_addr: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
+
+        let mut upward = Direction {
+            faults: to_server,
+            rng: Rng(seed | 1),
+            in_burst: false,
+            held: None,
+        };
+        {
+            let (front, back, stats, cut, client_addr) = (
+                front.clone(),
+                back.clone(),
+                stats.clone(),
+                cut.clone(),
+                client_addr.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut buffer = vec![0u8; 65536];
+                while let Ok((len, from)) = front.recv_from(&mut buffer).await {
+                    *client_addr.lock().await = Some(from);
+                    let cut = cut.load(Ordering::Relaxed);
+                    for datagram in upward.apply(buffer[..len].to_vec(), &stats, cut) {
+                        let _ = back.send(&datagram).await;
+                    }
+                }
+            }));
+        }
+        let mut downward = Direction {
+            faults: to_client,
+            rng: Rng(seed.wrapping_mul(31) | 1),
+            in_burst: false,
+            held: None,
+        };
+        {
+            let (stats, cut) = (stats.clone(), cut.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut buffer = vec![0u8; 65536];
+                while let Ok(len) = back.recv(&mut buffer).await {
+                    let Some(client) = *client_addr.lock().await else {
+                        continue;
+                    };
+                    let cut = cut.load(Ordering::Relaxed);
+                    for datagram in downward.apply(buffer[..len].to_vec(), &stats, cut) {
+                        let _ = front.send_to(&datagram, client).await;
+                    }
+                }
+            }));
+        }
+        Relay {
+            addr,
+            stats,
+            cut,
+            tasks,
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! UDP downloads through a fault-injecting relay: whatever happens to datagrams, the file
+//! arrives byte-identical with a matching hash, or the download fails clearly and leaves
+//! nothing behind.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use boxsync::peer::Peer;
+use boxsync::protocol::{self, Connection, Request, Response};
+use boxsync::share::RelPath;
+use boxsync::transfer::Transport;
+use boxsync::transfer::udp::{parse_token, wire};
+use tokio::net::{TcpStream, UdpSocket};
+
+use crate::relay::{Faults, Relay};
+use crate::util::{TestBox, bytes, coreutils_hashes, files_under};
+
+fn rel(name: &str) -> RelPath {
+    RelPath::parse(name).unwrap()
+}
+
+/// Downloads `content` over UDP through a relay with the given faults and checks the
+/// result byte for byte and against coreutils' hashes.
+async fn download_through(content: &[u8], to_server: Faults, to_client: Faults, seed: u64) -> u64 {
+    let b = TestBox::start().await;
+    b.write("f.bin", content);
+    let relay = Relay::start(b.addr, to_server, to_client, seed).await;
+    let (_t, me) = TestBox::client();
+    let peer = Peer::new(&relay.addr.to_string(), Arc::clone(&me));
+    let mut progress = |_, _| {};
+    let done = tokio::time::timeout(
+        Duration::from_secs(60),
+        peer.download_udp(&rel("f.bin"), None, &mut progress),
+    )
+    .await
+    .expect("download finished in time")
+    .unwrap_or_else(|e| panic!("download failed: {e}"));
+    assert_eq!(done.transport, Transport::Udp, "fell back: {:?}", done.note);
+    let local = me.share.root().join("f.bin");
+    assert!(std::fs::read(&local).unwrap() == content, "content differs");
+    let (md5, sha256) = coreutils_hashes(&local);
+    assert_eq!((done.md5, done.sha256), (md5, sha256));
+    assert!(files_under(&me.share.state_dir().join("tmp")).is_empty());
+    done.resent.unwrap_or(0)
+}
+
+/// Every size edge: empty, one byte, exactly one chunk, one chunk plus one, several MiB.
+#[tokio::test(flavor = "multi_thread")]
+async fn sizes_on_a_clean_path() {
+    for size in [
+        0,
+        1,
+        wire::CHUNK_LEN,
+        wire::CHUNK_LEN + 1,
+        3 * 1024 * 1024 + 17,
+    ] {
+        download_through(
+            &bytes(size, size as u64),
+            Faults::default(),
+            Faults::default(),
+            1,
+        )
+        .await;
+    }
+}
+
+/// Random loss in both directions, up to 50%: complete and identical; only what was lost
+/// is resent.
+#[tokio::test(flavor = "multi_thread")]
+async fn random_loss_both_directions() {
+    let content = bytes(2 * 1024 * 1024, 7);
+    let chunks = content.len().div_ceil(wire::CHUNK_LEN) as u64;
+    for (i, loss) in [0.05, 0.2, 0.5].into_iter().enumerate() {
+        let resent = download_through(
+            &content,
+            Faults::loss(loss),
+            Faults::loss(loss),
+            i as u64 + 3,
+        )
+        .await;
+        assert!(resent > 0, "loss {loss}: nothing was resent");
+        // Selective resends: about loss/(1-loss) of the chunks, never the whole file over.
+        let bound = (chunks as f64 * (loss / (1.0 - loss)) * 3.0 + 200.0) as u64;
+        assert!(
+            resent < bound,
+            "loss {loss}: {resent} resends for {chunks} chunks"
+        );
+    }
+}
+
+/// Edge sizes under loss, so the first and the last chunk get lost too.
+#[tokio::test(flavor = "multi_thread")]
+async fn edge_sizes_under_loss() {
+    for size in [1, wire::CHUNK_LEN, wire::CHUNK_LEN + 1] {
+        for seed in 0..4 {
+            download_through(
+                &bytes(size, seed),
+                Faults::loss(0.3),
+                Faults::loss(0.3),
+                seed,
+            )
+            .await;
+        }
+    }
+}
+
+/// Loss bursts, reordering, duplication and corruption, each on its own and all at once,
+/// in both directions.
+#[tokio::test(flavor = "multi_thread")]
+async fn bursts_reordering_duplication_corruption() {
+    let content = bytes(1024 * 1024 + 3, 11);
+    let cases = [
+        Faults {
+            burst: Some((0.02, 0.2)),
+            ..Faults::default()
+        },
+        Faults {
+            reorder: 0.2,
+            ..Faults::default()
+        },
+        Faults {
+            duplicate: 0.2,
+            ..Faults::default()
+        },
+        Faults {
+            corrupt: 0.2,
+            ..Faults::default()
+        },
+        Faults {
+            loss: 0.05,
+            burst: Some((0.01, 0.3)),
+            reorder: 0.1,
+            duplicate: 0.1,
+            corrupt: 0.1,
+            blackhole: false,
+        },
+    ];
+    for (i, faults) in cases.into_iter().enumerate() {
+        download_through(&content, faults, faults, 100 + i as u64).await;
+    }
+}
+
+/// Corrupted datagrams never reach the file: a fifth of all datagrams get a flipped byte,
+/// which the per-datagram CRC-32 always catches, and the file is still exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupted_datagrams_never_reach_the_file() {
+    let b = TestBox::start().await;
+    let content = bytes(512 * 1024, 5);
+    b.write("f.bin", &content);
+    let corrupt = Faults {
+        corrupt: 0.2,
+        ..Faults::default()
+    };
+    let relay = Relay::start(b.addr, Faults::default(), corrupt, 9).await;
+    let (_t, me) = TestBox::client();
+    let peer = Peer::new(&relay.addr.to_string(), Arc::clone(&me));
+    let mut progress = |_, _| {};
+    let done = peer
+        .download_udp(&rel("f.bin"), None, &mut progress)
+        .await
+        .unwrap();
+    assert!(relay.stats.corrupted.load(Ordering::Relaxed) > 10);
+    assert!(done.resent.unwrap() > 0, "corrupted chunks were not resent");
+    assert_eq!(
+        std::fs::read(me.share.root().join("f.bin")).unwrap(),
+        content
+    );
+}
+
+/// Negotiates a UDP download by hand and returns the session, token and server address.
+async fn negotiate(b: &TestBox) -> (Connection<TcpStream>, u64, [u8; 16]) {
+    let stream = TcpStream::connect(b.addr).await.unwrap();
+    let mut connection = Connection::new(stream);
+    protocol::client_handshake(&mut connection, "tester0000000000")
+        .await
+        .unwrap();
+    connection
+        .write_message(&Request::DownloadUdp {
+            name: rel("f.bin"),
+            max_rate: None,
+        })
+        .await
+        .unwrap();
+    match connection.expect_message::<Response>().await.unwrap() {
+        Response::UdpReady { session, token, .. } => (
+            connection,
+            u64::from_str_radix(&session, 16).unwrap(),
+            parse_token(&token).unwrap(),
+        ),
+        other => panic!("expected udp_ready, got {other:?}"),
+    }
+}
+
+/// Whether `socket` receives any datagram within `wait`.
+async fn receives_anything(socket: &UdpSocket, wait: Duration) -> bool {
+    let mut buffer = [0u8; 2048];
+    tokio::time::timeout(wait, socket.recv_from(&mut buffer))
+        .await
+        .is_ok()
+}
+
+/// A HELLO with a wrong token or session is ignored, and the server never sends data to
+/// an address that did not prove the token; the one that did gets the data.
+#[tokio::test(flavor = "multi_thread")]
+async fn spoofed_hellos_get_nothing() {
+    let b = TestBox::start().await;
+    b.write("f.bin", &bytes(100_000, 3));
+    let (_connection, session, token) = negotiate(&b).await;
+    let server: SocketAddr = b.addr;
+    let spoofer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut wrong_token = token;
+    wrong_token[0] ^= 1;
+    spoofer
+        .send_to(&wire::encode_hello(session, &wrong_token), server)
+        .await
+        .unwrap();
+    spoofer
+        .send_to(&wire::encode_hello(session ^ 1, &token), server)
+        .await
+        .unwrap();
+    let mut damaged = wire::encode_hello(session, &token);
+    damaged[14] ^= 0xff;
+    spoofer.send_to(&damaged, server).await.unwrap();
+    assert!(
+        !receives_anything(&spoofer, Duration::from_millis(500)).await,
+        "spoofer got data"
+    );
+
+    let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    receiver
+        .send_to(&wire::encode_hello(session, &token), server)
+        .await
+        .unwrap();
+    assert!(
+        receives_anything(&receiver, Duration::from_secs(5)).await,
+        "receiver got nothing"
+    );
+    // Once a receiver is proven, a later HELLO from elsewhere changes nothing.
+    spoofer
+        .send_to(&wire::encode_hello(session, &token), server)
+        .await
+        .unwrap();
+    assert!(!receives_anything(&spoofer, Duration::from_millis(300)).await);
+}
+
+/// The serving box dies mid-transfer: a clear error in bounded time, no partial file, the
+/// previous local version intact.
+#[tokio::test(flavor = "multi_thread")]
+async fn peer_vanishes_mid_transfer() {
+    let mut b = TestBox::start().await;
+    b.write("f.bin", &bytes(32 * 1024 * 1024, 1));
+    let (_t, me) = TestBox::client();
+    crate::util::write_file(me.share.root(), "f.bin", b"previous");
+    let peer = b.peer_for(&me);
+    let halfway = tokio::sync::Notify::new();
+    let signalled = AtomicBool::new(false);
+    let mut progress = |done: u64, _| {
+        if done > 1024 * 1024 && !signalled.swap(true, Ordering::SeqCst) {
+            halfway.notify_one();
+        }
+    };
+    let kill = async {
+        halfway.notified().await;
+        b.kill().await;
+    };
+    let name = rel("f.bin");
+    let (result, ()) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(
+            peer.download_udp(&name, Some(4_000_000), &mut progress),
+            kill
+        )
+    })
+    .await
+    .expect("bounded time");
+    let error = result.expect_err("download from a dead peer succeeded");
+    assert!(error.to_string().contains("connection"), "{error}");
+    assert_eq!(
+        std::fs::read(me.share.root().join("f.bin")).unwrap(),
+        b"previous"
+    );
+    assert!(files_under(&me.share.state_dir().join("tmp")).is_empty());
+}
+
+/// The UDP path dies mid-transfer while TCP stays up: the download fails for lack of
+/// progress in bounded time, leaving nothing behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn udp_path_dies_mid_transfer() {
+    let b = TestBox::start().await;
+    b.write("f.bin", &bytes(16 * 1024 * 1024, 2));
+    let relay = Relay::start(b.addr, Faults::default(), Faults::default(), 4).await;
+    let (_t, me) = TestBox::client();
+    let peer = Peer::new(&relay.addr.to_string(), Arc::clone(&me));
+    let cut = Arc::clone(&relay.cut);
+    let mut progress = |done: u64, _| {
+        if done > 512 * 1024 {
+            cut.store(true, Ordering::SeqCst);
+        }
+    };
+    let started = std::time::Instant::now();
+    let error = peer
+        .download_udp(&rel("f.bin"), Some(2_000_000), &mut progress)
+        .await
+        .expect_err("a dead path completed");
+    assert!(error.to_string().contains("no progress"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        files_under(me.share.root())
+            .iter()
+            .all(|p| p.starts_with(".boxsync"))
+    );
+    assert!(files_under(&me.share.state_dir().join("tmp")).is_empty());
+}
+
+/// No datagram gets through at all (a firewall): the download says so within seconds and
+/// falls back to TCP.
+#[tokio::test(flavor = "multi_thread")]
+async fn blocked_udp_falls_back_to_tcp() {
+    let b = TestBox::start().await;
+    let content = bytes(100_000, 8);
+    b.write("f.bin", &content);
+    let wall = Faults {
+        blackhole: true,
+        ..Faults::default()
+    };
+    let relay = Relay::start(b.addr, wall, wall, 1).await;
+    let (_t, me) = TestBox::client();
+    let peer = Peer::new(&relay.addr.to_string(), Arc::clone(&me));
+    let mut progress = |_, _| {};
+    let started = std::time::Instant::now();
+    let done = peer
+        .download_udp(&rel("f.bin"), None, &mut progress)
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(done.transport, Transport::Tcp);
+    assert!(done.note.unwrap().contains("UDP"));
+    assert_eq!(
+        std::fs::read(me.share.root().join("f.bin")).unwrap(),
+        content
+    );
+}
+
+/// Several UDP downloads at once, from two boxes, all complete.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_downloads_from_several_boxes() {
+    let b1 = TestBox::start().await;
+    let b2 = TestBox::start().await;
+    for i in 0..3 {
+        b1.write(&format!("one/{i}.bin"), &bytes(700_000, i));
+        b2.write(&format!("two/{i}.bin"), &bytes(900_000, 10 + i));
+    }
+    let (_t, me) = TestBox::client();
+    let p1 = Arc::new(b1.peer_for(&me));
+    let p2 = Arc::new(b2.peer_for(&me));
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        for (peer, dir) in [(Arc::clone(&p1), "one"), (Arc::clone(&p2), "two")] {
+            tasks.push(tokio::spawn(async move {
+                let mut progress = |_, _| {};
+                peer.download_udp(&rel(&format!("{dir}/{i}.bin")), None, &mut progress)
+                    .await
+                    .map(|d| d.transport)
+            }));
+        }
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), Transport::Udp);
+    }
+    for i in 0..3u64 {
+        let one = std::fs::read(me.share.root().join(format!("one/{i}.bin"))).unwrap();
+        assert!(one == bytes(700_000, i));
+        let two = std::fs::read(me.share.root().join(format!("two/{i}.bin"))).unwrap();
+        assert!(two == bytes(900_000, 10 + i));
+    }
+}
+
+/// A file that changes on the peer during a UDP transfer is never stored as a mix.
+#[tokio::test(flavor = "multi_thread")]
+async fn file_changing_during_udp_transfer_is_not_stored() {
+    let b = TestBox::start().await;
+    let path = b.write("f.bin", &bytes(8 * 1024 * 1024, 3));
+    let (_t, me) = TestBox::client();
+    let peer = b.peer_for(&me);
+    let changed = AtomicBool::new(false);
+    let mut progress = |done: u64, _| {
+        if done > 1024 * 1024 && !changed.swap(true, Ordering::SeqCst) {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            f.write_all_at(&[0xAB; 4096], 6 * 1024 * 1024).unwrap();
+        }
+    };
+    let error = peer
+        .download_udp(&rel("f.bin"), Some(8_000_000), &mut progress)
+        .await
+        .expect_err("a changed file was stored");
+    assert!(error.to_string().contains("changed"), "{error}");
+    assert!(
+        files_under(me.share.root())
+            .iter()
+            .all(|p| p.starts_with(".boxsync"))
+    );
+}
