@@ -14,6 +14,7 @@
 //! - [`server`]: accept loop, per-connection handler, shutdown.
 //! - [`transfer`]: moving file bytes and landing them verified (TCP).
 //! - [`peer`]: the typed async client for one peer box.
+//! - [`sync`]: auto-sync: planning from the last agreed state, acting safely, watching.
 //! - [`shell`]: command parsing, execution and rendering, and the interactive loop.
 //!
 //! The library never prints: the shell and the CLI (`src/main.rs`) render.
@@ -27,5 +28,6 @@ pub mod protocol;
 pub mod server;
 pub mod share;
 pub mod shell;
+pub mod sync;
 pub mod time;
 pub mod transfer;

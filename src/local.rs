@@ -1,14 +1,16 @@
 //! This box: its identity, its shared folder and its request log, shared by the server and
 //! the client side of one process.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rand::RngExt;
 
 use crate::history::History;
-use crate::share::{Share, ShareError};
+use crate::share::{RelPath, Share, ShareError};
+use crate::time::Timestamp;
 
 /// File under the state folder that keeps the box id across restarts.
 const BOX_ID_FILE: &str = "box-id";
@@ -25,6 +27,25 @@ pub struct Settings {
     pub max_udp_rate: Option<u64>,
 }
 
+/// A version of a file this box sent to a peer: sync uses it to recognise, in the peer's
+/// folder, a version that came from here (and is therefore no change of the peer's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// The file.
+    pub name: RelPath,
+    /// SHA-256 of what was sent.
+    pub sha256: String,
+    /// Its size.
+    pub size: u64,
+    /// Its modification time.
+    pub mtime: Timestamp,
+    /// Its permission bits.
+    pub mode: u32,
+}
+
+/// Most served versions remembered per peer between two sync rounds.
+const MAX_SERVED: usize = 100_000;
+
 /// Everything one box owns locally.
 pub struct LocalBox {
     /// A stable random id (16 hex digits), told to peers in the handshake.
@@ -35,6 +56,14 @@ pub struct LocalBox {
     pub history: History,
     /// Socket tunables.
     pub settings: Settings,
+    /// Signalled when a peer says its folder changed, so that sync pulls soon.
+    pub changes: tokio::sync::Notify,
+    /// Versions sent to each peer (by box id) since sync last looked. A std `Mutex`: held
+    /// only to push or take, never across an `.await`.
+    served: Mutex<HashMap<String, Vec<Served>>>,
+    /// Versions each peer (by box id) said it installed from this box since sync last
+    /// looked. A std `Mutex`, as above.
+    installed: Mutex<HashMap<String, Vec<Served>>>,
 }
 
 impl LocalBox {
@@ -63,11 +92,44 @@ impl LocalBox {
             share,
             history,
             settings,
+            changes: tokio::sync::Notify::new(),
+            served: Mutex::new(HashMap::new()),
+            installed: Mutex::new(HashMap::new()),
         }))
     }
 }
 
 impl LocalBox {
+    /// Remembers that `served` went to the peer with box id `peer_id`.
+    pub fn note_served(&self, peer_id: &str, served: Served) {
+        let mut map = self.served.lock().unwrap_or_else(|e| e.into_inner());
+        let list = map.entry(peer_id.to_string()).or_default();
+        if list.len() < MAX_SERVED {
+            list.push(served);
+        }
+    }
+
+    /// Takes the versions sent to the peer `peer_id` since the last call.
+    pub fn take_served(&self, peer_id: &str) -> Vec<Served> {
+        let mut map = self.served.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(peer_id).unwrap_or_default()
+    }
+
+    /// Remembers that the peer `peer_id` installed `version` of one of this box's files.
+    pub fn note_installed(&self, peer_id: &str, version: Served) {
+        let mut map = self.installed.lock().unwrap_or_else(|e| e.into_inner());
+        let list = map.entry(peer_id.to_string()).or_default();
+        if list.len() < MAX_SERVED {
+            list.push(version);
+        }
+    }
+
+    /// Takes what the peer `peer_id` said it installed since the last call, oldest first.
+    pub fn take_installed(&self, peer_id: &str) -> Vec<Served> {
+        let mut map = self.installed.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(peer_id).unwrap_or_default()
+    }
+
     /// Applies this box's socket tunables to a TCP connection; a failure is logged (the
     /// connection still works with the kernel's defaults).
     pub fn tune(&self, stream: &tokio::net::TcpStream) {

@@ -12,9 +12,11 @@ use clap::{Parser, Subcommand};
 use tokio::runtime::{Handle, Runtime};
 
 use boxsync::local::{LocalBox, Settings};
+use boxsync::peer::Peer;
 use boxsync::server::Server;
 use boxsync::shell::command::check_peer_address;
 use boxsync::shell::{Format, Session, repl};
+use boxsync::sync::{PeerSpec, SyncConfig, SyncTransport};
 
 /// Exit status when a command failed.
 const EXIT_FAILED: u8 = 1;
@@ -54,9 +56,20 @@ struct Cli {
     )]
     listen: String,
 
-    /// A peer box, HOST:PORT (may repeat; the first is the shell's current peer).
+    /// A peer box, HOST:PORT (may repeat; the first is the shell's current peer). Prefix
+    /// udp:// to make sync fetch from it over UDP.
     #[arg(short = 'p', long = "peer", value_name = "ADDR", global = true)]
     peers: Vec<String>,
+
+    /// Auto-sync with every peer: the period of the full rescan in seconds (changes are
+    /// also picked up within about a second by a file-system watcher); 0 turns it off.
+    /// [default: 10 when a peer is given]
+    #[arg(long = "sync", value_name = "SECS", global = true)]
+    sync: Option<u64>,
+
+    /// How long sync keeps replaced and deleted versions in .boxsync/trash/.
+    #[arg(long, value_name = "DAYS", default_value_t = 30, global = true)]
+    trash_days: u64,
 
     /// Run one shell command against the current peer, print the result, exit (may
     /// repeat; no server is started).
@@ -99,8 +112,10 @@ struct Config {
     dir: PathBuf,
     /// The server address.
     listen: SocketAddr,
-    /// Peer addresses, validated.
-    peers: Vec<String>,
+    /// Peers, validated.
+    peers: Vec<PeerSpec>,
+    /// Auto-sync settings, when it runs.
+    sync: Option<SyncConfig>,
     /// Output format for scripts.
     format: Format,
     /// Log verbosity.
@@ -129,8 +144,17 @@ impl Config {
         let peers = cli
             .peers
             .iter()
-            .map(|p| check_peer_address(p).map_err(anyhow::Error::from))
+            .map(|p| {
+                let spec = PeerSpec::parse(p);
+                check_peer_address(&spec.addr).map_err(anyhow::Error::from)?;
+                Ok(spec)
+            })
             .collect::<Result<Vec<_>>>()?;
+        let period = cli.sync.unwrap_or(if peers.is_empty() { 0 } else { 10 });
+        let sync = (period > 0 && !peers.is_empty()).then(|| SyncConfig {
+            period: std::time::Duration::from_secs(period),
+            trash_retention: std::time::Duration::from_secs(cli.trash_days * 86_400),
+        });
         let run = match cli.mode {
             Some(_) if !cli.commands.is_empty() => {
                 bail!("-c cannot be combined with serve or demo")
@@ -155,6 +179,7 @@ impl Config {
             dir: cli.dir,
             listen,
             peers,
+            sync,
             format: if cli.json {
                 Format::Json
             } else {
@@ -210,13 +235,16 @@ fn run(config: Config) -> Result<bool> {
         Run::Serve => {
             let _log = init_logging(None, config.verbose);
             let local = LocalBox::open_with(&config.dir, config.settings.clone())?;
-            return handle.block_on(serve(local, config.listen)).map(|_| true);
+            return handle
+                .block_on(serve(local, config.listen, &config.peers, config.sync))
+                .map(|_| true);
         }
         _ => {}
     }
     let local = LocalBox::open_with(&config.dir, config.settings.clone())?;
     let _log = init_logging(Some(&local.share.state_dir()), config.verbose);
-    let mut session = Session::new(Arc::clone(&local), &config.peers);
+    let addrs: Vec<String> = config.peers.iter().map(|p| p.addr.clone()).collect();
+    let mut session = Session::new(Arc::clone(&local), &addrs);
     match config.run {
         Run::Commands(commands) => Ok(repl::run_script(
             &handle,
@@ -233,12 +261,20 @@ fn run(config: Config) -> Result<bool> {
                 local.share.root().display(),
                 server.local_addr()
             );
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let serving = handle.spawn(server.run(async {
-                let _ = stopped.await;
-            }));
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let serving = handle.spawn(server.run(wait_for(stopped.clone())));
+            if let Some(sync) = config.sync {
+                let _guard = handle.enter();
+                let peers = sync_peers(&session, &config.peers);
+                session.set_sync(boxsync::sync::start(
+                    Arc::clone(&local),
+                    peers,
+                    sync,
+                    wait_for(stopped),
+                ));
+            }
             let result = repl::run_interactive(&handle, &mut session, shell_history(&local));
-            let _ = stop.send(());
+            let _ = stop.send(true);
             let _ = handle.block_on(serving);
             result.context("the shell failed")?;
             Ok(true)
@@ -246,9 +282,42 @@ fn run(config: Config) -> Result<bool> {
     }
 }
 
-/// `boxsync serve`: the server until SIGINT or SIGTERM.
-async fn serve(local: Arc<LocalBox>, listen: SocketAddr) -> Result<()> {
+/// Completes when `stop` turns true (or its sender is gone).
+async fn wait_for(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// The session's peer clients paired with the transport sync uses for each.
+fn sync_peers(session: &Session, specs: &[PeerSpec]) -> Vec<(Arc<Peer>, SyncTransport)> {
+    session
+        .peers()
+        .iter()
+        .zip(specs)
+        .map(|(peer, spec)| (Arc::clone(peer), spec.transport))
+        .collect()
+}
+
+/// `boxsync serve`: the server (and sync, with peers) until SIGINT or SIGTERM.
+async fn serve(
+    local: Arc<LocalBox>,
+    listen: SocketAddr,
+    peers: &[PeerSpec],
+    sync: Option<SyncConfig>,
+) -> Result<()> {
     let server = Server::bind(Arc::clone(&local), listen).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    if let Some(sync) = sync {
+        let peers = peers
+            .iter()
+            .map(|spec| {
+                (
+                    Arc::new(Peer::new(&spec.addr, Arc::clone(&local))),
+                    spec.transport,
+                )
+            })
+            .collect();
+        boxsync::sync::start(Arc::clone(&local), peers, sync, wait_for(stopped));
+    }
     tracing::info!(
         addr = %server.local_addr(),
         dir = %local.share.root().display(),
@@ -272,6 +341,7 @@ async fn serve(local: Arc<LocalBox>, listen: SocketAddr) -> Result<()> {
             }
         })
         .await;
+    let _ = stop.send(true);
     tracing::info!("stopped");
     Ok(())
 }

@@ -13,14 +13,14 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 
 use crate::history::Direction;
-use crate::local::LocalBox;
+use crate::local::{LocalBox, Served};
 use crate::protocol::{
     self, Connection, ConnectionError, ErrorKind, HandshakeError, Request, Response,
 };
 use crate::share::filter::IndexFilter;
 use crate::share::{Entry, FileHash, RelPath};
 use crate::transfer::udp::{self, UdpError};
-use crate::transfer::{Downloaded, Progress, TransferError, tcp};
+use crate::transfer::{Downloaded, Landing, Progress, TransferError, tcp};
 
 /// How long connecting to a peer may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -147,6 +147,8 @@ pub struct Peer {
     local: Arc<LocalBox>,
     /// Idle connections ready for the next request.
     idle: Mutex<Vec<PeerConnection>>,
+    /// The peer's box id, once a handshake has told it.
+    remote_id: Mutex<Option<String>>,
 }
 
 impl Peer {
@@ -156,12 +158,58 @@ impl Peer {
             addr: addr.to_string(),
             local,
             idle: Mutex::new(Vec::new()),
+            remote_id: Mutex::new(None),
         }
     }
 
     /// The peer's address as given.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The peer's box id, known once a request has reached it.
+    pub fn remote_id(&self) -> Option<String> {
+        self.remote_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Tells the peer this box's folder changed, so that its sync pulls soon.
+    pub async fn notify_changed(&self) -> Result<(), PeerError> {
+        self.notice(&Request::Changed).await
+    }
+
+    /// Tells the peer this box installed `version` of its file under the same name, so
+    /// that its sync records that both boxes held it.
+    pub async fn confirm_installed(&self, version: Served) -> Result<(), PeerError> {
+        let request = Request::Installed {
+            name: version.name,
+            sha256: version.sha256,
+            size: version.size,
+            mtime: version.mtime,
+            mode: version.mode,
+        };
+        self.notice(&request).await
+    }
+
+    /// Sends a notice that is answered by `ack`.
+    async fn notice(&self, request: &Request) -> Result<(), PeerError> {
+        exchange!(self, request, |connection, addr| {
+            connection
+                .write_message(request)
+                .await
+                .map_err(lost(addr))?;
+            match connection
+                .expect_message::<Response>()
+                .await
+                .map_err(lost(addr))?
+            {
+                Response::Ack => Ok(()),
+                Response::Error { kind, message } => Err(PeerError::Remote { kind, message }),
+                other => Err(protocol_error(addr, &format!("{other:?}"))),
+            }
+        })
     }
 
     /// The entries of the peer's folder that pass `filter`, sorted by name.
@@ -251,10 +299,21 @@ impl Peer {
         name: &RelPath,
         progress: Progress<'_>,
     ) -> Result<Downloaded, PeerError> {
+        self.download_tcp_to(name, &Landing::same_name(name), progress)
+            .await
+    }
+
+    /// Downloads `name` over TCP, landing it as `landing` says.
+    pub async fn download_tcp_to(
+        &self,
+        name: &RelPath,
+        landing: &Landing,
+        progress: Progress<'_>,
+    ) -> Result<Downloaded, PeerError> {
         let request = Request::Download { name: name.clone() };
         let share = Arc::clone(&self.local.share);
         exchange!(self, &request, |connection, _addr| {
-            tcp::receive_file(connection, &share, name, &mut *progress)
+            tcp::receive_file(connection, &share, name, landing, &mut *progress)
                 .await
                 .map_err(PeerError::Transfer)
         })
@@ -267,6 +326,19 @@ impl Peer {
     pub async fn download_udp(
         &self,
         name: &RelPath,
+        max_rate: Option<u64>,
+        progress: Progress<'_>,
+    ) -> Result<Downloaded, PeerError> {
+        self.download_udp_to(name, &Landing::same_name(name), max_rate, progress)
+            .await
+    }
+
+    /// Downloads `name` over UDP (falling back to TCP if UDP is blocked), landing it as
+    /// `landing` says.
+    pub async fn download_udp_to(
+        &self,
+        name: &RelPath,
+        landing: &Landing,
         max_rate: Option<u64>,
         progress: Progress<'_>,
     ) -> Result<Downloaded, PeerError> {
@@ -283,12 +355,16 @@ impl Peer {
                     return Err(lost(addr)(ConnectionError::Io(e)));
                 }
             };
+            let path = udp::receiver::UdpPath {
+                local_ip: local.ip(),
+                server: remote,
+            };
             udp::receiver::receive_file(
                 connection,
-                local.ip(),
-                remote,
+                path,
                 &share,
                 name,
+                landing,
                 max_rate,
                 &mut *progress,
             )
@@ -300,7 +376,7 @@ impl Peer {
         });
         match result {
             Err(PeerError::Udp(UdpError::Blocked(waited))) => {
-                let mut downloaded = self.download_tcp(name, progress).await?;
+                let mut downloaded = self.download_tcp_to(name, landing, progress).await?;
                 downloaded.note = Some(format!(
                     "no UDP datagram arrived within {waited:?} (UDP blocked?); downloaded over TCP instead"
                 ));
@@ -341,10 +417,13 @@ impl Peer {
         result: Option<Result<T, PeerError>>,
     ) -> Result<T, PeerError> {
         let result = result.unwrap_or_else(|| Err(protocol_error(&self.addr, "no attempt made")));
-        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
-        self.local
-            .history
-            .record(Direction::Made, &self.addr, &request.describe(), outcome);
+        // Sync's notices are too frequent to be worth a line in the log each.
+        if !matches!(request, Request::Changed | Request::Installed { .. }) {
+            let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+            self.local
+                .history
+                .record(Direction::Made, &self.addr, &request.describe(), outcome);
+        }
         result
     }
 
@@ -372,12 +451,13 @@ impl Peer {
             };
         self.local.tune(&stream);
         let mut connection = Connection::new(stream);
-        protocol::client_handshake(&mut connection, &self.local.id)
+        let id = protocol::client_handshake(&mut connection, &self.local.id)
             .await
             .map_err(|source| PeerError::Handshake {
                 addr: self.addr.clone(),
                 source,
             })?;
+        *self.remote_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
         Ok(connection)
     }
 }

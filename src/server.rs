@@ -14,7 +14,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::history::Direction;
-use crate::local::LocalBox;
+use crate::local::{LocalBox, Served};
 use crate::protocol::{self, Connection, ConnectionError, ErrorKind, Request, Response};
 use crate::share::FileHash;
 use crate::transfer::tcp;
@@ -201,8 +201,40 @@ async fn handle_connection(
                 return;
             }
         };
+        // Sync's notices are too frequent to log as requests.
+        let notice = match request {
+            Request::Changed => {
+                // A peer's folder changed: wake our sync.
+                local.changes.notify_one();
+                true
+            }
+            Request::Installed {
+                ref name,
+                ref sha256,
+                size,
+                mtime,
+                mode,
+            } => {
+                let version = Served {
+                    name: name.clone(),
+                    sha256: sha256.clone(),
+                    size,
+                    mtime,
+                    mode,
+                };
+                local.note_installed(&peer_id, version);
+                true
+            }
+            _ => false,
+        };
+        if notice {
+            if connection.write_message(&Response::Ack).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let description = request.describe();
-        match serve(&local, &hub, &mut connection, request, peer.ip()).await {
+        match serve(&local, &hub, &mut connection, request, peer.ip(), &peer_id).await {
             Ok(outcome) => {
                 local
                     .history
@@ -230,6 +262,7 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
     request: Request,
     client_ip: std::net::IpAddr,
+    peer_id: &str,
 ) -> Result<Result<(), String>, ConnectionError> {
     let share = &local.share;
     match request {
@@ -268,10 +301,19 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         Request::Download { name } => {
             let outcome = tcp::send_file(connection, share, &name).await?;
             share.persist_cache();
-            Ok(outcome.map_err(|e| e.to_string()))
+            Ok(outcome
+                .map(|served| local.note_served(peer_id, served))
+                .map_err(|e| e.to_string()))
         }
         Request::DownloadUdp { name, max_rate } => {
-            udp::serve::serve_download(connection, share, hub, &name, max_rate, client_ip).await
+            let outcome =
+                udp::serve::serve_download(connection, share, hub, &name, max_rate, client_ip)
+                    .await?;
+            Ok(outcome.map(|served| local.note_served(peer_id, served)))
+        }
+        Request::Changed | Request::Installed { .. } => {
+            connection.write_message(&Response::Ack).await?;
+            Ok(Ok(()))
         }
         Request::UdpFinish { .. } => {
             refuse(

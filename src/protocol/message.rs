@@ -66,6 +66,23 @@ pub enum Request {
         #[serde(default)]
         max_rate: Option<u64>,
     },
+    /// "My folder changed": the receiver's sync should pull from the sender soon (answered
+    /// by `ack`).
+    Changed,
+    /// "I installed this version of your file under the same name": sync on the receiving
+    /// box records that both boxes held it (answered by `ack`).
+    Installed {
+        /// The file.
+        name: RelPath,
+        /// SHA-256 of the installed content.
+        sha256: String,
+        /// Its size.
+        size: u64,
+        /// Its modification time.
+        mtime: Timestamp,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// Ends a UDP transfer, complete or not (answered by `udp_end`).
     UdpFinish {
         /// The session, 16 hex digits.
@@ -83,6 +100,8 @@ impl Request {
             Request::Download { name } => format!("download tcp {name}"),
             Request::DownloadUdp { name, .. } => format!("download udp {name}"),
             Request::UdpFinish { session } => format!("udp finish {session}"),
+            Request::Changed => "changed".to_string(),
+            Request::Installed { name, .. } => format!("installed {name}"),
         }
     }
 }
@@ -142,6 +161,8 @@ pub enum Response {
         /// MD5 and SHA-256 of the file as it will be sent.
         digests: Digests,
     },
+    /// The request was taken note of.
+    Ack,
     /// A UDP transfer ended.
     UdpEnd {
         /// DATA datagrams sent.

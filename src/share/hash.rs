@@ -165,6 +165,8 @@ pub struct HashCache {
     /// Bytes of file content read for hashing since start: lets tests and benchmarks prove
     /// that cached answers read nothing.
     bytes_hashed: AtomicU64,
+    /// Serializes saves, which share one temporary file name.
+    saving: Mutex<()>,
 }
 
 impl HashCache {
@@ -180,6 +182,7 @@ impl HashCache {
             entries: Mutex::new(entries),
             dirty: AtomicBool::new(false),
             bytes_hashed: AtomicU64::new(0),
+            saving: Mutex::new(()),
         }
     }
 
@@ -222,6 +225,7 @@ impl HashCache {
 
     /// Writes the cache to disk if it changed, atomically (temporary file, then rename).
     pub fn save(&self) -> Result<(), ShareError> {
+        let _saving = self.saving.lock().unwrap_or_else(|e| e.into_inner());
         if !self.dirty.swap(false, Ordering::Relaxed) {
             return Ok(());
         }

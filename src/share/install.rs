@@ -8,11 +8,9 @@ use std::path::{Path, PathBuf};
 
 use super::ShareError;
 use super::folder;
-use super::path::{RelPath, STATE_DIR};
+use super::path::RelPath;
+use super::trash::keep_in_trash;
 use crate::time::Timestamp;
-
-/// Folder (under the state folder) that holds every replaced or deleted version.
-pub const TRASH_DIR: &str = "trash";
 
 /// What a file should look like once installed.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +31,7 @@ pub fn install(
     tmp: &Path,
     rel: &RelPath,
     meta: InstallMeta,
+    expect: &Expect,
 ) -> Result<Option<PathBuf>, ShareError> {
     let file = File::options()
         .write(true)
@@ -47,6 +46,7 @@ pub fn install(
 
     create_parents(root, rel)?;
     let target = rel.under(root);
+    check(root, rel, expect)?;
     let trashed = match folder::stat(root, rel)? {
         Some(existing) if existing.is_dir() => return Err(ShareError::IsDirectory(rel.clone())),
         Some(_) => Some(keep_in_trash(root, rel)?),
@@ -60,6 +60,42 @@ pub fn install(
         }
     }
     Ok(trashed)
+}
+
+/// What a path must look like for a change to it to go ahead. Sync decides from what it
+/// saw during its scan and re-checks just before acting, under the path's exclusive lock,
+/// so that a file edited in between is never replaced or deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// Whatever is there (a download asked for by a person).
+    Anything,
+    /// Nothing is there.
+    Absent,
+    /// A file of this size and modification time is there.
+    File {
+        /// Its size.
+        size: u64,
+        /// Its modification time.
+        mtime: Timestamp,
+    },
+}
+
+/// Fails with [`ShareError::Changed`] unless `rel` looks as `expect` says.
+pub fn check(root: &Path, rel: &RelPath, expect: &Expect) -> Result<(), ShareError> {
+    let now = folder::stat(root, rel)?;
+    let matches = match (expect, &now) {
+        (Expect::Anything, _) => true,
+        (Expect::Absent, None) => true,
+        (Expect::File { size, mtime }, Some(meta)) => {
+            meta.is_file() && meta.len() == *size && folder::modified(meta) == *mtime
+        }
+        _ => false,
+    };
+    if matches {
+        Ok(())
+    } else {
+        Err(ShareError::Changed(rel.clone()))
+    }
 }
 
 /// Creates the folders on the way to `rel`, refusing to pass through a symlink or a file.
@@ -85,27 +121,4 @@ pub fn create_parents(root: &Path, rel: &RelPath) -> Result<(), ShareError> {
         }
     }
     folder::check_ancestors(root, rel)
-}
-
-/// Keeps the current content of `rel` in the trash (a hard link, so nothing is copied and
-/// the original stays in place until it is replaced). Returns the trash path.
-pub fn keep_in_trash(root: &Path, rel: &RelPath) -> Result<PathBuf, ShareError> {
-    let stamp = Timestamp::now().0.format("%Y%m%d-%H%M%S%.9f").to_string();
-    let kept = root
-        .join(STATE_DIR)
-        .join(TRASH_DIR)
-        .join(stamp)
-        .join(rel.as_str());
-    if let Some(dir) = kept.parent() {
-        fs::create_dir_all(dir).map_err(|e| ShareError::io(dir, e))?;
-    }
-    let source = rel.under(root);
-    match fs::hard_link(&source, &kept) {
-        Ok(()) => {}
-        // Some file systems cannot hard-link; a copy keeps the content just as well.
-        Err(_) => {
-            fs::copy(&source, &kept).map_err(|e| ShareError::io(&kept, e))?;
-        }
-    }
-    Ok(kept)
 }

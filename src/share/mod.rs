@@ -7,9 +7,11 @@ pub mod hash;
 pub mod install;
 pub mod locks;
 pub mod path;
+pub mod trash;
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +20,7 @@ use thiserror::Error;
 
 pub use folder::{DIRECTORY_TYPE, Entry, Fingerprint};
 pub use hash::{ContentHasher, Digests, FileHash, HashCache};
-pub use install::InstallMeta;
+pub use install::{Expect, InstallMeta};
 pub use locks::PathLocks;
 pub use path::{PathError, RelPath, STATE_DIR};
 
@@ -167,6 +169,30 @@ impl Share {
         Ok(hashes)
     }
 
+    /// Every entry with, for files, its hashes, in one pass off the async threads: what sync
+    /// compares. A file that could not be hashed (it vanished or keeps changing) comes
+    /// with `None`, so that sync leaves it alone this round instead of taking it as absent.
+    pub async fn snapshot(self: &Arc<Self>) -> Result<Vec<(Entry, Option<FileHash>)>, ShareError> {
+        let share = Arc::clone(self);
+        let snapshot = blocking(move || {
+            let entries = folder::list(&share.root)?;
+            Ok(entries
+                .into_iter()
+                .map(|entry| {
+                    let hash = if entry.is_dir() {
+                        None
+                    } else {
+                        share.cache.hash_file(&share.root, &entry.name).ok()
+                    };
+                    (entry, hash)
+                })
+                .collect())
+        })
+        .await;
+        self.persist_cache();
+        snapshot
+    }
+
     /// Writes the hash cache if it changed; a failure only costs rehashing later.
     pub fn persist_cache(&self) {
         if let Err(e) = self.cache.save() {
@@ -183,20 +209,23 @@ impl Share {
     }
 
     /// Installs a verified temporary file as `rel` (see [`install::install`]), holding the
-    /// exclusive lock on `rel` while the old version moves to the trash and the new one in.
-    /// Returns where the previous version went, if there was one.
+    /// exclusive lock on `rel` while the old version moves to the trash and the new one in,
+    /// provided `rel` still looks as `expect` says. Returns where the previous version
+    /// went, if there was one.
     pub async fn install(
         self: &Arc<Self>,
         tmp: PathBuf,
         rel: &RelPath,
         meta: InstallMeta,
         digests: Digests,
+        expect: &Expect,
     ) -> Result<Option<PathBuf>, ShareError> {
         let _guard = self.locks.write(rel).await;
         let share = Arc::clone(self);
         let rel = rel.clone();
+        let expect = expect.clone();
         blocking(move || {
-            let trashed = install::install(&share.root, &tmp, &rel, meta);
+            let trashed = install::install(&share.root, &tmp, &rel, meta, &expect);
             if trashed.is_err() {
                 let _ = fs::remove_file(&tmp);
             }
@@ -207,6 +236,115 @@ impl Share {
             }
             share.persist_cache();
             Ok(trashed)
+        })
+        .await
+    }
+}
+
+impl Share {
+    /// Moves the file `rel` to the trash, provided it still looks as `expect` says.
+    pub async fn remove_file(
+        self: &Arc<Self>,
+        rel: &RelPath,
+        expect: &Expect,
+    ) -> Result<PathBuf, ShareError> {
+        let _guard = self.locks.write(rel).await;
+        let share = Arc::clone(self);
+        let (rel, expect) = (rel.clone(), expect.clone());
+        blocking(move || {
+            install::check(&share.root, &rel, &expect)?;
+            folder::check_ancestors(&share.root, &rel)?;
+            trash::move_to_trash(&share.root, &rel)
+        })
+        .await
+    }
+
+    /// Removes the directory `rel` if it is empty; `Ok(false)` if it is not (or is gone).
+    pub async fn remove_empty_dir(self: &Arc<Self>, rel: &RelPath) -> Result<bool, ShareError> {
+        let share = Arc::clone(self);
+        let rel = rel.clone();
+        blocking(move || {
+            match folder::stat(&share.root, &rel)? {
+                Some(meta) if meta.is_dir() => {}
+                _ => return Ok(false),
+            }
+            match fs::remove_dir(rel.under(&share.root)) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(ShareError::io(rel.under(&share.root), e)),
+            }
+        })
+        .await
+    }
+
+    /// Creates the directory `rel` (and its parents), never through a symlink.
+    pub async fn create_dir(self: &Arc<Self>, rel: &RelPath) -> Result<(), ShareError> {
+        let share = Arc::clone(self);
+        let rel = rel.clone();
+        blocking(move || {
+            install::create_parents(&share.root, &rel)?;
+            match fs::create_dir(rel.under(&share.root)) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    match folder::stat(&share.root, &rel)? {
+                        Some(meta) if meta.is_dir() => Ok(()),
+                        _ => Err(ShareError::NotADirectory(rel.clone())),
+                    }
+                }
+                Err(e) => Err(ShareError::io(rel.under(&share.root), e)),
+            }
+        })
+        .await
+    }
+
+    /// Renames the file `from` to `to` (which must not exist), provided `from` still looks
+    /// as `expect` says. Used to set a losing conflict version aside.
+    pub async fn rename_file(
+        self: &Arc<Self>,
+        from: &RelPath,
+        to: &RelPath,
+        expect: &Expect,
+    ) -> Result<(), ShareError> {
+        let _from_guard = self.locks.write(from).await;
+        let _to_guard = self.locks.write(to).await;
+        let share = Arc::clone(self);
+        let (from, to, expect) = (from.clone(), to.clone(), expect.clone());
+        blocking(move || {
+            install::check(&share.root, &from, &expect)?;
+            install::check(&share.root, &to, &Expect::Absent)?;
+            install::create_parents(&share.root, &to)?;
+            fs::rename(from.under(&share.root), to.under(&share.root))
+                .map_err(|e| ShareError::io(to.under(&share.root), e))
+        })
+        .await
+    }
+
+    /// Sets the modification time and permission bits of the file `rel`, provided it still
+    /// looks as `expect` says (a change of metadata only, without new content).
+    pub async fn set_metadata(
+        self: &Arc<Self>,
+        rel: &RelPath,
+        expect: &Expect,
+        meta: InstallMeta,
+    ) -> Result<(), ShareError> {
+        let _guard = self.locks.write(rel).await;
+        let share = Arc::clone(self);
+        let (rel, expect) = (rel.clone(), expect.clone());
+        blocking(move || {
+            install::check(&share.root, &rel, &expect)?;
+            let path = rel.under(&share.root);
+            let file = fs::File::options()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(|e| ShareError::io(&path, e))?;
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(fs::Permissions::from_mode(meta.mode & 0o7777))
+                .and_then(|_| {
+                    file.set_times(fs::FileTimes::new().set_modified(meta.mtime.to_system()))
+                })
+                .map_err(|e| ShareError::io(&path, e))
         })
         .await
     }

@@ -16,6 +16,19 @@ pub enum TransportChoice {
     Udp,
 }
 
+/// What `sync` is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncAction {
+    /// Show per-peer state.
+    Status,
+    /// Start a round now.
+    Now,
+    /// Resume auto-sync.
+    On,
+    /// Pause auto-sync.
+    Off,
+}
+
 /// A validated shell command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -38,6 +51,8 @@ pub enum Command {
     History,
     /// `peer [ADDR]`: show or switch the current peer.
     Peer(Option<String>),
+    /// `sync status|now|on|off`.
+    Sync(SyncAction),
     /// `help [command]`.
     Help(Option<String>),
     /// `quit` / `exit`.
@@ -82,6 +97,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("download", USAGE_DOWNLOAD),
     ("history", "history"),
     ("peer", "peer [HOST:PORT]"),
+    ("sync", "sync status|now|on|off"),
     ("help", "help [command]"),
     ("quit", "quit"),
 ];
@@ -117,6 +133,17 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
             [topic] => Command::Help(Some(canonical(topic))),
             _ => return Err(CommandError::Usage("help [command]")),
         },
+        "sync" => Command::Sync(match args.as_slice() {
+            [] => SyncAction::Status,
+            [word] => match keyword(word).as_str() {
+                "status" => SyncAction::Status,
+                "now" => SyncAction::Now,
+                "on" => SyncAction::On,
+                "off" => SyncAction::Off,
+                _ => return Err(CommandError::Usage("sync status|now|on|off")),
+            },
+            _ => return Err(CommandError::Usage("sync status|now|on|off")),
+        }),
         "quit" => Command::Quit,
         _ => return Err(CommandError::Unknown(first.clone(), suggestion(first))),
     };

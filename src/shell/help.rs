@@ -15,6 +15,7 @@ commands (keywords are case-insensitive; quote names with spaces: \"my file.txt\
   download udp <file>             fetch a file over UDP (fast on lossy long links)
   history                         requests this box made and served, newest last
   peer [HOST:PORT]                show the current peer, or switch to another
+  sync status|now|on|off          auto-sync: state per peer, sync at once, resume, pause
   help [command]                  this list, or details and examples for one command
   quit | exit                     leave (Ctrl-D too)
 aliases from the original assignment: IndexGet, FileHash, FileDownload";

@@ -45,6 +45,7 @@ fn outcome_json(outcome: &Outcome) -> Option<Value> {
         Outcome::History(records) => serde_json::to_value(records).unwrap_or(Value::Null),
         Outcome::Peer(addr) => json!({ "peer": addr }),
         Outcome::Help(text) => json!({ "help": text }),
+        Outcome::Sync(status) => serde_json::to_value(status).unwrap_or(Value::Null),
         Outcome::Quit => return None,
     })
 }
@@ -172,8 +173,62 @@ fn outcome_human(outcome: &Outcome) -> String {
         Outcome::Peer(Some(addr)) => format!("peer: {addr}"),
         Outcome::Peer(None) => "no peer: use 'peer HOST:PORT' or start with --peer".to_string(),
         Outcome::Help(text) => text.clone(),
+        Outcome::Sync(status) => sync_status(status),
         Outcome::Quit => String::new(),
     }
+}
+
+fn sync_status(status: &crate::sync::SyncStatus) -> String {
+    let mut lines = vec![format!(
+        "auto-sync {} (rescan every {}s, {}; {} rounds)",
+        if status.enabled { "on" } else { "off" },
+        status.period_seconds,
+        if status.watching {
+            "watching for changes"
+        } else {
+            "not watching: changes wait for the rescan"
+        },
+        status.rounds
+    )];
+    if let Some(notice) = &status.notice {
+        lines.push(format!("note: {notice}"));
+    }
+    lines.push(table(
+        &["PEER", "VIA", "LAST SYNC", "PENDING", "CONFLICTS", "ERRORS"],
+        &[
+            Align::Left,
+            Align::Left,
+            Align::Left,
+            Align::Right,
+            Align::Right,
+            Align::Right,
+        ],
+        status
+            .peers
+            .iter()
+            .map(|p| {
+                vec![
+                    p.peer.clone(),
+                    p.transport.clone(),
+                    p.last_sync
+                        .map(|t| t.to_local_string())
+                        .unwrap_or_else(|| "never".to_string()),
+                    p.pending.to_string(),
+                    p.conflicts.len().to_string(),
+                    p.errors.len().to_string(),
+                ]
+            })
+            .collect(),
+    ));
+    for peer in &status.peers {
+        for conflict in &peer.conflicts {
+            lines.push(format!("conflict ({}): {conflict}", peer.peer));
+        }
+        for error in &peer.errors {
+            lines.push(format!("error ({}): {error}", peer.peer));
+        }
+    }
+    lines.join("\n")
 }
 
 fn hash_table(hashes: &[FileHash]) -> String {

@@ -106,6 +106,28 @@ pub fn run_interactive(
 ) -> Result<(), ReadlineError> {
     let mut editor = DefaultEditor::new()?;
     let _ = editor.load_history(&history_file);
+    // Sync activity is printed above the prompt, leaving the line being typed intact.
+    let feed = match (session.sync(), editor.create_external_printer()) {
+        (Some(sync), Ok(mut printer)) => {
+            let mut events = sync.events();
+            Some(handle.spawn(async move {
+                use rustyline::ExternalPrinter;
+                loop {
+                    match events.recv().await {
+                        Ok(event) => {
+                            let _ =
+                                printer.print(format!("sync [{}] {}", event.peer, event.message));
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                            let _ = printer.print(format!("sync: {missed} more changes"));
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }))
+        }
+        _ => None,
+    };
     loop {
         let prompt = match session.current_peer() {
             Some(peer) => format!("boxsync [{}]> ", peer.addr()),
@@ -127,5 +149,8 @@ pub fn run_interactive(
         }
     }
     let _ = editor.save_history(&history_file);
+    if let Some(feed) = feed {
+        feed.abort();
+    }
     Ok(())
 }

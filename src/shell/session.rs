@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use super::command::{Command, TransportChoice};
+use super::command::{Command, SyncAction, TransportChoice};
 use super::help;
 use crate::history::HistoryRecord;
 use crate::local::LocalBox;
 use crate::peer::{Peer, PeerError};
 use crate::share::{Entry, FileHash};
+use crate::sync::{SyncHandle, SyncStatus};
 use crate::transfer::{Downloaded, Progress};
 
 /// What a successful command produced.
@@ -30,6 +31,8 @@ pub enum Outcome {
     Peer(Option<String>),
     /// Help text.
     Help(String),
+    /// The state of auto-sync.
+    Sync(SyncStatus),
     /// The user wants to leave.
     Quit,
 }
@@ -43,6 +46,9 @@ pub enum SessionError {
     /// The request to the peer failed.
     #[error(transparent)]
     Peer(#[from] PeerError),
+    /// A sync command without sync running.
+    #[error("auto-sync is not running: start the box with --peer (and --sync SECS, not 0)")]
+    NoSync,
     /// The local request log could not be read.
     #[error("cannot read the request log: {0}")]
     History(std::io::Error),
@@ -56,6 +62,8 @@ pub struct Session {
     peers: Vec<Arc<Peer>>,
     /// Index into `peers` of the current peer.
     current: Option<usize>,
+    /// The auto-sync engine, when it runs.
+    sync: Option<SyncHandle>,
 }
 
 impl Session {
@@ -69,7 +77,23 @@ impl Session {
             current: if peers.is_empty() { None } else { Some(0) },
             local,
             peers,
+            sync: None,
         }
+    }
+
+    /// The peers given at start (and added with `peer ADDR`).
+    pub fn peers(&self) -> &[Arc<Peer>] {
+        &self.peers
+    }
+
+    /// Attaches the running sync engine, for the `sync` commands.
+    pub fn set_sync(&mut self, sync: SyncHandle) {
+        self.sync = Some(sync);
+    }
+
+    /// The running sync engine, if any.
+    pub fn sync(&self) -> Option<&SyncHandle> {
+        self.sync.as_ref()
     }
 
     /// This box.
@@ -127,6 +151,16 @@ impl Session {
                 };
                 self.current = Some(index);
                 Outcome::Peer(Some(addr))
+            }
+            Command::Sync(action) => {
+                let sync = self.sync.as_ref().ok_or(SessionError::NoSync)?;
+                match action {
+                    SyncAction::Status => {}
+                    SyncAction::Now => sync.sync_now(),
+                    SyncAction::On => sync.set_enabled(true),
+                    SyncAction::Off => sync.set_enabled(false),
+                }
+                Outcome::Sync(sync.status())
             }
             Command::Help(topic) => Outcome::Help(help::text(topic.as_deref())),
             Command::Quit => Outcome::Quit,

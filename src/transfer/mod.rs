@@ -11,12 +11,31 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::protocol::{ConnectionError, ErrorKind};
-use crate::share::{RelPath, ShareError};
+use crate::share::{Expect, RelPath, ShareError};
 use crate::time::Timestamp;
 
 /// A progress callback: `(bytes so far, total bytes)`. Called from the async side as data
 /// arrives; the shell draws bars with it, tests count bytes with it.
 pub type Progress<'a> = &'a mut (dyn FnMut(u64, u64) + Send);
+
+/// Where a downloaded file lands locally, and on what condition.
+#[derive(Debug, Clone)]
+pub struct Landing {
+    /// The local name (sync gives a conflict copy another name than the peer's).
+    pub name: RelPath,
+    /// What must be at that name for the download to replace it.
+    pub expect: Expect,
+}
+
+impl Landing {
+    /// The same name as on the peer, replacing whatever is there (a person's download).
+    pub fn same_name(name: &RelPath) -> Landing {
+        Landing {
+            name: name.clone(),
+            expect: Expect::Anything,
+        }
+    }
+}
 
 /// Which transport carried a download.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -37,6 +56,9 @@ pub struct Downloaded {
     pub size: u64,
     /// Last-modified time, as on the peer.
     pub mtime: Timestamp,
+    /// Permission bits, as on the peer.
+    #[serde(skip)]
+    pub mode: u32,
     /// MD5 of the content, hex.
     pub md5: String,
     /// SHA-256 of the content, hex (verified end to end).

@@ -18,7 +18,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use super::partial::PartialFile;
-use super::{Downloaded, Progress, TransferError, Transport};
+use super::{Downloaded, Landing, Progress, TransferError, Transport};
+use crate::local::Served;
 use crate::protocol::{Connection, ConnectionError, ErrorKind, Frame, Request, Response};
 use crate::share::folder::{self, Fingerprint};
 use crate::share::hash::BackgroundHasher;
@@ -42,7 +43,7 @@ pub async fn send_file<S: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
     share: &Arc<Share>,
     rel: &RelPath,
-) -> Result<Result<(), ShareError>, ConnectionError> {
+) -> Result<Result<Served, ShareError>, ConnectionError> {
     let _guard = share.locks().read(rel).await;
     let opened = {
         let share = Arc::clone(share);
@@ -64,12 +65,14 @@ pub async fn send_file<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let size = meta.len();
+    let mtime = folder::modified(&meta);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
     connection
         .write_message(&Response::FileStart {
             name: rel.clone(),
             size,
-            mtime: folder::modified(&meta),
-            mode: std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777,
+            mtime,
+            mode,
         })
         .await?;
 
@@ -89,10 +92,17 @@ pub async fn send_file<S: AsyncRead + AsyncWrite + Unpin>(
         .unwrap_or_else(|e| Err(ShareError::io("<worker>", io::Error::other(e))));
     match outcome {
         Ok(digests) => {
+            let served = Served {
+                name: rel.clone(),
+                sha256: digests.sha256.clone(),
+                size,
+                mtime,
+                mode,
+            };
             connection
                 .write_message(&Response::FileEnd { digests })
                 .await?;
-            Ok(Ok(()))
+            Ok(Ok(served))
         }
         Err(e) => {
             send_error(connection, &e).await?;
@@ -195,6 +205,7 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
     share: &Arc<Share>,
     rel: &RelPath,
+    landing: &Landing,
     progress: Progress<'_>,
 ) -> Result<Downloaded, TransferError> {
     let started = Instant::now();
@@ -272,19 +283,21 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
     let replaced = share
         .install(
             partial.keep(),
-            rel,
+            &landing.name,
             InstallMeta { mtime, mode },
             local_digests.clone(),
+            &landing.expect,
         )
         .await?;
     Ok(Downloaded {
         name: rel.clone(),
         size,
         mtime,
+        mode,
         md5: local_digests.md5,
         sha256: local_digests.sha256,
         transport: Transport::Tcp,
-        path: rel.under(share.root()),
+        path: landing.name.under(share.root()),
         seconds: started.elapsed().as_secs_f64(),
         replaced,
         resent: None,

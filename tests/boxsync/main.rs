@@ -7,5 +7,6 @@ mod commands;
 mod failures;
 mod pty;
 mod relay;
+mod sync;
 mod udp;
 mod util;

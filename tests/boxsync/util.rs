@@ -57,6 +57,22 @@ impl TestBox {
         }
     }
 
+    /// A box from its parts (a server restarted by a test on a known address).
+    pub fn from_parts(
+        temp: TempDir,
+        local: Arc<LocalBox>,
+        addr: SocketAddr,
+        task: JoinHandle<()>,
+    ) -> TestBox {
+        TestBox {
+            temp,
+            local,
+            addr,
+            stop: None,
+            task: Some(task),
+        }
+    }
+
     /// A second box with its own folder, not serving (a client only).
     pub fn client() -> (TempDir, Arc<LocalBox>) {
         let temp = tempfile::tempdir().expect("temporary folder");

@@ -20,7 +20,7 @@ use crate::protocol::{Connection, Frame, Request, Response};
 use crate::share::hash::BackgroundHasher;
 use crate::share::{InstallMeta, RelPath, Share, ShareError};
 use crate::transfer::partial::PartialFile;
-use crate::transfer::{Downloaded, Progress, TransferError, Transport};
+use crate::transfer::{Downloaded, Landing, Progress, TransferError, Transport};
 
 /// How often the receiver reports (and, before data flows, says HELLO).
 const REPORT_EVERY: Duration = Duration::from_millis(10);
@@ -38,13 +38,23 @@ const RECEIVE_BUFFER: usize = 16 * 1024 * 1024;
 /// Write requests queued for the disk thread.
 const WRITE_QUEUE: usize = 4096;
 
+/// Where the datagrams of a transfer flow: this box's IP (the TCP connection's local one)
+/// and the serving box's UDP address (its TCP address: same port number).
+#[derive(Debug, Clone, Copy)]
+pub struct UdpPath {
+    /// The IP this box's UDP socket binds to.
+    pub local_ip: std::net::IpAddr,
+    /// The serving box's UDP address.
+    pub server: SocketAddr,
+}
+
 /// Downloads `rel` over UDP into `share`, negotiating on `connection`.
 pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
-    local_ip: std::net::IpAddr,
-    server_udp: SocketAddr,
+    path: UdpPath,
     share: &Arc<Share>,
     rel: &RelPath,
+    landing: &Landing,
     max_rate: Option<u64>,
     progress: Progress<'_>,
 ) -> Result<Downloaded, UdpError> {
@@ -92,7 +102,7 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
     }
     progress(0, ready.size);
 
-    let socket = UdpSocket::bind(SocketAddr::new(local_ip, 0))
+    let socket = UdpSocket::bind(SocketAddr::new(path.local_ip, 0))
         .await
         .and_then(FastSocket::new)
         .map_err(|e| ShareError::io("<udp socket>", e))?;
@@ -108,7 +118,7 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
 
     let mut receiving = Receiving::new(ready.size, ready.chunk_len, ready.session, ready.token);
     let outcome = receiving
-        .run(connection, &socket, server_udp, &writes, progress)
+        .run(connection, &socket, path.server, &writes, progress)
         .await;
     drop(writes);
     let finished = finish(connection, ready.session).await;
@@ -126,16 +136,23 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
         .into());
     }
     let replaced = share
-        .install(partial.keep(), rel, ready.meta, ready.digests.clone())
+        .install(
+            partial.keep(),
+            &landing.name,
+            ready.meta,
+            ready.digests.clone(),
+            &landing.expect,
+        )
         .await?;
     Ok(Downloaded {
         name: rel.clone(),
         size: ready.size,
         mtime: ready.meta.mtime,
+        mode: ready.meta.mode,
         md5: ready.digests.md5,
         sha256,
         transport: Transport::Udp,
-        path: rel.under(share.root()),
+        path: landing.name.under(share.root()),
         seconds: started.elapsed().as_secs_f64(),
         replaced,
         resent: Some(resent),

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::hub::UdpHub;
 use super::sender::SenderPlan;
 use super::wire::{CHUNK_LEN, Token};
+use crate::local::Served;
 use crate::protocol::{Connection, ConnectionError, ErrorKind, Request, Response};
 use crate::share::folder::{self, Fingerprint};
 use crate::share::{RelPath, Share, ShareError};
@@ -25,7 +26,7 @@ pub async fn serve_download<S: AsyncRead + AsyncWrite + Unpin>(
     rel: &RelPath,
     max_rate: Option<u64>,
     client_ip: IpAddr,
-) -> Result<Result<(), String>, ConnectionError> {
+) -> Result<Result<Served, String>, ConnectionError> {
     let _guard = share.locks().read(rel).await;
     let prepared = {
         let share = Arc::clone(share);
@@ -85,8 +86,15 @@ pub async fn serve_download<S: AsyncRead + AsyncWrite + Unpin>(
         chunk_len: CHUNK_LEN as u32,
         digests: crate::share::Digests {
             md5: hash.md5,
-            sha256: hash.sha256,
+            sha256: hash.sha256.clone(),
         },
+    };
+    let served = Served {
+        name: rel.clone(),
+        sha256: hash.sha256,
+        size: meta.len(),
+        mtime: folder::modified(&meta),
+        mode: std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777,
     };
     if let Err(e) = connection.write_message(&ready).await {
         session.finish().await;
@@ -129,7 +137,7 @@ pub async fn serve_download<S: AsyncRead + AsyncWrite + Unpin>(
         })
         .await?;
     Ok(if stats.complete {
-        Ok(())
+        Ok(served)
     } else {
         Err("transfer ended before it was complete".to_string())
     })

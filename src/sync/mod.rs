@@ -1,0 +1,351 @@
+//! Auto-sync: keeps this box's folder identical with its peers', in both directions,
+//! without ever losing what a person wrote.
+//!
+//! Each box only changes itself: every round it pulls, from each peer, what that peer
+//! changed since they last agreed ([`plan`] decides, [`round`] acts), using the same
+//! operations the shell offers (index, hash, download) through the same peer client.
+//! Rounds start at a fixed period (a full rescan), shortly after local changes settle (a
+//! file-system watcher, [`watch`]), and when a peer announces a change. What sync
+//! replaces or deletes goes to the trash first; the trash is emptied of versions older
+//! than the retention period.
+//!
+//! - [`plan`]: the decision rules, pure;
+//! - [`record`]: the persisted last-agreed state per peer;
+//! - [`ignore`]: `.boxsyncignore` and the built-in ignores;
+//! - [`round`]: one round with one peer;
+//! - [`watch`]: the file-system watcher.
+
+pub mod ignore;
+pub mod plan;
+pub mod record;
+pub mod round;
+pub mod watch;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{Notify, broadcast, watch as signal};
+
+use crate::local::LocalBox;
+use crate::peer::Peer;
+use crate::time::Timestamp;
+
+/// How long local changes must settle before a round starts.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// Which transport sync uses to fetch from a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncTransport {
+    /// The TCP connection (the default).
+    Tcp,
+    /// UDP datagrams (falling back to TCP when UDP is blocked).
+    Udp,
+}
+
+/// A peer as given on the command line: `HOST:PORT`, `tcp://HOST:PORT` or
+/// `udp://HOST:PORT` (sync fetches from it over UDP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    /// `HOST:PORT`.
+    pub addr: String,
+    /// How sync fetches from it.
+    pub transport: SyncTransport,
+}
+
+impl PeerSpec {
+    /// Splits an optional `tcp://` or `udp://` prefix off `text`.
+    pub fn parse(text: &str) -> PeerSpec {
+        let (transport, addr) = if let Some(rest) = text.strip_prefix("udp://") {
+            (SyncTransport::Udp, rest)
+        } else {
+            (
+                SyncTransport::Tcp,
+                text.strip_prefix("tcp://").unwrap_or(text),
+            )
+        };
+        PeerSpec {
+            addr: addr.to_string(),
+            transport,
+        }
+    }
+}
+
+/// How sync runs.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Period of the full rescan.
+    pub period: Duration,
+    /// How long replaced and deleted versions stay in the trash.
+    pub trash_retention: Duration,
+}
+
+/// What `sync status` shows for one peer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PeerStatus {
+    /// The peer's address.
+    pub peer: String,
+    /// The transport sync uses with it.
+    pub transport: String,
+    /// When a round with it last completed.
+    pub last_sync: Option<Timestamp>,
+    /// When a round with it was last tried.
+    pub last_attempt: Option<Timestamp>,
+    /// Actions that failed in the last round and wait for the next.
+    pub pending: usize,
+    /// Conflicts seen (path -> conflict copy).
+    pub conflicts: Vec<String>,
+    /// Errors of the last round.
+    pub errors: Vec<String>,
+}
+
+/// What `sync status` shows.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncStatus {
+    /// Whether sync runs (`sync on` / `sync off`).
+    pub enabled: bool,
+    /// The period of the full rescan, seconds.
+    pub period_seconds: u64,
+    /// Whether the file-system watcher runs (else changes wait for the rescan).
+    pub watching: bool,
+    /// A problem with sync as a whole (the watcher could not start...).
+    pub notice: Option<String>,
+    /// Rounds completed since start.
+    pub rounds: u64,
+    /// Per peer.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// Something sync did, for the activity feed above the prompt.
+#[derive(Debug, Clone)]
+pub struct SyncEvent {
+    /// The peer concerned.
+    pub peer: String,
+    /// What happened, in a few words.
+    pub message: String,
+}
+
+/// The shell's handle on a running sync engine.
+#[derive(Clone)]
+pub struct SyncHandle {
+    /// The status, updated after every round. A std `Mutex`: never held across `.await`.
+    status: Arc<Mutex<SyncStatus>>,
+    /// Starts a round now.
+    trigger: Arc<Notify>,
+    /// On/off switch.
+    enabled: Arc<signal::Sender<bool>>,
+    /// Activity feed.
+    events: broadcast::Sender<SyncEvent>,
+}
+
+impl SyncHandle {
+    /// A copy of the current status.
+    pub fn status(&self) -> SyncStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Starts a round as soon as possible.
+    pub fn sync_now(&self) {
+        self.trigger.notify_one();
+    }
+
+    /// Turns sync on or off.
+    pub fn set_enabled(&self, on: bool) {
+        let _ = self.enabled.send(on);
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .enabled = on;
+        if on {
+            self.trigger.notify_one();
+        }
+    }
+
+    /// Subscribes to the activity feed.
+    pub fn events(&self) -> broadcast::Receiver<SyncEvent> {
+        self.events.subscribe()
+    }
+
+    /// Whether the last round with every peer succeeded (for the prompt).
+    pub fn healthy(&self) -> bool {
+        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.enabled
+            && status
+                .peers
+                .iter()
+                .all(|p| p.errors.is_empty() && p.last_sync.is_some())
+    }
+}
+
+/// Starts sync for `local` with `peers`; it runs until `shutdown` completes.
+pub fn start(
+    local: Arc<LocalBox>,
+    peers: Vec<(Arc<Peer>, SyncTransport)>,
+    config: SyncConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> SyncHandle {
+    let status = SyncStatus {
+        enabled: true,
+        period_seconds: config.period.as_secs(),
+        peers: peers
+            .iter()
+            .map(|(peer, transport)| PeerStatus {
+                peer: peer.addr().to_string(),
+                transport: format!("{transport:?}").to_lowercase(),
+                ..PeerStatus::default()
+            })
+            .collect(),
+        ..SyncStatus::default()
+    };
+    let (enabled, enabled_rx) = signal::channel(true);
+    let handle = SyncHandle {
+        status: Arc::new(Mutex::new(status)),
+        trigger: Arc::new(Notify::new()),
+        enabled: Arc::new(enabled),
+        events: broadcast::channel(256).0,
+    };
+    let engine = Engine {
+        local,
+        peers,
+        config,
+        handle: handle.clone(),
+        enabled: enabled_rx,
+    };
+    tokio::spawn(engine.run(shutdown));
+    handle
+}
+
+/// The running engine.
+struct Engine {
+    local: Arc<LocalBox>,
+    peers: Vec<(Arc<Peer>, SyncTransport)>,
+    config: SyncConfig,
+    handle: SyncHandle,
+    enabled: signal::Receiver<bool>,
+}
+
+impl Engine {
+    async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let local_change = Arc::new(Notify::new());
+        let _watcher = match watch::watch(self.local.share.root(), Arc::clone(&local_change)) {
+            Ok(watcher) => {
+                self.update(|s| s.watching = true);
+                Some(watcher)
+            }
+            Err(e) => {
+                let notice = format!(
+                    "cannot watch the folder for changes ({e}); changes are picked up by the rescan every {}s",
+                    self.config.period.as_secs()
+                );
+                tracing::warn!("{notice}");
+                self.emit("", &notice);
+                self.update(|s| s.notice = Some(notice));
+                None
+            }
+        };
+        let mut rescan = tokio::time::interval(self.config.period);
+        loop {
+            let mut announce = false;
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = rescan.tick() => {}
+                _ = self.handle.trigger.notified() => {}
+                _ = self.local.changes.notified() => {}
+                _ = local_change.notified() => {
+                    // Let a burst of changes (a file being written, a folder copied) settle.
+                    loop {
+                        tokio::select! {
+                            _ = local_change.notified() => continue,
+                            _ = tokio::time::sleep(SETTLE) => break,
+                        }
+                    }
+                    announce = true;
+                }
+            }
+            if !*self.enabled.borrow() {
+                continue;
+            }
+            if announce {
+                self.announce();
+            }
+            self.round().await;
+        }
+    }
+
+    /// Tells every peer our folder changed, without waiting for them.
+    fn announce(&self) {
+        for (peer, _) in &self.peers {
+            let peer = Arc::clone(peer);
+            tokio::spawn(async move {
+                if let Err(e) = peer.notify_changed().await {
+                    tracing::debug!(peer = peer.addr(), error = %e, "change notice not delivered");
+                }
+            });
+        }
+    }
+
+    /// One round with every peer.
+    async fn round(&self) {
+        let ignore = ignore::Ignore::load(self.local.share.root());
+        crate::share::trash::prune(self.local.share.root(), self.config.trash_retention);
+        let mut here = match round::LocalState::read(&self.local, &ignore).await {
+            Ok(here) => here,
+            Err(e) => {
+                self.update(|s| {
+                    for peer in &mut s.peers {
+                        peer.errors = vec![e.clone()];
+                    }
+                });
+                return;
+            }
+        };
+        for (index, (peer, transport)) in self.peers.iter().enumerate() {
+            let outcome = round::sync_with(&self.local, &here, peer, *transport, &ignore).await;
+            let mut changed_here = false;
+            match &outcome {
+                Ok(report) => {
+                    changed_here = report.done > 0;
+                    for line in &report.changes {
+                        self.emit(peer.addr(), line);
+                    }
+                    for error in &report.errors {
+                        self.emit(peer.addr(), &format!("error: {error}"));
+                    }
+                }
+                Err(e) => {
+                    tracing::info!(peer = peer.addr(), error = %e, "sync round failed");
+                }
+            }
+            self.update(|s| {
+                if let Some(status) = s.peers.get_mut(index) {
+                    round::fold(status, &outcome);
+                }
+            });
+            // What we just took from one peer changes what we compare with the next.
+            if changed_here {
+                match round::LocalState::read(&self.local, &ignore).await {
+                    Ok(fresh) => here = fresh,
+                    Err(_) => break,
+                }
+            }
+        }
+        self.update(|s| s.rounds += 1);
+    }
+
+    fn update(&self, change: impl FnOnce(&mut SyncStatus)) {
+        change(&mut self.handle.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn emit(&self, peer: &str, message: &str) {
+        tracing::info!(peer, "{message}");
+        let _ = self.handle.events.send(SyncEvent {
+            peer: peer.to_string(),
+            message: message.to_string(),
+        });
+    }
+}

@@ -1,0 +1,97 @@
+//! The record: for one peer, the version of every path at the last moment both boxes held
+//! the same one, and the versions this box has held since (so that a peer found holding
+//! one of them is known to lag behind, not to have changed). It is what tells "deleted here" from "new there", so it is persisted
+//! (atomically) under `.boxsync/sync/`, one file per peer box id. A path both boxes lack is
+//! not in it; a path one box deleted stays in it, with its last agreed version, until the
+//! other box has deleted it too (a tombstone), however long that box stays offline.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::plan::Version;
+use crate::share::RelPath;
+
+/// Folder under the state folder that holds the records.
+pub const RECORD_DIR: &str = "sync";
+
+/// Most versions remembered per path since the last agreement.
+const MAX_OURS: usize = 16;
+
+/// The last agreed state of every path, for one peer.
+#[derive(Debug, Default)]
+pub struct Record {
+    /// Where it is persisted.
+    file: PathBuf,
+    /// Path to the version both last agreed on.
+    pub entries: BTreeMap<RelPath, Version>,
+    /// Path to the versions this box held (or sent to the peer) since that agreement.
+    pub ours: BTreeMap<RelPath, Vec<Version>>,
+}
+
+/// The record as stored.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Stored {
+    agreed: Vec<(RelPath, Version)>,
+    #[serde(default)]
+    ours: Vec<(RelPath, Vec<Version>)>,
+}
+
+impl Record {
+    /// Loads the record kept with the peer `peer_id` under `state_dir`. A missing record is
+    /// empty (first sync, or `.boxsync/` was lost: sync then merges, never deletes).
+    pub fn load(state_dir: &Path, peer_id: &str) -> io::Result<Record> {
+        let file = state_dir.join(RECORD_DIR).join(format!("{peer_id}.json"));
+        let stored = match fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice::<Stored>(&bytes)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Stored::default(),
+            Err(e) => return Err(e),
+        };
+        Ok(Record {
+            file,
+            entries: stored.agreed.into_iter().collect(),
+            ours: stored.ours.into_iter().collect(),
+        })
+    }
+
+    /// Remembers that this box held (or sent) `version` of `path` since the last agreement.
+    pub fn add_ours(&mut self, path: &RelPath, version: Version) {
+        let list = self.ours.entry(path.clone()).or_default();
+        if !list.iter().any(|v| v.same(&version)) {
+            list.push(version);
+            if list.len() > MAX_OURS {
+                list.remove(0);
+            }
+        }
+    }
+
+    /// Applies what both boxes now agree on (`None`: both lack the path).
+    pub fn update(&mut self, agreed: impl IntoIterator<Item = (RelPath, Option<Version>)>) {
+        for (path, version) in agreed {
+            self.ours.remove(&path);
+            match version {
+                Some(version) => self.entries.insert(path, version),
+                None => self.entries.remove(&path),
+            };
+        }
+    }
+
+    /// Writes the record: temporary file, flush, rename.
+    pub fn save(&self) -> io::Result<()> {
+        if let Some(dir) = self.file.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let stored = Stored {
+            agreed: self.entries.clone().into_iter().collect(),
+            ours: self.ours.clone().into_iter().collect(),
+        };
+        let bytes = serde_json::to_vec(&stored).map_err(io::Error::other)?;
+        let tmp = self.file.with_extension("json.tmp");
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, &self.file)
+    }
+}

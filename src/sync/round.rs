@@ -1,0 +1,384 @@
+//! One sync round with one peer: read both sides (index and hashes, the same operations the
+//! shell offers), plan, guard against mass deletion, act, and record what both now agree on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use super::ignore::Ignore;
+use super::plan::{self, Action, Sides, Version};
+use super::record::Record;
+use super::{PeerStatus, SyncTransport};
+use crate::local::{LocalBox, Served};
+use crate::peer::{Peer, PeerError};
+use crate::share::filter::IndexFilter;
+use crate::share::{Entry, FileHash, InstallMeta, RelPath};
+use crate::time::Timestamp;
+use crate::transfer::Landing;
+
+/// A record with at least this many entries makes an empty folder suspicious: an
+/// unmounted disk, not a person who deleted everything.
+pub const MASS_DELETE_GUARD: usize = 10;
+
+/// This box's side of a round, read once per round and shared by all peers.
+pub struct LocalState {
+    /// Every path sync may touch, with its version.
+    pub versions: BTreeMap<RelPath, Version>,
+    /// Paths that exist but could not be read this round.
+    pub unknown: BTreeSet<RelPath>,
+}
+
+impl LocalState {
+    /// Reads this box's folder.
+    pub async fn read(local: &Arc<LocalBox>, ignore: &Ignore) -> Result<LocalState, String> {
+        let snapshot = local
+            .share
+            .snapshot()
+            .await
+            .map_err(|e| format!("cannot read the shared folder: {e}"))?;
+        let mut state = LocalState {
+            versions: BTreeMap::new(),
+            unknown: BTreeSet::new(),
+        };
+        for (entry, hash) in snapshot {
+            if ignore.ignores(&entry.name) {
+                continue;
+            }
+            match version(&entry, hash.as_ref()) {
+                Some(version) => {
+                    state.versions.insert(entry.name, version);
+                }
+                None => {
+                    state.unknown.insert(entry.name);
+                }
+            }
+        }
+        Ok(state)
+    }
+}
+
+/// The version of an entry, or `None` for a file whose hash is not known.
+fn version(entry: &Entry, hash: Option<&FileHash>) -> Option<Version> {
+    if entry.is_dir() {
+        return Some(Version {
+            dir: true,
+            sha256: None,
+            size: 0,
+            mtime: entry.mtime,
+            mode: entry.mode,
+        });
+    }
+    let hash = hash?;
+    Some(Version {
+        dir: false,
+        sha256: Some(hash.sha256.clone()),
+        size: hash.size,
+        mtime: hash.mtime,
+        mode: entry.mode,
+    })
+}
+
+/// What a round with one peer did.
+#[derive(Debug, Default)]
+pub struct RoundReport {
+    /// Actions carried out.
+    pub done: usize,
+    /// Files downloaded.
+    pub downloaded: usize,
+    /// Files deleted here.
+    pub deleted: usize,
+    /// Actions that failed (they are retried next round).
+    pub failed: usize,
+    /// Conflicts found: the path and its conflict copy.
+    pub conflicts: Vec<(RelPath, RelPath)>,
+    /// What went wrong, one line each.
+    pub errors: Vec<String>,
+    /// Short descriptions of what changed here, for the activity feed.
+    pub changes: Vec<String>,
+}
+
+/// Runs one round against `peer`.
+pub async fn sync_with(
+    local: &Arc<LocalBox>,
+    here: &LocalState,
+    peer: &Peer,
+    transport: SyncTransport,
+    ignore: &Ignore,
+) -> Result<RoundReport, String> {
+    // Notices from the peer are taken before its folder is read, so that the folder as read
+    // is at least as new as every notice applied this round.
+    let (installed, served) = match peer.remote_id() {
+        Some(id) => (local.take_installed(&id), local.take_served(&id)),
+        None => (Vec::new(), Vec::new()),
+    };
+    // What the peer installed from us, both boxes held: agreed (oldest first, so that the
+    // latest wins).
+    let installed: Vec<(RelPath, Option<Version>)> = installed
+        .into_iter()
+        .map(|v| (v.name.clone(), Some(served_version(v))))
+        .collect();
+    let entries = peer
+        .index(&IndexFilter::Longlist)
+        .await
+        .map_err(|e| e.to_string())?;
+    let hashes = peer.hash_all().await.map_err(|e| e.to_string())?;
+    let peer_id = peer
+        .remote_id()
+        .ok_or_else(|| "the peer's box id is unknown".to_string())?;
+    if peer_id == local.id {
+        return Err("that address is this box itself".to_string());
+    }
+    let (there, unknown_there) = remote_state(&entries, &hashes, ignore);
+    let mut record = Record::load(&local.share.state_dir(), &peer_id)
+        .map_err(|e| format!("cannot read the sync record: {e}"))?;
+    record.update(installed);
+    for served in served {
+        let name = served.name.clone();
+        record.add_ours(&name, served_version(served));
+    }
+    let record_paths = record.entries.len();
+    if here.versions.is_empty() && here.unknown.is_empty() && record_paths >= MASS_DELETE_GUARD {
+        return Err(format!(
+            "this box's shared folder is empty but {record_paths} paths were in sync: sync paused (is the disk mounted?)"
+        ));
+    }
+    if there.is_empty() && unknown_there.is_empty() && record_paths >= MASS_DELETE_GUARD {
+        return Err(format!(
+            "the peer's shared folder is empty but {record_paths} paths were in sync: not deleting them here (is its disk mounted?)"
+        ));
+    }
+    let mut unknown = here.unknown.clone();
+    unknown.extend(unknown_there);
+    let sides = Sides {
+        local_id: &local.id,
+        remote_id: &peer_id,
+    };
+    let plan = plan::plan(
+        &here.versions,
+        &there,
+        &record.entries,
+        &record.ours,
+        &unknown,
+        &sides,
+    );
+    // Every version held here that the peer has not agreed to yet is remembered as ours.
+    for (path, version) in &here.versions {
+        if !plan.agreed.contains_key(path)
+            && record.entries.get(path).is_none_or(|s| !s.same(version))
+        {
+            record.add_ours(path, version.clone());
+        }
+    }
+    let mut report = RoundReport {
+        conflicts: plan.conflicts.clone(),
+        ..RoundReport::default()
+    };
+    for (path, reason) in &plan.skipped {
+        report.errors.push(format!("{path}: {reason}"));
+    }
+    let mut agreed = plan.agreed;
+    for action in plan.actions {
+        tracing::debug!(box_id = %local.id, peer = %peer_id, ?action, "sync action");
+        match apply(local, peer, transport, &action).await {
+            Ok(settled) => {
+                report.done += 1;
+                describe(&action, &mut report);
+                if let Some((path, version)) = settled {
+                    agreed.insert(path, version);
+                }
+            }
+            Err(e) => {
+                report.failed += 1;
+                report.errors.push(e);
+            }
+        }
+    }
+    record.update(agreed);
+    record
+        .save()
+        .map_err(|e| format!("cannot save the sync record: {e}"))?;
+    Ok(report)
+}
+
+fn served_version(served: Served) -> Version {
+    Version {
+        dir: false,
+        sha256: Some(served.sha256),
+        size: served.size,
+        mtime: served.mtime,
+        mode: served.mode,
+    }
+}
+
+/// The peer's side: its index joined with its hashes. Files listed without a hash (they
+/// were changing on the peer) are unknown this round.
+fn remote_state(
+    entries: &[Entry],
+    hashes: &[FileHash],
+    ignore: &Ignore,
+) -> (BTreeMap<RelPath, Version>, BTreeSet<RelPath>) {
+    let hashes: BTreeMap<&RelPath, &FileHash> = hashes.iter().map(|h| (&h.name, h)).collect();
+    let mut versions = BTreeMap::new();
+    let mut unknown = BTreeSet::new();
+    for entry in entries {
+        if ignore.ignores(&entry.name) {
+            continue;
+        }
+        let hash = hashes
+            .get(&entry.name)
+            .copied()
+            .filter(|h| h.size == entry.size && h.mtime == entry.mtime);
+        match version(entry, hash) {
+            Some(version) => {
+                versions.insert(entry.name.clone(), version);
+            }
+            None => {
+                unknown.insert(entry.name.clone());
+            }
+        }
+    }
+    (versions, unknown)
+}
+
+/// Carries out one action. On success, returns the path's new agreed state when the action
+/// made both sides agree.
+async fn apply(
+    local: &Arc<LocalBox>,
+    peer: &Peer,
+    transport: SyncTransport,
+    action: &Action,
+) -> Result<Option<(RelPath, Option<Version>)>, String> {
+    let share = &local.share;
+    match action {
+        Action::CreateDir(path) => {
+            share
+                .create_dir(path)
+                .await
+                .map_err(|e| format!("{path}: {e}"))?;
+            Ok(None)
+        }
+        Action::Download {
+            remote,
+            local: name,
+            version: _,
+            expect,
+        } => {
+            let landing = Landing {
+                name: name.clone(),
+                expect: expect.clone(),
+            };
+            let mut progress = |_: u64, _: u64| {};
+            let downloaded = match transport {
+                SyncTransport::Tcp => peer.download_tcp_to(remote, &landing, &mut progress).await,
+                SyncTransport::Udp => {
+                    let rate = local.settings.max_udp_rate;
+                    peer.download_udp_to(remote, &landing, rate, &mut progress)
+                        .await
+                }
+            }
+            .map_err(|e| describe_failure(name, &e))?;
+            // Both boxes now hold what was just transferred (the peer may have moved on
+            // from the version planned; then this one is what we agree on).
+            let got = Version {
+                dir: false,
+                sha256: Some(downloaded.sha256),
+                size: downloaded.size,
+                mtime: downloaded.mtime,
+                mode: downloaded.mode,
+            };
+            if name == remote {
+                let confirmation = Served {
+                    name: name.clone(),
+                    sha256: got.sha256.clone().unwrap_or_default(),
+                    size: got.size,
+                    mtime: got.mtime,
+                    mode: got.mode,
+                };
+                if let Err(e) = peer.confirm_installed(confirmation).await {
+                    tracing::debug!(error = %e, "install confirmation not delivered");
+                }
+            }
+            Ok((name == remote).then(|| (name.clone(), Some(got))))
+        }
+        Action::SetMetadata {
+            path,
+            version,
+            expect,
+        } => {
+            let meta = InstallMeta {
+                mtime: version.mtime,
+                mode: version.mode,
+            };
+            share
+                .set_metadata(path, expect, meta)
+                .await
+                .map_err(|e| format!("{path}: {e}"))?;
+            Ok(Some((path.clone(), Some(version.clone()))))
+        }
+        Action::SetAside { path, to, expect } => {
+            share
+                .rename_file(path, to, expect)
+                .await
+                .map_err(|e| format!("{path}: {e}"))?;
+            Ok(None)
+        }
+        Action::DeleteFile { path, expect } => {
+            share
+                .remove_file(path, expect)
+                .await
+                .map_err(|e| format!("{path}: {e}"))?;
+            Ok(Some((path.clone(), None)))
+        }
+        Action::DeleteDir(path) => {
+            let removed = share
+                .remove_empty_dir(path)
+                .await
+                .map_err(|e| format!("{path}: {e}"))?;
+            Ok(removed.then(|| (path.clone(), None)))
+        }
+    }
+}
+
+fn describe_failure(name: &RelPath, error: &PeerError) -> String {
+    format!("{name}: {error}")
+}
+
+fn describe(action: &Action, report: &mut RoundReport) {
+    let line = match action {
+        Action::CreateDir(path) => format!("created folder {path}/"),
+        Action::Download { remote, local, .. } if remote == local => {
+            report.downloaded += 1;
+            format!("received {local}")
+        }
+        Action::Download { local, .. } => {
+            report.downloaded += 1;
+            format!("received conflict copy {local}")
+        }
+        Action::SetMetadata { path, .. } => format!("updated time and mode of {path}"),
+        Action::SetAside { path, to, .. } => format!("conflict: kept this box's {path} as {to}"),
+        Action::DeleteFile { path, .. } => {
+            report.deleted += 1;
+            format!("deleted {path} (kept in .boxsync/trash)")
+        }
+        Action::DeleteDir(path) => format!("removed folder {path}/"),
+    };
+    report.changes.push(line);
+}
+
+/// Folds a round's outcome into the peer's status.
+pub fn fold(status: &mut PeerStatus, outcome: &Result<RoundReport, String>) {
+    status.last_attempt = Some(Timestamp::now());
+    match outcome {
+        Ok(report) => {
+            status.last_sync = Some(Timestamp::now());
+            status.pending = report.failed;
+            status.errors = report.errors.clone();
+            for (path, copy) in &report.conflicts {
+                let line = format!("{path} -> {copy}");
+                if !status.conflicts.contains(&line) {
+                    status.conflicts.push(line);
+                }
+            }
+        }
+        Err(e) => status.errors = vec![e.clone()],
+    }
+}

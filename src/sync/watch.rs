@@ -1,0 +1,28 @@
+//! Watching the shared folder for changes (inotify through the `notify` crate), so that a
+//! change starts a sync round within moments instead of at the next periodic rescan.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::Notify;
+
+use crate::share::STATE_DIR;
+
+/// Starts watching `root` recursively; `changed` is signalled for every change outside the
+/// box's state folder. Keep the returned watcher alive for as long as watching should go
+/// on. Fails when the platform refuses (inotify limits, say).
+pub fn watch(root: &Path, changed: Arc<Notify>) -> notify::Result<RecommendedWatcher> {
+    let state = root.join(STATE_DIR);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        if event.paths.iter().any(|path| !path.starts_with(&state)) {
+            changed.notify_one();
+        }
+    })?;
+    watcher.watch(root, RecursiveMode::Recursive)?;
+    Ok(watcher)
+}
