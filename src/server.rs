@@ -146,7 +146,7 @@ impl Server {
         // The port is free again once the UDP side has let go of its socket too.
         let _ = hub_task.await;
         drop(hub);
-        self.local.share.persist_cache();
+        self.local.share.flush_cache();
     }
 }
 

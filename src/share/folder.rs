@@ -74,6 +74,15 @@ pub fn modified(meta: &Metadata) -> Timestamp {
 /// Symlinks, special files, names that are not UTF-8 and the root's `.boxsync/` are skipped:
 /// they can be neither served nor synced.
 pub fn list(root: &Path) -> Result<Vec<Entry>, ShareError> {
+    Ok(list_detailed(root)?
+        .into_iter()
+        .map(|(entry, _)| entry)
+        .collect())
+}
+
+/// Like [`list`], with each entry's fingerprint (from the same `lstat`), so that hashes can
+/// be looked up in the cache without touching the files again.
+pub fn list_detailed(root: &Path) -> Result<Vec<(Entry, Fingerprint)>, ShareError> {
     let mut entries = Vec::new();
     let mut pending = vec![PathBuf::new()];
     while let Some(dir) = pending.pop() {
@@ -105,10 +114,10 @@ pub fn list(root: &Path) -> Result<Vec<Entry>, ShareError> {
             } else if !meta.is_file() {
                 continue;
             }
-            entries.push(Entry::from_metadata(name, &meta));
+            entries.push((Entry::from_metadata(name, &meta), Fingerprint::of(&meta)));
         }
     }
-    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    entries.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     Ok(entries)
 }
 

@@ -165,9 +165,14 @@ pub struct HashCache {
     /// Bytes of file content read for hashing since start: lets tests and benchmarks prove
     /// that cached answers read nothing.
     bytes_hashed: AtomicU64,
-    /// Serializes saves, which share one temporary file name.
-    saving: Mutex<()>,
+    /// Serializes saves, which share one temporary file name, and remembers when the last
+    /// one happened.
+    saving: Mutex<Option<std::time::Instant>>,
 }
+
+/// Shortest interval between two routine saves: a busy box (sync installing thousands of
+/// small files) must not rewrite the whole cache for each one.
+const SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl HashCache {
     /// Loads the cache persisted at `file`; a missing or damaged cache starts empty.
@@ -182,7 +187,7 @@ impl HashCache {
             entries: Mutex::new(entries),
             dirty: AtomicBool::new(false),
             bytes_hashed: AtomicU64::new(0),
-            saving: Mutex::new(()),
+            saving: Mutex::new(None),
         }
     }
 
@@ -223,12 +228,26 @@ impl HashCache {
         }
     }
 
+    /// Writes the cache to disk if it changed and the last save is at least a couple of
+    /// seconds old (a cache that lags only costs rehashing after a crash).
+    pub fn save_if_due(&self) -> Result<(), ShareError> {
+        self.save_inner(false)
+    }
+
     /// Writes the cache to disk if it changed, atomically (temporary file, then rename).
     pub fn save(&self) -> Result<(), ShareError> {
-        let _saving = self.saving.lock().unwrap_or_else(|e| e.into_inner());
+        self.save_inner(true)
+    }
+
+    fn save_inner(&self, now: bool) -> Result<(), ShareError> {
+        let mut last = self.saving.lock().unwrap_or_else(|e| e.into_inner());
+        if !now && last.is_some_and(|t| t.elapsed() < SAVE_INTERVAL) {
+            return Ok(());
+        }
         if !self.dirty.swap(false, Ordering::Relaxed) {
             return Ok(());
         }
+        *last = Some(std::time::Instant::now());
         let bytes = {
             let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             let list: Vec<(&RelPath, &CachedHash)> = entries.iter().collect();

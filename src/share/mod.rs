@@ -145,28 +145,42 @@ impl Share {
         result
     }
 
-    /// The hashes of every file in the folder, sorted by name.
+    /// The hashes of every file in the folder, sorted by name, in one pass off the async
+    /// threads (unchanged files answered from the cache without touching them).
     ///
     /// A file that disappears or keeps changing during the walk is left out rather than
     /// failing the whole answer.
     pub async fn hash_all(self: &Arc<Self>) -> Result<Vec<FileHash>, ShareError> {
-        let entries = self.index().await?;
-        let mut hashes = Vec::new();
-        for entry in entries.iter().filter(|e| !e.is_dir()) {
-            let _guard = self.locks.read(&entry.name).await;
-            let share = Arc::clone(self);
-            let rel = entry.name.clone();
-            match blocking(move || share.cache.hash_file(&share.root, &rel)).await {
-                Ok(hash) => hashes.push(hash),
-                Err(ShareError::NotFound(_) | ShareError::Unstable(_) | ShareError::Changed(_)) => {
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let names: std::collections::HashSet<&RelPath> = entries.iter().map(|e| &e.name).collect();
-        self.cache.retain(|rel| names.contains(rel));
+        let share = Arc::clone(self);
+        let hashes = blocking(move || {
+            let entries = folder::list_detailed(&share.root)?;
+            let names: std::collections::HashSet<RelPath> =
+                entries.iter().map(|(e, _)| e.name.clone()).collect();
+            share.cache.retain(|rel| names.contains(rel));
+            Ok(entries
+                .iter()
+                .filter(|(entry, _)| !entry.is_dir())
+                .filter_map(|(entry, fingerprint)| share.cached_or_hashed(entry, fingerprint))
+                .collect())
+        })
+        .await;
         self.persist_cache();
-        Ok(hashes)
+        hashes
+    }
+
+    /// The hashes of a listed file: from the cache when its fingerprint (from the listing)
+    /// matches, which touches nothing on disk; otherwise by reading it once it holds still.
+    fn cached_or_hashed(&self, entry: &Entry, fingerprint: &Fingerprint) -> Option<FileHash> {
+        match self.cache.lookup(&entry.name, fingerprint) {
+            Some(digests) => Some(FileHash {
+                name: entry.name.clone(),
+                md5: digests.md5,
+                sha256: digests.sha256,
+                mtime: entry.mtime,
+                size: entry.size,
+            }),
+            None => self.cache.hash_file(&self.root, &entry.name).ok(),
+        }
     }
 
     /// Every entry with, for files, its hashes, in one pass off the async threads: what sync
@@ -175,14 +189,14 @@ impl Share {
     pub async fn snapshot(self: &Arc<Self>) -> Result<Vec<(Entry, Option<FileHash>)>, ShareError> {
         let share = Arc::clone(self);
         let snapshot = blocking(move || {
-            let entries = folder::list(&share.root)?;
+            let entries = folder::list_detailed(&share.root)?;
             Ok(entries
                 .into_iter()
-                .map(|entry| {
+                .map(|(entry, fingerprint)| {
                     let hash = if entry.is_dir() {
                         None
                     } else {
-                        share.cache.hash_file(&share.root, &entry.name).ok()
+                        share.cached_or_hashed(&entry, &fingerprint)
                     };
                     (entry, hash)
                 })
@@ -193,9 +207,18 @@ impl Share {
         snapshot
     }
 
-    /// Writes the hash cache if it changed; a failure only costs rehashing later.
-    pub fn persist_cache(&self) {
+    /// Writes the hash cache now if it changed (at shutdown); a failure only costs
+    /// rehashing later.
+    pub fn flush_cache(&self) {
         if let Err(e) = self.cache.save() {
+            tracing::warn!(error = %e, "could not persist the hash cache");
+        }
+    }
+
+    /// Writes the hash cache if it changed and was not written in the last seconds; a
+    /// failure only costs rehashing later.
+    pub fn persist_cache(&self) {
+        if let Err(e) = self.cache.save_if_due() {
             tracing::warn!(error = %e, "could not persist the hash cache");
         }
     }

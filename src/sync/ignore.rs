@@ -66,14 +66,25 @@ impl Ignore {
             require_literal_separator: true,
             require_literal_leading_dot: false,
         };
-        let components: Vec<&str> = path.components().collect();
-        (1..=components.len()).any(|depth| {
-            let prefix = components[..depth].join("/");
-            let name = components[depth - 1];
-            self.patterns.iter().any(|(pattern, by_name)| {
-                pattern.matches_with(if *by_name { name } else { &prefix }, options)
-            })
-        })
+        // Each prefix of the path (`a`, `a/b`, `a/b/c`) with its last component, without
+        // allocating: this runs for every path in every round.
+        let text = path.as_str();
+        let ends = text
+            .match_indices('/')
+            .map(|(i, _)| i)
+            .chain(std::iter::once(text.len()));
+        let mut start = 0;
+        for end in ends {
+            let (prefix, name) = (&text[..end], &text[start..end]);
+            start = end + 1;
+            let hit = self.patterns.iter().any(|(pattern, by_name)| {
+                pattern.matches_with(if *by_name { name } else { prefix }, options)
+            });
+            if hit {
+                return true;
+            }
+        }
+        false
     }
 }
 

@@ -209,6 +209,7 @@ pub fn start(
         events: broadcast::channel(256).0,
     };
     let engine = Engine {
+        records: std::collections::HashMap::new(),
         local,
         peers,
         config,
@@ -221,6 +222,8 @@ pub fn start(
 
 /// The running engine.
 struct Engine {
+    /// Sync records by peer box id, loaded once and saved when they change.
+    records: std::collections::HashMap<String, record::Record>,
     local: Arc<LocalBox>,
     peers: Vec<(Arc<Peer>, SyncTransport)>,
     config: SyncConfig,
@@ -229,7 +232,7 @@ struct Engine {
 }
 
 impl Engine {
-    async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+    async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let local_change = Arc::new(Notify::new());
         let _watcher = match watch::watch(self.local.share.root(), Arc::clone(&local_change)) {
@@ -290,7 +293,7 @@ impl Engine {
     }
 
     /// One round with every peer.
-    async fn round(&self) {
+    async fn round(&mut self) {
         let ignore = ignore::Ignore::load(self.local.share.root());
         crate::share::trash::prune(self.local.share.root(), self.config.trash_retention);
         let mut here = match round::LocalState::read(&self.local, &ignore).await {
@@ -305,7 +308,15 @@ impl Engine {
             }
         };
         for (index, (peer, transport)) in self.peers.iter().enumerate() {
-            let outcome = round::sync_with(&self.local, &here, peer, *transport, &ignore).await;
+            let outcome = round::sync_with(
+                &self.local,
+                &here,
+                peer,
+                *transport,
+                &ignore,
+                &mut self.records,
+            )
+            .await;
             let mut changed_here = false;
             match &outcome {
                 Ok(report) => {

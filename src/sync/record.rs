@@ -28,6 +28,8 @@ pub struct Record {
     pub entries: BTreeMap<RelPath, Version>,
     /// Path to the versions this box held (or sent to the peer) since that agreement.
     pub ours: BTreeMap<RelPath, Vec<Version>>,
+    /// Whether it changed since it was loaded or saved.
+    dirty: bool,
 }
 
 /// The record as stored.
@@ -53,6 +55,7 @@ impl Record {
             file,
             entries: stored.agreed.into_iter().collect(),
             ours: stored.ours.into_iter().collect(),
+            dirty: false,
         })
     }
 
@@ -60,6 +63,7 @@ impl Record {
     pub fn add_ours(&mut self, path: &RelPath, version: Version) {
         let list = self.ours.entry(path.clone()).or_default();
         if !list.iter().any(|v| v.same(&version)) {
+            self.dirty = true;
             list.push(version);
             if list.len() > MAX_OURS {
                 list.remove(0);
@@ -70,16 +74,26 @@ impl Record {
     /// Applies what both boxes now agree on (`None`: both lack the path).
     pub fn update(&mut self, agreed: impl IntoIterator<Item = (RelPath, Option<Version>)>) {
         for (path, version) in agreed {
-            self.ours.remove(&path);
-            match version {
-                Some(version) => self.entries.insert(path, version),
-                None => self.entries.remove(&path),
+            let had_ours = self.ours.remove(&path).is_some();
+            let before = match version {
+                Some(version) => {
+                    let unchanged = self.entries.get(&path).is_some_and(|v| *v == version);
+                    if !unchanged {
+                        self.entries.insert(path, version);
+                    }
+                    unchanged
+                }
+                None => self.entries.remove(&path).is_none(),
             };
+            self.dirty |= had_ours || !before;
         }
     }
 
-    /// Writes the record: temporary file, flush, rename.
-    pub fn save(&self) -> io::Result<()> {
+    /// Writes the record if it changed: temporary file, flush, rename.
+    pub fn save(&mut self) -> io::Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
         if let Some(dir) = self.file.parent() {
             fs::create_dir_all(dir)?;
         }
@@ -92,6 +106,8 @@ impl Record {
         let mut file = fs::File::create(&tmp)?;
         file.write_all(&bytes)?;
         file.sync_all()?;
-        fs::rename(&tmp, &self.file)
+        fs::rename(&tmp, &self.file)?;
+        self.dirty = false;
+        Ok(())
     }
 }

@@ -1,8 +1,11 @@
 //! One sync round with one peer: read both sides (index and hashes, the same operations the
 //! shell offers), plan, guard against mass deletion, act, and record what both now agree on.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+
+use futures_util::{StreamExt, stream};
 
 use super::ignore::Ignore;
 use super::plan::{self, Action, Sides, Version};
@@ -11,13 +14,16 @@ use super::{PeerStatus, SyncTransport};
 use crate::local::{LocalBox, Served};
 use crate::peer::{Peer, PeerError};
 use crate::share::filter::IndexFilter;
-use crate::share::{Entry, FileHash, InstallMeta, RelPath};
+use crate::share::{Entry as ShareEntry, FileHash, InstallMeta, RelPath};
 use crate::time::Timestamp;
 use crate::transfer::Landing;
 
 /// A record with at least this many entries makes an empty folder suspicious: an
 /// unmounted disk, not a person who deleted everything.
 pub const MASS_DELETE_GUARD: usize = 10;
+
+/// Downloads in flight at once within a round.
+const PARALLEL_DOWNLOADS: usize = 4;
 
 /// This box's side of a round, read once per round and shared by all peers.
 pub struct LocalState {
@@ -57,7 +63,7 @@ impl LocalState {
 }
 
 /// The version of an entry, or `None` for a file whose hash is not known.
-fn version(entry: &Entry, hash: Option<&FileHash>) -> Option<Version> {
+fn version(entry: &ShareEntry, hash: Option<&FileHash>) -> Option<Version> {
     if entry.is_dir() {
         return Some(Version {
             dir: true,
@@ -103,6 +109,7 @@ pub async fn sync_with(
     peer: &Peer,
     transport: SyncTransport,
     ignore: &Ignore,
+    records: &mut HashMap<String, Record>,
 ) -> Result<RoundReport, String> {
     // Notices from the peer are taken before its folder is read, so that the folder as read
     // is at least as new as every notice applied this round.
@@ -128,8 +135,13 @@ pub async fn sync_with(
         return Err("that address is this box itself".to_string());
     }
     let (there, unknown_there) = remote_state(&entries, &hashes, ignore);
-    let mut record = Record::load(&local.share.state_dir(), &peer_id)
-        .map_err(|e| format!("cannot read the sync record: {e}"))?;
+    let record = match records.entry(peer_id.clone()) {
+        Entry::Occupied(cached) => cached.into_mut(),
+        Entry::Vacant(slot) => slot.insert(
+            Record::load(&local.share.state_dir(), &peer_id)
+                .map_err(|e| format!("cannot read the sync record: {e}"))?,
+        ),
+    };
     record.update(installed);
     for served in served {
         let name = served.name.clone();
@@ -176,19 +188,38 @@ pub async fn sync_with(
         report.errors.push(format!("{path}: {reason}"));
     }
     let mut agreed = plan.agreed;
-    for action in plan.actions {
-        tracing::debug!(box_id = %local.id, peer = %peer_id, ?action, "sync action");
-        match apply(local, peer, transport, &action).await {
-            Ok(settled) => {
-                report.done += 1;
-                describe(&action, &mut report);
-                if let Some((path, version)) = settled {
-                    agreed.insert(path, version);
-                }
+    let mut actions = plan.actions.into_iter().peekable();
+    while let Some(action) = actions.next() {
+        // Downloads run a few at a time: with many small files, the round trips and the
+        // flushes to disk of one overlap those of the others.
+        let mut batch = vec![action];
+        if matches!(batch[0], Action::Download { .. }) {
+            while let Some(next) = actions.next_if(|a| matches!(a, Action::Download { .. })) {
+                batch.push(next);
             }
-            Err(e) => {
-                report.failed += 1;
-                report.errors.push(e);
+        }
+        let results: Vec<(Action, Result<_, String>)> = stream::iter(batch)
+            .map(|action| async move {
+                tracing::debug!(box_id = %local.id, ?action, "sync action");
+                let result = apply(local, peer, transport, &action).await;
+                (action, result)
+            })
+            .buffer_unordered(PARALLEL_DOWNLOADS)
+            .collect()
+            .await;
+        for (action, result) in results {
+            match result {
+                Ok(settled) => {
+                    report.done += 1;
+                    describe(&action, &mut report);
+                    if let Some((path, version)) = settled {
+                        agreed.insert(path, version);
+                    }
+                }
+                Err(e) => {
+                    report.failed += 1;
+                    report.errors.push(e);
+                }
             }
         }
     }
@@ -212,7 +243,7 @@ fn served_version(served: Served) -> Version {
 /// The peer's side: its index joined with its hashes. Files listed without a hash (they
 /// were changing on the peer) are unknown this round.
 fn remote_state(
-    entries: &[Entry],
+    entries: &[ShareEntry],
     hashes: &[FileHash],
     ignore: &Ignore,
 ) -> (BTreeMap<RelPath, Version>, BTreeSet<RelPath>) {

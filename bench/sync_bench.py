@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""Auto-sync benchmark (issue 4), measured in one run on loopback:
+
+1. sync latency: a file written on box A until the same bytes are on box B, with the
+   rescan period at 10 s (so the watcher and change notices do the work);
+2. initial sync of 10,000 small files, and of one 1 GiB file, from a full box to an empty
+   one, against `rsync -a` of the same tree from an rsync daemon on loopback;
+3. the CPU an idle pair of boxes with 10,000 files uses per minute.
+
+    python3 bench/sync_bench.py [--files 10000] [--big-mib 1024] [--samples 20] [--idle 60]
+
+Needs rsync (apt-get install rsync) and builds boxsync in release mode.
+"""
+
+import argparse
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "target" / "release" / "boxsync"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_box(folder, port, peer_port, period=10):
+    cmd = [str(BIN), "serve", "-d", str(folder), "-l", f"127.0.0.1:{port}",
+           "-p", f"127.0.0.1:{peer_port}", "--sync", str(period)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc.stdout.readline()  # "boxsync box ... serving ... on ..."
+    return proc
+
+
+def stop(*procs):
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def wait_until(condition, timeout, step=0.005):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(step)
+    return condition()
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def count_files(folder):
+    n = 0
+    for base, dirs, files in os.walk(folder):
+        if ".boxsync" in dirs:
+            dirs.remove(".boxsync")
+        n += len(files)
+    return n
+
+
+def make_small_tree(folder, n, seed=1):
+    rng = random.Random(seed)
+    for i in range(n):
+        d = folder / f"d{i % 50:02d}" / f"e{i % 7}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"file{i:05d}.txt").write_bytes(rng.randbytes(rng.randint(100, 4000)))
+
+
+def rsync_daemon(module_path):
+    port = free_port()
+    conf = Path(tempfile.mkdtemp(prefix="rsyncd-")) / "rsyncd.conf"
+    conf.write_text(f"use chroot = no\n[src]\n  path = {module_path}\n  read only = yes\n  exclude = .boxsync/\n")
+    proc = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={conf}",
+                             f"--port={port}", "--address=127.0.0.1"])
+    wait_until(lambda: subprocess.run(["rsync", f"rsync://127.0.0.1:{port}/"],
+                                      capture_output=True).returncode == 0, 10, 0.05)
+    return proc, port
+
+
+def timed_rsync(port, dest):
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    t0 = time.monotonic()
+    subprocess.run(["rsync", "-a", f"rsync://127.0.0.1:{port}/src/", f"{dest}/"], check=True)
+    return time.monotonic() - t0
+
+
+def initial_sync(source, work, label, expected_files, expected_bytes):
+    """Times a boxsync initial sync from a full box (cold caches) to an empty one."""
+    shutil.rmtree(source / ".boxsync", ignore_errors=True)
+    dest = work / f"dest-{label}"
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir()
+    pa, pb = free_port(), free_port()
+    t0 = time.monotonic()
+    a = start_box(source, pa, pb)
+    b = start_box(dest, pb, pa)
+
+    def done():
+        if count_files(dest) != expected_files:
+            return False
+        total = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file() and ".boxsync" not in f.parts)
+        return total == expected_bytes
+
+    ok = wait_until(done, 600, 0.02)
+    elapsed = time.monotonic() - t0
+    stop(a, b)
+    if not ok:
+        sys.exit(f"{label}: boxsync did not finish")
+    diff = subprocess.run(["diff", "-r", "-x", ".boxsync", str(source), str(dest)], capture_output=True)
+    if diff.returncode != 0:
+        sys.exit(f"{label}: folders differ after sync:\n{diff.stdout[:2000]}")
+    return elapsed
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--files", type=int, default=10000)
+    ap.add_argument("--big-mib", type=int, default=1024)
+    ap.add_argument("--samples", type=int, default=20)
+    ap.add_argument("--idle", type=int, default=60)
+    args = ap.parse_args()
+    if shutil.which("rsync") is None:
+        sys.exit("bench: rsync is missing: apt-get install rsync")
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    work = Path(tempfile.mkdtemp(prefix="boxsync-syncbench-"))
+    try:
+        # 1. Latency.
+        a_dir, b_dir = work / "lat-a", work / "lat-b"
+        a_dir.mkdir(); b_dir.mkdir()
+        pa, pb = free_port(), free_port()
+        a, b = start_box(a_dir, pa, pb), start_box(b_dir, pb, pa)
+        time.sleep(1)  # let both finish their first (empty) round
+        latencies = []
+        for i in range(args.samples):
+            content = os.urandom(4096)
+            t0 = time.monotonic()
+            (a_dir / f"sample{i}.bin").write_bytes(content)
+            target = b_dir / f"sample{i}.bin"
+            ok = wait_until(lambda: target.exists() and target.read_bytes() == content, 30, 0.002)
+            if not ok:
+                sys.exit(f"latency sample {i} never arrived")
+            latencies.append(time.monotonic() - t0)
+            time.sleep(0.5)
+        stop(a, b)
+        latencies.sort()
+        median = statistics.median(latencies)
+        p90 = latencies[int(len(latencies) * 0.9) - 1]
+
+        # 2. Initial sync: many small files, then one big file; rsync in the same run.
+        small = work / "small"
+        make_small_tree(small, args.files)
+        small_bytes = sum(f.stat().st_size for f in small.rglob("*") if f.is_file())
+        rsd, rport = rsync_daemon(small)
+        rsync_small = timed_rsync(rport, work / "rsync-small")
+        stop(rsd)
+        box_small = initial_sync(small, work, "small", args.files, small_bytes)
+
+        big = work / "big"
+        big.mkdir()
+        with open(big / "big.bin", "wb") as f:
+            for _ in range(args.big_mib):
+                f.write(os.urandom(1 << 20))
+        rsd, rport = rsync_daemon(big)
+        rsync_big = timed_rsync(rport, work / "rsync-big")
+        stop(rsd)
+        box_big = initial_sync(big, work, "big", 1, args.big_mib << 20)
+
+        # 3. Idle CPU of a synced pair with the small tree.
+        dest = work / "dest-small"
+        pa, pb = free_port(), free_port()
+        a, b = start_box(small, pa, pb), start_box(dest, pb, pa)
+        time.sleep(15)  # first rounds: caches warm, records written
+        c0 = cpu_seconds(a.pid) + cpu_seconds(b.pid)
+        time.sleep(args.idle)
+        c1 = cpu_seconds(a.pid) + cpu_seconds(b.pid)
+        stop(a, b)
+        idle_share = (c1 - c0) / args.idle / 2 * 100  # per box, % of one core
+
+        print(f"machine: {os.cpu_count()} cores; loopback; rescan period 10 s")
+        print(f"1. sync latency, {args.samples} samples of 4 KiB: median {median*1000:.0f} ms, "
+              f"p90 {p90*1000:.0f} ms, max {latencies[-1]*1000:.0f} ms   (target: median < 1 s)")
+        print(f"2. initial sync of {args.files} small files ({small_bytes/1e6:.1f} MB): "
+              f"boxsync {box_small:.2f} s, rsync -a {rsync_small:.2f} s, "
+              f"ratio rsync/boxsync {rsync_small/box_small:.2f}   (target >= 1.0)")
+        print(f"   initial sync of one {args.big_mib} MiB file: boxsync {box_big:.2f} s, "
+              f"rsync -a {rsync_big:.2f} s, ratio rsync/boxsync {rsync_big/box_big:.2f}   (target >= 1.0)")
+        print(f"3. idle pair with {args.files} files: {(c1-c0):.2f} CPU s in {args.idle} s for two boxes = "
+              f"{idle_share:.2f}% of one core per box   (target < 1%)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
