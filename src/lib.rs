@@ -14,7 +14,8 @@
 //! - [`server`]: accept loop, per-connection handler, shutdown.
 //! - [`transfer`]: moving file bytes and landing them verified (TCP).
 //! - [`peer`]: the typed async client for one peer box.
-//! - [`shell`]: command parsing, execution and rendering, and the interactive loop.
+//! - [`shell`]: command parsing, execution, background jobs and rendering, and the
+//!   interactive loop with completion, history, progress bars and a prompt.
 //!
 //! The library never prints: the shell and the CLI (`src/main.rs`) render.
 

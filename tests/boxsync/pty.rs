@@ -17,8 +17,10 @@ async fn interactive_shell_through_a_pty() {
         command.args(["-d", &dir_path, "-l", "127.0.0.1:0", "-p", &peer]);
         command.env("NO_COLOR", "1");
         let mut shell = rexpect::session::spawn_command(command, Some(15_000))?;
-        let prompt = format!("boxsync [{peer}]> ");
-        shell.exp_string(&prompt)?;
+        shell.exp_string(&format!("boxsync [{peer}]> "))?;
+        // Once a request has reached the peer, the prompt says so. (rexpect reads the
+        // pty byte by byte, so the needle is spelled the same way.)
+        let prompt = crate::util::as_pty_bytes(&format!("boxsync [{peer} ✓]> "));
         shell.send_line("index longlist")?;
         shell.exp_string("NAME")?;
         shell.exp_string("notes/hello world.txt")?;
