@@ -7,5 +7,7 @@ mod commands;
 mod failures;
 mod pty;
 mod relay;
+mod shell;
+mod snapshots;
 mod udp;
 mod util;
