@@ -34,16 +34,13 @@ pub struct Screen {
     bars_enabled: bool,
     /// Whether to colour the bars.
     colour: bool,
-    /// Where announcements go. A std `Mutex`: held only while printing one.
-    output: Mutex<Output>,
-}
-
-/// Where announcements go at the moment.
-struct Output {
-    /// Whether the bars are being drawn.
-    bars_shown: bool,
-    /// rustyline's printer, once the prompt exists.
-    printer: Option<Box<dyn ExternalPrinter + Send>>,
+    /// Whether the bars are being drawn. A std `Mutex`, held briefly (never while waiting
+    /// on the prompt), so that showing and announcing do not interleave.
+    bars_shown: Mutex<bool>,
+    /// rustyline's printer, once the prompt exists. Its own lock: printing may wait for
+    /// the prompt to take the previous message, and the prompt's thread never takes this
+    /// lock, so it cannot be stuck behind it.
+    printer: Mutex<Option<Box<dyn ExternalPrinter + Send>>>,
 }
 
 impl Screen {
@@ -54,16 +51,14 @@ impl Screen {
             bars: MultiProgress::with_draw_target(ProgressDrawTarget::hidden()),
             bars_enabled,
             colour,
-            output: Mutex::new(Output {
-                bars_shown: false,
-                printer: None,
-            }),
+            bars_shown: Mutex::new(false),
+            printer: Mutex::new(None),
         })
     }
 
     /// Sends announcements through rustyline's printer from now on.
     pub fn set_printer(&self, printer: Box<dyn ExternalPrinter + Send>) {
-        self.output().printer = Some(printer);
+        *lock(&self.printer) = Some(printer);
     }
 
     /// A new bar for a transfer of `name`, labelled `label` (`[2]` for job 2, or empty).
@@ -111,34 +106,37 @@ impl Screen {
         if !self.bars_enabled {
             return;
         }
-        let mut output = self.output();
-        output.bars_shown = true;
+        // Under the lock, so that an announcement never sees the flag without the target.
+        let mut shown = lock(&self.bars_shown);
         self.bars
             .set_draw_target(ProgressDrawTarget::term_like_with_hz(
                 Box::new(BarTerminal(console::Term::stderr())),
                 BAR_REFRESH_HZ,
             ));
+        *shown = true;
     }
 
     /// Wipes the bars and stops drawing them (the command ended; the prompt comes back).
     pub fn hide_bars(&self) {
-        let mut output = self.output();
-        if output.bars_shown {
+        let mut shown = lock(&self.bars_shown);
+        if *shown {
             let _ = self.bars.clear();
             self.bars.set_draw_target(ProgressDrawTarget::hidden());
-            output.bars_shown = false;
+            *shown = false;
         }
     }
 
     /// Shows `text` (one or more lines) without disturbing the bars or the line being
     /// typed.
     pub fn announce(&self, text: &str) {
-        let mut output = self.output();
-        if output.bars_shown {
-            let _ = self.bars.println(text);
-            return;
+        {
+            let shown = lock(&self.bars_shown);
+            if *shown {
+                let _ = self.bars.println(text);
+                return;
+            }
         }
-        match output.printer.as_mut() {
+        match lock(&self.printer).as_mut() {
             Some(printer) => {
                 if printer.print(format!("{text}\n")).is_err() {
                     eprintln!("{text}");
@@ -147,10 +145,12 @@ impl Screen {
             None => eprintln!("{text}"),
         }
     }
+}
 
-    fn output(&self) -> std::sync::MutexGuard<'_, Output> {
-        self.output.lock().unwrap_or_else(|e| e.into_inner())
-    }
+/// Locks a mutex, going on with the data if a panicking thread poisoned it (a flag and a
+/// printer: nothing to leave half-changed).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Standard error as the bars see it: a few columns narrower than the terminal. A bar
