@@ -15,7 +15,8 @@
 //! - [`transfer`]: moving file bytes and landing them verified (TCP).
 //! - [`peer`]: the typed async client for one peer box.
 //! - [`sync`]: auto-sync: planning from the last agreed state, acting safely, watching.
-//! - [`shell`]: command parsing, execution and rendering, and the interactive loop.
+//! - [`shell`]: command parsing, execution, background jobs and rendering, and the
+//!   interactive loop with completion, history, progress bars and a prompt.
 //!
 //! The library never prints: the shell and the CLI (`src/main.rs`) render.
 

@@ -29,6 +29,11 @@ const EXIT_USAGE: u8 = 2;
     name = "boxsync",
     version,
     about,
+    long_about = "Keeps a folder identical on several machines (\"boxes\") and lets you work \
+with a peer's folder from an interactive shell: list it, verify hashes, download files \
+(verified, atomically), in the background too. Without a subcommand, starts a box: its \
+server plus a shell whose commands go to the first --peer. Type 'help' at the prompt for \
+the shell's commands; Tab completes them and the peer's file names.",
     after_help = "Examples:\n  boxsync -d ~/shared -l 0.0.0.0:7001 -p 192.0.2.7:7002     a box with a shell\n  boxsync serve -d ~/shared -l 0.0.0.0:7002                  a box without a shell\n  boxsync -p 127.0.0.1:7002 -c 'index longlist' --json      one command, JSON out\n  boxsync demo                                              two local boxes to try"
 )]
 struct Cli {
@@ -37,6 +42,9 @@ struct Cli {
     mode: Option<Mode>,
 
     /// The shared folder (created if missing).
+    ///
+    /// Its subfolder .boxsync/ keeps the box's own state (id, hash cache, request log,
+    /// shell history, logs) and is never shared. Example: -d ~/shared
     #[arg(
         short = 'd',
         long = "dir",
@@ -47,6 +55,9 @@ struct Cli {
     dir: PathBuf,
 
     /// TCP and UDP address of this box's server.
+    ///
+    /// Port 0 picks a free port (the shell's first line and 'serve' print it).
+    /// Examples: -l 0.0.0.0:7001 (reachable from other machines), -l 127.0.0.1:0
     #[arg(
         short = 'l',
         long = "listen",
@@ -56,8 +67,11 @@ struct Cli {
     )]
     listen: String,
 
-    /// A peer box, HOST:PORT (may repeat; the first is the shell's current peer). Prefix
-    /// udp:// to make sync fetch from it over UDP.
+    /// A peer box, HOST:PORT (may repeat; the first is the shell's current peer).
+    ///
+    /// The shell's 'peer' command switches between them; auto-sync syncs with all of them.
+    /// Prefix udp:// to make sync fetch from a peer over UDP. Example: -p 192.0.2.7:7002
+    /// -p udp://192.0.2.8:7002
     #[arg(short = 'p', long = "peer", value_name = "ADDR", global = true)]
     peers: Vec<String>,
 
@@ -73,24 +87,38 @@ struct Cli {
 
     /// Run one shell command against the current peer, print the result, exit (may
     /// repeat; no server is started).
+    ///
+    /// Exit status 0 if every command succeeded, 1 if one failed. Example: -c 'index glob
+    /// "*.mp3"' -c 'download tcp notes.txt'
     #[arg(short = 'c', value_name = "COMMAND")]
     commands: Vec<String>,
 
     /// Machine-readable output: one JSON document per command.
+    ///
+    /// For -c and for commands piped on standard input; no colours, no progress bars.
+    /// Example: boxsync -p 127.0.0.1:7002 --json -c 'hash checkall'
     #[arg(long, global = true)]
     json: bool,
 
     /// TCP congestion control for this box's connections (cubic, bbr, reno...), like
     /// iperf3's -C; default: the kernel's.
+    ///
+    /// Example: --tcp-congestion bbr (see /proc/sys/net/ipv4/tcp_available_congestion_control)
     #[arg(long, value_name = "ALGO", global = true)]
     tcp_congestion: Option<String>,
 
     /// Cap on the rate of each UDP transfer this box serves or asks for: bits per second
     /// (500k, 50M, 1G) or bytes per second (50MB).
+    ///
+    /// Example: --max-rate 50M (50 Mbit/s). A download's own --max-rate takes precedence
+    /// for that download.
     #[arg(long, value_name = "RATE", global = true, value_parser = parse_rate_arg)]
     max_rate: Option<u64>,
 
     /// More detailed logs (-v: debug, -vv: trace); RUST_LOG overrides.
+    ///
+    /// Logs go to DIR/.boxsync/log/ (rotated daily), or to stderr for 'serve', never onto
+    /// the prompt. Examples: -vv, RUST_LOG=boxsync=debug
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
     verbose: u8,
 }
@@ -98,9 +126,16 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Mode {
     /// Start a box without a shell; runs until SIGINT or SIGTERM, then shuts down cleanly.
+    #[command(
+        long_about = "Starts a box without a shell: its server answers peers' requests about \
+the shared folder until SIGINT or SIGTERM, then shuts down cleanly. Prints one line once it \
+listens ('boxsync box <id> serving <dir> on <addr>'); logs go to stderr.",
+        after_help = "Examples:\n  boxsync serve -d ~/shared -l 0.0.0.0:7002              serve ~/shared to other machines\n  boxsync serve -d /tmp/b -l 127.0.0.1:0                 a free port, printed on start\n  boxsync serve -d ~/shared --max-rate 100M -v           cap UDP transfers, debug logs"
+    )]
     Serve,
     /// Two boxes with sample files in a temporary folder; the shell runs on the first and
     /// its peer is the second.
+    #[command(after_help = "Example:\n  boxsync demo")]
     Demo,
 }
 
@@ -375,11 +410,15 @@ fn demo(handle: &Handle, verbose: u8) -> Result<bool> {
     println!("  this box (A)  {}  serving {}", addr_a, dir_a.display());
     println!("  peer box (B)  {}  serving {}", addr_b, dir_b.display());
     println!();
-    println!("Try, in this order:");
+    println!("Try, in this order (Tab completes commands and box B's file names):");
     println!("  index longlist                     what box B shares");
     println!("  index glob '*.txt'                 only text files, at any depth");
     println!("  hash verify hello.txt              MD5 and SHA-256 of a file on B");
-    println!("  download tcp \"music/song one.mp3\"  fetch it into A's folder, verified");
+    println!("  download tcp mu<Tab><Tab>          completes \"music/song one.mp3\"; Enter");
+    println!("  download udp data/big.bin --max-rate 8M &");
+    println!("                                     a slow download in the background");
+    println!("  jobs                               its progress; 'kill 1' cancels it");
+    println!("  wait                               progress bars until it is done");
     println!("  history                            what was asked and answered");
     println!("  help                               everything else; Ctrl-D or quit to leave");
     println!();

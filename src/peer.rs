@@ -6,6 +6,7 @@
 //! pooled connection had gone stale (the peer restarted) is retried once on a fresh one.
 
 use std::io;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -83,6 +84,18 @@ pub enum PeerError {
 }
 
 impl PeerError {
+    /// Whether this error means the peer could not be reached or stopped answering (as
+    /// opposed to an answer that was an error).
+    fn means_unreachable(&self) -> bool {
+        matches!(
+            self,
+            PeerError::Unreachable { .. }
+                | PeerError::Handshake { .. }
+                | PeerError::Connection { .. }
+                | PeerError::Transfer(TransferError::Connection(_))
+        )
+    }
+
     /// Whether the connection can carry further requests after this error.
     fn leaves_connection_usable(&self) -> bool {
         match self {
@@ -101,6 +114,36 @@ impl PeerError {
                     ConnectionError::Closed | ConnectionError::Io(_)
                 ))
         )
+    }
+}
+
+/// What the last finished request to a peer showed about reaching it; the shell's prompt
+/// shows it (✓ or ✗).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reachability {
+    /// No request has finished yet.
+    Unknown,
+    /// The last request got an answer (even an error answer).
+    Reachable,
+    /// The last request could not connect, or the connection failed.
+    Unreachable,
+}
+
+impl Reachability {
+    fn to_u8(self) -> u8 {
+        match self {
+            Reachability::Unknown => 0,
+            Reachability::Reachable => 1,
+            Reachability::Unreachable => 2,
+        }
+    }
+
+    fn from_u8(value: u8) -> Reachability {
+        match value {
+            1 => Reachability::Reachable,
+            2 => Reachability::Unreachable,
+            _ => Reachability::Unknown,
+        }
     }
 }
 
@@ -149,6 +192,9 @@ pub struct Peer {
     idle: Mutex<Vec<PeerConnection>>,
     /// The peer's box id, once a handshake has told it.
     remote_id: Mutex<Option<String>>,
+    /// The [`Reachability`] seen by the last finished request, as its `u8` code (an atomic,
+    /// because requests finish on any task).
+    reachability: AtomicU8,
 }
 
 impl Peer {
@@ -159,7 +205,13 @@ impl Peer {
             local,
             idle: Mutex::new(Vec::new()),
             remote_id: Mutex::new(None),
+            reachability: AtomicU8::new(Reachability::Unknown.to_u8()),
         }
+    }
+
+    /// Whether the last finished request reached the peer.
+    pub fn reachability(&self) -> Reachability {
+        Reachability::from_u8(self.reachability.load(Ordering::Relaxed))
     }
 
     /// The peer's address as given.
@@ -417,6 +469,11 @@ impl Peer {
         result: Option<Result<T, PeerError>>,
     ) -> Result<T, PeerError> {
         let result = result.unwrap_or_else(|| Err(protocol_error(&self.addr, "no attempt made")));
+        let reached = match &result {
+            Err(e) if e.means_unreachable() => Reachability::Unreachable,
+            _ => Reachability::Reachable,
+        };
+        self.reachability.store(reached.to_u8(), Ordering::Relaxed);
         // Sync's notices are too frequent to be worth a line in the log each.
         if !matches!(request, Request::Changed | Request::Installed { .. }) {
             let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());

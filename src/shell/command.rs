@@ -57,6 +57,15 @@ pub enum Command {
     Help(Option<String>),
     /// `quit` / `exit`.
     Quit,
+    /// `jobs`: the background transfers in flight.
+    Jobs,
+    /// `kill <job>`: cancels a background transfer.
+    Kill(u32),
+    /// `wait`: waits for every background transfer, showing their progress.
+    Wait,
+    /// `download ... &` or `bg download ...`: a download run as a background job, so that
+    /// the prompt stays usable. Only downloads run in the background.
+    Background(Box<Command>),
 }
 
 /// Why a command line was refused.
@@ -88,6 +97,9 @@ pub enum CommandError {
     /// A bad peer address.
     #[error("bad peer address '{0}': expected HOST:PORT, like 127.0.0.1:7878")]
     PeerAddress(String),
+    /// `&` or `bg` on a command that is not a download.
+    #[error("only downloads run in the background ('{0}' cannot)")]
+    NotBackground(String),
 }
 
 /// Every command word, with its usage line, for help and suggestions.
@@ -98,24 +110,80 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("history", "history"),
     ("peer", "peer [HOST:PORT]"),
     ("sync", "sync status|now|on|off"),
+    ("jobs", "jobs"),
+    ("kill", USAGE_KILL),
+    ("wait", "wait"),
+    ("bg", USAGE_BG),
     ("help", "help [command]"),
     ("quit", "quit"),
 ];
+
+/// The assignment's names and other spellings that [`canonical`] maps to a command word;
+/// completion offers them when the typed prefix matches.
+pub const ALIASES: &[&str] = &["IndexGet", "FileHash", "FileDownload", "exit"];
+
+/// The words that may follow a command word (`index l<TAB>` completes `longlist`).
+pub fn subcommands(command: &str) -> &'static [&'static str] {
+    match command {
+        "index" => &["longlist", "shortlist", "regex", "glob"],
+        "hash" => &["verify", "checkall"],
+        "download" => &["tcp", "udp"],
+        _ => &[],
+    }
+}
 
 const USAGE_INDEX: &str =
     "index longlist | index shortlist <start> <end> | index regex <pattern> | index glob <pattern>";
 const USAGE_HASH: &str = "hash verify <file> | hash checkall";
 const USAGE_DOWNLOAD: &str = "download tcp <file> | download udp <file> [--max-rate RATE]";
+const USAGE_KILL: &str = "kill <job> (the number 'jobs' shows)";
+const USAGE_BG: &str = "bg download tcp|udp <file> (or: download ... &)";
 
 /// Parses one line; `Ok(None)` for a blank line or a `#` comment.
+///
+/// A trailing `&` (or a leading `bg`) asks for the command to run in the background.
 pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
+    let (line, ampersand) = split_ampersand(line);
     let words = shell_words::split(line).map_err(|e| CommandError::Quoting(e.to_string()))?;
     let Some((first, rest)) = words.split_first() else {
-        return Ok(None);
+        return if ampersand {
+            Err(CommandError::Usage(USAGE_BG))
+        } else {
+            Ok(None)
+        };
     };
     if first.starts_with('#') {
         return Ok(None);
     }
+    let (background, first, rest) = match canonical(first).as_str() {
+        "bg" => match rest.split_first() {
+            Some((first, rest)) => (true, first, rest),
+            None => return Err(CommandError::Usage(USAGE_BG)),
+        },
+        _ => (ampersand, first, rest),
+    };
+    let command = parse_words(first, rest)?;
+    if !background {
+        return Ok(Some(command));
+    }
+    match command {
+        Command::Download { .. } => Ok(Some(Command::Background(Box::new(command)))),
+        _ => Err(CommandError::NotBackground(canonical(first))),
+    }
+}
+
+/// Splits off an unquoted, unescaped trailing `&`: `download tcp a.iso &` runs in the
+/// background. A quoted name keeps its `&` (`"a &"` ends with a quote).
+fn split_ampersand(line: &str) -> (&str, bool) {
+    let trimmed = line.trim_end();
+    match trimmed.strip_suffix('&') {
+        Some(rest) if !rest.ends_with('\\') => (rest, true),
+        _ => (line, false),
+    }
+}
+
+/// Parses a command word and its arguments.
+fn parse_words(first: &str, rest: &[String]) -> Result<Command, CommandError> {
     let args: Vec<&str> = rest.iter().map(String::as_str).collect();
     let command = match canonical(first).as_str() {
         "index" => Command::Index(parse_index(&args)?),
@@ -144,10 +212,27 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
             },
             _ => return Err(CommandError::Usage("sync status|now|on|off")),
         }),
+        "jobs" if args.is_empty() => Command::Jobs,
+        "jobs" => return Err(CommandError::Usage("jobs")),
+        "kill" => match args.as_slice() {
+            [job] => Command::Kill(parse_job_id(job).ok_or(CommandError::Usage(USAGE_KILL))?),
+            _ => return Err(CommandError::Usage(USAGE_KILL)),
+        },
+        "wait" if args.is_empty() => Command::Wait,
+        "wait" => return Err(CommandError::Usage("wait")),
         "quit" => Command::Quit,
-        _ => return Err(CommandError::Unknown(first.clone(), suggestion(first))),
+        _ => return Err(CommandError::Unknown(first.to_string(), suggestion(first))),
     };
-    Ok(Some(command))
+    Ok(command)
+}
+
+/// A job number as `jobs` shows it: `2`, or `%2` as in other shells.
+fn parse_job_id(word: &str) -> Option<u32> {
+    word.strip_prefix('%')
+        .unwrap_or(word)
+        .parse()
+        .ok()
+        .filter(|id| *id > 0)
 }
 
 /// The command a word names: keywords are case-insensitive and the assignment's names
@@ -237,6 +322,37 @@ fn parse_download(args: &[&str]) -> Result<Command, CommandError> {
     })
 }
 
+/// A download as a line a person could type again (`download udp big.iso --max-rate 8M`);
+/// names background jobs.
+pub fn download_line(transport: TransportChoice, name: &RelPath, max_rate: Option<u64>) -> String {
+    let transport = match transport {
+        TransportChoice::Tcp => "tcp",
+        TransportChoice::Udp => "udp",
+    };
+    let mut line = format!("download {transport} {}", shell_words::quote(name.as_str()));
+    if let Some(rate) = max_rate {
+        line.push_str(&format!(" --max-rate {}", format_rate(rate)));
+    }
+    line
+}
+
+/// A rate in bytes per second written back as `--max-rate` reads it (`8M`, `1.5G`).
+fn format_rate(bytes_per_second: u64) -> String {
+    let bits = bytes_per_second as f64 * 8.0;
+    let (value, suffix) = if bits >= 1e9 {
+        (bits / 1e9, "G")
+    } else if bits >= 1e6 {
+        (bits / 1e6, "M")
+    } else if bits >= 1e3 {
+        (bits / 1e3, "k")
+    } else {
+        (bits, "")
+    };
+    let text = format!("{value:.2}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text}{suffix}")
+}
+
 /// Reads a rate: bits per second with an optional k/M/G suffix (`50M` is 50 Mbit/s), or
 /// bytes per second when it ends in `B` (`50MB` is 50 megabytes/s). Returns bytes/second.
 pub fn parse_rate(text: &str) -> Result<u64, CommandError> {
@@ -321,6 +437,66 @@ mod tests {
             })
         ));
         assert!(parse("download tcp big.iso --max-rate 50M").is_err());
+    }
+
+    /// A trailing `&` or a leading `bg` backgrounds a download, and nothing else; a quoted
+    /// `&` stays in the name; jobs are named by number or `%number`.
+    #[test]
+    fn background_and_jobs() {
+        let download = |name: &str| Command::Download {
+            transport: TransportChoice::Tcp,
+            name: RelPath::parse(name).unwrap(),
+            max_rate: None,
+        };
+        let background = |name: &str| Some(Command::Background(Box::new(download(name))));
+        assert_eq!(parse("download tcp a.iso &").unwrap(), background("a.iso"));
+        assert_eq!(parse("download tcp a.iso&").unwrap(), background("a.iso"));
+        assert_eq!(parse("bg download tcp a.iso").unwrap(), background("a.iso"));
+        assert_eq!(
+            parse("BG download tcp a.iso &").unwrap(),
+            background("a.iso")
+        );
+        assert_eq!(
+            parse("download tcp \"a &\"").unwrap(),
+            Some(download("a &"))
+        );
+        assert_eq!(parse(r"download tcp a\&").unwrap(), Some(download("a&")));
+        assert!(matches!(
+            parse("index longlist &"),
+            Err(CommandError::NotBackground(word)) if word == "index"
+        ));
+        assert!(parse("bg").is_err());
+        assert!(parse("&").is_err());
+        assert_eq!(parse("jobs").unwrap(), Some(Command::Jobs));
+        assert_eq!(parse("kill 2").unwrap(), Some(Command::Kill(2)));
+        assert_eq!(parse("kill %3").unwrap(), Some(Command::Kill(3)));
+        assert!(parse("kill").is_err());
+        assert!(parse("kill 0").is_err());
+        assert!(parse("kill one").is_err());
+        assert_eq!(parse("wait").unwrap(), Some(Command::Wait));
+    }
+
+    /// A download written back as a line reads the same, rate included.
+    #[test]
+    fn download_lines() {
+        let name = RelPath::parse("music/song one.mp3").unwrap();
+        assert_eq!(
+            download_line(TransportChoice::Udp, &name, Some(1_000_000)),
+            "download udp 'music/song one.mp3' --max-rate 8M"
+        );
+        assert_eq!(
+            download_line(TransportChoice::Tcp, &name, None),
+            "download tcp 'music/song one.mp3'"
+        );
+        let line = download_line(TransportChoice::Udp, &name, Some(62_500));
+        assert_eq!(
+            parse(&line).unwrap(),
+            Some(Command::Download {
+                transport: TransportChoice::Udp,
+                name,
+                max_rate: Some(62_500),
+            })
+        );
     }
 
     /// Every malformed line gets a one-line error rather than a crash.

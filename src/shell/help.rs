@@ -2,7 +2,7 @@
 
 use super::command::canonical;
 
-/// One line per command.
+/// One line per command, then the keys worth knowing.
 const OVERVIEW: &str = "\
 commands (keywords are case-insensitive; quote names with spaces: \"my file.txt\"):
   index longlist                  every entry of the peer's folder
@@ -13,11 +13,17 @@ commands (keywords are case-insensitive; quote names with spaces: \"my file.txt\
   hash checkall                   the same for every file on the peer
   download tcp <file>             fetch a file over TCP into the local folder, verified
   download udp <file>             fetch a file over UDP (fast on lossy long links)
+  download ... &                  the same in the background (or: bg download ...)
+  jobs                            background downloads in flight, with their progress
+  kill <job>                      cancel a background download
+  wait                            wait for the background downloads, with progress bars
   history                         requests this box made and served, newest last
   peer [HOST:PORT]                show the current peer, or switch to another
   sync status|now|on|off          auto-sync: state per peer, sync at once, resume, pause
   help [command]                  this list, or details and examples for one command
   quit | exit                     leave (Ctrl-D too)
+keys: Tab completes commands and the peer's file names; Up and Ctrl-R search the
+  history of typed lines; Ctrl-C cancels the running command (or clears the line).
 aliases from the original assignment: IndexGet, FileHash, FileDownload";
 
 /// The help for `topic` (a command word), or the overview.
@@ -68,10 +74,47 @@ download udp <file> [--max-rate RATE]
     mistake random loss for congestion. Also shows how many datagrams were resent.
     RATE is bits per second (500k, 50M, 1G) or bytes per second with a B (50MB).
     If no UDP datagram gets through within 3 s, the file comes over TCP instead.
+download ... &
+    Runs the download in the background: the prompt comes back at once, 'jobs' shows
+    its progress, 'kill <job>' cancels it, and a line above the prompt says when it
+    ended. 'bg download ...' is the same.
+While a download runs in the foreground a progress bar shows bytes, rate and time
+left; Ctrl-C cancels it and leaves no partial file.
 examples:
     download tcp notes/todo.md
     FileDownload TCP \"music/song one.mp3\"
-    download udp data/big.bin --max-rate 50M"
+    download udp data/big.bin --max-rate 50M
+    download tcp data/big.bin &"
+            .to_string(),
+        "jobs" => "\
+jobs
+    The background downloads in flight: job number, bytes so far and in all, mean
+    rate, time left at that rate, and the command.
+example:
+    jobs"
+            .to_string(),
+        "kill" => "\
+kill <job>
+    Cancels background download <job> (the number 'jobs' shows; %<job> works too).
+    Nothing partial is left; a previous local version of the file is untouched.
+examples:
+    kill 1
+    kill %2"
+            .to_string(),
+        "wait" => "\
+wait
+    Waits until every background download has ended, showing a progress bar for each.
+    Ctrl-C stops waiting; the downloads go on.
+example:
+    wait"
+            .to_string(),
+        "bg" => "\
+bg download tcp|udp <file> [--max-rate RATE]
+download tcp|udp <file> [--max-rate RATE] &
+    Runs a download in the background; see 'help download' and 'help jobs'.
+examples:
+    bg download udp data/big.bin
+    download tcp \"music/song one.mp3\" &"
             .to_string(),
         "history" => "\
 history
@@ -89,10 +132,19 @@ examples:
     peer
     peer 127.0.0.1:7002"
             .to_string(),
-        "help" => {
-            "help [command]\n    The list of commands, or details and examples for one.".to_string()
-        }
-        "quit" => "quit | exit\n    Leaves the shell (Ctrl-D too); the box's server stops with it."
+        "help" => "\
+help [command]
+    The list of commands, or details and examples for one.
+examples:
+    help
+    help download"
+            .to_string(),
+        "quit" => "\
+quit | exit
+    Leaves the shell (Ctrl-D too); the box's server stops with it. With background
+    downloads in flight, asks first (they are cancelled).
+example:
+    quit"
             .to_string(),
         other => format!("no help for '{other}'; type 'help' for the list of commands"),
     }

@@ -1,13 +1,25 @@
 //! The shell: command parsing ([`command`], [`timestamp`]), execution against a peer
-//! ([`session`]), rendering ([`render`], [`help`]) and the loops that read commands from a
-//! person ([`repl`]) or a script.
+//! ([`session`], with background [`jobs`]), rendering ([`render`], [`table`], [`help`],
+//! [`prompt`]) and the loops that read commands from a person ([`repl`], with
+//! [`helper`], [`complete`], [`names`], [`screen`], [`terminal`]) or a script.
+//!
+//! This module is the renderer: the only part of the library that writes to the terminal.
 
 pub mod command;
+pub mod complete;
 pub mod help;
+pub mod helper;
+pub mod jobs;
+pub mod names;
+pub mod prompt;
 pub mod render;
 pub mod repl;
+pub mod screen;
 pub mod session;
+pub mod table;
+pub mod terminal;
 pub mod timestamp;
 
+pub use prompt::SyncIndicator;
 pub use render::Format;
 pub use session::{Outcome, Session};

@@ -1,10 +1,12 @@
-//! Turning command outcomes into text: aligned tables for people, one JSON document per
-//! line for programs.
+//! Turning command outcomes into text: aligned tables for people (fitted to the
+//! terminal's width, coloured when colours are on), one JSON document per line for
+//! programs.
 
 use serde_json::{Value, json};
-use unicode_width::UnicodeWidthStr;
 
+use super::jobs::{JobEvent, JobStatus};
 use super::session::Outcome;
+use super::table::{self, Column, Fit};
 use crate::history::Direction;
 use crate::share::{Entry, FileHash};
 use crate::transfer::Downloaded;
@@ -18,22 +20,72 @@ pub enum Format {
     Json,
 }
 
-/// The text that shows `outcome` (without a trailing newline; empty for nothing to show).
+/// How human output is laid out on the terminal at hand.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// The terminal's width in columns; `None`: no limit (a pipe), nothing is shortened.
+    pub width: Option<usize>,
+    /// Whether to use ANSI colours and bold.
+    pub colour: bool,
+}
+
+/// The text that shows `outcome` (without a trailing newline; empty for nothing to show),
+/// with no width limit and no colour.
 pub fn outcome(outcome: &Outcome, format: Format) -> String {
+    outcome_with(outcome, format, Layout::default())
+}
+
+/// The text that shows `outcome`, laid out for `layout` (JSON ignores it).
+pub fn outcome_with(outcome: &Outcome, format: Format, layout: Layout) -> String {
     match format {
         Format::Json => outcome_json(outcome)
             .map(|v| v.to_string())
             .unwrap_or_default(),
-        Format::Human => outcome_human(outcome),
+        Format::Human => outcome_human(outcome, layout),
     }
 }
 
 /// The text that shows a failed command.
 pub fn error(message: &str, format: Format) -> String {
+    error_with(message, format, Layout::default())
+}
+
+/// The text that shows a failed command, `error:` in red when colours are on.
+pub fn error_with(message: &str, format: Format, layout: Layout) -> String {
     match format {
         Format::Json => json!({ "error": message }).to_string(),
+        Format::Human if layout.colour => format!("\x1b[1;31merror:\x1b[0m {message}"),
         Format::Human => format!("error: {message}"),
     }
+}
+
+/// The line that announces a background job that ended (`[1] done download tcp a.iso:
+/// 4.0 MiB in 1.20s`), or failed with its error.
+pub fn job_event(event: &JobEvent, layout: Layout) -> String {
+    let JobEvent { status, result } = event;
+    let (word, colour) = match result {
+        Ok(_) => ("done", "32"),
+        Err(_) => ("failed", "31"),
+    };
+    let word = if layout.colour {
+        format!("\x1b[{colour}m{word}\x1b[0m")
+    } else {
+        word.to_string()
+    };
+    let detail = match result {
+        Ok(d) => format!(
+            "{} in {:.2}s ({}/s){}",
+            human_size(d.size),
+            d.seconds,
+            human_size((d.size as f64 / d.seconds.max(1e-6)) as u64),
+            d.note
+                .as_ref()
+                .map(|n| format!("; note: {n}"))
+                .unwrap_or_default()
+        ),
+        Err(e) => e.to_string(),
+    };
+    format!("[{}] {word} {}: {detail}", status.id, status.command)
 }
 
 fn outcome_json(outcome: &Outcome) -> Option<Value> {
@@ -47,6 +99,9 @@ fn outcome_json(outcome: &Outcome) -> Option<Value> {
         Outcome::Help(text) => json!({ "help": text }),
         Outcome::Sync(status) => serde_json::to_value(status).unwrap_or(Value::Null),
         Outcome::Quit => return None,
+        Outcome::Jobs(jobs) => Value::Array(jobs.iter().map(job_json).collect()),
+        Outcome::Started(job) | Outcome::Killed(job) => job_json(job),
+        Outcome::Waited(count) => json!({ "waited": count }),
     })
 }
 
@@ -56,6 +111,16 @@ fn entry_json(entry: &Entry) -> Value {
         "size": entry.size,
         "mtime": entry.mtime,
         "type": entry.file_type,
+    })
+}
+
+fn job_json(job: &JobStatus) -> Value {
+    json!({
+        "job": job.id,
+        "command": job.command,
+        "done": job.done,
+        "total": job.total,
+        "seconds": (job.seconds * 1000.0).round() / 1000.0,
     })
 }
 
@@ -88,12 +153,19 @@ fn download_json(d: &Downloaded) -> Value {
     value
 }
 
-fn outcome_human(outcome: &Outcome) -> String {
+fn outcome_human(outcome: &Outcome, layout: Layout) -> String {
+    let table = |columns: &[Column], rows: Vec<Vec<String>>| {
+        table::render(columns, &rows, layout.width, layout.colour)
+    };
     match outcome {
         Outcome::Entries(entries) if entries.is_empty() => "no matching entries".to_string(),
         Outcome::Entries(entries) => table(
-            &["NAME", "SIZE", "MODIFIED", "TYPE"],
-            &[Align::Left, Align::Right, Align::Left, Align::Left],
+            &[
+                Column::shrink("NAME", Fit::Path),
+                Column::right("SIZE"),
+                Column::keep("MODIFIED"),
+                Column::shrink("TYPE", Fit::End),
+            ],
             entries
                 .iter()
                 .map(|e| {
@@ -114,9 +186,9 @@ fn outcome_human(outcome: &Outcome) -> String {
                 })
                 .collect(),
         ),
-        Outcome::Hash(hash) => hash_table(std::slice::from_ref(hash)),
+        Outcome::Hash(hash) => hash_table(std::slice::from_ref(hash), layout),
         Outcome::Hashes(hashes) if hashes.is_empty() => "no files".to_string(),
-        Outcome::Hashes(hashes) => hash_table(hashes),
+        Outcome::Hashes(hashes) => hash_table(hashes, layout),
         Outcome::Downloaded(d) => {
             let mut lines = vec![format!(
                 "downloaded {} over {}: {} in {:.2}s ({}/s)",
@@ -130,8 +202,12 @@ fn outcome_human(outcome: &Outcome) -> String {
                 human_size((d.size as f64 / d.seconds.max(1e-6)) as u64),
             )];
             lines.push(table(
-                &["NAME", "SIZE", "MODIFIED", "MD5"],
-                &[Align::Left, Align::Right, Align::Left, Align::Left],
+                &[
+                    Column::shrink("NAME", Fit::Path),
+                    Column::right("SIZE"),
+                    Column::keep("MODIFIED"),
+                    Column::keep("MD5"),
+                ],
                 vec![vec![
                     d.name.to_string(),
                     human_size(d.size),
@@ -152,8 +228,13 @@ fn outcome_human(outcome: &Outcome) -> String {
         }
         Outcome::History(records) if records.is_empty() => "no requests yet".to_string(),
         Outcome::History(records) => table(
-            &["TIME", "", "PEER", "REQUEST", "RESULT"],
-            &[Align::Left; 5],
+            &[
+                Column::keep("TIME"),
+                Column::keep(""),
+                Column::keep("PEER"),
+                Column::shrink("REQUEST", Fit::Middle),
+                Column::shrink("RESULT", Fit::End),
+            ],
             records
                 .iter()
                 .map(|r| {
@@ -173,12 +254,30 @@ fn outcome_human(outcome: &Outcome) -> String {
         Outcome::Peer(Some(addr)) => format!("peer: {addr}"),
         Outcome::Peer(None) => "no peer: use 'peer HOST:PORT' or start with --peer".to_string(),
         Outcome::Help(text) => text.clone(),
-        Outcome::Sync(status) => sync_status(status),
+        Outcome::Sync(status) => sync_status(status, layout),
         Outcome::Quit => String::new(),
+        Outcome::Jobs(jobs) if jobs.is_empty() => "no jobs".to_string(),
+        Outcome::Jobs(jobs) => table(
+            &[
+                Column::keep("JOB"),
+                Column::right("DONE"),
+                Column::right("SIZE"),
+                Column::right("%"),
+                Column::right("RATE"),
+                Column::right("ETA"),
+                Column::shrink("COMMAND", Fit::Middle),
+            ],
+            jobs.iter().map(job_row).collect(),
+        ),
+        Outcome::Started(job) => format!("[{}] {}", job.id, job.command),
+        Outcome::Killed(job) => format!("[{}] killed {}", job.id, job.command),
+        Outcome::Waited(0) => "no jobs".to_string(),
+        Outcome::Waited(_) => String::new(),
     }
 }
 
-fn sync_status(status: &crate::sync::SyncStatus) -> String {
+/// `sync status` as text: the engine's state, a table of peers, then conflicts and errors.
+fn sync_status(status: &crate::sync::SyncStatus, layout: Layout) -> String {
     let mut lines = vec![format!(
         "auto-sync {} (rescan every {}s, {}; {} rounds)",
         if status.enabled { "on" } else { "off" },
@@ -193,32 +292,34 @@ fn sync_status(status: &crate::sync::SyncStatus) -> String {
     if let Some(notice) = &status.notice {
         lines.push(format!("note: {notice}"));
     }
-    lines.push(table(
-        &["PEER", "VIA", "LAST SYNC", "PENDING", "CONFLICTS", "ERRORS"],
+    let rows: Vec<Vec<String>> = status
+        .peers
+        .iter()
+        .map(|p| {
+            vec![
+                p.peer.clone(),
+                p.transport.clone(),
+                p.last_sync
+                    .map(|t| t.to_local_string())
+                    .unwrap_or_else(|| "never".to_string()),
+                p.pending.to_string(),
+                p.conflicts.len().to_string(),
+                p.errors.len().to_string(),
+            ]
+        })
+        .collect();
+    lines.push(table::render(
         &[
-            Align::Left,
-            Align::Left,
-            Align::Left,
-            Align::Right,
-            Align::Right,
-            Align::Right,
+            Column::keep("PEER"),
+            Column::keep("VIA"),
+            Column::keep("LAST SYNC"),
+            Column::right("PENDING"),
+            Column::right("CONFLICTS"),
+            Column::right("ERRORS"),
         ],
-        status
-            .peers
-            .iter()
-            .map(|p| {
-                vec![
-                    p.peer.clone(),
-                    p.transport.clone(),
-                    p.last_sync
-                        .map(|t| t.to_local_string())
-                        .unwrap_or_else(|| "never".to_string()),
-                    p.pending.to_string(),
-                    p.conflicts.len().to_string(),
-                    p.errors.len().to_string(),
-                ]
-            })
-            .collect(),
+        &rows,
+        layout.width,
+        layout.colour,
     ));
     for peer in &status.peers {
         for conflict in &peer.conflicts {
@@ -231,11 +332,43 @@ fn sync_status(status: &crate::sync::SyncStatus) -> String {
     lines.join("\n")
 }
 
-fn hash_table(hashes: &[FileHash]) -> String {
-    table(
-        &["NAME", "MD5", "SHA-256", "MODIFIED"],
-        &[Align::Left; 4],
-        hashes
+/// A job's row: bytes done and in all, percentage, mean rate and the time left at it.
+fn job_row(job: &JobStatus) -> Vec<String> {
+    let rate = job.done as f64 / job.seconds.max(1e-3);
+    let (size, percent, eta) = if job.total == 0 {
+        ("?".to_string(), "-".to_string(), "-".to_string())
+    } else {
+        let left = job.total.saturating_sub(job.done) as f64;
+        (
+            human_size(job.total),
+            format!("{}%", job.done * 100 / job.total),
+            if rate > 0.0 {
+                human_duration(left / rate)
+            } else {
+                "-".to_string()
+            },
+        )
+    };
+    vec![
+        format!("[{}]", job.id),
+        human_size(job.done),
+        size,
+        percent,
+        format!("{}/s", human_size(rate as u64)),
+        eta,
+        job.command.clone(),
+    ]
+}
+
+fn hash_table(hashes: &[FileHash], layout: Layout) -> String {
+    table::render(
+        &[
+            Column::shrink("NAME", Fit::Path),
+            Column::keep("MD5"),
+            Column::keep("SHA-256"),
+            Column::keep("MODIFIED"),
+        ],
+        &hashes
             .iter()
             .map(|h| {
                 vec![
@@ -245,45 +378,10 @@ fn hash_table(hashes: &[FileHash]) -> String {
                     h.mtime.to_local_string(),
                 ]
             })
-            .collect(),
+            .collect::<Vec<_>>(),
+        layout.width,
+        layout.colour,
     )
-}
-
-/// Column alignment.
-#[derive(Debug, Clone, Copy)]
-enum Align {
-    Left,
-    Right,
-}
-
-/// An aligned table with a header row; widths count terminal columns, not bytes.
-fn table(header: &[&str], align: &[Align], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.width()).collect();
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.width());
-        }
-    }
-    let header_row: Vec<String> = header.iter().map(|h| h.to_string()).collect();
-    std::iter::once(&header_row)
-        .chain(rows.iter())
-        .map(|row| {
-            let cells: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .zip(align)
-                .map(|((cell, width), align)| {
-                    let pad = " ".repeat(width - cell.width());
-                    match align {
-                        Align::Left => format!("{cell}{pad}"),
-                        Align::Right => format!("{pad}{cell}"),
-                    }
-                })
-                .collect();
-            cells.join("  ").trim_end().to_string()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Sizes as people read them: `512 B`, `1.5 KiB`, `3.0 GiB`.
@@ -301,6 +399,16 @@ pub fn human_size(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// Durations as people read them: `42s`, `3m05s`, `2h10m`.
+pub fn human_duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,18 +422,23 @@ mod tests {
         assert_eq!(human_size(3 << 30), "3.0 GiB");
     }
 
-    /// Columns line up by display width, even with wide characters.
+    /// Durations keep two units at most.
     #[test]
-    fn aligns_wide_characters() {
-        let text = table(
-            &["NAME", "SIZE"],
-            &[Align::Left, Align::Right],
-            vec![
-                vec!["日本.txt".into(), "1 B".into()],
-                vec!["a".into(), "10 B".into()],
-            ],
-        );
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[1].width(), lines[2].width());
+    fn durations() {
+        assert_eq!(human_duration(4.4), "4s");
+        assert_eq!(human_duration(185.0), "3m05s");
+        assert_eq!(human_duration(7800.0), "2h10m");
+    }
+
+    /// Errors are red only with colours; JSON errors never are.
+    #[test]
+    fn coloured_errors() {
+        let colour = Layout {
+            width: None,
+            colour: true,
+        };
+        assert_eq!(error("x", Format::Human), "error: x");
+        assert!(error_with("x", Format::Human, colour).contains("\x1b[1;31m"));
+        assert_eq!(error_with("x", Format::Json, colour), r#"{"error":"x"}"#);
     }
 }

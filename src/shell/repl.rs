@@ -3,17 +3,32 @@
 //! commands or lines from a non-terminal stdin).
 //!
 //! This is the one part of the library that writes to the terminal: it is the shell.
+//!
+//! At the prompt: Tab completes, hints come from history, a download can run in the
+//! background (`&`), Ctrl-C cancels the command running in the foreground (and only it),
+//! and Ctrl-D or `quit` leave, asking first when background downloads are in flight.
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
+use rustyline::history::FileHistory;
+use rustyline::{ColorMode, CompletionType, Config, Editor};
 use tokio::runtime::Handle;
 
-use super::command;
-use super::render::{self, Format};
+use super::command::{self, Command};
+use super::helper::ShellHelper;
+use super::names::RemoteNames;
+use super::prompt;
+use super::render::{self, Format, Layout};
+use super::screen::Screen;
 use super::session::{Outcome, Session};
+use super::terminal::Terminal;
+use crate::share::filter::IndexFilter;
+
+/// Lines of typed history kept in `.boxsync/shell-history`.
+const HISTORY_LINES: usize = 10_000;
 
 /// Result of one command line.
 enum LineResult {
@@ -25,63 +40,177 @@ enum LineResult {
     Quit,
 }
 
-/// Runs one line: parse, execute (cancelled by Ctrl-C), print the outcome or the error.
-fn run_line(handle: &Handle, session: &mut Session, line: &str, format: Format) -> LineResult {
-    let command = match command::parse(line) {
-        Ok(Some(command)) => command,
-        Ok(None) => return LineResult::Done,
-        Err(e) => {
-            print_error(&e.to_string(), format);
-            return LineResult::Failed;
-        }
-    };
-    let result = handle.block_on(async {
-        let mut progress = |_done: u64, _total: u64| {};
-        tokio::select! {
-            result = session.execute(command, &mut progress) => Some(result),
-            _ = tokio::signal::ctrl_c() => None,
-        }
-    });
-    match result {
-        None => {
-            print_error("cancelled", format);
-            LineResult::Failed
-        }
-        Some(Ok(Outcome::Quit)) => LineResult::Quit,
-        Some(Ok(outcome)) => {
-            let text = render::outcome(&outcome, format);
-            if !text.is_empty() {
-                println!("{text}");
-            }
-            let _ = std::io::stdout().flush();
-            LineResult::Done
-        }
-        Some(Err(e)) => {
-            print_error(&e.to_string(), format);
-            LineResult::Failed
-        }
-    }
+/// Runs lines against a session and shows what they produce.
+struct Runner<'a> {
+    /// The runtime the session's futures run on.
+    handle: &'a Handle,
+    /// The session commands go to.
+    session: &'a mut Session,
+    /// How results are written.
+    format: Format,
+    /// What the terminal can show.
+    terminal: Terminal,
+    /// Progress bars and announcements.
+    screen: Arc<Screen>,
+    /// Interactive only: the completion cache (a full listing refreshes it), and the sign
+    /// that `&` starts a job rather than running the download in the foreground.
+    names: Option<RemoteNames>,
 }
 
-fn print_error(message: &str, format: Format) {
-    match format {
-        // In JSON mode the error document goes to stdout with the others.
-        Format::Json => println!("{}", render::error(message, format)),
-        Format::Human => eprintln!("{}", render::error(message, format)),
+impl Runner<'_> {
+    fn layout(&self) -> Layout {
+        match self.format {
+            Format::Json => Layout::default(),
+            Format::Human => Layout {
+                width: self.terminal.width(),
+                colour: self.terminal.colour,
+            },
+        }
     }
-    let _ = std::io::stdout().flush();
+
+    /// Runs one line: parse, execute (cancelled by Ctrl-C), print the outcome or the error.
+    fn run_line(&mut self, line: &str) -> LineResult {
+        let command = match command::parse(line) {
+            Ok(Some(command)) => command,
+            Ok(None) => return LineResult::Done,
+            Err(e) => return self.fail(&e.to_string()),
+        };
+        let command = match command {
+            // Scripts run everything in order: a background job would outlive the script.
+            Command::Background(inner) if self.names.is_none() => *inner,
+            Command::Background(inner) => return self.start_job(*inner),
+            other => other,
+        };
+        let draws_bars = matches!(command, Command::Download { .. } | Command::Wait);
+        let waits = matches!(command, Command::Wait);
+        let lists_all = matches!(command, Command::Index(IndexFilter::Longlist));
+        let bar = match &command {
+            Command::Download { name, .. } => Some(self.screen.transfer_bar("", name.as_str())),
+            _ => None,
+        };
+        if draws_bars {
+            self.screen.show_bars();
+        }
+        let session = &mut *self.session;
+        let result = self.handle.block_on(async {
+            let mut progress = |done: u64, total: u64| {
+                if let Some(bar) = &bar {
+                    bar.update(done, total);
+                }
+            };
+            tokio::select! {
+                result = session.execute(command, &mut progress) => Some(result),
+                _ = tokio::signal::ctrl_c() => None,
+            }
+        });
+        drop(bar);
+        self.screen.hide_bars();
+        match result {
+            None if waits => {
+                eprintln!("stopped waiting; the downloads go on ('jobs' lists them)");
+                LineResult::Done
+            }
+            None => self.fail("cancelled"),
+            Some(Ok(Outcome::Quit)) => LineResult::Quit,
+            Some(Ok(outcome)) => {
+                if let (Some(names), Outcome::Entries(entries), true) =
+                    (&self.names, &outcome, lists_all)
+                    && let Some(peer) = self.session.current_peer()
+                {
+                    names.offer(peer.addr(), entries);
+                }
+                self.show(&outcome);
+                LineResult::Done
+            }
+            Some(Err(e)) => self.fail(&e.to_string()),
+        }
+    }
+
+    /// Starts a download as a background job with its own (hidden until shown) bar.
+    fn start_job(&mut self, command: Command) -> LineResult {
+        let name = match &command {
+            Command::Download { name, .. } => name.to_string(),
+            _ => String::new(),
+        };
+        let screen = Arc::clone(&self.screen);
+        let started = {
+            let _runtime = self.handle.enter();
+            self.session.spawn_job(command, |job| {
+                let bar = screen.transfer_bar(&format!("[{}]", job.id), &name);
+                Box::new(move |done, total| bar.update(done, total))
+            })
+        };
+        match started {
+            Ok(job) => {
+                self.show(&Outcome::Started(job));
+                LineResult::Done
+            }
+            Err(e) => self.fail(&e.to_string()),
+        }
+    }
+
+    fn show(&self, outcome: &Outcome) {
+        let text = render::outcome_with(outcome, self.format, self.layout());
+        if !text.is_empty() {
+            println!("{text}");
+        }
+        let _ = std::io::stdout().flush();
+    }
+
+    fn fail(&self, message: &str) -> LineResult {
+        let text = render::error_with(message, self.format, self.layout());
+        match self.format {
+            // In JSON mode the error document goes to stdout with the others.
+            Format::Json => println!("{text}"),
+            Format::Human => eprintln!("{text}"),
+        }
+        let _ = std::io::stdout().flush();
+        LineResult::Failed
+    }
 }
 
 /// Runs `lines` in order (stopping at `quit`); returns whether every command succeeded.
+///
+/// For `-c` commands: a download shows a progress bar when the output is a terminal and
+/// not JSON. A trailing `&` is ignored (commands run in order).
 pub fn run_script(
     handle: &Handle,
     session: &mut Session,
     lines: impl IntoIterator<Item = String>,
     format: Format,
 ) -> bool {
+    run_lines(handle, session, lines, format, true)
+}
+
+/// Runs the commands read from standard input, one per line, until end of input; never
+/// draws progress bars (batch output).
+pub fn run_stdin(handle: &Handle, session: &mut Session, format: Format) -> bool {
+    let lines = std::io::stdin().lock().lines().map_while(Result::ok);
+    run_lines(handle, session, lines, format, false)
+}
+
+fn run_lines(
+    handle: &Handle,
+    session: &mut Session,
+    lines: impl IntoIterator<Item = String>,
+    format: Format,
+    bars: bool,
+) -> bool {
+    let terminal = match format {
+        Format::Json => Terminal::plain(),
+        Format::Human => Terminal::detect(),
+    };
+    let mut runner = Runner {
+        handle,
+        session,
+        format,
+        terminal,
+        screen: Screen::new(bars && terminal.bars, terminal.colour),
+        names: None,
+    };
     let mut all_ok = true;
     for line in lines {
-        match run_line(handle, session, &line, format) {
+        match runner.run_line(&line) {
             LineResult::Done => {}
             LineResult::Failed => all_ok = false,
             LineResult::Quit => break,
@@ -90,67 +219,187 @@ pub fn run_script(
     all_ok
 }
 
-/// Runs the commands read from standard input, one per line, until end of input.
-pub fn run_stdin(handle: &Handle, session: &mut Session, format: Format) -> bool {
-    let lines = std::io::stdin().lock().lines().map_while(Result::ok);
-    run_script(handle, session, lines, format)
-}
-
-/// The interactive prompt; returns when the user quits or presses Ctrl-D.
-///
-/// Ctrl-C on the prompt clears the line; during a command it cancels the command.
+/// The interactive prompt; returns when the user quits or presses Ctrl-D. Typed lines are
+/// kept in `history_file` across runs. Background downloads still in flight when it
+/// returns are cancelled.
 pub fn run_interactive(
     handle: &Handle,
     session: &mut Session,
     history_file: PathBuf,
 ) -> Result<(), ReadlineError> {
-    let mut editor = DefaultEditor::new()?;
+    let terminal = Terminal::detect();
+    let screen = Screen::new(terminal.bars, terminal.colour);
+    let names = RemoteNames::new(handle.clone());
+    let mut editor = editor(terminal, session, &names)?;
     let _ = editor.load_history(&history_file);
-    // Sync activity is printed above the prompt, leaving the line being typed intact.
-    let feed = match (session.sync(), editor.create_external_printer()) {
-        (Some(sync), Ok(mut printer)) => {
-            let mut events = sync.events();
-            Some(handle.spawn(async move {
-                use rustyline::ExternalPrinter;
-                loop {
-                    match events.recv().await {
-                        Ok(event) => {
-                            let _ =
-                                printer.print(format!("sync [{}] {}", event.peer, event.message));
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                            let _ = printer.print(format!("sync: {missed} more changes"));
-                        }
-                        Err(_) => break,
-                    }
-                }
-            }))
-        }
-        _ => None,
+    if let Ok(printer) = editor.create_external_printer() {
+        screen.set_printer(Box::new(printer));
+    }
+    watch_interrupts(handle);
+    announce_jobs(session, &screen, terminal);
+    announce_sync(session, &screen);
+    let mut runner = Runner {
+        handle,
+        session,
+        format: Format::Human,
+        terminal,
+        screen,
+        names: Some(names),
     };
     loop {
-        let prompt = match session.current_peer() {
-            Some(peer) => format!("boxsync [{}]> ", peer.addr()),
-            None => "boxsync [no peer]> ".to_string(),
-        };
-        match editor.readline(&prompt) {
+        let session = &*runner.session;
+        let prompt = prompt::prompt(
+            session.current_peer().map(|p| p.addr()),
+            session
+                .current_peer()
+                .map_or(crate::peer::Reachability::Unknown, |p| p.reachability()),
+            session.sync_label().as_deref(),
+            terminal.colour,
+        );
+        if let Some(helper) = editor.helper_mut() {
+            helper.peer = session.current_peer().cloned();
+            helper.peers = session.peer_addrs();
+        }
+        match editor.readline(&(prompt.plain, prompt.styled)) {
             Ok(line) => {
-                if !line.trim().is_empty() {
-                    let _ = editor.add_history_entry(line.as_str());
-                    let _ = editor.save_history(&history_file);
-                }
-                if let LineResult::Quit = run_line(handle, session, &line, Format::Human) {
+                remember(&mut editor, &line, &history_file);
+                if let LineResult::Quit = runner.run_line(&line)
+                    && confirm_quit(&mut editor, runner.session)
+                {
                     break;
                 }
             }
             Err(ReadlineError::Interrupted) => continue,
-            Err(ReadlineError::Eof) => break,
+            Err(ReadlineError::Eof) => {
+                if confirm_quit(&mut editor, runner.session) {
+                    break;
+                }
+            }
             Err(e) => return Err(e),
         }
     }
-    let _ = editor.save_history(&history_file);
-    if let Some(feed) = feed {
-        feed.abort();
-    }
+    runner.session.jobs().kill_all();
     Ok(())
+}
+
+/// The line editor: history kept without duplicates or lines typed with a leading
+/// space, completion listed on a second Tab, colours as the terminal allows.
+fn editor(
+    terminal: Terminal,
+    session: &Session,
+    names: &RemoteNames,
+) -> Result<Editor<ShellHelper, FileHistory>, ReadlineError> {
+    let config = Config::builder()
+        .max_history_size(HISTORY_LINES)?
+        .history_ignore_dups(true)?
+        .history_ignore_space(true)
+        .auto_add_history(false)
+        .completion_type(CompletionType::List)
+        .color_mode(if terminal.colour {
+            ColorMode::Enabled
+        } else {
+            ColorMode::Disabled
+        })
+        .build();
+    let mut editor = Editor::with_config(config)?;
+    editor.set_helper(Some(ShellHelper::new(
+        session.jobs().clone(),
+        names.clone(),
+        terminal.colour,
+    )));
+    Ok(editor)
+}
+
+/// Adds a typed line to the history and appends it to the history file at once, so that a
+/// crash loses nothing and two shells on one box merge their lines.
+fn remember(editor: &mut Editor<ShellHelper, FileHistory>, line: &str, file: &Path) {
+    if line.trim().is_empty() {
+        return;
+    }
+    let _ = editor.add_history_entry(line);
+    if let Err(e) = editor.append_history(file) {
+        tracing::warn!(error = %e, file = %file.display(), "cannot save the shell history");
+    }
+}
+
+/// With background downloads in flight, asks before leaving (they would be cancelled).
+/// Ctrl-D answers yes, Ctrl-C no.
+fn confirm_quit(editor: &mut Editor<ShellHelper, FileHistory>, session: &Session) -> bool {
+    let count = session.jobs().count();
+    if count == 0 {
+        return true;
+    }
+    let question = match count {
+        1 => "1 background download in flight; quit and cancel it? [y/N] ".to_string(),
+        n => format!("{n} background downloads in flight; quit and cancel them? [y/N] "),
+    };
+    match editor.readline(&question) {
+        Ok(answer) => matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"),
+        Err(ReadlineError::Eof) => true,
+        Err(_) => false,
+    }
+}
+
+/// Makes sure Ctrl-C never kills the shell: tokio installs its SIGINT handler on the first
+/// listener and keeps it for the life of the process, so a Ctrl-C outside the prompt is
+/// seen only by the foreground command waiting for it (at the prompt, rustyline reads it
+/// as a key).
+fn watch_interrupts(handle: &Handle) {
+    let _runtime = handle.enter();
+    if let Err(e) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
+        tracing::warn!(error = %e, "cannot watch for Ctrl-C");
+    }
+}
+
+/// Announces each background job that ends, from a thread of its own (announcing may wait
+/// for the prompt to take the message).
+/// Prints sync activity above the prompt, leaving the line being typed intact.
+fn announce_sync(session: &Session, screen: &Arc<Screen>) {
+    let Some(sync) = session.sync() else {
+        return;
+    };
+    let mut events = sync.events();
+    let screen = Arc::clone(screen);
+    let spawned = std::thread::Builder::new()
+        .name("boxsync-sync-feed".into())
+        .spawn(move || {
+            loop {
+                match events.blocking_recv() {
+                    Ok(event) if event.peer.is_empty() => {
+                        screen.announce(&format!("sync: {}", event.message));
+                    }
+                    Ok(event) => {
+                        screen.announce(&format!("sync [{}] {}", event.peer, event.message))
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        screen.announce(&format!("sync: and {missed} more changes"));
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the sync announcer");
+    }
+}
+
+fn announce_jobs(session: &Session, screen: &Arc<Screen>, terminal: Terminal) {
+    let Some(mut events) = session.jobs().take_events() else {
+        return;
+    };
+    let screen = Arc::clone(screen);
+    let spawned = std::thread::Builder::new()
+        .name("boxsync-jobs".into())
+        .spawn(move || {
+            while let Some(event) = events.blocking_recv() {
+                let layout = Layout {
+                    width: terminal.width(),
+                    colour: terminal.colour,
+                };
+                screen.announce(&render::job_event(&event, layout));
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the job announcer");
+    }
 }

@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use super::command::{Command, SyncAction, TransportChoice};
+use super::command::{self, Command, SyncAction, TransportChoice};
 use super::help;
+use super::jobs::{JobProgress, JobStatus, Jobs};
+use super::prompt::SyncIndicator;
 use crate::history::HistoryRecord;
 use crate::local::LocalBox;
 use crate::peer::{Peer, PeerError};
@@ -35,6 +37,14 @@ pub enum Outcome {
     Sync(SyncStatus),
     /// The user wants to leave.
     Quit,
+    /// The background jobs in flight.
+    Jobs(Vec<JobStatus>),
+    /// A background job started.
+    Started(JobStatus),
+    /// A background job cancelled.
+    Killed(JobStatus),
+    /// `wait` returned: how many jobs were in flight when it started.
+    Waited(usize),
 }
 
 /// Why a command failed after it was parsed.
@@ -52,6 +62,12 @@ pub enum SessionError {
     /// The local request log could not be read.
     #[error("cannot read the request log: {0}")]
     History(std::io::Error),
+    /// `kill` named a job that is not in flight.
+    #[error("no job {0} in flight; 'jobs' lists them")]
+    NoSuchJob(u32),
+    /// Only downloads run in the background.
+    #[error("only downloads run in the background")]
+    NotAJob,
 }
 
 /// The state of one shell: this box, the known peers and which one commands go to.
@@ -62,8 +78,12 @@ pub struct Session {
     peers: Vec<Arc<Peer>>,
     /// Index into `peers` of the current peer.
     current: Option<usize>,
+    /// Downloads running in the background.
+    jobs: Jobs,
+    /// The sync loop's state for the prompt, once something runs one.
+    sync: Option<Arc<dyn SyncIndicator>>,
     /// The auto-sync engine, when it runs.
-    sync: Option<SyncHandle>,
+    sync_engine: Option<SyncHandle>,
 }
 
 impl Session {
@@ -77,7 +97,9 @@ impl Session {
             current: if peers.is_empty() { None } else { Some(0) },
             local,
             peers,
+            jobs: Jobs::new(),
             sync: None,
+            sync_engine: None,
         }
     }
 
@@ -86,14 +108,66 @@ impl Session {
         &self.peers
     }
 
-    /// Attaches the running sync engine, for the `sync` commands.
+    /// Attaches the running sync engine, for the `sync` commands and the prompt.
     pub fn set_sync(&mut self, sync: SyncHandle) {
-        self.sync = Some(sync);
+        self.sync = Some(Arc::new(sync.clone()));
+        self.sync_engine = Some(sync);
     }
 
     /// The running sync engine, if any.
     pub fn sync(&self) -> Option<&SyncHandle> {
-        self.sync.as_ref()
+        self.sync_engine.as_ref()
+    }
+
+    /// The background jobs (downloads started with `&` or `bg`).
+    pub fn jobs(&self) -> &Jobs {
+        &self.jobs
+    }
+
+    /// Every known peer address, in the order they became known.
+    pub fn peer_addrs(&self) -> Vec<String> {
+        self.peers.iter().map(|p| p.addr().to_string()).collect()
+    }
+
+    /// Lets the prompt show the sync loop's state from now on.
+    pub fn set_sync_indicator(&mut self, indicator: Arc<dyn SyncIndicator>) {
+        self.sync = Some(indicator);
+    }
+
+    /// The sync loop's label for the prompt, if a sync indicator is set and has one.
+    pub fn sync_label(&self) -> Option<String> {
+        self.sync.as_ref().and_then(|s| s.prompt_label())
+    }
+
+    /// Starts `command` (a download) as a background job against the current peer.
+    /// `make_progress` gets the job's number and returns where its progress goes. Must be
+    /// called within a tokio runtime.
+    pub fn spawn_job(
+        &mut self,
+        command: Command,
+        make_progress: impl FnOnce(&JobStatus) -> JobProgress,
+    ) -> Result<JobStatus, SessionError> {
+        let Command::Download {
+            transport,
+            name,
+            max_rate,
+        } = command
+        else {
+            return Err(SessionError::NotAJob);
+        };
+        let peer = self.peer()?;
+        let line = command::download_line(transport, &name, max_rate);
+        let max_rate = max_rate.or(self.local.settings.max_udp_rate);
+        Ok(self
+            .jobs
+            .start(line, make_progress, move |mut progress| async move {
+                match transport {
+                    TransportChoice::Tcp => peer.download_tcp(&name, &mut *progress).await,
+                    TransportChoice::Udp => {
+                        peer.download_udp(&name, max_rate, &mut *progress).await
+                    }
+                }
+            }))
     }
 
     /// This box.
@@ -110,7 +184,9 @@ impl Session {
         self.current_peer().cloned().ok_or(SessionError::NoPeer)
     }
 
-    /// Runs one command. Downloads report progress through `progress`.
+    /// Runs one command. Downloads report progress through `progress`. A `Background`
+    /// command starts a job whose progress goes nowhere (the interactive shell calls
+    /// [`Session::spawn_job`] itself, to draw a bar).
     pub async fn execute(
         &mut self,
         command: Command,
@@ -153,7 +229,7 @@ impl Session {
                 Outcome::Peer(Some(addr))
             }
             Command::Sync(action) => {
-                let sync = self.sync.as_ref().ok_or(SessionError::NoSync)?;
+                let sync = self.sync_engine.as_ref().ok_or(SessionError::NoSync)?;
                 match action {
                     SyncAction::Status => {}
                     SyncAction::Now => sync.sync_now(),
@@ -164,6 +240,14 @@ impl Session {
             }
             Command::Help(topic) => Outcome::Help(help::text(topic.as_deref())),
             Command::Quit => Outcome::Quit,
+            Command::Jobs => Outcome::Jobs(self.jobs.list()),
+            Command::Kill(id) => {
+                Outcome::Killed(self.jobs.kill(id).ok_or(SessionError::NoSuchJob(id))?)
+            }
+            Command::Wait => Outcome::Waited(self.jobs.wait_all().await),
+            Command::Background(inner) => {
+                Outcome::Started(self.spawn_job(*inner, |_| Box::new(|_, _| {}))?)
+            }
         })
     }
 }

@@ -9,7 +9,7 @@ use boxsync::share::filter::IndexFilter;
 use boxsync::share::{DIRECTORY_TYPE, RelPath};
 use boxsync::time::Timestamp;
 
-use crate::util::{TestBox, bytes, coreutils_hashes, files_under};
+use crate::util::{TestBox, bytes, coreutils_hashes, eventually, files_under};
 
 fn rel(name: &str) -> RelPath {
     RelPath::parse(name).unwrap()
@@ -342,6 +342,9 @@ async fn history_records_made_and_served() {
     assert_eq!(made[0].outcome, "ok");
     assert_eq!(made[1].request, "hash verify nope");
     assert!(made[1].outcome.contains("no such file"));
+    // The server logs a request after answering it: give it a moment.
+    let logged = || b.local.history.records().unwrap().len() >= 2;
+    assert!(eventually(Duration::from_secs(10), logged).await);
     let served = b.local.history.records().unwrap();
     assert_eq!(served.len(), 2);
     assert_eq!(served[0].direction, boxsync::history::Direction::Served);

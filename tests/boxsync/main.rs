@@ -7,6 +7,8 @@ mod commands;
 mod failures;
 mod pty;
 mod relay;
+mod shell;
+mod snapshots;
 mod sync;
 mod udp;
 mod util;

@@ -199,3 +199,9 @@ pub async fn eventually(deadline: Duration, mut condition: impl FnMut() -> bool)
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_boxsync"))
 }
+
+/// `text` as rexpect sees it on a pseudo-terminal: it turns each byte into one `char`, so a
+/// needle with non-ASCII characters (`✓`) must be spelled byte by byte to match.
+pub fn as_pty_bytes(text: &str) -> String {
+    text.bytes().map(char::from).collect()
+}

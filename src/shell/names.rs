@@ -1,0 +1,135 @@
+//! The current peer's file names for completion, cached and refreshed in the background,
+//! so that Tab never waits on the network for long: a stale list is used at once while a
+//! fresh one is fetched; only when nothing is cached yet does Tab wait, briefly.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Handle;
+
+use crate::peer::Peer;
+use crate::share::Entry;
+use crate::share::filter::IndexFilter;
+
+/// How long a fetched list is used before Tab asks for a fresh one (in the background).
+const FRESH_FOR: Duration = Duration::from_secs(15);
+
+/// The cached file names of one peer at a time, shared with the tasks that refresh them.
+#[derive(Clone)]
+pub struct RemoteNames {
+    /// The cache and its signal; shared with refresh tasks.
+    shared: Arc<Shared>,
+    /// The runtime refreshes run on.
+    handle: Handle,
+}
+
+/// The cache and the signal that a refresh ended.
+struct Shared {
+    /// The cache. A std `Mutex`: never held across an `.await`.
+    state: Mutex<State>,
+    /// Signalled when a refresh ends.
+    refreshed: Condvar,
+}
+
+/// What is cached, and for which peer.
+#[derive(Default)]
+struct State {
+    /// The peer whose names these are.
+    addr: Option<String>,
+    /// Its files' relative paths, sorted.
+    files: Arc<Vec<String>>,
+    /// When they were last fetched (or the last fetch failed); `None`: never.
+    fetched: Option<Instant>,
+    /// Whether a refresh is under way.
+    refreshing: bool,
+    /// Bumped when the peer changes, so that a late refresh of the old one is ignored.
+    generation: u64,
+}
+
+impl RemoteNames {
+    /// An empty cache whose refreshes run on `handle`.
+    pub fn new(handle: Handle) -> RemoteNames {
+        RemoteNames {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                refreshed: Condvar::new(),
+            }),
+            handle,
+        }
+    }
+
+    /// The files of `peer`: the cached list, refreshed in the background when stale. Only
+    /// when nothing has been fetched yet does this wait, at most `wait`, for the first list.
+    /// Called on the prompt's thread, never from the runtime.
+    pub fn files(&self, peer: &Arc<Peer>, wait: Duration) -> Arc<Vec<String>> {
+        let mut state = self.state();
+        if state.addr.as_deref() != Some(peer.addr()) {
+            *state = State {
+                addr: Some(peer.addr().to_string()),
+                generation: state.generation + 1,
+                ..State::default()
+            };
+        }
+        let stale = state.fetched.is_none_or(|at| at.elapsed() > FRESH_FOR);
+        if stale && !state.refreshing {
+            state.refreshing = true;
+            self.spawn_refresh(Arc::clone(peer), state.generation);
+        }
+        if state.fetched.is_none() {
+            let (waited, _) = self
+                .shared
+                .refreshed
+                .wait_timeout_while(state, wait, |s| s.refreshing)
+                .unwrap_or_else(|e| e.into_inner());
+            state = waited;
+        }
+        Arc::clone(&state.files)
+    }
+
+    /// Replaces the cache with a complete listing of `addr` that a command just fetched
+    /// (`index longlist`), saving a request.
+    pub fn offer(&self, addr: &str, entries: &[Entry]) {
+        let mut state = self.state();
+        if state.addr.as_deref() != Some(addr) {
+            state.addr = Some(addr.to_string());
+            state.generation += 1;
+            state.refreshing = false;
+        }
+        state.files = Arc::new(file_names(entries));
+        state.fetched = Some(Instant::now());
+    }
+
+    fn spawn_refresh(&self, peer: Arc<Peer>, generation: u64) {
+        let shared = Arc::clone(&self.shared);
+        self.handle.spawn(async move {
+            let listed = peer.index(&IndexFilter::Longlist).await;
+            let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.generation == generation {
+                match listed {
+                    Ok(entries) => state.files = Arc::new(file_names(&entries)),
+                    Err(e) => tracing::debug!(error = %e, "cannot refresh names for completion"),
+                }
+                // A failure counts as a fetch too, so that Tab does not ask again at once.
+                state.fetched = Some(Instant::now());
+                state.refreshing = false;
+            }
+            drop(state);
+            shared.refreshed.notify_all();
+        });
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The files among `entries` (folders come from the paths themselves).
+fn file_names(entries: &[Entry]) -> Vec<String> {
+    let mut names: Vec<String> = entries
+        .iter()
+        .filter(|e| !e.is_dir())
+        .map(|e| e.name.as_str().to_string())
+        .collect();
+    names.sort();
+    names
+}

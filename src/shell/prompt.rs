@@ -1,0 +1,117 @@
+//! The prompt: which peer commands go to, whether it answered last time (✓ or ✗), and a
+//! place for the sync loop's state, which the session gets from a [`SyncIndicator`] once
+//! auto-sync exists: `boxsync [127.0.0.1:7002 ✓ synced]> `.
+
+use crate::peer::Reachability;
+
+/// A source of a short text about the sync loop for the prompt (`synced`, `syncing 3`,
+/// `1 conflict`). Whoever runs the sync loop supplies one to the session
+/// ([`super::Session::set_sync_indicator`]); the prompt asks it before each line.
+pub trait SyncIndicator: Send + Sync {
+    /// A few words for the prompt, or `None` to show nothing.
+    fn prompt_label(&self) -> Option<String>;
+}
+
+/// Auto-sync's state in a word or two: `sync ✓` (every peer synced), `sync !` (errors,
+/// see `sync status`), `sync …` (not synced yet), `sync off`.
+impl SyncIndicator for crate::sync::SyncHandle {
+    fn prompt_label(&self) -> Option<String> {
+        let status = self.status();
+        let mark = if !status.enabled {
+            "off"
+        } else if status.peers.iter().any(|p| !p.errors.is_empty()) {
+            "!"
+        } else if self.healthy() {
+            "✓"
+        } else {
+            "…"
+        };
+        Some(format!("sync {mark}"))
+    }
+}
+
+/// The prompt twice: plain, and with colours (the same width on screen).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptText {
+    /// Without escape sequences: for rustyline's width computation and plain terminals.
+    pub plain: String,
+    /// With ANSI colours (equal to `plain` when colours are off).
+    pub styled: String,
+}
+
+/// The prompt for `peer` (its address, `None` when no peer is set), what the last request
+/// showed about it, and the sync loop's label.
+pub fn prompt(
+    peer: Option<&str>,
+    reachability: Reachability,
+    sync: Option<&str>,
+    colour: bool,
+) -> PromptText {
+    // Each part is (plain text, ANSI style).
+    let mut parts: Vec<(String, &str)> = Vec::new();
+    match peer {
+        Some(addr) => parts.push((addr.to_string(), "36")),
+        None => parts.push(("no peer".to_string(), "2")),
+    }
+    match (peer, reachability) {
+        (Some(_), Reachability::Reachable) => parts.push(("✓".to_string(), "32")),
+        (Some(_), Reachability::Unreachable) => parts.push(("✗".to_string(), "31")),
+        _ => {}
+    }
+    if let Some(label) = sync.filter(|l| !l.is_empty()) {
+        parts.push((label.to_string(), "33"));
+    }
+    let plain = format!(
+        "boxsync [{}]> ",
+        parts
+            .iter()
+            .map(|(text, _)| text.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let styled = if colour {
+        format!(
+            "\x1b[1mboxsync\x1b[0m [{}]> ",
+            parts
+                .iter()
+                .map(|(text, style)| format!("\x1b[{style}m{text}\x1b[0m"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    } else {
+        plain.clone()
+    };
+    PromptText { plain, styled }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mark follows the last request; the sync label is appended when there is one;
+    /// without colours the styled prompt is the plain one.
+    #[test]
+    fn prompt_parts() {
+        let p = |reach, sync| prompt(Some("127.0.0.1:7002"), reach, sync, false).plain;
+        assert_eq!(p(Reachability::Unknown, None), "boxsync [127.0.0.1:7002]> ");
+        assert_eq!(
+            p(Reachability::Reachable, None),
+            "boxsync [127.0.0.1:7002 ✓]> "
+        );
+        assert_eq!(
+            p(Reachability::Unreachable, None),
+            "boxsync [127.0.0.1:7002 ✗]> "
+        );
+        assert_eq!(
+            p(Reachability::Reachable, Some("synced")),
+            "boxsync [127.0.0.1:7002 ✓ synced]> "
+        );
+        assert_eq!(
+            prompt(None, Reachability::Reachable, None, false).plain,
+            "boxsync [no peer]> "
+        );
+        let coloured = prompt(Some("h:1"), Reachability::Reachable, None, true);
+        assert_eq!(coloured.plain, "boxsync [h:1 ✓]> ");
+        assert!(coloured.styled.contains("\x1b[32m✓"));
+    }
+}

@@ -1,0 +1,318 @@
+//! Aligned text tables that fit a terminal: widths count terminal columns (not bytes), and
+//! when a table is too wide its long columns give up width, names losing their middle
+//! (`music/…/song.mp3`) so that what tells them apart (the file name) stays visible.
+
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+
+/// The ellipsis that marks removed text.
+const ELLIPSIS: &str = "…";
+
+/// Narrowest a shrinking column becomes (or its header, if wider).
+const MIN_SHRUNK: usize = 12;
+
+/// Space between columns.
+const GAP: &str = "  ";
+
+/// How a column's cells line up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Align {
+    /// Text, flush left.
+    Left,
+    /// Numbers, flush right.
+    Right,
+}
+
+/// How a column gives up width when the table is too wide for the terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// Never shortened (hashes, times: shortening would make them useless).
+    Keep,
+    /// A path: whole components are replaced by `…` in the middle (`music/…/song.mp3`).
+    Path,
+    /// Any text, shortened in the middle (`download tcp mu…ng.mp3`).
+    Middle,
+    /// Any text, cut at the end (`connection refu…`).
+    End,
+}
+
+/// One column: its header, alignment and how it shrinks.
+#[derive(Debug, Clone, Copy)]
+pub struct Column {
+    /// The header text.
+    pub header: &'static str,
+    /// How cells line up.
+    pub align: Align,
+    /// How cells shrink.
+    pub fit: Fit,
+}
+
+impl Column {
+    /// A column of text that never shrinks.
+    pub const fn keep(header: &'static str) -> Column {
+        Column {
+            header,
+            align: Align::Left,
+            fit: Fit::Keep,
+        }
+    }
+
+    /// A right-aligned column (sizes, counts).
+    pub const fn right(header: &'static str) -> Column {
+        Column {
+            header,
+            align: Align::Right,
+            fit: Fit::Keep,
+        }
+    }
+
+    /// A column that shrinks as `fit` says.
+    pub const fn shrink(header: &'static str, fit: Fit) -> Column {
+        Column {
+            header,
+            align: Align::Left,
+            fit,
+        }
+    }
+}
+
+/// The table as text: a header row then one row per entry, each line without trailing
+/// spaces and no trailing newline. `width` is the terminal's width (`None`: no limit);
+/// with `bold_header` the header is written in bold.
+pub fn render(
+    columns: &[Column],
+    rows: &[Vec<String>],
+    width: Option<usize>,
+    bold_header: bool,
+) -> String {
+    let widths = fit_widths(columns, rows, width);
+    let header: Vec<String> = columns.iter().map(|c| c.header.to_string()).collect();
+    let mut lines = Vec::with_capacity(rows.len() + 1);
+    let header_line = line(columns, &widths, &header);
+    lines.push(if bold_header && !header_line.is_empty() {
+        format!("\x1b[1m{header_line}\x1b[0m")
+    } else {
+        header_line
+    });
+    for row in rows {
+        lines.push(line(columns, &widths, row));
+    }
+    lines.join("\n")
+}
+
+/// One line: each cell shortened to its column's width if needed, then padded.
+fn line(columns: &[Column], widths: &[usize], cells: &[String]) -> String {
+    let cells: Vec<String> = columns
+        .iter()
+        .zip(widths)
+        .zip(cells)
+        .map(|((column, &width), cell)| {
+            let cell = shorten(cell, width, column.fit);
+            let pad = " ".repeat(width.saturating_sub(cell.width()));
+            match column.align {
+                Align::Left => format!("{cell}{pad}"),
+                Align::Right => format!("{pad}{cell}"),
+            }
+        })
+        .collect();
+    cells.join(GAP).trim_end().to_string()
+}
+
+/// Column widths: each column's widest cell, then, while the table is wider than `width`,
+/// columns lose width one at a time: first those cut at the end (least telling), then
+/// those shortened in the middle, then paths (names are what people look for); within a
+/// kind, the widest first. None goes below [`MIN_SHRUNK`] or its header. A table that
+/// cannot fit even so is left wider than the terminal (it wraps).
+fn fit_widths(columns: &[Column], rows: &[Vec<String>], width: Option<usize>) -> Vec<usize> {
+    let mut widths: Vec<usize> = columns.iter().map(|c| c.header.width()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.width());
+        }
+    }
+    let Some(limit) = width else {
+        return widths;
+    };
+    let total: usize = widths.iter().sum::<usize>() + GAP.len() * widths.len().saturating_sub(1);
+    let mut excess = total.saturating_sub(limit);
+    for kind in [Fit::End, Fit::Middle, Fit::Path] {
+        let floor = |i: usize| columns[i].header.width().max(MIN_SHRUNK);
+        while excess > 0 {
+            // The widest column of this kind that can still shrink; on a tie the later
+            // one, so that tied columns take turns.
+            let widest = (0..columns.len())
+                .filter(|&i| columns[i].fit == kind && widths[i] > floor(i))
+                .max_by_key(|&i| widths[i]);
+            let Some(i) = widest else {
+                break;
+            };
+            widths[i] -= 1;
+            excess -= 1;
+        }
+    }
+    widths
+}
+
+/// `text` shortened to at most `width` columns as `fit` says.
+pub fn shorten(text: &str, width: usize, fit: Fit) -> String {
+    if text.width() <= width {
+        return text.to_string();
+    }
+    match fit {
+        Fit::Keep => text.to_string(),
+        Fit::Path => shorten_path(text, width),
+        Fit::Middle => shorten_middle(text, width),
+        Fit::End => shorten_end(text, width),
+    }
+}
+
+/// A path shortened by replacing middle components with `…`: the first component and as
+/// many trailing ones as fit (`music/…/live/song.mp3`). When not even the first and the
+/// last fit, `…/last`; failing that, the last component shortened in its middle.
+pub fn shorten_path(path: &str, width: usize) -> String {
+    if path.width() <= width {
+        return path.to_string();
+    }
+    // A directory's trailing slash stays with its last component.
+    let (body, slash) = match path.strip_suffix('/') {
+        Some(body) => (body, "/"),
+        None => (path, ""),
+    };
+    let parts: Vec<&str> = body.split('/').collect();
+    if parts.len() > 1 {
+        let fits = |text: &String| text.width() <= width;
+        // Keep the first component and the longest tail that fits.
+        for keep in (1..parts.len() - 1).rev() {
+            let tail = parts[parts.len() - keep..].join("/");
+            let candidate = format!("{}/{ELLIPSIS}/{tail}{slash}", parts[0]);
+            if fits(&candidate) {
+                return candidate;
+            }
+        }
+        let last = parts[parts.len() - 1];
+        let candidate = format!("{ELLIPSIS}/{last}{slash}");
+        if fits(&candidate) {
+            return candidate;
+        }
+    }
+    shorten_middle(path, width)
+}
+
+/// Text shortened in its middle, keeping a little more of the end (where file names keep
+/// their extension): `a very lo…name.mp3`.
+pub fn shorten_middle(text: &str, width: usize) -> String {
+    if text.width() <= width {
+        return text.to_string();
+    }
+    if width <= ELLIPSIS.width() {
+        return ELLIPSIS.chars().take(width).collect();
+    }
+    let room = width - ELLIPSIS.width();
+    let head_room = room / 2;
+    let tail_room = room - head_room;
+    let head = take_columns(text.chars(), head_room);
+    let mut tail: Vec<char> = take_columns(text.chars().rev(), tail_room)
+        .chars()
+        .collect();
+    tail.reverse();
+    format!("{head}{ELLIPSIS}{}", tail.into_iter().collect::<String>())
+}
+
+/// Text cut at the end with `…`: `connection refu…`.
+pub fn shorten_end(text: &str, width: usize) -> String {
+    if text.width() <= width {
+        return text.to_string();
+    }
+    if width <= ELLIPSIS.width() {
+        return ELLIPSIS.chars().take(width).collect();
+    }
+    format!(
+        "{}{ELLIPSIS}",
+        take_columns(text.chars(), width - ELLIPSIS.width())
+    )
+}
+
+/// As many characters as fit in `columns` terminal columns.
+fn take_columns(chars: impl Iterator<Item = char>, columns: usize) -> String {
+    let mut used = 0;
+    let mut out = String::new();
+    for c in chars {
+        let w = c.width().unwrap_or(0);
+        if used + w > columns {
+            break;
+        }
+        used += w;
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Paths lose their middle components first, then the first, then characters.
+    #[test]
+    fn paths_lose_their_middle() {
+        let path = "music/live/2024/berlin/song.mp3";
+        assert_eq!(shorten_path(path, 100), path);
+        assert_eq!(shorten_path(path, 26), "music/…/berlin/song.mp3");
+        assert_eq!(shorten_path(path, 16), "music/…/song.mp3");
+        assert_eq!(shorten_path(path, 11), "…/song.mp3");
+        assert_eq!(shorten_path(path, 8), "mus….mp3");
+        assert_eq!(shorten_path("music/albums/", 9), "…/albums/");
+        for width in 1..path.len() {
+            assert!(shorten_path(path, width).width() <= width, "{width}");
+        }
+    }
+
+    /// Middle and end shortening count columns, so wide characters never overflow.
+    #[test]
+    fn shortening_counts_columns() {
+        assert_eq!(shorten_middle("abcdefghij", 7), "abc…hij");
+        assert_eq!(shorten_end("connection refused", 10), "connectio…");
+        let wide = "日本語のファイル名.txt";
+        for width in 1..wide.width() {
+            assert!(shorten_middle(wide, width).width() <= width, "{width}");
+            assert!(shorten_end(wide, width).width() <= width, "{width}");
+        }
+    }
+
+    /// Columns line up by display width, even with wide characters.
+    #[test]
+    fn aligns_wide_characters() {
+        let text = render(
+            &[Column::keep("NAME"), Column::right("SIZE")],
+            &[
+                vec!["日本.txt".into(), "1 B".into()],
+                vec!["a".into(), "10 B".into()],
+            ],
+            None,
+            false,
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1].width(), lines[2].width());
+    }
+
+    /// A too-wide table shrinks its shrinkable columns to the width and keeps the others.
+    #[test]
+    fn fits_the_width() {
+        let columns = [
+            Column::shrink("NAME", Fit::Path),
+            Column::keep("MD5"),
+            Column::shrink("TYPE", Fit::End),
+        ];
+        let rows = vec![vec![
+            "music/live/2024/berlin/a very long song name.mp3".to_string(),
+            "0123456789abcdef0123456789abcdef".to_string(),
+            "application/octet-stream".to_string(),
+        ]];
+        for width in [60, 70, 80] {
+            let text = render(&columns, &rows, Some(width), false);
+            assert!(text.lines().all(|l| l.width() <= width), "{width}:\n{text}");
+            assert!(text.contains("0123456789abcdef0123456789abcdef"));
+        }
+        // Too narrow for the kept column: shrinkable ones stop at their floor.
+        let text = render(&columns, &rows, Some(20), false);
+        assert!(text.contains("0123456789abcdef0123456789abcdef"));
+    }
+}

@@ -1,0 +1,299 @@
+//! The shell's comforts through a pseudo-terminal, as a person would meet them: Tab
+//! completion, Ctrl-C during a download, background downloads with `jobs` and `kill`,
+//! history across restarts, logs kept off the prompt.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rexpect::ReadUntil;
+use rexpect::session::PtySession;
+
+use crate::util::{TestBox, as_pty_bytes, binary, bytes, coreutils_hashes, files_under};
+
+/// How long one expectation may wait for the shell.
+const EXPECT_TIMEOUT_MS: u64 = 30_000;
+
+/// A shell on a box in `dir` whose peer is `peer`, colours off, started through a pty.
+fn shell(dir: &Path, peer: &str, extra: &[&str]) -> Result<PtySession, rexpect::error::Error> {
+    let mut command = Command::new(binary());
+    command.args([
+        "-d",
+        &dir.display().to_string(),
+        "-l",
+        "127.0.0.1:0",
+        "-p",
+        peer,
+        // These tests are about the shell; auto-sync would change the folders under them.
+        "--sync",
+        "0",
+    ]);
+    command.args(extra);
+    command.env("NO_COLOR", "1");
+    command.env("TERM", "xterm");
+    command.env_remove("RUST_LOG");
+    rexpect::session::spawn_command(command, Some(EXPECT_TIMEOUT_MS))
+}
+
+/// The prompt once a request to `peer` has succeeded, as rexpect reads it.
+fn reached(peer: &str) -> String {
+    as_pty_bytes(&format!("boxsync [{peer} ✓]> "))
+}
+
+/// Types `keys` without Enter (rexpect buffers what is sent until a flush).
+fn keys(sh: &mut PtySession, keys: &str) -> Result<(), rexpect::error::Error> {
+    sh.send(keys)?;
+    sh.flush()
+}
+
+/// Waits for two texts that may come in either order (a job can end before or after the
+/// command typed meanwhile).
+fn expect_both(sh: &mut PtySession, a: &str, b: &str) -> Result<(), rexpect::error::Error> {
+    let (_, first) = sh.exp_any(vec![
+        ReadUntil::String(a.to_string()),
+        ReadUntil::String(b.to_string()),
+    ])?;
+    sh.exp_string(if first == a { b } else { a })?;
+    Ok(())
+}
+
+/// Polls `condition` every 20 ms until it holds or `deadline` passes; whether it held.
+fn poll(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    condition()
+}
+
+/// The partial downloads under a box's `.boxsync/tmp/`.
+fn partials(dir: &Path) -> Vec<PathBuf> {
+    files_under(&dir.join(".boxsync/tmp"))
+}
+
+/// Bytes in the partial downloads under a box's `.boxsync/tmp/`.
+fn partial_bytes(dir: &Path) -> u64 {
+    partials(dir)
+        .iter()
+        .filter_map(|p| std::fs::metadata(dir.join(".boxsync/tmp").join(p)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Runs a blocking pty session off the async threads (the peer box runs on them).
+async fn drive<T: Send + 'static>(
+    body: impl FnOnce() -> Result<T, rexpect::error::Error> + Send + 'static,
+) -> T {
+    tokio::task::spawn_blocking(body)
+        .await
+        .expect("pty thread")
+        .expect("shell session")
+}
+
+/// Tab completes a remote name with a space (fetching the peer's names on the first Tab),
+/// a command, a subcommand and a transport; the completed lines run.
+#[tokio::test(flavor = "multi_thread")]
+async fn tab_completes_commands_and_remote_names() {
+    let b = TestBox::start().await;
+    b.write("notes/hello world.txt", b"hello");
+    b.write("music/a.mp3", b"abc");
+    let dir = tempfile::tempdir().unwrap();
+    let peer = b.addr.to_string();
+    let dir_path = dir.path().to_path_buf();
+    drive(move || {
+        let mut sh = shell(&dir_path, &peer, &[])?;
+        sh.exp_string(&format!("boxsync [{peer}]> "))?;
+        // A remote name with a space: one folder level, then the file, quoted.
+        keys(&mut sh, "download tcp no\t")?;
+        sh.exp_string("download tcp notes/")?;
+        keys(&mut sh, "\t")?;
+        sh.exp_string("download tcp \"notes/hello world.txt\" ")?;
+        keys(&mut sh, "\r")?;
+        sh.exp_string("5d41402abc4b2a76b9719d911017c592")?;
+        sh.exp_string(&reached(&peer))?;
+        // A command, then a subcommand.
+        keys(&mut sh, "ind\t")?;
+        sh.exp_string("index ")?;
+        keys(&mut sh, "l\t")?;
+        sh.exp_string("index longlist ")?;
+        keys(&mut sh, "\r")?;
+        sh.exp_string("music/a.mp3")?;
+        sh.exp_string(&reached(&peer))?;
+        // A transport; Ctrl-C then clears the line and the prompt stays.
+        keys(&mut sh, "download u\t")?;
+        sh.exp_string("download udp ")?;
+        sh.send_control('c')?;
+        sh.exp_string(&reached(&peer))?;
+        sh.send_line("quit")?;
+        sh.exp_eof()?;
+        Ok(())
+    })
+    .await;
+    assert_eq!(
+        std::fs::read(dir.path().join("notes/hello world.txt")).unwrap(),
+        b"hello"
+    );
+}
+
+/// Ctrl-C during a large (rate-limited) download cancels it: no partial file, no file,
+/// and the prompt works afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_cancels_a_download_cleanly() {
+    let b = TestBox::start().await;
+    b.write("big.bin", &bytes(32 << 20, 7));
+    let dir = tempfile::tempdir().unwrap();
+    let peer = b.addr.to_string();
+    let dir_path = dir.path().to_path_buf();
+    drive(move || {
+        let mut sh = shell(&dir_path, &peer, &[])?;
+        sh.exp_string(&format!("boxsync [{peer}]> "))?;
+        // 32 MiB at 8 Mbit/s takes half a minute: plenty of time to interrupt it.
+        sh.send_line("download udp big.bin --max-rate 8M")?;
+        assert!(
+            poll(Duration::from_secs(20), || partial_bytes(&dir_path) > 0),
+            "the download never started"
+        );
+        sh.send_control('c')?;
+        sh.exp_string("error: cancelled")?;
+        sh.exp_string("]> ")?;
+        assert!(
+            poll(Duration::from_secs(10), || partials(&dir_path).is_empty()),
+            "partial files left: {:?}",
+            partials(&dir_path)
+        );
+        assert!(!dir_path.join("big.bin").exists());
+        sh.send_line("jobs")?;
+        sh.exp_string("no jobs")?;
+        sh.send_line("index longlist")?;
+        sh.exp_string("big.bin")?;
+        sh.exp_string(&reached(&peer))?;
+        sh.send_line("quit")?;
+        sh.exp_eof()?;
+        Ok(())
+    })
+    .await;
+}
+
+/// A background download completes while another command runs and is announced; `jobs`
+/// lists those in flight; `kill` cancels one cleanly; quitting with one in flight asks
+/// first.
+#[tokio::test(flavor = "multi_thread")]
+async fn background_downloads_jobs_and_kill() {
+    let b = TestBox::start().await;
+    let small = b.write("small.bin", &bytes(3 << 20, 1));
+    b.write("slow.bin", &bytes(32 << 20, 2));
+    b.write("notes.txt", b"notes");
+    let dir = tempfile::tempdir().unwrap();
+    let peer = b.addr.to_string();
+    let dir_path = dir.path().to_path_buf();
+    drive(move || {
+        let mut sh = shell(&dir_path, &peer, &[])?;
+        sh.exp_string(&format!("boxsync [{peer}]> "))?;
+        // Job 1 is slow (half a minute); job 2 takes about two seconds.
+        sh.send_line("download udp slow.bin --max-rate 8M &")?;
+        sh.exp_string("[1] download udp slow.bin --max-rate 8M")?;
+        sh.send_line("bg download udp small.bin --max-rate 12M")?;
+        sh.exp_string("[2] download udp small.bin --max-rate 12M")?;
+        sh.send_line("jobs")?;
+        sh.exp_string("COMMAND")?;
+        sh.exp_string("[1]")?;
+        sh.exp_string("download udp slow.bin")?;
+        // Another command runs in the foreground meanwhile; job 2 ends during it or after.
+        sh.send_line("download tcp notes.txt")?;
+        expect_both(
+            &mut sh,
+            "downloaded notes.txt over TCP",
+            "[2] done download udp small.bin --max-rate 12M",
+        )?;
+        // Job 1 is still going, and gets killed.
+        assert!(
+            poll(Duration::from_secs(20), || partial_bytes(&dir_path) > 0),
+            "job 1 never started"
+        );
+        sh.send_line("kill 1")?;
+        sh.exp_string("[1] killed download udp slow.bin")?;
+        assert!(
+            poll(Duration::from_secs(10), || partials(&dir_path).is_empty()),
+            "partial files left: {:?}",
+            partials(&dir_path)
+        );
+        assert!(!dir_path.join("slow.bin").exists());
+        // Job 3 is in flight when the user quits: the shell asks first.
+        sh.send_line("download udp slow.bin --max-rate 8M &")?;
+        sh.exp_string("[3] download udp slow.bin")?;
+        sh.send_line("quit")?;
+        sh.exp_string("1 background download in flight; quit and cancel it? [y/N]")?;
+        sh.send_line("n")?;
+        sh.exp_string("]> ")?;
+        sh.send_line("quit")?;
+        sh.exp_string("quit and cancel it? [y/N]")?;
+        sh.send_line("y")?;
+        sh.exp_eof()?;
+        Ok(())
+    })
+    .await;
+    assert_eq!(
+        coreutils_hashes(&dir.path().join("small.bin")),
+        coreutils_hashes(&small)
+    );
+    assert!(!dir.path().join("slow.bin").exists());
+    assert!(
+        partials(dir.path()).is_empty(),
+        "{:?}",
+        partials(dir.path())
+    );
+}
+
+/// Typed lines survive a restart (Up brings the last one back), and with `-vv` the logs go
+/// to `.boxsync/log/`, never onto the prompt.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_survives_a_restart_and_logs_stay_off_the_prompt() {
+    let b = TestBox::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let peer = b.addr.to_string();
+    let dir_path = dir.path().to_path_buf();
+    let transcript = drive(move || {
+        let mut sh = shell(&dir_path, &peer, &["-vv"])?;
+        sh.exp_string("]> ")?;
+        sh.send_line("help kill")?;
+        sh.exp_string("Cancels background download")?;
+        sh.exp_string("]> ")?;
+        sh.send_line("quit")?;
+        sh.exp_eof()?;
+
+        let mut sh = shell(&dir_path, &peer, &["-vv"])?;
+        let (_, own) = sh.exp_regex(r"on 127\.0\.0\.1:\d+")?;
+        let own = own.trim_start_matches("on ").to_string();
+        sh.exp_string("]> ")?;
+        // Up brings back the last line ("quit"), Up again the one before.
+        keys(&mut sh, "\x1b[A")?;
+        sh.exp_string("quit")?;
+        keys(&mut sh, "\x1b[A")?;
+        sh.exp_string("help kill")?;
+        keys(&mut sh, "\r")?;
+        sh.exp_string("Cancels background download")?;
+        // Talk to this box's own server, which logs each connection at debug level.
+        sh.send_line(&format!("peer {own}"))?;
+        sh.exp_string(&format!("peer: {own}"))?;
+        sh.send_line("index longlist")?;
+        let mut transcript = sh.exp_string(&reached(&own))?;
+        sh.send_line("quit")?;
+        transcript.push_str(&sh.exp_eof()?);
+        Ok(transcript)
+    })
+    .await;
+    let history = std::fs::read_to_string(dir.path().join(".boxsync/shell-history")).unwrap();
+    assert!(history.contains("help kill"), "{history}");
+    let logs: String = files_under(&dir.path().join(".boxsync/log"))
+        .iter()
+        .map(|f| std::fs::read_to_string(dir.path().join(".boxsync/log").join(f)).unwrap())
+        .collect();
+    assert!(logs.contains("peer connected"), "logs: {logs}");
+    assert!(
+        !transcript.contains("peer connected") && !transcript.contains("DEBUG"),
+        "logs on the prompt: {transcript}"
+    );
+}
