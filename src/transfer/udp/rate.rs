@@ -71,6 +71,8 @@ pub struct RateControl {
     rate: f64,
     /// Highest allowed rate (the user's or the server's cap).
     ceiling: f64,
+    /// Lowest rate: [`MIN_RATE`], or the ceiling if that is lower (a cap always holds).
+    floor: f64,
     /// Where in the life of the transfer we are.
     phase: Phase,
     /// Loss-corrected delivery rates of recent rounds, newest last.
@@ -91,10 +93,11 @@ pub struct RateControl {
 impl RateControl {
     /// A controller starting at [`START_RATE`] (or the ceiling, if lower).
     pub fn new(ceiling: Option<f64>, now: Instant) -> RateControl {
-        let ceiling = ceiling.unwrap_or(f64::INFINITY).max(MIN_RATE);
+        let ceiling = ceiling.unwrap_or(f64::INFINITY).max(1.0);
         RateControl {
             rate: START_RATE.min(ceiling),
             ceiling,
+            floor: MIN_RATE.min(ceiling),
             phase: Phase::Startup,
             window: VecDeque::new(),
             startup_best: 0.0,
@@ -206,7 +209,7 @@ impl RateControl {
             Phase::Startup => self.rate * gain,
             _ => estimate * gain,
         };
-        self.rate = self.rate.clamp(MIN_RATE, self.ceiling);
+        self.rate = self.rate.clamp(self.floor, self.ceiling);
         tracing::trace!(
             rate = self.rate as u64,
             estimate = estimate as u64,
@@ -291,6 +294,25 @@ mod tests {
             "{} vs {before}",
             control.rate()
         );
+    }
+
+    /// A ceiling below the usual minimum rate still holds.
+    #[test]
+    fn respects_a_low_ceiling() {
+        let start = Instant::now();
+        let mut control = RateControl::new(Some(62_500.0), start);
+        assert!(control.rate() <= 62_500.0);
+        for i in 1..50 {
+            let sample = Sample {
+                bytes: 1_000,
+                seconds: 0.02,
+                expected: 10,
+                received: 1,
+                queue: Duration::from_millis(50),
+            };
+            control.on_sample(sample, start + MIN_ROUND * i);
+            assert!(control.rate() <= 62_500.0);
+        }
     }
 
     /// A ceiling is never exceeded.
