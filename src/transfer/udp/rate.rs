@@ -6,8 +6,9 @@
 //! times a gain. The estimate is the highest delivery rate measured over the last ten
 //! rounds (a round is one round trip, at least 20 ms), where a measurement is the bytes
 //! the receiver got per second of its own clock, corrected for the random-loss floor.
-//! - Startup: gain 2 every round, until the estimate stops growing by a quarter for three
-//!   rounds or the queue grows; then one round at gain 0.5 drains what startup queued.
+//! - Startup: twice the estimate (so the rate doubles each round while delivery follows),
+//!   until the estimate stops growing by a quarter for three rounds or the queue exceeds
+//!   4 ms; then gain 0.5 until the queue startup built is below 4 ms again.
 //! - Cruise: gains cycle 1.25, 0.75, 1, 1, 1, 1, 1, 1: one round probes for more bandwidth,
 //!   the next drains the queue that probe made.
 //! - A round whose queueing delay exceeds 8 ms is not allowed to probe and drains instead.
@@ -19,8 +20,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Rate at which a transfer starts, bytes per second (20 Mbit/s).
-pub const START_RATE: f64 = 2.5e6;
+/// Rate at which a transfer starts, bytes per second (50 Mbit/s): fast enough that a
+/// long-distance path fills in a few round trips, slow enough that one round at twice it
+/// fits in the queue of most links.
+pub const START_RATE: f64 = 6.25e6;
 
 /// The rate never drops below this, bytes per second (2 Mbit/s), so that a transfer on a
 /// terrible link still progresses.
@@ -28,6 +31,10 @@ pub const MIN_RATE: f64 = 250e3;
 
 /// Queueing delay above which a round drains instead of probing.
 const QUEUE_HIGH: Duration = Duration::from_millis(8);
+
+/// Queueing delay that ends startup, and below which the drain after it ends: startup
+/// sends at twice the delivery rate, so the queue it builds must be caught early.
+const QUEUE_STARTUP: Duration = Duration::from_millis(4);
 
 /// Shortest round: the receiver reports every 10 ms, and a round needs a few reports.
 const MIN_ROUND: Duration = Duration::from_millis(20);
@@ -187,13 +194,15 @@ impl RateControl {
                 } else {
                     self.flat_rounds += 1;
                 }
-                if queued || congestion_loss || self.flat_rounds >= 3 {
+                if round.queue > QUEUE_STARTUP || congestion_loss || self.flat_rounds >= 3 {
                     self.phase = Phase::Drain;
                     0.5
                 } else {
                     2.0
                 }
             }
+            // Below the estimate until the queue startup built is gone.
+            Phase::Drain if round.queue > QUEUE_STARTUP => 0.5,
             Phase::Drain => {
                 self.phase = Phase::Cruise(0);
                 CYCLE[0]
@@ -205,8 +214,9 @@ impl RateControl {
             }
         };
         self.rate = match self.phase {
-            // Startup doubles what it is sending, which the estimate lags by a round.
-            Phase::Startup => self.rate * gain,
+            // Startup sends at twice what got through (never less than it sends now), so
+            // the rate doubles each round until delivery stops following.
+            Phase::Startup => self.rate.max(estimate * gain),
             _ => estimate * gain,
         };
         self.rate = self.rate.clamp(self.floor, self.ceiling);

@@ -244,6 +244,8 @@ struct SendState {
     next_new: u32,
     /// Chunks reported missing, to resend first.
     resend: VecDeque<u32>,
+    /// Resends to send a second time (in the tail of the transfer).
+    second_copies: VecDeque<u32>,
     /// When each chunk was last sent, microseconds since `start` (0: never).
     last_sent: Vec<u64>,
     /// Whether each chunk is in `resend` already.
@@ -263,6 +265,7 @@ impl SendState {
             total,
             next_new: 0,
             resend: VecDeque::new(),
+            second_copies: VecDeque::new(),
             last_sent: vec![0; total as usize],
             queued: vec![false; total as usize],
             rate: RateControl::new(max_rate, start),
@@ -278,9 +281,17 @@ impl SendState {
     /// The next chunk to send and whether it is a resend.
     fn next_chunk(&mut self, now: Instant) -> Option<(u32, bool)> {
         let stamp = self.clock_us(now).max(1);
+        if let Some(chunk) = self.second_copies.pop_front() {
+            return Some((chunk, true));
+        }
         if let Some(chunk) = self.resend.pop_front() {
             self.queued[chunk as usize] = false;
             self.last_sent[chunk as usize] = stamp;
+            // In the tail (everything sent once) a lost resend costs a whole round trip
+            // more; sending resends twice there makes that rare at little cost.
+            if self.next_new == self.total {
+                self.second_copies.push_back(chunk);
+            }
             return Some((chunk, true));
         }
         if self.next_new < self.total {
