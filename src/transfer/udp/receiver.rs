@@ -428,24 +428,33 @@ fn write_and_hash(
         }
         Ok(())
     };
+    // A written block that continues the hashed prefix is hashed at once, in one piece
+    // (feeding the hasher per 1,372-byte chunk would cost more than the hashing).
+    let hash_written = |block: Option<(u64, bytes::Bytes)>, hashed: &mut u64| {
+        if let Some((offset, block)) = block
+            && offset == *hashed
+        {
+            *hashed += block.len() as u64;
+            hasher.update(&block);
+        }
+    };
     while let Some(job) = jobs.blocking_recv() {
         match job {
             WriteJob::Chunks(chunks) => {
                 for (offset, bytes) in chunks {
-                    pending.add(&file, offset, &bytes, path)?;
-                    if offset == hashed {
-                        hashed += bytes.len() as u64;
-                        hasher.update(&bytes);
-                    }
+                    let written = pending.add(&file, offset, &bytes, path)?;
+                    hash_written(written, &mut hashed);
                 }
             }
             WriteJob::Prefix(until) => {
-                pending.flush(&file, path)?;
+                let written = pending.flush(&file, path)?;
+                hash_written(written, &mut hashed);
                 hash_up_to(&mut hashed, until, &file)?;
             }
         }
     }
-    pending.flush(&file, path)?;
+    let written = pending.flush(&file, path)?;
+    hash_written(written, &mut hashed);
     hash_up_to(&mut hashed, size, &file)?;
     file.sync_all().map_err(|e| ShareError::io(path, e))?;
     Ok(hasher.finish().1)
@@ -459,32 +468,41 @@ struct Pending {
 }
 
 impl Pending {
+    /// Adds a chunk; returns the block written to make room, if one was.
     fn add(
         &mut self,
         file: &File,
         offset: u64,
         bytes: &[u8],
         path: &std::path::Path,
-    ) -> Result<(), ShareError> {
+    ) -> Result<Option<(u64, bytes::Bytes)>, ShareError> {
+        let mut written = None;
         if !self.bytes.is_empty() && offset != self.offset + self.bytes.len() as u64
             || self.bytes.len() >= 1024 * 1024
         {
-            self.flush(file, path)?;
+            written = self.flush(file, path)?;
         }
         if self.bytes.is_empty() {
             self.offset = offset;
+            self.bytes.reserve(1024 * 1024 + bytes.len());
         }
         self.bytes.extend_from_slice(bytes);
-        Ok(())
+        Ok(written)
     }
 
-    fn flush(&mut self, file: &File, path: &std::path::Path) -> Result<(), ShareError> {
-        if !self.bytes.is_empty() {
-            file.write_all_at(&self.bytes, self.offset)
-                .map_err(|e| ShareError::io(path, e))?;
-            self.bytes.clear();
+    /// Writes the gathered block; returns it with its offset.
+    fn flush(
+        &mut self,
+        file: &File,
+        path: &std::path::Path,
+    ) -> Result<Option<(u64, bytes::Bytes)>, ShareError> {
+        if self.bytes.is_empty() {
+            return Ok(None);
         }
-        Ok(())
+        file.write_all_at(&self.bytes, self.offset)
+            .map_err(|e| ShareError::io(path, e))?;
+        let block = bytes::Bytes::from(std::mem::take(&mut self.bytes));
+        Ok(Some((self.offset, block)))
     }
 }
 
