@@ -421,6 +421,9 @@ fn demo(handle: &Handle, verbose: u8) -> Result<bool> {
     println!("  wait                               progress bars until it is done");
     println!("  history                            what was asked and answered");
     println!("  help                               everything else; Ctrl-D or quit to leave");
+    println!(
+        "(Auto-sync is off in the demo so that you fetch by hand; the README shows two boxes\n kept in sync with --peer.)"
+    );
     println!();
     let mut session = Session::new(Arc::clone(&box_a), &[addr_b.to_string()]);
     let result = repl::run_interactive(handle, &mut session, shell_history(&box_a));
