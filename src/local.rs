@@ -60,10 +60,10 @@ pub struct LocalBox {
     pub changes: tokio::sync::Notify,
     /// Versions sent to each peer (by box id) since sync last looked. A std `Mutex`: held
     /// only to push or take, never across an `.await`.
-    served: Mutex<HashMap<String, Vec<Served>>>,
+    served: PerPeer,
     /// Versions each peer (by box id) said it installed from this box since sync last
     /// looked. A std `Mutex`, as above.
-    installed: Mutex<HashMap<String, Vec<Served>>>,
+    installed: PerPeer,
 }
 
 impl LocalBox {
@@ -102,32 +102,22 @@ impl LocalBox {
 impl LocalBox {
     /// Remembers that `served` went to the peer with box id `peer_id`.
     pub fn note_served(&self, peer_id: &str, served: Served) {
-        let mut map = self.served.lock().unwrap_or_else(|e| e.into_inner());
-        let list = map.entry(peer_id.to_string()).or_default();
-        if list.len() < MAX_SERVED {
-            list.push(served);
-        }
+        push(&self.served, peer_id, served);
     }
 
     /// Takes the versions sent to the peer `peer_id` since the last call.
     pub fn take_served(&self, peer_id: &str) -> Vec<Served> {
-        let mut map = self.served.lock().unwrap_or_else(|e| e.into_inner());
-        map.remove(peer_id).unwrap_or_default()
+        take(&self.served, peer_id)
     }
 
     /// Remembers that the peer `peer_id` installed `version` of one of this box's files.
     pub fn note_installed(&self, peer_id: &str, version: Served) {
-        let mut map = self.installed.lock().unwrap_or_else(|e| e.into_inner());
-        let list = map.entry(peer_id.to_string()).or_default();
-        if list.len() < MAX_SERVED {
-            list.push(version);
-        }
+        push(&self.installed, peer_id, version);
     }
 
     /// Takes what the peer `peer_id` said it installed since the last call, oldest first.
     pub fn take_installed(&self, peer_id: &str) -> Vec<Served> {
-        let mut map = self.installed.lock().unwrap_or_else(|e| e.into_inner());
-        map.remove(peer_id).unwrap_or_default()
+        take(&self.installed, peer_id)
     }
 
     /// Applies this box's socket tunables to a TCP connection; a failure is logged (the
@@ -140,6 +130,22 @@ impl LocalBox {
             tracing::warn!(algorithm, error = %e, "cannot set TCP congestion control");
         }
     }
+}
+
+/// Versions noted per peer box id, taken by sync once per round.
+type PerPeer = Mutex<HashMap<String, Vec<Served>>>;
+
+fn push(map: &PerPeer, peer_id: &str, version: Served) {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    let list = map.entry(peer_id.to_string()).or_default();
+    if list.len() < MAX_SERVED {
+        list.push(version);
+    }
+}
+
+fn take(map: &PerPeer, peer_id: &str) -> Vec<Served> {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    map.remove(peer_id).unwrap_or_default()
 }
 
 fn is_box_id(text: &str) -> bool {
