@@ -40,6 +40,16 @@ fn reached(peer: &str) -> String {
     as_pty_bytes(&format!("boxsync [{peer} ✓]> "))
 }
 
+/// A cancelled download left no partial file (within a deadline) and nothing at `name`.
+fn assert_cancelled_cleanly(dir: &Path, name: &str) {
+    assert!(
+        poll(Duration::from_secs(10), || partials(dir).is_empty()),
+        "partial files left: {:?}",
+        partials(dir)
+    );
+    assert!(!dir.join(name).exists(), "{name} appeared");
+}
+
 /// Types `keys` without Enter (rexpect buffers what is sent until a flush).
 fn keys(sh: &mut PtySession, keys: &str) -> Result<(), rexpect::error::Error> {
     sh.send(keys)?;
@@ -159,12 +169,7 @@ async fn ctrl_c_cancels_a_download_cleanly() {
         sh.send_control('c')?;
         sh.exp_string("error: cancelled")?;
         sh.exp_string("]> ")?;
-        assert!(
-            poll(Duration::from_secs(10), || partials(&dir_path).is_empty()),
-            "partial files left: {:?}",
-            partials(&dir_path)
-        );
-        assert!(!dir_path.join("big.bin").exists());
+        assert_cancelled_cleanly(&dir_path, "big.bin");
         sh.send_line("jobs")?;
         sh.exp_string("no jobs")?;
         sh.send_line("index longlist")?;
@@ -215,12 +220,7 @@ async fn background_downloads_jobs_and_kill() {
         );
         sh.send_line("kill 1")?;
         sh.exp_string("[1] killed download udp slow.bin")?;
-        assert!(
-            poll(Duration::from_secs(10), || partials(&dir_path).is_empty()),
-            "partial files left: {:?}",
-            partials(&dir_path)
-        );
-        assert!(!dir_path.join("slow.bin").exists());
+        assert_cancelled_cleanly(&dir_path, "slow.bin");
         // Job 3 is in flight when the user quits: the shell asks first.
         sh.send_line("download udp slow.bin --max-rate 8M &")?;
         sh.exp_string("[3] download udp slow.bin")?;
