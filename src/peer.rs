@@ -182,6 +182,66 @@ macro_rules! exchange {
     }};
 }
 
+/// The answer to a conditional listing request (`index_unless`, `hash_all_unless`).
+#[derive(Debug)]
+pub enum Listing<T> {
+    /// The peer's folder is still at the version asked about: the earlier answer holds.
+    Unchanged,
+    /// The listing, and the version of the peer's folder it describes.
+    Listed {
+        /// The entries or hashes.
+        items: Vec<T>,
+        /// What to send as `unless` next time.
+        version: String,
+    },
+}
+
+/// How a listing ended, beyond its items.
+enum Answer {
+    Unchanged,
+    Version(String),
+}
+
+/// One response of a listing, taken apart.
+enum Batch<T> {
+    Items {
+        items: Vec<T>,
+        more: bool,
+        version: Option<String>,
+    },
+    Other(Response),
+}
+
+fn unpack_entries(response: Response) -> Batch<Entry> {
+    match response {
+        Response::Entries {
+            entries,
+            more,
+            version,
+        } => Batch::Items {
+            items: entries,
+            more,
+            version,
+        },
+        other => Batch::Other(other),
+    }
+}
+
+fn unpack_hashes(response: Response) -> Batch<FileHash> {
+    match response {
+        Response::Hashes {
+            hashes,
+            more,
+            version,
+        } => Batch::Items {
+            items: hashes,
+            more,
+            version,
+        },
+        other => Batch::Other(other),
+    }
+}
+
 /// A client for one peer box.
 pub struct Peer {
     /// The address as the user gave it (`127.0.0.1:7002`, `host:port`).
@@ -268,41 +328,30 @@ impl Peer {
     pub async fn index(&self, filter: &IndexFilter) -> Result<Vec<Entry>, PeerError> {
         let request = Request::Index {
             filter: filter.clone(),
+            unless: None,
         };
-        exchange!(self, &request, |connection, addr| {
-            connection
-                .write_message(&request)
-                .await
-                .map_err(lost(addr))?;
-            let mut all = Vec::new();
-            loop {
-                match connection
-                    .expect_message::<Response>()
-                    .await
-                    .map_err(lost(addr))?
-                {
-                    Response::Entries { entries, more } => {
-                        all.extend(entries);
-                        if all.len() > MAX_LISTED {
-                            return Err(protocol_error(addr, "listing too long"));
-                        }
-                        if !more {
-                            return Ok(all);
-                        }
-                    }
-                    Response::Error { kind, message } => {
-                        return Err(PeerError::Remote { kind, message });
-                    }
-                    other => return Err(protocol_error(addr, &format!("{other:?}"))),
-                }
-            }
-        })
+        Ok(self.listing(&request, unpack_entries).await?.1)
+    }
+
+    /// Like [`Peer::index`], unless the peer's folder is still at version `unless` (from an
+    /// earlier answer; empty for none): what sync asks every rescan, cheap when nothing
+    /// changed.
+    pub async fn index_unless(
+        &self,
+        filter: &IndexFilter,
+        unless: &str,
+    ) -> Result<Listing<Entry>, PeerError> {
+        let request = Request::Index {
+            filter: filter.clone(),
+            unless: Some(unless.to_string()),
+        };
+        self.conditional_listing(&request, unpack_entries).await
     }
 
     /// MD5, SHA-256 and mtime of one file on the peer.
     pub async fn hash(&self, name: &RelPath) -> Result<FileHash, PeerError> {
         let request = Request::HashVerify { name: name.clone() };
-        let mut hashes = self.hashes(&request).await?;
+        let (_, mut hashes) = self.listing(&request, unpack_hashes).await?;
         match hashes.pop() {
             Some(hash) if hashes.is_empty() && &hash.name == name => Ok(hash),
             _ => Err(protocol_error(&self.addr, "hash answer for another file")),
@@ -311,10 +360,36 @@ impl Peer {
 
     /// MD5, SHA-256 and mtime of every file on the peer.
     pub async fn hash_all(&self) -> Result<Vec<FileHash>, PeerError> {
-        self.hashes(&Request::HashCheckall).await
+        let request = Request::HashCheckall { unless: None };
+        Ok(self.listing(&request, unpack_hashes).await?.1)
     }
 
-    async fn hashes(&self, request: &Request) -> Result<Vec<FileHash>, PeerError> {
+    /// Like [`Peer::hash_all`], unless the peer's folder is still at version `unless`.
+    pub async fn hash_all_unless(&self, unless: &str) -> Result<Listing<FileHash>, PeerError> {
+        let request = Request::HashCheckall {
+            unless: Some(unless.to_string()),
+        };
+        self.conditional_listing(&request, unpack_hashes).await
+    }
+
+    async fn conditional_listing<T>(
+        &self,
+        request: &Request,
+        unpack: fn(Response) -> Batch<T>,
+    ) -> Result<Listing<T>, PeerError> {
+        match self.listing(request, unpack).await? {
+            (Some(Answer::Unchanged), _) => Ok(Listing::Unchanged),
+            (Some(Answer::Version(version)), items) => Ok(Listing::Listed { items, version }),
+            (None, _) => Err(protocol_error(&self.addr, "listing without a version")),
+        }
+    }
+
+    /// Sends `request` and collects the batches of its answer.
+    async fn listing<T>(
+        &self,
+        request: &Request,
+        unpack: fn(Response) -> Batch<T>,
+    ) -> Result<(Option<Answer>, Vec<T>), PeerError> {
         exchange!(self, request, |connection, addr| {
             connection
                 .write_message(request)
@@ -322,24 +397,33 @@ impl Peer {
                 .map_err(lost(addr))?;
             let mut all = Vec::new();
             loop {
-                match connection
+                let response = connection
                     .expect_message::<Response>()
                     .await
-                    .map_err(lost(addr))?
-                {
-                    Response::Hashes { hashes, more } => {
-                        all.extend(hashes);
+                    .map_err(lost(addr))?;
+                match unpack(response) {
+                    Batch::Items {
+                        items,
+                        more,
+                        version,
+                    } => {
+                        all.extend(items);
                         if all.len() > MAX_LISTED {
                             return Err(protocol_error(addr, "listing too long"));
                         }
                         if !more {
-                            return Ok(all);
+                            return Ok((version.map(Answer::Version), all));
                         }
                     }
-                    Response::Error { kind, message } => {
+                    Batch::Other(Response::Unchanged) if all.is_empty() => {
+                        return Ok((Some(Answer::Unchanged), all));
+                    }
+                    Batch::Other(Response::Error { kind, message }) => {
                         return Err(PeerError::Remote { kind, message });
                     }
-                    other => return Err(protocol_error(addr, &format!("{other:?}"))),
+                    Batch::Other(other) => {
+                        return Err(protocol_error(addr, &format!("{other:?}")));
+                    }
                 }
             }
         })
@@ -474,8 +558,8 @@ impl Peer {
             _ => Reachability::Reachable,
         };
         self.reachability.store(reached.to_u8(), Ordering::Relaxed);
-        // Sync's notices are too frequent to be worth a line in the log each.
-        if !matches!(request, Request::Changed | Request::Installed { .. }) {
+        // Sync's routine requests are too frequent to be worth a line in the log each.
+        if !request.is_routine() {
             let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
             self.local
                 .history

@@ -234,7 +234,9 @@ async fn handle_connection(
             continue;
         }
         let description = request.describe();
+        let routine = request.is_routine();
         match serve(&local, &hub, &mut connection, request, peer.ip(), &peer_id).await {
+            Ok(Ok(())) if routine => {}
             Ok(outcome) => {
                 local
                     .history
@@ -266,7 +268,10 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 ) -> Result<Result<(), String>, ConnectionError> {
     let share = &local.share;
     match request {
-        Request::Index { filter } => {
+        Request::Index {
+            filter,
+            unless: None,
+        } => {
             let matcher = match filter.compile() {
                 Ok(matcher) => matcher,
                 Err(e) => return refuse(connection, ErrorKind::BadRequest, e.to_string()).await,
@@ -274,11 +279,31 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             match share.index().await {
                 Ok(entries) => {
                     let entries = entries.into_iter().filter(|e| matcher.matches(e));
-                    send_batches(connection, entries, |entries, more| Response::Entries {
-                        entries,
-                        more,
-                    })
-                    .await?;
+                    send_batches(connection, entries, None, entries_response).await?;
+                    Ok(Ok(()))
+                }
+                Err(e) => report(connection, &e).await,
+            }
+        }
+        Request::Index {
+            filter,
+            unless: Some(unless),
+        } => {
+            let matcher = match filter.compile() {
+                Ok(matcher) => matcher,
+                Err(e) => return refuse(connection, ErrorKind::BadRequest, e.to_string()).await,
+            };
+            match share.recent_snapshot().await {
+                Ok(snapshot) if snapshot.version == unless => unchanged(connection).await,
+                Ok(snapshot) => {
+                    let entries: Vec<_> = snapshot
+                        .entries()
+                        .filter(|e| matcher.matches(e))
+                        .cloned()
+                        .collect();
+                    let version = Some(snapshot.version.clone());
+                    send_batches(connection, entries.into_iter(), version, entries_response)
+                        .await?;
                     Ok(Ok(()))
                 }
                 Err(e) => report(connection, &e).await,
@@ -286,14 +311,26 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         }
         Request::HashVerify { name } => match share.hash(&name).await {
             Ok(hash) => {
-                send_batches(connection, [hash].into_iter(), hashes_response).await?;
+                send_batches(connection, [hash].into_iter(), None, hashes_response).await?;
                 Ok(Ok(()))
             }
             Err(e) => report(connection, &e).await,
         },
-        Request::HashCheckall => match share.hash_all().await {
+        Request::HashCheckall { unless: None } => match share.hash_all().await {
             Ok(hashes) => {
-                send_batches(connection, hashes.into_iter(), hashes_response).await?;
+                send_batches(connection, hashes.into_iter(), None, hashes_response).await?;
+                Ok(Ok(()))
+            }
+            Err(e) => report(connection, &e).await,
+        },
+        Request::HashCheckall {
+            unless: Some(unless),
+        } => match share.recent_snapshot().await {
+            Ok(snapshot) if snapshot.version == unless => unchanged(connection).await,
+            Ok(snapshot) => {
+                let hashes: Vec<_> = snapshot.hashes().cloned().collect();
+                let version = Some(snapshot.version.clone());
+                send_batches(connection, hashes.into_iter(), version, hashes_response).await?;
                 Ok(Ok(()))
             }
             Err(e) => report(connection, &e).await,
@@ -326,8 +363,32 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     }
 }
 
-fn hashes_response(hashes: Vec<FileHash>, more: bool) -> Response {
-    Response::Hashes { hashes, more }
+fn hashes_response(hashes: Vec<FileHash>, more: bool, version: Option<String>) -> Response {
+    Response::Hashes {
+        hashes,
+        more,
+        version,
+    }
+}
+
+fn entries_response(
+    entries: Vec<crate::share::Entry>,
+    more: bool,
+    version: Option<String>,
+) -> Response {
+    Response::Entries {
+        entries,
+        more,
+        version,
+    }
+}
+
+/// Answers a conditional request whose version still holds.
+async fn unchanged<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+) -> Result<Result<(), String>, ConnectionError> {
+    connection.write_message(&Response::Unchanged).await?;
+    Ok(Ok(()))
 }
 
 async fn refuse<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
@@ -377,11 +438,12 @@ impl WireSize for FileHash {
 }
 
 /// Sends `items` as a series of responses, each under [`BATCH_BYTES`] serialized, the last
-/// one marked `more: false` (an empty list is one empty batch).
+/// one marked `more: false` and carrying `version` (an empty list is one empty batch).
 async fn send_batches<S, T>(
     connection: &mut Connection<S>,
     items: impl Iterator<Item = T>,
-    response: impl Fn(Vec<T>, bool) -> Response,
+    version: Option<String>,
+    response: impl Fn(Vec<T>, bool, Option<String>) -> Response,
 ) -> Result<(), ConnectionError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -395,10 +457,12 @@ where
         batch.push(item);
         if batch_bytes >= BATCH_BYTES && items.peek().is_some() {
             connection
-                .write_message(&response(std::mem::take(&mut batch), true))
+                .write_message(&response(std::mem::take(&mut batch), true, None))
                 .await?;
             batch_bytes = 0;
         }
     }
-    connection.write_message(&response(batch, false)).await
+    connection
+        .write_message(&response(batch, false, version))
+        .await
 }

@@ -45,6 +45,11 @@ pub enum Request {
     Index {
         /// Which entries.
         filter: IndexFilter,
+        /// A conditional request: "unless your folder is still at this version" (see
+        /// [`Response::Unchanged`]); the empty string asks for the version without having
+        /// one. Absent, the folder is read afresh and no version comes back.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unless: Option<String>,
     },
     /// MD5, SHA-256 and mtime of one file.
     HashVerify {
@@ -52,7 +57,11 @@ pub enum Request {
         name: RelPath,
     },
     /// MD5, SHA-256 and mtime of every file.
-    HashCheckall,
+    HashCheckall {
+        /// A conditional request, as for [`Request::Index`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unless: Option<String>,
+    },
     /// The bytes of one file.
     Download {
         /// The file.
@@ -91,12 +100,27 @@ pub enum Request {
 }
 
 impl Request {
+    /// Whether this is one of sync's routine requests (notices, conditional listings),
+    /// sent too often to be worth a line each in the request log.
+    pub fn is_routine(&self) -> bool {
+        matches!(
+            self,
+            Request::Changed
+                | Request::Installed { .. }
+                | Request::Index {
+                    unless: Some(_),
+                    ..
+                }
+                | Request::HashCheckall { unless: Some(_) }
+        )
+    }
+
     /// A short human description, for the history log.
     pub fn describe(&self) -> String {
         match self {
-            Request::Index { filter } => format!("index {}", filter.describe()),
+            Request::Index { filter, .. } => format!("index {}", filter.describe()),
             Request::HashVerify { name } => format!("hash verify {name}"),
-            Request::HashCheckall => "hash checkall".to_string(),
+            Request::HashCheckall { .. } => "hash checkall".to_string(),
             Request::Download { name } => format!("download tcp {name}"),
             Request::DownloadUdp { name, .. } => format!("download udp {name}"),
             Request::UdpFinish { session } => format!("udp finish {session}"),
@@ -116,6 +140,10 @@ pub enum Response {
         entries: Vec<Entry>,
         /// Whether another batch follows.
         more: bool,
+        /// Answering a conditional request, on the last batch: the version of the folder
+        /// listed, to send as `unless` next time.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
     },
     /// A batch of file hashes; `more` says whether another batch follows.
     Hashes {
@@ -123,7 +151,13 @@ pub enum Response {
         hashes: Vec<FileHash>,
         /// Whether another batch follows.
         more: bool,
+        /// As for [`Response::Entries`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
     },
+    /// Answers a conditional request whose folder version is still the current one: the
+    /// previous answer still holds.
+    Unchanged,
     /// A file transfer begins: exactly `size` bytes follow in data frames, then
     /// [`Response::FileEnd`] (or [`Response::Error`] if the file changed while being sent).
     FileStart {

@@ -104,7 +104,9 @@ pub fn list_detailed(root: &Path) -> Result<Vec<(Entry, Fingerprint)>, ShareErro
                 tracing::warn!(path = %relative.display(), "skipping a name that cannot be shared");
                 continue;
             };
-            let meta = match fs::symlink_metadata(root.join(&relative)) {
+            // Relative to the open directory (no walk of the whole path), never following
+            // a symlink.
+            let meta = match item.metadata() {
                 Ok(meta) => meta,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(ShareError::io(root.join(&relative), e)),

@@ -8,6 +8,7 @@ pub mod install;
 pub mod locks;
 pub mod path;
 pub mod trash;
+pub mod view;
 
 use std::fs;
 use std::io;
@@ -23,6 +24,7 @@ pub use hash::{ContentHasher, Digests, FileHash, HashCache};
 pub use install::{Expect, InstallMeta};
 pub use locks::PathLocks;
 pub use path::{PathError, RelPath, STATE_DIR};
+pub use view::{Snapshot, SnapshotCache};
 
 /// Folder under the state folder for partial downloads.
 const TMP_DIR: &str = "tmp";
@@ -90,6 +92,8 @@ pub struct Share {
     locks: PathLocks,
     /// Counter that makes temporary file names unique within this process.
     next_tmp: AtomicU64,
+    /// The latest snapshot and whether the watcher vouches for it.
+    view: SnapshotCache,
 }
 
 impl Share {
@@ -106,6 +110,7 @@ impl Share {
             cache,
             locks: PathLocks::new(),
             next_tmp: AtomicU64::new(0),
+            view: SnapshotCache::new(),
         }))
     }
 
@@ -183,13 +188,19 @@ impl Share {
         }
     }
 
-    /// Every entry with, for files, its hashes, in one pass off the async threads: what sync
-    /// compares. A file that could not be hashed (it vanished or keeps changing) comes
-    /// with `None`, so that sync leaves it alone this round instead of taking it as absent.
-    pub async fn snapshot(self: &Arc<Self>) -> Result<Vec<(Entry, Option<FileHash>)>, ShareError> {
+    /// Every entry with, for files, its hashes, read now in one pass off the async threads:
+    /// what sync compares. A file that could not be hashed (it vanished or keeps changing)
+    /// comes with `None`, so that sync leaves it alone this round instead of taking it as
+    /// absent. The read becomes the latest snapshot (see [`Share::recent_snapshot`]).
+    pub async fn snapshot(self: &Arc<Self>) -> Result<Arc<Snapshot>, ShareError> {
         let share = Arc::clone(self);
-        let snapshot = blocking(move || {
+        let generation = self.view.generation();
+        let taken = std::time::Instant::now();
+        let items = blocking(move || {
             let entries = folder::list_detailed(&share.root)?;
+            let names: std::collections::HashSet<&RelPath> =
+                entries.iter().map(|(e, _)| &e.name).collect();
+            share.cache.retain(|rel| names.contains(rel));
             Ok(entries
                 .into_iter()
                 .map(|(entry, fingerprint)| {
@@ -204,7 +215,22 @@ impl Share {
         })
         .await;
         self.persist_cache();
-        snapshot
+        Ok(self.view.store(generation, taken, items?))
+    }
+
+    /// The latest snapshot while the watcher vouches that nothing changed since it was
+    /// read, else a fresh one: what conditional requests from peers are answered from.
+    pub async fn recent_snapshot(self: &Arc<Self>) -> Result<Arc<Snapshot>, ShareError> {
+        match self.view.trusted() {
+            Some(snapshot) => Ok(snapshot),
+            None => self.snapshot().await,
+        }
+    }
+
+    /// The snapshot cache, for the watcher to report changes to and for sync to say how
+    /// long a snapshot may be trusted.
+    pub fn view(&self) -> &SnapshotCache {
+        &self.view
     }
 
     /// Writes the hash cache now if it changed (at shutdown); a failure only costs

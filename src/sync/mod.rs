@@ -210,6 +210,8 @@ pub fn start(
     };
     let engine = Engine {
         records: std::collections::HashMap::new(),
+        views: peers.iter().map(|_| round::PeerView::default()).collect(),
+        here: None,
         local,
         peers,
         config,
@@ -224,6 +226,10 @@ pub fn start(
 struct Engine {
     /// Sync records by peer box id, loaded once and saved when they change.
     records: std::collections::HashMap<String, record::Record>,
+    /// What each peer's folder looked like at its last answers (same order as `peers`).
+    views: Vec<round::PeerView>,
+    /// This box's side as last read, reused while the folder is unchanged.
+    here: Option<Arc<round::LocalState>>,
     local: Arc<LocalBox>,
     peers: Vec<(Arc<Peer>, SyncTransport)>,
     config: SyncConfig,
@@ -235,8 +241,14 @@ impl Engine {
     async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let local_change = Arc::new(Notify::new());
-        let _watcher = match watch::watch(self.local.share.root(), Arc::clone(&local_change)) {
+        let share = Arc::clone(&self.local.share);
+        let _watcher = match watch::watch(share.root(), Arc::clone(&local_change), {
+            let share = Arc::clone(&share);
+            move || share.view().changed()
+        }) {
             Ok(watcher) => {
+                // Between two rescans, what the watcher vouches for needs no new walk.
+                share.view().set_trust(Some(self.config.period));
                 self.update(|s| s.watching = true);
                 Some(watcher)
             }
@@ -254,9 +266,13 @@ impl Engine {
         let mut rescan = tokio::time::interval(self.config.period);
         loop {
             let mut announce = false;
+            let mut full = false;
             tokio::select! {
-                _ = &mut shutdown => return,
-                _ = rescan.tick() => {}
+                _ = &mut shutdown => {
+                    share.view().set_trust(None);
+                    return;
+                }
+                _ = rescan.tick() => full = true,
                 _ = self.handle.trigger.notified() => {}
                 _ = self.local.changes.notified() => {}
                 _ = local_change.notified() => {
@@ -276,7 +292,7 @@ impl Engine {
             if announce {
                 self.announce();
             }
-            self.round().await;
+            self.round(full).await;
         }
     }
 
@@ -292,11 +308,13 @@ impl Engine {
         }
     }
 
-    /// One round with every peer.
-    async fn round(&mut self) {
+    /// One round with every peer; `full` for the periodic rescan, which reads the folder
+    /// afresh whatever the watcher says.
+    async fn round(&mut self, full: bool) {
         let ignore = ignore::Ignore::load(self.local.share.root());
         crate::share::trash::prune(self.local.share.root(), self.config.trash_retention);
-        let mut here = match round::LocalState::read(&self.local, &ignore).await {
+        let previous = self.here.take();
+        let mut here = match round::LocalState::read(&self.local, &ignore, full, previous).await {
             Ok(here) => here,
             Err(e) => {
                 self.update(|s| {
@@ -308,6 +326,9 @@ impl Engine {
             }
         };
         for (index, (peer, transport)) in self.peers.iter().enumerate() {
+            let Some(view) = self.views.get_mut(index) else {
+                break;
+            };
             let outcome = round::sync_with(
                 &self.local,
                 &here,
@@ -315,6 +336,7 @@ impl Engine {
                 *transport,
                 &ignore,
                 &mut self.records,
+                view,
             )
             .await;
             let mut changed_here = false;
@@ -339,12 +361,13 @@ impl Engine {
             });
             // What we just took from one peer changes what we compare with the next.
             if changed_here {
-                match round::LocalState::read(&self.local, &ignore).await {
+                match round::LocalState::read(&self.local, &ignore, true, None).await {
                     Ok(fresh) => here = fresh,
                     Err(_) => break,
                 }
             }
         }
+        self.here = Some(here);
         self.update(|s| s.rounds += 1);
     }
 

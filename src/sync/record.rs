@@ -30,6 +30,8 @@ pub struct Record {
     pub ours: BTreeMap<RelPath, Vec<Version>>,
     /// Whether it changed since it was loaded or saved.
     dirty: bool,
+    /// Counts changes since it was loaded.
+    revision: u64,
 }
 
 /// The record as stored.
@@ -56,7 +58,13 @@ impl Record {
             entries: stored.agreed.into_iter().collect(),
             ours: stored.ours.into_iter().collect(),
             dirty: false,
+            revision: 0,
         })
+    }
+
+    /// Changes since it was loaded: equal revisions mean an unchanged record.
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// Remembers that this box held (or sent) `version` of `path` since the last agreement.
@@ -64,6 +72,7 @@ impl Record {
         let list = self.ours.entry(path.clone()).or_default();
         if !list.iter().any(|v| v.same(&version)) {
             self.dirty = true;
+            self.revision += 1;
             list.push(version);
             if list.len() > MAX_OURS {
                 list.remove(0);
@@ -85,7 +94,10 @@ impl Record {
                 }
                 None => self.entries.remove(&path).is_none(),
             };
-            self.dirty |= had_ours || !before;
+            if had_ours || !before {
+                self.dirty = true;
+                self.revision += 1;
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use super::plan::{self, Action, Sides, Version};
 use super::record::Record;
 use super::{PeerStatus, SyncTransport};
 use crate::local::{LocalBox, Served};
-use crate::peer::{Peer, PeerError};
+use crate::peer::{Listing, Peer, PeerError};
 use crate::share::filter::IndexFilter;
 use crate::share::{Entry as ShareEntry, FileHash, InstallMeta, RelPath};
 use crate::time::Timestamp;
@@ -31,21 +31,36 @@ pub struct LocalState {
     pub versions: BTreeMap<RelPath, Version>,
     /// Paths that exist but could not be read this round.
     pub unknown: BTreeSet<RelPath>,
+    /// The version of the snapshot read (equal versions: the same folder).
+    pub snapshot_version: String,
 }
 
 impl LocalState {
-    /// Reads this box's folder.
-    pub async fn read(local: &Arc<LocalBox>, ignore: &Ignore) -> Result<LocalState, String> {
-        let snapshot = local
-            .share
-            .snapshot()
-            .await
-            .map_err(|e| format!("cannot read the shared folder: {e}"))?;
+    /// Reads this box's folder: afresh when `rescan` (the periodic rescan, which catches
+    /// whatever the watcher missed), else from the latest snapshot if the watcher vouches
+    /// for it. Returns `previous` itself when the folder is still the one it describes
+    /// (the ignore rules live in the folder, so they are the same too).
+    pub async fn read(
+        local: &Arc<LocalBox>,
+        ignore: &Ignore,
+        rescan: bool,
+        previous: Option<Arc<LocalState>>,
+    ) -> Result<Arc<LocalState>, String> {
+        let snapshot = if rescan {
+            local.share.snapshot().await
+        } else {
+            local.share.recent_snapshot().await
+        }
+        .map_err(|e| format!("cannot read the shared folder: {e}"))?;
+        if let Some(previous) = previous.filter(|p| p.snapshot_version == snapshot.version) {
+            return Ok(previous);
+        }
         let mut state = LocalState {
             versions: BTreeMap::new(),
             unknown: BTreeSet::new(),
+            snapshot_version: snapshot.version.clone(),
         };
-        for (entry, hash) in snapshot {
+        for (entry, hash) in snapshot.items.iter().cloned() {
             if ignore.ignores(&entry.name) {
                 continue;
             }
@@ -58,7 +73,7 @@ impl LocalState {
                 }
             }
         }
-        Ok(state)
+        Ok(Arc::new(state))
     }
 }
 
@@ -102,6 +117,59 @@ pub struct RoundReport {
     pub changes: Vec<String>,
 }
 
+/// What a peer's folder looked like at its last answers, so that a rescan in which nothing
+/// changed moves no listing and plans nothing.
+#[derive(Debug, Default)]
+pub struct PeerView {
+    /// The peer's index and the version of its folder it describes.
+    index: Option<(String, Vec<ShareEntry>)>,
+    /// The peer's hashes and the version of its folder they describe.
+    hashes: Option<(String, Vec<FileHash>)>,
+    /// What a round that found nothing to do saw: this box's snapshot version, the peer's
+    /// index and hash versions, and the record's revision after it.
+    quiet: Option<(String, String, String, u64)>,
+}
+
+impl PeerView {
+    /// The versions to send as `unless` (empty when nothing is known yet).
+    fn versions(&self) -> (String, String) {
+        let version = |v: &Option<(String, _)>| v.as_ref().map(|(v, _)| v.clone());
+        (
+            version(&self.index).unwrap_or_default(),
+            self.hashes
+                .as_ref()
+                .map(|(v, _)| v.clone())
+                .unwrap_or_default(),
+        )
+    }
+}
+
+/// Asks the peer for its index and hashes unless they are still those in `view`.
+async fn refresh_view(peer: &Peer, view: &mut PeerView) -> Result<(), PeerError> {
+    let (index_version, hash_version) = view.versions();
+    match peer
+        .index_unless(&IndexFilter::Longlist, &index_version)
+        .await?
+    {
+        Listing::Listed { items, version } => view.index = Some((version, items)),
+        Listing::Unchanged if view.index.is_some() => {}
+        Listing::Unchanged => return Err(unexpected_unchanged(peer)),
+    }
+    match peer.hash_all_unless(&hash_version).await? {
+        Listing::Listed { items, version } => view.hashes = Some((version, items)),
+        Listing::Unchanged if view.hashes.is_some() => {}
+        Listing::Unchanged => return Err(unexpected_unchanged(peer)),
+    }
+    Ok(())
+}
+
+fn unexpected_unchanged(peer: &Peer) -> PeerError {
+    PeerError::Protocol {
+        addr: peer.addr().to_string(),
+        detail: "'unchanged' without an earlier listing".to_string(),
+    }
+}
+
 /// Runs one round against `peer`.
 pub async fn sync_with(
     local: &Arc<LocalBox>,
@@ -110,6 +178,7 @@ pub async fn sync_with(
     transport: SyncTransport,
     ignore: &Ignore,
     records: &mut HashMap<String, Record>,
+    view: &mut PeerView,
 ) -> Result<RoundReport, String> {
     // Notices from the peer are taken before its folder is read, so that the folder as read
     // is at least as new as every notice applied this round.
@@ -123,18 +192,18 @@ pub async fn sync_with(
         .into_iter()
         .map(|v| (v.name.clone(), Some(served_version(v))))
         .collect();
-    let entries = peer
-        .index(&IndexFilter::Longlist)
-        .await
-        .map_err(|e| e.to_string())?;
-    let hashes = peer.hash_all().await.map_err(|e| e.to_string())?;
+    if let Err(e) = refresh_view(peer, view).await {
+        *view = PeerView::default();
+        return Err(e.to_string());
+    }
     let peer_id = peer
         .remote_id()
         .ok_or_else(|| "the peer's box id is unknown".to_string())?;
     if peer_id == local.id {
         return Err("that address is this box itself".to_string());
     }
-    let (there, unknown_there) = remote_state(&entries, &hashes, ignore);
+    let (index_version, hash_version) = view.versions();
+    let seen = (here.snapshot_version.clone(), index_version, hash_version);
     let record = match records.entry(peer_id.clone()) {
         Entry::Occupied(cached) => cached.into_mut(),
         Entry::Vacant(slot) => slot.insert(
@@ -147,6 +216,21 @@ pub async fn sync_with(
         let name = served.name.clone();
         record.add_ours(&name, served_version(served));
     }
+    // Nothing changed on either side, nor in the record, since a round that found nothing
+    // to do: this one would find nothing either.
+    if view
+        .quiet
+        .as_ref()
+        .is_some_and(|(h, i, v, r)| (h, i, v, r) == (&seen.0, &seen.1, &seen.2, &record.revision()))
+    {
+        return Ok(RoundReport::default());
+    }
+    view.quiet = None;
+    let (entries, hashes) = match (&view.index, &view.hashes) {
+        (Some((_, entries)), Some((_, hashes))) => (entries, hashes),
+        _ => return Err("the peer's listing is missing".to_string()),
+    };
+    let (there, unknown_there) = remote_state(entries, hashes, ignore);
     let record_paths = record.entries.len();
     if here.versions.is_empty() && here.unknown.is_empty() && record_paths >= MASS_DELETE_GUARD {
         return Err(format!(
@@ -187,6 +271,10 @@ pub async fn sync_with(
     for (path, reason) in &plan.skipped {
         report.errors.push(format!("{path}: {reason}"));
     }
+    let quiet = plan.actions.is_empty()
+        && plan.conflicts.is_empty()
+        && plan.skipped.is_empty()
+        && unknown.is_empty();
     let mut agreed = plan.agreed;
     let mut actions = plan.actions.into_iter().peekable();
     while let Some(action) = actions.next() {
@@ -227,6 +315,9 @@ pub async fn sync_with(
     record
         .save()
         .map_err(|e| format!("cannot save the sync record: {e}"))?;
+    if quiet {
+        view.quiet = Some((seen.0, seen.1, seen.2, record.revision()));
+    }
     Ok(report)
 }
 

@@ -9,17 +9,31 @@ use tokio::sync::Notify;
 
 use crate::share::STATE_DIR;
 
-/// Starts watching `root` recursively; `changed` is signalled for every change outside the
-/// box's state folder. Keep the returned watcher alive for as long as watching should go
-/// on. Fails when the platform refuses (inotify limits, say).
-pub fn watch(root: &Path, changed: Arc<Notify>) -> notify::Result<RecommendedWatcher> {
+/// Starts watching `root` recursively; `changed` is signalled and `on_change` called for
+/// every change outside the box's state folder (`on_change` also for every error of the
+/// watcher, which may have lost events). Keep the returned watcher alive for as long as
+/// watching should go on. Fails when the platform refuses (inotify limits, say).
+pub fn watch(
+    root: &Path,
+    changed: Arc<Notify>,
+    on_change: impl Fn() + Send + 'static,
+) -> notify::Result<RecommendedWatcher> {
     let state = root.join(STATE_DIR);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
+        let Ok(event) = event else {
+            on_change();
+            return;
+        };
+        if event.need_rescan() {
+            on_change();
+            changed.notify_one();
+            return;
+        }
         if event.kind.is_access() {
             return;
         }
         if event.paths.iter().any(|path| !path.starts_with(&state)) {
+            on_change();
             changed.notify_one();
         }
     })?;

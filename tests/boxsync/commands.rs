@@ -378,3 +378,59 @@ async fn large_listing_spans_batches() {
     let entries = b.peer_for(&me).index(&IndexFilter::Longlist).await.unwrap();
     assert_eq!(entries.len(), 3001);
 }
+
+/// A conditional listing (what sync sends every rescan) answers `unchanged` while the
+/// folder is the same, for the index and the hashes alike, and a new listing with a new
+/// version as soon as anything changed; such routine requests stay out of the request log.
+#[tokio::test(flavor = "multi_thread")]
+async fn conditional_listings_answer_unchanged_until_something_changes() {
+    use boxsync::peer::Listing;
+    let b = sample_box().await;
+    let (_t, me) = TestBox::client();
+    let peer = b.peer_for(&me);
+    let Listing::Listed { items, version } =
+        peer.index_unless(&IndexFilter::Longlist, "").await.unwrap()
+    else {
+        panic!("a first conditional index must list");
+    };
+    assert_eq!(items.len(), 10);
+    assert!(matches!(
+        peer.index_unless(&IndexFilter::Longlist, &version)
+            .await
+            .unwrap(),
+        Listing::Unchanged
+    ));
+    assert!(matches!(
+        peer.hash_all_unless(&version).await.unwrap(),
+        Listing::Unchanged
+    ));
+    b.write("docs/new.txt", b"new\n");
+    let Listing::Listed {
+        items: hashes,
+        version: changed,
+    } = peer.hash_all_unless(&version).await.unwrap()
+    else {
+        panic!("a changed folder must be listed again");
+    };
+    assert_ne!(changed, version);
+    assert!(hashes.iter().any(|h| h.name == rel("docs/new.txt")));
+    let Listing::Listed { items, .. } = peer
+        .index_unless(&IndexFilter::Longlist, &version)
+        .await
+        .unwrap()
+    else {
+        panic!("a changed folder must be listed again");
+    };
+    assert!(items.iter().any(|e| e.name == rel("docs/new.txt")));
+    assert!(matches!(
+        peer.index_unless(&IndexFilter::Longlist, &changed)
+            .await
+            .unwrap(),
+        Listing::Unchanged
+    ));
+    let logged = me.history.records().unwrap();
+    assert!(
+        logged.is_empty(),
+        "routine requests were logged: {logged:?}"
+    );
+}
