@@ -446,7 +446,10 @@ impl Peer {
         landing: &Landing,
         progress: Progress<'_>,
     ) -> Result<Downloaded, PeerError> {
-        let request = Request::Download { name: name.clone() };
+        let request = Request::Download {
+            name: name.clone(),
+            sha256_only: !landing.with_md5,
+        };
         let share = Arc::clone(&self.local.share);
         exchange!(self, &request, |connection, _addr| {
             tcp::receive_file(connection, &share, name, landing, &mut *progress)
@@ -481,6 +484,7 @@ impl Peer {
         let request = Request::DownloadUdp {
             name: name.clone(),
             max_rate,
+            sha256_only: !landing.with_md5,
         };
         let share = Arc::clone(&self.local.share);
         let result = exchange!(self, &request, |connection, addr| {

@@ -335,16 +335,24 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             }
             Err(e) => report(connection, &e).await,
         },
-        Request::Download { name } => {
-            let outcome = tcp::send_file(connection, share, &name).await?;
+        Request::Download { name, sha256_only } => {
+            let outcome = tcp::send_file(connection, share, &name, !sha256_only).await?;
             share.persist_cache();
             Ok(outcome
                 .map(|served| local.note_served(peer_id, served))
                 .map_err(|e| e.to_string()))
         }
-        Request::DownloadUdp { name, max_rate } => {
+        Request::DownloadUdp {
+            name,
+            max_rate,
+            sha256_only,
+        } => {
+            let wanted = udp::serve::Wanted {
+                max_rate,
+                with_md5: !sha256_only,
+            };
             let outcome =
-                udp::serve::serve_download(connection, share, hub, &name, max_rate, client_ip)
+                udp::serve::serve_download(connection, share, hub, &name, wanted, client_ip)
                     .await?;
             Ok(outcome.map(|served| local.note_served(peer_id, served)))
         }

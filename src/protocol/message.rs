@@ -66,6 +66,9 @@ pub enum Request {
     Download {
         /// The file.
         name: RelPath,
+        /// Leave MD5 out of the digests (sync verifies SHA-256 alone; MD5 is slower).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        sha256_only: bool,
     },
     /// Negotiates a UDP download of one file (answered by `udp_ready`).
     DownloadUdp {
@@ -74,6 +77,9 @@ pub enum Request {
         /// The client's cap on the sending rate, bytes per second.
         #[serde(default)]
         max_rate: Option<u64>,
+        /// As for [`Request::Download`].
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        sha256_only: bool,
     },
     /// "My folder changed": the receiver's sync should pull from the sender soon (answered
     /// by `ack`).
@@ -121,7 +127,7 @@ impl Request {
             Request::Index { filter, .. } => format!("index {}", filter.describe()),
             Request::HashVerify { name } => format!("hash verify {name}"),
             Request::HashCheckall { .. } => "hash checkall".to_string(),
-            Request::Download { name } => format!("download tcp {name}"),
+            Request::Download { name, .. } => format!("download tcp {name}"),
             Request::DownloadUdp { name, .. } => format!("download udp {name}"),
             Request::UdpFinish { session } => format!("udp finish {session}"),
             Request::Changed => "changed".to_string(),

@@ -26,8 +26,10 @@ const READ_CHUNK: usize = 256 * 1024;
 /// The two digests of one content, as lowercase hex.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Digests {
-    /// MD5, what the original assignment displays.
-    pub md5: String,
+    /// MD5, what the original assignment displays; computed only when someone asks for it
+    /// (sync needs SHA-256 alone, and MD5 is the slower of the two).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
     /// SHA-256, what every integrity check compares.
     pub sha256: String,
 }
@@ -37,8 +39,9 @@ pub struct Digests {
 pub struct FileHash {
     /// Path relative to the shared folder.
     pub name: RelPath,
-    /// MD5 of the content, hex.
-    pub md5: String,
+    /// MD5 of the content, hex; absent from answers that did not ask for it (sync's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
     /// SHA-256 of the content, hex.
     pub sha256: String,
     /// Last-modified time of the hashed version.
@@ -48,29 +51,34 @@ pub struct FileHash {
     pub size: u64,
 }
 
-/// Computes MD5 and SHA-256 in one pass over a stream of bytes.
+/// Computes SHA-256, and MD5 when asked, in one pass over a stream of bytes.
 #[derive(Default, Clone)]
 pub struct ContentHasher {
-    md5: Md5,
+    md5: Option<Md5>,
     sha256: Sha256,
 }
 
 impl ContentHasher {
-    /// A hasher that has seen nothing yet.
-    pub fn new() -> ContentHasher {
-        ContentHasher::default()
+    /// A hasher that has seen nothing yet; `with_md5` adds MD5 to SHA-256.
+    pub fn new(with_md5: bool) -> ContentHasher {
+        ContentHasher {
+            md5: with_md5.then(Md5::new),
+            sha256: Sha256::new(),
+        }
     }
 
     /// Feeds the next bytes.
     pub fn update(&mut self, bytes: &[u8]) {
-        self.md5.update(bytes);
+        if let Some(md5) = &mut self.md5 {
+            md5.update(bytes);
+        }
         self.sha256.update(bytes);
     }
 
     /// The digests of everything fed so far.
     pub fn finish(self) -> Digests {
         Digests {
-            md5: to_hex(&self.md5.finalize()),
+            md5: self.md5.map(|md5| to_hex(&md5.finalize())),
             sha256: to_hex(&self.sha256.finalize()),
         }
     }
@@ -168,6 +176,49 @@ pub struct HashCache {
     /// Serializes saves, which share one temporary file name, and remembers when the last
     /// one happened.
     saving: Mutex<Option<std::time::Instant>>,
+    /// Paths being hashed right now.
+    in_flight: InFlight,
+}
+
+/// The paths being hashed, so that a second reader of the same file waits for the first
+/// instead of reading a gigabyte twice. A std `Mutex`: never held across `.await`.
+#[derive(Default)]
+struct InFlight {
+    paths: Mutex<std::collections::HashSet<RelPath>>,
+    done: std::sync::Condvar,
+}
+
+/// A claim on hashing one path, released when dropped.
+struct Claim<'a> {
+    in_flight: &'a InFlight,
+    rel: RelPath,
+}
+
+impl InFlight {
+    /// Waits until nobody else hashes `rel`, then claims it.
+    fn claim(&self, rel: &RelPath) -> Claim<'_> {
+        let mut paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
+        while paths.contains(rel) {
+            paths = self.done.wait(paths).unwrap_or_else(|e| e.into_inner());
+        }
+        paths.insert(rel.clone());
+        Claim {
+            in_flight: self,
+            rel: rel.clone(),
+        }
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut paths = self
+            .in_flight
+            .paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        paths.remove(&self.rel);
+        self.in_flight.done.notify_all();
+    }
 }
 
 /// Shortest interval between two routine saves: a busy box (sync installing thousands of
@@ -188,6 +239,7 @@ impl HashCache {
             dirty: AtomicBool::new(false),
             bytes_hashed: AtomicU64::new(0),
             saving: Mutex::new(None),
+            in_flight: InFlight::default(),
         }
     }
 
@@ -196,18 +248,33 @@ impl HashCache {
         self.bytes_hashed.load(Ordering::Relaxed)
     }
 
-    /// The cached digests of `rel`, if its current fingerprint matches.
-    pub fn lookup(&self, rel: &RelPath, fingerprint: &Fingerprint) -> Option<Digests> {
+    /// The cached digests of `rel`, if its current fingerprint matches and they include
+    /// MD5 when `with_md5`.
+    pub fn lookup(
+        &self,
+        rel: &RelPath,
+        fingerprint: &Fingerprint,
+        with_md5: bool,
+    ) -> Option<Digests> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
             .get(rel)
             .filter(|cached| &cached.fingerprint == fingerprint)
+            .filter(|cached| !with_md5 || cached.digests.md5.is_some())
             .map(|cached| cached.digests.clone())
     }
 
-    /// Remembers the digests of the version of `rel` with this fingerprint.
-    pub fn insert(&self, rel: &RelPath, fingerprint: Fingerprint, digests: Digests) {
+    /// Remembers the digests of the version of `rel` with this fingerprint (keeping an MD5
+    /// already known for it when `digests` come without one).
+    pub fn insert(&self, rel: &RelPath, fingerprint: Fingerprint, mut digests: Digests) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if digests.md5.is_none()
+            && let Some(known) = entries
+                .get(rel)
+                .filter(|c| c.fingerprint == fingerprint && c.digests.sha256 == digests.sha256)
+        {
+            digests.md5 = known.digests.md5.clone();
+        }
         entries.insert(
             rel.clone(),
             CachedHash {
@@ -265,25 +332,40 @@ impl HashCache {
         Ok(())
     }
 
-    /// The hashes of `rel`, from the cache or by reading the file once it holds still.
+    /// The hashes of `rel` (with MD5 when `with_md5`), from the cache or by reading the
+    /// file once it holds still.
     ///
     /// A file that changes while it is read (seen by comparing its fingerprint before and
     /// after) is read again, up to a few times; then the caller gets `ShareError::Unstable`.
-    pub fn hash_file(&self, root: &Path, rel: &RelPath) -> Result<FileHash, ShareError> {
+    /// Two threads never hash the same path at once: the second waits for the first and
+    /// takes its answer from the cache.
+    pub fn hash_file(
+        &self,
+        root: &Path,
+        rel: &RelPath,
+        with_md5: bool,
+    ) -> Result<FileHash, ShareError> {
         for _ in 0..STABLE_ATTEMPTS {
             let (mut file, meta) = folder::open_regular(root, rel)?;
             let fingerprint = Fingerprint::of(&meta);
             let mtime = folder::modified(&meta);
-            let digests = match self.lookup(rel, &fingerprint) {
+            let digests = match self.lookup(rel, &fingerprint, with_md5) {
                 Some(digests) => digests,
                 None => {
-                    let digests = self.hash_stream(&mut file, rel, root)?;
-                    let after = folder::stat(root, rel)?;
-                    if after.as_ref().map(Fingerprint::of) != Some(fingerprint) {
-                        continue;
+                    let _hashing = self.in_flight.claim(rel);
+                    // Whoever hashed it meanwhile left the answer in the cache.
+                    match self.lookup(rel, &fingerprint, with_md5) {
+                        Some(digests) => digests,
+                        None => {
+                            let digests = self.hash_stream(&mut file, rel, root, with_md5)?;
+                            let after = folder::stat(root, rel)?;
+                            if after.as_ref().map(Fingerprint::of) != Some(fingerprint) {
+                                continue;
+                            }
+                            self.insert(rel, fingerprint, digests.clone());
+                            digests
+                        }
                     }
-                    self.insert(rel, fingerprint, digests.clone());
-                    digests
                 }
             };
             return Ok(FileHash {
@@ -302,8 +384,9 @@ impl HashCache {
         file: &mut fs::File,
         rel: &RelPath,
         root: &Path,
+        with_md5: bool,
     ) -> Result<Digests, ShareError> {
-        let mut hasher = ContentHasher::new();
+        let mut hasher = ContentHasher::new(with_md5);
         let mut buffer = vec![0u8; READ_CHUNK];
         loop {
             let n = match file.read(&mut buffer) {
@@ -323,14 +406,39 @@ impl HashCache {
 mod tests {
     use super::*;
 
+    /// Two readers asking for the hash of the same big file at once (sync's own rescan and
+    /// a peer's listing) read it once between them.
+    #[test]
+    fn one_file_is_hashed_once_by_concurrent_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = vec![7u8; 32 << 20];
+        fs::write(dir.path().join("big.bin"), &content).unwrap();
+        let cache = HashCache::load(dir.path().join("cache.json"));
+        let rel = RelPath::parse("big.bin").unwrap();
+        let start = std::sync::Barrier::new(2);
+        let hashes: Vec<FileHash> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..2)
+                .map(|_| {
+                    scope.spawn(|| {
+                        start.wait();
+                        cache.hash_file(dir.path(), &rel, false).unwrap()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        assert_eq!(hashes[0], hashes[1]);
+        assert_eq!(cache.bytes_hashed(), content.len() as u64);
+    }
+
     /// Known-answer test: the digests of "abc" from RFC 1321 and FIPS 180-2.
     #[test]
     fn digests_of_abc() {
-        let mut h = ContentHasher::new();
+        let mut h = ContentHasher::new(true);
         h.update(b"a");
         h.update(b"bc");
         let d = h.finish();
-        assert_eq!(d.md5, "900150983cd24fb0d6963f7d28e17f72");
+        assert_eq!(d.md5.as_deref(), Some("900150983cd24fb0d6963f7d28e17f72"));
         assert_eq!(
             d.sha256,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

@@ -145,7 +145,7 @@ impl Share {
         let _guard = self.locks.read(rel).await;
         let share = Arc::clone(self);
         let rel = rel.clone();
-        let result = blocking(move || share.cache.hash_file(&share.root, &rel)).await;
+        let result = blocking(move || share.cache.hash_file(&share.root, &rel, true)).await;
         self.persist_cache();
         result
     }
@@ -165,7 +165,7 @@ impl Share {
             Ok(entries
                 .iter()
                 .filter(|(entry, _)| !entry.is_dir())
-                .filter_map(|(entry, fingerprint)| share.cached_or_hashed(entry, fingerprint))
+                .filter_map(|(entry, fingerprint)| share.cached_or_hashed(entry, fingerprint, true))
                 .collect())
         })
         .await;
@@ -175,8 +175,13 @@ impl Share {
 
     /// The hashes of a listed file: from the cache when its fingerprint (from the listing)
     /// matches, which touches nothing on disk; otherwise by reading it once it holds still.
-    fn cached_or_hashed(&self, entry: &Entry, fingerprint: &Fingerprint) -> Option<FileHash> {
-        match self.cache.lookup(&entry.name, fingerprint) {
+    fn cached_or_hashed(
+        &self,
+        entry: &Entry,
+        fingerprint: &Fingerprint,
+        with_md5: bool,
+    ) -> Option<FileHash> {
+        match self.cache.lookup(&entry.name, fingerprint, with_md5) {
             Some(digests) => Some(FileHash {
                 name: entry.name.clone(),
                 md5: digests.md5,
@@ -184,7 +189,7 @@ impl Share {
                 mtime: entry.mtime,
                 size: entry.size,
             }),
-            None => self.cache.hash_file(&self.root, &entry.name).ok(),
+            None => self.cache.hash_file(&self.root, &entry.name, with_md5).ok(),
         }
     }
 
@@ -207,7 +212,8 @@ impl Share {
                     let hash = if entry.is_dir() {
                         None
                     } else {
-                        share.cached_or_hashed(&entry, &fingerprint)
+                        // Sync compares SHA-256 alone; MD5 waits until a person asks.
+                        share.cached_or_hashed(&entry, &fingerprint, false)
                     };
                     (entry, hash)
                 })

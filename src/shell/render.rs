@@ -212,7 +212,7 @@ fn outcome_human(outcome: &Outcome, layout: Layout) -> String {
                     d.name.to_string(),
                     human_size(d.size),
                     d.mtime.to_local_string(),
-                    d.md5.clone(),
+                    d.md5.clone().unwrap_or_else(|| "-".to_string()),
                 ]],
             ));
             if let Some(resent) = d.resent {
@@ -373,7 +373,7 @@ fn hash_table(hashes: &[FileHash], layout: Layout) -> String {
             .map(|h| {
                 vec![
                     h.name.to_string(),
-                    h.md5.clone(),
+                    h.md5.clone().unwrap_or_else(|| "-".to_string()),
                     h.sha256.clone(),
                     h.mtime.to_local_string(),
                 ]

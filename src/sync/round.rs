@@ -387,6 +387,7 @@ async fn apply(
             let landing = Landing {
                 name: name.clone(),
                 expect: expect.clone(),
+                with_md5: false,
             };
             let mut progress = |_: u64, _: u64| {};
             let downloaded = match transport {

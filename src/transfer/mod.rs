@@ -25,6 +25,9 @@ pub struct Landing {
     pub name: RelPath,
     /// What must be at that name for the download to replace it.
     pub expect: Expect,
+    /// Whether the MD5 is wanted too (a person sees it; sync needs SHA-256 alone, and a
+    /// cold MD5 would slow the sender down).
+    pub with_md5: bool,
 }
 
 impl Landing {
@@ -33,6 +36,7 @@ impl Landing {
         Landing {
             name: name.clone(),
             expect: Expect::Anything,
+            with_md5: true,
         }
     }
 }
@@ -59,8 +63,8 @@ pub struct Downloaded {
     /// Permission bits, as on the peer.
     #[serde(skip)]
     pub mode: u32,
-    /// MD5 of the content, hex.
-    pub md5: String,
+    /// MD5 of the content, hex (when it was asked for).
+    pub md5: Option<String>,
     /// SHA-256 of the content, hex (verified end to end).
     pub sha256: String,
     /// How it travelled.

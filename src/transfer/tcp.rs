@@ -43,6 +43,7 @@ pub async fn send_file<S: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
     share: &Arc<Share>,
     rel: &RelPath,
+    with_md5: bool,
 ) -> Result<Result<Served, ShareError>, ConnectionError> {
     let _guard = share.locks().read(rel).await;
     let opened = {
@@ -51,7 +52,7 @@ pub async fn send_file<S: AsyncRead + AsyncWrite + Unpin>(
         tokio::task::spawn_blocking(move || {
             let (file, meta) = folder::open_regular(share.root(), &rel)?;
             let fingerprint = Fingerprint::of(&meta);
-            let cached = share.hash_cache().lookup(&rel, &fingerprint);
+            let cached = share.hash_cache().lookup(&rel, &fingerprint, with_md5);
             Ok::<_, ShareError>((file, meta, fingerprint, cached))
         })
         .await
@@ -81,7 +82,8 @@ pub async fn send_file<S: AsyncRead + AsyncWrite + Unpin>(
         let share = Arc::clone(share);
         let rel = rel.clone();
         tokio::task::spawn_blocking(move || {
-            read_stable(file, size, cached, chunks_tx, &share, &rel, fingerprint)
+            let digests = Planned { cached, with_md5 };
+            read_stable(file, size, digests, chunks_tx, &share, &rel, fingerprint)
         })
     };
     while let Some(chunk) = chunks.recv().await {
@@ -111,18 +113,27 @@ pub async fn send_file<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// The digests a send ends with: known from the cache, or computed while sending.
+struct Planned {
+    /// From the cache, when its entry matches (with MD5 if wanted).
+    cached: Option<Digests>,
+    /// Whether MD5 is wanted.
+    with_md5: bool,
+}
+
 /// Reads exactly `size` bytes into the channel, hashing them unless the digests are known,
 /// and checks afterwards that the file still has the fingerprint it had when opened.
 fn read_stable(
     mut file: File,
     size: u64,
-    cached: Option<Digests>,
+    digests: Planned,
     chunks: mpsc::Sender<Bytes>,
     share: &Share,
     rel: &RelPath,
     fingerprint: Fingerprint,
 ) -> Result<Digests, ShareError> {
-    let hasher = cached.is_none().then(|| BackgroundHasher::new(true));
+    let Planned { cached, with_md5 } = digests;
+    let hasher = cached.is_none().then(|| BackgroundHasher::new(with_md5));
     let mut remaining = size;
     while remaining > 0 {
         let want = remaining.min(CHUNK as u64) as usize;
@@ -158,10 +169,7 @@ fn read_stable(
         (Some(digests), _) => Ok(digests),
         (None, Some(hasher)) => {
             let (md5, sha256) = hasher.finish();
-            let digests = Digests {
-                md5: md5.unwrap_or_default(),
-                sha256,
-            };
+            let digests = Digests { md5, sha256 };
             share.hash_cache().insert(rel, fingerprint, digests.clone());
             Ok(digests)
         }
@@ -210,7 +218,10 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Downloaded, TransferError> {
     let started = Instant::now();
     connection
-        .write_message(&Request::Download { name: rel.clone() })
+        .write_message(&Request::Download {
+            name: rel.clone(),
+            sha256_only: !landing.with_md5,
+        })
         .await?;
     let (size, mtime, mode) = match connection.expect_message::<Response>().await? {
         Response::FileStart {

@@ -188,13 +188,18 @@ async fn hashes_match_coreutils() {
     ] {
         let hash = peer.hash(&rel(name)).await.unwrap();
         let (md5, sha256) = coreutils_hashes(&b.root().join(name));
-        assert_eq!((hash.md5, hash.sha256), (md5, sha256), "{name}");
+        assert_eq!((hash.md5, hash.sha256), (Some(md5), sha256), "{name}");
     }
     let all = peer.hash_all().await.unwrap();
     assert_eq!(all.len(), 7, "every file, no directory");
     for hash in all {
         let (md5, sha256) = coreutils_hashes(&b.root().join(hash.name.as_str()));
-        assert_eq!((hash.md5, hash.sha256), (md5, sha256), "{}", hash.name);
+        assert_eq!(
+            (hash.md5, hash.sha256),
+            (Some(md5), sha256),
+            "{}",
+            hash.name
+        );
     }
 }
 
@@ -262,7 +267,7 @@ async fn download_keeps_content_mtime_and_mode() {
     assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
     assert_eq!(last, (content.len() as u64, content.len() as u64));
     let (md5, sha256) = coreutils_hashes(&local);
-    assert_eq!((done.md5, done.sha256), (md5, sha256));
+    assert_eq!((done.md5, done.sha256), (Some(md5), sha256));
     assert_eq!(done.path, local);
     assert!(files_under(&me.share.state_dir().join("tmp")).is_empty());
 }
@@ -433,4 +438,28 @@ async fn conditional_listings_answer_unchanged_until_something_changes() {
         logged.is_empty(),
         "routine requests were logged: {logged:?}"
     );
+}
+
+/// Sync's listings leave MD5 out (it is the slower digest and sync compares SHA-256), yet a
+/// person's `hash checkall` afterwards still shows the right MD5 for every file.
+#[tokio::test(flavor = "multi_thread")]
+async fn md5_is_computed_when_a_person_asks() {
+    use boxsync::peer::Listing;
+    let b = sample_box().await;
+    let (_t, me) = TestBox::client();
+    let peer = b.peer_for(&me);
+    let Listing::Listed { items, .. } = peer.hash_all_unless("").await.unwrap() else {
+        panic!("a first conditional checkall must list");
+    };
+    assert!(!items.is_empty());
+    assert!(items.iter().all(|h| h.md5.is_none()), "{items:?}");
+    for hash in peer.hash_all().await.unwrap() {
+        let (md5, sha256) = coreutils_hashes(&hash.name.under(&b.root()));
+        assert_eq!(
+            (hash.md5, hash.sha256),
+            (Some(md5), sha256),
+            "{}",
+            hash.name
+        );
+    }
 }

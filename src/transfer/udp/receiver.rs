@@ -63,6 +63,7 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
         .write_message(&Request::DownloadUdp {
             name: rel.clone(),
             max_rate,
+            sha256_only: !landing.with_md5,
         })
         .await
         .map_err(TransferError::from)?;

@@ -17,6 +17,15 @@ use crate::share::folder::{self, Fingerprint};
 use crate::share::{RelPath, Share, ShareError};
 use crate::transfer::tcp::error_response;
 
+/// What the client asked of a UDP download beyond the file.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted {
+    /// The client's cap on the sending rate, bytes per second.
+    pub max_rate: Option<u64>,
+    /// Whether the digests include MD5.
+    pub with_md5: bool,
+}
+
 /// Serves one UDP download. The outer `Err` means the TCP connection failed; the inner
 /// result is the request's outcome, for the log.
 pub async fn serve_download<S: AsyncRead + AsyncWrite + Unpin>(
@@ -24,15 +33,16 @@ pub async fn serve_download<S: AsyncRead + AsyncWrite + Unpin>(
     share: &Arc<Share>,
     hub: &Arc<UdpHub>,
     rel: &RelPath,
-    max_rate: Option<u64>,
+    wanted: Wanted,
     client_ip: IpAddr,
 ) -> Result<Result<Served, String>, ConnectionError> {
+    let Wanted { max_rate, with_md5 } = wanted;
     let _guard = share.locks().read(rel).await;
     let prepared = {
         let share = Arc::clone(share);
         let rel = rel.clone();
         tokio::task::spawn_blocking(move || {
-            let hash = share.hash_cache().hash_file(share.root(), &rel)?;
+            let hash = share.hash_cache().hash_file(share.root(), &rel, with_md5)?;
             let (file, meta) = folder::open_regular(share.root(), &rel)?;
             if meta.len() != hash.size || folder::modified(&meta) != hash.mtime {
                 return Err(ShareError::Changed(rel.clone()));
