@@ -279,7 +279,7 @@ impl Share {
         let share = Arc::clone(self);
         let rel = rel.clone();
         let expect = expect.clone();
-        blocking(move || {
+        self.changing(move || {
             let trashed = install::install(&share.root, &tmp, &rel, meta, &expect);
             if trashed.is_err() {
                 let _ = fs::remove_file(&tmp);
@@ -306,7 +306,7 @@ impl Share {
         let _guard = self.locks.write(rel).await;
         let share = Arc::clone(self);
         let (rel, expect) = (rel.clone(), expect.clone());
-        blocking(move || {
+        self.changing(move || {
             install::check(&share.root, &rel, &expect)?;
             folder::check_ancestors(&share.root, &rel)?;
             trash::move_to_trash(&share.root, &rel)
@@ -318,7 +318,7 @@ impl Share {
     pub async fn remove_empty_dir(self: &Arc<Self>, rel: &RelPath) -> Result<bool, ShareError> {
         let share = Arc::clone(self);
         let rel = rel.clone();
-        blocking(move || {
+        self.changing(move || {
             match folder::stat(&share.root, &rel)? {
                 Some(meta) if meta.is_dir() => {}
                 _ => return Ok(false),
@@ -337,7 +337,7 @@ impl Share {
     pub async fn create_dir(self: &Arc<Self>, rel: &RelPath) -> Result<(), ShareError> {
         let share = Arc::clone(self);
         let rel = rel.clone();
-        blocking(move || {
+        self.changing(move || {
             install::create_parents(&share.root, &rel)?;
             match fs::create_dir(rel.under(&share.root)) {
                 Ok(()) => Ok(()),
@@ -365,7 +365,7 @@ impl Share {
         let _to_guard = self.locks.write(to).await;
         let share = Arc::clone(self);
         let (from, to, expect) = (from.clone(), to.clone(), expect.clone());
-        blocking(move || {
+        self.changing(move || {
             install::check(&share.root, &from, &expect)?;
             install::check(&share.root, &to, &Expect::Absent)?;
             install::create_parents(&share.root, &to)?;
@@ -386,7 +386,7 @@ impl Share {
         let _guard = self.locks.write(rel).await;
         let share = Arc::clone(self);
         let (rel, expect) = (rel.clone(), expect.clone());
-        blocking(move || {
+        self.changing(move || {
             install::check(&share.root, &rel, &expect)?;
             let path = rel.under(&share.root);
             let file = fs::File::options()
@@ -402,6 +402,20 @@ impl Share {
                 .map_err(|e| ShareError::io(&path, e))
         })
         .await
+    }
+}
+
+impl Share {
+    /// Runs blocking work that changes the folder, then marks the latest snapshot stale at
+    /// once: a notice sent after the change (`installed`) must never meet an answer from a
+    /// snapshot older than the change, whenever the watcher gets to report it.
+    async fn changing<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, ShareError> + Send + 'static,
+    ) -> Result<T, ShareError> {
+        let result = blocking(work).await;
+        self.view.changed();
+        result
     }
 }
 
