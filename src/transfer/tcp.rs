@@ -334,7 +334,7 @@ fn write_and_hash(
 
 /// Asks the kernel to start writing a range to disk without waiting for it (Linux's
 /// `sync_file_range(SYNC_FILE_RANGE_WRITE)`); purely a performance hint.
-fn start_write_back(file: &File, offset: u64, len: u64) {
+pub(super) fn start_write_back(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     // SAFETY: the descriptor is open for the duration of the call; the call only reads
     // its integer arguments and has no memory-safety preconditions.
