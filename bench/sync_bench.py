@@ -8,6 +8,7 @@
 3. the CPU an idle pair of boxes with 10,000 files uses per minute.
 
     python3 bench/sync_bench.py [--files 10000] [--big-mib 1024] [--samples 20] [--idle 60]
+                                [--parts latency,small,big,idle] [--bin PATH]
 
 Needs rsync (apt-get install rsync) and builds boxsync in release mode.
 """
@@ -137,76 +138,97 @@ def main():
     ap.add_argument("--big-mib", type=int, default=1024)
     ap.add_argument("--samples", type=int, default=20)
     ap.add_argument("--idle", type=int, default=60)
+    ap.add_argument("--bin", type=Path, default=None,
+                    help="boxsync binary to measure instead of building target/release/boxsync")
+    ap.add_argument("--parts", default="latency,small,big,idle",
+                    help="comma-separated subset of latency,small,big,idle to run (default: all)")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
+    unknown = parts - {"latency", "small", "big", "idle"}
+    if unknown:
+        sys.exit(f"bench: unknown part(s): {', '.join(sorted(unknown))}")
     if shutil.which("rsync") is None:
         sys.exit("bench: rsync is missing: apt-get install rsync")
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    global BIN
+    if args.bin is None:
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    else:
+        BIN = args.bin.resolve()
+    if "idle" in parts and "small" not in parts:
+        sys.exit("bench: the idle part measures the pair synced by the small part; add small")
     work = Path(tempfile.mkdtemp(prefix="boxsync-syncbench-"))
+    lines = [f"machine: {os.cpu_count()} cores; loopback; rescan period 10 s"]
     try:
-        # 1. Latency.
-        a_dir, b_dir = work / "lat-a", work / "lat-b"
-        a_dir.mkdir(); b_dir.mkdir()
-        pa, pb = free_port(), free_port()
-        a, b = start_box(a_dir, pa, pb), start_box(b_dir, pb, pa)
-        time.sleep(1)  # let both finish their first (empty) round
-        latencies = []
-        for i in range(args.samples):
-            content = os.urandom(4096)
-            t0 = time.monotonic()
-            (a_dir / f"sample{i}.bin").write_bytes(content)
-            target = b_dir / f"sample{i}.bin"
-            ok = wait_until(lambda: target.exists() and target.read_bytes() == content, 30, 0.002)
-            if not ok:
-                sys.exit(f"latency sample {i} never arrived")
-            latencies.append(time.monotonic() - t0)
-            time.sleep(0.5)
-        stop(a, b)
-        latencies.sort()
-        median = statistics.median(latencies)
-        p90 = latencies[int(len(latencies) * 0.9) - 1]
-
-        # 2. Initial sync: many small files, then one big file; rsync in the same run.
-        small = work / "small"
-        make_small_tree(small, args.files)
-        small_bytes = sum(f.stat().st_size for f in small.rglob("*") if f.is_file())
-        rsd, rport = rsync_daemon(small)
-        rsync_small = timed_rsync(rport, work / "rsync-small")
-        stop(rsd)
-        box_small = initial_sync(small, work, "small", args.files, small_bytes)
-
-        big = work / "big"
-        big.mkdir()
-        with open(big / "big.bin", "wb") as f:
-            for _ in range(args.big_mib):
-                f.write(os.urandom(1 << 20))
-        rsd, rport = rsync_daemon(big)
-        rsync_big = timed_rsync(rport, work / "rsync-big")
-        stop(rsd)
-        box_big = initial_sync(big, work, "big", 1, args.big_mib << 20)
-
-        # 3. Idle CPU of a synced pair with the small tree.
-        dest = work / "dest-small"
-        pa, pb = free_port(), free_port()
-        a, b = start_box(small, pa, pb), start_box(dest, pb, pa)
-        time.sleep(15)  # first rounds: caches warm, records written
-        c0 = cpu_seconds(a.pid) + cpu_seconds(b.pid)
-        time.sleep(args.idle)
-        c1 = cpu_seconds(a.pid) + cpu_seconds(b.pid)
-        stop(a, b)
-        idle_share = (c1 - c0) / args.idle / 2 * 100  # per box, % of one core
-
-        print(f"machine: {os.cpu_count()} cores; loopback; rescan period 10 s")
-        print(f"1. sync latency, {args.samples} samples of 4 KiB: median {median*1000:.0f} ms, "
-              f"p90 {p90*1000:.0f} ms, max {latencies[-1]*1000:.0f} ms   (target: median < 1 s)")
-        print(f"2. initial sync of {args.files} small files ({small_bytes/1e6:.1f} MB): "
-              f"boxsync {box_small:.2f} s, rsync -a {rsync_small:.2f} s, "
-              f"ratio rsync/boxsync {rsync_small/box_small:.2f}   (target >= 1.0)")
-        print(f"   initial sync of one {args.big_mib} MiB file: boxsync {box_big:.2f} s, "
-              f"rsync -a {rsync_big:.2f} s, ratio rsync/boxsync {rsync_big/box_big:.2f}   (target >= 1.0)")
-        print(f"3. idle pair with {args.files} files: {(c1-c0):.2f} CPU s in {args.idle} s for two boxes = "
-              f"{idle_share:.2f}% of one core per box   (target < 1%)")
+        if "latency" in parts:
+            lines.append(measure_latency(work, args.samples))
+        if "small" in parts:
+            small = work / "small"
+            make_small_tree(small, args.files)
+            small_bytes = sum(f.stat().st_size for f in small.rglob("*") if f.is_file())
+            rsd, rport = rsync_daemon(small)
+            rsync_small = timed_rsync(rport, work / "rsync-small")
+            stop(rsd)
+            box_small = initial_sync(small, work, "small", args.files, small_bytes)
+            lines.append(f"2. initial sync of {args.files} small files ({small_bytes/1e6:.1f} MB): "
+                         f"boxsync {box_small:.2f} s, rsync -a {rsync_small:.2f} s, "
+                         f"ratio rsync/boxsync {rsync_small/box_small:.2f}   (target >= 1.0)")
+        if "big" in parts:
+            big = work / "big"
+            big.mkdir()
+            with open(big / "big.bin", "wb") as f:
+                for _ in range(args.big_mib):
+                    f.write(os.urandom(1 << 20))
+            rsd, rport = rsync_daemon(big)
+            rsync_big = timed_rsync(rport, work / "rsync-big")
+            stop(rsd)
+            box_big = initial_sync(big, work, "big", 1, args.big_mib << 20)
+            lines.append(f"   initial sync of one {args.big_mib} MiB file: boxsync {box_big:.2f} s, "
+                         f"rsync -a {rsync_big:.2f} s, ratio rsync/boxsync {rsync_big/box_big:.2f}   (target >= 1.0)")
+        if "idle" in parts:
+            lines.append(measure_idle(work / "small", work / "dest-small", args.files, args.idle))
+        print("\n".join(lines))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def measure_latency(work, samples):
+    """1. A 4 KiB file written on box A until the same bytes are on box B."""
+    a_dir, b_dir = work / "lat-a", work / "lat-b"
+    a_dir.mkdir(); b_dir.mkdir()
+    pa, pb = free_port(), free_port()
+    a, b = start_box(a_dir, pa, pb), start_box(b_dir, pb, pa)
+    time.sleep(1)  # let both finish their first (empty) round
+    latencies = []
+    for i in range(samples):
+        content = os.urandom(4096)
+        t0 = time.monotonic()
+        (a_dir / f"sample{i}.bin").write_bytes(content)
+        target = b_dir / f"sample{i}.bin"
+        ok = wait_until(lambda: target.exists() and target.read_bytes() == content, 30, 0.002)
+        if not ok:
+            sys.exit(f"latency sample {i} never arrived")
+        latencies.append(time.monotonic() - t0)
+        time.sleep(0.5)
+    stop(a, b)
+    latencies.sort()
+    median = statistics.median(latencies)
+    p90 = latencies[int(len(latencies) * 0.9) - 1]
+    return (f"1. sync latency, {samples} samples of 4 KiB: median {median*1000:.0f} ms, "
+            f"p90 {p90*1000:.0f} ms, max {latencies[-1]*1000:.0f} ms   (target: median < 1 s)")
+
+
+def measure_idle(small, dest, files, idle):
+    """3. CPU an idle, synced pair of boxes with the small tree uses."""
+    pa, pb = free_port(), free_port()
+    a, b = start_box(small, pa, pb), start_box(dest, pb, pa)
+    time.sleep(15)  # first rounds: caches warm, records written
+    c0 = cpu_seconds(a.pid) + cpu_seconds(b.pid)
+    time.sleep(idle)
+    c1 = cpu_seconds(a.pid) + cpu_seconds(b.pid)
+    stop(a, b)
+    idle_share = (c1 - c0) / idle / 2 * 100  # per box, % of one core
+    return (f"3. idle pair with {files} files: {(c1-c0):.2f} CPU s in {idle} s for two boxes = "
+            f"{idle_share:.2f}% of one core per box   (target < 1%)")
 
 
 if __name__ == "__main__":

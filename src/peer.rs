@@ -8,20 +8,22 @@
 use std::io;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::net::TcpStream;
 
 use crate::history::Direction;
 use crate::local::{LocalBox, Served};
+use crate::protocol::message::{InstalledVersion, MAX_BATCH_NAMES};
 use crate::protocol::{
     self, Connection, ConnectionError, ErrorKind, HandshakeError, Request, Response,
 };
 use crate::share::filter::IndexFilter;
 use crate::share::{Entry, FileHash, RelPath};
+use crate::transfer::batch;
 use crate::transfer::udp::{self, UdpError};
-use crate::transfer::{Downloaded, Landing, Progress, TransferError, tcp};
+use crate::transfer::{Downloaded, Landing, Progress, TransferError, Transport, Wanted, tcp};
 
 /// How long connecting to a peer may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -305,6 +307,28 @@ impl Peer {
         self.notice(&request).await
     }
 
+    /// Tells the peer this box installed all of `versions` of its files under the same
+    /// names (oldest first), in as few messages as the protocol allows.
+    pub async fn confirm_installed_many(&self, versions: Vec<Served>) -> Result<(), PeerError> {
+        let versions: Vec<InstalledVersion> = versions
+            .into_iter()
+            .map(|version| InstalledVersion {
+                name: version.name,
+                sha256: version.sha256,
+                size: version.size,
+                mtime: version.mtime,
+                mode: version.mode,
+            })
+            .collect();
+        for chunk in versions.chunks(MAX_BATCH_NAMES) {
+            let request = Request::InstalledMany {
+                versions: chunk.to_vec(),
+            };
+            self.notice(&request).await?;
+        }
+        Ok(())
+    }
+
     /// Sends a notice that is answered by `ack`.
     async fn notice(&self, request: &Request) -> Result<(), PeerError> {
         exchange!(self, request, |connection, addr| {
@@ -456,6 +480,91 @@ impl Peer {
                 .await
                 .map_err(PeerError::Transfer)
         })
+    }
+
+    /// Downloads many files over TCP in one request (at most
+    /// [`MAX_BATCH_NAMES`]), each verified, landing each as its [`Wanted`] says, and
+    /// installs them together (one flush for all; see [`crate::share::Share::install_batch`]).
+    ///
+    /// Returns one result per file, in order: a file the peer refused, that changed while
+    /// it was sent, or that failed to install fails alone. The whole call fails only when
+    /// not a single answer arrived (the peer is unreachable, say); if the connection breaks
+    /// midway, the files already received are installed and the rest fail.
+    pub async fn download_batch(
+        &self,
+        wanted: &[Wanted],
+    ) -> Result<Vec<Result<Downloaded, PeerError>>, PeerError> {
+        let started = Instant::now();
+        let names: Vec<RelPath> = wanted.iter().map(|w| w.name.clone()).collect();
+        let request = Request::DownloadMany {
+            names: names.clone(),
+        };
+        let share = Arc::clone(&self.local.share);
+        // Files a broken attempt had already verified: installed all the same.
+        let mut salvaged = None;
+        let result = exchange!(self, &request, |connection, _addr| {
+            let receipt = batch::receive_batch(connection, &share, &names).await;
+            match receipt.broken {
+                None => Ok(receipt.files),
+                Some(e) => {
+                    if receipt.files.iter().any(Option::is_some) {
+                        salvaged = Some(receipt.files);
+                    }
+                    Err(PeerError::Transfer(e))
+                }
+            }
+        });
+        let (files, broken) = match result {
+            Ok(files) => (files, None),
+            Err(e) => match salvaged.take() {
+                Some(files) => (files, Some(e.to_string())),
+                None => return Err(e),
+            },
+        };
+        let mut installs = Vec::new();
+        let mut results: Vec<Result<Downloaded, PeerError>> = Vec::with_capacity(files.len());
+        let mut waiting = Vec::new();
+        for (index, (slot, want)) in files.into_iter().zip(wanted).enumerate() {
+            match slot {
+                Some(Ok(received)) => {
+                    waiting.push((index, received.size, received.mtime, received.mode));
+                    installs.push(received.into_install(&want.landing));
+                    // A placeholder, replaced once the batch is installed.
+                    results.push(Err(PeerError::Transfer(TransferError::Interrupted(
+                        "not installed".into(),
+                    ))));
+                }
+                Some(Err(e)) => results.push(Err(PeerError::Transfer(e))),
+                None => results.push(Err(PeerError::Transfer(TransferError::Interrupted(
+                    broken.clone().unwrap_or_else(|| "no answer".into()),
+                )))),
+            }
+        }
+        let digests: Vec<_> = installs.iter().map(|i| i.digests.clone()).collect();
+        let installed = share.install_batch(installs).await;
+        let seconds = started.elapsed().as_secs_f64();
+        for (((index, size, mtime, mode), outcome), digests) in
+            waiting.into_iter().zip(installed).zip(digests)
+        {
+            let want = &wanted[index];
+            results[index] = outcome
+                .map(|replaced| Downloaded {
+                    name: want.name.clone(),
+                    size,
+                    mtime,
+                    mode,
+                    md5: digests.md5,
+                    sha256: digests.sha256,
+                    transport: Transport::Tcp,
+                    path: want.landing.name.under(share.root()),
+                    seconds,
+                    replaced,
+                    resent: None,
+                    note: None,
+                })
+                .map_err(|e| PeerError::Transfer(TransferError::Local(e)));
+        }
+        Ok(results)
     }
 
     /// Downloads `name` over UDP (negotiated on the TCP connection), verified and atomic.

@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 
 use crate::history::Direction;
 use crate::local::{LocalBox, Served};
+use crate::protocol::message::{InstalledVersion, MAX_BATCH_NAMES};
 use crate::protocol::{self, Connection, ConnectionError, ErrorKind, Request, Response};
 use crate::share::FileHash;
 use crate::transfer::tcp;
@@ -225,6 +226,12 @@ async fn handle_connection(
                 local.note_installed(&peer_id, version);
                 true
             }
+            Request::InstalledMany { ref versions } if versions.len() <= MAX_BATCH_NAMES => {
+                for version in versions {
+                    local.note_installed(&peer_id, served(version));
+                }
+                true
+            }
             _ => false,
         };
         if notice {
@@ -342,6 +349,31 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                 .map(|served| local.note_served(peer_id, served))
                 .map_err(|e| e.to_string()))
         }
+        Request::DownloadMany { names } => {
+            if names.len() > MAX_BATCH_NAMES {
+                return refuse(connection, ErrorKind::BadRequest, too_many(names.len())).await;
+            }
+            let mut failures = 0;
+            let mut first_failure = None;
+            for name in &names {
+                match tcp::send_file(connection, share, name, false).await? {
+                    Ok(served) => local.note_served(peer_id, served),
+                    Err(e) => {
+                        failures += 1;
+                        first_failure.get_or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+            connection.write_message(&Response::BatchEnd).await?;
+            share.persist_cache();
+            Ok(match first_failure {
+                None => Ok(()),
+                Some(first) => Err(format!(
+                    "{failures} of {} files failed, the first: {first}",
+                    names.len()
+                )),
+            })
+        }
         Request::DownloadUdp {
             name,
             max_rate,
@@ -360,6 +392,10 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             connection.write_message(&Response::Ack).await?;
             Ok(Ok(()))
         }
+        // Only a list over the limit gets here (shorter ones are notices, answered above).
+        Request::InstalledMany { versions } => {
+            refuse(connection, ErrorKind::BadRequest, too_many(versions.len())).await
+        }
         Request::UdpFinish { .. } => {
             refuse(
                 connection,
@@ -369,6 +405,21 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             .await
         }
     }
+}
+
+/// A box's `installed` notice as the record of what was served keeps it.
+fn served(version: &InstalledVersion) -> Served {
+    Served {
+        name: version.name.clone(),
+        sha256: version.sha256.clone(),
+        size: version.size,
+        mtime: version.mtime,
+        mode: version.mode,
+    }
+}
+
+fn too_many(count: usize) -> String {
+    format!("{count} files in one request; at most {MAX_BATCH_NAMES} are served")
 }
 
 fn hashes_response(hashes: Vec<FileHash>, more: bool, version: Option<String>) -> Response {

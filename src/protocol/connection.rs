@@ -109,6 +109,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         &mut self,
         message: &T,
     ) -> Result<(), ConnectionError> {
+        self.queue_message(message).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// Writes a control message without flushing, for a message that a later one in the
+    /// same answer will flush (one send for a small file's start, bytes and end).
+    pub async fn queue_message<T: Serialize>(
+        &mut self,
+        message: &T,
+    ) -> Result<(), ConnectionError> {
         let payload =
             serde_json::to_vec(message).map_err(|e| ConnectionError::BadMessage(e.to_string()))?;
         if payload.len() > MAX_CONTROL_LEN {
@@ -118,7 +129,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .write_all(&Frame::header(true, payload.len()))
             .await?;
         self.stream.write_all(&payload).await?;
-        self.stream.flush().await?;
         Ok(())
     }
 

@@ -70,6 +70,13 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         sha256_only: bool,
     },
+    /// The bytes of many files in one exchange, so that a sync of many small files does not
+    /// pay a round trip per file: one answer per name, in order (as for `download`, or an
+    /// `error`), then `batch_end`.
+    DownloadMany {
+        /// The files, at most [`MAX_BATCH_NAMES`].
+        names: Vec<RelPath>,
+    },
     /// Negotiates a UDP download of one file (answered by `udp_ready`).
     DownloadUdp {
         /// The file.
@@ -98,6 +105,12 @@ pub enum Request {
         /// Its permission bits.
         mode: u32,
     },
+    /// Many `installed` notices in one message, oldest first, so that a batch of downloads
+    /// is confirmed in one round trip (answered by `ack`).
+    InstalledMany {
+        /// The versions installed, at most [`MAX_BATCH_NAMES`].
+        versions: Vec<InstalledVersion>,
+    },
     /// Ends a UDP transfer, complete or not (answered by `udp_end`).
     UdpFinish {
         /// The session, 16 hex digits.
@@ -113,6 +126,7 @@ impl Request {
             self,
             Request::Changed
                 | Request::Installed { .. }
+                | Request::InstalledMany { .. }
                 | Request::Index {
                     unless: Some(_),
                     ..
@@ -132,8 +146,35 @@ impl Request {
             Request::UdpFinish { session } => format!("udp finish {session}"),
             Request::Changed => "changed".to_string(),
             Request::Installed { name, .. } => format!("installed {name}"),
+            Request::DownloadMany { names } => match names.as_slice() {
+                [] => "download tcp (no files)".to_string(),
+                [only] => format!("download tcp {only} (batch)"),
+                [first, rest @ ..] => {
+                    format!("download tcp {first} and {} more (batch)", rest.len())
+                }
+            },
+            Request::InstalledMany { versions } => format!("installed {} files", versions.len()),
         }
     }
+}
+
+/// Most names in one `download_many` or versions in one `installed_many`: a server refuses
+/// longer lists, so that one request cannot hold a connection for an unbounded time.
+pub const MAX_BATCH_NAMES: usize = 4096;
+
+/// One version of a file a box installed from its peer, as `installed_many` carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledVersion {
+    /// The file.
+    pub name: RelPath,
+    /// SHA-256 of the installed content.
+    pub sha256: String,
+    /// Its size.
+    pub size: u64,
+    /// Its modification time.
+    pub mtime: Timestamp,
+    /// Its permission bits.
+    pub mode: u32,
 }
 
 /// What a box's server answers.
@@ -203,6 +244,8 @@ pub enum Response {
     },
     /// The request was taken note of.
     Ack,
+    /// Every file of a `download_many` has been answered.
+    BatchEnd,
     /// A UDP transfer ended.
     UdpEnd {
         /// DATA datagrams sent.

@@ -37,13 +37,39 @@ pub fn install(
         .write(true)
         .open(tmp)
         .map_err(|e| ShareError::io(tmp, e))?;
-    file.set_permissions(Permissions::from_mode(meta.mode & 0o7777))
-        .map_err(|e| ShareError::io(tmp, e))?;
-    file.set_times(FileTimes::new().set_modified(meta.mtime.to_system()))
-        .map_err(|e| ShareError::io(tmp, e))?;
+    set_meta(&file, tmp, meta)?;
     file.sync_all().map_err(|e| ShareError::io(tmp, e))?;
     drop(file);
 
+    let trashed = place(root, tmp, rel, expect)?;
+    if let Some(parent) = rel.under(root).parent() {
+        // Make the rename itself durable; a failure here loses nothing already visible.
+        sync_dir(parent);
+    }
+    Ok(trashed)
+}
+
+/// Gives the open temporary file at `tmp` the mode and mtime it must have once installed.
+pub fn set_meta(file: &File, tmp: &Path, meta: InstallMeta) -> Result<(), ShareError> {
+    file.set_permissions(Permissions::from_mode(meta.mode & 0o7777))
+        .map_err(|e| ShareError::io(tmp, e))?;
+    file.set_times(FileTimes::new().set_modified(meta.mtime.to_system()))
+        .map_err(|e| ShareError::io(tmp, e))
+}
+
+/// Renames the flushed temporary file `tmp` over `rel`, provided `rel` still looks as
+/// `expect` says: the visible half of [`install`], without making the rename durable
+/// (the caller syncs the parent folder, once for many files if it installs many).
+///
+/// The previous file at `rel`, if any, is hard-linked into `.boxsync/trash/` first. Parent
+/// folders are created as needed, never through a symlink. The caller holds `rel`'s
+/// exclusive lock.
+pub fn place(
+    root: &Path,
+    tmp: &Path,
+    rel: &RelPath,
+    expect: &Expect,
+) -> Result<Option<PathBuf>, ShareError> {
     create_parents(root, rel)?;
     let target = rel.under(root);
     check(root, rel, expect)?;
@@ -53,13 +79,31 @@ pub fn install(
         None => None,
     };
     fs::rename(tmp, &target).map_err(|e| ShareError::io(&target, e))?;
-    if let Some(parent) = target.parent() {
-        // Make the rename itself durable; a failure here loses nothing already visible.
-        if let Ok(dir) = File::open(parent) {
-            let _ = dir.sync_all();
-        }
-    }
     Ok(trashed)
+}
+
+/// Flushes a folder, which makes the renames into it durable; best effort (what is already
+/// visible stays correct either way).
+pub fn sync_dir(dir: &Path) {
+    if let Ok(dir) = File::open(dir) {
+        let _ = dir.sync_all();
+    }
+}
+
+/// Flushes everything written to the file system that holds `dir` (Linux's `syncfs`): one
+/// call makes a whole batch of temporary files durable, where an `fsync` per file would
+/// wait for one journal commit each.
+pub fn sync_file_system(dir: &Path) -> Result<(), ShareError> {
+    use std::os::fd::AsRawFd;
+    let handle = File::open(dir).map_err(|e| ShareError::io(dir, e))?;
+    // SAFETY: the descriptor stays open for the duration of the call, which only reads
+    // its integer argument.
+    let status = unsafe { libc::syncfs(handle.as_raw_fd()) };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(ShareError::io(dir, io::Error::last_os_error()))
+    }
 }
 
 /// What a path must look like for a change to it to go ahead. Sync decides from what it

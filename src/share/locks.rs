@@ -49,6 +49,15 @@ impl PathLocks {
     pub async fn write(&self, rel: &RelPath) -> OwnedRwLockWriteGuard<()> {
         self.lock_for(rel).write_owned().await
     }
+
+    /// Runs `work` holding the exclusive lock on `rel`, waiting for it on this thread: for
+    /// blocking code (a batch install) that takes many paths' locks one after the other.
+    /// Must not be called from an async task.
+    pub fn with_write_blocking<T>(&self, rel: &RelPath, work: impl FnOnce() -> T) -> T {
+        let lock = self.lock_for(rel);
+        let _guard = lock.blocking_write();
+        work()
+    }
 }
 
 #[cfg(test)]

@@ -296,7 +296,99 @@ impl Share {
     }
 }
 
+/// One verified temporary file of a batch, and where it goes.
+#[derive(Debug)]
+pub struct BatchInstall {
+    /// The temporary file, written and given its final mode and mtime, not yet flushed.
+    pub tmp: PathBuf,
+    /// Where it goes.
+    pub rel: RelPath,
+    /// Its content's digests (remembered in the hash cache).
+    pub digests: Digests,
+    /// What must be at `rel` for it to be replaced.
+    pub expect: Expect,
+}
+
 impl Share {
+    /// Installs many verified temporary files at once, with the same guarantees as
+    /// [`Share::install`] for each, at a fraction of the cost for small files: one flush of
+    /// the file system for all of them before any becomes visible (instead of an `fsync`
+    /// each), then each rename under its path's exclusive lock after re-checking its
+    /// `expect`, then one flush per folder that received files.
+    ///
+    /// Returns one result per item, in order; a failed item's temporary file is removed
+    /// and does not stop the others.
+    pub async fn install_batch(
+        self: &Arc<Self>,
+        items: Vec<BatchInstall>,
+    ) -> Vec<Result<Option<PathBuf>, ShareError>> {
+        let count = items.len();
+        let share = Arc::clone(self);
+        let work = tokio::task::spawn_blocking(move || share.install_batch_now(items));
+        let outcome = work.await;
+        // As for every change boxsync makes: the latest snapshot is stale at once.
+        self.view.changed();
+        match outcome {
+            Ok(results) => results,
+            Err(e) => {
+                let reason = e.to_string();
+                (0..count)
+                    .map(|_| Err(ShareError::io("<worker>", io::Error::other(reason.clone()))))
+                    .collect()
+            }
+        }
+    }
+
+    fn install_batch_now(
+        &self,
+        items: Vec<BatchInstall>,
+    ) -> Vec<Result<Option<PathBuf>, ShareError>> {
+        let tmp_dir = self.state_dir().join(TMP_DIR);
+        if let Err(e) = install::sync_file_system(&tmp_dir) {
+            let reason = e.to_string();
+            return items
+                .into_iter()
+                .map(|item| {
+                    let _ = fs::remove_file(&item.tmp);
+                    Err(ShareError::io(&tmp_dir, io::Error::other(reason.clone())))
+                })
+                .collect();
+        }
+        let mut folders = std::collections::BTreeSet::new();
+        let results = items
+            .into_iter()
+            .map(|item| {
+                let placed = self.locks.with_write_blocking(&item.rel, || {
+                    let placed = install::place(&self.root, &item.tmp, &item.rel, &item.expect);
+                    if placed.is_ok()
+                        && let Ok(Some(meta)) = folder::stat(&self.root, &item.rel)
+                    {
+                        // The content is known; hashing it later reads nothing.
+                        self.cache
+                            .insert(&item.rel, Fingerprint::of(&meta), item.digests);
+                    }
+                    placed
+                });
+                match &placed {
+                    Ok(_) => {
+                        if let Some(parent) = item.rel.under(&self.root).parent() {
+                            folders.insert(parent.to_path_buf());
+                        }
+                    }
+                    Err(_) => {
+                        let _ = fs::remove_file(&item.tmp);
+                    }
+                }
+                placed
+            })
+            .collect();
+        for folder in &folders {
+            install::sync_dir(folder);
+        }
+        self.persist_cache();
+        results
+    }
+
     /// Moves the file `rel` to the trash, provided it still looks as `expect` says.
     pub async fn remove_file(
         self: &Arc<Self>,

@@ -16,14 +16,74 @@ use crate::peer::{Listing, Peer, PeerError};
 use crate::share::filter::IndexFilter;
 use crate::share::{Entry as ShareEntry, FileHash, InstallMeta, RelPath};
 use crate::time::Timestamp;
-use crate::transfer::Landing;
+use crate::transfer::{Downloaded, Landing, Wanted};
 
 /// A record with at least this many entries makes an empty folder suspicious: an
 /// unmounted disk, not a person who deleted everything.
 pub const MASS_DELETE_GUARD: usize = 10;
 
-/// Downloads in flight at once within a round.
+/// Downloads (single files or batches) in flight at once within a round.
 const PARALLEL_DOWNLOADS: usize = 4;
+
+/// Files up to this size are downloaded in batches over TCP; larger ones alone.
+const SMALL_FILE: u64 = 1024 * 1024;
+
+/// Most files in one batch.
+const BATCH_FILES: usize = 256;
+
+/// Most bytes (as planned) in one batch, so that a batch's flush stays short.
+const BATCH_BYTES: u64 = 8 * 1024 * 1024;
+
+/// What one of the parallel workers of a round carries out.
+enum Unit {
+    /// One action on its own.
+    One(Action),
+    /// Downloads of small files, in one request; each with what the peer is asked for.
+    Batch(Vec<(Action, Wanted)>),
+}
+
+/// Splits a group of actions into units: over TCP, small-file downloads go in batches;
+/// everything else alone.
+fn units(group: Vec<Action>, transport: SyncTransport) -> Vec<Unit> {
+    let mut units = Vec::new();
+    let mut batch: Vec<(Action, Wanted)> = Vec::new();
+    let mut batch_bytes = 0;
+    for action in group {
+        let small = match &action {
+            Action::Download {
+                remote,
+                local,
+                version,
+                expect,
+            } if transport == SyncTransport::Tcp && version.size <= SMALL_FILE => Some((
+                version.size,
+                Wanted {
+                    name: remote.clone(),
+                    landing: Landing {
+                        name: local.clone(),
+                        expect: expect.clone(),
+                        with_md5: false,
+                    },
+                },
+            )),
+            _ => None,
+        };
+        let Some((size, wanted)) = small else {
+            units.push(Unit::One(action));
+            continue;
+        };
+        if !batch.is_empty() && (batch.len() >= BATCH_FILES || batch_bytes + size > BATCH_BYTES) {
+            units.push(Unit::Batch(std::mem::take(&mut batch)));
+            batch_bytes = 0;
+        }
+        batch_bytes += size;
+        batch.push((action, wanted));
+    }
+    if !batch.is_empty() {
+        units.push(Unit::Batch(batch));
+    }
+    units
+}
 
 /// This box's side of a round, read once per round and shared by all peers.
 pub struct LocalState {
@@ -278,24 +338,29 @@ pub async fn sync_with(
     let mut agreed = plan.agreed;
     let mut actions = plan.actions.into_iter().peekable();
     while let Some(action) = actions.next() {
-        // Downloads run a few at a time: with many small files, the round trips and the
-        // flushes to disk of one overlap those of the others.
-        let mut batch = vec![action];
-        if matches!(batch[0], Action::Download { .. }) {
+        // Downloads run a few at a time, small files many to a request: the round trips
+        // and the flushes to disk of one overlap those of the others, or are shared.
+        let mut group = vec![action];
+        if matches!(group[0], Action::Download { .. }) {
             while let Some(next) = actions.next_if(|a| matches!(a, Action::Download { .. })) {
-                batch.push(next);
+                group.push(next);
             }
         }
-        let results: Vec<(Action, Result<_, String>)> = stream::iter(batch)
-            .map(|action| async move {
-                tracing::debug!(box_id = %local.id, ?action, "sync action");
-                let result = apply(local, peer, transport, &action).await;
-                (action, result)
+        let results: Vec<Vec<(Action, Result<_, String>)>> = stream::iter(units(group, transport))
+            .map(|unit| async move {
+                match unit {
+                    Unit::One(action) => {
+                        tracing::debug!(box_id = %local.id, ?action, "sync action");
+                        let result = apply(local, peer, transport, &action).await;
+                        vec![(action, result)]
+                    }
+                    Unit::Batch(batch) => apply_batch(local, peer, batch).await,
+                }
             })
             .buffer_unordered(PARALLEL_DOWNLOADS)
             .collect()
             .await;
-        for (action, result) in results {
+        for (action, result) in results.into_iter().flatten() {
             match result {
                 Ok(settled) => {
                     report.done += 1;
@@ -399,28 +464,13 @@ async fn apply(
                 }
             }
             .map_err(|e| describe_failure(name, &e))?;
-            // Both boxes now hold what was just transferred (the peer may have moved on
-            // from the version planned; then this one is what we agree on).
-            let got = Version {
-                dir: false,
-                sha256: Some(downloaded.sha256),
-                size: downloaded.size,
-                mtime: downloaded.mtime,
-                mode: downloaded.mode,
-            };
-            if name == remote {
-                let confirmation = Served {
-                    name: name.clone(),
-                    sha256: got.sha256.clone().unwrap_or_default(),
-                    size: got.size,
-                    mtime: got.mtime,
-                    mode: got.mode,
-                };
-                if let Err(e) = peer.confirm_installed(confirmation).await {
-                    tracing::debug!(error = %e, "install confirmation not delivered");
-                }
+            let (settled, confirmation) = settle(remote, name, downloaded);
+            if let Some(confirmation) = confirmation
+                && let Err(e) = peer.confirm_installed(confirmation).await
+            {
+                tracing::debug!(error = %e, "install confirmation not delivered");
             }
-            Ok((name == remote).then(|| (name.clone(), Some(got))))
+            Ok(settled)
         }
         Action::SetMetadata {
             path,
@@ -459,6 +509,83 @@ async fn apply(
             Ok(removed.then(|| (path.clone(), None)))
         }
     }
+}
+
+/// What a completed download means for the record: both boxes now hold what was just
+/// transferred (the peer may have moved on from the version planned; then this one is what
+/// they agree on), and, if it landed under the peer's own name, the notice that tells the
+/// peer so.
+fn settle(
+    remote: &RelPath,
+    name: &RelPath,
+    downloaded: Downloaded,
+) -> (Option<(RelPath, Option<Version>)>, Option<Served>) {
+    if name != remote {
+        return (None, None);
+    }
+    let confirmation = Served {
+        name: name.clone(),
+        sha256: downloaded.sha256.clone(),
+        size: downloaded.size,
+        mtime: downloaded.mtime,
+        mode: downloaded.mode,
+    };
+    let got = Version {
+        dir: false,
+        sha256: Some(downloaded.sha256),
+        size: downloaded.size,
+        mtime: downloaded.mtime,
+        mode: downloaded.mode,
+    };
+    (Some((name.clone(), Some(got))), Some(confirmation))
+}
+
+/// Carries out a batch of small-file downloads in one request, then confirms to the peer,
+/// in one notice, the files installed under its names.
+async fn apply_batch(
+    local: &Arc<LocalBox>,
+    peer: &Peer,
+    batch: Vec<(Action, Wanted)>,
+) -> Vec<(Action, Result<Option<(RelPath, Option<Version>)>, String>)> {
+    tracing::debug!(box_id = %local.id, files = batch.len(), "sync batch download");
+    let (actions, wanted): (Vec<Action>, Vec<Wanted>) = batch.into_iter().unzip();
+    let results = match peer.download_batch(&wanted).await {
+        Ok(results) => results,
+        Err(e) => {
+            let line = e.to_string();
+            return actions
+                .into_iter()
+                .zip(&wanted)
+                .map(|(action, want)| {
+                    let failure = format!("{}: {line}", want.landing.name);
+                    (action, Err(failure))
+                })
+                .collect();
+        }
+    };
+    let mut confirmations = Vec::new();
+    let outcomes = actions
+        .into_iter()
+        .zip(&wanted)
+        .zip(results)
+        .map(|((action, want), result)| {
+            let name = &want.landing.name;
+            let outcome = result
+                .map(|downloaded| {
+                    let (settled, confirmation) = settle(&want.name, name, downloaded);
+                    confirmations.extend(confirmation);
+                    settled
+                })
+                .map_err(|e| describe_failure(name, &e));
+            (action, outcome)
+        })
+        .collect();
+    if !confirmations.is_empty()
+        && let Err(e) = peer.confirm_installed_many(confirmations).await
+    {
+        tracing::debug!(error = %e, "install confirmations not delivered");
+    }
+    outcomes
 }
 
 fn describe_failure(name: &RelPath, error: &PeerError) -> String {

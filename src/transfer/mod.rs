@@ -1,6 +1,7 @@
 //! Moving file bytes between boxes and landing them safely: the transports (TCP now) share
 //! the result type, the errors and the rule that nothing unverified becomes visible.
 
+pub mod batch;
 pub mod partial;
 pub mod tcp;
 pub mod udp;
@@ -39,6 +40,15 @@ impl Landing {
             with_md5: true,
         }
     }
+}
+
+/// One file of a batch download: its name on the peer, and where it lands here.
+#[derive(Debug, Clone)]
+pub struct Wanted {
+    /// The name on the peer.
+    pub name: RelPath,
+    /// Where and on what condition it lands.
+    pub landing: Landing,
 }
 
 /// Which transport carried a download.
@@ -119,6 +129,9 @@ pub enum TransferError {
         /// The SHA-256 of what arrived.
         got: String,
     },
+    /// A batch ended (its connection failed) before this file's turn came.
+    #[error("not received: the batch stopped early ({0})")]
+    Interrupted(String),
     /// Writing or installing locally failed.
     #[error(transparent)]
     Local(#[from] ShareError),

@@ -22,11 +22,16 @@ use super::{Downloaded, Landing, Progress, TransferError, Transport};
 use crate::local::Served;
 use crate::protocol::{Connection, ConnectionError, ErrorKind, Frame, Request, Response};
 use crate::share::folder::{self, Fingerprint};
-use crate::share::hash::BackgroundHasher;
+use crate::share::hash::{BackgroundHasher, ContentHasher};
 use crate::share::{Digests, InstallMeta, RelPath, Share, ShareError};
 
 /// Bytes per data frame and per disk read.
 pub const CHUNK: usize = 256 * 1024;
+
+/// Files up to this size are read whole on the thread that opens them and sent in one
+/// flush: a batch serves thousands of small files, and a reading pipeline (a thread hop
+/// per chunk, a send per message) cost more than the bytes.
+const WHOLE_READ: u64 = CHUNK as u64;
 
 /// Bytes written between two write-back hints on the receiving side.
 const WRITE_BEHIND: u64 = 8 * 1024 * 1024;
@@ -53,13 +58,29 @@ pub async fn send_file<S: AsyncRead + AsyncWrite + Unpin>(
             let (file, meta) = folder::open_regular(share.root(), &rel)?;
             let fingerprint = Fingerprint::of(&meta);
             let cached = share.hash_cache().lookup(&rel, &fingerprint, with_md5);
-            Ok::<_, ShareError>((file, meta, fingerprint, cached))
+            if meta.len() <= WHOLE_READ {
+                let whole = read_whole(
+                    file,
+                    meta.len(),
+                    Planned { cached, with_md5 },
+                    &share,
+                    &rel,
+                    fingerprint,
+                )?;
+                return Ok(Opened::Whole(meta, whole));
+            }
+            Ok::<_, ShareError>(Opened::Streamed(file, meta, fingerprint, cached))
         })
         .await
         .unwrap_or_else(|e| Err(ShareError::io("<worker>", io::Error::other(e))))
     };
     let (file, meta, fingerprint, cached) = match opened {
-        Ok(opened) => opened,
+        Ok(Opened::Streamed(file, meta, fingerprint, cached)) => (file, meta, fingerprint, cached),
+        Ok(Opened::Whole(meta, (bytes, digests))) => {
+            return send_whole(connection, rel, &meta, &bytes, digests)
+                .await
+                .map(Ok);
+        }
         Err(e) => {
             send_error(connection, &e).await?;
             return Ok(Err(e));
@@ -119,6 +140,82 @@ struct Planned {
     cached: Option<Digests>,
     /// Whether MD5 is wanted.
     with_md5: bool,
+}
+
+/// A file opened for sending: small ones already read, checked and hashed.
+enum Opened {
+    /// Read whole (at most [`WHOLE_READ`] bytes): its metadata, bytes and digests.
+    Whole(std::fs::Metadata, (Vec<u8>, Digests)),
+    /// To be read in chunks while sending: the file, its metadata and fingerprint, and its
+    /// digests if the cache knows them.
+    Streamed(File, std::fs::Metadata, Fingerprint, Option<Digests>),
+}
+
+/// Sends a file read whole: start, bytes and end in one flush.
+async fn send_whole<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    rel: &RelPath,
+    meta: &std::fs::Metadata,
+    bytes: &[u8],
+    digests: Digests,
+) -> Result<Served, ConnectionError> {
+    let size = meta.len();
+    let mtime = folder::modified(meta);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
+    connection
+        .queue_message(&Response::FileStart {
+            name: rel.clone(),
+            size,
+            mtime,
+            mode,
+        })
+        .await?;
+    if !bytes.is_empty() {
+        connection.write_data(bytes).await?;
+    }
+    let served = Served {
+        name: rel.clone(),
+        sha256: digests.sha256.clone(),
+        size,
+        mtime,
+        mode,
+    };
+    connection
+        .write_message(&Response::FileEnd { digests })
+        .await?;
+    Ok(served)
+}
+
+/// Reads a small file whole, hashing it unless its digests are known, and checks that it
+/// still has the fingerprint it had when opened: the one-call version of [`read_stable`].
+fn read_whole(
+    file: File,
+    size: u64,
+    digests: Planned,
+    share: &Share,
+    rel: &RelPath,
+    fingerprint: Fingerprint,
+) -> Result<(Vec<u8>, Digests), ShareError> {
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(size)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ShareError::io(rel.under(share.root()), e))?;
+    let now = folder::stat(share.root(), rel)?.map(|m| Fingerprint::of(&m));
+    if bytes.len() as u64 != size || now != Some(fingerprint) {
+        return Err(ShareError::Changed(rel.clone()));
+    }
+    let Planned { cached, with_md5 } = digests;
+    let digests = match cached {
+        Some(digests) => digests,
+        None => {
+            let mut hasher = ContentHasher::new(with_md5);
+            hasher.update(&bytes);
+            let digests = hasher.finish();
+            share.hash_cache().insert(rel, fingerprint, digests.clone());
+            digests
+        }
+    };
+    Ok((bytes, digests))
 }
 
 /// Reads exactly `size` bytes into the channel, hashing them unless the digests are known,
@@ -345,7 +442,7 @@ fn write_and_hash(
 
 /// Asks the kernel to start writing a range to disk without waiting for it (Linux's
 /// `sync_file_range(SYNC_FILE_RANGE_WRITE)`); purely a performance hint.
-fn start_write_back(file: &File, offset: u64, len: u64) {
+pub(super) fn start_write_back(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     // SAFETY: the descriptor is open for the duration of the call; the call only reads
     // its integer arguments and has no memory-safety preconditions.

@@ -85,6 +85,12 @@ async fn hostile_paths_are_refused() {
                 "{request} {path:?}: malformed request did not end the connection"
             );
         }
+        // One hostile name spoils a whole batch: nothing of it is served.
+        let batch = json!({"request": "download_many", "names": ["inside.txt", path]});
+        let (response, closed) = send_json(&b, batch).await;
+        let refused = matches!(response, Some(Response::Error { .. }));
+        assert!(refused, "download_many {path:?} got {response:?}");
+        assert!(closed, "download_many {path:?} did not end the connection");
     }
     assert_still_serving(&b).await;
     assert_eq!(

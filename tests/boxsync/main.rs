@@ -2,6 +2,7 @@
 //! folders, the real binary, and the shell through a pseudo-terminal.
 
 mod attacks;
+mod batch;
 mod cli;
 mod commands;
 mod failures;

@@ -1,0 +1,308 @@
+//! Many files in one request (`download_many`), the receiving side: what sync uses for
+//! small files, where one round trip, one temporary-file flush and one rename-and-flush
+//! per file would cost far more than the bytes.
+//!
+//! The answers arrive in the order asked, each a whole TCP download (`file_start`, data,
+//! `file_end`) or an `error`, then `batch_end`. One blocking thread per batch writes each
+//! file to its own partial file under `.boxsync/tmp/`, hashing it as it goes, and keeps it
+//! only if its SHA-256 equals the sender's. Installing comes after, for the whole batch at
+//! once ([`crate::share::Share::install_batch`]). A file that fails (refused by the peer,
+//! changed while sent, a digest mismatch) fails alone; a broken connection ends the batch
+//! but keeps the files already verified.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use super::partial::PartialFile;
+use super::tcp::start_write_back;
+use super::{Landing, TransferError};
+use crate::protocol::{Connection, Frame, Request, Response};
+use crate::share::hash::to_hex;
+use crate::share::install::set_meta;
+use crate::share::{BatchInstall, Digests, InstallMeta, RelPath, Share, ShareError};
+use crate::time::Timestamp;
+
+/// Pieces in flight between the socket task and the writing thread (each at most one data
+/// frame, so memory stays bounded whatever the files' sizes).
+const PIPELINE_DEPTH: usize = 32;
+
+/// A file of a batch that arrived complete and verified, waiting under `.boxsync/tmp/` with
+/// its final mode and mtime; removed if dropped before it is installed.
+pub struct Received {
+    /// The temporary file.
+    partial: PartialFile,
+    /// Bytes.
+    pub size: u64,
+    /// Last-modified time, as on the peer.
+    pub mtime: Timestamp,
+    /// Permission bits, as on the peer.
+    pub mode: u32,
+    /// The sender's digests, which the received bytes matched (SHA-256).
+    pub digests: Digests,
+}
+
+impl Received {
+    /// What [`Share::install_batch`] needs to put this file where `landing` says.
+    pub fn into_install(self, landing: &Landing) -> BatchInstall {
+        BatchInstall {
+            tmp: self.partial.keep(),
+            rel: landing.name.clone(),
+            digests: self.digests,
+            expect: landing.expect.clone(),
+        }
+    }
+}
+
+/// What a batch brought.
+pub struct BatchReceipt {
+    /// One slot per file asked for, in order; `None` for files the exchange never reached.
+    pub files: Vec<Option<Result<Received, TransferError>>>,
+    /// What ended the exchange early, if something did; the connection is then unusable.
+    pub broken: Option<TransferError>,
+}
+
+/// Asks the peer on `connection` for `names` in one `download_many` request and receives
+/// them into verified temporary files of `share`.
+///
+/// Dropping the future cancels the batch and removes every temporary file.
+pub async fn receive_batch<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    share: &Arc<Share>,
+    names: &[RelPath],
+) -> BatchReceipt {
+    let mut files: Vec<Option<Result<Received, TransferError>>> =
+        names.iter().map(|_| None).collect();
+    let (pieces_tx, pieces_rx) = mpsc::channel::<Piece>(PIPELINE_DEPTH);
+    let writer = {
+        let share = Arc::clone(share);
+        tokio::task::spawn_blocking(move || write_files(&share, pieces_rx))
+    };
+    let broken = exchange(connection, names, &pieces_tx, &mut files)
+        .await
+        .err();
+    drop(pieces_tx);
+    match writer.await {
+        Ok(written) => {
+            for (index, result) in written {
+                if let Some(slot) = files.get_mut(index) {
+                    *slot = Some(result);
+                }
+            }
+        }
+        Err(e) => {
+            // The writer died: whatever it wrote is lost, and its partial files with it.
+            for slot in files.iter_mut().filter(|slot| slot.is_none()) {
+                let failure = ShareError::io("<worker>", std::io::Error::other(e.to_string()));
+                *slot = Some(Err(TransferError::Local(failure)));
+            }
+        }
+    }
+    BatchReceipt { files, broken }
+}
+
+/// The network side: sends the request and reads every answer, handing file bytes to the
+/// writer and recording the peer's per-file refusals in `files`. `Err` means the
+/// connection can no longer be trusted to be at a message boundary.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    names: &[RelPath],
+    pieces: &mpsc::Sender<Piece>,
+    files: &mut [Option<Result<Received, TransferError>>],
+) -> Result<(), TransferError> {
+    connection
+        .write_message(&Request::DownloadMany {
+            names: names.to_vec(),
+        })
+        .await?;
+    for (index, (name, slot)) in names.iter().zip(files.iter_mut()).enumerate() {
+        let (size, mtime, mode) = match connection.expect_message::<Response>().await? {
+            Response::FileStart {
+                name: announced,
+                size,
+                mtime,
+                mode,
+            } if &announced == name => (size, mtime, mode),
+            Response::Error { kind, message } => {
+                *slot = Some(Err(TransferError::Remote { kind, message }));
+                continue;
+            }
+            other => return Err(unexpected(&other)),
+        };
+        let meta = InstallMeta { mtime, mode };
+        let start = Piece::Start {
+            index,
+            name: name.clone(),
+            meta,
+        };
+        send(pieces, start).await?;
+        let mut received: u64 = 0;
+        loop {
+            match connection.expect_frame().await? {
+                Frame::Data(bytes) => {
+                    received += bytes.len() as u64;
+                    if received > size {
+                        return Err(TransferError::Size {
+                            name: name.clone(),
+                            expected: size,
+                            got: received,
+                        });
+                    }
+                    send(pieces, Piece::Data(bytes)).await?;
+                }
+                frame => match crate::protocol::connection::decode::<Response>(frame)? {
+                    Response::FileEnd { digests } if received == size => {
+                        send(pieces, Piece::End { digests }).await?;
+                        break;
+                    }
+                    Response::FileEnd { .. } => {
+                        send(pieces, Piece::Abandon).await?;
+                        *slot = Some(Err(TransferError::Size {
+                            name: name.clone(),
+                            expected: size,
+                            got: received,
+                        }));
+                        break;
+                    }
+                    Response::Error { kind, message } => {
+                        send(pieces, Piece::Abandon).await?;
+                        *slot = Some(Err(TransferError::Remote { kind, message }));
+                        break;
+                    }
+                    other => return Err(unexpected(&other)),
+                },
+            }
+        }
+    }
+    match connection.expect_message::<Response>().await? {
+        Response::BatchEnd => Ok(()),
+        other => Err(unexpected(&other)),
+    }
+}
+
+async fn send(pieces: &mpsc::Sender<Piece>, piece: Piece) -> Result<(), TransferError> {
+    pieces
+        .send(piece)
+        .await
+        .map_err(|_| TransferError::Protocol("local writer stopped early".into()))
+}
+
+fn unexpected(response: &Response) -> TransferError {
+    TransferError::Protocol(format!("unexpected response {response:?}"))
+}
+
+/// What the socket task tells the writing thread.
+enum Piece {
+    /// The file asked for at `index` begins.
+    Start {
+        /// Its position in the request.
+        index: usize,
+        /// Its name on the peer.
+        name: RelPath,
+        /// Mode and mtime to give it.
+        meta: InstallMeta,
+    },
+    /// The next bytes of the current file.
+    Data(Bytes),
+    /// The current file is complete; keep it if its SHA-256 is `digests.sha256`.
+    End {
+        /// The sender's digests of the bytes it sent.
+        digests: Digests,
+    },
+    /// The current file failed on the peer's side (already recorded): drop it.
+    Abandon,
+}
+
+/// A file being written by the writing thread.
+struct Writing {
+    /// Its position in the request.
+    index: usize,
+    /// Its name on the peer.
+    name: RelPath,
+    /// The temporary file, or why it could not be created or written.
+    state: Result<(PartialFile, File), ShareError>,
+    /// SHA-256 of the bytes so far.
+    hasher: Sha256,
+    /// Bytes written so far.
+    written: u64,
+    /// Mode and mtime to give it.
+    meta: InstallMeta,
+}
+
+impl Writing {
+    fn write(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+        self.written += bytes.len() as u64;
+        if let Ok((partial, file)) = &mut self.state
+            && let Err(e) = file.write_all(bytes)
+        {
+            self.state = Err(ShareError::io(partial.path(), e));
+        }
+    }
+
+    /// Checks the bytes against the sender's digests and readies the file for installing.
+    fn finish(self, digests: Digests) -> Result<Received, TransferError> {
+        let (partial, file) = self.state?;
+        let got = to_hex(&self.hasher.finalize());
+        if got != digests.sha256 {
+            return Err(TransferError::Checksum {
+                name: self.name,
+                expected: digests.sha256,
+                got,
+            });
+        }
+        set_meta(&file, partial.path(), self.meta)?;
+        // Start writing it out now, so that the batch's single flush has little left to do.
+        start_write_back(&file, 0, self.written);
+        drop(file);
+        Ok(Received {
+            partial,
+            size: self.written,
+            mtime: self.meta.mtime,
+            mode: self.meta.mode,
+            digests,
+        })
+    }
+}
+
+/// The writing thread: one partial file per announced file, results by index for the
+/// files that ended (abandoned ones have their result recorded by the socket task).
+fn write_files(
+    share: &Share,
+    mut pieces: mpsc::Receiver<Piece>,
+) -> Vec<(usize, Result<Received, TransferError>)> {
+    let mut done = Vec::new();
+    let mut current: Option<Writing> = None;
+    while let Some(piece) = pieces.blocking_recv() {
+        match piece {
+            Piece::Start { index, name, meta } => {
+                current = Some(Writing {
+                    index,
+                    name,
+                    state: PartialFile::create(share.temp_path()),
+                    hasher: Sha256::new(),
+                    written: 0,
+                    meta,
+                });
+            }
+            Piece::Data(bytes) => {
+                if let Some(writing) = current.as_mut() {
+                    writing.write(&bytes);
+                }
+            }
+            Piece::End { digests } => {
+                if let Some(writing) = current.take() {
+                    let index = writing.index;
+                    done.push((index, writing.finish(digests)));
+                }
+            }
+            Piece::Abandon => current = None,
+        }
+    }
+    done
+}
