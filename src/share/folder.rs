@@ -48,7 +48,7 @@ impl Entry {
             },
             size: if is_dir { 0 } else { meta.len() },
             mtime: modified(meta),
-            mode: meta.permissions().mode() & 0o7777,
+            mode: mode(meta),
             name,
         }
     }
@@ -60,6 +60,11 @@ pub fn mime_type(name: &RelPath) -> String {
         .first_raw()
         .unwrap_or("application/octet-stream")
         .to_string()
+}
+
+/// A file's permission bits (`0o644`), as copies keep them.
+pub fn mode(meta: &Metadata) -> u32 {
+    meta.permissions().mode() & 0o7777
 }
 
 /// A file's last-modified time; the epoch if the platform cannot tell.

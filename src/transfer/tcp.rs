@@ -88,7 +88,7 @@ pub async fn send_file<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let size = meta.len();
     let mtime = folder::modified(&meta);
-    let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
+    let mode = folder::mode(&meta);
     connection
         .write_message(&Response::FileStart {
             name: rel.clone(),
@@ -161,7 +161,7 @@ async fn send_whole<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Served, ConnectionError> {
     let size = meta.len();
     let mtime = folder::modified(meta);
-    let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
+    let mode = folder::mode(meta);
     connection
         .queue_message(&Response::FileStart {
             name: rel.clone(),

@@ -92,7 +92,7 @@ pub async fn serve_download<S: AsyncRead + AsyncWrite + Unpin>(
         token: super::format_token(&token),
         size: meta.len(),
         mtime: folder::modified(&meta),
-        mode: std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777,
+        mode: folder::mode(&meta),
         chunk_len: CHUNK_LEN as u32,
         digests: crate::share::Digests {
             md5: hash.md5,
@@ -104,7 +104,7 @@ pub async fn serve_download<S: AsyncRead + AsyncWrite + Unpin>(
         sha256: hash.sha256,
         size: meta.len(),
         mtime: folder::modified(&meta),
-        mode: std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777,
+        mode: folder::mode(&meta),
     };
     if let Err(e) = connection.write_message(&ready).await {
         session.finish().await;
