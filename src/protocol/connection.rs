@@ -9,10 +9,15 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 
-use super::frame::{Frame, FrameError, MAX_CONTROL_LEN};
+use super::frame::{Frame, FrameError, HEADER_LEN, MAX_CONTROL_LEN};
 
-/// Initial read buffer; grows to fit a data frame.
-const READ_BUFFER: usize = 256 * 1024;
+/// Read buffer: one full data frame of the size this box sends, so that a file's frames
+/// are each read straight into a buffer of their own and handed on without a copy.
+const READ_BUFFER: usize = crate::transfer::tcp::CHUNK + HEADER_LEN;
+
+/// A data frame at least this long is read up to its end and no further: bytes of the
+/// next frame read with it would have to be copied out when the frame is handed on.
+const LARGE_FRAME: usize = 64 * 1024;
 
 /// Write buffer; large writes bypass it.
 const WRITE_BUFFER: usize = 64 * 1024;
@@ -74,7 +79,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if self.buffer.capacity() - self.buffer.len() < 4096 {
                 self.buffer.reserve(READ_BUFFER);
             }
-            if self.stream.read_buf(&mut self.buffer).await? == 0 {
+            let limit = match Frame::missing(&self.buffer) {
+                Some(missing) if missing >= LARGE_FRAME => missing,
+                _ => usize::MAX,
+            };
+            let read = (&mut self.stream)
+                .take(limit as u64)
+                .read_buf(&mut self.buffer)
+                .await?;
+            if read == 0 {
                 return if self.buffer.is_empty() {
                     Ok(None)
                 } else {

@@ -79,6 +79,16 @@ impl Frame {
         }))
     }
 
+    /// How many bytes the frame at the front of `buffer` still lacks, once its header is
+    /// in (`None` before that, or when the header is invalid: [`Frame::parse`] says why).
+    pub fn missing(buffer: &[u8]) -> Option<usize> {
+        if buffer.len() < HEADER_LEN || !matches!(buffer[0], KIND_CONTROL | KIND_DATA) {
+            return None;
+        }
+        let len = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
+        (HEADER_LEN + len).checked_sub(buffer.len())
+    }
+
     /// The header announcing a payload of `len` bytes of this frame's kind.
     pub fn header(control: bool, len: usize) -> [u8; HEADER_LEN] {
         let kind = if control { KIND_CONTROL } else { KIND_DATA };
@@ -112,6 +122,19 @@ mod tests {
             Frame::parse(&mut buffer),
             Ok(Some(Frame::Data(Bytes::from_static(b"xyz"))))
         );
+    }
+
+    /// Once a header is in, the reader knows how much of its frame is still to come, so
+    /// that it can read a large data frame up to its end and no further.
+    #[test]
+    fn tells_what_a_frame_still_lacks() {
+        let mut buffer = BytesMut::from(&Frame::header(false, 10)[..3]);
+        assert_eq!(Frame::missing(&buffer), None);
+        buffer.extend_from_slice(&Frame::header(false, 10)[3..]);
+        assert_eq!(Frame::missing(&buffer), Some(10));
+        buffer.extend_from_slice(b"0123");
+        assert_eq!(Frame::missing(&buffer), Some(6));
+        assert_eq!(Frame::missing(b"Zxxxx"), None);
     }
 
     /// Oversized and unknown frames are refused from their header alone.

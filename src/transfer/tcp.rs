@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
@@ -234,18 +234,17 @@ fn read_stable(
     let mut remaining = size;
     while remaining > 0 {
         let want = remaining.min(CHUNK as u64) as usize;
-        let mut buffer = BytesMut::zeroed(want);
-        let mut filled = 0;
-        while filled < want {
-            match file.read(&mut buffer[filled..]) {
-                // Shorter than when it was opened: it changed.
-                Ok(0) => return Err(ShareError::Changed(rel.clone())),
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(ShareError::io(rel.under(share.root()), e)),
-            }
+        // Read into fresh capacity: no zeroing of bytes about to be overwritten.
+        let mut buffer = Vec::with_capacity(want);
+        (&mut file)
+            .take(want as u64)
+            .read_to_end(&mut buffer)
+            .map_err(|e| ShareError::io(rel.under(share.root()), e))?;
+        if buffer.len() < want {
+            // Shorter than when it was opened: it changed.
+            return Err(ShareError::Changed(rel.clone()));
         }
-        let buffer = buffer.freeze();
+        let buffer = Bytes::from(buffer);
         if let Some(hasher) = hasher.as_ref() {
             hasher.update(&buffer);
         }
