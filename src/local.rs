@@ -33,8 +33,8 @@ pub struct Settings {
 pub struct Served {
     /// The file.
     pub name: RelPath,
-    /// SHA-256 of what was sent.
-    pub sha256: String,
+    /// BLAKE3 of what was sent.
+    pub blake3: String,
     /// Its size.
     pub size: u64,
     /// Its modification time.

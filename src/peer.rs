@@ -299,7 +299,7 @@ impl Peer {
     pub async fn confirm_installed(&self, version: Served) -> Result<(), PeerError> {
         let request = Request::Installed {
             name: version.name,
-            sha256: version.sha256,
+            blake3: version.blake3,
             size: version.size,
             mtime: version.mtime,
             mode: version.mode,
@@ -314,7 +314,7 @@ impl Peer {
             .into_iter()
             .map(|version| InstalledVersion {
                 name: version.name,
-                sha256: version.sha256,
+                blake3: version.blake3,
                 size: version.size,
                 mtime: version.mtime,
                 mode: version.mode,
@@ -472,7 +472,7 @@ impl Peer {
     ) -> Result<Downloaded, PeerError> {
         let request = Request::Download {
             name: name.clone(),
-            sha256_only: !landing.with_md5,
+            blake3_only: landing.digests.blake3_only(),
         };
         let share = Arc::clone(&self.local.share);
         exchange!(self, &request, |connection, _addr| {
@@ -553,8 +553,9 @@ impl Peer {
                     size,
                     mtime,
                     mode,
-                    md5: digests.md5,
+                    blake3: digests.blake3,
                     sha256: digests.sha256,
+                    md5: digests.md5,
                     transport: Transport::Tcp,
                     path: want.landing.name.under(share.root()),
                     seconds,
@@ -593,7 +594,7 @@ impl Peer {
         let request = Request::DownloadUdp {
             name: name.clone(),
             max_rate,
-            sha256_only: !landing.with_md5,
+            blake3_only: landing.digests.blake3_only(),
         };
         let share = Arc::clone(&self.local.share);
         let result = exchange!(self, &request, |connection, addr| {

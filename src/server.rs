@@ -17,7 +17,7 @@ use crate::history::Direction;
 use crate::local::{LocalBox, Served};
 use crate::protocol::message::{InstalledVersion, MAX_BATCH_NAMES};
 use crate::protocol::{self, Connection, ConnectionError, ErrorKind, Request, Response};
-use crate::share::FileHash;
+use crate::share::{DigestSet, FileHash};
 use crate::transfer::tcp;
 use crate::transfer::udp::{self, hub::UdpHub};
 
@@ -211,14 +211,14 @@ async fn handle_connection(
             }
             Request::Installed {
                 ref name,
-                ref sha256,
+                ref blake3,
                 size,
                 mtime,
                 mode,
             } => {
                 let version = Served {
                     name: name.clone(),
-                    sha256: sha256.clone(),
+                    blake3: blake3.clone(),
                     size,
                     mtime,
                     mode,
@@ -342,8 +342,9 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             }
             Err(e) => report(connection, &e).await,
         },
-        Request::Download { name, sha256_only } => {
-            let outcome = tcp::send_file(connection, share, &name, !sha256_only).await?;
+        Request::Download { name, blake3_only } => {
+            let digests = DigestSet::from_blake3_only(blake3_only);
+            let outcome = tcp::send_file(connection, share, &name, digests).await?;
             share.persist_cache();
             Ok(outcome
                 .map(|served| local.note_served(peer_id, served))
@@ -356,7 +357,7 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             let mut failures = 0;
             let mut first_failure = None;
             for name in &names {
-                match tcp::send_file(connection, share, name, false).await? {
+                match tcp::send_file(connection, share, name, DigestSet::Blake3).await? {
                     Ok(served) => local.note_served(peer_id, served),
                     Err(e) => {
                         failures += 1;
@@ -377,11 +378,11 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         Request::DownloadUdp {
             name,
             max_rate,
-            sha256_only,
+            blake3_only,
         } => {
             let wanted = udp::serve::Wanted {
                 max_rate,
-                with_md5: !sha256_only,
+                digests: DigestSet::from_blake3_only(blake3_only),
             };
             let outcome =
                 udp::serve::serve_download(connection, share, hub, &name, wanted, client_ip)
@@ -411,7 +412,7 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 fn served(version: &InstalledVersion) -> Served {
     Served {
         name: version.name.clone(),
-        sha256: version.sha256.clone(),
+        blake3: version.blake3.clone(),
         size: version.size,
         mtime: version.mtime,
         mode: version.mode,

@@ -51,12 +51,12 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         unless: Option<String>,
     },
-    /// MD5, SHA-256 and mtime of one file.
+    /// BLAKE3, SHA-256, MD5 and mtime of one file.
     HashVerify {
         /// The file.
         name: RelPath,
     },
-    /// MD5, SHA-256 and mtime of every file.
+    /// BLAKE3, SHA-256, MD5 and mtime of every file (BLAKE3 alone when conditional: sync's).
     HashCheckall {
         /// A conditional request, as for [`Request::Index`].
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,9 +66,10 @@ pub enum Request {
     Download {
         /// The file.
         name: RelPath,
-        /// Leave MD5 out of the digests (sync verifies SHA-256 alone; MD5 is slower).
+        /// Leave SHA-256 and MD5 out of the digests: sync needs BLAKE3 alone, and the two
+        /// would slow the sender down.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        sha256_only: bool,
+        blake3_only: bool,
     },
     /// The bytes of many files in one exchange, so that a sync of many small files does not
     /// pay a round trip per file: one answer per name, in order (as for `download`, or an
@@ -86,7 +87,7 @@ pub enum Request {
         max_rate: Option<u64>,
         /// As for [`Request::Download`].
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        sha256_only: bool,
+        blake3_only: bool,
     },
     /// "My folder changed": the receiver's sync should pull from the sender soon (answered
     /// by `ack`).
@@ -96,8 +97,8 @@ pub enum Request {
     Installed {
         /// The file.
         name: RelPath,
-        /// SHA-256 of the installed content.
-        sha256: String,
+        /// BLAKE3 of the installed content.
+        blake3: String,
         /// Its size.
         size: u64,
         /// Its modification time.
@@ -167,8 +168,8 @@ pub const MAX_BATCH_NAMES: usize = 4096;
 pub struct InstalledVersion {
     /// The file.
     pub name: RelPath,
-    /// SHA-256 of the installed content.
-    pub sha256: String,
+    /// BLAKE3 of the installed content.
+    pub blake3: String,
     /// Its size.
     pub size: u64,
     /// Its modification time.
@@ -219,7 +220,7 @@ pub enum Response {
     },
     /// A file transfer ended; the digests are of exactly the bytes that were sent.
     FileEnd {
-        /// MD5 and SHA-256 of the sent bytes.
+        /// BLAKE3 (and, when asked for, SHA-256 and MD5) of the sent bytes.
         digests: Digests,
     },
     /// A UDP transfer is ready: the client proves its UDP endpoint with the token, then
@@ -239,7 +240,7 @@ pub enum Response {
         mode: u32,
         /// File bytes per datagram.
         chunk_len: u32,
-        /// MD5 and SHA-256 of the file as it will be sent.
+        /// BLAKE3 (and, when asked for, SHA-256 and MD5) of the file as it will be sent.
         digests: Digests,
     },
     /// The request was taken note of.

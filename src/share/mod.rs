@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use thiserror::Error;
 
 pub use folder::{DIRECTORY_TYPE, Entry, Fingerprint};
-pub use hash::{ContentHasher, Digests, FileHash, HashCache};
+pub use hash::{ContentHasher, DigestSet, Digests, FileHash, HashCache};
 pub use install::{Expect, InstallMeta};
 pub use locks::PathLocks;
 pub use path::{PathError, RelPath, STATE_DIR};
@@ -145,7 +145,8 @@ impl Share {
         let _guard = self.locks.read(rel).await;
         let share = Arc::clone(self);
         let rel = rel.clone();
-        let result = blocking(move || share.cache.hash_file(&share.root, &rel, true)).await;
+        let result =
+            blocking(move || share.cache.hash_file(&share.root, &rel, DigestSet::All)).await;
         self.persist_cache();
         result
     }
@@ -165,7 +166,9 @@ impl Share {
             Ok(entries
                 .iter()
                 .filter(|(entry, _)| !entry.is_dir())
-                .filter_map(|(entry, fingerprint)| share.cached_or_hashed(entry, fingerprint, true))
+                .filter_map(|(entry, fingerprint)| {
+                    share.cached_or_hashed(entry, fingerprint, DigestSet::All)
+                })
                 .collect())
         })
         .await;
@@ -179,17 +182,18 @@ impl Share {
         &self,
         entry: &Entry,
         fingerprint: &Fingerprint,
-        with_md5: bool,
+        set: DigestSet,
     ) -> Option<FileHash> {
-        match self.cache.lookup(&entry.name, fingerprint, with_md5) {
+        match self.cache.lookup(&entry.name, fingerprint, set) {
             Some(digests) => Some(FileHash {
                 name: entry.name.clone(),
-                md5: digests.md5,
+                blake3: digests.blake3,
                 sha256: digests.sha256,
+                md5: digests.md5,
                 mtime: entry.mtime,
                 size: entry.size,
             }),
-            None => self.cache.hash_file(&self.root, &entry.name, with_md5).ok(),
+            None => self.cache.hash_file(&self.root, &entry.name, set).ok(),
         }
     }
 
@@ -212,8 +216,8 @@ impl Share {
                     let hash = if entry.is_dir() {
                         None
                     } else {
-                        // Sync compares SHA-256 alone; MD5 waits until a person asks.
-                        share.cached_or_hashed(&entry, &fingerprint, false)
+                        // Sync compares BLAKE3 alone; MD5 and SHA-256 wait until a person asks.
+                        share.cached_or_hashed(&entry, &fingerprint, DigestSet::Blake3)
                     };
                     (entry, hash)
                 })

@@ -67,7 +67,7 @@ examples:
 download tcp <file>
     Fetches the file into the local shared folder at the same relative path, with
     the peer's last-modified time and permissions. The bytes are verified against
-    the peer's SHA-256 before the file appears; a replaced local version is kept in
+    the peer's BLAKE3 before the file appears; a replaced local version is kept in
     .boxsync/trash/. Shows name, size, last-modified time and MD5.
 download udp <file> [--max-rate RATE]
     The same over UDP: paced datagrams, selective resends, rate control that does not

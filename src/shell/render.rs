@@ -129,6 +129,7 @@ fn hash_json(hash: &FileHash) -> Value {
         "name": hash.name,
         "md5": hash.md5,
         "sha256": hash.sha256,
+        "blake3": hash.blake3,
         "mtime": hash.mtime,
     })
 }
@@ -140,6 +141,7 @@ fn download_json(d: &Downloaded) -> Value {
         "mtime": d.mtime,
         "md5": d.md5,
         "sha256": d.sha256,
+        "blake3": d.blake3,
         "transport": d.transport,
         "path": d.path,
         "seconds": (d.seconds * 1000.0).round() / 1000.0,
@@ -374,7 +376,7 @@ fn hash_table(hashes: &[FileHash], layout: Layout) -> String {
                 vec![
                     h.name.to_string(),
                     h.md5.clone().unwrap_or_else(|| "-".to_string()),
-                    h.sha256.clone(),
+                    h.sha256.clone().unwrap_or_else(|| "-".to_string()),
                     h.mtime.to_local_string(),
                 ]
             })

@@ -31,9 +31,9 @@ use crate::time::Timestamp;
 pub struct Version {
     /// Directory rather than file.
     pub dir: bool,
-    /// Content hash (files).
+    /// BLAKE3 of the content (files): what tells two contents apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
+    pub blake3: Option<String>,
     /// Size (files).
     #[serde(default)]
     pub size: u64,
@@ -47,7 +47,7 @@ pub struct Version {
 impl Version {
     /// Same kind and same content.
     pub fn same_content(&self, other: &Version) -> bool {
-        self.dir == other.dir && (self.dir || self.sha256 == other.sha256)
+        self.dir == other.dir && (self.dir || self.blake3 == other.blake3)
     }
 
     /// Same content and, for files, the same metadata: nothing to do.
@@ -345,7 +345,7 @@ mod tests {
     fn file(content: &str, secs: i64) -> Version {
         Version {
             dir: false,
-            sha256: Some(content.to_string()),
+            blake3: Some(content.to_string()),
             size: content.len() as u64,
             mtime: Timestamp(chrono::DateTime::from_timestamp(secs, 0).unwrap()),
             mode: 0o644,
@@ -355,7 +355,7 @@ mod tests {
     fn dir() -> Version {
         Version {
             dir: true,
-            sha256: None,
+            blake3: None,
             size: 0,
             mtime: Timestamp(chrono::DateTime::from_timestamp(0, 0).unwrap()),
             mode: 0o755,

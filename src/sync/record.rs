@@ -34,9 +34,17 @@ pub struct Record {
     revision: u64,
 }
 
+/// The content hash that the stored versions name. A record written with another one (by
+/// an older boxsync) cannot be compared with today's listings: it is set aside as if it
+/// were lost, and sync merges (which never deletes).
+const CONTENT_HASH: &str = "blake3";
+
 /// The record as stored.
 #[derive(serde::Serialize, serde::Deserialize, Default)]
 struct Stored {
+    /// Which hash the versions carry ([`CONTENT_HASH`]).
+    #[serde(default)]
+    hash: String,
     agreed: Vec<(RelPath, Version)>,
     #[serde(default)]
     ours: Vec<(RelPath, Vec<Version>)>,
@@ -44,7 +52,8 @@ struct Stored {
 
 impl Record {
     /// Loads the record kept with the peer `peer_id` under `state_dir`. A missing record is
-    /// empty (first sync, or `.boxsync/` was lost: sync then merges, never deletes).
+    /// empty (first sync, or `.boxsync/` was lost: sync then merges, never deletes), and so
+    /// is one whose versions name contents by another hash.
     pub fn load(state_dir: &Path, peer_id: &str) -> io::Result<Record> {
         let file = state_dir.join(RECORD_DIR).join(format!("{peer_id}.json"));
         let stored = match fs::read(&file) {
@@ -52,6 +61,11 @@ impl Record {
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Stored::default(),
             Err(e) => return Err(e),
+        };
+        let stored = if stored.hash == CONTENT_HASH {
+            stored
+        } else {
+            Stored::default()
         };
         Ok(Record {
             file,
@@ -110,6 +124,7 @@ impl Record {
             fs::create_dir_all(dir)?;
         }
         let stored = Stored {
+            hash: CONTENT_HASH.to_string(),
             agreed: self.entries.clone().into_iter().collect(),
             ours: self.ours.clone().into_iter().collect(),
         };
@@ -121,5 +136,40 @@ impl Record {
         fs::rename(&tmp, &self.file)?;
         self.dirty = false;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::Timestamp;
+
+    fn version(blake3: &str) -> Version {
+        Version {
+            dir: false,
+            blake3: Some(blake3.to_string()),
+            size: 3,
+            mtime: Timestamp(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap()),
+            mode: 0o644,
+        }
+    }
+
+    /// A saved record comes back as it was; one written by a boxsync that named contents
+    /// by SHA-256 comes back empty, so that sync merges instead of comparing hashes of two
+    /// kinds (which would take every file for changed).
+    #[test]
+    fn loads_its_own_format_and_sets_an_older_one_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = RelPath::parse("a.txt").unwrap();
+        let mut record = Record::load(dir.path(), "peer").unwrap();
+        record.update([(path.clone(), Some(version("abc")))]);
+        record.save().unwrap();
+        let loaded = Record::load(dir.path(), "peer").unwrap();
+        assert_eq!(loaded.entries.get(&path), Some(&version("abc")));
+
+        let older = r#"{"agreed":[["a.txt",{"dir":false,"sha256":"abc","size":3,"mtime":"2023-11-14T22:13:20Z","mode":420}]],"ours":[]}"#;
+        fs::write(dir.path().join(RECORD_DIR).join("peer.json"), older).unwrap();
+        let loaded = Record::load(dir.path(), "peer").unwrap();
+        assert!(loaded.entries.is_empty());
     }
 }

@@ -14,7 +14,7 @@ use super::{PeerStatus, SyncTransport};
 use crate::local::{LocalBox, Served};
 use crate::peer::{Listing, Peer, PeerError};
 use crate::share::filter::IndexFilter;
-use crate::share::{Entry as ShareEntry, FileHash, InstallMeta, RelPath};
+use crate::share::{DigestSet, Entry as ShareEntry, FileHash, InstallMeta, RelPath};
 use crate::time::Timestamp;
 use crate::transfer::{Downloaded, Landing, Wanted};
 
@@ -62,7 +62,7 @@ fn units(group: Vec<Action>, transport: SyncTransport) -> Vec<Unit> {
                     landing: Landing {
                         name: local.clone(),
                         expect: expect.clone(),
-                        with_md5: false,
+                        digests: DigestSet::Blake3,
                     },
                 },
             )),
@@ -142,7 +142,7 @@ fn version(entry: &ShareEntry, hash: Option<&FileHash>) -> Option<Version> {
     if entry.is_dir() {
         return Some(Version {
             dir: true,
-            sha256: None,
+            blake3: None,
             size: 0,
             mtime: entry.mtime,
             mode: entry.mode,
@@ -151,7 +151,7 @@ fn version(entry: &ShareEntry, hash: Option<&FileHash>) -> Option<Version> {
     let hash = hash?;
     Some(Version {
         dir: false,
-        sha256: Some(hash.sha256.clone()),
+        blake3: Some(hash.blake3.clone()),
         size: hash.size,
         mtime: hash.mtime,
         mode: entry.mode,
@@ -389,7 +389,7 @@ pub async fn sync_with(
 fn served_version(served: Served) -> Version {
     Version {
         dir: false,
-        sha256: Some(served.sha256),
+        blake3: Some(served.blake3),
         size: served.size,
         mtime: served.mtime,
         mode: served.mode,
@@ -452,7 +452,7 @@ async fn apply(
             let landing = Landing {
                 name: name.clone(),
                 expect: expect.clone(),
-                with_md5: false,
+                digests: DigestSet::Blake3,
             };
             let mut progress = |_: u64, _: u64| {};
             let downloaded = match transport {
@@ -525,14 +525,14 @@ fn settle(
     }
     let confirmation = Served {
         name: name.clone(),
-        sha256: downloaded.sha256.clone(),
+        blake3: downloaded.blake3.clone(),
         size: downloaded.size,
         mtime: downloaded.mtime,
         mode: downloaded.mode,
     };
     let got = Version {
         dir: false,
-        sha256: Some(downloaded.sha256),
+        blake3: Some(downloaded.blake3),
         size: downloaded.size,
         mtime: downloaded.mtime,
         mode: downloaded.mode,

@@ -5,7 +5,7 @@
 //! The answers arrive in the order asked, each a whole TCP download (`file_start`, data,
 //! `file_end`) or an `error`, then `batch_end`. One blocking thread per batch writes each
 //! file to its own partial file under `.boxsync/tmp/`, hashing it as it goes, and keeps it
-//! only if its SHA-256 equals the sender's. Installing comes after, for the whole batch at
+//! only if its BLAKE3 equals the sender's. Installing comes after, for the whole batch at
 //! once ([`crate::share::Share::install_batch`]). A file that fails (refused by the peer,
 //! changed while sent, a digest mismatch) fails alone; a broken connection ends the batch
 //! but keeps the files already verified.
@@ -15,7 +15,6 @@ use std::io::Write;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
@@ -23,7 +22,6 @@ use super::partial::PartialFile;
 use super::tcp::start_write_back;
 use super::{Landing, TransferError};
 use crate::protocol::{Connection, Frame, Request, Response};
-use crate::share::hash::to_hex;
 use crate::share::install::set_meta;
 use crate::share::{BatchInstall, Digests, InstallMeta, RelPath, Share, ShareError};
 use crate::time::Timestamp;
@@ -43,7 +41,7 @@ pub struct Received {
     pub mtime: Timestamp,
     /// Permission bits, as on the peer.
     pub mode: u32,
-    /// The sender's digests, which the received bytes matched (SHA-256).
+    /// The sender's digests, which the received bytes matched (BLAKE3).
     pub digests: Digests,
 }
 
@@ -209,7 +207,7 @@ enum Piece {
     },
     /// The next bytes of the current file.
     Data(Bytes),
-    /// The current file is complete; keep it if its SHA-256 is `digests.sha256`.
+    /// The current file is complete; keep it if its BLAKE3 is `digests.blake3`.
     End {
         /// The sender's digests of the bytes it sent.
         digests: Digests,
@@ -226,8 +224,8 @@ struct Writing {
     name: RelPath,
     /// The temporary file, or why it could not be created or written.
     state: Result<(PartialFile, File), ShareError>,
-    /// SHA-256 of the bytes so far.
-    hasher: Sha256,
+    /// BLAKE3 of the bytes so far.
+    hasher: blake3::Hasher,
     /// Bytes written so far.
     written: u64,
     /// Mode and mtime to give it.
@@ -248,11 +246,11 @@ impl Writing {
     /// Checks the bytes against the sender's digests and readies the file for installing.
     fn finish(self, digests: Digests) -> Result<Received, TransferError> {
         let (partial, file) = self.state?;
-        let got = to_hex(&self.hasher.finalize());
-        if got != digests.sha256 {
+        let got = self.hasher.finalize().to_hex().to_string();
+        if got != digests.blake3 {
             return Err(TransferError::Checksum {
                 name: self.name,
-                expected: digests.sha256,
+                expected: digests.blake3,
                 got,
             });
         }
@@ -285,7 +283,7 @@ fn write_files(
                     index,
                     name,
                     state: PartialFile::create(share.temp_path()),
-                    hasher: Sha256::new(),
+                    hasher: blake3::Hasher::new(),
                     written: 0,
                     meta,
                 });

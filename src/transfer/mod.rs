@@ -12,7 +12,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::protocol::{ConnectionError, ErrorKind};
-use crate::share::{Expect, RelPath, ShareError};
+use crate::share::{DigestSet, Expect, RelPath, ShareError};
 use crate::time::Timestamp;
 
 /// A progress callback: `(bytes so far, total bytes)`. Called from the async side as data
@@ -26,9 +26,9 @@ pub struct Landing {
     pub name: RelPath,
     /// What must be at that name for the download to replace it.
     pub expect: Expect,
-    /// Whether the MD5 is wanted too (a person sees it; sync needs SHA-256 alone, and a
-    /// cold MD5 would slow the sender down).
-    pub with_md5: bool,
+    /// Which digests are wanted: all of them for a person, BLAKE3 alone for sync (cold
+    /// SHA-256 and MD5 would slow the sender down).
+    pub digests: DigestSet,
 }
 
 impl Landing {
@@ -37,7 +37,7 @@ impl Landing {
         Landing {
             name: name.clone(),
             expect: Expect::Anything,
-            with_md5: true,
+            digests: DigestSet::All,
         }
     }
 }
@@ -73,10 +73,13 @@ pub struct Downloaded {
     /// Permission bits, as on the peer.
     #[serde(skip)]
     pub mode: u32,
-    /// MD5 of the content, hex (when it was asked for).
+    /// BLAKE3 of the content, hex (verified end to end).
+    pub blake3: String,
+    /// SHA-256 of the content, hex (when it was asked for): the sender's, over the bytes
+    /// that BLAKE3 proved arrived unchanged.
+    pub sha256: Option<String>,
+    /// MD5 of the content, hex (when it was asked for), like SHA-256.
     pub md5: Option<String>,
-    /// SHA-256 of the content, hex (verified end to end).
-    pub sha256: String,
     /// How it travelled.
     pub transport: Transport,
     /// Where it landed locally.
@@ -120,13 +123,13 @@ pub enum TransferError {
         got: u64,
     },
     /// The received bytes do not hash to what the peer read.
-    #[error("checksum mismatch for '{name}': expected sha256 {expected}, got {got}")]
+    #[error("checksum mismatch for '{name}': expected blake3 {expected}, got {got}")]
     Checksum {
         /// The file.
         name: RelPath,
-        /// The peer's SHA-256.
+        /// The peer's BLAKE3.
         expected: String,
-        /// The SHA-256 of what arrived.
+        /// The BLAKE3 of what arrived.
         got: String,
     },
     /// A batch ended (its connection failed) before this file's turn came.

@@ -2,8 +2,8 @@
 //!
 //! Sender: `FileStart`, then exactly `size` bytes in data frames, then `FileEnd` with the
 //! digests of the bytes actually read, or `Error{changed}` if the file changed meanwhile.
-//! Receiver: writes to a partial file under `.boxsync/tmp/`, hashes as it writes, compares
-//! with the sender's digests, and only then installs the file.
+//! Receiver: writes to a partial file under `.boxsync/tmp/`, computes BLAKE3 as it writes,
+//! compares with the sender's, and only then installs the file.
 //!
 //! Disk reads, writes and hashing run on blocking threads connected to the socket task by
 //! small bounded channels, so that disk, hashing and network overlap.
@@ -23,7 +23,7 @@ use crate::local::Served;
 use crate::protocol::{Connection, ConnectionError, ErrorKind, Frame, Request, Response};
 use crate::share::folder::{self, Fingerprint};
 use crate::share::hash::{BackgroundHasher, ContentHasher};
-use crate::share::{Digests, InstallMeta, RelPath, Share, ShareError};
+use crate::share::{DigestSet, Digests, InstallMeta, RelPath, Share, ShareError};
 
 /// Bytes per data frame and per disk read.
 pub const CHUNK: usize = 256 * 1024;
@@ -48,7 +48,7 @@ pub async fn send_file<S: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
     share: &Arc<Share>,
     rel: &RelPath,
-    with_md5: bool,
+    wanted: DigestSet,
 ) -> Result<Result<Served, ShareError>, ConnectionError> {
     let _guard = share.locks().read(rel).await;
     let opened = {
@@ -57,12 +57,12 @@ pub async fn send_file<S: AsyncRead + AsyncWrite + Unpin>(
         tokio::task::spawn_blocking(move || {
             let (file, meta) = folder::open_regular(share.root(), &rel)?;
             let fingerprint = Fingerprint::of(&meta);
-            let cached = share.hash_cache().lookup(&rel, &fingerprint, with_md5);
+            let cached = share.hash_cache().lookup(&rel, &fingerprint, wanted);
             if meta.len() <= WHOLE_READ {
                 let whole = read_whole(
                     file,
                     meta.len(),
-                    Planned { cached, with_md5 },
+                    Planned { cached, wanted },
                     &share,
                     &rel,
                     fingerprint,
@@ -103,7 +103,7 @@ pub async fn send_file<S: AsyncRead + AsyncWrite + Unpin>(
         let share = Arc::clone(share);
         let rel = rel.clone();
         tokio::task::spawn_blocking(move || {
-            let digests = Planned { cached, with_md5 };
+            let digests = Planned { cached, wanted };
             read_stable(file, size, digests, chunks_tx, &share, &rel, fingerprint)
         })
     };
@@ -117,7 +117,7 @@ pub async fn send_file<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(digests) => {
             let served = Served {
                 name: rel.clone(),
-                sha256: digests.sha256.clone(),
+                blake3: digests.blake3.clone(),
                 size,
                 mtime,
                 mode,
@@ -136,10 +136,10 @@ pub async fn send_file<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// The digests a send ends with: known from the cache, or computed while sending.
 struct Planned {
-    /// From the cache, when its entry matches (with MD5 if wanted).
+    /// From the cache, when its entry matches and has every digest wanted.
     cached: Option<Digests>,
-    /// Whether MD5 is wanted.
-    with_md5: bool,
+    /// Which digests are wanted.
+    wanted: DigestSet,
 }
 
 /// A file opened for sending: small ones already read, checked and hashed.
@@ -175,7 +175,7 @@ async fn send_whole<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let served = Served {
         name: rel.clone(),
-        sha256: digests.sha256.clone(),
+        blake3: digests.blake3.clone(),
         size,
         mtime,
         mode,
@@ -204,11 +204,11 @@ fn read_whole(
     if bytes.len() as u64 != size || now != Some(fingerprint) {
         return Err(ShareError::Changed(rel.clone()));
     }
-    let Planned { cached, with_md5 } = digests;
+    let Planned { cached, wanted } = digests;
     let digests = match cached {
         Some(digests) => digests,
         None => {
-            let mut hasher = ContentHasher::new(with_md5);
+            let mut hasher = ContentHasher::new(wanted);
             hasher.update(&bytes);
             let digests = hasher.finish();
             share.hash_cache().insert(rel, fingerprint, digests.clone());
@@ -229,8 +229,8 @@ fn read_stable(
     rel: &RelPath,
     fingerprint: Fingerprint,
 ) -> Result<Digests, ShareError> {
-    let Planned { cached, with_md5 } = digests;
-    let hasher = cached.is_none().then(|| BackgroundHasher::new(with_md5));
+    let Planned { cached, wanted } = digests;
+    let hasher = cached.is_none().then(|| BackgroundHasher::new(wanted));
     let mut remaining = size;
     while remaining > 0 {
         let want = remaining.min(CHUNK as u64) as usize;
@@ -264,8 +264,7 @@ fn read_stable(
     match (cached, hasher) {
         (Some(digests), _) => Ok(digests),
         (None, Some(hasher)) => {
-            let (md5, sha256) = hasher.finish();
-            let digests = Digests { md5, sha256 };
+            let digests = hasher.finish();
             share.hash_cache().insert(rel, fingerprint, digests.clone());
             Ok(digests)
         }
@@ -302,7 +301,7 @@ pub fn error_response(error: &ShareError) -> Response {
 
 /// Downloads `rel` over `connection` into `share`: the receiver side of a TCP download.
 ///
-/// The file is written to a partial file, verified against the sender's SHA-256 and only
+/// The file is written to a partial file, verified against the sender's BLAKE3 and only
 /// then installed (atomically, with mtime and mode, the old version kept in the trash).
 /// Dropping the future cancels the download and removes the partial file.
 pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
@@ -316,7 +315,7 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
     connection
         .write_message(&Request::Download {
             name: rel.clone(),
-            sha256_only: !landing.with_md5,
+            blake3_only: landing.digests.blake3_only(),
         })
         .await?;
     let (size, mtime, mode) = match connection.expect_message::<Response>().await? {
@@ -364,7 +363,7 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     drop(chunks_tx);
-    let local_sha256 = writer
+    let local_blake3 = writer
         .await
         .unwrap_or_else(|e| Err(ShareError::io(partial.path(), io::Error::other(e))))?;
     let Some(sent_digests) = sent_digests else {
@@ -377,15 +376,16 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
             got: received,
         });
     }
-    if local_sha256 != sent_digests.sha256 {
+    if local_blake3 != sent_digests.blake3 {
         return Err(TransferError::Checksum {
             name: rel.clone(),
-            expected: sent_digests.sha256,
-            got: local_sha256,
+            expected: sent_digests.blake3,
+            got: local_blake3,
         });
     }
-    // The content is verified by SHA-256; its MD5 (for display) is the sender's, computed
-    // over the same bytes. Computing it again here would halve the download rate.
+    // The content is verified by BLAKE3; its SHA-256 and MD5 (for display) are the
+    // sender's, computed over the same bytes. Computing them again here would cap the
+    // download at SHA-256's speed.
     let local_digests = sent_digests;
     let replaced = share
         .install(
@@ -401,8 +401,9 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
         size,
         mtime,
         mode,
-        md5: local_digests.md5,
+        blake3: local_digests.blake3,
         sha256: local_digests.sha256,
+        md5: local_digests.md5,
         transport: Transport::Tcp,
         path: landing.name.under(share.root()),
         seconds: started.elapsed().as_secs_f64(),
@@ -413,7 +414,7 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Writes arriving chunks to the partial file while a background thread computes their
-/// SHA-256, then flushes the file to disk. Returns the SHA-256.
+/// BLAKE3, then flushes the file to disk. Returns the BLAKE3.
 ///
 /// Write-back is started every [`WRITE_BEHIND`] bytes, so that the final flush has little
 /// left to do instead of writing the whole file at the end.
@@ -422,7 +423,7 @@ fn write_and_hash(
     mut chunks: mpsc::Receiver<Bytes>,
     path: &std::path::Path,
 ) -> Result<String, ShareError> {
-    let hasher = BackgroundHasher::new(false);
+    let hasher = BackgroundHasher::new(DigestSet::Blake3);
     let mut written: u64 = 0;
     let mut flushed: u64 = 0;
     while let Some(chunk) = chunks.blocking_recv() {
@@ -436,7 +437,7 @@ fn write_and_hash(
         }
     }
     file.sync_all().map_err(|e| ShareError::io(path, e))?;
-    Ok(hasher.finish().1)
+    Ok(hasher.finish().blake3)
 }
 
 /// Asks the kernel to start writing a range to disk without waiting for it (Linux's

@@ -14,7 +14,7 @@ use boxsync::time::Timestamp;
 use boxsync::transfer::{Landing, TransferError, Wanted};
 use tokio::net::TcpListener;
 
-use crate::util::{TestBox, bytes, coreutils_hashes, files_under};
+use crate::util::{TestBox, bytes, files_under};
 
 fn rel(name: &str) -> RelPath {
     RelPath::parse(name).unwrap()
@@ -89,7 +89,14 @@ async fn batch_installs_the_good_files_and_fails_the_bad_ones_alone() {
                     fs::read(&here).unwrap(),
                     fs::read(b.root().join(name)).unwrap()
                 );
-                assert_eq!(downloaded.sha256, coreutils_hashes(&here).1, "{name}");
+                let content = fs::read(&here).unwrap();
+                assert_eq!(
+                    downloaded.blake3,
+                    blake3::hash(&content).to_hex().to_string(),
+                    "{name}"
+                );
+                // Sync's batches carry BLAKE3 alone: SHA-256 and MD5 are for people.
+                assert_eq!((&downloaded.sha256, &downloaded.md5), (&None, &None));
                 let there = fs::metadata(b.root().join(name)).unwrap();
                 let mine = fs::metadata(&here).unwrap();
                 assert_eq!(
@@ -166,8 +173,9 @@ fn digests_of(content: &[u8]) -> Digests {
     use sha2::Digest;
     let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
     Digests {
+        blake3: blake3::hash(content).to_hex().to_string(),
+        sha256: Some(hex(&sha2::Sha256::digest(content))),
         md5: Some(hex(&md5::Md5::digest(content))),
-        sha256: hex(&sha2::Sha256::digest(content)),
     }
 }
 
@@ -301,7 +309,7 @@ async fn installed_many_is_noted_like_single_notices() {
     let peer = b.peer_for(&me);
     let version = |name: &str, sha: char| Served {
         name: rel(name),
-        sha256: sha.to_string().repeat(64),
+        blake3: sha.to_string().repeat(64),
         size: 3,
         mtime: Timestamp::now(),
         mode: 0o644,

@@ -99,9 +99,11 @@ async fn json_shapes() {
     assert!(mtime.ends_with('Z') && mtime.len() == 30, "{mtime}");
 
     let (md5, sha256) = coreutils_hashes(&b.root().join("music/a.mp3"));
-    assert_eq!(keys(&docs[1]), ["name", "md5", "sha256", "mtime"]);
+    let blake3 = blake3::hash(b"abc").to_hex().to_string();
+    assert_eq!(keys(&docs[1]), ["name", "md5", "sha256", "blake3", "mtime"]);
     assert_eq!(docs[1]["md5"], md5.as_str());
     assert_eq!(docs[1]["sha256"], sha256.as_str());
+    assert_eq!(docs[1]["blake3"], blake3.as_str());
     assert_eq!(docs[2].as_array().unwrap().len(), 1);
 
     assert_eq!(
@@ -112,6 +114,7 @@ async fn json_shapes() {
             "mtime",
             "md5",
             "sha256",
+            "blake3",
             "transport",
             "path",
             "seconds"
@@ -119,6 +122,7 @@ async fn json_shapes() {
     );
     assert_eq!(docs[3]["transport"], "tcp");
     assert_eq!(docs[3]["md5"], md5.as_str());
+    assert_eq!(docs[3]["blake3"], blake3.as_str());
     let path = docs[3]["path"].as_str().unwrap();
     assert_eq!(std::fs::read(path).unwrap(), b"abc");
 }

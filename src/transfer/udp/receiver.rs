@@ -18,7 +18,7 @@ use super::wire::{self, Datagram, Feedback, Token};
 use super::{UdpError, parse_token};
 use crate::protocol::{Connection, Frame, Request, Response};
 use crate::share::hash::BackgroundHasher;
-use crate::share::{InstallMeta, RelPath, Share, ShareError};
+use crate::share::{DigestSet, InstallMeta, RelPath, Share, ShareError};
 use crate::transfer::partial::PartialFile;
 use crate::transfer::{Downloaded, Landing, Progress, TransferError, Transport};
 
@@ -63,7 +63,7 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
         .write_message(&Request::DownloadUdp {
             name: rel.clone(),
             max_rate,
-            sha256_only: !landing.with_md5,
+            blake3_only: landing.digests.blake3_only(),
         })
         .await
         .map_err(TransferError::from)?;
@@ -123,16 +123,16 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
         .await;
     drop(writes);
     let finished = finish(connection, ready.session).await;
-    let sha256 = writer
+    let blake3 = writer
         .await
         .unwrap_or_else(|e| Err(ShareError::io(partial.path(), io::Error::other(e))))?;
     outcome?;
     let resent = finished?;
-    if sha256 != ready.digests.sha256 {
+    if blake3 != ready.digests.blake3 {
         return Err(TransferError::Checksum {
             name: rel.clone(),
-            expected: ready.digests.sha256,
-            got: sha256,
+            expected: ready.digests.blake3,
+            got: blake3,
         }
         .into());
     }
@@ -150,8 +150,9 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
         size: ready.size,
         mtime: ready.meta.mtime,
         mode: ready.meta.mode,
+        blake3,
+        sha256: ready.digests.sha256,
         md5: ready.digests.md5,
-        sha256,
         transport: Transport::Udp,
         path: landing.name.under(share.root()),
         seconds: started.elapsed().as_secs_f64(),
@@ -408,13 +409,13 @@ enum WriteJob {
 /// Writes chunks at their offsets and hashes the file in offset order as it fills: a chunk
 /// that continues the hashed prefix is hashed as it arrives; chunks that arrived ahead of a
 /// gap are read back from the page cache once the gap is filled. Verification is thus
-/// nearly done when the last chunk arrives. Returns the SHA-256 of the whole file.
+/// nearly done when the last chunk arrives. Returns the BLAKE3 of the whole file.
 fn write_and_hash(
     file: File,
     mut jobs: mpsc::Receiver<WriteJob>,
     path: &std::path::Path,
 ) -> Result<String, ShareError> {
-    let hasher = BackgroundHasher::new(false);
+    let hasher = BackgroundHasher::new(DigestSet::Blake3);
     let mut hashed: u64 = 0;
     let mut pending = Pending::default();
     let size = file.metadata().map_err(|e| ShareError::io(path, e))?.len();
@@ -458,7 +459,7 @@ fn write_and_hash(
     hash_written(written, &mut hashed);
     hash_up_to(&mut hashed, size, &file)?;
     file.sync_all().map_err(|e| ShareError::io(path, e))?;
-    Ok(hasher.finish().1)
+    Ok(hasher.finish().blake3)
 }
 
 /// Consecutive chunks gathered into one write.

@@ -14,7 +14,7 @@ use super::wire::{CHUNK_LEN, Token};
 use crate::local::Served;
 use crate::protocol::{Connection, ConnectionError, ErrorKind, Request, Response};
 use crate::share::folder::{self, Fingerprint};
-use crate::share::{RelPath, Share, ShareError};
+use crate::share::{DigestSet, RelPath, Share, ShareError};
 use crate::transfer::tcp::error_response;
 
 /// What the client asked of a UDP download beyond the file.
@@ -22,8 +22,8 @@ use crate::transfer::tcp::error_response;
 pub struct Wanted {
     /// The client's cap on the sending rate, bytes per second.
     pub max_rate: Option<u64>,
-    /// Whether the digests include MD5.
-    pub with_md5: bool,
+    /// Which digests the client wants.
+    pub digests: DigestSet,
 }
 
 /// Serves one UDP download. The outer `Err` means the TCP connection failed; the inner
@@ -36,13 +36,13 @@ pub async fn serve_download<S: AsyncRead + AsyncWrite + Unpin>(
     wanted: Wanted,
     client_ip: IpAddr,
 ) -> Result<Result<Served, String>, ConnectionError> {
-    let Wanted { max_rate, with_md5 } = wanted;
+    let Wanted { max_rate, digests } = wanted;
     let _guard = share.locks().read(rel).await;
     let prepared = {
         let share = Arc::clone(share);
         let rel = rel.clone();
         tokio::task::spawn_blocking(move || {
-            let hash = share.hash_cache().hash_file(share.root(), &rel, with_md5)?;
+            let hash = share.hash_cache().hash_file(share.root(), &rel, digests)?;
             let (file, meta) = folder::open_regular(share.root(), &rel)?;
             if meta.len() != hash.size || folder::modified(&meta) != hash.mtime {
                 return Err(ShareError::Changed(rel.clone()));
@@ -95,13 +95,14 @@ pub async fn serve_download<S: AsyncRead + AsyncWrite + Unpin>(
         mode: folder::mode(&meta),
         chunk_len: CHUNK_LEN as u32,
         digests: crate::share::Digests {
+            blake3: hash.blake3.clone(),
+            sha256: hash.sha256,
             md5: hash.md5,
-            sha256: hash.sha256.clone(),
         },
     };
     let served = Served {
         name: rel.clone(),
-        sha256: hash.sha256,
+        blake3: hash.blake3,
         size: meta.len(),
         mtime: folder::modified(&meta),
         mode: folder::mode(&meta),
