@@ -22,7 +22,24 @@ use crate::time::Timestamp;
 const STABLE_ATTEMPTS: usize = 3;
 
 /// Size of the reads that feed the digests.
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 1024 * 1024;
+
+/// Inputs at least this long are hashed with BLAKE3 on all cores (below about 128 KiB the
+/// split costs more than it saves, says the crate).
+const PARALLEL_MIN: usize = 512 * 1024;
+
+/// Files larger than this are read on one thread and hashed on others, so that reading
+/// and hashing overlap; smaller ones are not worth the threads.
+const BACKGROUND_MIN: u64 = 4 * 1024 * 1024;
+
+/// Feeds `bytes` to BLAKE3, on all cores when they are many.
+fn blake3_update(hasher: &mut blake3::Hasher, bytes: &[u8]) {
+    if bytes.len() >= PARALLEL_MIN {
+        hasher.update_rayon(bytes);
+    } else {
+        hasher.update(bytes);
+    }
+}
 
 /// Which digests a caller needs. BLAKE3 is always computed: it names a content for sync and
 /// checks every transfer, at several times the speed of SHA-256 (which caps a transfer at
@@ -110,7 +127,7 @@ impl ContentHasher {
 
     /// Feeds the next bytes.
     pub fn update(&mut self, bytes: &[u8]) {
-        self.blake3.update(bytes);
+        blake3_update(&mut self.blake3, bytes);
         if let Some((sha256, md5)) = &mut self.classic {
             sha256.update(bytes);
             md5.update(bytes);
@@ -186,13 +203,9 @@ impl BackgroundHasher {
     /// Starts the workers for `set`.
     pub fn new(set: DigestSet) -> BackgroundHasher {
         BackgroundHasher {
-            blake3: DigestWorker::spawn(
-                blake3::Hasher::new(),
-                |h, bytes| {
-                    h.update(bytes);
-                },
-                |h| h.finalize().to_hex().to_string(),
-            ),
+            blake3: DigestWorker::spawn(blake3::Hasher::new(), blake3_update, |h| {
+                h.finalize().to_hex().to_string()
+            }),
             classic: (set == DigestSet::All).then(|| {
                 (
                     DigestWorker::spawn_digest(Sha256::new()),
@@ -444,7 +457,8 @@ impl HashCache {
                     match self.lookup(rel, &fingerprint, set) {
                         Some(digests) => digests,
                         None => {
-                            let digests = self.hash_stream(&mut file, rel, root, set)?;
+                            let digests =
+                                self.hash_stream(&mut file, rel, root, set, meta.len())?;
                             let after = folder::stat(root, rel)?;
                             if after.as_ref().map(Fingerprint::of) != Some(fingerprint) {
                                 continue;
@@ -473,7 +487,25 @@ impl HashCache {
         rel: &RelPath,
         root: &Path,
         set: DigestSet,
+        size: u64,
     ) -> Result<Digests, ShareError> {
+        if size > BACKGROUND_MIN {
+            let hasher = BackgroundHasher::new(set);
+            loop {
+                // Fresh, unzeroed capacity per chunk: the hashing threads hold the last ones.
+                let mut chunk = Vec::with_capacity(READ_CHUNK);
+                (&mut *file)
+                    .take(READ_CHUNK as u64)
+                    .read_to_end(&mut chunk)
+                    .map_err(|e| ShareError::io(rel.under(root), e))?;
+                if chunk.is_empty() {
+                    return Ok(hasher.finish());
+                }
+                self.bytes_hashed
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                hasher.update(&bytes::Bytes::from(chunk));
+            }
+        }
         let mut hasher = ContentHasher::new(set);
         let mut buffer = vec![0u8; READ_CHUNK];
         loop {
@@ -519,6 +551,31 @@ mod tests {
         });
         assert_eq!(hashes[0], hashes[1]);
         assert_eq!(cache.bytes_hashed(), content.len() as u64);
+        // Read on one thread and hashed on others (it is over BACKGROUND_MIN), the digest
+        // is still that of the whole content in one piece.
+        assert_eq!(
+            hashes[0].blake3,
+            blake3::hash(&content).to_hex().to_string()
+        );
+    }
+
+    /// A big file's digests, computed while it is read, for a person (all three), equal
+    /// those of its content hashed in one pass.
+    #[test]
+    fn a_big_file_gets_the_digests_of_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let content: Vec<u8> = (0..(9u32 << 20)).map(|i| (i * 7 % 251) as u8).collect();
+        fs::write(dir.path().join("big.bin"), &content).unwrap();
+        let cache = HashCache::load(dir.path().join("cache.json"));
+        let rel = RelPath::parse("big.bin").unwrap();
+        let hash = cache.hash_file(dir.path(), &rel, DigestSet::All).unwrap();
+        let mut one_pass = ContentHasher::new(DigestSet::All);
+        one_pass.update(&content);
+        let expected = one_pass.finish();
+        assert_eq!(
+            (hash.blake3, hash.sha256, hash.md5),
+            (expected.blake3, expected.sha256, expected.md5)
+        );
     }
 
     /// Known-answer test: the digests of "abc" from RFC 1321, FIPS 180-2 and the BLAKE3
