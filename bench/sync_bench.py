@@ -8,7 +8,7 @@
 3. the CPU an idle pair of boxes with 10,000 files uses per minute.
 
     python3 bench/sync_bench.py [--files 10000] [--big-mib 1024] [--samples 20] [--idle 60]
-                                [--parts latency,small,big,idle] [--bin PATH]
+                                [--parts latency,small,big,idle] [--bin PATH] [--work DIR]
 
 Needs rsync (apt-get install rsync) and builds boxsync in release mode.
 """
@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -35,11 +36,20 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_box(folder, port, peer_port, period=10):
+def start_box(folder, port, peer_port, period=10, synced=None):
+    """Starts a box; with `synced` (a threading.Event), sets it when the box first logs
+    a sync change, so that a waiter need not walk the folder before anything arrived."""
     cmd = [str(BIN), "serve", "-d", str(folder), "-l", f"127.0.0.1:{port}",
            "-p", f"127.0.0.1:{peer_port}", "--sync", str(period)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    stderr = subprocess.PIPE if synced is not None else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True)
     proc.stdout.readline()  # "boxsync box ... serving ... on ..."
+    if synced is not None:
+        def watch_log():
+            for line in proc.stderr:  # drained to the end, so the box never blocks on it
+                if "boxsync::sync:" in line and "received" in line:
+                    synced.set()
+        threading.Thread(target=watch_log, daemon=True).start()
     return proc
 
 
@@ -111,12 +121,16 @@ def initial_sync(source, work, label, expected_files, expected_bytes):
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir()
     pa, pb = free_port(), free_port()
+    received = threading.Event()
     t0 = time.monotonic()
     a = start_box(source, pa, pb)
-    b = start_box(dest, pb, pa)
+    b = start_box(dest, pb, pa, synced=received)
 
+    # Walking 10,000 files every 20 ms costs about 40% of a core, which the boxes being
+    # measured need (rsync pays nothing of the kind): walk only once the receiving box has
+    # logged its first received file. It logs a round's files when the round ends.
     def done():
-        if count_files(dest) != expected_files:
+        if not received.is_set() or count_files(dest) != expected_files:
             return False
         total = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file() and ".boxsync" not in f.parts)
         return total == expected_bytes
@@ -140,6 +154,9 @@ def main():
     ap.add_argument("--idle", type=int, default=60)
     ap.add_argument("--bin", type=Path, default=None,
                     help="boxsync binary to measure instead of building target/release/boxsync")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="folder to work in (default: a new temporary folder); point it at a "
+                         "freshly made file system for repeatable numbers (docs/benchmarks.md)")
     ap.add_argument("--parts", default="latency,small,big,idle",
                     help="comma-separated subset of latency,small,big,idle to run (default: all)")
     args = ap.parse_args()
@@ -156,7 +173,7 @@ def main():
         BIN = args.bin.resolve()
     if "idle" in parts and "small" not in parts:
         sys.exit("bench: the idle part measures the pair synced by the small part; add small")
-    work = Path(tempfile.mkdtemp(prefix="boxsync-syncbench-"))
+    work = Path(tempfile.mkdtemp(prefix="boxsync-syncbench-", dir=args.work))
     lines = [f"machine: {os.cpu_count()} cores; loopback; rescan period 10 s"]
     try:
         if "latency" in parts:

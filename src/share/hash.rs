@@ -507,18 +507,21 @@ impl HashCache {
             }
         }
         let mut hasher = ContentHasher::new(set);
-        let mut buffer = vec![0u8; READ_CHUNK];
+        // Sized to the file (most are small) and never zeroed: reads fill it directly.
+        let mut buffer = Vec::with_capacity((size as usize).min(READ_CHUNK) + 1);
         loop {
-            let n = match file.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(ShareError::io(rel.under(root), e)),
-            };
-            hasher.update(&buffer[..n]);
-            self.bytes_hashed.fetch_add(n as u64, Ordering::Relaxed);
+            buffer.clear();
+            (&mut *file)
+                .take(READ_CHUNK as u64)
+                .read_to_end(&mut buffer)
+                .map_err(|e| ShareError::io(rel.under(root), e))?;
+            if buffer.is_empty() {
+                return Ok(hasher.finish());
+            }
+            hasher.update(&buffer);
+            self.bytes_hashed
+                .fetch_add(buffer.len() as u64, Ordering::Relaxed);
         }
-        Ok(hasher.finish())
     }
 }
 
