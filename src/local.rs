@@ -58,6 +58,10 @@ pub struct LocalBox {
     pub settings: Settings,
     /// Signalled when a peer says its folder changed, so that sync pulls soon.
     pub changes: tokio::sync::Notify,
+    /// Set while sync's last round failed to reach a peer: the next box to connect may be
+    /// that peer coming back, and is then synced with at once (see [`LocalBox::peer_connected`])
+    /// instead of at the next rescan.
+    pub peer_missing: std::sync::atomic::AtomicBool,
     /// Versions sent to each peer (by box id) since sync last looked. A std `Mutex`: held
     /// only to push or take, never across an `.await`.
     served: PerPeer,
@@ -67,6 +71,18 @@ pub struct LocalBox {
 }
 
 impl LocalBox {
+    /// A box connected to this one's server. If sync is waiting for a peer it could not
+    /// reach, this may be that peer (restarted, or started after this box): sync runs now.
+    /// Connections are pooled, so this happens once per peer start, not per request.
+    pub fn peer_connected(&self) {
+        if self
+            .peer_missing
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.changes.notify_one();
+        }
+    }
+
     /// Opens the box whose shared folder is `dir` (created if missing), creating its id on
     /// first use.
     pub fn open(dir: &Path) -> Result<Arc<LocalBox>, ShareError> {
@@ -93,6 +109,7 @@ impl LocalBox {
             history,
             settings,
             changes: tokio::sync::Notify::new(),
+            peer_missing: std::sync::atomic::AtomicBool::new(false),
             served: Mutex::new(HashMap::new()),
             installed: Mutex::new(HashMap::new()),
         }))

@@ -169,6 +169,7 @@ async fn handle_connection(
         }
     };
     tracing::debug!(%peer, peer_id, "peer connected");
+    local.peer_connected();
     loop {
         let next = tokio::select! {
             next = tokio::time::timeout(IDLE_TIMEOUT, connection.read_message::<Request>()) => next,

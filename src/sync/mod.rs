@@ -325,6 +325,7 @@ impl Engine {
                 return;
             }
         };
+        let mut missing = false;
         for (index, (peer, transport)) in self.peers.iter().enumerate() {
             let Some(view) = self.views.get_mut(index) else {
                 break;
@@ -340,6 +341,13 @@ impl Engine {
             )
             .await;
             let mut changed_here = false;
+            if outcome.is_err() {
+                // At once, not at the end of the round: the peer may connect meanwhile.
+                missing = true;
+                self.local
+                    .peer_missing
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             match &outcome {
                 Ok(report) => {
                     changed_here = report.done > 0;
@@ -366,6 +374,11 @@ impl Engine {
                     Err(_) => break,
                 }
             }
+        }
+        if !missing {
+            self.local
+                .peer_missing
+                .store(false, std::sync::atomic::Ordering::Relaxed);
         }
         self.here = Some(here);
         self.update(|s| s.rounds += 1);

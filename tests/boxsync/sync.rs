@@ -43,6 +43,16 @@ fn start_sync(
     peers: &[SocketAddr],
     transport: SyncTransport,
 ) -> (SyncHandle, watch::Sender<bool>) {
+    start_sync_every(b, peers, transport, Duration::from_secs(1))
+}
+
+/// [`start_sync`] with another rescan period.
+fn start_sync_every(
+    b: &TestBox,
+    peers: &[SocketAddr],
+    transport: SyncTransport,
+    period: Duration,
+) -> (SyncHandle, watch::Sender<bool>) {
     let (stop, mut stopped) = watch::channel(false);
     let peers = peers
         .iter()
@@ -54,7 +64,7 @@ fn start_sync(
         })
         .collect();
     let config = SyncConfig {
-        period: Duration::from_secs(1),
+        period,
         trash_retention: Duration::from_secs(30 * 86_400),
     };
     let handle = sync::start(Arc::clone(&b.local), peers, config, async move {
@@ -492,6 +502,50 @@ async fn peer_killed_mid_transfer_then_restarted() {
         .await
     );
     drop(hb);
+    let _ = stop_b.send(true);
+}
+
+/// A box whose peer was down when it started syncs as soon as that peer comes up and
+/// connects, not at its next rescan (an hour away here).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_comes_up_is_synced_with_at_once() {
+    let mut a = TestBox::start().await;
+    let addr = a.addr;
+    a.kill().await;
+    let temp = std::mem::replace(&mut a.temp, tempfile::tempdir().unwrap());
+    drop(a);
+    let b = TestBox::start().await;
+    let hour = Duration::from_secs(3600);
+    let (hb, stop_b) = start_sync_every(&b, &[addr], SyncTransport::Tcp, hour);
+    assert!(
+        eventually(CONVERGE, || hb.status().rounds >= 1).await,
+        "no first round"
+    );
+    assert!(
+        !hb.status().peers[0].errors.is_empty(),
+        "the first round should have failed: {:?}",
+        hb.status().peers
+    );
+
+    // The peer comes up, with a file, and syncs with this box on its own.
+    crate::util::write_file(&temp.path().join("shared"), "late.txt", b"here at last");
+    let local = boxsync::local::LocalBox::open(&temp.path().join("shared")).unwrap();
+    let server = boxsync::server::Server::bind(Arc::clone(&local), addr)
+        .await
+        .unwrap();
+    let task = tokio::spawn(server.run(std::future::pending()));
+    let a = TestBox::from_parts(temp, local, addr, task);
+    let (ha, stop_a) = start_sync_every(&a, &[b.addr], SyncTransport::Tcp, hour);
+    assert!(
+        eventually(CONVERGE, || fs::read(b.root().join("late.txt"))
+            .ok()
+            .as_deref()
+            == Some(&b"here at last"[..]))
+        .await,
+        "the file never arrived before the rescan"
+    );
+    drop((ha, hb));
+    let _ = stop_a.send(true);
     let _ = stop_b.send(true);
 }
 
