@@ -369,12 +369,7 @@ async fn delete_while_peer_offline_does_not_resurrect() {
     // Box 1 comes back on the same address with the same folder.
     let temp = std::mem::replace(&mut b1.b.temp, tempfile::tempdir().unwrap());
     drop(b1);
-    let local = boxsync::local::LocalBox::open(&temp.path().join("shared")).unwrap();
-    let server = boxsync::server::Server::bind(Arc::clone(&local), addr)
-        .await
-        .unwrap();
-    let task = tokio::spawn(server.run(std::future::pending()));
-    let back = TestBox::from_parts(temp, local, addr, task);
+    let back = TestBox::restart_at(temp, addr).await;
     let (handle, stop) = start_sync(&back, &[boxes[0].b.addr], SyncTransport::Tcp);
     boxes.push(SyncBox {
         b: back,
@@ -486,12 +481,7 @@ async fn peer_killed_mid_transfer_then_restarted() {
         !b.root().join("big.bin").exists(),
         "a partial file became visible"
     );
-    let local = boxsync::local::LocalBox::open(&temp.path().join("shared")).unwrap();
-    let server = boxsync::server::Server::bind(Arc::clone(&local), addr)
-        .await
-        .unwrap();
-    let task = tokio::spawn(server.run(std::future::pending()));
-    let _a = TestBox::from_parts(temp, local, addr, task);
+    let _a = TestBox::restart_at(temp, addr).await;
     assert!(
         eventually(Duration::from_secs(60), || fs::read(
             b.root().join("big.bin")
@@ -529,12 +519,7 @@ async fn a_peer_that_comes_up_is_synced_with_at_once() {
 
     // The peer comes up, with a file, and syncs with this box on its own.
     crate::util::write_file(&temp.path().join("shared"), "late.txt", b"here at last");
-    let local = boxsync::local::LocalBox::open(&temp.path().join("shared")).unwrap();
-    let server = boxsync::server::Server::bind(Arc::clone(&local), addr)
-        .await
-        .unwrap();
-    let task = tokio::spawn(server.run(std::future::pending()));
-    let a = TestBox::from_parts(temp, local, addr, task);
+    let a = TestBox::restart_at(temp, addr).await;
     let (ha, stop_a) = start_sync_every(&a, &[b.addr], SyncTransport::Tcp, hour);
     assert!(
         eventually(CONVERGE, || fs::read(b.root().join("late.txt"))

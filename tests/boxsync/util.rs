@@ -57,13 +57,14 @@ impl TestBox {
         }
     }
 
-    /// A box from its parts (a server restarted by a test on a known address).
-    pub fn from_parts(
-        temp: TempDir,
-        local: Arc<LocalBox>,
-        addr: SocketAddr,
-        task: JoinHandle<()>,
-    ) -> TestBox {
+    /// The box whose folder lives in `temp`, serving again on `addr`: a box that was
+    /// stopped or killed, restarted by a test on its known address.
+    pub async fn restart_at(temp: TempDir, addr: SocketAddr) -> TestBox {
+        let local = LocalBox::open(&temp.path().join("shared")).expect("open box");
+        let server = boxsync::server::Server::bind(Arc::clone(&local), addr)
+            .await
+            .expect("bind the old address");
+        let task = tokio::spawn(server.run(std::future::pending()));
         TestBox {
             temp,
             local,
