@@ -237,6 +237,33 @@ struct Engine {
     enabled: signal::Receiver<bool>,
 }
 
+/// A round that changed more paths than this is shown above the prompt as counts (each
+/// change still goes to the log, one line each): an initial sync of 10,000 files must not
+/// scroll 10,000 lines past the person typing, nor overflow the event channel.
+const LISTED_CHANGES: usize = 20;
+
+/// One line for a round with many changes.
+fn summary(report: &round::RoundReport) -> String {
+    let others = report
+        .changes
+        .len()
+        .saturating_sub(report.downloaded + report.deleted);
+    let mut parts = Vec::new();
+    if report.downloaded > 0 {
+        parts.push(format!("received {} files", report.downloaded));
+    }
+    if report.deleted > 0 {
+        parts.push(format!(
+            "deleted {} (kept in .boxsync/trash)",
+            report.deleted
+        ));
+    }
+    if others > 0 {
+        parts.push(format!("{others} other changes"));
+    }
+    format!("{} (each is in the log)", parts.join(", "))
+}
+
 impl Engine {
     async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
@@ -351,8 +378,15 @@ impl Engine {
             match &outcome {
                 Ok(report) => {
                     changed_here = report.done > 0;
-                    for line in &report.changes {
-                        self.emit(peer.addr(), line);
+                    if report.changes.len() <= LISTED_CHANGES {
+                        for line in &report.changes {
+                            self.emit(peer.addr(), line);
+                        }
+                    } else {
+                        for line in &report.changes {
+                            tracing::info!(peer = peer.addr(), "{line}");
+                        }
+                        self.emit(peer.addr(), &summary(report));
                     }
                     for error in &report.errors {
                         self.emit(peer.addr(), &format!("error: {error}"));

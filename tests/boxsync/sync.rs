@@ -534,6 +534,42 @@ async fn a_peer_that_comes_up_is_synced_with_at_once() {
     let _ = stop_b.send(true);
 }
 
+/// A round with many changes shows above the prompt as one line of counts, not one line
+/// per file (which would flood the person typing and overflow the event channel).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_big_round_is_summed_up_in_one_event() {
+    let a = TestBox::start().await;
+    let b = TestBox::start().await;
+    let (hb, stop_b) = start_sync(&b, &[a.addr], SyncTransport::Tcp);
+    // Subscribed before anything exists to sync: no event can be missed.
+    let mut events = hb.events();
+    // All 30 appear at once (one rename), so that one round sees them all.
+    let staging = tempfile::tempdir_in(a.root().join(".boxsync")).unwrap();
+    for i in 0..30 {
+        crate::util::write_file(staging.path(), &format!("f{i:02}.txt"), b"x");
+    }
+    fs::rename(staging.path(), a.root().join("batch")).unwrap();
+    let mut seen = Vec::new();
+    let summed_up = tokio::time::timeout(CONVERGE, async {
+        loop {
+            match events.recv().await {
+                Ok(event) if event.message.starts_with("received 30 files") => break true,
+                Ok(event) => seen.push(event.message),
+                Err(_) => break false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(summed_up, Ok(true), "events seen: {seen:?}");
+    assert!(
+        seen.iter().all(|line| !line.starts_with("received batch/")),
+        "one event per file: {seen:?}"
+    );
+    assert_eq!(contents(&b.root()).len(), 31);
+    drop(hb);
+    let _ = stop_b.send(true);
+}
+
 /// Patterns in `.boxsyncignore` (and the box's own temporary files) are never synced.
 #[tokio::test(flavor = "multi_thread")]
 async fn ignore_patterns() {
