@@ -355,10 +355,11 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             if names.len() > MAX_BATCH_NAMES {
                 return refuse(connection, ErrorKind::BadRequest, too_many(names.len())).await;
             }
+            let count = names.len();
             let mut failures = 0;
             let mut first_failure = None;
-            for name in &names {
-                match tcp::send_file(connection, share, name, DigestSet::Blake3).await? {
+            for outcome in tcp::send_files(connection, share, names, DigestSet::Blake3).await? {
+                match outcome {
                     Ok(served) => local.note_served(peer_id, served),
                     Err(e) => {
                         failures += 1;
@@ -371,8 +372,7 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             Ok(match first_failure {
                 None => Ok(()),
                 Some(first) => Err(format!(
-                    "{failures} of {} files failed, the first: {first}",
-                    names.len()
+                    "{failures} of {count} files failed, the first: {first}"
                 )),
             })
         }

@@ -145,6 +145,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Ok(())
     }
 
+    /// Sends whatever queued messages and data frames are still buffered.
+    pub async fn flush(&mut self) -> Result<(), ConnectionError> {
+        self.stream.flush().await?;
+        Ok(())
+    }
+
     /// Writes a data frame without flushing (the closing control message flushes).
     pub async fn write_data(&mut self, bytes: &[u8]) -> Result<(), ConnectionError> {
         self.stream

@@ -50,6 +50,15 @@ impl PathLocks {
         self.lock_for(rel).write_owned().await
     }
 
+    /// Runs `work` holding a shared lock on `rel`, waiting for it on this thread: for
+    /// blocking code (a batch served) that reads many paths one after the other. Must not
+    /// be called from an async task.
+    pub fn with_read_blocking<T>(&self, rel: &RelPath, work: impl FnOnce() -> T) -> T {
+        let lock = self.lock_for(rel);
+        let _guard = lock.blocking_read();
+        work()
+    }
+
     /// Runs `work` holding the exclusive lock on `rel`, waiting for it on this thread: for
     /// blocking code (a batch install) that takes many paths' locks one after the other.
     /// Must not be called from an async task.

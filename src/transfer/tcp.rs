@@ -54,32 +54,16 @@ pub async fn send_file<S: AsyncRead + AsyncWrite + Unpin>(
     let opened = {
         let share = Arc::clone(share);
         let rel = rel.clone();
-        tokio::task::spawn_blocking(move || {
-            let (file, meta) = folder::open_regular(share.root(), &rel)?;
-            let fingerprint = Fingerprint::of(&meta);
-            let cached = share.hash_cache().lookup(&rel, &fingerprint, wanted);
-            if meta.len() <= WHOLE_READ {
-                let whole = read_whole(
-                    file,
-                    meta.len(),
-                    Planned { cached, wanted },
-                    &share,
-                    &rel,
-                    fingerprint,
-                )?;
-                return Ok(Opened::Whole(meta, whole));
-            }
-            Ok::<_, ShareError>(Opened::Streamed(file, meta, fingerprint, cached))
-        })
-        .await
-        .unwrap_or_else(|e| Err(ShareError::io("<worker>", io::Error::other(e))))
+        tokio::task::spawn_blocking(move || open_for_sending(&share, &rel, wanted))
+            .await
+            .unwrap_or_else(|e| Err(ShareError::io("<worker>", io::Error::other(e))))
     };
     let (file, meta, fingerprint, cached) = match opened {
         Ok(Opened::Streamed(file, meta, fingerprint, cached)) => (file, meta, fingerprint, cached),
         Ok(Opened::Whole(meta, (bytes, digests))) => {
-            return send_whole(connection, rel, &meta, &bytes, digests)
-                .await
-                .map(Ok);
+            let served = queue_whole(connection, rel, &meta, &bytes, digests).await?;
+            connection.flush().await?;
+            return Ok(Ok(served));
         }
         Err(e) => {
             send_error(connection, &e).await?;
@@ -151,8 +135,96 @@ enum Opened {
     Streamed(File, std::fs::Metadata, Fingerprint, Option<Digests>),
 }
 
-/// Sends a file read whole: start, bytes and end in one flush.
-async fn send_whole<S: AsyncRead + AsyncWrite + Unpin>(
+/// Files of a batch read ahead of the socket.
+const READ_AHEAD: usize = 32;
+
+/// One file of a batch, as the reading thread prepared it.
+enum Prepared {
+    /// Read whole, checked and hashed: ready to send (name, metadata, bytes, digests).
+    Whole(Box<(RelPath, std::fs::Metadata, Vec<u8>, Digests)>),
+    /// Too big to read ahead: sent as a download of its own.
+    Large(RelPath),
+    /// Refused or failed before its first byte.
+    Failed(ShareError),
+}
+
+/// Serves the files of a `download_many` in order, each exactly as a `download` of it
+/// would be answered, and returns each one's outcome (`Err` only when the connection
+/// failed).
+///
+/// Small files are opened, read, hashed and checked by one blocking thread that stays a
+/// few files ahead of the socket, each under its shared lock while it is read, and their
+/// answers go out many to a send: thousands of small files cost no thread hop and no
+/// system call each. A bigger file is sent as by [`send_file`].
+pub async fn send_files<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    share: &Arc<Share>,
+    names: Vec<RelPath>,
+    wanted: DigestSet,
+) -> Result<Vec<Result<Served, ShareError>>, ConnectionError> {
+    let (prepared_tx, mut prepared) = mpsc::channel::<Prepared>(READ_AHEAD);
+    {
+        let share = Arc::clone(share);
+        tokio::task::spawn_blocking(move || {
+            for name in names {
+                let one = share.locks().with_read_blocking(&name, || {
+                    match open_for_sending(&share, &name, wanted) {
+                        Ok(Opened::Whole(meta, (bytes, digests))) => {
+                            Prepared::Whole(Box::new((name.clone(), meta, bytes, digests)))
+                        }
+                        Ok(Opened::Streamed(..)) => Prepared::Large(name.clone()),
+                        Err(e) => Prepared::Failed(e),
+                    }
+                });
+                if prepared_tx.blocking_send(one).is_err() {
+                    return; // The socket side stopped: the connection failed.
+                }
+            }
+        });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(one) = prepared.recv().await {
+        let outcome = match one {
+            Prepared::Whole(whole) => {
+                let (name, meta, bytes, digests) = *whole;
+                Ok(queue_whole(connection, &name, &meta, &bytes, digests).await?)
+            }
+            Prepared::Large(name) => send_file(connection, share, &name, wanted).await?,
+            Prepared::Failed(e) => {
+                connection.queue_message(&error_response(&e)).await?;
+                Err(e)
+            }
+        };
+        outcomes.push(outcome);
+        // Send what is queued whenever the reader has nothing more ready.
+        if prepared.is_empty() {
+            connection.flush().await?;
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Opens `rel` for sending; a small file is read, hashed and checked at once.
+fn open_for_sending(share: &Share, rel: &RelPath, wanted: DigestSet) -> Result<Opened, ShareError> {
+    let (file, meta) = folder::open_regular(share.root(), rel)?;
+    let fingerprint = Fingerprint::of(&meta);
+    let cached = share.hash_cache().lookup(rel, &fingerprint, wanted);
+    if meta.len() <= WHOLE_READ {
+        let whole = read_whole(
+            file,
+            meta.len(),
+            Planned { cached, wanted },
+            share,
+            rel,
+            fingerprint,
+        )?;
+        return Ok(Opened::Whole(meta, whole));
+    }
+    Ok(Opened::Streamed(file, meta, fingerprint, cached))
+}
+
+/// Queues a file read whole: start, bytes and end, without flushing.
+async fn queue_whole<S: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
     rel: &RelPath,
     meta: &std::fs::Metadata,
@@ -181,7 +253,7 @@ async fn send_whole<S: AsyncRead + AsyncWrite + Unpin>(
         mode,
     };
     connection
-        .write_message(&Response::FileEnd { digests })
+        .queue_message(&Response::FileEnd { digests })
         .await?;
     Ok(served)
 }
