@@ -71,16 +71,7 @@ pub async fn send_file<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let size = meta.len();
-    let mtime = folder::modified(&meta);
-    let mode = folder::mode(&meta);
-    connection
-        .write_message(&Response::FileStart {
-            name: rel.clone(),
-            size,
-            mtime,
-            mode,
-        })
-        .await?;
+    queue_start(connection, rel, &meta).await?;
 
     let (chunks_tx, mut chunks) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
     let reader = {
@@ -99,16 +90,8 @@ pub async fn send_file<S: AsyncRead + AsyncWrite + Unpin>(
         .unwrap_or_else(|e| Err(ShareError::io("<worker>", io::Error::other(e))));
     match outcome {
         Ok(digests) => {
-            let served = Served {
-                name: rel.clone(),
-                blake3: digests.blake3.clone(),
-                size,
-                mtime,
-                mode,
-            };
-            connection
-                .write_message(&Response::FileEnd { digests })
-                .await?;
+            let served = queue_end(connection, rel, &meta, digests).await?;
+            connection.flush().await?;
             Ok(Ok(served))
         }
         Err(e) => {
@@ -231,26 +214,41 @@ async fn queue_whole<S: AsyncRead + AsyncWrite + Unpin>(
     bytes: &[u8],
     digests: Digests,
 ) -> Result<Served, ConnectionError> {
-    let size = meta.len();
-    let mtime = folder::modified(meta);
-    let mode = folder::mode(meta);
-    connection
-        .queue_message(&Response::FileStart {
-            name: rel.clone(),
-            size,
-            mtime,
-            mode,
-        })
-        .await?;
+    queue_start(connection, rel, meta).await?;
     if !bytes.is_empty() {
         connection.write_data(bytes).await?;
     }
+    queue_end(connection, rel, meta, digests).await
+}
+
+/// Queues the `file_start` that announces `rel` with its size, mtime and mode.
+async fn queue_start<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    rel: &RelPath,
+    meta: &std::fs::Metadata,
+) -> Result<(), ConnectionError> {
+    let start = Response::FileStart {
+        name: rel.clone(),
+        size: meta.len(),
+        mtime: folder::modified(meta),
+        mode: folder::mode(meta),
+    };
+    connection.queue_message(&start).await
+}
+
+/// Queues the `file_end` that closes a sent file, and returns what was served.
+async fn queue_end<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    rel: &RelPath,
+    meta: &std::fs::Metadata,
+    digests: Digests,
+) -> Result<Served, ConnectionError> {
     let served = Served {
         name: rel.clone(),
         blake3: digests.blake3.clone(),
-        size,
-        mtime,
-        mode,
+        size: meta.len(),
+        mtime: folder::modified(meta),
+        mode: folder::mode(meta),
     };
     connection
         .queue_message(&Response::FileEnd { digests })
