@@ -489,38 +489,37 @@ impl HashCache {
         set: DigestSet,
         size: u64,
     ) -> Result<Digests, ShareError> {
+        // Reads the next chunk into `chunk` (never zeroed: reads fill it directly);
+        // false at the end of the file.
+        let mut read_next = |chunk: &mut Vec<u8>| -> Result<bool, ShareError> {
+            (&mut *file)
+                .take(READ_CHUNK as u64)
+                .read_to_end(chunk)
+                .map_err(|e| ShareError::io(rel.under(root), e))?;
+            self.bytes_hashed
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            Ok(!chunk.is_empty())
+        };
         if size > BACKGROUND_MIN {
             let hasher = BackgroundHasher::new(set);
             loop {
-                // Fresh, unzeroed capacity per chunk: the hashing threads hold the last ones.
+                // A fresh chunk each time: the hashing threads still hold the last ones.
                 let mut chunk = Vec::with_capacity(READ_CHUNK);
-                (&mut *file)
-                    .take(READ_CHUNK as u64)
-                    .read_to_end(&mut chunk)
-                    .map_err(|e| ShareError::io(rel.under(root), e))?;
-                if chunk.is_empty() {
+                if !read_next(&mut chunk)? {
                     return Ok(hasher.finish());
                 }
-                self.bytes_hashed
-                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 hasher.update(&bytes::Bytes::from(chunk));
             }
         }
         let mut hasher = ContentHasher::new(set);
-        // Sized to the file (most are small) and never zeroed: reads fill it directly.
+        // Sized to the file (most are small), and reused.
         let mut buffer = Vec::with_capacity((size as usize).min(READ_CHUNK) + 1);
         loop {
             buffer.clear();
-            (&mut *file)
-                .take(READ_CHUNK as u64)
-                .read_to_end(&mut buffer)
-                .map_err(|e| ShareError::io(rel.under(root), e))?;
-            if buffer.is_empty() {
+            if !read_next(&mut buffer)? {
                 return Ok(hasher.finish());
             }
             hasher.update(&buffer);
-            self.bytes_hashed
-                .fetch_add(buffer.len() as u64, Ordering::Relaxed);
         }
     }
 }
