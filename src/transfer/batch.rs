@@ -18,10 +18,11 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
+use super::body::{Body, BodyEnd, Next, unexpected};
 use super::partial::PartialFile;
 use super::tcp::start_write_back;
 use super::{Landing, TransferError};
-use crate::protocol::{Connection, Frame, Request, Response};
+use crate::protocol::{Connection, Request, Response};
 use crate::share::install::set_meta;
 use crate::share::{BatchInstall, Digests, InstallMeta, RelPath, Share, ShareError};
 use crate::time::Timestamp;
@@ -139,41 +140,26 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             meta,
         };
         send(pieces, start).await?;
-        let mut received: u64 = 0;
-        loop {
-            match connection.expect_frame().await? {
-                Frame::Data(bytes) => {
-                    received += bytes.len() as u64;
-                    if received > size {
-                        return Err(TransferError::Size {
-                            name: name.clone(),
-                            expected: size,
-                            got: received,
-                        });
-                    }
-                    send(pieces, Piece::Data(bytes)).await?;
-                }
-                frame => match crate::protocol::connection::decode::<Response>(frame)? {
-                    Response::FileEnd { digests } if received == size => {
-                        send(pieces, Piece::End { digests }).await?;
-                        break;
-                    }
-                    Response::FileEnd { .. } => {
-                        send(pieces, Piece::Abandon).await?;
-                        *slot = Some(Err(TransferError::Size {
-                            name: name.clone(),
-                            expected: size,
-                            got: received,
-                        }));
-                        break;
-                    }
-                    Response::Error { kind, message } => {
-                        send(pieces, Piece::Abandon).await?;
-                        *slot = Some(Err(TransferError::Remote { kind, message }));
-                        break;
-                    }
-                    other => return Err(unexpected(&other)),
-                },
+        let mut body = Body::new(name, size);
+        let end = loop {
+            match body.next(connection).await? {
+                Next::Data(bytes) => send(pieces, Piece::Data(bytes)).await?,
+                Next::End(end) => break end,
+            }
+        };
+        match end {
+            BodyEnd::Complete(digests) => send(pieces, Piece::End { digests }).await?,
+            BodyEnd::Short(got) => {
+                send(pieces, Piece::Abandon).await?;
+                *slot = Some(Err(TransferError::Size {
+                    name: name.clone(),
+                    expected: size,
+                    got,
+                }));
+            }
+            BodyEnd::Failed { kind, message } => {
+                send(pieces, Piece::Abandon).await?;
+                *slot = Some(Err(TransferError::Remote { kind, message }));
             }
         }
     }
@@ -188,10 +174,6 @@ async fn send(pieces: &mpsc::Sender<Piece>, piece: Piece) -> Result<(), Transfer
         .send(piece)
         .await
         .map_err(|_| TransferError::Protocol("local writer stopped early".into()))
-}
-
-fn unexpected(response: &Response) -> TransferError {
-    TransferError::Protocol(format!("unexpected response {response:?}"))
 }
 
 /// What the socket task tells the writing thread.

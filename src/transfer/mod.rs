@@ -2,6 +2,7 @@
 //! the result type, the errors and the rule that nothing unverified becomes visible.
 
 pub mod batch;
+pub mod body;
 pub mod partial;
 pub mod tcp;
 pub mod udp;

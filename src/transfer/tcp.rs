@@ -17,10 +17,11 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
+use super::body::{Body, BodyEnd, Next, unexpected};
 use super::partial::PartialFile;
 use super::{Downloaded, Landing, Progress, TransferError, Transport};
 use crate::local::Served;
-use crate::protocol::{Connection, ConnectionError, ErrorKind, Frame, Request, Response};
+use crate::protocol::{Connection, ConnectionError, ErrorKind, Request, Response};
 use crate::share::folder::{self, Fingerprint};
 use crate::share::hash::{BackgroundHasher, ContentHasher};
 use crate::share::{DigestSet, Digests, InstallMeta, RelPath, Share, ShareError};
@@ -406,46 +407,40 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
         let path = partial.path().to_path_buf();
         tokio::task::spawn_blocking(move || write_and_hash(file, chunks_rx, &path))
     };
-    let mut received: u64 = 0;
-    let sent_digests = loop {
-        match connection.expect_frame().await? {
-            Frame::Data(bytes) => {
-                received += bytes.len() as u64;
-                if received > size {
-                    return Err(TransferError::Size {
-                        name: rel.clone(),
-                        expected: size,
-                        got: received,
-                    });
-                }
+    let mut body = Body::new(rel, size);
+    let end = loop {
+        match body.next(connection).await? {
+            Next::Data(bytes) => {
                 if chunks_tx.send(bytes).await.is_err() {
+                    // The writer stopped: its own error says why.
                     break None;
                 }
-                progress(received, size);
+                progress(body.received(), size);
             }
-            frame => match crate::protocol::connection::decode::<Response>(frame)? {
-                Response::FileEnd { digests } => break Some(digests),
-                Response::Error { kind, message } => {
-                    return Err(TransferError::Remote { kind, message });
-                }
-                other => return Err(unexpected(&other)),
-            },
+            Next::End(end) => break Some(end),
         }
     };
     drop(chunks_tx);
+    let sent_digests = match end {
+        Some(BodyEnd::Complete(digests)) => Some(digests),
+        None => None,
+        Some(BodyEnd::Short(got)) => {
+            return Err(TransferError::Size {
+                name: rel.clone(),
+                expected: size,
+                got,
+            });
+        }
+        Some(BodyEnd::Failed { kind, message }) => {
+            return Err(TransferError::Remote { kind, message });
+        }
+    };
     let local_blake3 = writer
         .await
         .unwrap_or_else(|e| Err(ShareError::io(partial.path(), io::Error::other(e))))?;
     let Some(sent_digests) = sent_digests else {
         return Err(TransferError::Protocol("local writer stopped early".into()));
     };
-    if received != size {
-        return Err(TransferError::Size {
-            name: rel.clone(),
-            expected: size,
-            got: received,
-        });
-    }
     if local_blake3 != sent_digests.blake3 {
         return Err(TransferError::Checksum {
             name: rel.clone(),
@@ -524,8 +519,4 @@ pub(super) fn start_write_back(file: &File, offset: u64, len: u64) {
             libc::SYNC_FILE_RANGE_WRITE,
         );
     }
-}
-
-fn unexpected(response: &Response) -> TransferError {
-    TransferError::Protocol(format!("unexpected response {response:?}"))
 }
