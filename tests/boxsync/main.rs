@@ -6,7 +6,6 @@ mod batch;
 mod cli;
 mod commands;
 mod failures;
-mod pty;
 mod relay;
 mod shell;
 mod snapshots;

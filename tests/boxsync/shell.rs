@@ -1,6 +1,7 @@
-//! The shell's comforts through a pseudo-terminal, as a person would meet them: Tab
-//! completion, Ctrl-C during a download, background downloads with `jobs` and `kill`,
-//! history across restarts, logs kept off the prompt.
+//! The interactive shell through a pseudo-terminal, as a person would meet it: tables and
+//! errors at the prompt, the sync state in the prompt, Tab completion, Ctrl-C during a
+//! download, background downloads with `jobs` and `kill`, history across restarts, logs
+//! kept off the prompt.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,8 +15,18 @@ use crate::util::{TestBox, as_pty_bytes, binary, bytes, coreutils_hashes, files_
 /// How long one expectation may wait for the shell.
 const EXPECT_TIMEOUT_MS: u64 = 30_000;
 
-/// A shell on a box in `dir` whose peer is `peer`, colours off, started through a pty.
+/// A shell on a box in `dir` whose peer is `peer`, auto-sync off, colours off, started
+/// through a pty.
 fn shell(dir: &Path, peer: &str, extra: &[&str]) -> Result<PtySession, rexpect::error::Error> {
+    // These tests are about the shell; auto-sync would change the folders under them.
+    let mut args = vec!["--sync", "0"];
+    args.extend_from_slice(extra);
+    shell_with(dir, peer, &args)
+}
+
+/// A shell on a box in `dir` whose peer is `peer`, with `args`, colours off, started
+/// through a pty.
+fn shell_with(dir: &Path, peer: &str, args: &[&str]) -> Result<PtySession, rexpect::error::Error> {
     let mut command = Command::new(binary());
     command.args([
         "-d",
@@ -24,11 +35,8 @@ fn shell(dir: &Path, peer: &str, extra: &[&str]) -> Result<PtySession, rexpect::
         "127.0.0.1:0",
         "-p",
         peer,
-        // These tests are about the shell; auto-sync would change the folders under them.
-        "--sync",
-        "0",
     ]);
-    command.args(extra);
+    command.args(args);
     command.env("NO_COLOR", "1");
     command.env("TERM", "xterm");
     command.env_remove("RUST_LOG");
@@ -103,8 +111,38 @@ async fn drive<T: Send + 'static>(
         .expect("shell session")
 }
 
+/// With auto-sync on, the prompt shows its state, `sync status` shows the peer, and a file
+/// of the peer's arrives by itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn prompt_shows_sync_state() {
+    let b = TestBox::start().await;
+    b.write("arrives.txt", b"by itself");
+    let dir = tempfile::tempdir().unwrap();
+    let peer = b.addr.to_string();
+    let dir_path = dir.path().to_path_buf();
+    let local = dir.path().join("arrives.txt");
+    drive(move || {
+        let mut sh = shell_with(&dir_path, &peer, &[])?;
+        sh.exp_string("boxsync [")?;
+        poll(Duration::from_secs(15), || local.exists());
+        sh.send_line("sync status")?;
+        sh.exp_string("auto-sync on")?;
+        sh.exp_string(&peer)?;
+        sh.exp_string(&as_pty_bytes(&format!("boxsync [{peer} ✓ sync ✓]> ")))?;
+        sh.send_line("quit")?;
+        sh.exp_eof()?;
+        Ok(())
+    })
+    .await;
+    assert_eq!(
+        std::fs::read(dir.path().join("arrives.txt")).unwrap(),
+        b"by itself"
+    );
+}
+
 /// Tab completes a remote name with a space (fetching the peer's names on the first Tab),
-/// a command, a subcommand and a transport; the completed lines run.
+/// a command, a subcommand and a transport; the completed lines run and show their tables;
+/// an unknown command is a one-line error that keeps the prompt; quit leaves.
 #[tokio::test(flavor = "multi_thread")]
 async fn tab_completes_commands_and_remote_names() {
     let b = TestBox::start().await;
@@ -122,7 +160,12 @@ async fn tab_completes_commands_and_remote_names() {
         keys(&mut sh, "\t")?;
         sh.exp_string("download tcp \"notes/hello world.txt\" ")?;
         keys(&mut sh, "\r")?;
+        sh.exp_string("MD5")?;
         sh.exp_string("5d41402abc4b2a76b9719d911017c592")?;
+        // Once a request has reached the peer, the prompt says so.
+        sh.exp_string(&reached(&peer))?;
+        sh.send_line("frobnicate")?;
+        sh.exp_string("unknown command 'frobnicate'")?;
         sh.exp_string(&reached(&peer))?;
         // A command, then a subcommand.
         keys(&mut sh, "ind\t")?;
@@ -130,6 +173,7 @@ async fn tab_completes_commands_and_remote_names() {
         keys(&mut sh, "l\t")?;
         sh.exp_string("index longlist ")?;
         keys(&mut sh, "\r")?;
+        sh.exp_string("NAME")?;
         sh.exp_string("music/a.mp3")?;
         sh.exp_string(&reached(&peer))?;
         // A transport; Ctrl-C then clears the line and the prompt stays.
