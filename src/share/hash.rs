@@ -385,6 +385,37 @@ impl HashCache {
         self.dirty.store(true, Ordering::Relaxed);
     }
 
+    /// Whether some thread is hashing `rel` right now: a sender that finds so leaves the
+    /// hashing to it (see [`HashCache::digests_once_hashed`]) rather than doing it twice.
+    pub fn is_hashing(&self, rel: &RelPath) -> bool {
+        let paths = self
+            .in_flight
+            .paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        paths.contains(rel)
+    }
+
+    /// The digests of `rel` in the version with `fingerprint`, for a sender that left the
+    /// hashing to whoever was hashing the file when it began: waits until they are done and
+    /// takes their answer from the cache. If they saw another version or failed, the file
+    /// is hashed here; if it no longer has `fingerprint`, it changed.
+    pub fn digests_once_hashed(
+        &self,
+        root: &Path,
+        rel: &RelPath,
+        fingerprint: &Fingerprint,
+        set: DigestSet,
+    ) -> Result<Digests, ShareError> {
+        drop(self.in_flight.claim(rel));
+        if let Some(digests) = self.lookup(rel, fingerprint, set) {
+            return Ok(digests);
+        }
+        self.hash_file(root, rel, set)?;
+        self.lookup(rel, fingerprint, set)
+            .ok_or_else(|| ShareError::Changed(rel.clone()))
+    }
+
     /// Forgets every path for which `keep` says no (files that no longer exist).
     pub fn retain(&self, mut keep: impl FnMut(&RelPath) -> bool) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -558,6 +589,45 @@ mod tests {
         assert_eq!(
             hashes[0].blake3,
             blake3::hash(&content).to_hex().to_string()
+        );
+    }
+
+    /// A sender that left the hashing of a file to the reader hashing it when it began
+    /// waits for that reader and takes its answer without reading the file again; if no
+    /// answer is known for the version it sent and the file moved on, it changed.
+    #[test]
+    fn a_sender_takes_the_answer_of_the_reader_hashing_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("big.bin"), b"content").unwrap();
+        let cache = HashCache::load(dir.path().join("cache.json"));
+        let rel = RelPath::parse("big.bin").unwrap();
+        let meta = fs::metadata(dir.path().join("big.bin")).unwrap();
+        let fingerprint = Fingerprint::of(&meta);
+        let answer = Digests {
+            blake3: "from the other reader".into(),
+            sha256: None,
+            md5: None,
+        };
+        let hashing = cache.in_flight.claim(&rel);
+        assert!(cache.is_hashing(&rel));
+        let got = std::thread::scope(|scope| {
+            let sender = scope.spawn(|| {
+                cache.digests_once_hashed(dir.path(), &rel, &fingerprint, DigestSet::Blake3)
+            });
+            cache.insert(&rel, fingerprint, answer.clone());
+            drop(hashing);
+            sender.join().unwrap()
+        });
+        assert_eq!(got.unwrap(), answer);
+        assert_eq!(cache.bytes_hashed(), 0);
+
+        // Nobody knows the version sent, and the file has moved on from it.
+        fs::write(dir.path().join("big.bin"), b"changed meanwhile").unwrap();
+        let cache = HashCache::load(dir.path().join("other.json"));
+        let outcome = cache.digests_once_hashed(dir.path(), &rel, &fingerprint, DigestSet::Blake3);
+        assert!(
+            matches!(outcome, Err(ShareError::Changed(_))),
+            "{outcome:?}"
         );
     }
 

@@ -1,6 +1,7 @@
 //! One sync round with one peer: read both sides (index and hashes, the same operations the
 //! shell offers), plan, guard against mass deletion, act, and record what both now agree on.
 
+use std::borrow::Cow;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use super::{PeerStatus, SyncTransport};
 use crate::local::{LocalBox, Served};
 use crate::peer::{Listing, Peer, PeerError};
 use crate::share::filter::IndexFilter;
-use crate::share::{DigestSet, Entry as ShareEntry, FileHash, InstallMeta, RelPath};
+use crate::share::{DigestSet, Entry as ShareEntry, Expect, FileHash, InstallMeta, RelPath};
 use crate::time::Timestamp;
 use crate::transfer::{Downloaded, Landing, Wanted};
 
@@ -252,18 +253,25 @@ pub async fn sync_with(
         .into_iter()
         .map(|v| (v.name.clone(), Some(served_version(v))))
         .collect();
-    if let Err(e) = refresh_view(peer, view).await {
-        *view = PeerView::default();
-        return Err(e.to_string());
-    }
+    // On first contact (this process has no listing of the peer yet), the files the peer
+    // has and this box has never seen are pulled at once, from a plain index that costs the
+    // peer no hashing: a box joining a big folder starts receiving at once instead of
+    // waiting for the peer to hash everything. The sender hashes each file as it sends it.
+    let first_contact = view.index.is_none();
+    let early_index = if first_contact {
+        match peer.index(&IndexFilter::Longlist).await {
+            Ok(entries) => Some(entries),
+            Err(e) => return Err(e.to_string()),
+        }
+    } else {
+        None
+    };
     let peer_id = peer
         .remote_id()
         .ok_or_else(|| "the peer's box id is unknown".to_string())?;
     if peer_id == local.id {
         return Err("that address is this box itself".to_string());
     }
-    let (index_version, hash_version) = view.versions();
-    let seen = (here.snapshot_version.clone(), index_version, hash_version);
     let record = match records.entry(peer_id.clone()) {
         Entry::Occupied(cached) => cached.into_mut(),
         Entry::Vacant(slot) => slot.insert(
@@ -276,6 +284,37 @@ pub async fn sync_with(
         let name = served.name.clone();
         record.add_ours(&name, served_version(served));
     }
+    let record_paths = record.entries.len();
+    if here.versions.is_empty() && here.unknown.is_empty() && record_paths >= MASS_DELETE_GUARD {
+        return Err(format!(
+            "this box's shared folder is empty but {record_paths} paths were in sync: sync paused (is the disk mounted?)"
+        ));
+    }
+    let mut report = RoundReport::default();
+    let mut pulled = BTreeMap::new();
+    if let Some(entries) = early_index {
+        let early = new_here(&entries, here, record, ignore);
+        for (action, result) in carry_out(local, peer, transport, early).await {
+            match result {
+                Ok(settled) => {
+                    report.done += 1;
+                    describe(&action, &mut report);
+                    pulled.extend(settled);
+                }
+                // Left to the plan, which tries again and reports what still fails.
+                Err(e) => tracing::debug!(error = %e, "early download failed"),
+            }
+        }
+        // What both now hold is agreed before the plan looks: a file the peer changed
+        // meanwhile is then its edit to take, not a conflict.
+        record.update(pulled.clone());
+    }
+    if let Err(e) = refresh_view(peer, view).await {
+        *view = PeerView::default();
+        return Err(e.to_string());
+    }
+    let (index_version, hash_version) = view.versions();
+    let seen = (here.snapshot_version.clone(), index_version, hash_version);
     // Nothing changed on either side, nor in the record, since a round that found nothing
     // to do: this one would find nothing either.
     if view
@@ -283,7 +322,7 @@ pub async fn sync_with(
         .as_ref()
         .is_some_and(|(h, i, v, r)| (h, i, v, r) == (&seen.0, &seen.1, &seen.2, &record.revision()))
     {
-        return Ok(RoundReport::default());
+        return Ok(report);
     }
     view.quiet = None;
     let (entries, hashes) = match (&view.index, &view.hashes) {
@@ -291,17 +330,23 @@ pub async fn sync_with(
         _ => return Err("the peer's listing is missing".to_string()),
     };
     let (there, unknown_there) = remote_state(entries, hashes, ignore);
-    let record_paths = record.entries.len();
-    if here.versions.is_empty() && here.unknown.is_empty() && record_paths >= MASS_DELETE_GUARD {
-        return Err(format!(
-            "this box's shared folder is empty but {record_paths} paths were in sync: sync paused (is the disk mounted?)"
-        ));
-    }
     if there.is_empty() && unknown_there.is_empty() && record_paths >= MASS_DELETE_GUARD {
         return Err(format!(
             "the peer's shared folder is empty but {record_paths} paths were in sync: not deleting them here (is its disk mounted?)"
         ));
     }
+    // This box's side as read at the start of the round, with what it pulled since.
+    let here_versions: Cow<BTreeMap<RelPath, Version>> = if pulled.is_empty() {
+        Cow::Borrowed(&here.versions)
+    } else {
+        let mut versions = here.versions.clone();
+        versions.extend(
+            pulled
+                .into_iter()
+                .filter_map(|(path, version)| Some((path, version?))),
+        );
+        Cow::Owned(versions)
+    };
     let mut unknown = here.unknown.clone();
     unknown.extend(unknown_there);
     let sides = Sides {
@@ -309,7 +354,7 @@ pub async fn sync_with(
         remote_id: &peer_id,
     };
     let plan = plan::plan(
-        &here.versions,
+        &here_versions,
         &there,
         &record.entries,
         &record.ours,
@@ -317,17 +362,14 @@ pub async fn sync_with(
         &sides,
     );
     // Every version held here that the peer has not agreed to yet is remembered as ours.
-    for (path, version) in &here.versions {
+    for (path, version) in here_versions.iter() {
         if !plan.agreed.contains_key(path)
             && record.entries.get(path).is_none_or(|s| !s.same(version))
         {
             record.add_ours(path, version.clone());
         }
     }
-    let mut report = RoundReport {
-        conflicts: plan.conflicts.clone(),
-        ..RoundReport::default()
-    };
+    report.conflicts = plan.conflicts.clone();
     for (path, reason) in &plan.skipped {
         report.errors.push(format!("{path}: {reason}"));
     }
@@ -346,21 +388,7 @@ pub async fn sync_with(
                 group.push(next);
             }
         }
-        let results: Vec<Vec<(Action, Result<_, String>)>> = stream::iter(units(group, transport))
-            .map(|unit| async move {
-                match unit {
-                    Unit::One(action) => {
-                        tracing::debug!(box_id = %local.id, ?action, "sync action");
-                        let result = apply(local, peer, transport, &action).await;
-                        vec![(action, result)]
-                    }
-                    Unit::Batch(batch) => apply_batch(local, peer, batch).await,
-                }
-            })
-            .buffer_unordered(PARALLEL_DOWNLOADS)
-            .collect()
-            .await;
-        for (action, result) in results.into_iter().flatten() {
+        for (action, result) in carry_out(local, peer, transport, group).await {
             match result {
                 Ok(settled) => {
                     report.done += 1;
@@ -384,6 +412,65 @@ pub async fn sync_with(
         view.quiet = Some((seen.0, seen.1, seen.2, record.revision()));
     }
     Ok(report)
+}
+
+/// Carries out a group of actions: a few units at a time, small-file downloads (over TCP)
+/// many to a request. Returns each action with its outcome.
+async fn carry_out(
+    local: &Arc<LocalBox>,
+    peer: &Peer,
+    transport: SyncTransport,
+    group: Vec<Action>,
+) -> Vec<(Action, Result<Option<(RelPath, Option<Version>)>, String>)> {
+    let results: Vec<Vec<_>> = stream::iter(units(group, transport))
+        .map(|unit| async move {
+            match unit {
+                Unit::One(action) => {
+                    tracing::debug!(box_id = %local.id, ?action, "sync action");
+                    let result = apply(local, peer, transport, &action).await;
+                    vec![(action, result)]
+                }
+                Unit::Batch(batch) => apply_batch(local, peer, batch).await,
+            }
+        })
+        .buffer_unordered(PARALLEL_DOWNLOADS)
+        .collect()
+        .await;
+    results.into_iter().flatten().collect()
+}
+
+/// The downloads of the files in the peer's `entries` that this box has never seen: absent
+/// here, unknown to the record (neither agreed nor deleted) and never held here since. For
+/// such a file the plan can only decide to download it, so this needs no hashes.
+fn new_here(
+    entries: &[ShareEntry],
+    here: &LocalState,
+    record: &Record,
+    ignore: &Ignore,
+) -> Vec<Action> {
+    entries
+        .iter()
+        .filter(|entry| !entry.is_dir() && !ignore.ignores(&entry.name))
+        .filter(|entry| {
+            let name = &entry.name;
+            !here.versions.contains_key(name)
+                && !here.unknown.contains(name)
+                && !record.entries.contains_key(name)
+                && !record.ours.contains_key(name)
+        })
+        .map(|entry| Action::Download {
+            remote: entry.name.clone(),
+            local: entry.name.clone(),
+            version: Version {
+                dir: false,
+                blake3: None,
+                size: entry.size,
+                mtime: entry.mtime,
+                mode: entry.mode,
+            },
+            expect: Expect::Absent,
+        })
+        .collect()
 }
 
 fn served_version(served: Served) -> Version {

@@ -301,7 +301,10 @@ fn read_stable(
     fingerprint: Fingerprint,
 ) -> Result<Digests, ShareError> {
     let Planned { cached, wanted } = digests;
-    let hasher = cached.is_none().then(|| BackgroundHasher::new(wanted));
+    // Hashed while sent, unless known or being hashed right now by another reader (this
+    // box's own rescan, say), whose answer is then taken at the end.
+    let hashing_elsewhere = cached.is_none() && share.hash_cache().is_hashing(rel);
+    let hasher = (cached.is_none() && !hashing_elsewhere).then(|| BackgroundHasher::new(wanted));
     let mut remaining = size;
     while remaining > 0 {
         let want = remaining.min(CHUNK as u64) as usize;
@@ -339,7 +342,11 @@ fn read_stable(
             share.hash_cache().insert(rel, fingerprint, digests.clone());
             Ok(digests)
         }
-        (None, None) => unreachable!("a hasher exists whenever no digests were cached"),
+        (None, None) => {
+            share
+                .hash_cache()
+                .digests_once_hashed(share.root(), rel, &fingerprint, wanted)
+        }
     }
 }
 
