@@ -239,17 +239,33 @@ pub fn plan(
                 if remote_wins {
                     let to = conflict_name(path, l, sides.local_id);
                     out.conflicts.push((path.clone(), to.clone()));
-                    set_aside.push(Action::SetAside {
-                        path: path.clone(),
-                        to,
-                        expect: l.expect(),
-                    });
-                    downloads.push(Action::Download {
-                        remote: path.clone(),
-                        local: path.clone(),
-                        version: r.clone(),
-                        expect: Expect::Absent,
-                    });
+                    match local.get(&to) {
+                        // Our version is already here under its conflict name (the peer's
+                        // copy of it came first): it survives there, so the name takes the
+                        // peer's version (what it replaces goes to the trash as always).
+                        Some(copy) if copy.same_content(l) => downloads.push(Action::Download {
+                            remote: path.clone(),
+                            local: path.clone(),
+                            version: r.clone(),
+                            expect: l.expect(),
+                        }),
+                        Some(_) => out
+                            .skipped
+                            .push((to, "a different file has the conflict copy's name".into())),
+                        None => {
+                            set_aside.push(Action::SetAside {
+                                path: path.clone(),
+                                to,
+                                expect: l.expect(),
+                            });
+                            downloads.push(Action::Download {
+                                remote: path.clone(),
+                                local: path.clone(),
+                                version: r.clone(),
+                                expect: Expect::Absent,
+                            });
+                        }
+                    }
                 } else {
                     // Ours keeps the name; fetch theirs as the conflict copy (unless we
                     // already have it from an earlier round).
@@ -460,9 +476,9 @@ mod tests {
         assert!(matches!(&p.actions[..], [Action::Download { local, .. }] if local == &copy));
         // On the other box the roles swap: its version is set aside under the same name.
         let other = plan(
-            &map(&[("d/a.txt", theirs)]),
-            &map(&[("d/a.txt", ours)]),
-            &map(&[("d/a.txt", old)]),
+            &map(&[("d/a.txt", theirs.clone())]),
+            &map(&[("d/a.txt", ours.clone())]),
+            &map(&[("d/a.txt", old.clone())]),
             &BTreeMap::new(),
             &BTreeSet::new(),
             &Sides {
@@ -473,6 +489,50 @@ mod tests {
         assert!(matches!(&other.actions[0], Action::SetAside { to, .. } if to == &copy));
         assert!(
             matches!(&other.actions[1], Action::Download { local, expect: Expect::Absent, .. } if local == &rel("d/a.txt"))
+        );
+        // If that box already got its own version back under the conflict name (the peer
+        // made the copy first), nothing is set aside: the name just takes the peer's version.
+        let cccc = Sides {
+            local_id: "cccc",
+            remote_id: "bbbb",
+        };
+        let other = plan(
+            &map(&[("d/a.txt", theirs.clone()), (copy.as_str(), theirs.clone())]),
+            &map(&[("d/a.txt", ours.clone()), (copy.as_str(), theirs.clone())]),
+            &map(&[("d/a.txt", old.clone())]),
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+            &cccc,
+        );
+        assert_eq!(
+            other.actions,
+            vec![Action::Download {
+                remote: rel("d/a.txt"),
+                local: rel("d/a.txt"),
+                version: ours.clone(),
+                expect: theirs.expect(),
+            }]
+        );
+        // A different file under that name is left alone, and said so.
+        let other = plan(
+            &map(&[
+                ("d/a.txt", theirs.clone()),
+                (copy.as_str(), file("else", 7)),
+            ]),
+            &map(&[("d/a.txt", ours)]),
+            &map(&[("d/a.txt", old)]),
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+            &cccc,
+        );
+        assert_eq!(other.skipped.len(), 1, "{:?}", other.skipped);
+        assert!(
+            !other
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::SetAside { .. })),
+            "{:?}",
+            other.actions
         );
     }
 
