@@ -266,10 +266,10 @@ async fn handle_connection(
 
 /// Answers one request. The outer `Err` means the connection failed; the inner result is
 /// the request's own outcome, for the log.
-async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+async fn serve(
     local: &Arc<LocalBox>,
     hub: &Arc<UdpHub>,
-    connection: &mut Connection<S>,
+    connection: &mut Connection<TcpStream>,
     request: Request,
     client_ip: std::net::IpAddr,
     peer_id: &str,

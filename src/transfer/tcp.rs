@@ -14,11 +14,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use std::os::fd::AsFd;
+
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::body::{Body, BodyEnd, Next, unexpected};
 use super::partial::PartialFile;
+use super::zero_copy::{self, Sent};
 use super::{Downloaded, Landing, Progress, TransferError, Transport};
 use crate::local::Served;
 use crate::protocol::{Connection, ConnectionError, ErrorKind, Request, Response};
@@ -45,8 +49,8 @@ const PIPELINE_DEPTH: usize = 8;
 /// Holds the shared lock on `rel` for the whole transfer. Returns `Ok` once the response is
 /// complete (including an `Error` response for a refused or changed file); `Err` only when
 /// the connection itself failed.
-pub async fn send_file<S: AsyncRead + AsyncWrite + Unpin>(
-    connection: &mut Connection<S>,
+pub async fn send_file(
+    connection: &mut Connection<TcpStream>,
     share: &Arc<Share>,
     rel: &RelPath,
     wanted: DigestSet,
@@ -73,6 +77,12 @@ pub async fn send_file<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let size = meta.len();
     queue_start(connection, rel, &meta).await?;
+    // Digests known without reading the bytes here (cached, or being computed by another
+    // reader): the bytes go from the page cache to the socket without a copy.
+    if cached.is_some() || share.hash_cache().is_hashing(rel) {
+        let outcome = send_known(connection, share, rel, file, fingerprint, cached, wanted).await?;
+        return finish(connection, rel, &meta, outcome).await;
+    }
 
     let (chunks_tx, mut chunks) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
     let reader = {
@@ -89,9 +99,19 @@ pub async fn send_file<S: AsyncRead + AsyncWrite + Unpin>(
     let outcome = reader
         .await
         .unwrap_or_else(|e| Err(ShareError::io("<worker>", io::Error::other(e))));
+    finish(connection, rel, &meta, outcome).await
+}
+
+/// Ends a sent file: `file_end` with its digests, or the error that replaces it.
+async fn finish(
+    connection: &mut Connection<TcpStream>,
+    rel: &RelPath,
+    meta: &std::fs::Metadata,
+    outcome: Result<Digests, ShareError>,
+) -> Result<Result<Served, ShareError>, ConnectionError> {
     match outcome {
         Ok(digests) => {
-            let served = queue_end(connection, rel, &meta, digests).await?;
+            let served = queue_end(connection, rel, meta, digests).await?;
             connection.flush().await?;
             Ok(Ok(served))
         }
@@ -100,6 +120,46 @@ pub async fn send_file<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(Err(e))
         }
     }
+}
+
+/// Sends the body of a file whose digests need not be computed here (see [`zero_copy`]),
+/// then checks that the file still has the fingerprint it had when opened and returns its
+/// digests: cached, or those of the reader that was hashing it.
+async fn send_known(
+    connection: &mut Connection<TcpStream>,
+    share: &Arc<Share>,
+    rel: &RelPath,
+    file: File,
+    fingerprint: Fingerprint,
+    cached: Option<Digests>,
+    wanted: DigestSet,
+) -> Result<Result<Digests, ShareError>, ConnectionError> {
+    connection.flush().await?;
+    let socket = connection.get_ref().as_fd().try_clone_to_owned()?;
+    let size = fingerprint.size;
+    let share = Arc::clone(share);
+    let name = rel.clone();
+    let sent = tokio::task::spawn_blocking(move || {
+        let rel = name;
+        let sent = zero_copy::send_body(&socket, &file, size, CHUNK)?;
+        Ok::<_, io::Error>((sent == Sent::Complete).then(|| {
+            let now = folder::stat(share.root(), &rel)?.map(|m| Fingerprint::of(&m));
+            if now != Some(fingerprint) {
+                return Err(ShareError::Changed(rel.clone()));
+            }
+            match cached {
+                Some(digests) => Ok(digests),
+                None => {
+                    share
+                        .hash_cache()
+                        .digests_once_hashed(share.root(), &rel, &fingerprint, wanted)
+                }
+            }
+        }))
+    })
+    .await
+    .map_err(io::Error::other)??;
+    Ok(sent.unwrap_or_else(|| Err(ShareError::Changed(rel.clone()))))
 }
 
 /// The digests a send ends with: known from the cache, or computed while sending.
@@ -140,8 +200,8 @@ enum Prepared {
 /// few files ahead of the socket, each under its shared lock while it is read, and their
 /// answers go out many to a send: thousands of small files cost no thread hop and no
 /// system call each. A bigger file is sent as by [`send_file`].
-pub async fn send_files<S: AsyncRead + AsyncWrite + Unpin>(
-    connection: &mut Connection<S>,
+pub async fn send_files(
+    connection: &mut Connection<TcpStream>,
     share: &Arc<Share>,
     names: Vec<RelPath>,
     wanted: DigestSet,
