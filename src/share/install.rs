@@ -72,14 +72,28 @@ pub fn place(
 ) -> Result<Option<PathBuf>, ShareError> {
     create_parents(root, rel)?;
     let target = rel.under(root);
-    check(root, rel, expect)?;
-    let trashed = match folder::stat(root, rel)? {
+    // The folders on the way were just checked: one look at the target itself serves both
+    // the expectation and what to keep.
+    let existing = lstat(&target)?;
+    if !expect.matches(existing.as_ref()) {
+        return Err(ShareError::Changed(rel.clone()));
+    }
+    let trashed = match existing {
         Some(existing) if existing.is_dir() => return Err(ShareError::IsDirectory(rel.clone())),
         Some(_) => Some(keep_in_trash(root, rel)?),
         None => None,
     };
     fs::rename(tmp, &target).map_err(|e| ShareError::io(&target, e))?;
     Ok(trashed)
+}
+
+/// Metadata of `path` itself (not following a symlink); `None` when nothing is there.
+fn lstat(path: &Path) -> Result<Option<fs::Metadata>, ShareError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) => Ok(Some(meta)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ShareError::io(path, e)),
+    }
 }
 
 /// Flushes a folder, which makes the renames into it durable; best effort (what is already
@@ -124,18 +138,23 @@ pub enum Expect {
     },
 }
 
+impl Expect {
+    /// Whether what is there (`None`: nothing) looks as this says.
+    pub fn matches(&self, now: Option<&fs::Metadata>) -> bool {
+        match (self, now) {
+            (Expect::Anything, _) => true,
+            (Expect::Absent, None) => true,
+            (Expect::File { size, mtime }, Some(meta)) => {
+                meta.is_file() && meta.len() == *size && folder::modified(meta) == *mtime
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Fails with [`ShareError::Changed`] unless `rel` looks as `expect` says.
 pub fn check(root: &Path, rel: &RelPath, expect: &Expect) -> Result<(), ShareError> {
-    let now = folder::stat(root, rel)?;
-    let matches = match (expect, &now) {
-        (Expect::Anything, _) => true,
-        (Expect::Absent, None) => true,
-        (Expect::File { size, mtime }, Some(meta)) => {
-            meta.is_file() && meta.len() == *size && folder::modified(meta) == *mtime
-        }
-        _ => false,
-    };
-    if matches {
+    if expect.matches(folder::stat(root, rel)?.as_ref()) {
         Ok(())
     } else {
         Err(ShareError::Changed(rel.clone()))
@@ -158,11 +177,14 @@ pub fn create_parents(root: &Path, rel: &RelPath) -> Result<(), ShareError> {
             Ok(_) => return Err(ShareError::NotADirectory(rel.clone())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&current) {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                // Someone else made something there meanwhile: look again at what it is.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return folder::check_ancestors(root, rel);
+                }
                 Err(e) => return Err(ShareError::io(&current, e)),
             },
             Err(e) => return Err(ShareError::io(&current, e)),
         }
     }
-    folder::check_ancestors(root, rel)
+    Ok(())
 }

@@ -92,6 +92,9 @@ pub struct Share {
     locks: PathLocks,
     /// Counter that makes temporary file names unique within this process.
     next_tmp: AtomicU64,
+    /// Where temporary files go, with this process's id to start their names (asked once,
+    /// not for each of thousands of files).
+    tmp_prefix: PathBuf,
     /// The latest snapshot and whether the watcher vouches for it.
     view: SnapshotCache,
 }
@@ -110,6 +113,7 @@ impl Share {
             cache,
             locks: PathLocks::new(),
             next_tmp: AtomicU64::new(0),
+            tmp_prefix: state.join(TMP_DIR).join(std::process::id().to_string()),
             view: SnapshotCache::new(),
         }))
     }
@@ -262,9 +266,9 @@ impl Share {
     /// A fresh path under `.boxsync/tmp/` for a download in progress.
     pub fn temp_path(&self) -> PathBuf {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        self.state_dir()
-            .join(TMP_DIR)
-            .join(format!("{}-{n}.part", std::process::id()))
+        let mut name = self.tmp_prefix.clone().into_os_string();
+        name.push(format!("-{n}.part"));
+        PathBuf::from(name)
     }
 
     /// Installs a verified temporary file as `rel` (see [`install::install`]), holding the
@@ -364,8 +368,9 @@ impl Share {
             .map(|item| {
                 let placed = self.locks.with_write_blocking(&item.rel, || {
                     let placed = install::place(&self.root, &item.tmp, &item.rel, &item.expect);
+                    // The folders on the way were checked as it was placed.
                     if placed.is_ok()
-                        && let Ok(Some(meta)) = folder::stat(&self.root, &item.rel)
+                        && let Ok(meta) = fs::symlink_metadata(item.rel.under(&self.root))
                     {
                         // The content is known; hashing it later reads nothing.
                         self.cache

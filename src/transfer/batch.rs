@@ -31,6 +31,9 @@ use crate::time::Timestamp;
 /// frame, so memory stays bounded whatever the files' sizes).
 const PIPELINE_DEPTH: usize = 32;
 
+/// Files at least this big start their write-back as soon as they are complete.
+const WRITE_BACK_MIN: u64 = 64 * 1024;
+
 /// A file of a batch that arrived complete and verified, waiting under `.boxsync/tmp/` with
 /// its final mode and mtime; removed if dropped before it is installed.
 pub struct Received {
@@ -237,8 +240,11 @@ impl Writing {
             });
         }
         set_meta(&file, partial.path(), self.meta)?;
-        // Start writing it out now, so that the batch's single flush has little left to do.
-        start_write_back(&file, 0, self.written);
+        if self.written >= WRITE_BACK_MIN {
+            // Start writing it out now, so that the batch's single flush has little left
+            // to do. (For a small file, a write of its own costs more than it saves.)
+            start_write_back(&file, 0, self.written);
+        }
         drop(file);
         Ok(Received {
             partial,
