@@ -38,5 +38,12 @@ pub fn watch(
         }
     })?;
     watcher.watch(root, RecursiveMode::Recursive)?;
+    // The state folder's events would all be ignored, and they are the most numerous: every
+    // download writes, stamps and renames a temporary file there. Not watching it spares
+    // the watcher's thread from reading them (if it comes back after being deleted, it is
+    // watched again, which costs only that).
+    if let Err(e) = watcher.unwatch(&root.join(STATE_DIR)) {
+        tracing::debug!(error = %e, "the state folder stays watched");
+    }
     Ok(watcher)
 }
