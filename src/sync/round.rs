@@ -30,7 +30,7 @@ const PARALLEL_DOWNLOADS: usize = 4;
 const SMALL_FILE: u64 = 1024 * 1024;
 
 /// Most files in one batch.
-const BATCH_FILES: usize = 256;
+const BATCH_FILES: usize = 1024;
 
 /// Most bytes (as planned) in one batch, so that a batch's flush stays short.
 const BATCH_BYTES: u64 = 8 * 1024 * 1024;
