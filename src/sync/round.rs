@@ -719,3 +719,70 @@ pub fn fold(status: &mut PeerStatus, outcome: &Result<RoundReport, String>) {
         Err(e) => status.errors = vec![e.clone()],
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(p: &str) -> RelPath {
+        RelPath::parse(p).unwrap()
+    }
+
+    fn entry(name: &str) -> ShareEntry {
+        ShareEntry {
+            name: rel(name),
+            size: 3,
+            mtime: Timestamp(chrono::DateTime::from_timestamp(1, 0).unwrap()),
+            file_type: "text/plain".into(),
+            mode: 0o644,
+        }
+    }
+
+    fn version() -> Version {
+        Version {
+            dir: false,
+            blake3: Some("x".into()),
+            size: 3,
+            mtime: Timestamp(chrono::DateTime::from_timestamp(1, 0).unwrap()),
+            mode: 0o644,
+        }
+    }
+
+    /// Only files this box has never seen are pulled before the hashes are known: not one
+    /// it has (or cannot read), nor one the record knows (a deletion here not yet taken by
+    /// the peer must not bring it back), nor one it held since, nor an ignored one.
+    #[test]
+    fn only_never_seen_files_are_pulled_early() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".boxsyncignore"), "*.log\n").unwrap();
+        let ignore = Ignore::load(dir.path());
+        let mut record = Record::load(dir.path(), "peer").unwrap();
+        record.update([(rel("deleted-here.txt"), Some(version()))]);
+        record.add_ours(&rel("held-here.txt"), version());
+        let here = LocalState {
+            versions: [(rel("have.txt"), version())].into_iter().collect(),
+            unknown: [rel("busy.txt")].into_iter().collect(),
+            snapshot_version: String::new(),
+        };
+        let mut folder = entry("sub");
+        folder.file_type = "directory".into();
+        let listed = [
+            "new.txt",
+            "have.txt",
+            "busy.txt",
+            "deleted-here.txt",
+            "held-here.txt",
+            "debug.log",
+        ]
+        .map(entry);
+        let mut entries = vec![folder];
+        entries.extend(listed);
+        let early = new_here(&entries, &here, &record, &ignore);
+        assert_eq!(early.len(), 1, "{early:?}");
+        assert!(matches!(
+            &early[0],
+            Action::Download { remote, local, expect: Expect::Absent, .. }
+                if remote == &rel("new.txt") && local == &rel("new.txt")
+        ));
+    }
+}
