@@ -8,7 +8,8 @@
 3. the CPU an idle pair of boxes with 10,000 files uses per minute.
 
     python3 bench/sync_bench.py [--files 10000] [--big-mib 1024] [--samples 20] [--idle 60]
-                                [--parts latency,small,big,idle] [--bin PATH] [--work DIR]
+                                [--repeat 5] [--parts latency,small,big,idle] [--bin PATH]
+                                [--work DIR]
 
 Needs rsync (apt-get install rsync) and builds boxsync in release mode.
 """
@@ -142,12 +143,35 @@ def initial_sync(source, work, label, expected_files, expected_bytes):
     return elapsed
 
 
+def alternate(source, work, label, files, size, repeat):
+    """Times rsync and boxsync on the same tree `repeat` times each, one after the other,
+    so that both see the same state of a machine whose speed drifts."""
+    rsd, rport = rsync_daemon(source)
+    rsync_times, box_times = [], []
+    try:
+        for _ in range(repeat):
+            rsync_times.append(timed_rsync(rport, work / f"rsync-{label}"))
+            box_times.append(initial_sync(source, work, label, files, size))
+    finally:
+        stop(rsd)
+    return rsync_times, box_times
+
+
+def ratio_line(rsync_times, box_times):
+    r, b = statistics.median(rsync_times), statistics.median(box_times)
+    runs = " ".join(f"{x:.2f}/{y:.2f}" for x, y in zip(rsync_times, box_times))
+    return (f"boxsync {b:.2f} s, rsync -a {r:.2f} s (medians), ratio rsync/boxsync {r/b:.2f}"
+            f"   (target >= 1.0; each run rsync/boxsync: {runs})")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=10000)
     ap.add_argument("--big-mib", type=int, default=1024)
     ap.add_argument("--samples", type=int, default=20)
     ap.add_argument("--idle", type=int, default=60)
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="runs of rsync and of boxsync, alternated, per initial sync (medians)")
     ap.add_argument("--bin", type=Path, default=None,
                     help="boxsync binary to measure instead of building target/release/boxsync")
     ap.add_argument("--work", type=Path, default=None,
@@ -178,25 +202,19 @@ def main():
             small = work / "small"
             make_small_tree(small, args.files)
             small_bytes = sum(f.stat().st_size for f in small.rglob("*") if f.is_file())
-            rsd, rport = rsync_daemon(small)
-            rsync_small = timed_rsync(rport, work / "rsync-small")
-            stop(rsd)
-            box_small = initial_sync(small, work, "small", args.files, small_bytes)
+            rsync_small, box_small = alternate(
+                small, work, "small", args.files, small_bytes, args.repeat)
             lines.append(f"2. initial sync of {args.files} small files ({small_bytes/1e6:.1f} MB): "
-                         f"boxsync {box_small:.2f} s, rsync -a {rsync_small:.2f} s, "
-                         f"ratio rsync/boxsync {rsync_small/box_small:.2f}   (target >= 1.0)")
+                         f"{ratio_line(rsync_small, box_small)}")
         if "big" in parts:
             big = work / "big"
             big.mkdir()
             with open(big / "big.bin", "wb") as f:
                 for _ in range(args.big_mib):
                     f.write(os.urandom(1 << 20))
-            rsd, rport = rsync_daemon(big)
-            rsync_big = timed_rsync(rport, work / "rsync-big")
-            stop(rsd)
-            box_big = initial_sync(big, work, "big", 1, args.big_mib << 20)
-            lines.append(f"   initial sync of one {args.big_mib} MiB file: boxsync {box_big:.2f} s, "
-                         f"rsync -a {rsync_big:.2f} s, ratio rsync/boxsync {rsync_big/box_big:.2f}   (target >= 1.0)")
+            rsync_big, box_big = alternate(
+                big, work, "big", 1, args.big_mib << 20, args.repeat)
+            lines.append(f"   initial sync of one {args.big_mib} MiB file: {ratio_line(rsync_big, box_big)}")
         if "idle" in parts:
             lines.append(measure_idle(work / "small", work / "dest-small", args.files, args.idle))
         print("\n".join(lines))
