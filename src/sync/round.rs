@@ -293,16 +293,32 @@ pub async fn sync_with(
     let mut report = RoundReport::default();
     let mut pulled = BTreeMap::new();
     if let Some(entries) = early_index {
-        let early = new_here(&entries, here, record, ignore);
-        for (action, result) in carry_out(local, peer, transport, early).await {
-            match result {
-                Ok(settled) => {
-                    report.done += 1;
-                    describe(&action, &mut report);
-                    pulled.extend(settled);
+        // Folders first: the files then land in folders that exist, and the watcher, which
+        // reads each new folder to watch it, finds them empty.
+        let (folders, files): (Vec<Action>, Vec<Action>) = new_here(&entries, here, record, ignore)
+            .into_iter()
+            .partition(|action| matches!(action, Action::CreateDir(_)));
+        let folder_versions: HashMap<&RelPath, Version> = entries
+            .iter()
+            .filter(|entry| entry.is_dir())
+            .filter_map(|entry| Some((&entry.name, version(entry, None)?)))
+            .collect();
+        for group in [folders, files] {
+            for (action, result) in carry_out(local, peer, transport, group).await {
+                match result {
+                    Ok(settled) => {
+                        report.done += 1;
+                        describe(&action, &mut report);
+                        if let Action::CreateDir(path) = &action
+                            && let Some(version) = folder_versions.get(path)
+                        {
+                            pulled.insert(path.clone(), Some(version.clone()));
+                        }
+                        pulled.extend(settled);
+                    }
+                    // Left to the plan, which tries again and reports what still fails.
+                    Err(e) => tracing::debug!(error = %e, "early action failed"),
                 }
-                // Left to the plan, which tries again and reports what still fails.
-                Err(e) => tracing::debug!(error = %e, "early download failed"),
             }
         }
         // What both now hold is agreed before the plan looks: a file the peer changed
@@ -439,9 +455,10 @@ async fn carry_out(
     results.into_iter().flatten().collect()
 }
 
-/// The downloads of the files in the peer's `entries` that this box has never seen: absent
-/// here, unknown to the record (neither agreed nor deleted) and never held here since. For
-/// such a file the plan can only decide to download it, so this needs no hashes.
+/// What to do about the entries in the peer's `entries` that this box has never seen:
+/// absent here, unknown to the record (neither agreed nor deleted) and never held here
+/// since. For such a folder the plan can only decide to create it, and for such a file to
+/// download it, so this needs no hashes.
 fn new_here(
     entries: &[ShareEntry],
     here: &LocalState,
@@ -450,7 +467,7 @@ fn new_here(
 ) -> Vec<Action> {
     entries
         .iter()
-        .filter(|entry| !entry.is_dir() && !ignore.ignores(&entry.name))
+        .filter(|entry| !ignore.ignores(&entry.name))
         .filter(|entry| {
             let name = &entry.name;
             !here.versions.contains_key(name)
@@ -458,17 +475,20 @@ fn new_here(
                 && !record.entries.contains_key(name)
                 && !record.ours.contains_key(name)
         })
-        .map(|entry| Action::Download {
-            remote: entry.name.clone(),
-            local: entry.name.clone(),
-            version: Version {
-                dir: false,
-                blake3: None,
-                size: entry.size,
-                mtime: entry.mtime,
-                mode: entry.mode,
+        .map(|entry| match entry.is_dir() {
+            true => Action::CreateDir(entry.name.clone()),
+            false => Action::Download {
+                remote: entry.name.clone(),
+                local: entry.name.clone(),
+                version: Version {
+                    dir: false,
+                    blake3: None,
+                    size: entry.size,
+                    mtime: entry.mtime,
+                    mode: entry.mode,
+                },
+                expect: Expect::Absent,
             },
-            expect: Expect::Absent,
         })
         .collect()
 }
@@ -748,9 +768,10 @@ mod tests {
         }
     }
 
-    /// Only files this box has never seen are pulled before the hashes are known: not one
-    /// it has (or cannot read), nor one the record knows (a deletion here not yet taken by
-    /// the peer must not bring it back), nor one it held since, nor an ignored one.
+    /// Only folders and files this box has never seen are taken before the hashes are
+    /// known: not a file it has (or cannot read), nor one the record knows (a deletion here
+    /// not yet taken by the peer must not bring it back), nor one it held since, nor an
+    /// ignored one.
     #[test]
     fn only_never_seen_files_are_pulled_early() {
         let dir = tempfile::tempdir().unwrap();
@@ -778,9 +799,10 @@ mod tests {
         let mut entries = vec![folder];
         entries.extend(listed);
         let early = new_here(&entries, &here, &record, &ignore);
-        assert_eq!(early.len(), 1, "{early:?}");
+        assert_eq!(early.len(), 2, "{early:?}");
+        assert_eq!(early[0], Action::CreateDir(rel("sub")));
         assert!(matches!(
-            &early[0],
+            &early[1],
             Action::Download { remote, local, expect: Expect::Absent, .. }
                 if remote == &rel("new.txt") && local == &rel("new.txt")
         ));
