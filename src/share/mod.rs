@@ -322,7 +322,7 @@ impl Share {
     /// [`Share::install`] for each, at a fraction of the cost for small files: one flush of
     /// the file system for all of them before any becomes visible (instead of an `fsync`
     /// each), then each rename under its path's exclusive lock after re-checking its
-    /// `expect`, then one flush per folder that received files.
+    /// `expect`, then one flush of the folders that received files.
     ///
     /// Returns one result per item, in order; a failed item's temporary file is removed
     /// and does not stop the others.
@@ -391,8 +391,15 @@ impl Share {
                 placed
             })
             .collect();
-        for folder in &folders {
-            install::sync_dir(folder);
+        // Make the renames durable: a flush per folder, or, for files spread over many
+        // folders, one flush of the file system (each folder's flush is a journal commit of
+        // its own). Best effort: what is visible is correct either way.
+        if folders.len() > 2 {
+            let _ = install::sync_file_system(&self.root);
+        } else {
+            for folder in &folders {
+                install::sync_dir(folder);
+            }
         }
         self.persist_cache();
         results
