@@ -158,6 +158,7 @@ def alternate(source, work, label, files, size, repeat):
 
 
 def ratio_line(rsync_times, box_times):
+    """The medians, their ratio, and every pair of runs."""
     r, b = statistics.median(rsync_times), statistics.median(box_times)
     runs = " ".join(f"{x:.2f}/{y:.2f}" for x, y in zip(rsync_times, box_times))
     return (f"boxsync {b:.2f} s, rsync -a {r:.2f} s (medians), ratio rsync/boxsync {r/b:.2f}"

@@ -385,15 +385,17 @@ impl HashCache {
         self.dirty.store(true, Ordering::Relaxed);
     }
 
-    /// Whether some thread is hashing `rel` right now: a sender that finds so leaves the
-    /// hashing to it (see [`HashCache::digests_once_hashed`]) rather than doing it twice.
-    pub fn is_hashing(&self, rel: &RelPath) -> bool {
+    /// Whether some thread is hashing `rel` right now and will know the digests of `set`: a
+    /// sender that finds so leaves the hashing to it (see
+    /// [`HashCache::digests_once_hashed`]) rather than doing it twice. Every reader
+    /// computes BLAKE3, only some the others: only BLAKE3 alone is sure to be covered.
+    pub fn is_hashing(&self, rel: &RelPath, set: DigestSet) -> bool {
         let paths = self
             .in_flight
             .paths
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        paths.contains(rel)
+        set == DigestSet::Blake3 && paths.contains(rel)
     }
 
     /// The digests of `rel` in the version with `fingerprint`, for a sender that left the
@@ -609,7 +611,9 @@ mod tests {
             md5: None,
         };
         let hashing = cache.in_flight.claim(&rel);
-        assert!(cache.is_hashing(&rel));
+        assert!(cache.is_hashing(&rel, DigestSet::Blake3));
+        // A person's download wants MD5 and SHA-256 too, which that reader may not compute.
+        assert!(!cache.is_hashing(&rel, DigestSet::All));
         let got = std::thread::scope(|scope| {
             let sender = scope.spawn(|| {
                 cache.digests_once_hashed(dir.path(), &rel, &fingerprint, DigestSet::Blake3)

@@ -79,6 +79,10 @@ impl ShareError {
     }
 }
 
+/// Receiving folders from which one flush of the whole file system makes a batch's renames
+/// durable more cheaply than a flush of each folder (each one a journal commit of its own).
+const ONE_FLUSH_FOLDERS: usize = 3;
+
 /// One box's shared folder and the state that goes with it.
 ///
 /// Cheap to share: wrap it in an `Arc`; the server and the local side of downloads use the
@@ -394,7 +398,7 @@ impl Share {
         // Make the renames durable: a flush per folder, or, for files spread over many
         // folders, one flush of the file system (each folder's flush is a journal commit of
         // its own). Best effort: what is visible is correct either way.
-        if folders.len() > 2 {
+        if folders.len() >= ONE_FLUSH_FOLDERS {
             let _ = install::sync_file_system(&self.root);
         } else {
             for folder in &folders {

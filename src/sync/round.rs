@@ -295,9 +295,10 @@ pub async fn sync_with(
     if let Some(entries) = early_index {
         // Folders first: the files then land in folders that exist, and the watcher, which
         // reads each new folder to watch it, finds them empty.
-        let (folders, files): (Vec<Action>, Vec<Action>) = new_here(&entries, here, record, ignore)
-            .into_iter()
-            .partition(|action| matches!(action, Action::CreateDir(_)));
+        let (folders, files): (Vec<Action>, Vec<Action>) =
+            plan_early_pull(&entries, here, record, ignore)
+                .into_iter()
+                .partition(|action| matches!(action, Action::CreateDir(_)));
         let folder_versions: HashMap<&RelPath, Version> = entries
             .iter()
             .filter(|entry| entry.is_dir())
@@ -322,8 +323,12 @@ pub async fn sync_with(
             }
         }
         // What both now hold is agreed before the plan looks: a file the peer changed
-        // meanwhile is then its edit to take, not a conflict.
+        // meanwhile is then its edit to take, not a conflict. Saved at once, should the
+        // rest of the round fail.
         record.update(pulled.clone());
+        if let Err(e) = record.save() {
+            tracing::warn!(error = %e, "cannot save the sync record");
+        }
     }
     if let Err(e) = refresh_view(peer, view).await {
         *view = PeerView::default();
@@ -459,7 +464,7 @@ async fn carry_out(
 /// absent here, unknown to the record (neither agreed nor deleted) and never held here
 /// since. For such a folder the plan can only decide to create it, and for such a file to
 /// download it, so this needs no hashes.
-fn new_here(
+fn plan_early_pull(
     entries: &[ShareEntry],
     here: &LocalState,
     record: &Record,
@@ -798,7 +803,7 @@ mod tests {
         .map(entry);
         let mut entries = vec![folder];
         entries.extend(listed);
-        let early = new_here(&entries, &here, &record, &ignore);
+        let early = plan_early_pull(&entries, &here, &record, &ignore);
         assert_eq!(early.len(), 2, "{early:?}");
         assert_eq!(early[0], Action::CreateDir(rel("sub")));
         assert!(matches!(

@@ -10,12 +10,11 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use std::os::fd::AsFd;
-
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -79,7 +78,7 @@ pub async fn send_file(
     queue_start(connection, rel, &meta).await?;
     // Digests known without reading the bytes here (cached, or being computed by another
     // reader): the bytes go from the page cache to the socket without a copy.
-    if cached.is_some() || share.hash_cache().is_hashing(rel) {
+    if cached.is_some() || share.hash_cache().is_hashing(rel, wanted) {
         let outcome = send_known(connection, share, rel, file, fingerprint, cached, wanted).await?;
         return finish(connection, rel, &meta, outcome).await;
     }
@@ -135,7 +134,8 @@ async fn send_known(
     wanted: DigestSet,
 ) -> Result<Result<Digests, ShareError>, ConnectionError> {
     connection.flush().await?;
-    let socket = connection.get_ref().as_fd().try_clone_to_owned()?;
+    let socket = Arc::new(connection.get_ref().as_fd().try_clone_to_owned()?);
+    let stop = zero_copy::StopOnDrop::new(Arc::clone(&socket));
     let size = fingerprint.size;
     let share = Arc::clone(share);
     let name = rel.clone();
@@ -143,10 +143,7 @@ async fn send_known(
         let rel = name;
         let sent = zero_copy::send_body(&socket, &file, size, CHUNK)?;
         Ok::<_, io::Error>((sent == Sent::Complete).then(|| {
-            let now = folder::stat(share.root(), &rel)?.map(|m| Fingerprint::of(&m));
-            if now != Some(fingerprint) {
-                return Err(ShareError::Changed(rel.clone()));
-            }
+            still_unchanged(&share, &rel, fingerprint)?;
             match cached {
                 Some(digests) => Ok(digests),
                 None => {
@@ -159,7 +156,23 @@ async fn send_known(
     })
     .await
     .map_err(io::Error::other)??;
+    stop.disarm();
     Ok(sent.unwrap_or_else(|| Err(ShareError::Changed(rel.clone()))))
+}
+
+/// Fails with [`ShareError::Changed`] unless `rel` still has the fingerprint it had when
+/// it was opened: the bytes just read are then those of that version.
+fn still_unchanged(
+    share: &Share,
+    rel: &RelPath,
+    fingerprint: Fingerprint,
+) -> Result<(), ShareError> {
+    let now = folder::stat(share.root(), rel)?.map(|m| Fingerprint::of(&m));
+    if now == Some(fingerprint) {
+        Ok(())
+    } else {
+        Err(ShareError::Changed(rel.clone()))
+    }
 }
 
 /// The digests a send ends with: known from the cache, or computed while sending.
@@ -331,10 +344,10 @@ fn read_whole(
     file.take(size)
         .read_to_end(&mut bytes)
         .map_err(|e| ShareError::io(rel.under(share.root()), e))?;
-    let now = folder::stat(share.root(), rel)?.map(|m| Fingerprint::of(&m));
-    if bytes.len() as u64 != size || now != Some(fingerprint) {
+    if bytes.len() as u64 != size {
         return Err(ShareError::Changed(rel.clone()));
     }
+    still_unchanged(share, rel, fingerprint)?;
     let Planned { cached, wanted } = digests;
     let digests = match cached {
         Some(digests) => digests,
@@ -363,7 +376,7 @@ fn read_stable(
     let Planned { cached, wanted } = digests;
     // Hashed while sent, unless known or being hashed right now by another reader (this
     // box's own rescan, say), whose answer is then taken at the end.
-    let hashing_elsewhere = cached.is_none() && share.hash_cache().is_hashing(rel);
+    let hashing_elsewhere = cached.is_none() && share.hash_cache().is_hashing(rel, wanted);
     let hasher = (cached.is_none() && !hashing_elsewhere).then(|| BackgroundHasher::new(wanted));
     let mut remaining = size;
     while remaining > 0 {
@@ -391,10 +404,7 @@ fn read_stable(
             ));
         }
     }
-    let now = folder::stat(share.root(), rel)?.map(|m| Fingerprint::of(&m));
-    if now != Some(fingerprint) {
-        return Err(ShareError::Changed(rel.clone()));
-    }
+    still_unchanged(share, rel, fingerprint)?;
     match (cached, hasher) {
         (Some(digests), _) => Ok(digests),
         (None, Some(hasher)) => {

@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::protocol::frame::Frame;
@@ -27,8 +28,47 @@ pub enum Sent {
     Short,
 }
 
+/// Shuts the socket down when dropped armed: held by the task that waits for a body sent
+/// on a blocking thread, so that if that task is dropped (the connection closes, the box
+/// shuts down), the thread's next `sendfile` or wait fails at once instead of sending the
+/// rest of the file to the peer first.
+pub struct StopOnDrop {
+    /// The socket the thread sends on.
+    socket: Arc<OwnedFd>,
+    /// Whether dropping it stops the send.
+    armed: bool,
+}
+
+impl StopOnDrop {
+    /// A guard over `socket`, armed.
+    pub fn new(socket: Arc<OwnedFd>) -> StopOnDrop {
+        StopOnDrop {
+            socket,
+            armed: true,
+        }
+    }
+
+    /// The send ended: dropping the guard does nothing.
+    pub fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            // SAFETY: the descriptor stays open while the Arc holds it; the call only
+            // reads its integer arguments.
+            unsafe {
+                libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR);
+            }
+        }
+    }
+}
+
 /// Sends `size` bytes of `file`, from its start, on `socket` as data frames of at most
-/// `chunk` bytes each.
+/// `chunk` bytes each. (`sendfile` on a closed connection fails with `EPIPE`: Rust
+/// programs ignore `SIGPIPE`.)
 pub fn send_body(socket: &OwnedFd, file: &File, size: u64, chunk: usize) -> io::Result<Sent> {
     let mut offset: libc::off_t = 0;
     let mut remaining = size;
@@ -91,6 +131,7 @@ fn send_all(socket: &OwnedFd, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Sends `count` zero bytes: the rest of a frame whose file ended early.
 fn send_zeros(socket: &OwnedFd, mut count: usize) -> io::Result<()> {
     let zeros = [0u8; 4096];
     while count > 0 {
@@ -178,6 +219,30 @@ mod tests {
             [4096, 4096, 1808]
         );
         assert_eq!(frames.concat(), content);
+    }
+
+    /// Dropping the armed guard stops a send that waits for the receiver to make room
+    /// (here, one that never reads) at once, instead of when the whole file has gone.
+    #[test]
+    fn a_dropped_guard_stops_a_stalled_send() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let size = 64 << 20;
+        std::fs::File::create(&path).unwrap().set_len(size).unwrap();
+        let file = File::open(&path).unwrap();
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let socket = Arc::new(OwnedFd::from(ours));
+        let guard = StopOnDrop::new(Arc::clone(&socket));
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done_tx.send(send_body(&socket, &file, size, 256 * 1024));
+        });
+        drop(guard);
+        let outcome = done
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the send went on after the guard was dropped");
+        assert!(outcome.is_err(), "{outcome:?}");
     }
 
     /// A file that shrank since it was announced ends the frame under way with zeros and
