@@ -253,10 +253,11 @@ pub async fn sync_with(
         .into_iter()
         .map(|v| (v.name.clone(), Some(served_version(v))))
         .collect();
-    // On first contact (this process has no listing of the peer yet), the files the peer
-    // has and this box has never seen are pulled at once, from a plain index that costs the
-    // peer no hashing: a box joining a big folder starts receiving at once instead of
-    // waiting for the peer to hash everything. The sender hashes each file as it sends it.
+    // On first contact (this process has no listing of the peer yet), the folders and files
+    // the peer has and this box has never seen are taken at once, from a plain index that
+    // costs the peer no hashing: a box joining a big folder starts receiving at once instead
+    // of waiting for the peer to hash everything. The sender hashes each file as it sends it
+    // (or takes the hash its own rescan is computing).
     let first_contact = view.index.is_none();
     let early_index = if first_contact {
         match peer.index(&IndexFilter::Longlist).await {
