@@ -88,8 +88,7 @@ pub async fn send_file(
         let share = Arc::clone(share);
         let rel = rel.clone();
         tokio::task::spawn_blocking(move || {
-            let digests = Planned { cached, wanted };
-            read_stable(file, size, digests, chunks_tx, &share, &rel, fingerprint)
+            read_stable(file, size, wanted, chunks_tx, &share, &rel, fingerprint)
         })
     };
     while let Some(chunk) = chunks.recv().await {
@@ -362,22 +361,19 @@ fn read_whole(
     Ok((bytes, digests))
 }
 
-/// Reads exactly `size` bytes into the channel, hashing them unless the digests are known,
-/// and checks afterwards that the file still has the fingerprint it had when opened.
+/// Reads exactly `size` bytes into the channel, hashing them (the digests of `wanted`), and
+/// checks afterwards that the file still has the fingerprint it had when opened. (A file
+/// whose digests are known goes by [`send_known`] instead.)
 fn read_stable(
     mut file: File,
     size: u64,
-    digests: Planned,
+    wanted: DigestSet,
     chunks: mpsc::Sender<Bytes>,
     share: &Share,
     rel: &RelPath,
     fingerprint: Fingerprint,
 ) -> Result<Digests, ShareError> {
-    let Planned { cached, wanted } = digests;
-    // Hashed while sent, unless known or being hashed right now by another reader (this
-    // box's own rescan, say), whose answer is then taken at the end.
-    let hashing_elsewhere = cached.is_none() && share.hash_cache().is_hashing(rel, wanted);
-    let hasher = (cached.is_none() && !hashing_elsewhere).then(|| BackgroundHasher::new(wanted));
+    let hasher = BackgroundHasher::new(wanted);
     let mut remaining = size;
     while remaining > 0 {
         let want = remaining.min(CHUNK as u64) as usize;
@@ -392,9 +388,7 @@ fn read_stable(
             return Err(ShareError::Changed(rel.clone()));
         }
         let buffer = Bytes::from(buffer);
-        if let Some(hasher) = hasher.as_ref() {
-            hasher.update(&buffer);
-        }
+        hasher.update(&buffer);
         remaining -= want as u64;
         if chunks.blocking_send(buffer).is_err() {
             // The socket task stopped (the client left); nothing more to do.
@@ -405,19 +399,9 @@ fn read_stable(
         }
     }
     still_unchanged(share, rel, fingerprint)?;
-    match (cached, hasher) {
-        (Some(digests), _) => Ok(digests),
-        (None, Some(hasher)) => {
-            let digests = hasher.finish();
-            share.hash_cache().insert(rel, fingerprint, digests.clone());
-            Ok(digests)
-        }
-        (None, None) => {
-            share
-                .hash_cache()
-                .digests_once_hashed(share.root(), rel, &fingerprint, wanted)
-        }
-    }
+    let digests = hasher.finish();
+    share.hash_cache().insert(rel, fingerprint, digests.clone());
+    Ok(digests)
 }
 
 async fn send_error<S: AsyncRead + AsyncWrite + Unpin>(
