@@ -65,6 +65,21 @@ impl Version {
     }
 }
 
+#[cfg(test)]
+impl Version {
+    /// A file's version for tests: `content` stands for its BLAKE3 and gives its size; the
+    /// mtime is `secs` after the epoch.
+    pub fn test_file(content: &str, secs: i64) -> Version {
+        Version {
+            dir: false,
+            blake3: Some(content.to_string()),
+            size: content.len() as u64,
+            mtime: Timestamp(chrono::DateTime::from_timestamp(secs, 0).expect("a valid time")),
+            mode: 0o644,
+        }
+    }
+}
+
 fn same(a: Option<&Version>, b: Option<&Version>) -> bool {
     match (a, b) {
         (None, None) => true,
@@ -359,13 +374,7 @@ mod tests {
     }
 
     fn file(content: &str, secs: i64) -> Version {
-        Version {
-            dir: false,
-            blake3: Some(content.to_string()),
-            size: content.len() as u64,
-            mtime: Timestamp(chrono::DateTime::from_timestamp(secs, 0).unwrap()),
-            mode: 0o644,
-        }
+        Version::test_file(content, secs)
     }
 
     fn dir() -> Version {

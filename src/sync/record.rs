@@ -142,16 +142,9 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::time::Timestamp;
 
     fn version(blake3: &str) -> Version {
-        Version {
-            dir: false,
-            blake3: Some(blake3.to_string()),
-            size: 3,
-            mtime: Timestamp(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap()),
-            mode: 0o644,
-        }
+        Version::test_file(blake3, 1_700_000_000)
     }
 
     /// A saved record comes back as it was; one written by a boxsync that named contents

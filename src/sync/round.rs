@@ -765,13 +765,7 @@ mod tests {
     }
 
     fn version() -> Version {
-        Version {
-            dir: false,
-            blake3: Some("x".into()),
-            size: 3,
-            mtime: Timestamp(chrono::DateTime::from_timestamp(1, 0).unwrap()),
-            mode: 0o644,
-        }
+        Version::test_file("x", 1)
     }
 
     /// Only folders and files this box has never seen are taken before the hashes are

@@ -8,13 +8,12 @@ use std::sync::Arc;
 
 use boxsync::local::Served;
 use boxsync::peer::{Peer, PeerError};
-use boxsync::protocol::{self, Connection, ErrorKind, Request, Response};
+use boxsync::protocol::{ErrorKind, Request, Response};
 use boxsync::share::{Digests, Expect, RelPath};
 use boxsync::time::Timestamp;
 use boxsync::transfer::{Landing, TransferError, Wanted};
-use tokio::net::TcpListener;
 
-use crate::util::{TestBox, bytes, files_under};
+use crate::util::{TestBox, bytes, files_under, scripted_peer};
 
 fn rel(name: &str) -> RelPath {
     RelPath::parse(name).unwrap()
@@ -222,14 +221,7 @@ fn digests_of(content: &[u8]) -> Digests {
 /// A one-connection server that answers a `download_many` as `answers` say, then either
 /// ends the batch properly or (with `cut`) closes the connection after those answers.
 async fn scripted_server(answers: Vec<(&'static str, Answer)>, cut: bool) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let mut connection = Connection::new(stream);
-        protocol::server_handshake(&mut connection, "script0000000000")
-            .await
-            .unwrap();
+    let (addr, _script) = scripted_peer("script0000000000", move |mut connection| async move {
         let request: Request = connection.expect_message().await.unwrap();
         assert!(
             matches!(request, Request::DownloadMany { .. }),
@@ -275,8 +267,9 @@ async fn scripted_server(answers: Vec<(&'static str, Answer)>, cut: bool) -> Str
         connection.write_message(&Response::BatchEnd).await.unwrap();
         // Hold the connection until the client is done with it.
         let _ = connection.read_frame().await;
-    });
-    addr
+    })
+    .await;
+    addr.to_string()
 }
 
 /// In one batch: a file that changed while being sent, a file whose bytes do not match

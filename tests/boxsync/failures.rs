@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use boxsync::protocol::{self, Connection, Request, Response};
+use boxsync::protocol::{Request, Response};
 use boxsync::share::filter::IndexFilter;
 use boxsync::share::{Digests, RelPath};
 use boxsync::time::Timestamp;
-use tokio::net::TcpListener;
 
-use crate::util::{TestBox, bytes, files_under};
+use crate::util::{TestBox, bytes, files_under, scripted_peer};
 
 fn rel(name: &str) -> RelPath {
     RelPath::parse(name).unwrap()
@@ -96,14 +95,7 @@ async fn file_changing_during_send_is_not_stored() {
 #[tokio::test(flavor = "multi_thread")]
 async fn lying_server_gets_nothing_stored() {
     for lie in ["digest", "extra", "name", "short"] {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let mut connection = Connection::new(stream);
-            protocol::server_handshake(&mut connection, "liar000000000000")
-                .await
-                .unwrap();
+        let (addr, server) = scripted_peer("liar000000000000", move |mut connection| async move {
             let _: Request = connection.expect_message().await.unwrap();
             let name = if lie == "name" { "other.txt" } else { "f.txt" };
             let start = Response::FileStart {
@@ -129,7 +121,8 @@ async fn lying_server_gets_nothing_stored() {
                 .await;
             // Hold the connection until the client is done with it.
             let _ = connection.read_frame().await;
-        });
+        })
+        .await;
         let (_t, me) = TestBox::client();
         let peer = boxsync::peer::Peer::new(&addr.to_string(), Arc::clone(&me));
         let mut progress = |_, _| {};

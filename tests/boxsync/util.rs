@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use boxsync::local::LocalBox;
 use boxsync::peer::Peer;
+use boxsync::protocol::{self, Connection};
 use boxsync::server::Server;
 use tempfile::TempDir;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -205,4 +207,28 @@ pub fn binary() -> PathBuf {
 /// needle with non-ASCII characters (`✓`) must be spelled byte by byte to match.
 pub fn as_pty_bytes(text: &str) -> String {
     text.bytes().map(char::from).collect()
+}
+
+/// A scripted peer, for tests of broken or lying answers: listens on a free loopback port
+/// and, once a client connects, completes the handshake as box `id` and hands the
+/// connection to `script`. Returns the address to connect to and the script's task.
+pub async fn scripted_peer<Script, Run>(
+    id: &'static str,
+    script: Script,
+) -> (SocketAddr, JoinHandle<()>)
+where
+    Script: FnOnce(Connection<TcpStream>) -> Run + Send + 'static,
+    Run: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut connection = Connection::new(stream);
+        protocol::server_handshake(&mut connection, id)
+            .await
+            .unwrap();
+        script(connection).await;
+    });
+    (addr, task)
 }
