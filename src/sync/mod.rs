@@ -271,7 +271,14 @@ impl Engine {
         let share = Arc::clone(&self.local.share);
         let _watcher = match watch::watch(share.root(), Arc::clone(&local_change), {
             let share = Arc::clone(&share);
-            move || share.view().changed()
+            move |error| match error {
+                None => share.view().changed(),
+                Some(e) => {
+                    // Part of the folder is not watched: vouch for no snapshot any more.
+                    tracing::warn!(error = %e, "a new folder cannot be watched; its changes wait for the rescan");
+                    share.view().set_trust(None);
+                }
+            }
         }) {
             Ok(watcher) => {
                 // Between two rescans, what the watcher vouches for needs no new walk.
