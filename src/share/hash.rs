@@ -492,8 +492,12 @@ impl HashCache {
                         None => {
                             let digests =
                                 self.hash_stream(&mut file, rel, root, set, meta.len())?;
-                            let after = folder::stat(root, rel)?;
-                            if after.as_ref().map(Fingerprint::of) != Some(fingerprint) {
+                            // The file read, not its path (see `still_unchanged` in
+                            // transfer::tcp): only a change to its bytes tears a hash.
+                            let after = file
+                                .metadata()
+                                .map_err(|e| ShareError::io(rel.under(root), e))?;
+                            if Fingerprint::of(&after) != fingerprint {
                                 continue;
                             }
                             self.insert(rel, fingerprint, digests.clone());

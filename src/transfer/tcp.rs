@@ -142,7 +142,7 @@ async fn send_known(
         let rel = name;
         let sent = zero_copy::send_body(&socket, &file, size, CHUNK)?;
         Ok::<_, io::Error>((sent == Sent::Complete).then(|| {
-            still_unchanged(&share, &rel, fingerprint)?;
+            still_unchanged(&file, &share, &rel, fingerprint)?;
             match cached {
                 Some(digests) => Ok(digests),
                 None => {
@@ -159,15 +159,21 @@ async fn send_known(
     Ok(sent.unwrap_or_else(|| Err(ShareError::Changed(rel.clone()))))
 }
 
-/// Fails with [`ShareError::Changed`] unless `rel` still has the fingerprint it had when
-/// it was opened: the bytes just read are then those of that version.
+/// Fails with [`ShareError::Changed`] unless the open `file` of `rel` still has the
+/// fingerprint it had when opened: the bytes just read are then those of that version,
+/// whole. (The file itself is asked, not its path: a version renamed away or deleted
+/// meanwhile was still read whole, as if just before; only a change to its bytes makes a
+/// torn copy.)
 fn still_unchanged(
+    file: &File,
     share: &Share,
     rel: &RelPath,
     fingerprint: Fingerprint,
 ) -> Result<(), ShareError> {
-    let now = folder::stat(share.root(), rel)?.map(|m| Fingerprint::of(&m));
-    if now == Some(fingerprint) {
+    let now = file
+        .metadata()
+        .map_err(|e| ShareError::io(rel.under(share.root()), e))?;
+    if Fingerprint::of(&now) == fingerprint {
         Ok(())
     } else {
         Err(ShareError::Changed(rel.clone()))
@@ -340,13 +346,14 @@ fn read_whole(
     fingerprint: Fingerprint,
 ) -> Result<(Vec<u8>, Digests), ShareError> {
     let mut bytes = Vec::with_capacity(size as usize);
-    file.take(size)
+    (&file)
+        .take(size)
         .read_to_end(&mut bytes)
         .map_err(|e| ShareError::io(rel.under(share.root()), e))?;
     if bytes.len() as u64 != size {
         return Err(ShareError::Changed(rel.clone()));
     }
-    still_unchanged(share, rel, fingerprint)?;
+    still_unchanged(&file, share, rel, fingerprint)?;
     let Planned { cached, wanted } = digests;
     let digests = match cached {
         Some(digests) => digests,
@@ -398,7 +405,7 @@ fn read_stable(
             ));
         }
     }
-    still_unchanged(share, rel, fingerprint)?;
+    still_unchanged(&file, share, rel, fingerprint)?;
     let digests = hasher.finish();
     share.hash_cache().insert(rel, fingerprint, digests.clone());
     Ok(digests)
