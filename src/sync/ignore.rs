@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::path::Path;
+use std::sync::Mutex;
 
 use glob::{MatchOptions, Pattern};
 
@@ -30,6 +31,10 @@ pub struct Ignore {
     patterns: Vec<(Pattern, bool)>,
     /// Lines of the ignore file that are not valid globs, for the status report.
     pub invalid: Vec<String>,
+    /// The last folder found not ignored (nor any folder it is in): paths come in name
+    /// order, so most share it, and only their own name is left to match. Behind a std
+    /// mutex, never held across an await.
+    clean_folder: Mutex<String>,
 }
 
 impl Ignore {
@@ -43,6 +48,7 @@ impl Ignore {
         let mut ignore = Ignore {
             patterns: Vec::new(),
             invalid: Vec::new(),
+            clean_folder: Mutex::new(String::new()),
         };
         for line in lines {
             let line = line.trim();
@@ -69,11 +75,18 @@ impl Ignore {
         // Each prefix of the path (`a`, `a/b`, `a/b/c`) with its last component, without
         // allocating: this runs for every path in every round.
         let text = path.as_str();
-        let ends = text
+        let folder_end = text.rfind('/');
+        let mut clean = self.clean_folder.lock().unwrap_or_else(|e| e.into_inner());
+        // Where checking starts: past the folder already known clean, if it is this one.
+        let mut start = match folder_end {
+            Some(end) if !clean.is_empty() && clean.as_str() == &text[..end] => end + 1,
+            _ => 0,
+        };
+        let skipped = start;
+        let ends = text[start..]
             .match_indices('/')
-            .map(|(i, _)| i)
+            .map(move |(i, _)| skipped + i)
             .chain(std::iter::once(text.len()));
-        let mut start = 0;
         for end in ends {
             let (prefix, name) = (&text[..end], &text[start..end]);
             start = end + 1;
@@ -83,6 +96,12 @@ impl Ignore {
             if hit {
                 return true;
             }
+        }
+        if let Some(end) = folder_end
+            && clean.as_str() != &text[..end]
+        {
+            clean.clear();
+            clean.push_str(&text[..end]);
         }
         false
     }
@@ -113,5 +132,26 @@ mod tests {
         assert!(ignores(&[], ".boxsyncignore"));
         assert!(ignores(&[], "notes/.todo.md.swp"));
         assert!(!ignores(&[], "notes/todo.md"));
+    }
+
+    /// Remembering the last clean folder changes no answer: a path in it still has its own
+    /// name checked, a path in another folder has every folder checked, and a sibling
+    /// folder whose name starts the same is not taken for it.
+    #[test]
+    fn answers_do_not_depend_on_order() {
+        let ignore =
+            Ignore::from_lines(BUILT_IN.iter().copied().chain(["*.log", "/a/b/skip", "ab"]));
+        let check = |path: &str| ignore.ignores(&RelPath::parse(path).unwrap());
+        assert!(!check("a/b/c.txt"));
+        assert!(check("a/b/c.log"));
+        assert!(!check("a/b/d.txt"));
+        assert!(check("a/b/skip/x.txt"));
+        assert!(!check("a/b/c.txt"));
+        assert!(check("ab/c.txt"));
+        assert!(!check("a/bc/c.txt"));
+        assert!(check("a/bc/c.log"));
+        assert!(check("a/b/skip"));
+        assert!(!check("top.txt"));
+        assert!(check("top.log"));
     }
 }
