@@ -65,14 +65,14 @@ pub fn watch(
     changed: Arc<Notify>,
     on_change: impl Fn(Option<io::Error>) + Send + 'static,
 ) -> io::Result<Watcher> {
-    let inotify = Inotify::init()?;
+    let inotify = Inotify::init().map_err(explain)?;
     let mut stream = inotify.into_event_stream(vec![0u8; 64 * 1024])?;
     let mut tree = Tree {
         root: root.to_path_buf(),
         watches: stream.watches(),
         folders: HashMap::new(),
     };
-    tree.add_all(root)?;
+    tree.add_all(root).map_err(explain)?;
     let task = tokio::spawn(async move {
         while let Some(first) = stream.next().await {
             let mut burst = Burst::default();
@@ -95,6 +95,20 @@ pub fn watch(
         }
     });
     Ok(Watcher { task })
+}
+
+/// Names the kernel limit behind an error, where the kernel's own words would mislead
+/// ("no space left on device" for too many watches).
+fn explain(error: io::Error) -> io::Error {
+    let limit = match error.raw_os_error() {
+        Some(libc::ENOSPC) => "fs.inotify.max_user_watches",
+        Some(libc::EMFILE) => "fs.inotify.max_user_instances",
+        _ => return error,
+    };
+    io::Error::new(
+        error.kind(),
+        format!("the kernel's inotify limit {limit} is reached"),
+    )
 }
 
 /// What one burst of events amounted to.
@@ -184,7 +198,7 @@ impl Tree {
             // Events were lost, new folders among them perhaps: watch whatever is not.
             burst.changed = true;
             if let Err(e) = self.add_all(&self.root.clone()) {
-                burst.errors.push(e);
+                burst.errors.push(explain(e));
             }
             return;
         }
@@ -213,7 +227,7 @@ impl Tree {
                 .intersects(EventMask::CREATE | EventMask::MOVED_TO)
                 && let Err(e) = self.add_all(&path)
             {
-                burst.errors.push(e);
+                burst.errors.push(explain(e));
             }
         }
     }
@@ -323,6 +337,18 @@ mod tests {
         fs::write(w.path(".boxsync/trash/old"), b"old").expect("state write");
         assert!(!w.signalled_within(QUIET).await);
         assert_eq!(*w.calls.lock().expect("count"), before);
+    }
+
+    /// Hitting a kernel limit names the limit, not "no space left on device".
+    #[test]
+    fn limits_are_named() {
+        let e = explain(io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(
+            e.to_string(),
+            "the kernel's inotify limit fs.inotify.max_user_watches is reached"
+        );
+        let other = explain(io::Error::from_raw_os_error(libc::EACCES));
+        assert_eq!(other.raw_os_error(), Some(libc::EACCES));
     }
 
     /// A burst of many changes is reported in a few calls, not one per file.
