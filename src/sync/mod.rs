@@ -275,7 +275,7 @@ impl Engine {
                 None => share.view().changed(),
                 Some(e) => {
                     // Part of the folder is not watched: vouch for no snapshot any more.
-                    tracing::warn!(error = %e, "a new folder cannot be watched; its changes wait for the rescan");
+                    tracing::warn!(error = %e, "not all of the folder is watched; changes there wait for the rescan");
                     share.view().set_trust(None);
                 }
             }

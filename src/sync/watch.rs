@@ -57,8 +57,8 @@ impl Drop for Watcher {
 /// Starts watching `root` and every folder below it, except the box's state folder (and
 /// folders created later, as they appear). For every burst of changes, `on_change` is
 /// called and then `changed` signalled; `on_change` is also called, with the error, when a
-/// new folder could not be watched (inotify limits): changes in it are then seen only by
-/// the rescans. Must be called within a tokio runtime. Fails when the kernel refuses
+/// new folder could not be watched (inotify limits) or the shared folder itself went away:
+/// changes there are then seen only by the rescans. Must be called within a tokio runtime. Fails when the kernel refuses
 /// (inotify limits, say).
 pub fn watch(
     root: &Path,
@@ -204,7 +204,14 @@ impl Tree {
         }
         let id = event.wd.get_watch_descriptor_id();
         if event.mask.contains(EventMask::IGNORED) {
-            self.folders.remove(&id);
+            if self.folders.remove(&id).as_deref() == Some(self.root.as_path()) {
+                // The shared folder itself was removed or unmounted: nothing is watched any
+                // more, even if it comes back.
+                burst.changed = true;
+                burst.errors.push(io::Error::other(
+                    "the shared folder itself went away; it is no longer watched",
+                ));
+            }
             return;
         }
         let Some(folder) = self.folders.get(&id) else {
@@ -337,6 +344,34 @@ mod tests {
         fs::write(w.path(".boxsync/trash/old"), b"old").expect("state write");
         assert!(!w.signalled_within(QUIET).await);
         assert_eq!(*w.calls.lock().expect("count"), before);
+    }
+
+    /// When the shared folder itself goes away, the watcher says it no longer watches it.
+    #[tokio::test]
+    async fn losing_the_folder_is_reported() {
+        let parent = tempfile::tempdir().expect("temporary folder");
+        let root = parent.path().join("shared");
+        fs::create_dir(&root).expect("shared folder");
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&errors);
+        let changed = Arc::new(Notify::new());
+        let _watcher = watch(&root, Arc::clone(&changed), move |error| {
+            if let Some(e) = error {
+                seen.lock().expect("errors").push(e.to_string());
+            }
+        })
+        .expect("watcher");
+        fs::remove_dir(&root).expect("remove");
+        assert!(
+            tokio::time::timeout(DEADLINE, changed.notified())
+                .await
+                .is_ok()
+        );
+        let errors = errors.lock().expect("errors").clone();
+        assert_eq!(
+            errors,
+            ["the shared folder itself went away; it is no longer watched"]
+        );
     }
 
     /// Hitting a kernel limit names the limit, not "no space left on device".
