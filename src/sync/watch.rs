@@ -56,10 +56,11 @@ impl Drop for Watcher {
 
 /// Starts watching `root` and every folder below it, except the box's state folder (and
 /// folders created later, as they appear). For every burst of changes, `on_change` is
-/// called and then `changed` signalled; `on_change` is also called, with the error, when a
-/// new folder could not be watched (inotify limits) or the shared folder itself went away:
-/// changes there are then seen only by the rescans. Must be called within a tokio runtime. Fails when the kernel refuses
-/// (inotify limits, say).
+/// called and then `changed` signalled. `on_change` is also called with an error when part
+/// of the folder goes unwatched: a new folder could not be watched (inotify limits), the
+/// shared folder itself went away, or reading the events failed (the watcher then stops);
+/// changes there are then seen only by the rescans. Must be called within a tokio runtime.
+/// Fails when the kernel refuses (inotify limits, say).
 pub fn watch(
     root: &Path,
     changed: Arc<Notify>,
@@ -76,13 +77,21 @@ pub fn watch(
     let task = tokio::spawn(async move {
         while let Some(first) = stream.next().await {
             let mut burst = Burst::default();
-            tree.take(first, &mut burst);
+            let mut read = first.map(|event| tree.take(event, &mut burst));
             // Everything else already queued, without waiting.
-            while let Some(Some(event)) = stream.next().now_or_never() {
-                tree.take(event, &mut burst);
+            while read.is_ok()
+                && let Some(Some(next)) = stream.next().now_or_never()
+            {
+                read = next.map(|event| tree.take(event, &mut burst));
             }
             for error in burst.errors {
                 on_change(Some(error));
+            }
+            if let Err(e) = read {
+                // Events may be lost from here on: say so once, and leave it to the rescans.
+                on_change(Some(e));
+                changed.notify_one();
+                return;
             }
             if burst.changed {
                 // Reported after the new folders are watched: a read of the folder that
@@ -116,7 +125,7 @@ fn explain(error: io::Error) -> io::Error {
 struct Burst {
     /// Something in the shared folder changed.
     changed: bool,
-    /// New folders that could not be watched.
+    /// Why part of the folder is not watched (a new folder refused, the folder gone).
     errors: Vec<io::Error>,
 }
 
@@ -184,16 +193,8 @@ impl Tree {
             && path.file_name() == Some(OsStr::new(STATE_DIR))
     }
 
-    /// Takes one event (or a failed read, taken as a possibly lost change) into `burst`.
-    fn take(&mut self, event: io::Result<EventOwned>, burst: &mut Burst) {
-        let event = match event {
-            Ok(event) => event,
-            Err(e) => {
-                burst.changed = true;
-                burst.errors.push(e);
-                return;
-            }
-        };
+    /// Takes one event into `burst`.
+    fn take(&mut self, event: EventOwned, burst: &mut Burst) {
         if event.mask.contains(EventMask::Q_OVERFLOW) {
             // Events were lost, new folders among them perhaps: watch whatever is not.
             burst.changed = true;
