@@ -1,14 +1,15 @@
 //! Reading the shared folder safely: listing entries and opening files without ever
 //! following a symlink or leaving the folder.
 
-use std::fs::{self, File, Metadata, OpenOptions};
+use std::fs::{self, File, Metadata};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::ShareError;
+use super::dirs::Dirs;
 use super::path::{RelPath, STATE_DIR};
 use crate::time::Timestamp;
 
@@ -164,34 +165,10 @@ pub fn stat(root: &Path, rel: &RelPath) -> Result<Option<Metadata>, ShareError> 
 }
 
 /// Opens a regular file for reading, refusing symlinks anywhere on the way, and returns it
-/// with the metadata of the opened file itself.
+/// with the metadata of the opened file itself (see [`Dirs::open_regular`], which a run of
+/// files should use directly).
 pub fn open_regular(root: &Path, rel: &RelPath) -> Result<(File, Metadata), ShareError> {
-    let before = stat(root, rel)?.ok_or_else(|| ShareError::NotFound(rel.clone()))?;
-    if before.file_type().is_symlink() {
-        return Err(ShareError::Symlink(rel.clone()));
-    }
-    if before.is_dir() {
-        return Err(ShareError::IsDirectory(rel.clone()));
-    }
-    if !before.is_file() {
-        return Err(ShareError::NotAFile(rel.clone()));
-    }
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(rel.under(root))
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => ShareError::NotFound(rel.clone()),
-            _ if e.raw_os_error() == Some(libc::ELOOP) => ShareError::Symlink(rel.clone()),
-            _ => ShareError::io(rel.under(root), e),
-        })?;
-    let meta = file
-        .metadata()
-        .map_err(|e| ShareError::io(rel.under(root), e))?;
-    if meta.ino() != before.ino() || meta.dev() != before.dev() || !meta.is_file() {
-        return Err(ShareError::Changed(rel.clone()));
-    }
-    Ok((file, meta))
+    Dirs::open(root)?.open_regular(rel)
 }
 
 /// The identity of one version of a file: if any of these change, so may its content.

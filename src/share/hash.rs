@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::ShareError;
+use super::dirs::Dirs;
 use super::folder::{self, Fingerprint};
 use super::path::RelPath;
 use crate::time::Timestamp;
@@ -478,8 +479,19 @@ impl HashCache {
         rel: &RelPath,
         set: DigestSet,
     ) -> Result<FileHash, ShareError> {
+        self.hash_file_in(&mut Dirs::open(root)?, rel, set)
+    }
+
+    /// [`HashCache::hash_file`] for one of a run of files, whose folders `dirs` holds open.
+    pub fn hash_file_in(
+        &self,
+        dirs: &mut Dirs,
+        rel: &RelPath,
+        set: DigestSet,
+    ) -> Result<FileHash, ShareError> {
         for _ in 0..STABLE_ATTEMPTS {
-            let (mut file, meta) = folder::open_regular(root, rel)?;
+            let (mut file, meta) = dirs.open_regular(rel)?;
+            let root = dirs.root();
             let fingerprint = Fingerprint::of(&meta);
             let mtime = folder::modified(&meta);
             let digests = match self.lookup(rel, &fingerprint, set) {

@@ -1,6 +1,7 @@
 //! The shared folder of a box: its index, hashes, per-file locks, trash and the atomic
 //! installation of downloaded files.
 
+pub mod dirs;
 pub mod filter;
 pub mod folder;
 pub mod hash;
@@ -12,6 +13,7 @@ pub mod view;
 
 use std::fs;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use thiserror::Error;
 
+pub use dirs::{Dirs, PlaceNewError};
 pub use folder::{DIRECTORY_TYPE, Entry, Fingerprint};
 pub use hash::{ContentHasher, DigestSet, Digests, FileHash, HashCache};
 pub use install::{Expect, InstallMeta};
@@ -171,11 +174,12 @@ impl Share {
             let names: std::collections::HashSet<RelPath> =
                 entries.iter().map(|(e, _)| e.name.clone()).collect();
             share.cache.retain(|rel| names.contains(rel));
+            let mut dirs = Dirs::open(&share.root)?;
             Ok(entries
                 .iter()
                 .filter(|(entry, _)| !entry.is_dir())
                 .filter_map(|(entry, fingerprint)| {
-                    share.cached_or_hashed(entry, fingerprint, DigestSet::All)
+                    share.cached_or_hashed(&mut dirs, entry, fingerprint, DigestSet::All)
                 })
                 .collect())
         })
@@ -188,6 +192,7 @@ impl Share {
     /// matches, which touches nothing on disk; otherwise by reading it once it holds still.
     fn cached_or_hashed(
         &self,
+        dirs: &mut Dirs,
         entry: &Entry,
         fingerprint: &Fingerprint,
         set: DigestSet,
@@ -201,7 +206,7 @@ impl Share {
                 mtime: entry.mtime,
                 size: entry.size,
             }),
-            None => self.cache.hash_file(&self.root, &entry.name, set).ok(),
+            None => self.cache.hash_file_in(dirs, &entry.name, set).ok(),
         }
     }
 
@@ -218,6 +223,7 @@ impl Share {
             let names: std::collections::HashSet<&RelPath> =
                 entries.iter().map(|(e, _)| &e.name).collect();
             share.cache.retain(|rel| names.contains(rel));
+            let mut dirs = Dirs::open(&share.root)?;
             Ok(entries
                 .into_iter()
                 .map(|(entry, fingerprint)| {
@@ -225,7 +231,7 @@ impl Share {
                         None
                     } else {
                         // Sync compares BLAKE3 alone; MD5 and SHA-256 wait until a person asks.
-                        share.cached_or_hashed(&entry, &fingerprint, DigestSet::Blake3)
+                        share.cached_or_hashed(&mut dirs, &entry, &fingerprint, DigestSet::Blake3)
                     };
                     (entry, hash)
                 })
@@ -367,10 +373,30 @@ impl Share {
                 .collect();
         }
         let mut folders = std::collections::BTreeSet::new();
+        // New files go in by name from folders held open, in one rename that refuses to
+        // replace anything; the rest (and everything, should opening fail) by path.
+        let mut dirs = Dirs::open(&self.root).ok();
+        let tmp_fd = dirs::open_dir(&tmp_dir).ok();
         let results = items
             .into_iter()
             .map(|item| {
                 let placed = self.locks.with_write_blocking(&item.rel, || {
+                    if let (Some(dirs), Some(tmp_fd), Some(tmp_name)) =
+                        (dirs.as_mut(), tmp_fd.as_ref(), item.tmp.file_name())
+                        && matches!(item.expect, Expect::Absent | Expect::Anything)
+                    {
+                        match dirs.place_new(tmp_fd.as_fd(), Path::new(tmp_name), &item.rel) {
+                            Ok(fingerprint) => {
+                                // The content is known; hashing it later reads nothing.
+                                self.cache.insert(&item.rel, fingerprint, item.digests);
+                                return Ok(None);
+                            }
+                            Err(PlaceNewError::Failed(e)) => return Err(e),
+                            // Something is there (to replace or to refuse), or the file
+                            // system cannot say: the general way decides.
+                            Err(PlaceNewError::Exists | PlaceNewError::Unsupported) => {}
+                        }
+                    }
                     let placed = install::place(&self.root, &item.tmp, &item.rel, &item.expect);
                     // The folders on the way were checked as it was placed.
                     if placed.is_ok()

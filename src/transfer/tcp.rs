@@ -25,6 +25,7 @@ use super::zero_copy::{self, Sent};
 use super::{Downloaded, Landing, Progress, TransferError, Transport};
 use crate::local::Served;
 use crate::protocol::{Connection, ConnectionError, ErrorKind, Request, Response};
+use crate::share::dirs::Dirs;
 use crate::share::folder::{self, Fingerprint};
 use crate::share::hash::{BackgroundHasher, ContentHasher};
 use crate::share::{DigestSet, Digests, InstallMeta, RelPath, Share, ShareError};
@@ -58,9 +59,11 @@ pub async fn send_file(
     let opened = {
         let share = Arc::clone(share);
         let rel = rel.clone();
-        tokio::task::spawn_blocking(move || open_for_sending(&share, &rel, wanted))
-            .await
-            .unwrap_or_else(|e| Err(ShareError::io("<worker>", io::Error::other(e))))
+        tokio::task::spawn_blocking(move || {
+            open_for_sending(&share, &mut Dirs::open(share.root())?, &rel, wanted)
+        })
+        .await
+        .unwrap_or_else(|e| Err(ShareError::io("<worker>", io::Error::other(e))))
     };
     let (file, meta, fingerprint, cached) = match opened {
         Ok(Opened::Streamed(file, meta, fingerprint, cached)) => (file, meta, fingerprint, cached),
@@ -228,9 +231,17 @@ pub async fn send_files(
     {
         let share = Arc::clone(share);
         tokio::task::spawn_blocking(move || {
+            // The folders of the batch, held open from one file to the next.
+            let mut dirs: Option<Dirs> = None;
             for name in names {
                 let one = share.locks().with_read_blocking(&name, || {
-                    match open_for_sending(&share, &name, wanted) {
+                    let opened = match &mut dirs {
+                        Some(dirs) => open_for_sending(&share, dirs, &name, wanted),
+                        None => Dirs::open(share.root()).and_then(|opened| {
+                            open_for_sending(&share, dirs.insert(opened), &name, wanted)
+                        }),
+                    };
+                    match opened {
                         Ok(Opened::Whole(meta, (bytes, digests))) => {
                             Prepared::Whole(Box::new((name.clone(), meta, bytes, digests)))
                         }
@@ -267,8 +278,13 @@ pub async fn send_files(
 }
 
 /// Opens `rel` for sending; a small file is read, hashed and checked at once.
-fn open_for_sending(share: &Share, rel: &RelPath, wanted: DigestSet) -> Result<Opened, ShareError> {
-    let (file, meta) = folder::open_regular(share.root(), rel)?;
+fn open_for_sending(
+    share: &Share,
+    dirs: &mut Dirs,
+    rel: &RelPath,
+    wanted: DigestSet,
+) -> Result<Opened, ShareError> {
+    let (file, meta) = dirs.open_regular(rel)?;
     let fingerprint = Fingerprint::of(&meta);
     let cached = share.hash_cache().lookup(rel, &fingerprint, wanted);
     if meta.len() <= WHOLE_READ {
