@@ -97,9 +97,17 @@ def rsync_daemon(module_path):
     return proc, port
 
 
+def settle_disk():
+    """Writes out what earlier runs left dirty (the files of the last copy, the deletion of
+    the one before), so that no run pays for another's write-back: boxsync makes each
+    batch durable with `syncfs`, which would flush them too, while rsync flushes nothing."""
+    os.sync()
+
+
 def timed_rsync(port, dest):
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
+    settle_disk()
     t0 = time.monotonic()
     subprocess.run(["rsync", "-a", f"rsync://127.0.0.1:{port}/src/", f"{dest}/"], check=True)
     return time.monotonic() - t0
@@ -113,24 +121,31 @@ def initial_sync(source, work, label, expected_files, expected_bytes):
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir()
     # Walking 10,000 files every few milliseconds would cost the boxes being measured a
-    # good part of a core (rsync pays nothing of the kind): until the last file in name
-    # order is there, one stat per poll; then a full walk at most every 50 ms.
-    last = max(str(f.relative_to(source)) for f in source.rglob("*")
-               if f.is_file() and ".boxsync" not in f.parts)
+    # good part of a core (rsync pays nothing of the kind). Instead a cursor goes through
+    # the expected files in name order and stops at the first one not there yet with its
+    # size: each file is looked at about once in the whole run, whatever the order in
+    # which they land.
+    expected = sorted((str(f.relative_to(source)), f.stat().st_size) for f in source.rglob("*")
+                      if f.is_file() and ".boxsync" not in f.parts)
+    if len(expected) != expected_files or sum(size for _, size in expected) != expected_bytes:
+        sys.exit(f"{label}: the source tree is not what was made")
     pa, pb = free_port(), free_port()
+    settle_disk()
     t0 = time.monotonic()
     a = start_box(source, pa, pb)
     b = start_box(dest, pb, pa)
-    walked = [0.0]
+    cursor = [0]
 
     def done():
-        if not (dest / last).exists() or time.monotonic() - walked[0] < 0.05:
-            return False
-        walked[0] = time.monotonic()
-        if count_files(dest) != expected_files:
-            return False
-        total = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file() and ".boxsync" not in f.parts)
-        return total == expected_bytes
+        while cursor[0] < len(expected):
+            name, size = expected[cursor[0]]
+            try:
+                if os.stat(dest / name).st_size != size:
+                    return False
+            except FileNotFoundError:
+                return False
+            cursor[0] += 1
+        return True
 
     ok = wait_until(done, 600, 0.002)
     elapsed = time.monotonic() - t0
