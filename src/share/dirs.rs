@@ -7,6 +7,10 @@
 //! name instead of a walk of the whole path per system call (what `folder::stat` and
 //! `folder::check_ancestors` do for a single path).
 //!
+//! Unlike a check of the folders followed by an operation on the path, nothing can slip a
+//! symlink in between: a folder swapped for a symlink meanwhile is either refused when
+//! opened or never looked up again, as the folder already open is used.
+//!
 //! A `Dirs` belongs to one operation (a batch served or installed, a rescan): a shared
 //! folder replaced meanwhile is seen by the next one, as with paths.
 
@@ -306,10 +310,7 @@ mod tests {
             open(&mut dirs, "missing/x"),
             ShareError::NotFound(_)
         ));
-        assert!(matches!(
-            open(&mut dirs, "file/x"),
-            ShareError::NotFound(_)
-        ));
+        assert!(matches!(open(&mut dirs, "file/x"), ShareError::NotFound(_)));
     }
 
     /// A new file lands under its name with the folders on the way made, and its
