@@ -19,7 +19,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
 use super::ShareError;
@@ -68,13 +68,13 @@ impl Dirs {
     /// anything that is not a regular file (never opening a device or a FIFO), and returns
     /// it with the metadata of the opened file itself.
     pub fn open_regular(&mut self, rel: &RelPath) -> Result<(File, Metadata), ShareError> {
-        let root = self.root.clone();
-        let dir = self.folder_of(rel, false)?;
+        self.enter_folder_of(rel, false)?;
+        let (dir, root) = (self.folder_of(rel), &self.root);
         let name = rel.file_name();
         let before = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) => stat,
             Err(Errno::NOENT) => return Err(ShareError::NotFound(rel.clone())),
-            Err(e) => return Err(ShareError::io(rel.under(&root), e.into())),
+            Err(e) => return Err(ShareError::io(rel.under(root), e.into())),
         };
         match FileType::from_raw_mode(before.st_mode) {
             FileType::RegularFile => {}
@@ -87,11 +87,11 @@ impl Dirs {
             Ok(fd) => File::from(fd),
             Err(Errno::NOENT) => return Err(ShareError::NotFound(rel.clone())),
             Err(Errno::LOOP) => return Err(ShareError::Symlink(rel.clone())),
-            Err(e) => return Err(ShareError::io(rel.under(&root), e.into())),
+            Err(e) => return Err(ShareError::io(rel.under(root), e.into())),
         };
         let meta = file
             .metadata()
-            .map_err(|e| ShareError::io(rel.under(&root), e))?;
+            .map_err(|e| ShareError::io(rel.under(root), e))?;
         if meta.ino() != before.st_ino || meta.dev() != before.st_dev || !meta.is_file() {
             return Err(ShareError::Changed(rel.clone()));
         }
@@ -107,10 +107,11 @@ impl Dirs {
         tmp_name: &Path,
         rel: &RelPath,
     ) -> Result<Fingerprint, PlaceNewError> {
-        let root = self.root.clone();
-        let dir = self.folder_of(rel, true).map_err(PlaceNewError::Failed)?;
+        self.enter_folder_of(rel, true)
+            .map_err(PlaceNewError::Failed)?;
+        let (dir, root) = (self.folder_of(rel), &self.root);
         let name = rel.file_name();
-        let io_error = |e: Errno| PlaceNewError::Failed(ShareError::io(rel.under(&root), e.into()));
+        let io_error = |e: Errno| PlaceNewError::Failed(ShareError::io(rel.under(root), e.into()));
         match rustix::fs::renameat_with(tmp_dir, tmp_name, dir, name, RenameFlags::NOREPLACE) {
             Ok(()) => {}
             Err(Errno::EXIST) => return Err(PlaceNewError::Exists),
@@ -120,27 +121,25 @@ impl Dirs {
             Err(e) => return Err(io_error(e)),
         }
         let stat = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(io_error)?;
-        Ok(fingerprint_of(&stat))
+        Ok(Fingerprint::of_stat(&stat))
     }
 
-    /// The folder that holds `rel`, open; with `create`, folders missing on the way are
-    /// made. Kept open for the next path in the same folder.
-    fn folder_of(&mut self, rel: &RelPath, create: bool) -> Result<BorrowedFd<'_>, ShareError> {
-        let parent = rel
-            .as_str()
-            .rsplit_once('/')
-            .map_or("", |(parent, _)| parent);
-        if parent.is_empty() {
-            return Ok(self.root_fd.as_fd());
-        }
-        if self.last.as_ref().is_none_or(|(open, _)| open != parent) {
-            self.last = None;
+    /// Opens the folder that holds `rel`, unless it is the one already open; with
+    /// `create`, folders missing on the way are made. It stays open for the next path.
+    fn enter_folder_of(&mut self, rel: &RelPath, create: bool) -> Result<(), ShareError> {
+        let parent = parent_of(rel);
+        if !parent.is_empty() && self.last.as_ref().is_none_or(|(open, _)| open != parent) {
             let fd = self.open_folder(rel, parent, create)?;
             self.last = Some((parent.to_string(), fd));
         }
+        Ok(())
+    }
+
+    /// The folder that holds `rel`, as [`Dirs::enter_folder_of`] left it open.
+    fn folder_of(&self, rel: &RelPath) -> BorrowedFd<'_> {
         match &self.last {
-            Some((_, fd)) => Ok(fd.as_fd()),
-            None => Ok(self.root_fd.as_fd()),
+            Some((open, fd)) if open == parent_of(rel) => fd.as_fd(),
+            _ => self.root_fd.as_fd(),
         }
     }
 
@@ -199,6 +198,13 @@ impl Dirs {
     }
 }
 
+/// The folder part of `rel`, `""` for a name at the root.
+fn parent_of(rel: &RelPath) -> &str {
+    rel.as_str()
+        .rsplit_once('/')
+        .map_or("", |(parent, _)| parent)
+}
+
 /// Opens the folder at `path` (following symlinks, as a path given by a person or the box
 /// itself is) to work below it with `*at` calls.
 pub fn open_dir(path: &Path) -> Result<OwnedFd, ShareError> {
@@ -213,17 +219,6 @@ fn dir_flags() -> OFlags {
 
 fn open_child(above: BorrowedFd<'_>, part: &str) -> Result<OwnedFd, Errno> {
     rustix::fs::openat(above, part, dir_flags(), Mode::empty())
-}
-
-/// The fingerprint of the file `stat` describes (as [`Fingerprint::of`] for `Metadata`).
-fn fingerprint_of(stat: &Stat) -> Fingerprint {
-    let nanos = |secs: i64, nsec: i64| secs.saturating_mul(1_000_000_000).saturating_add(nsec);
-    Fingerprint {
-        size: u64::try_from(stat.st_size).unwrap_or(0),
-        mtime_ns: nanos(stat.st_mtime, stat.st_mtime_nsec as i64),
-        ino: stat.st_ino,
-        ctime_ns: nanos(stat.st_ctime, stat.st_ctime_nsec as i64),
-    }
 }
 
 #[cfg(test)]

@@ -186,6 +186,18 @@ pub struct Fingerprint {
 }
 
 impl Fingerprint {
+    /// The fingerprint of the file `stat` describes: the same as [`Fingerprint::of`] gives
+    /// for its `Metadata`, for callers that look a name up relative to an open folder.
+    pub fn of_stat(stat: &rustix::fs::Stat) -> Fingerprint {
+        let nanos = |secs: i64, nsec: i64| secs.saturating_mul(1_000_000_000).saturating_add(nsec);
+        Fingerprint {
+            size: u64::try_from(stat.st_size).unwrap_or(0),
+            mtime_ns: nanos(stat.st_mtime, stat.st_mtime_nsec as i64),
+            ino: stat.st_ino,
+            ctime_ns: nanos(stat.st_ctime, stat.st_ctime_nsec as i64),
+        }
+    }
+
     /// The fingerprint of the file described by `meta`.
     pub fn of(meta: &Metadata) -> Fingerprint {
         Fingerprint {
