@@ -241,6 +241,19 @@ mod tests {
         (root, outside, tmp)
     }
 
+    /// Writes `content` as a temporary file in `tmp` and places it as `target` below `root`.
+    fn place(
+        root: &Path,
+        tmp: &Path,
+        content: &str,
+        target: &str,
+    ) -> Result<Fingerprint, PlaceNewError> {
+        fs::write(tmp.join("t1"), content).unwrap();
+        let tmp_fd = open_dir(tmp).unwrap();
+        let mut dirs = Dirs::open(root).unwrap();
+        dirs.place_new(tmp_fd.as_fd(), Path::new("t1"), &rel(target))
+    }
+
     /// Files in several folders, in and out of order, open with their own metadata.
     #[test]
     fn opens_files_across_folders() {
@@ -313,12 +326,7 @@ mod tests {
     #[test]
     fn places_a_new_file_and_makes_its_folders() {
         let (root, _outside, tmp) = folders();
-        fs::write(tmp.join("t1"), "new").unwrap();
-        let tmp_fd = open_dir(&tmp).unwrap();
-        let mut dirs = Dirs::open(root.path()).unwrap();
-        let fingerprint = dirs
-            .place_new(tmp_fd.as_fd(), Path::new("t1"), &rel("a/b/new"))
-            .unwrap();
+        let fingerprint = place(root.path(), &tmp, "new", "a/b/new").unwrap();
         let placed = root.path().join("a/b/new");
         assert_eq!(fs::read_to_string(&placed).unwrap(), "new");
         assert_eq!(
@@ -333,10 +341,7 @@ mod tests {
     fn never_replaces_what_is_there() {
         let (root, _outside, tmp) = folders();
         fs::write(root.path().join("taken"), "theirs").unwrap();
-        fs::write(tmp.join("t1"), "ours").unwrap();
-        let tmp_fd = open_dir(&tmp).unwrap();
-        let mut dirs = Dirs::open(root.path()).unwrap();
-        let result = dirs.place_new(tmp_fd.as_fd(), Path::new("t1"), &rel("taken"));
+        let result = place(root.path(), &tmp, "ours", "taken");
         assert!(matches!(result, Err(PlaceNewError::Exists)), "{result:?}");
         assert_eq!(
             fs::read_to_string(root.path().join("taken")).unwrap(),
@@ -350,10 +355,7 @@ mod tests {
     fn never_places_through_a_symlink() {
         let (root, outside, tmp) = folders();
         symlink(outside.path(), root.path().join("linkdir")).unwrap();
-        fs::write(tmp.join("t1"), "x").unwrap();
-        let tmp_fd = open_dir(&tmp).unwrap();
-        let mut dirs = Dirs::open(root.path()).unwrap();
-        let result = dirs.place_new(tmp_fd.as_fd(), Path::new("t1"), &rel("linkdir/sub/f"));
+        let result = place(root.path(), &tmp, "x", "linkdir/sub/f");
         assert!(
             matches!(result, Err(PlaceNewError::Failed(ShareError::Symlink(_)))),
             "{result:?}"
@@ -367,10 +369,7 @@ mod tests {
     fn never_places_below_a_file() {
         let (root, _outside, tmp) = folders();
         fs::write(root.path().join("file"), "mine").unwrap();
-        fs::write(tmp.join("t1"), "x").unwrap();
-        let tmp_fd = open_dir(&tmp).unwrap();
-        let mut dirs = Dirs::open(root.path()).unwrap();
-        let result = dirs.place_new(tmp_fd.as_fd(), Path::new("t1"), &rel("file/f"));
+        let result = place(root.path(), &tmp, "x", "file/f");
         assert!(
             matches!(
                 result,
