@@ -238,6 +238,7 @@ fn resolve(addr: &str) -> Result<SocketAddr> {
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    raise_open_files_limit();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -477,6 +478,24 @@ fn init_logging(
                 .try_init();
             Some(guard)
         }
+    }
+}
+
+/// A batch of small files keeps each one open until the batch is installed (unnamed
+/// files, see `boxsync::share::staged`), and batches can take up to half the open-files
+/// limit. The usual soft limit of 1,024 exists for programs using `select()`, which boxsync
+/// does not, so it is raised to the hard limit, as systemd's documentation advises such
+/// programs to do.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        // Best effort: with the limit as it was, more files are staged by name.
+        let _ = setrlimit(Resource::Nofile, raised);
     }
 }
 

@@ -19,12 +19,13 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
 use rustix::io::Errno;
 
 use super::ShareError;
 use super::folder::Fingerprint;
 use super::path::RelPath;
+use super::staged::LinkMethod;
 
 /// The open root of a shared folder and the folder last worked in.
 pub struct Dirs {
@@ -107,21 +108,45 @@ impl Dirs {
         tmp_name: &Path,
         rel: &RelPath,
     ) -> Result<Fingerprint, PlaceNewError> {
+        self.put_new(rel, |dir, name| {
+            rustix::fs::renameat_with(tmp_dir, tmp_name, dir, name, RenameFlags::NOREPLACE)?;
+            rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        })
+    }
+
+    /// Gives the unnamed file `file` (see [`super::staged`]) the name `rel`, only if nothing
+    /// has that name (a link never replaces), creating the folders on the way, and returns
+    /// the fingerprint of the file now at `rel`.
+    pub fn link_new(
+        &mut self,
+        file: BorrowedFd<'_>,
+        method: LinkMethod,
+        rel: &RelPath,
+    ) -> Result<Fingerprint, PlaceNewError> {
+        self.put_new(rel, |dir, name| {
+            method.link(file, dir, Path::new(name))?;
+            rustix::fs::fstat(file)
+        })
+    }
+
+    /// Enters the folder of `rel` (creating it) and runs `put` with it and `rel`'s name:
+    /// the shared part of [`Dirs::place_new`] and [`Dirs::link_new`].
+    fn put_new(
+        &mut self,
+        rel: &RelPath,
+        put: impl FnOnce(BorrowedFd<'_>, &str) -> Result<Stat, Errno>,
+    ) -> Result<Fingerprint, PlaceNewError> {
         self.enter_folder_of(rel, true)
             .map_err(PlaceNewError::Failed)?;
-        let (dir, root) = (self.folder_of(rel), &self.root);
-        let name = rel.file_name();
-        let io_error = |e: Errno| PlaceNewError::Failed(ShareError::io(rel.under(root), e.into()));
-        match rustix::fs::renameat_with(tmp_dir, tmp_name, dir, name, RenameFlags::NOREPLACE) {
-            Ok(()) => {}
-            Err(Errno::EXIST) => return Err(PlaceNewError::Exists),
-            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
-                return Err(PlaceNewError::Unsupported);
-            }
-            Err(e) => return Err(io_error(e)),
+        match put(self.folder_of(rel), rel.file_name()) {
+            Ok(stat) => Ok(Fingerprint::of_stat(&stat)),
+            Err(Errno::EXIST) => Err(PlaceNewError::Exists),
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => Err(PlaceNewError::Unsupported),
+            Err(e) => Err(PlaceNewError::Failed(ShareError::io(
+                rel.under(&self.root),
+                e.into(),
+            ))),
         }
-        let stat = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(io_error)?;
-        Ok(Fingerprint::of_stat(&stat))
     }
 
     /// Opens the folder that holds `rel`, unless it is the one already open; with

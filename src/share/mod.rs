@@ -8,6 +8,7 @@ pub mod hash;
 pub mod install;
 pub mod locks;
 pub mod path;
+pub mod staged;
 pub mod trash;
 pub mod view;
 
@@ -16,8 +17,8 @@ use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use thiserror::Error;
 
@@ -27,6 +28,7 @@ pub use hash::{ContentHasher, DigestSet, Digests, FileHash, HashCache};
 pub use install::{Expect, InstallMeta};
 pub use locks::PathLocks;
 pub use path::{PathError, RelPath, STATE_DIR};
+pub use staged::{LinkMethod, StagedFile, Stager};
 pub use view::{Snapshot, SnapshotCache};
 
 /// Folder under the state folder for partial downloads.
@@ -104,6 +106,9 @@ pub struct Share {
     tmp_prefix: PathBuf,
     /// The latest snapshot and whether the watcher vouches for it.
     view: SnapshotCache,
+    /// How files staged under `.boxsync/tmp/` can be left unnamed until installed (found
+    /// out at the first batch; `None`: they cannot).
+    link_method: OnceLock<Option<LinkMethod>>,
 }
 
 impl Share {
@@ -122,6 +127,7 @@ impl Share {
             next_tmp: AtomicU64::new(0),
             tmp_prefix: state.join(TMP_DIR).join(std::process::id().to_string()),
             view: SnapshotCache::new(),
+            link_method: OnceLock::new(),
         }))
     }
 
@@ -281,6 +287,16 @@ impl Share {
         PathBuf::from(name)
     }
 
+    /// Where a batch's files are written before they are installed together
+    /// ([`Share::install_batch`]).
+    pub fn stager(&self) -> Stager {
+        let tmp_dir = self.state_dir().join(TMP_DIR);
+        let method = self
+            .link_method
+            .get_or_init(|| LinkMethod::probe(&tmp_dir, &self.temp_path()));
+        Stager::new(&tmp_dir, *method)
+    }
+
     /// Installs a verified temporary file as `rel` (see [`install::install`]), holding the
     /// exclusive lock on `rel` while the old version moves to the trash and the new one in,
     /// provided `rel` still looks as `expect` says. Returns where the previous version
@@ -317,8 +333,8 @@ impl Share {
 /// One verified temporary file of a batch, and where it goes.
 #[derive(Debug)]
 pub struct BatchInstall {
-    /// The temporary file, written and given its final mode and mtime, not yet flushed.
-    pub tmp: PathBuf,
+    /// The staged file, written and given its final mode and mtime, not yet flushed.
+    pub staged: StagedFile,
     /// Where it goes.
     pub rel: RelPath,
     /// Its content's digests (remembered in the hash cache).
@@ -364,28 +380,38 @@ impl Share {
         let tmp_dir = self.state_dir().join(TMP_DIR);
         if let Err(e) = install::sync_file_system(&tmp_dir) {
             let reason = e.to_string();
+            // Dropping the staged files removes them.
             return items
                 .into_iter()
-                .map(|item| {
-                    let _ = fs::remove_file(&item.tmp);
-                    Err(ShareError::io(&tmp_dir, io::Error::other(reason.clone())))
-                })
+                .map(|_| Err(ShareError::io(&tmp_dir, io::Error::other(reason.clone()))))
                 .collect();
         }
         let mut folders = std::collections::BTreeSet::new();
-        // New files go in by name from folders held open, in one rename that refuses to
-        // replace anything; the rest (and everything, should opening fail) by path.
+        // New files go in by name from folders held open, in one link or rename that
+        // refuses to replace anything; the rest (and everything, should opening fail) by
+        // path.
         let mut dirs = Dirs::open(&self.root).ok();
         let tmp_fd = dirs::open_dir(&tmp_dir).ok();
         let results = items
             .into_iter()
-            .map(|item| {
+            .map(|mut item| {
                 let placed = self.locks.with_write_blocking(&item.rel, || {
-                    if let (Some(dirs), Some(tmp_fd), Some(tmp_name)) =
-                        (dirs.as_mut(), tmp_fd.as_ref(), item.tmp.file_name())
+                    if let Some(dirs) = dirs.as_mut()
                         && matches!(item.expect, Expect::Absent | Expect::Anything)
                     {
-                        match dirs.place_new(tmp_fd.as_fd(), Path::new(tmp_name), &item.rel) {
+                        let put = match (item.staged.unnamed(), &tmp_fd) {
+                            (Some((file, method)), _) => dirs.link_new(file, method, &item.rel),
+                            (None, Some(tmp_fd)) => {
+                                match item.staged.path(|| self.temp_path()).map(Path::file_name) {
+                                    Ok(Some(name)) => {
+                                        dirs.place_new(tmp_fd.as_fd(), Path::new(name), &item.rel)
+                                    }
+                                    _ => Err(PlaceNewError::Unsupported),
+                                }
+                            }
+                            (None, None) => Err(PlaceNewError::Unsupported),
+                        };
+                        match put {
                             Ok(fingerprint) => {
                                 // The content is known; hashing it later reads nothing.
                                 self.cache.insert(&item.rel, fingerprint, item.digests);
@@ -397,7 +423,8 @@ impl Share {
                             Err(PlaceNewError::Exists | PlaceNewError::Unsupported) => {}
                         }
                     }
-                    let placed = install::place(&self.root, &item.tmp, &item.rel, &item.expect);
+                    let tmp = item.staged.path(|| self.temp_path())?;
+                    let placed = install::place(&self.root, tmp, &item.rel, &item.expect);
                     // The folders on the way were checked as it was placed.
                     if placed.is_ok()
                         && let Ok(meta) = fs::symlink_metadata(item.rel.under(&self.root))
@@ -408,22 +435,19 @@ impl Share {
                     }
                     placed
                 });
-                match &placed {
-                    Ok(_) => {
-                        if let Some(parent) = item.rel.under(&self.root).parent() {
-                            folders.insert(parent.to_path_buf());
-                        }
-                    }
-                    Err(_) => {
-                        let _ = fs::remove_file(&item.tmp);
+                if placed.is_ok() {
+                    item.staged.installed();
+                    if let Some(parent) = item.rel.under(&self.root).parent() {
+                        folders.insert(parent.to_path_buf());
                     }
                 }
+                // A failed item's staged file goes with it.
                 placed
             })
             .collect();
-        // Make the renames durable: a flush per folder, or, for files spread over many
-        // folders, one flush of the file system (each folder's flush is a journal commit of
-        // its own). Best effort: what is visible is correct either way.
+        // Make the links and renames durable: a flush per folder, or, for files spread over
+        // many folders, one flush of the file system (each folder's flush is a journal
+        // commit of its own). Best effort: what is visible is correct either way.
         if folders.len() >= ONE_FLUSH_FOLDERS {
             let _ = install::sync_file_system(&self.root);
         } else {

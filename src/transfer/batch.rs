@@ -4,13 +4,12 @@
 //!
 //! The answers arrive in the order asked, each a whole TCP download (`file_start`, data,
 //! `file_end`) or an `error`, then `batch_end`. One blocking thread per batch writes each
-//! file to its own partial file under `.boxsync/tmp/`, hashing it as it goes, and keeps it
-//! only if its BLAKE3 equals the sender's. Installing comes after, for the whole batch at
+//! file to a staged file of its own (unnamed where possible: [`crate::share::staged`]),
+//! hashing it as it goes, and keeps it only if its BLAKE3 equals the sender's. Installing comes after, for the whole batch at
 //! once ([`crate::share::Share::install_batch`]). A file that fails (refused by the peer,
 //! changed while sent, a digest mismatch) fails alone; a broken connection ends the batch
 //! but keeps the files already verified.
 
-use std::fs::File;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -19,12 +18,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use super::body::{Body, BodyEnd, Next, unexpected};
-use super::partial::PartialFile;
 use super::tcp::start_write_back;
 use super::{Landing, TransferError};
 use crate::protocol::{Connection, Request, Response};
 use crate::share::install::set_meta;
-use crate::share::{BatchInstall, Digests, InstallMeta, RelPath, Share, ShareError};
+use crate::share::{
+    BatchInstall, Digests, InstallMeta, RelPath, Share, ShareError, StagedFile, Stager,
+};
 use crate::time::Timestamp;
 
 /// Pieces in flight between the socket task and the writing thread (each at most one data
@@ -34,11 +34,11 @@ const PIPELINE_DEPTH: usize = 32;
 /// Files at least this big start their write-back as soon as they are complete.
 const WRITE_BACK_MIN: u64 = 64 * 1024;
 
-/// A file of a batch that arrived complete and verified, waiting under `.boxsync/tmp/` with
-/// its final mode and mtime; removed if dropped before it is installed.
+/// A file of a batch that arrived complete and verified, staged under `.boxsync/tmp/` with
+/// its final mode and mtime; gone if dropped before it is installed.
 pub struct Received {
-    /// The temporary file.
-    partial: PartialFile,
+    /// The staged file.
+    staged: StagedFile,
     /// Bytes.
     pub size: u64,
     /// Last-modified time, as on the peer.
@@ -53,7 +53,7 @@ impl Received {
     /// What [`Share::install_batch`] needs to put this file where `landing` says.
     pub fn into_install(self, landing: &Landing) -> BatchInstall {
         BatchInstall {
-            tmp: self.partial.keep(),
+            staged: self.staged,
             rel: landing.name.clone(),
             digests: self.digests,
             expect: landing.expect.clone(),
@@ -70,7 +70,7 @@ pub struct BatchReceipt {
 }
 
 /// Asks the peer on `connection` for `names` in one `download_many` request and receives
-/// them into verified temporary files of `share`.
+/// them into verified staged files of `share`.
 ///
 /// Dropping the future cancels the batch and removes every temporary file.
 pub async fn receive_batch<S: AsyncRead + AsyncWrite + Unpin>(
@@ -207,8 +207,8 @@ struct Writing {
     index: usize,
     /// Its name on the peer.
     name: RelPath,
-    /// The temporary file, or why it could not be created or written.
-    state: Result<(PartialFile, File), ShareError>,
+    /// The staged file, or why it could not be created or written.
+    state: Result<StagedFile, ShareError>,
     /// BLAKE3 of the bytes so far.
     hasher: blake3::Hasher,
     /// Bytes written so far.
@@ -221,16 +221,17 @@ impl Writing {
     fn write(&mut self, bytes: &[u8]) {
         self.hasher.update(bytes);
         self.written += bytes.len() as u64;
-        if let Ok((partial, file)) = &mut self.state
+        if let Ok(staged) = &mut self.state
+            && let Some(file) = staged.file()
             && let Err(e) = file.write_all(bytes)
         {
-            self.state = Err(ShareError::io(partial.path(), e));
+            self.state = Err(ShareError::io(staged.label(), e));
         }
     }
 
     /// Checks the bytes against the sender's digests and readies the file for installing.
     fn finish(self, digests: Digests) -> Result<Received, TransferError> {
-        let (partial, file) = self.state?;
+        let mut staged = self.state?;
         let got = self.hasher.finalize().to_hex().to_string();
         if got != digests.blake3 {
             return Err(TransferError::Checksum {
@@ -239,15 +240,19 @@ impl Writing {
                 got,
             });
         }
-        set_meta(&file, partial.path(), self.meta)?;
-        if self.written >= WRITE_BACK_MIN {
-            // Start writing it out now, so that the batch's single flush has little left
-            // to do. (For a small file, a write of its own costs more than it saves.)
-            start_write_back(&file, 0, self.written);
+        let label = staged.label().to_path_buf();
+        if let Some(file) = staged.file() {
+            set_meta(file, &label, self.meta)?;
+            if self.written >= WRITE_BACK_MIN {
+                // Start writing it out now, so that the batch's single flush has little
+                // left to do. (For a small file, a write of its own costs more than it
+                // saves.)
+                start_write_back(file, 0, self.written);
+            }
         }
-        drop(file);
+        staged.finish_writing();
         Ok(Received {
-            partial,
+            staged,
             size: self.written,
             mtime: self.meta.mtime,
             mode: self.meta.mode,
@@ -262,6 +267,7 @@ fn write_files(
     share: &Share,
     mut pieces: mpsc::Receiver<Piece>,
 ) -> Vec<(usize, Result<Received, TransferError>)> {
+    let stager: Stager = share.stager();
     let mut done = Vec::new();
     let mut current: Option<Writing> = None;
     while let Some(piece) = pieces.blocking_recv() {
@@ -270,7 +276,7 @@ fn write_files(
                 current = Some(Writing {
                     index,
                     name,
-                    state: PartialFile::create(share.temp_path()),
+                    state: stager.create(|| share.temp_path()),
                     hasher: blake3::Hasher::new(),
                     written: 0,
                     meta,

@@ -1,0 +1,374 @@
+//! Files of a batch, written and verified, waiting to be installed together.
+//!
+//! Where the file system allows it, such a file has no name at all until it is installed:
+//! it is created with `O_TMPFILE` in `.boxsync/tmp/` and later linked straight to its place
+//! with `linkat`. Compared with a named temporary file renamed into place, that saves
+//! making and removing a directory entry per file in one busy folder (the most expensive
+//! part of receiving thousands of small files), and a crash leaves nothing behind: the file
+//! system drops unnamed files itself.
+//!
+//! An unnamed file lives only as long as its open descriptor, so each holds one, taken
+//! from a budget of half the process's open-files limit; past it, and on file systems
+//! without `O_TMPFILE` or where this process cannot link one, files get a name under
+//! `.boxsync/tmp/` instead, as single downloads do.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rustix::fs::{AtFlags, CWD, Mode, OFlags};
+use rustix::io::Errno;
+
+use super::ShareError;
+
+/// How this process can give a name to an unnamed file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkMethod {
+    /// `linkat(fd, "", …, AT_EMPTY_PATH)`: allowed to the file's opener since Linux 6.10,
+    /// and to any process with `CAP_DAC_READ_SEARCH`.
+    EmptyPath,
+    /// `linkat` of `/proc/self/fd/N`, following it: what older kernels allow everyone.
+    ProcFd,
+}
+
+impl LinkMethod {
+    /// Links the unnamed `file` as `name` in the folder `dir`; `EEXIST` if the name is taken.
+    pub fn link(self, file: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &Path) -> Result<(), Errno> {
+        match self {
+            LinkMethod::EmptyPath => rustix::fs::linkat(file, "", dir, name, AtFlags::EMPTY_PATH),
+            LinkMethod::ProcFd => {
+                let magic = format!("/proc/self/fd/{}", file.as_raw_fd());
+                rustix::fs::linkat(CWD, magic.as_str(), dir, name, AtFlags::SYMLINK_FOLLOW)
+            }
+        }
+    }
+
+    /// Finds out, once per temporary folder, whether unnamed files can be made in `tmp_dir`
+    /// and named afterwards, and how: by linking a probe under `probe_name` and removing it.
+    pub fn probe(tmp_dir: &Path, probe_name: &Path) -> Option<LinkMethod> {
+        let dir = rustix::fs::open(tmp_dir, dir_flags(), Mode::empty()).ok()?;
+        let probe = open_unnamed(dir.as_fd()).ok()?;
+        [LinkMethod::EmptyPath, LinkMethod::ProcFd]
+            .into_iter()
+            .find(|method| {
+                let linked = method.link(probe.as_fd(), dir.as_fd(), probe_name).is_ok();
+                if linked {
+                    let _ = rustix::fs::unlinkat(dir.as_fd(), probe_name, AtFlags::empty());
+                }
+                linked
+            })
+    }
+}
+
+/// Unnamed files held open by this process, against [`unnamed_budget`].
+static UNNAMED_HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// How many unnamed files may be held open at once: half the open-files limit, so that
+/// sockets, folders and files being served always have the other half.
+fn unnamed_budget() -> usize {
+    static BUDGET: OnceLock<usize> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        limit.map_or(usize::MAX, |n| usize::try_from(n / 2).unwrap_or(usize::MAX))
+    })
+}
+
+/// One unnamed file's place in the budget, given back on drop.
+#[derive(Debug)]
+struct BudgetSlot(&'static AtomicUsize);
+
+impl BudgetSlot {
+    /// A place among `held`, if fewer than `budget` are taken.
+    fn take(held: &'static AtomicUsize, budget: usize) -> Option<BudgetSlot> {
+        held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < budget).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| BudgetSlot(held))
+    }
+}
+
+impl Drop for BudgetSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Where one batch's files are staged: `.boxsync/tmp/`, held open, and how its unnamed
+/// files get a name (`None`: they are all named).
+pub struct Stager {
+    /// The temporary folder, open, when unnamed files can be made in it.
+    dir: Option<OwnedFd>,
+    /// How to name them.
+    method: Option<LinkMethod>,
+}
+
+impl Stager {
+    /// Stages files in `tmp_dir` as unnamed files when `method` says they can be named
+    /// afterwards, else as named ones.
+    pub fn new(tmp_dir: &Path, method: Option<LinkMethod>) -> Stager {
+        let dir = method.and_then(|_| rustix::fs::open(tmp_dir, dir_flags(), Mode::empty()).ok());
+        Stager { dir, method }
+    }
+
+    /// A new empty file, open for writing: unnamed when possible, else at `named` (a fresh
+    /// path under `.boxsync/tmp/`, asked for only when needed).
+    pub fn create(&self, named: impl FnOnce() -> PathBuf) -> Result<StagedFile, ShareError> {
+        if let (Some(dir), Some(method)) = (&self.dir, self.method)
+            && let Some(slot) = BudgetSlot::take(&UNNAMED_HELD, unnamed_budget())
+            && let Ok(fd) = open_unnamed(dir.as_fd())
+        {
+            return Ok(StagedFile {
+                file: Some(File::from(fd)),
+                place: Place::Unnamed {
+                    method,
+                    _slot: slot,
+                },
+            });
+        }
+        let path = named();
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| ShareError::io(&path, e))?;
+        Ok(StagedFile {
+            file: Some(file),
+            place: Place::Named { path, armed: true },
+        })
+    }
+}
+
+/// Where a staged file's content is.
+#[derive(Debug)]
+enum Place {
+    /// Nowhere by name: only the open descriptor holds it.
+    Unnamed {
+        /// How to name it.
+        method: LinkMethod,
+        /// Its place in the open-files budget.
+        _slot: BudgetSlot,
+    },
+    /// A temporary file, removed on drop while `armed`.
+    Named {
+        /// Its path under `.boxsync/tmp/`.
+        path: PathBuf,
+        /// Whether drop should remove it.
+        armed: bool,
+    },
+}
+
+/// A file being written, then waiting to be installed; gone on drop unless installed.
+#[derive(Debug)]
+pub struct StagedFile {
+    /// Open while written, and for an unnamed file until it is installed.
+    file: Option<File>,
+    /// Where its content is.
+    place: Place,
+}
+
+impl StagedFile {
+    /// The open file, while it is being written.
+    pub fn file(&mut self) -> Option<&mut File> {
+        self.file.as_mut()
+    }
+
+    /// What to call it in an error message.
+    pub fn label(&self) -> &Path {
+        match &self.place {
+            Place::Unnamed { .. } => Path::new("<unnamed temporary file>"),
+            Place::Named { path, .. } => path,
+        }
+    }
+
+    /// Writing is over: a named file's descriptor is closed (thousands may wait at once),
+    /// an unnamed one's kept, as the file would vanish with it.
+    pub fn finish_writing(&mut self) {
+        if matches!(self.place, Place::Named { .. }) {
+            self.file = None;
+        }
+    }
+
+    /// The unnamed file and how to name it, or `None` for a named one.
+    pub fn unnamed(&self) -> Option<(BorrowedFd<'_>, LinkMethod)> {
+        match (&self.place, &self.file) {
+            (Place::Unnamed { method, .. }, Some(file)) => Some((file.as_fd(), *method)),
+            _ => None,
+        }
+    }
+
+    /// The temporary file's path, giving an unnamed file the fresh path `fresh` (under
+    /// `.boxsync/tmp/`) first: for installs that must go by path.
+    pub fn path(&mut self, fresh: impl FnOnce() -> PathBuf) -> Result<&Path, ShareError> {
+        if let (Place::Unnamed { method, .. }, Some(file)) = (&self.place, &self.file) {
+            let path = fresh();
+            // An absolute path: the folder argument is not used.
+            method
+                .link(file.as_fd(), CWD, &path)
+                .map_err(|e| ShareError::io(&path, e.into()))?;
+            self.file = None;
+            self.place = Place::Named { path, armed: true };
+        }
+        match &self.place {
+            Place::Named { path, .. } => Ok(path),
+            Place::Unnamed { .. } => Err(ShareError::io(
+                self.label(),
+                std::io::Error::other("closed before it was named"),
+            )),
+        }
+    }
+
+    /// The file is in place: nothing to clean up any more.
+    pub fn installed(mut self) {
+        if let Place::Named { armed, .. } = &mut self.place {
+            *armed = false;
+        }
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if let Place::Named { path, armed: true } = &self.place {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Creates an unnamed file in the folder `dir`, private until installed.
+fn open_unnamed(dir: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+    let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
+    rustix::fs::openat(dir, ".", flags, Mode::from_raw_mode(0o600))
+}
+
+/// Flags to open a folder only to create and link files in it.
+fn dir_flags() -> OFlags {
+    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::io::Write;
+
+    use super::*;
+
+    /// A temporary folder standing for `.boxsync/tmp/`, and a fresh-name maker for it.
+    fn tmp_dir() -> (tempfile::TempDir, impl Fn(&str) -> PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().to_path_buf();
+        (dir, move |name: &str| base.join(name))
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The method this machine offers, or `None` with a note (the named fallback is then
+    /// all there is to test).
+    fn method_here(dir: &Path) -> Option<LinkMethod> {
+        let method = LinkMethod::probe(dir, &dir.join("probe"));
+        if method.is_none() {
+            eprintln!("skipped: this file system cannot make and link unnamed files");
+        }
+        method
+    }
+
+    /// An unnamed file is nowhere in the temporary folder while it waits, gets its name in
+    /// one link that refuses to replace, and a dropped one leaves nothing behind; the probe
+    /// leaves nothing either.
+    #[test]
+    fn unnamed_files_appear_only_when_linked() {
+        let (dir, fresh) = tmp_dir();
+        let Some(method) = method_here(dir.path()) else {
+            return;
+        };
+        let stager = Stager::new(dir.path(), Some(method));
+        let mut kept = stager.create(|| fresh("never")).unwrap();
+        kept.file().unwrap().write_all(b"kept").unwrap();
+        kept.finish_writing();
+        let mut dropped = stager.create(|| fresh("never")).unwrap();
+        dropped.file().unwrap().write_all(b"dropped").unwrap();
+        assert!(names_in(dir.path()).is_empty());
+        let dir_fd = rustix::fs::open(dir.path(), dir_flags(), Mode::empty()).unwrap();
+        let (file, method) = kept.unnamed().unwrap();
+        method
+            .link(file, dir_fd.as_fd(), Path::new("final"))
+            .unwrap();
+        let again = method.link(file, dir_fd.as_fd(), Path::new("final"));
+        assert_eq!(again, Err(Errno::EXIST));
+        // The way every kernel allows, whichever the probe chose.
+        let (other, _) = dropped.unnamed().unwrap();
+        LinkMethod::ProcFd
+            .link(other, dir_fd.as_fd(), Path::new("via-proc"))
+            .unwrap();
+        assert_eq!(fs::read(dir.path().join("via-proc")).unwrap(), b"dropped");
+        fs::remove_file(dir.path().join("via-proc")).unwrap();
+        kept.installed();
+        drop(dropped);
+        assert_eq!(names_in(dir.path()), ["final"]);
+        assert_eq!(fs::read(dir.path().join("final")).unwrap(), b"kept");
+    }
+
+    /// An unnamed file that must be installed by path gets a fresh name first, which goes
+    /// away with it unless it is installed.
+    #[test]
+    fn unnamed_files_get_a_path_when_asked() {
+        let (dir, fresh) = tmp_dir();
+        let Some(method) = method_here(dir.path()) else {
+            return;
+        };
+        let stager = Stager::new(dir.path(), Some(method));
+        let mut staged = stager.create(|| fresh("never")).unwrap();
+        staged.file().unwrap().write_all(b"content").unwrap();
+        let path = staged.path(|| fresh("named.part")).unwrap().to_path_buf();
+        assert_eq!(path, dir.path().join("named.part"));
+        assert_eq!(fs::read(&path).unwrap(), b"content");
+        assert!(staged.unnamed().is_none());
+        drop(staged);
+        assert!(names_in(dir.path()).is_empty());
+    }
+
+    /// The open-files budget hands out places up to its size, and a place comes back when
+    /// its file goes.
+    #[test]
+    fn the_budget_bounds_unnamed_files_held() {
+        static HELD: AtomicUsize = AtomicUsize::new(0);
+        let first = BudgetSlot::take(&HELD, 2).unwrap();
+        let second = BudgetSlot::take(&HELD, 2).unwrap();
+        assert!(BudgetSlot::take(&HELD, 2).is_none());
+        drop(first);
+        let third = BudgetSlot::take(&HELD, 2);
+        assert!(third.is_some());
+        drop((second, third));
+        assert_eq!(HELD.load(Ordering::Acquire), 0);
+    }
+
+    /// Where unnamed files are not possible, files are staged by name, and removed unless
+    /// installed.
+    #[test]
+    fn without_unnamed_files_they_are_named() {
+        let (dir, fresh) = tmp_dir();
+        let stager = Stager::new(dir.path(), None);
+        let mut staged = stager.create(|| fresh("a.part")).unwrap();
+        staged.file().unwrap().write_all(b"named").unwrap();
+        staged.finish_writing();
+        assert!(staged.file().is_none() && staged.unnamed().is_none());
+        assert_eq!(names_in(dir.path()), ["a.part"]);
+        assert_eq!(
+            staged.path(|| fresh("unused")).unwrap(),
+            dir.path().join("a.part")
+        );
+        drop(staged);
+        assert!(names_in(dir.path()).is_empty());
+        let installed = stager.create(|| fresh("b.part")).unwrap();
+        installed.installed();
+        assert_eq!(names_in(dir.path()), ["b.part"]);
+    }
+}
