@@ -136,35 +136,53 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             }
             other => return Err(unexpected(&other)),
         };
-        let meta = InstallMeta { mtime, mode };
-        let start = Piece::Start {
+        let start = FileStart {
             index,
             name: name.clone(),
-            meta,
+            meta: InstallMeta { mtime, mode },
         };
-        send(pieces, start).await?;
+        // A file that fits in one data frame (most of a batch) goes to the writer in one
+        // piece, not three: a third of the hand-offs and wake-ups.
+        let mut held = Some((start, None));
         let mut body = Body::new(name, size);
         let end = loop {
             match body.next(connection).await? {
-                Next::Data(bytes) => send(pieces, Piece::Data(bytes)).await?,
+                Next::Data(bytes) => match held.take() {
+                    Some((start, None)) => held = Some((start, Some(bytes))),
+                    Some((start, Some(first))) => {
+                        send(pieces, Piece::Start(start)).await?;
+                        send(pieces, Piece::Data(first)).await?;
+                        send(pieces, Piece::Data(bytes)).await?;
+                    }
+                    None => send(pieces, Piece::Data(bytes)).await?,
+                },
                 Next::End(end) => break end,
             }
         };
-        match end {
-            BodyEnd::Complete(digests) => send(pieces, Piece::End { digests }).await?,
-            BodyEnd::Short(got) => {
-                send(pieces, Piece::Abandon).await?;
-                *slot = Some(Err(TransferError::Size {
-                    name: name.clone(),
-                    expected: size,
-                    got,
-                }));
+        let failure = match end {
+            BodyEnd::Complete(digests) => {
+                let piece = match held {
+                    Some((start, data)) => Piece::Whole {
+                        start,
+                        data,
+                        digests,
+                    },
+                    None => Piece::End { digests },
+                };
+                send(pieces, piece).await?;
+                continue;
             }
-            BodyEnd::Failed { kind, message } => {
-                send(pieces, Piece::Abandon).await?;
-                *slot = Some(Err(TransferError::Remote { kind, message }));
-            }
+            BodyEnd::Short(got) => TransferError::Size {
+                name: name.clone(),
+                expected: size,
+                got,
+            },
+            BodyEnd::Failed { kind, message } => TransferError::Remote { kind, message },
+        };
+        if held.is_none() {
+            send(pieces, Piece::Abandon).await?;
         }
+        *slot = Some(Err(failure));
     }
     match connection.expect_message::<Response>().await? {
         Response::BatchEnd => Ok(()),
@@ -179,17 +197,30 @@ async fn send(pieces: &mpsc::Sender<Piece>, piece: Piece) -> Result<(), Transfer
         .map_err(|_| TransferError::Protocol("local writer stopped early".into()))
 }
 
+/// A file of the batch beginning.
+struct FileStart {
+    /// Its position in the request.
+    index: usize,
+    /// Its name on the peer.
+    name: RelPath,
+    /// Mode and mtime to give it.
+    meta: InstallMeta,
+}
+
 /// What the socket task tells the writing thread.
 enum Piece {
-    /// The file asked for at `index` begins.
-    Start {
-        /// Its position in the request.
-        index: usize,
-        /// Its name on the peer.
-        name: RelPath,
-        /// Mode and mtime to give it.
-        meta: InstallMeta,
+    /// A whole file, complete: its start, its bytes (none for an empty file), and the
+    /// sender's digests to check them against.
+    Whole {
+        /// The file.
+        start: FileStart,
+        /// All its bytes.
+        data: Option<Bytes>,
+        /// The sender's digests of the bytes it sent.
+        digests: Digests,
     },
+    /// A file too big for one piece begins.
+    Start(FileStart),
     /// The next bytes of the current file.
     Data(Bytes),
     /// The current file is complete; keep it if its BLAKE3 is `digests.blake3`.
@@ -218,6 +249,18 @@ struct Writing {
 }
 
 impl Writing {
+    /// Stages a new file for `start`.
+    fn start(start: FileStart, stager: &Stager, share: &Share) -> Writing {
+        Writing {
+            index: start.index,
+            name: start.name,
+            state: stager.create(|| share.temp_path()),
+            hasher: blake3::Hasher::new(),
+            written: 0,
+            meta: start.meta,
+        }
+    }
+
     fn write(&mut self, bytes: &[u8]) {
         self.hasher.update(bytes);
         self.written += bytes.len() as u64;
@@ -272,16 +315,18 @@ fn write_files(
     let mut current: Option<Writing> = None;
     while let Some(piece) = pieces.blocking_recv() {
         match piece {
-            Piece::Start { index, name, meta } => {
-                current = Some(Writing {
-                    index,
-                    name,
-                    state: stager.create(|| share.temp_path()),
-                    hasher: blake3::Hasher::new(),
-                    written: 0,
-                    meta,
-                });
+            Piece::Whole {
+                start,
+                data,
+                digests,
+            } => {
+                let mut writing = Writing::start(start, &stager, share);
+                if let Some(bytes) = data {
+                    writing.write(&bytes);
+                }
+                done.push((writing.index, writing.finish(digests)));
             }
+            Piece::Start(start) => current = Some(Writing::start(start, &stager, share)),
             Piece::Data(bytes) => {
                 if let Some(writing) = current.as_mut() {
                     writing.write(&bytes);
@@ -289,8 +334,7 @@ fn write_files(
             }
             Piece::End { digests } => {
                 if let Some(writing) = current.take() {
-                    let index = writing.index;
-                    done.push((index, writing.finish(digests)));
+                    done.push((writing.index, writing.finish(digests)));
                 }
             }
             Piece::Abandon => current = None,
