@@ -124,11 +124,14 @@ def initial_sync(source, work, label, expected_files, expected_bytes):
     # good part of a core (rsync pays nothing of the kind). Instead a cursor goes through
     # the expected files in name order and stops at the first one not there yet with its
     # size: each file is looked at about once in the whole run, whatever the order in
-    # which they land.
+    # which they land. Its paths are made before the clock starts: building 10,000 path
+    # objects during the run cost the harness 0.13 CPU-s on a machine the boxes saturate
+    # (0.04 CPU-s with plain strings).
     expected = sorted((str(f.relative_to(source)), f.stat().st_size) for f in source.rglob("*")
                       if f.is_file() and ".boxsync" not in f.parts)
     if len(expected) != expected_files or sum(size for _, size in expected) != expected_bytes:
         sys.exit(f"{label}: the source tree is not what was made")
+    targets = [(os.path.join(str(dest), name), size) for name, size in expected]
     pa, pb = free_port(), free_port()
     settle_disk()
     t0 = time.monotonic()
@@ -137,10 +140,10 @@ def initial_sync(source, work, label, expected_files, expected_bytes):
     cursor = [0]
 
     def done():
-        while cursor[0] < len(expected):
-            name, size = expected[cursor[0]]
+        while cursor[0] < len(targets):
+            path, size = targets[cursor[0]]
             try:
-                if os.stat(dest / name).st_size != size:
+                if os.stat(path).st_size != size:
                     return False
             except FileNotFoundError:
                 return False

@@ -499,20 +499,38 @@ impl Share {
     pub async fn create_dir(self: &Arc<Self>, rel: &RelPath) -> Result<(), ShareError> {
         let share = Arc::clone(self);
         let rel = rel.clone();
-        self.changing(move || {
-            install::create_parents(&share.root, &rel)?;
-            match fs::create_dir(rel.under(&share.root)) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    match folder::stat(&share.root, &rel)? {
-                        Some(meta) if meta.is_dir() => Ok(()),
-                        _ => Err(ShareError::NotADirectory(rel.clone())),
-                    }
-                }
-                Err(e) => Err(ShareError::io(rel.under(&share.root), e)),
+        self.changing(move || share.create_dir_now(&rel)).await
+    }
+
+    /// Creates many folders as [`Share::create_dir`] does, in one blocking call: a box
+    /// joining a big folder makes hundreds at once. One result per folder, in order.
+    pub async fn create_dirs(self: &Arc<Self>, rels: Vec<RelPath>) -> Vec<Result<(), ShareError>> {
+        let count = rels.len();
+        let share = Arc::clone(self);
+        let work = move || Ok(rels.iter().map(|rel| share.create_dir_now(rel)).collect());
+        match self.changing(work).await {
+            Ok(results) => results,
+            Err(e) => {
+                let reason = e.to_string();
+                (0..count)
+                    .map(|_| Err(ShareError::io("<worker>", io::Error::other(reason.clone()))))
+                    .collect()
             }
-        })
-        .await
+        }
+    }
+
+    fn create_dir_now(&self, rel: &RelPath) -> Result<(), ShareError> {
+        install::create_parents(&self.root, rel)?;
+        match fs::create_dir(rel.under(&self.root)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                match folder::stat(&self.root, rel)? {
+                    Some(meta) if meta.is_dir() => Ok(()),
+                    _ => Err(ShareError::NotADirectory(rel.clone())),
+                }
+            }
+            Err(e) => Err(ShareError::io(rel.under(&self.root), e)),
+        }
     }
 
     /// Renames the file `from` to `to` (which must not exist), provided `from` still looks

@@ -41,15 +41,25 @@ enum Unit {
     One(Action),
     /// Downloads of small files, in one request; each with what the peer is asked for.
     Batch(Vec<(Action, Wanted)>),
+    /// Folders to create (the paths of `Action::CreateDir`s), all in one blocking call.
+    Folders(Vec<RelPath>),
 }
 
 /// Splits a group of actions into units: over TCP, small-file downloads go in batches;
-/// everything else alone.
+/// folders to create together; everything else alone.
 fn units(group: Vec<Action>, transport: SyncTransport) -> Vec<Unit> {
     let mut units = Vec::new();
     let mut batch: Vec<(Action, Wanted)> = Vec::new();
     let mut batch_bytes = 0;
+    let mut folders = Vec::new();
     for action in group {
+        let action = match action {
+            Action::CreateDir(path) => {
+                folders.push(path);
+                continue;
+            }
+            action => action,
+        };
         let small = match &action {
             Action::Download {
                 remote,
@@ -82,6 +92,10 @@ fn units(group: Vec<Action>, transport: SyncTransport) -> Vec<Unit> {
     }
     if !batch.is_empty() {
         units.push(Unit::Batch(batch));
+    }
+    if !folders.is_empty() {
+        // First: files of the same group may land in them.
+        units.insert(0, Unit::Folders(folders));
     }
     units
 }
@@ -453,6 +467,7 @@ async fn carry_out(
                     vec![(action, result)]
                 }
                 Unit::Batch(batch) => apply_batch(local, peer, batch).await,
+                Unit::Folders(paths) => create_folders(local, paths).await,
             }
         })
         .buffer_unordered(PARALLEL_DOWNLOADS)
@@ -653,6 +668,24 @@ fn settle(
     (Some((name.clone(), Some(got))), Some(confirmation))
 }
 
+/// Creates the folders `paths` in one blocking call, each an `Action::CreateDir` done or
+/// failed.
+async fn create_folders(
+    local: &Arc<LocalBox>,
+    paths: Vec<RelPath>,
+) -> Vec<(Action, Result<Option<(RelPath, Option<Version>)>, String>)> {
+    tracing::debug!(box_id = %local.id, folders = paths.len(), "sync folders");
+    let results = local.share.create_dirs(paths.clone()).await;
+    paths
+        .into_iter()
+        .zip(results)
+        .map(|(path, result)| {
+            let outcome = result.map(|()| None).map_err(|e| format!("{path}: {e}"));
+            (Action::CreateDir(path), outcome)
+        })
+        .collect()
+}
+
 /// Carries out a batch of small-file downloads in one request, then confirms to the peer,
 /// in one notice, the files installed under its names.
 async fn apply_batch(
@@ -806,5 +839,33 @@ mod tests {
             Action::Download { remote, local, expect: Expect::Absent, .. }
                 if remote == &rel("new.txt") && local == &rel("new.txt")
         ));
+    }
+
+    /// Folders to create go first, all in one unit; small downloads in batches; the rest
+    /// alone.
+    #[test]
+    fn folders_are_created_in_one_unit_before_the_rest() {
+        let download = |name: &str, size: u64| Action::Download {
+            remote: rel(name),
+            local: rel(name),
+            version: Version { size, ..version() },
+            expect: Expect::Absent,
+        };
+        let group = vec![
+            download("a.txt", 10),
+            Action::CreateDir(rel("sub")),
+            download("big.bin", SMALL_FILE + 1),
+            Action::CreateDir(rel("sub/deeper")),
+            download("sub/b.txt", 20),
+        ];
+        let units = units(group, SyncTransport::Tcp);
+        assert_eq!(units.len(), 3);
+        assert!(
+            matches!(&units[0], Unit::Folders(paths) if paths == &[rel("sub"), rel("sub/deeper")])
+        );
+        assert!(
+            matches!(&units[1], Unit::One(Action::Download { remote, .. }) if remote == &rel("big.bin"))
+        );
+        assert!(matches!(&units[2], Unit::Batch(batch) if batch.len() == 2));
     }
 }
