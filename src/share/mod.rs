@@ -356,21 +356,9 @@ impl Share {
         self: &Arc<Self>,
         items: Vec<BatchInstall>,
     ) -> Vec<Result<Option<PathBuf>, ShareError>> {
-        let count = items.len();
         let share = Arc::clone(self);
-        let work = tokio::task::spawn_blocking(move || share.install_batch_now(items));
-        let outcome = work.await;
-        // As for every change boxsync makes: the latest snapshot is stale at once.
-        self.view.changed();
-        match outcome {
-            Ok(results) => results,
-            Err(e) => {
-                let reason = e.to_string();
-                (0..count)
-                    .map(|_| Err(ShareError::io("<worker>", io::Error::other(reason.clone()))))
-                    .collect()
-            }
-        }
+        self.changing_each(items.len(), move || share.install_batch_now(items))
+            .await
     }
 
     fn install_batch_now(
@@ -505,18 +493,11 @@ impl Share {
     /// Creates many folders as [`Share::create_dir`] does, in one blocking call: a box
     /// joining a big folder makes hundreds at once. One result per folder, in order.
     pub async fn create_dirs(self: &Arc<Self>, rels: Vec<RelPath>) -> Vec<Result<(), ShareError>> {
-        let count = rels.len();
         let share = Arc::clone(self);
-        let work = move || Ok(rels.iter().map(|rel| share.create_dir_now(rel)).collect());
-        match self.changing(work).await {
-            Ok(results) => results,
-            Err(e) => {
-                let reason = e.to_string();
-                (0..count)
-                    .map(|_| Err(ShareError::io("<worker>", io::Error::other(reason.clone()))))
-                    .collect()
-            }
-        }
+        self.changing_each(rels.len(), move || {
+            rels.iter().map(|rel| share.create_dir_now(rel)).collect()
+        })
+        .await
     }
 
     fn create_dir_now(&self, rel: &RelPath) -> Result<(), ShareError> {
@@ -586,6 +567,23 @@ impl Share {
 }
 
 impl Share {
+    /// Like [`Share::changing`] for work on `count` items with a result each; should the
+    /// blocking task itself fail, every item fails with its reason.
+    async fn changing_each<T: Send + 'static>(
+        &self,
+        count: usize,
+        work: impl FnOnce() -> Vec<Result<T, ShareError>> + Send + 'static,
+    ) -> Vec<Result<T, ShareError>> {
+        let outcome = tokio::task::spawn_blocking(work).await;
+        self.view.changed();
+        outcome.unwrap_or_else(|e| {
+            let reason = e.to_string();
+            (0..count)
+                .map(|_| Err(ShareError::io("<worker>", io::Error::other(reason.clone()))))
+                .collect()
+        })
+    }
+
     /// Runs blocking work that changes the folder, then marks the latest snapshot stale at
     /// once: a notice sent after the change (`installed`) must never meet an answer from a
     /// snapshot older than the change, whenever the watcher gets to report it.
