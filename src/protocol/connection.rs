@@ -5,10 +5,10 @@
 
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 
+use super::decode::Message;
 use super::frame::{Frame, FrameError, HEADER_LEN, MAX_CONTROL_LEN};
 
 /// Read buffer: one full data frame of the size this box sends, so that a file's frames
@@ -103,9 +103,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Reads the next control message; `Ok(None)` on a clean close between frames.
-    pub async fn read_message<T: DeserializeOwned>(
-        &mut self,
-    ) -> Result<Option<T>, ConnectionError> {
+    pub async fn read_message<T: Message>(&mut self) -> Result<Option<T>, ConnectionError> {
         match self.read_frame().await? {
             None => Ok(None),
             Some(frame) => decode(frame).map(Some),
@@ -113,7 +111,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Reads the next control message, treating a close as an error.
-    pub async fn expect_message<T: DeserializeOwned>(&mut self) -> Result<T, ConnectionError> {
+    pub async fn expect_message<T: Message>(&mut self) -> Result<T, ConnectionError> {
         decode(self.expect_frame().await?)
     }
 
@@ -170,13 +168,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 }
 
 /// Decodes a control frame into a message.
-pub fn decode<T: DeserializeOwned>(frame: Frame) -> Result<T, ConnectionError> {
+pub fn decode<T: Message>(frame: Frame) -> Result<T, ConnectionError> {
     match frame {
         Frame::Control(payload) => decode_bytes(&payload),
         Frame::Data(_) => Err(ConnectionError::UnexpectedData),
     }
 }
 
-fn decode_bytes<T: DeserializeOwned>(payload: &Bytes) -> Result<T, ConnectionError> {
-    serde_json::from_slice(payload).map_err(|e| ConnectionError::BadMessage(e.to_string()))
+fn decode_bytes<T: Message>(payload: &Bytes) -> Result<T, ConnectionError> {
+    T::from_json(payload).map_err(|e| ConnectionError::BadMessage(e.to_string()))
 }

@@ -2,6 +2,7 @@
 //! messages and the opening handshake. docs/protocol.md describes the same in prose.
 
 pub mod connection;
+pub mod decode;
 pub mod frame;
 pub mod message;
 

@@ -1,0 +1,230 @@
+//! Reading a control message back from its JSON.
+//!
+//! serde reads an internally tagged enum (`{"response":"file_start",…}`) by first copying
+//! the whole message into a generic tree, then reading the tree. For the messages that
+//! come by the thousand in a sync (a file's start and end, listings of 10,000 entries or
+//! hashes, requests naming a thousand files) that roughly doubles the cost of decoding. So
+//! when the tag comes first, as this crate writes it, those messages are read straight
+//! into their fields; anything else takes the general way, and means the same.
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::message::{Hello, Request, Response};
+use crate::share::{Digests, RelPath};
+use crate::time::Timestamp;
+
+/// A message of the control channel, read from its JSON.
+pub trait Message: DeserializeOwned {
+    /// Reads one message from `json`.
+    fn from_json(json: &[u8]) -> serde_json::Result<Self> {
+        serde_json::from_slice(json)
+    }
+}
+
+impl Message for Hello {}
+
+impl Message for Request {
+    fn from_json(json: &[u8]) -> serde_json::Result<Request> {
+        match leading_tag(json, "request") {
+            Some("download_many") => {
+                let DownloadMany { names } = serde_json::from_slice(json)?;
+                Ok(Request::DownloadMany { names })
+            }
+            _ => serde_json::from_slice(json),
+        }
+    }
+}
+
+impl Message for Response {
+    fn from_json(json: &[u8]) -> serde_json::Result<Response> {
+        match leading_tag(json, "response") {
+            Some("file_start") => {
+                let FileStart {
+                    name,
+                    size,
+                    mtime,
+                    mode,
+                } = serde_json::from_slice(json)?;
+                Ok(Response::FileStart {
+                    name,
+                    size,
+                    mtime,
+                    mode,
+                })
+            }
+            Some("file_end") => {
+                let FileEnd { digests } = serde_json::from_slice(json)?;
+                Ok(Response::FileEnd { digests })
+            }
+            Some("entries") => {
+                let Listing {
+                    items: entries,
+                    more,
+                    version,
+                } = serde_json::from_slice(json)?;
+                Ok(Response::Entries {
+                    entries,
+                    more,
+                    version,
+                })
+            }
+            Some("hashes") => {
+                let Listing {
+                    items: hashes,
+                    more,
+                    version,
+                } = serde_json::from_slice(json)?;
+                Ok(Response::Hashes {
+                    hashes,
+                    more,
+                    version,
+                })
+            }
+            _ => serde_json::from_slice(json),
+        }
+    }
+}
+
+/// The fields of [`Request::DownloadMany`].
+#[derive(Deserialize)]
+struct DownloadMany {
+    names: Vec<RelPath>,
+}
+
+/// The fields of [`Response::FileStart`].
+#[derive(Deserialize)]
+struct FileStart {
+    name: RelPath,
+    size: u64,
+    mtime: Timestamp,
+    mode: u32,
+}
+
+/// The fields of [`Response::FileEnd`].
+#[derive(Deserialize)]
+struct FileEnd {
+    digests: Digests,
+}
+
+/// The fields of [`Response::Entries`] (items under `entries`) and [`Response::Hashes`]
+/// (under `hashes`).
+#[derive(Deserialize)]
+#[serde(bound = "T: Deserialize<'de>")]
+struct Listing<T> {
+    #[serde(alias = "entries", alias = "hashes")]
+    items: Vec<T>,
+    more: bool,
+    #[serde(default)]
+    version: Option<String>,
+}
+
+/// The tag of a message whose JSON begins with it, exactly as this crate writes it:
+/// `{"<key>":"<tag>"`; `None` for any other form (then read the general way).
+fn leading_tag<'a>(json: &'a [u8], key: &str) -> Option<&'a str> {
+    let rest = json.strip_prefix(b"{\"")?;
+    let rest = rest.strip_prefix(key.as_bytes())?;
+    let rest = rest.strip_prefix(b"\":\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    std::str::from_utf8(&rest[..end]).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ErrorKind;
+    use crate::share::{Entry, FileHash};
+
+    fn rel(name: &str) -> RelPath {
+        RelPath::parse(name).unwrap()
+    }
+
+    fn mtime() -> Timestamp {
+        Timestamp(chrono::DateTime::from_timestamp(1_700_000_000, 123_456_789).unwrap())
+    }
+
+    /// Every message read back the fast way equals the message written, and equals what
+    /// the general way reads: the two cannot drift apart.
+    #[test]
+    fn fast_and_general_reading_agree() {
+        let digests = Digests {
+            blake3: "b".repeat(64),
+            sha256: Some("s".repeat(64)),
+            md5: None,
+        };
+        let entry = Entry {
+            name: rel("dir/a \"quoted\" name.txt"),
+            size: 7,
+            mtime: mtime(),
+            file_type: "text/plain".into(),
+            mode: 0o644,
+        };
+        let hash = FileHash {
+            name: rel("a.txt"),
+            size: 7,
+            mtime: mtime(),
+            blake3: "b".repeat(64),
+            sha256: None,
+            md5: None,
+        };
+        let responses = [
+            Response::FileStart {
+                name: rel("d00/e0/file00000.txt"),
+                size: 1234,
+                mtime: mtime(),
+                mode: 0o640,
+            },
+            Response::FileEnd { digests },
+            Response::Entries {
+                entries: vec![entry.clone(), entry],
+                more: true,
+                version: None,
+            },
+            Response::Entries {
+                entries: Vec::new(),
+                more: false,
+                version: Some("v1".into()),
+            },
+            Response::Hashes {
+                hashes: vec![hash],
+                more: false,
+                version: Some("v2".into()),
+            },
+            Response::Error {
+                kind: ErrorKind::NotFound,
+                message: "no such file: 'x'".into(),
+            },
+            Response::BatchEnd,
+        ];
+        for response in responses {
+            let json = serde_json::to_vec(&response).unwrap();
+            // As written here, the tag comes first: the fast way applies.
+            assert!(leading_tag(&json, "response").is_some(), "{json:?}");
+            assert_eq!(Response::from_json(&json).unwrap(), response);
+            assert_eq!(serde_json::from_slice::<Response>(&json).unwrap(), response);
+        }
+        let request = Request::DownloadMany {
+            names: vec![rel("a.txt"), rel("sub/b.txt")],
+        };
+        let json = serde_json::to_vec(&request).unwrap();
+        assert_eq!(leading_tag(&json, "request"), Some("download_many"));
+        assert_eq!(Request::from_json(&json).unwrap(), request);
+    }
+
+    /// The fast way refuses what the general way refuses (a name that breaks the path
+    /// rules, a missing field), and a message written another way is read the general way.
+    #[test]
+    fn odd_json_is_refused_or_read_the_general_way() {
+        let escaping = br#"{"request":"download_many","names":["../outside"]}"#;
+        assert!(Request::from_json(escaping).is_err());
+        let short = br#"{"response":"file_start","name":"a.txt","size":3}"#;
+        assert!(Response::from_json(short).is_err());
+        let tag_last = br#"{"digests":{"blake3":"abc"},"response":"file_end"}"#;
+        assert!(matches!(
+            Response::from_json(tag_last),
+            Ok(Response::FileEnd { .. })
+        ));
+        let spaced = br#"{ "response": "batch_end" }"#;
+        assert_eq!(Response::from_json(spaced).unwrap(), Response::BatchEnd);
+    }
+}
