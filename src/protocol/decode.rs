@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::message::{Hello, Request, Response};
-use crate::share::{Digests, RelPath};
+use crate::share::{Digests, Entry, FileHash, RelPath};
 use crate::time::Timestamp;
 
 /// A message of the control channel, read from its JSON.
@@ -58,8 +58,8 @@ impl Message for Response {
                 Ok(Response::FileEnd { digests })
             }
             Some("entries") => {
-                let Listing {
-                    items: entries,
+                let Entries {
+                    entries,
                     more,
                     version,
                 } = serde_json::from_slice(json)?;
@@ -70,8 +70,8 @@ impl Message for Response {
                 })
             }
             Some("hashes") => {
-                let Listing {
-                    items: hashes,
+                let Hashes {
+                    hashes,
                     more,
                     version,
                 } = serde_json::from_slice(json)?;
@@ -107,13 +107,19 @@ struct FileEnd {
     digests: Digests,
 }
 
-/// The fields of [`Response::Entries`] (items under `entries`) and [`Response::Hashes`]
-/// (under `hashes`).
+/// The fields of [`Response::Entries`].
 #[derive(Deserialize)]
-#[serde(bound = "T: Deserialize<'de>")]
-struct Listing<T> {
-    #[serde(alias = "entries", alias = "hashes")]
-    items: Vec<T>,
+struct Entries {
+    entries: Vec<Entry>,
+    more: bool,
+    #[serde(default)]
+    version: Option<String>,
+}
+
+/// The fields of [`Response::Hashes`].
+#[derive(Deserialize)]
+struct Hashes {
+    hashes: Vec<FileHash>,
     more: bool,
     #[serde(default)]
     version: Option<String>,
@@ -133,7 +139,6 @@ fn leading_tag<'a>(json: &'a [u8], key: &str) -> Option<&'a str> {
 mod tests {
     use super::*;
     use crate::protocol::ErrorKind;
-    use crate::share::{Entry, FileHash};
 
     fn rel(name: &str) -> RelPath {
         RelPath::parse(name).unwrap()
@@ -219,6 +224,8 @@ mod tests {
         assert!(Request::from_json(escaping).is_err());
         let short = br#"{"response":"file_start","name":"a.txt","size":3}"#;
         assert!(Response::from_json(short).is_err());
+        let crossed = br#"{"response":"entries","hashes":[],"more":false}"#;
+        assert!(Response::from_json(crossed).is_err());
         let tag_last = br#"{"digests":{"blake3":"abc"},"response":"file_end"}"#;
         assert!(matches!(
             Response::from_json(tag_last),

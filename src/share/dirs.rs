@@ -101,45 +101,52 @@ impl Dirs {
 
     /// Renames `tmp_name` in the folder `tmp_dir` to `rel`, only if nothing has that name
     /// (atomically: `renameat2(RENAME_NOREPLACE)`), creating the folders on the way, and
-    /// returns the fingerprint of the file now at `rel`.
+    /// returns the fingerprint of the file now at `rel` (`None` if it could not be read).
     pub fn place_new(
         &mut self,
         tmp_dir: BorrowedFd<'_>,
         tmp_name: &Path,
         rel: &RelPath,
-    ) -> Result<Fingerprint, PlaceNewError> {
-        self.put_new(rel, |dir, name| {
-            rustix::fs::renameat_with(tmp_dir, tmp_name, dir, name, RenameFlags::NOREPLACE)?;
-            rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
-        })
+    ) -> Result<Option<Fingerprint>, PlaceNewError> {
+        self.put_new(
+            rel,
+            |dir, name| {
+                rustix::fs::renameat_with(tmp_dir, tmp_name, dir, name, RenameFlags::NOREPLACE)
+            },
+            |dir, name| rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW),
+        )
     }
 
     /// Gives the unnamed file `file` (see [`super::staged`]) the name `rel`, only if nothing
     /// has that name (a link never replaces), creating the folders on the way, and returns
-    /// the fingerprint of the file now at `rel`.
+    /// the fingerprint of the file now at `rel` (`None` if it could not be read).
     pub fn link_new(
         &mut self,
         file: BorrowedFd<'_>,
         method: LinkMethod,
         rel: &RelPath,
-    ) -> Result<Fingerprint, PlaceNewError> {
-        self.put_new(rel, |dir, name| {
-            method.link(file, dir, Path::new(name))?;
-            rustix::fs::fstat(file)
-        })
+    ) -> Result<Option<Fingerprint>, PlaceNewError> {
+        self.put_new(
+            rel,
+            |dir, name| method.link(file, dir, Path::new(name)),
+            |_, _| rustix::fs::fstat(file),
+        )
     }
 
-    /// Enters the folder of `rel` (creating it) and runs `put` with it and `rel`'s name:
-    /// the shared part of [`Dirs::place_new`] and [`Dirs::link_new`].
+    /// Enters the folder of `rel` (creating it), runs `put` with it and `rel`'s name, then
+    /// `stat` for the fingerprint: the shared part of [`Dirs::place_new`] and
+    /// [`Dirs::link_new`]. Once `put` succeeded the file is in place, whatever `stat` says.
     fn put_new(
         &mut self,
         rel: &RelPath,
-        put: impl FnOnce(BorrowedFd<'_>, &str) -> Result<Stat, Errno>,
-    ) -> Result<Fingerprint, PlaceNewError> {
+        put: impl FnOnce(BorrowedFd<'_>, &str) -> Result<(), Errno>,
+        stat: impl FnOnce(BorrowedFd<'_>, &str) -> Result<Stat, Errno>,
+    ) -> Result<Option<Fingerprint>, PlaceNewError> {
         self.enter_folder_of(rel, true)
             .map_err(PlaceNewError::Failed)?;
-        match put(self.folder_of(rel), rel.file_name()) {
-            Ok(stat) => Ok(Fingerprint::of_stat(&stat)),
+        let (dir, name) = (self.folder_of(rel), rel.file_name());
+        match put(dir, name) {
+            Ok(()) => Ok(stat(dir, name).ok().map(|stat| Fingerprint::of_stat(&stat))),
             Err(Errno::EXIST) => Err(PlaceNewError::Exists),
             Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => Err(PlaceNewError::Unsupported),
             Err(e) => Err(PlaceNewError::Failed(ShareError::io(
@@ -272,7 +279,7 @@ mod tests {
         tmp: &Path,
         content: &str,
         target: &str,
-    ) -> Result<Fingerprint, PlaceNewError> {
+    ) -> Result<Option<Fingerprint>, PlaceNewError> {
         fs::write(tmp.join("t1"), content).unwrap();
         let tmp_fd = open_dir(tmp).unwrap();
         let mut dirs = Dirs::open(root).unwrap();
@@ -356,7 +363,7 @@ mod tests {
         assert_eq!(fs::read_to_string(&placed).unwrap(), "new");
         assert_eq!(
             fingerprint,
-            Fingerprint::of(&fs::symlink_metadata(&placed).unwrap())
+            Some(Fingerprint::of(&fs::symlink_metadata(&placed).unwrap()))
         );
         assert!(!tmp.join("t1").exists());
     }

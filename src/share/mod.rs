@@ -107,7 +107,7 @@ pub struct Share {
     /// The latest snapshot and whether the watcher vouches for it.
     view: SnapshotCache,
     /// How files staged under `.boxsync/tmp/` can be left unnamed until installed (found
-    /// out at the first batch; `None`: they cannot).
+    /// out at the first batch whose probe gets an answer; `None`: they cannot).
     link_method: OnceLock<Option<LinkMethod>>,
 }
 
@@ -291,10 +291,15 @@ impl Share {
     /// ([`Share::install_batch`]).
     pub fn stager(&self) -> Stager {
         let tmp_dir = self.state_dir().join(TMP_DIR);
-        let method = self
-            .link_method
-            .get_or_init(|| LinkMethod::probe(&tmp_dir, &self.temp_path()));
-        Stager::new(&tmp_dir, *method)
+        let method = match self.link_method.get() {
+            Some(known) => *known,
+            None => match LinkMethod::probe(&tmp_dir, &self.temp_path()) {
+                Ok(found) => *self.link_method.get_or_init(|| found),
+                // Not known yet: named files this time, and the next batch asks again.
+                Err(_) => None,
+            },
+        };
+        Stager::new(&tmp_dir, method)
     }
 
     /// Installs a verified temporary file as `rel` (see [`install::install`]), holding the
@@ -402,7 +407,9 @@ impl Share {
                         match put {
                             Ok(fingerprint) => {
                                 // The content is known; hashing it later reads nothing.
-                                self.cache.insert(&item.rel, fingerprint, item.digests);
+                                if let Some(fingerprint) = fingerprint {
+                                    self.cache.insert(&item.rel, fingerprint, item.digests);
+                                }
                                 return Ok(None);
                             }
                             Err(PlaceNewError::Failed(e)) => return Err(e),

@@ -36,6 +36,22 @@ pub enum LinkMethod {
 impl LinkMethod {
     /// Links the unnamed `file` as `name` in the folder `dir`; `EEXIST` if the name is taken.
     pub fn link(self, file: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &Path) -> Result<(), Errno> {
+        match self.link_once(file, dir, name) {
+            // Since Linux 6.10 only a thread with the opener's credentials may: should that
+            // ever differ, the way every kernel allows.
+            Err(Errno::NOENT | Errno::PERM) if self == LinkMethod::EmptyPath => {
+                LinkMethod::ProcFd.link_once(file, dir, name)
+            }
+            other => other,
+        }
+    }
+
+    fn link_once(
+        self,
+        file: BorrowedFd<'_>,
+        dir: BorrowedFd<'_>,
+        name: &Path,
+    ) -> Result<(), Errno> {
         match self {
             LinkMethod::EmptyPath => rustix::fs::linkat(file, "", dir, name, AtFlags::EMPTY_PATH),
             LinkMethod::ProcFd => {
@@ -45,20 +61,31 @@ impl LinkMethod {
         }
     }
 
-    /// Finds out, once per temporary folder, whether unnamed files can be made in `tmp_dir`
-    /// and named afterwards, and how: by linking a probe under `probe_name` and removing it.
-    pub fn probe(tmp_dir: &Path, probe_name: &Path) -> Option<LinkMethod> {
-        let dir = rustix::fs::open(tmp_dir, dir_flags(), Mode::empty()).ok()?;
-        let probe = open_unnamed(dir.as_fd()).ok()?;
-        [LinkMethod::EmptyPath, LinkMethod::ProcFd]
-            .into_iter()
-            .find(|method| {
-                let linked = method.link(probe.as_fd(), dir.as_fd(), probe_name).is_ok();
-                if linked {
+    /// Finds out whether unnamed files can be made in `tmp_dir` and named afterwards, and
+    /// how, by linking a probe under `probe_name` and removing it: `Ok(None)` when this
+    /// file system or kernel cannot, `Err` when the probe itself failed (out of
+    /// descriptors or space, say) and the answer is not known yet.
+    pub fn probe(tmp_dir: &Path, probe_name: &Path) -> Result<Option<LinkMethod>, Errno> {
+        let dir = rustix::fs::open(tmp_dir, dir_flags(), Mode::empty())?;
+        let probe = match open_unnamed(dir.as_fd()) {
+            Ok(probe) => probe,
+            // No O_TMPFILE here: an old kernel says EISDIR, a file system EOPNOTSUPP.
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut failure = None;
+        for method in [LinkMethod::EmptyPath, LinkMethod::ProcFd] {
+            match method.link_once(probe.as_fd(), dir.as_fd(), probe_name) {
+                Ok(()) => {
                     let _ = rustix::fs::unlinkat(dir.as_fd(), probe_name, AtFlags::empty());
+                    return Ok(Some(method));
                 }
-                linked
-            })
+                // Refused, or no /proc: this way is closed.
+                Err(Errno::NOENT | Errno::PERM | Errno::ACCESS | Errno::OPNOTSUPP) => {}
+                Err(e) => failure = Some(e),
+            }
+        }
+        failure.map_or(Ok(None), Err)
     }
 }
 
@@ -273,7 +300,7 @@ mod tests {
     /// The method this machine offers, or `None` with a note (the named fallback is then
     /// all there is to test).
     fn method_here(dir: &Path) -> Option<LinkMethod> {
-        let method = LinkMethod::probe(dir, &dir.join("probe"));
+        let method = LinkMethod::probe(dir, &dir.join("probe")).unwrap();
         if method.is_none() {
             eprintln!("skipped: this file system cannot make and link unnamed files");
         }

@@ -94,7 +94,8 @@ fn units(group: Vec<Action>, transport: SyncTransport) -> Vec<Unit> {
         units.push(Unit::Batch(batch));
     }
     if !folders.is_empty() {
-        // First: files of the same group may land in them.
+        // Listed first, so started first: files of the group usually land in folders that
+        // exist (and a file's install makes its own folders anyway).
         units.insert(0, Unit::Folders(folders));
     }
     units
@@ -841,8 +842,8 @@ mod tests {
         ));
     }
 
-    /// Folders to create go first, all in one unit; small downloads in batches; the rest
-    /// alone.
+    /// Folders to create are listed first, all in one unit; small downloads in batches;
+    /// the rest alone.
     #[test]
     fn folders_are_created_in_one_unit_before_the_rest() {
         let download = |name: &str, size: u64| Action::Download {
