@@ -5,10 +5,10 @@
 //! The answers arrive in the order asked, each a whole TCP download (`file_start`, data,
 //! `file_end`) or an `error`, then `batch_end`. One blocking thread per batch writes each
 //! file to a staged file of its own (unnamed where possible: [`crate::share::staged`]),
-//! hashing it as it goes, and keeps it only if its BLAKE3 equals the sender's. Installing comes after, for the whole batch at
-//! once ([`crate::share::Share::install_batch`]). A file that fails (refused by the peer,
-//! changed while sent, a digest mismatch) fails alone; a broken connection ends the batch
-//! but keeps the files already verified.
+//! hashing it as it goes, and keeps it only if its BLAKE3 equals the sender's. Installing
+//! comes after, for the whole batch at once ([`crate::share::Share::install_batch`]). A
+//! file that fails (refused by the peer, changed while sent, a digest mismatch) fails
+//! alone; a broken connection ends the batch but keeps the files already verified.
 
 use std::io::Write;
 use std::sync::Arc;
