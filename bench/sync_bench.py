@@ -113,6 +113,25 @@ def timed_rsync(port, dest):
     return time.monotonic() - t0
 
 
+def arrived(targets):
+    """A check that every (path, size) of `targets` is there with its size: a cursor in
+    their order that stops at the first one missing, so each is looked at about once."""
+    cursor = [0]
+
+    def done():
+        while cursor[0] < len(targets):
+            path, size = targets[cursor[0]]
+            try:
+                if os.stat(path).st_size != size:
+                    return False
+            except FileNotFoundError:
+                return False
+            cursor[0] += 1
+        return True
+
+    return done
+
+
 def initial_sync(source, work, label, expected_files, expected_bytes):
     """Times a boxsync initial sync from a full box (cold caches) to an empty one: until
     every file is on the receiving box with its size (the content is compared after)."""
@@ -137,20 +156,7 @@ def initial_sync(source, work, label, expected_files, expected_bytes):
     t0 = time.monotonic()
     a = start_box(source, pa, pb)
     b = start_box(dest, pb, pa)
-    cursor = [0]
-
-    def done():
-        while cursor[0] < len(targets):
-            path, size = targets[cursor[0]]
-            try:
-                if os.stat(path).st_size != size:
-                    return False
-            except FileNotFoundError:
-                return False
-            cursor[0] += 1
-        return True
-
-    ok = wait_until(done, 600, 0.002)
+    ok = wait_until(arrived(targets), 600, 0.002)
     elapsed = time.monotonic() - t0
     stop(a, b)
     if not ok:
