@@ -490,15 +490,9 @@ impl Share {
         .await
     }
 
-    /// Creates the directory `rel` (and its parents), never through a symlink.
-    pub async fn create_dir(self: &Arc<Self>, rel: &RelPath) -> Result<(), ShareError> {
-        let share = Arc::clone(self);
-        let rel = rel.clone();
-        self.changing(move || share.create_dir_now(&rel)).await
-    }
-
-    /// Creates many folders as [`Share::create_dir`] does, in one blocking call: a box
-    /// joining a big folder makes hundreds at once. One result per folder, in order.
+    /// Creates the folders `rels` (and their parents), never through a symlink, in one
+    /// blocking call: a box joining a big folder makes hundreds at once. One result per
+    /// folder, in order; a folder already there is fine, a file in its place is not.
     pub async fn create_dirs(self: &Arc<Self>, rels: Vec<RelPath>) -> Vec<Result<(), ShareError>> {
         let share = Arc::clone(self);
         self.changing_each(rels.len(), move || {

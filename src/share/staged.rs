@@ -148,8 +148,8 @@ impl Stager {
             && let Ok(fd) = open_unnamed(dir.as_fd())
         {
             return Ok(StagedFile {
-                file: Some(File::from(fd)),
                 place: Place::Unnamed {
+                    file: File::from(fd),
                     method,
                     _slot: slot,
                 },
@@ -162,8 +162,11 @@ impl Stager {
             .open(&path)
             .map_err(|e| ShareError::io(&path, e))?;
         Ok(StagedFile {
-            file: Some(file),
-            place: Place::Named { path, armed: true },
+            place: Place::Named {
+                path,
+                file: Some(file),
+                armed: true,
+            },
         })
     }
 }
@@ -173,6 +176,8 @@ impl Stager {
 enum Place {
     /// Nowhere by name: only the open descriptor holds it.
     Unnamed {
+        /// The file, open until it is installed (closing it would delete it).
+        file: File,
         /// How to name it.
         method: LinkMethod,
         /// Its place in the open-files budget.
@@ -182,16 +187,26 @@ enum Place {
     Named {
         /// Its path under `.boxsync/tmp/`.
         path: PathBuf,
+        /// The file, open while it is written.
+        file: Option<File>,
         /// Whether drop should remove it.
         armed: bool,
     },
 }
 
+impl Place {
+    /// The path of a named file.
+    fn path(&self) -> Option<&Path> {
+        match self {
+            Place::Named { path, .. } => Some(path),
+            Place::Unnamed { .. } => None,
+        }
+    }
+}
+
 /// A file being written, then waiting to be installed; gone on drop unless installed.
 #[derive(Debug)]
 pub struct StagedFile {
-    /// Open while written, and for an unnamed file until it is installed.
-    file: Option<File>,
     /// Where its content is.
     place: Place,
 }
@@ -199,52 +214,58 @@ pub struct StagedFile {
 impl StagedFile {
     /// The open file, while it is being written.
     pub fn file(&mut self) -> Option<&mut File> {
-        self.file.as_mut()
+        match &mut self.place {
+            Place::Unnamed { file, .. } => Some(file),
+            Place::Named { file, .. } => file.as_mut(),
+        }
     }
 
     /// What to call it in an error message.
     pub fn label(&self) -> &Path {
-        match &self.place {
-            Place::Unnamed { .. } => Path::new("<unnamed temporary file>"),
-            Place::Named { path, .. } => path,
-        }
+        self.place
+            .path()
+            .unwrap_or(Path::new("<unnamed temporary file>"))
     }
 
     /// Writing is over: a named file's descriptor is closed (thousands may wait at once),
     /// an unnamed one's kept, as the file would vanish with it.
     pub fn finish_writing(&mut self) {
-        if matches!(self.place, Place::Named { .. }) {
-            self.file = None;
+        if let Place::Named { file, .. } = &mut self.place {
+            *file = None;
         }
     }
 
     /// The unnamed file and how to name it, or `None` for a named one.
     pub fn unnamed(&self) -> Option<(BorrowedFd<'_>, LinkMethod)> {
-        match (&self.place, &self.file) {
-            (Place::Unnamed { method, .. }, Some(file)) => Some((file.as_fd(), *method)),
-            _ => None,
+        match &self.place {
+            Place::Unnamed { file, method, .. } => Some((file.as_fd(), *method)),
+            Place::Named { .. } => None,
         }
     }
 
     /// The temporary file's path, giving an unnamed file the fresh path `fresh` (under
     /// `.boxsync/tmp/`) first: for installs that must go by path.
     pub fn path(&mut self, fresh: impl FnOnce() -> PathBuf) -> Result<&Path, ShareError> {
-        if let (Place::Unnamed { method, .. }, Some(file)) = (&self.place, &self.file) {
+        if let Place::Unnamed { file, method, .. } = &self.place {
             let path = fresh();
             // An absolute path: the folder argument is not used.
             method
                 .link(file.as_fd(), CWD, &path)
                 .map_err(|e| ShareError::io(&path, e.into()))?;
-            self.file = None;
-            self.place = Place::Named { path, armed: true };
+            // The descriptor closes and the budget slot comes back with the old place.
+            self.place = Place::Named {
+                path,
+                file: None,
+                armed: true,
+            };
         }
-        match &self.place {
-            Place::Named { path, .. } => Ok(path),
-            Place::Unnamed { .. } => Err(ShareError::io(
+        // Named by now, whichever it was.
+        self.place.path().ok_or_else(|| {
+            ShareError::io(
                 self.label(),
-                std::io::Error::other("closed before it was named"),
-            )),
-        }
+                std::io::Error::other("staged file has no name"),
+            )
+        })
     }
 
     /// The file is in place: nothing to clean up any more.
@@ -257,7 +278,10 @@ impl StagedFile {
 
 impl Drop for StagedFile {
     fn drop(&mut self) {
-        if let Place::Named { path, armed: true } = &self.place {
+        if let Place::Named {
+            path, armed: true, ..
+        } = &self.place
+        {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -297,6 +321,13 @@ mod tests {
         names
     }
 
+    /// A file staged by `stager` (at `named` if it must be named) holding `content`.
+    fn stage(stager: &Stager, named: PathBuf, content: &[u8]) -> StagedFile {
+        let mut staged = stager.create(|| named).unwrap();
+        staged.file().unwrap().write_all(content).unwrap();
+        staged
+    }
+
     /// The method this machine offers, or `None` with a note (the named fallback is then
     /// all there is to test).
     fn method_here(dir: &Path) -> Option<LinkMethod> {
@@ -317,11 +348,9 @@ mod tests {
             return;
         };
         let stager = Stager::new(dir.path(), Some(method));
-        let mut kept = stager.create(|| fresh("never")).unwrap();
-        kept.file().unwrap().write_all(b"kept").unwrap();
+        let mut kept = stage(&stager, fresh("never"), b"kept");
         kept.finish_writing();
-        let mut dropped = stager.create(|| fresh("never")).unwrap();
-        dropped.file().unwrap().write_all(b"dropped").unwrap();
+        let dropped = stage(&stager, fresh("never"), b"dropped");
         assert!(names_in(dir.path()).is_empty());
         let dir_fd = rustix::fs::open(dir.path(), dir_flags(), Mode::empty()).unwrap();
         let (file, method) = kept.unnamed().unwrap();
@@ -352,8 +381,7 @@ mod tests {
             return;
         };
         let stager = Stager::new(dir.path(), Some(method));
-        let mut staged = stager.create(|| fresh("never")).unwrap();
-        staged.file().unwrap().write_all(b"content").unwrap();
+        let mut staged = stage(&stager, fresh("never"), b"content");
         let path = staged.path(|| fresh("named.part")).unwrap().to_path_buf();
         assert_eq!(path, dir.path().join("named.part"));
         assert_eq!(fs::read(&path).unwrap(), b"content");
@@ -383,8 +411,7 @@ mod tests {
     fn without_unnamed_files_they_are_named() {
         let (dir, fresh) = tmp_dir();
         let stager = Stager::new(dir.path(), None);
-        let mut staged = stager.create(|| fresh("a.part")).unwrap();
-        staged.file().unwrap().write_all(b"named").unwrap();
+        let mut staged = stage(&stager, fresh("a.part"), b"named");
         staged.finish_writing();
         assert!(staged.file().is_none() && staged.unnamed().is_none());
         assert_eq!(names_in(dir.path()), ["a.part"]);
@@ -394,7 +421,7 @@ mod tests {
         );
         drop(staged);
         assert!(names_in(dir.path()).is_empty());
-        let installed = stager.create(|| fresh("b.part")).unwrap();
+        let installed = stage(&stager, fresh("b.part"), b"");
         installed.installed();
         assert_eq!(names_in(dir.path()), ["b.part"]);
     }

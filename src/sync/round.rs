@@ -565,13 +565,11 @@ async fn apply(
 ) -> Result<Option<(RelPath, Option<Version>)>, String> {
     let share = &local.share;
     match action {
-        Action::CreateDir(path) => {
-            share
-                .create_dir(path)
-                .await
-                .map_err(|e| format!("{path}: {e}"))?;
-            Ok(None)
-        }
+        // Folders normally go together (`Unit::Folders`); one on its own the same way.
+        Action::CreateDir(path) => create_folders(local, vec![path.clone()])
+            .await
+            .pop()
+            .map_or(Ok(None), |(_, outcome)| outcome),
         Action::Download {
             remote,
             local: name,
