@@ -18,6 +18,11 @@ use boxsync::shell::command::check_peer_address;
 use boxsync::shell::{Format, Session, repl};
 use boxsync::sync::{PeerSpec, SyncConfig, SyncTransport};
 
+/// The allocator: a sync of many small files makes many small, short-lived allocations per
+/// file (paths, frames, entries), which mimalloc serves with less CPU than the system's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status when a command failed.
 const EXIT_FAILED: u8 = 1;
 /// Exit status for a usage error (clap uses the same).
