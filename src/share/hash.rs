@@ -561,6 +561,20 @@ impl HashCache {
             }
         }
         let mut hasher = ContentHasher::new(set);
+        if size <= READ_CHUNK as u64 {
+            // Most files: the size the file had when opened, in one read and without a read
+            // to find the end. Should the file shrink or grow meanwhile, its fingerprint
+            // changes too, and the caller hashes it again.
+            let mut bytes = Vec::with_capacity(size as usize);
+            (&mut *file)
+                .take(size)
+                .read_to_end(&mut bytes)
+                .map_err(|e| ShareError::io(rel.under(root), e))?;
+            self.bytes_hashed
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            hasher.update(&bytes);
+            return Ok(hasher.finish());
+        }
         // Sized to the file (most are small), and reused.
         let mut buffer = Vec::with_capacity((size as usize).min(READ_CHUNK) + 1);
         loop {
