@@ -53,6 +53,12 @@ pub fn install(
 pub fn set_meta(file: &File, tmp: &Path, meta: InstallMeta) -> Result<(), ShareError> {
     file.set_permissions(Permissions::from_mode(meta.mode & 0o7777))
         .map_err(|e| ShareError::io(tmp, e))?;
+    set_mtime(file, tmp, meta)
+}
+
+/// Gives the open temporary file at `tmp` the mtime it must have once installed: all of
+/// [`set_meta`] for a file created with its final mode.
+pub fn set_mtime(file: &File, tmp: &Path, meta: InstallMeta) -> Result<(), ShareError> {
     file.set_times(FileTimes::new().set_modified(meta.mtime.to_system()))
         .map_err(|e| ShareError::io(tmp, e))
 }

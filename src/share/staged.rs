@@ -67,7 +67,7 @@ impl LinkMethod {
     /// descriptors or space, say) and the answer is not known yet.
     pub fn probe(tmp_dir: &Path, probe_name: &Path) -> Result<Option<LinkMethod>, Errno> {
         let dir = rustix::fs::open(tmp_dir, dir_flags(), Mode::empty())?;
-        let probe = match open_unnamed(dir.as_fd()) {
+        let probe = match open_unnamed(dir.as_fd(), 0o600) {
             Ok(probe) => probe,
             // No O_TMPFILE here: an old kernel says EISDIR, a file system EOPNOTSUPP.
             Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => return Ok(None),
@@ -142,18 +142,29 @@ impl Stager {
 
     /// A new empty file, open for writing: unnamed when possible, else at `named` (a fresh
     /// path under `.boxsync/tmp/`, asked for only when needed).
-    pub fn create(&self, named: impl FnOnce() -> PathBuf) -> Result<StagedFile, ShareError> {
+    ///
+    /// An unnamed file is created with `mode`, its final mode, when the process's umask
+    /// leaves it whole (no one can open an unnamed file by name, so it needs no privacy
+    /// until installed): [`StagedFile::has_mode`] then says it needs no `chmod` of its own.
+    pub fn create(
+        &self,
+        mode: u32,
+        named: impl FnOnce() -> PathBuf,
+    ) -> Result<StagedFile, ShareError> {
         if let (Some(dir), Some(method)) = (&self.dir, self.method)
             && let Some(slot) = BudgetSlot::take(&UNNAMED_HELD, unnamed_budget())
-            && let Ok(fd) = open_unnamed(dir.as_fd())
         {
-            return Ok(StagedFile {
-                place: Place::Unnamed {
-                    file: File::from(fd),
-                    method,
-                    _slot: slot,
-                },
-            });
+            let exact = creatable_exactly(mode);
+            if let Ok(fd) = open_unnamed(dir.as_fd(), exact.unwrap_or(0o600)) {
+                return Ok(StagedFile {
+                    place: Place::Unnamed {
+                        file: File::from(fd),
+                        method,
+                        _slot: slot,
+                    },
+                    mode: exact,
+                });
+            }
         }
         let path = named();
         let file = File::options()
@@ -167,8 +178,27 @@ impl Stager {
                 file: Some(file),
                 armed: true,
             },
+            mode: None,
         })
     }
+}
+
+/// `mode` if a file created with it gets exactly it: permission bits only, readable and
+/// writable by its owner, and none of them masked by the process's umask.
+fn creatable_exactly(mode: u32) -> Option<u32> {
+    let umask = process_umask()?;
+    (mode & !0o777 == 0 && mode & 0o600 == 0o600 && mode & umask == 0).then_some(mode)
+}
+
+/// The process's umask, read once from `/proc/self/status` (setting it to read it would
+/// change it for every thread meanwhile); `None` where the kernel does not say.
+fn process_umask() -> Option<u32> {
+    static UMASK: OnceLock<Option<u32>> = OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(line.trim(), 8).ok()
+    })
 }
 
 /// Where a staged file's content is.
@@ -209,6 +239,8 @@ impl Place {
 pub struct StagedFile {
     /// Where its content is.
     place: Place,
+    /// The mode it was created with, when that is exactly its mode.
+    mode: Option<u32>,
 }
 
 impl StagedFile {
@@ -218,6 +250,11 @@ impl StagedFile {
             Place::Unnamed { file, .. } => Some(file),
             Place::Named { file, .. } => file.as_mut(),
         }
+    }
+
+    /// Whether the file already has exactly the permission bits `mode`.
+    pub fn has_mode(&self, mode: u32) -> bool {
+        self.mode == Some(mode & 0o7777)
     }
 
     /// What to call it in an error message.
@@ -288,9 +325,9 @@ impl Drop for StagedFile {
 }
 
 /// Creates an unnamed file in the folder `dir`, private until installed.
-fn open_unnamed(dir: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+fn open_unnamed(dir: BorrowedFd<'_>, mode: u32) -> Result<OwnedFd, Errno> {
     let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
-    rustix::fs::openat(dir, ".", flags, Mode::from_raw_mode(0o600))
+    rustix::fs::openat(dir, ".", flags, Mode::from_raw_mode(mode))
 }
 
 /// Flags to open a folder only to create and link files in it.
@@ -323,7 +360,7 @@ mod tests {
 
     /// A file staged by `stager` (at `named` if it must be named) holding `content`.
     fn stage(stager: &Stager, named: PathBuf, content: &[u8]) -> StagedFile {
-        let mut staged = stager.create(|| named).unwrap();
+        let mut staged = stager.create(0o644, || named).unwrap();
         staged.file().unwrap().write_all(content).unwrap();
         staged
     }
@@ -388,6 +425,53 @@ mod tests {
         assert!(staged.unnamed().is_none());
         drop(staged);
         assert!(names_in(dir.path()).is_empty());
+    }
+
+    /// An unnamed file is created with its final mode when the umask leaves that mode
+    /// whole, and says so; any other mode (or a named file) is left to a `chmod`.
+    #[test]
+    fn unnamed_files_are_created_with_their_mode_when_they_can_be() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, fresh) = tmp_dir();
+        let Some(method) = method_here(dir.path()) else {
+            return;
+        };
+        let Some(umask) = process_umask() else {
+            eprintln!("skipped: this kernel does not show the umask in /proc/self/status");
+            return;
+        };
+        let stager = Stager::new(dir.path(), Some(method));
+        let dir_fd = rustix::fs::open(dir.path(), dir_flags(), Mode::empty()).unwrap();
+        for (mode, exact) in [
+            (0o644, umask & 0o644 == 0),
+            (0o600, umask & 0o600 == 0),
+            (0o444, false),
+            (0o4755, false),
+        ] {
+            let mut staged = stager.create(mode, || fresh("never")).unwrap();
+            staged.file().unwrap().write_all(b"x").unwrap();
+            assert_eq!(staged.has_mode(mode), exact, "mode {mode:o}");
+            let name = format!("m{mode:o}");
+            let (file, method) = staged.unnamed().unwrap();
+            method.link(file, dir_fd.as_fd(), Path::new(&name)).unwrap();
+            let got = fs::metadata(dir.path().join(&name))
+                .unwrap()
+                .permissions()
+                .mode();
+            if exact {
+                assert_eq!(got & 0o7777, mode, "mode {mode:o}");
+            } else {
+                assert_eq!(
+                    got & 0o7777,
+                    0o600,
+                    "mode {mode:o}: private until its chmod"
+                );
+            }
+            staged.installed();
+        }
+        let named = Stager::new(dir.path(), None);
+        let staged = named.create(0o644, || fresh("named")).unwrap();
+        assert!(!staged.has_mode(0o644));
     }
 
     /// The open-files budget hands out places up to its size, and a place comes back when

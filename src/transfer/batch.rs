@@ -21,7 +21,7 @@ use super::body::{Body, BodyEnd, Next, unexpected};
 use super::tcp::start_write_back;
 use super::{Landing, TransferError};
 use crate::protocol::{Connection, Request, Response};
-use crate::share::install::set_meta;
+use crate::share::install::{set_meta, set_mtime};
 use crate::share::{
     BatchInstall, Digests, InstallMeta, RelPath, Share, ShareError, StagedFile, Stager,
 };
@@ -254,7 +254,7 @@ impl Writing {
         Writing {
             index: start.index,
             name: start.name,
-            state: stager.create(|| share.temp_path()),
+            state: stager.create(start.meta.mode, || share.temp_path()),
             hasher: blake3::Hasher::new(),
             written: 0,
             meta: start.meta,
@@ -284,8 +284,13 @@ impl Writing {
             });
         }
         let label = staged.label().to_path_buf();
+        let has_mode = staged.has_mode(self.meta.mode);
         if let Some(file) = staged.file() {
-            set_meta(file, &label, self.meta)?;
+            if has_mode {
+                set_mtime(file, &label, self.meta)?;
+            } else {
+                set_meta(file, &label, self.meta)?;
+            }
             if self.written >= WRITE_BACK_MIN {
                 // Start writing it out now, so that the batch's single flush has little
                 // left to do. (For a small file, a write of its own costs more than it
