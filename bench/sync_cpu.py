@@ -3,9 +3,11 @@
 
 Alternates `rsync -a` from a daemon and each given boxsync binary on the same tree of small
 files (bench/sync_bench.py's), and prints per binary the median wall time, the whole
-machine's busy and idle CPU-seconds during the run (from /proc/stat), and each box's own
-CPU-seconds (from /proc/PID/stat). On a machine the two boxes saturate, only less CPU makes
-the sync faster; this shows whether that is the case.
+machine's busy, idle and stolen CPU-seconds during the run (from /proc/stat), and each
+box's own CPU-seconds (from /proc/PID/stat). On a machine the two boxes saturate, only less
+CPU makes the sync faster; this shows whether that is the case. Steal (a virtual machine's
+CPUs lent to others by the host) says whether the run was disturbed from outside; each
+box's own CPU-seconds are then the steadier comparison.
 
     python3 bench/sync_cpu.py BIN [BIN ...] [--runs 6] [--files 10000] [--work DIR]
 """
@@ -23,16 +25,18 @@ import sync_bench as sb
 
 
 def machine_cpu():
-    """Busy and idle (with iowait) CPU-seconds of the whole machine so far."""
+    """Busy, idle (with iowait) and stolen CPU-seconds of the whole machine so far. Steal is
+    time the hypervisor gave this machine's CPUs to others: a run with much of it was
+    disturbed from outside (busy counts it too)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     ticks = os.sysconf("SC_CLK_TCK")
     idle = fields[3] + fields[4]
-    return (sum(fields) - idle) / ticks, idle / ticks
+    return (sum(fields) - idle) / ticks, idle / ticks, fields[7] / ticks
 
 
 def since(start):
-    busy, idle = machine_cpu()
-    return busy - start[0], idle - start[1]
+    now = machine_cpu()
+    return tuple(n - s for n, s in zip(now, start))
 
 
 def run_rsync(port, dest):
@@ -94,7 +98,8 @@ def main():
         med = statistics.median
         for name, runs in results.items():
             print(f"{name:28} wall {med(r[0] for r in runs):.3f} s  "
-                  f"machine busy {med(r[1][0] for r in runs):.2f} idle {med(r[1][1] for r in runs):.2f} CPU-s  "
+                  f"machine busy {med(r[1][0] for r in runs):.2f} idle {med(r[1][1] for r in runs):.2f} "
+                  f"steal {med(r[1][2] for r in runs):.2f} CPU-s  "
                   f"serving box {med(r[2] for r in runs):.2f} receiving box {med(r[3] for r in runs):.2f} CPU-s  "
                   f"| walls {' '.join(f'{r[0]:.2f}' for r in runs)}")
     finally:
