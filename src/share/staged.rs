@@ -144,8 +144,8 @@ impl Stager {
     /// path under `.boxsync/tmp/`, asked for only when needed).
     ///
     /// An unnamed file is created with `mode`, its final mode, when the process's umask
-    /// leaves it whole (no one can open an unnamed file by name, so it needs no privacy
-    /// until installed): [`StagedFile::has_mode`] then says it needs no `chmod` of its own.
+    /// leaves it whole (no one can open it by name, so a private mode while it is written
+    /// would protect nothing): [`StagedFile::has_mode`] then says it needs no `chmod`.
     pub fn create(
         &self,
         mode: u32,
@@ -324,7 +324,7 @@ impl Drop for StagedFile {
     }
 }
 
-/// Creates an unnamed file in the folder `dir`, private until installed.
+/// Creates an unnamed file with `mode` in the folder `dir`; no one can open it by name.
 fn open_unnamed(dir: BorrowedFd<'_>, mode: u32) -> Result<OwnedFd, Errno> {
     let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
     rustix::fs::openat(dir, ".", flags, Mode::from_raw_mode(mode))
