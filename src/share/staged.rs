@@ -183,10 +183,11 @@ impl Stager {
     }
 }
 
-/// `mode` if a file created with it gets exactly it: permission bits only, readable and
-/// writable by its owner, and none of them masked by the process's umask.
+/// The permission bits of `mode` if a file created with them gets exactly them: no
+/// set-id or sticky bit, readable and writable by its owner, none masked by the umask.
 fn creatable_exactly(mode: u32) -> Option<u32> {
     let umask = process_umask()?;
+    let mode = mode & 0o7777;
     (mode & !0o777 == 0 && mode & 0o600 == 0o600 && mode & umask == 0).then_some(mode)
 }
 
@@ -447,6 +448,8 @@ mod tests {
             (0o600, umask & 0o600 == 0),
             (0o444, false),
             (0o4755, false),
+            // As `st_mode` has it, with the file type.
+            (0o100644, umask & 0o644 == 0),
         ] {
             let mut staged = stager.create(mode, || fresh("never")).unwrap();
             staged.file().unwrap().write_all(b"x").unwrap();
@@ -459,11 +462,11 @@ mod tests {
                 .permissions()
                 .mode();
             if exact {
-                assert_eq!(got & 0o7777, mode, "mode {mode:o}");
+                assert_eq!(got & 0o7777, mode & 0o7777, "mode {mode:o}");
             } else {
                 assert_eq!(
                     got & 0o7777,
-                    0o600,
+                    0o600 & !umask,
                     "mode {mode:o}: private until its chmod"
                 );
             }
