@@ -538,11 +538,11 @@ impl HashCache {
         set: DigestSet,
         size: u64,
     ) -> Result<Digests, ShareError> {
-        // Reads the next chunk into `chunk` (never zeroed: reads fill it directly);
-        // false at the end of the file.
-        let mut read_next = |chunk: &mut Vec<u8>| -> Result<bool, ShareError> {
+        // Reads at most `limit` more bytes into `chunk` (never zeroed: reads fill it
+        // directly); false at the end of the file.
+        let mut read_next = |chunk: &mut Vec<u8>, limit: u64| -> Result<bool, ShareError> {
             (&mut *file)
-                .take(READ_CHUNK as u64)
+                .take(limit)
                 .read_to_end(chunk)
                 .map_err(|e| ShareError::io(rel.under(root), e))?;
             self.bytes_hashed
@@ -554,7 +554,7 @@ impl HashCache {
             loop {
                 // A fresh chunk each time: the hashing threads still hold the last ones.
                 let mut chunk = Vec::with_capacity(READ_CHUNK);
-                if !read_next(&mut chunk)? {
+                if !read_next(&mut chunk, READ_CHUNK as u64)? {
                     return Ok(hasher.finish());
                 }
                 hasher.update(&bytes::Bytes::from(chunk));
@@ -566,20 +566,15 @@ impl HashCache {
             // to find the end. Should the file shrink or grow meanwhile, its fingerprint
             // changes too, and the caller hashes it again.
             let mut bytes = Vec::with_capacity(size as usize);
-            (&mut *file)
-                .take(size)
-                .read_to_end(&mut bytes)
-                .map_err(|e| ShareError::io(rel.under(root), e))?;
-            self.bytes_hashed
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            read_next(&mut bytes, size)?;
             hasher.update(&bytes);
             return Ok(hasher.finish());
         }
-        // Sized to the file (most are small), and reused.
-        let mut buffer = Vec::with_capacity((size as usize).min(READ_CHUNK) + 1);
+        // Reused for each chunk.
+        let mut buffer = Vec::with_capacity(READ_CHUNK);
         loop {
             buffer.clear();
-            if !read_next(&mut buffer)? {
+            if !read_next(&mut buffer, READ_CHUNK as u64)? {
                 return Ok(hasher.finish());
             }
             hasher.update(&buffer);

@@ -366,14 +366,14 @@ mod tests {
         staged
     }
 
-    /// The method this machine offers, or `None` with a note (the named fallback is then
-    /// all there is to test).
-    fn method_here(dir: &Path) -> Option<LinkMethod> {
+    /// A stager making unnamed files in `dir` the way this machine offers, or `None` with a
+    /// note (the named fallback is then all there is to test).
+    fn unnamed_stager(dir: &Path) -> Option<Stager> {
         let method = LinkMethod::probe(dir, &dir.join("probe")).unwrap();
         if method.is_none() {
             eprintln!("skipped: this file system cannot make and link unnamed files");
         }
-        method
+        Some(Stager::new(dir, Some(method?)))
     }
 
     /// An unnamed file is nowhere in the temporary folder while it waits, gets its name in
@@ -382,10 +382,9 @@ mod tests {
     #[test]
     fn unnamed_files_appear_only_when_linked() {
         let (dir, fresh) = tmp_dir();
-        let Some(method) = method_here(dir.path()) else {
+        let Some(stager) = unnamed_stager(dir.path()) else {
             return;
         };
-        let stager = Stager::new(dir.path(), Some(method));
         let mut kept = stage(&stager, fresh("never"), b"kept");
         kept.finish_writing();
         let dropped = stage(&stager, fresh("never"), b"dropped");
@@ -415,10 +414,9 @@ mod tests {
     #[test]
     fn unnamed_files_get_a_path_when_asked() {
         let (dir, fresh) = tmp_dir();
-        let Some(method) = method_here(dir.path()) else {
+        let Some(stager) = unnamed_stager(dir.path()) else {
             return;
         };
-        let stager = Stager::new(dir.path(), Some(method));
         let mut staged = stage(&stager, fresh("never"), b"content");
         let path = staged.path(|| fresh("named.part")).unwrap().to_path_buf();
         assert_eq!(path, dir.path().join("named.part"));
@@ -434,14 +432,13 @@ mod tests {
     fn unnamed_files_are_created_with_their_mode_when_they_can_be() {
         use std::os::unix::fs::PermissionsExt;
         let (dir, fresh) = tmp_dir();
-        let Some(method) = method_here(dir.path()) else {
+        let Some(stager) = unnamed_stager(dir.path()) else {
             return;
         };
         let Some(umask) = process_umask() else {
             eprintln!("skipped: this kernel does not show the umask in /proc/self/status");
             return;
         };
-        let stager = Stager::new(dir.path(), Some(method));
         let dir_fd = rustix::fs::open(dir.path(), dir_flags(), Mode::empty()).unwrap();
         for (mode, exact) in [
             (0o644, umask & 0o644 == 0),
