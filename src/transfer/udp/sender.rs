@@ -32,6 +32,9 @@ const MAX_BURST: Duration = Duration::from_millis(2);
 /// Chunks read from disk at once for first sends (they are sequential).
 const READ_AHEAD: usize = 64;
 
+/// Most doublings of the tail's resend time-out (see `SendState::queue_missing`).
+const MAX_TAIL_BACKOFF: u32 = 6;
+
 /// What the sender needs to know about the transfer.
 pub struct SenderPlan {
     /// The session id.
@@ -256,6 +259,11 @@ struct SendState {
     start: Instant,
     /// The previous report, for per-interval deltas.
     previous: Option<Feedback>,
+    /// Doublings of the tail's time-out since the receiver last reported news.
+    tail_backoff: u32,
+    /// When the receiver last reported news (a later datagram read) or the tail's time-out
+    /// last fired, microseconds since `start`.
+    news_us: u64,
 }
 
 impl SendState {
@@ -271,6 +279,8 @@ impl SendState {
             rate: RateControl::new(max_rate, start),
             start,
             previous: None,
+            tail_backoff: 0,
+            news_us: 0,
         }
     }
 
@@ -303,13 +313,17 @@ impl SendState {
         None
     }
 
-    /// The receiver has received nothing yet: every chunk sent so far counts as missing.
+    /// The receiver said HELLO: it had received nothing when it sent that. A HELLO that
+    /// comes after a report is older than the report and says nothing. Before any report,
+    /// every chunk sent so far may be missing, but while new chunks still go out the first
+    /// report will say exactly which; only once everything was sent are chunks resent on
+    /// a HELLO alone, after the time-out (see [`SendState::queue_missing`]). Resending every
+    /// chunk on a HELLO that was merely late (a receiver that had not read its socket yet)
+    /// would resend a whole file's start.
     fn on_hello(&mut self, now: Instant) {
-        let everything = Feedback {
-            missing: vec![(0, self.next_new)],
-            ..Feedback::default()
-        };
-        self.queue_missing(&everything, self.clock_us(now));
+        if self.previous.is_none() {
+            self.queue_missing(&[(0, self.next_new)], None, self.clock_us(now));
+        }
     }
 
     /// Takes a receiver report: feeds the rate controller and queues resends. Returns
@@ -338,24 +352,205 @@ impl SendState {
             };
             self.rate.on_sample(sample, now);
         }
-        self.queue_missing(feedback, now_us);
+        // News: the receiver read a datagram sent later than any it had read before.
+        if self
+            .previous
+            .as_ref()
+            .is_none_or(|previous| feedback.echo_us > previous.echo_us)
+        {
+            self.tail_backoff = 0;
+            self.news_us = now_us;
+        }
+        self.queue_missing(&feedback.missing, Some(feedback.echo_us), now_us);
         self.previous = Some(feedback.clone());
         false
     }
 
-    /// Queues for resending the reported-missing chunks that have had a round trip (plus a
-    /// margin) to arrive since they were last sent.
-    fn queue_missing(&mut self, feedback: &Feedback, now_us: u64) {
-        let patience =
-            (self.rate.srtt() + self.rate.srtt() / 4 + Duration::from_millis(5)).as_micros() as u64;
-        for &(start, end) in &feedback.missing {
+    /// Queues for resending the chunks of `missing` (reported missing) whose last copy is
+    /// lost. A report speaks for what the receiver had read when it wrote it, which
+    /// `echo_us` dates: the sending time of the latest datagram it had. A chunk whose last
+    /// copy went out before that (by more than reordering allows) was overtaken, so it is
+    /// lost; a copy sent after it is in flight or waits unread at the receiver, however
+    /// late the report arrives. In the tail (everything sent once) nothing may come to
+    /// overtake a lost copy, so the copies not overtaken are taken as lost once the
+    /// receiver has shown no progress for a round trip and a margin; each such time-out
+    /// without news doubles the next, as TCP's retransmission timer does.
+    fn queue_missing(&mut self, missing: &[(u32, u32)], echo_us: Option<u64>, now_us: u64) {
+        let srtt = self.rate.srtt();
+        let reordering = (srtt / 4).as_micros() as u64;
+        let patience = (srtt + srtt / 4 + Duration::from_millis(5)).as_micros() as u64;
+        let tail = self.next_new == self.total;
+        let wait = patience << self.tail_backoff;
+        let mut timed_out = false;
+        for &(start, end) in missing {
             for chunk in start..end.min(self.next_new) {
                 let index = chunk as usize;
-                if !self.queued[index] && now_us.saturating_sub(self.last_sent[index]) > patience {
+                if self.queued[index] {
+                    continue;
+                }
+                let sent = self.last_sent[index];
+                let overtaken = echo_us.is_some_and(|echo| sent + reordering < echo);
+                let late = tail && now_us.saturating_sub(sent.max(self.news_us)) > wait;
+                if overtaken || late {
+                    timed_out |= !overtaken;
                     self.queued[index] = true;
                     self.resend.push_back(chunk);
                 }
             }
+        }
+        if timed_out {
+            self.tail_backoff = (self.tail_backoff + 1).min(MAX_TAIL_BACKOFF);
+            self.news_us = now_us;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sender of `total` chunks that sent the first `sent` of them at its start.
+    fn sent_at_start(total: u32, sent: u32) -> SendState {
+        let mut state = SendState::new(total, None);
+        let start = state.start;
+        for expected in 0..sent {
+            assert_eq!(state.next_chunk(start), Some((expected, false)));
+        }
+        state
+    }
+
+    /// A report of `missing`, from a receiver that had last read a datagram sent at
+    /// `echo_us`, with `received` datagrams so far.
+    fn report(missing: Vec<(u32, u32)>, echo_us: u64, received: u64) -> Feedback {
+        Feedback {
+            received,
+            echo_us,
+            clock_us: echo_us,
+            missing,
+            ..Feedback::default()
+        }
+    }
+
+    /// The chunks resent next, each named once (in the tail every resend goes twice).
+    fn resends(state: &mut SendState, at: Instant) -> Vec<u32> {
+        let mut chunks = Vec::new();
+        while let Some((chunk, true)) = state.next_chunk(at) {
+            chunks.push(chunk);
+        }
+        chunks.dedup();
+        chunks
+    }
+
+    /// A HELLO that arrives after data went out (the receiver had not read its socket
+    /// yet) resends nothing while new chunks still go out: the first report will say
+    /// what is missing.
+    #[test]
+    fn a_late_hello_resends_nothing_while_new_chunks_go_out() {
+        let mut state = sent_at_start(1000, 300);
+        let later = state.start + Duration::from_millis(200);
+        state.on_hello(later);
+        assert_eq!(state.next_chunk(later), Some((300, false)));
+    }
+
+    /// Once every chunk went out and the receiver still says HELLO, it has none of them:
+    /// all are resent.
+    #[test]
+    fn a_hello_after_everything_went_out_resends_everything() {
+        let mut state = sent_at_start(3, 3);
+        let later = state.start + Duration::from_millis(200);
+        state.on_hello(later);
+        assert_eq!(resends(&mut state, later), vec![0, 1, 2]);
+    }
+
+    /// A HELLO after a report is older than that report: it resends nothing.
+    #[test]
+    fn a_hello_after_a_report_resends_nothing() {
+        let mut state = sent_at_start(3, 3);
+        let start = state.start;
+        let echo = state.clock_us(start);
+        assert!(!state.on_feedback(&report(vec![], echo, 3), start + Duration::from_millis(1)));
+        state.on_hello(start + Duration::from_millis(500));
+        assert_eq!(state.next_chunk(start + Duration::from_millis(500)), None);
+    }
+
+    /// A chunk reported missing by a receiver that had read datagrams sent after it is
+    /// resent; reports that do not know of that resend yet (a receiver slow to read its
+    /// socket, however late they come) do not resend it again; a report that saw later
+    /// datagrams but not the resend does.
+    #[test]
+    fn a_chunk_is_resent_once_per_report_that_knows_of_its_last_copy() {
+        let mut state = sent_at_start(1000, 10);
+        let start = state.start;
+        let first_sends = state.clock_us(start);
+        // Chunk 9 went out a little after chunk 2 (the clock moved on between them).
+        state.last_sent[9] = first_sends + 5_000;
+        let t1 = start + Duration::from_millis(10);
+        assert!(!state.on_feedback(&report(vec![(2, 3)], first_sends + 5_000, 9), t1));
+        assert_eq!(resends(&mut state, t1), vec![2]);
+        let resent_us = state.last_sent[2];
+        // Stale reports: the receiver had read nothing sent after the resend.
+        for late_ms in [20, 60, 200] {
+            let late = start + Duration::from_millis(late_ms);
+            assert!(!state.on_feedback(&report(vec![(2, 3)], first_sends + 5_000, 9), late));
+            assert_eq!(
+                resends(&mut state, late),
+                Vec::<u32>::new(),
+                "at {late_ms} ms"
+            );
+        }
+        // The receiver read a datagram sent well after the resend: the resend was lost.
+        let t2 = start + Duration::from_millis(300);
+        state.last_sent[10] = resent_us + 50_000;
+        assert!(!state.on_feedback(&report(vec![(2, 3)], resent_us + 50_000, 10), t2));
+        assert_eq!(resends(&mut state, t2), vec![2]);
+    }
+
+    /// In the tail nothing may come to overtake a lost copy: once the receiver has shown
+    /// no progress for a while it is resent, and each time-out without news doubles the
+    /// next one.
+    #[test]
+    fn the_tail_times_out_and_backs_off() {
+        let mut state = sent_at_start(3, 3);
+        let start = state.start;
+        let echo = state.clock_us(start);
+        let patience = {
+            let srtt = state.rate.srtt();
+            srtt + srtt / 4 + Duration::from_millis(5)
+        };
+        let ms = Duration::from_millis(1);
+        // Chunk 2 went out last and is missing; nothing later was read.
+        assert!(!state.on_feedback(&report(vec![(2, 3)], echo, 2), start + ms));
+        assert_eq!(resends(&mut state, start + ms), Vec::<u32>::new());
+        let t1 = start + ms + patience + ms;
+        assert!(!state.on_feedback(&report(vec![(2, 3)], echo, 2), t1));
+        assert_eq!(resends(&mut state, t1), vec![2]);
+        // No news one patience later: the doubled time-out has not passed.
+        let t2 = t1 + patience + ms;
+        assert!(!state.on_feedback(&report(vec![(2, 3)], echo, 2), t2));
+        assert_eq!(resends(&mut state, t2), Vec::<u32>::new());
+        // Twice the patience after the resend, it goes again.
+        let t3 = t1 + patience * 2 + ms;
+        assert!(!state.on_feedback(&report(vec![(2, 3)], echo, 2), t3));
+        assert_eq!(resends(&mut state, t3), vec![2]);
+    }
+
+    /// A receiver that keeps reading, but slowly (its reports date ever later datagrams
+    /// that are still older than the tail's copies), is making progress: its reports
+    /// resend nothing that it has not had the time to read.
+    #[test]
+    fn a_slow_reader_in_the_tail_gets_no_time_outs() {
+        let mut state = sent_at_start(100, 100);
+        let start = state.start;
+        for (chunk, sent) in state.last_sent.iter_mut().enumerate() {
+            *sent = 1 + chunk as u64 * 1_000;
+        }
+        // Reports every 10 ms, each having read one more chunk, all saying 90..100 are
+        // missing (not read yet).
+        for read in 1..60u64 {
+            let at = start + Duration::from_millis(10 * read);
+            let echo = 1 + read * 1_000;
+            assert!(!state.on_feedback(&report(vec![(90, 100)], echo, read), at));
+            assert_eq!(resends(&mut state, at), Vec::<u32>::new(), "report {read}");
         }
     }
 }
