@@ -12,6 +12,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
+use boxsync::transfer::udp::receiver;
+
 /// What happens to datagrams in one direction. Probabilities are per datagram.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Faults {
@@ -168,8 +170,13 @@ impl Relay {
             }
         }));
 
+        // The relay must lose only what its faults say: on a loaded machine a relay task
+        // that runs late would otherwise see its socket's default buffer overflow.
+        receiver::enlarge_receive_buffer(&front);
         let front = Arc::new(front);
-        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        receiver::enlarge_receive_buffer(&back);
+        let back = Arc::new(back);
         back.connect(server).await.unwrap();
         let client_addr: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
 

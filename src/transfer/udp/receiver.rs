@@ -508,7 +508,10 @@ impl Pending {
     }
 }
 
-fn enlarge_receive_buffer(socket: &UdpSocket) {
+/// Asks the kernel for a large receive buffer on `socket` (best effort), so that a burst
+/// that arrives while the reader is busy waits in the queue instead of being dropped. Public
+/// for the tests' link emulator, which must lose only what it is told to.
+pub fn enlarge_receive_buffer(socket: &UdpSocket) {
     use std::os::fd::AsRawFd;
     let size = RECEIVE_BUFFER as libc::c_int;
     for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {

@@ -35,6 +35,10 @@ const READ_AHEAD: usize = 64;
 /// Most doublings of the tail's resend time-out (see `SendState::queue_missing`).
 const MAX_TAIL_BACKOFF: u32 = 6;
 
+/// In the tail, a resend goes out twice only while fewer chunks than this wait to be
+/// resent (see `SendState::next_chunk`).
+const SECOND_COPIES_BELOW: usize = 64;
+
 /// What the sender needs to know about the transfer.
 pub struct SenderPlan {
     /// The session id.
@@ -298,8 +302,9 @@ impl SendState {
             self.queued[chunk as usize] = false;
             self.last_sent[chunk as usize] = stamp;
             // In the tail (everything sent once) a lost resend costs a whole round trip
-            // more; sending resends twice there makes that rare at little cost.
-            if self.next_new == self.total {
+            // more; sending resends twice there makes that rare at little cost, as long as
+            // few are left: a long recovery (heavy loss) is not doubled.
+            if self.next_new == self.total && self.resend.len() < SECOND_COPIES_BELOW {
                 self.second_copies.push_back(chunk);
             }
             return Some((chunk, true));
@@ -532,6 +537,27 @@ mod tests {
         let t3 = t1 + patience * 2 + ms;
         assert!(!state.on_feedback(&report(vec![(2, 3)], echo, 2), t3));
         assert_eq!(resends(&mut state, t3), vec![2]);
+    }
+
+    /// Tail resends go twice while few are left, once while many are (heavy loss would
+    /// otherwise double the whole recovery).
+    #[test]
+    fn only_a_short_tail_sends_resends_twice() {
+        let mut state = sent_at_start(200, 200);
+        let start = state.start;
+        let echo = state.clock_us(start) + 1_000_000;
+        let at = start + Duration::from_millis(1);
+        assert!(!state.on_feedback(&report(vec![(0, 100)], echo, 100), at));
+        let mut sent = Vec::new();
+        while let Some((chunk, true)) = state.next_chunk(at) {
+            sent.push(chunk);
+        }
+        // The first go once; the last SECOND_COPIES_BELOW (fewer than that waiting behind
+        // each) go twice.
+        let once = 100 - SECOND_COPIES_BELOW;
+        assert_eq!(sent.len(), once + 2 * SECOND_COPIES_BELOW, "{sent:?}");
+        assert!(sent[..once].iter().copied().eq(0..once as u32));
+        assert_eq!(&sent[once..once + 2], &[once as u32, once as u32]);
     }
 
     /// A receiver that keeps reading, but slowly (its reports date ever later datagrams
