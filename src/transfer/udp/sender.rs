@@ -35,6 +35,10 @@ const READ_AHEAD: usize = 64;
 /// Most doublings of the tail's resend time-out (see `SendState::queue_missing`).
 const MAX_TAIL_BACKOFF: u32 = 6;
 
+/// Longest the tail's time-out grows to by doubling: well inside the receiver's
+/// [`super::receiver::STALL_TIMEOUT`], so that a path that comes back is used in time.
+const MAX_TAIL_WAIT: Duration = Duration::from_secs(2);
+
 /// In the tail, a resend goes out twice only while fewer chunks than this wait to be
 /// resent (see `SendState::next_chunk`).
 const SECOND_COPIES_BELOW: usize = 64;
@@ -268,6 +272,8 @@ struct SendState {
     /// When the receiver last reported news (a later datagram read) or the tail's time-out
     /// last fired, microseconds since `start`.
     news_us: u64,
+    /// The latest `echo_us` reported (a reordered datagram can make a report's lower).
+    latest_echo_us: u64,
 }
 
 impl SendState {
@@ -285,6 +291,7 @@ impl SendState {
             previous: None,
             tail_backoff: 0,
             news_us: 0,
+            latest_echo_us: 0,
         }
     }
 
@@ -321,13 +328,14 @@ impl SendState {
     /// The receiver said HELLO: it had received nothing when it sent that. A HELLO that
     /// comes after a report is older than the report and says nothing. Before any report,
     /// every chunk sent so far may be missing, but while new chunks still go out the first
-    /// report will say exactly which; only once everything was sent are chunks resent on
-    /// a HELLO alone, after the time-out (see [`SendState::queue_missing`]). Resending every
-    /// chunk on a HELLO that was merely late (a receiver that had not read its socket yet)
-    /// would resend a whole file's start.
+    /// report will say exactly which: a HELLO that was merely late (a receiver that had not
+    /// read its socket yet) must not resend a whole file's start. Only once everything was
+    /// sent are chunks resent on a HELLO alone, after the tail's time-out (see
+    /// [`SendState::queue_missing`]); with no round trip measured yet, a late HELLO can then
+    /// still resend a small file's few chunks, less often each time.
     fn on_hello(&mut self, now: Instant) {
         if self.previous.is_none() {
-            self.queue_missing(&[(0, self.next_new)], None, self.clock_us(now));
+            self.queue_missing(&[(0, self.next_new)], None, None, self.clock_us(now));
         }
     }
 
@@ -358,49 +366,73 @@ impl SendState {
             self.rate.on_sample(sample, now);
         }
         // News: the receiver read a datagram sent later than any it had read before.
-        if self
-            .previous
-            .as_ref()
-            .is_none_or(|previous| feedback.echo_us > previous.echo_us)
-        {
+        if feedback.echo_us > self.latest_echo_us {
+            self.latest_echo_us = feedback.echo_us;
             self.tail_backoff = 0;
             self.news_us = now_us;
         }
-        self.queue_missing(&feedback.missing, Some(feedback.echo_us), now_us);
+        // The receiver lists what is missing below the latest frontier it heard of; chunks
+        // past the last range (when the list is whole) may be missing too if the datagrams
+        // that would have told it so were lost, as when the file's last chunk is.
+        let unlisted = (feedback.missing.len() < wire::MAX_RANGES).then(|| {
+            feedback
+                .missing
+                .last()
+                .map_or(feedback.cumulative, |&(_, end)| end)
+        });
+        self.queue_missing(&feedback.missing, unlisted, Some(feedback.echo_us), now_us);
         self.previous = Some(feedback.clone());
         false
     }
 
-    /// Queues for resending the chunks of `missing` (reported missing) whose last copy is
-    /// lost. A report speaks for what the receiver had read when it wrote it, which
-    /// `echo_us` dates: the sending time of the latest datagram it had. A chunk whose last
-    /// copy went out before that (by more than reordering allows) was overtaken, so it is
-    /// lost; a copy sent after it is in flight or waits unread at the receiver, however
-    /// late the report arrives. In the tail (everything sent once) nothing may come to
-    /// overtake a lost copy, so the copies not overtaken are taken as lost once the
-    /// receiver has shown no progress for a round trip and a margin; each such time-out
-    /// without news doubles the next, as TCP's retransmission timer does.
-    fn queue_missing(&mut self, missing: &[(u32, u32)], echo_us: Option<u64>, now_us: u64) {
+    /// Queues for resending the chunks whose last copy is lost: of `missing` (listed as
+    /// missing by a report), and from `unlisted` on (past the report's list). A report
+    /// speaks for what the receiver had read when it wrote it, which `echo_us` dates: the
+    /// sending time of the latest datagram it had. A listed chunk whose last copy went out
+    /// before that (by more than reordering allows) was overtaken, so it is lost; an
+    /// unlisted one was overtaken too, so it arrived (the later datagram told the receiver
+    /// it had been sent). A copy sent after `echo_us` is in flight or waits unread at the
+    /// receiver, however late the report arrives. In the tail (everything sent once)
+    /// nothing may come to overtake a lost copy, so the copies not overtaken are taken as
+    /// lost once the receiver has shown no progress for a round trip and a margin; each
+    /// such time-out without news doubles the next, as TCP's retransmission timer does, up
+    /// to a few seconds (the receiver gives up after [`super::receiver::STALL_TIMEOUT`]).
+    fn queue_missing(
+        &mut self,
+        missing: &[(u32, u32)],
+        unlisted: Option<u32>,
+        echo_us: Option<u64>,
+        now_us: u64,
+    ) {
         let srtt = self.rate.srtt();
         let reordering = (srtt / 4).as_micros() as u64;
-        let patience = (srtt + srtt / 4 + Duration::from_millis(5)).as_micros() as u64;
-        let tail = self.next_new == self.total;
-        let wait = patience << self.tail_backoff;
+        let patience = srtt + srtt / 4 + Duration::from_millis(5);
+        let wait = (patience * (1 << self.tail_backoff)).min(MAX_TAIL_WAIT.max(patience));
+        let wait = wait.as_micros() as u64;
+        // Only a quiet receiver in the tail lets a copy time out.
+        let quiet = self.next_new == self.total && now_us.saturating_sub(self.news_us) > wait;
+        let listed = missing
+            .iter()
+            .flat_map(|&(start, end)| start..end.min(self.next_new))
+            .map(|chunk| (chunk, true));
+        let unlisted = unlisted
+            .filter(|_| quiet)
+            .into_iter()
+            .flat_map(|start| start..self.total)
+            .map(|chunk| (chunk, false));
         let mut timed_out = false;
-        for &(start, end) in missing {
-            for chunk in start..end.min(self.next_new) {
-                let index = chunk as usize;
-                if self.queued[index] {
-                    continue;
-                }
-                let sent = self.last_sent[index];
-                let overtaken = echo_us.is_some_and(|echo| sent + reordering < echo);
-                let late = tail && now_us.saturating_sub(sent.max(self.news_us)) > wait;
-                if overtaken || late {
-                    timed_out |= !overtaken;
-                    self.queued[index] = true;
-                    self.resend.push_back(chunk);
-                }
+        for (chunk, listed) in listed.chain(unlisted) {
+            let index = chunk as usize;
+            if self.queued[index] {
+                continue;
+            }
+            let sent = self.last_sent[index];
+            let overtaken = echo_us.is_some_and(|echo| sent + reordering < echo);
+            let late = quiet && !overtaken && now_us.saturating_sub(sent) > wait;
+            if (listed && overtaken) || late {
+                timed_out |= late;
+                self.queued[index] = true;
+                self.resend.push_back(chunk);
             }
         }
         if timed_out {
@@ -424,13 +456,14 @@ mod tests {
         state
     }
 
-    /// A report of `missing`, from a receiver that had last read a datagram sent at
-    /// `echo_us`, with `received` datagrams so far.
-    fn report(missing: Vec<(u32, u32)>, echo_us: u64, received: u64) -> Feedback {
+    /// A report from a receiver that has every chunk below `cumulative`, lists `missing`
+    /// above it, and had last read a datagram sent at `echo_us`.
+    fn report(cumulative: u32, missing: Vec<(u32, u32)>, echo_us: u64) -> Feedback {
         Feedback {
-            received,
+            received: u64::from(cumulative),
             echo_us,
             clock_us: echo_us,
+            cumulative,
             missing,
             ..Feedback::default()
         }
@@ -473,7 +506,8 @@ mod tests {
         let mut state = sent_at_start(3, 3);
         let start = state.start;
         let echo = state.clock_us(start);
-        assert!(!state.on_feedback(&report(vec![], echo, 3), start + Duration::from_millis(1)));
+        let first = start + Duration::from_millis(1);
+        assert!(!state.on_feedback(&report(2, vec![], echo), first));
         state.on_hello(start + Duration::from_millis(500));
         assert_eq!(state.next_chunk(start + Duration::from_millis(500)), None);
     }
@@ -490,13 +524,13 @@ mod tests {
         // Chunk 9 went out a little after chunk 2 (the clock moved on between them).
         state.last_sent[9] = first_sends + 5_000;
         let t1 = start + Duration::from_millis(10);
-        assert!(!state.on_feedback(&report(vec![(2, 3)], first_sends + 5_000, 9), t1));
+        assert!(!state.on_feedback(&report(2, vec![(2, 3)], first_sends + 5_000), t1));
         assert_eq!(resends(&mut state, t1), vec![2]);
         let resent_us = state.last_sent[2];
         // Stale reports: the receiver had read nothing sent after the resend.
         for late_ms in [20, 60, 200] {
             let late = start + Duration::from_millis(late_ms);
-            assert!(!state.on_feedback(&report(vec![(2, 3)], first_sends + 5_000, 9), late));
+            assert!(!state.on_feedback(&report(2, vec![(2, 3)], first_sends + 5_000), late));
             assert_eq!(
                 resends(&mut state, late),
                 Vec::<u32>::new(),
@@ -506,15 +540,15 @@ mod tests {
         // The receiver read a datagram sent well after the resend: the resend was lost.
         let t2 = start + Duration::from_millis(300);
         state.last_sent[10] = resent_us + 50_000;
-        assert!(!state.on_feedback(&report(vec![(2, 3)], resent_us + 50_000, 10), t2));
+        assert!(!state.on_feedback(&report(2, vec![(2, 3)], resent_us + 50_000), t2));
         assert_eq!(resends(&mut state, t2), vec![2]);
     }
 
-    /// In the tail nothing may come to overtake a lost copy: once the receiver has shown
-    /// no progress for a while it is resent, and each time-out without news doubles the
-    /// next one.
+    /// The file's last chunk lost: no datagram that arrived told the receiver it was
+    /// sent, so no report lists it. Once the receiver has shown no progress for a while it
+    /// is resent anyway, and each time-out without news doubles the next one.
     #[test]
-    fn the_tail_times_out_and_backs_off() {
+    fn a_lost_last_chunk_times_out_and_backs_off() {
         let mut state = sent_at_start(3, 3);
         let start = state.start;
         let echo = state.clock_us(start);
@@ -523,20 +557,50 @@ mod tests {
             srtt + srtt / 4 + Duration::from_millis(5)
         };
         let ms = Duration::from_millis(1);
-        // Chunk 2 went out last and is missing; nothing later was read.
-        assert!(!state.on_feedback(&report(vec![(2, 3)], echo, 2), start + ms));
+        // The receiver has chunks 0 and 1 and lists nothing missing.
+        assert!(!state.on_feedback(&report(2, vec![], echo), start + ms));
         assert_eq!(resends(&mut state, start + ms), Vec::<u32>::new());
         let t1 = start + ms + patience + ms;
-        assert!(!state.on_feedback(&report(vec![(2, 3)], echo, 2), t1));
+        assert!(!state.on_feedback(&report(2, vec![], echo), t1));
         assert_eq!(resends(&mut state, t1), vec![2]);
         // No news one patience later: the doubled time-out has not passed.
         let t2 = t1 + patience + ms;
-        assert!(!state.on_feedback(&report(vec![(2, 3)], echo, 2), t2));
+        assert!(!state.on_feedback(&report(2, vec![], echo), t2));
         assert_eq!(resends(&mut state, t2), Vec::<u32>::new());
         // Twice the patience after the resend, it goes again.
         let t3 = t1 + patience * 2 + ms;
-        assert!(!state.on_feedback(&report(vec![(2, 3)], echo, 2), t3));
+        assert!(!state.on_feedback(&report(2, vec![], echo), t3));
         assert_eq!(resends(&mut state, t3), vec![2]);
+        // News (a report dating a later datagram: here a resent copy of chunk 1) resets
+        // the back-off: one patience of quiet is enough again.
+        state.last_sent[1] = state.clock_us(t3) + 1;
+        let t4 = t3 + ms;
+        assert!(!state.on_feedback(&report(2, vec![], state.last_sent[1]), t4));
+        let t5 = t4 + patience + ms;
+        assert!(!state.on_feedback(&report(2, vec![], state.last_sent[1]), t5));
+        assert_eq!(resends(&mut state, t5), vec![2]);
+    }
+
+    /// Doubling stops well inside the receiver's stall time-out: a path that comes back
+    /// is used in time.
+    #[test]
+    fn the_tail_time_out_stays_short_of_the_receivers_patience() {
+        let mut state = sent_at_start(3, 3);
+        let start = state.start;
+        let echo = state.clock_us(start);
+        assert!(!state.on_feedback(&report(2, vec![], echo), start));
+        let mut last = start;
+        let mut at = start;
+        for _ in 0..1000 {
+            at += Duration::from_millis(100);
+            assert!(!state.on_feedback(&report(2, vec![], echo), at));
+            if !resends(&mut state, at).is_empty() {
+                assert!(at - last <= MAX_TAIL_WAIT + Duration::from_millis(100));
+                last = at;
+            }
+        }
+        assert!(at - last <= MAX_TAIL_WAIT + Duration::from_millis(100));
+        assert!(MAX_TAIL_WAIT * 2 < super::super::receiver::STALL_TIMEOUT);
     }
 
     /// Tail resends go twice while few are left, once while many are (heavy loss would
@@ -547,7 +611,7 @@ mod tests {
         let start = state.start;
         let echo = state.clock_us(start) + 1_000_000;
         let at = start + Duration::from_millis(1);
-        assert!(!state.on_feedback(&report(vec![(0, 100)], echo, 100), at));
+        assert!(!state.on_feedback(&report(0, vec![(0, 100)], echo), at));
         let mut sent = Vec::new();
         while let Some((chunk, true)) = state.next_chunk(at) {
             sent.push(chunk);
@@ -560,9 +624,9 @@ mod tests {
         assert_eq!(&sent[once..once + 2], &[once as u32, once as u32]);
     }
 
-    /// A receiver that keeps reading, but slowly (its reports date ever later datagrams
-    /// that are still older than the tail's copies), is making progress: its reports
-    /// resend nothing that it has not had the time to read.
+    /// A receiver that keeps reading, but slowly (its reports date ever later datagrams,
+    /// all older than the tail's last copies), is making progress: its reports resend
+    /// nothing it has not had the time to read.
     #[test]
     fn a_slow_reader_in_the_tail_gets_no_time_outs() {
         let mut state = sent_at_start(100, 100);
@@ -570,12 +634,11 @@ mod tests {
         for (chunk, sent) in state.last_sent.iter_mut().enumerate() {
             *sent = 1 + chunk as u64 * 1_000;
         }
-        // Reports every 10 ms, each having read one more chunk, all saying 90..100 are
-        // missing (not read yet).
-        for read in 1..60u64 {
-            let at = start + Duration::from_millis(10 * read);
-            let echo = 1 + read * 1_000;
-            assert!(!state.on_feedback(&report(vec![(90, 100)], echo, read), at));
+        // Reports every 10 ms, each having read one more chunk, in order.
+        for read in 1..60u32 {
+            let at = start + Duration::from_millis(10 * u64::from(read));
+            let echo = 1 + u64::from(read - 1) * 1_000;
+            assert!(!state.on_feedback(&report(read, vec![], echo), at));
             assert_eq!(resends(&mut state, at), Vec::<u32>::new(), "report {read}");
         }
     }
