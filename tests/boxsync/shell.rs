@@ -128,7 +128,27 @@ async fn prompt_shows_sync_state() {
         sh.send_line("sync status")?;
         sh.exp_string("auto-sync on")?;
         sh.exp_string(&peer)?;
-        sh.exp_string(&as_pty_bytes(&format!("boxsync [{peer} ✓ sync ✓]> ")))?;
+        // The prompt shows sync's state when it is drawn, and the round that brought the
+        // file may still be finishing (saving its record, telling the peer): Enter draws
+        // it again until it shows the round done.
+        let done = as_pty_bytes(&format!("boxsync [{peer} ✓ sync ✓]> "));
+        let busy = as_pty_bytes(&format!("boxsync [{peer} ✓ sync …]> "));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (_, shown) = sh.exp_any(vec![
+                ReadUntil::String(done.clone()),
+                ReadUntil::String(busy.clone()),
+            ])?;
+            if shown == done {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the prompt still shows sync busy 15 s after the file arrived"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+            sh.send_line("")?;
+        }
         sh.send_line("quit")?;
         sh.exp_eof()?;
         Ok(())

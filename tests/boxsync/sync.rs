@@ -617,18 +617,24 @@ async fn mass_delete_guard() {
     let boxes = mesh(2, SyncTransport::Tcp, |i, root| {
         if i == 0 {
             for n in 0..20 {
-                write_file(root, &format!("f{n:02}.txt"), b"data");
+                write_file(root, &format!("data/f{n:02}.txt"), b"data");
             }
         }
     })
     .await;
     converged(&boxes).await;
-    // Everything disappears from box 0 at once, except its state folder.
-    for item in fs::read_dir(boxes[0].root()).unwrap().flatten() {
-        if item.file_name() != ".boxsync" {
-            fs::remove_file(item.path()).unwrap();
-        }
-    }
+    // A box records what both hold as a round ends: let one that began after the folders
+    // matched end on box 1, so that its record lists the files it would otherwise delete.
+    let rounds = boxes[1].handle.status().rounds;
+    assert!(
+        eventually(CONVERGE, || boxes[1].handle.status().rounds >= rounds + 2).await,
+        "box 1 ended no round"
+    );
+    // Everything disappears from box 0 at once (one rename out of the shared folder), as
+    // with a disk unmounted; its state folder stays. Files deleted one by one would be
+    // deletions a round may see halfway, and rightly pass on.
+    let away = tempfile::tempdir().unwrap();
+    fs::rename(boxes[0].root().join("data"), away.path().join("data")).unwrap();
     assert!(
         eventually(CONVERGE, || {
             boxes[1].handle.status().peers[0]
@@ -640,10 +646,11 @@ async fn mass_delete_guard() {
         "no pause reported: {:?}",
         boxes[1].handle.status()
     );
+    let kept = contents(&boxes[1].root());
     assert_eq!(
-        contents(&boxes[1].root()).len(),
+        kept.values().filter(|content| content.is_some()).count(),
         20,
-        "files were deleted on the peer"
+        "files were deleted on the peer: {kept:?}"
     );
 }
 
