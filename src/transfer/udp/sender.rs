@@ -385,6 +385,13 @@ impl SendState {
         false
     }
 
+    /// How long a quiet receiver in the tail is given before its missing chunks time out
+    /// (before any doubling): a round trip and a margin.
+    fn patience(&self) -> Duration {
+        let srtt = self.rate.srtt();
+        srtt + srtt / 4 + Duration::from_millis(5)
+    }
+
     /// Queues for resending the chunks whose last copy is lost: of `missing` (listed as
     /// missing by a report), and from `unlisted` on (past the report's list). A report
     /// speaks for what the receiver had read when it wrote it, which `echo_us` dates: the
@@ -404,9 +411,8 @@ impl SendState {
         echo_us: Option<u64>,
         now_us: u64,
     ) {
-        let srtt = self.rate.srtt();
-        let reordering = (srtt / 4).as_micros() as u64;
-        let patience = srtt + srtt / 4 + Duration::from_millis(5);
+        let reordering = (self.rate.srtt() / 4).as_micros() as u64;
+        let patience = self.patience();
         let wait = (patience * (1 << self.tail_backoff)).min(MAX_TAIL_WAIT.max(patience));
         let wait = wait.as_micros() as u64;
         // Only a quiet receiver in the tail lets a copy time out.
@@ -467,6 +473,17 @@ mod tests {
             missing,
             ..Feedback::default()
         }
+    }
+
+    /// A sender of 3 chunks, all sent at its start, whose receiver got the first two and
+    /// reported so (listing nothing missing) `after` the start; with that start and the
+    /// report's echo.
+    fn last_chunk_lost(after: Duration) -> (SendState, Instant, u64) {
+        let mut state = sent_at_start(3, 3);
+        let start = state.start;
+        let echo = state.clock_us(start);
+        assert!(!state.on_feedback(&report(2, vec![], echo), start + after));
+        (state, start, echo)
     }
 
     /// The chunks resent next, each named once (in the tail every resend goes twice).
@@ -549,16 +566,9 @@ mod tests {
     /// is resent anyway, and each time-out without news doubles the next one.
     #[test]
     fn a_lost_last_chunk_times_out_and_backs_off() {
-        let mut state = sent_at_start(3, 3);
-        let start = state.start;
-        let echo = state.clock_us(start);
-        let patience = {
-            let srtt = state.rate.srtt();
-            srtt + srtt / 4 + Duration::from_millis(5)
-        };
         let ms = Duration::from_millis(1);
-        // The receiver has chunks 0 and 1 and lists nothing missing.
-        assert!(!state.on_feedback(&report(2, vec![], echo), start + ms));
+        let (mut state, start, echo) = last_chunk_lost(ms);
+        let patience = state.patience();
         assert_eq!(resends(&mut state, start + ms), Vec::<u32>::new());
         let t1 = start + ms + patience + ms;
         assert!(!state.on_feedback(&report(2, vec![], echo), t1));
@@ -585,10 +595,7 @@ mod tests {
     /// is used in time.
     #[test]
     fn the_tail_time_out_stays_short_of_the_receivers_patience() {
-        let mut state = sent_at_start(3, 3);
-        let start = state.start;
-        let echo = state.clock_us(start);
-        assert!(!state.on_feedback(&report(2, vec![], echo), start));
+        let (mut state, start, echo) = last_chunk_lost(Duration::ZERO);
         let mut last = start;
         let mut at = start;
         for _ in 0..1000 {
