@@ -2,21 +2,31 @@
 //! work with a peer's folder from an interactive shell.
 //!
 //! # Layout
+//! From the bottom up; each layer uses only those above it in this list.
 //! - [`time`]: instants on the wire and on screen (RFC 3339 UTC, nanoseconds).
+//! - [`types`]: the shared nouns: a box's id, one version of a file, a transport.
+//! - [`parse`]: values people type (rates, peer addresses), checked one way everywhere.
 //! - [`share`]: the shared folder: safe relative paths, the index and its filters, hashes
 //!   and their cache, per-file locks, the trash and atomic installation of downloads.
-//! - [`protocol`]: the TCP wire protocol: frames, the framed connection, typed messages,
-//!   the handshake.
-//! - [`demo`]: sample folders for `boxsync demo`.
+//! - [`protocol`]: the TCP wire protocol below the requests: frames, the framed connection,
+//!   the greeting and the answers, the handshake.
+//! - [`net`]: socket options (TCP congestion control).
 //! - [`history`]: the persistent log of requests made and served.
 //! - [`local`]: this box: its id, shared folder and log.
-//! - [`net`]: socket options (TCP congestion control).
-//! - [`server`]: accept loop, per-connection handler, shutdown.
-//! - [`transfer`]: moving file bytes and landing them verified (TCP).
-//! - [`peer`]: the typed async client for one peer box.
+//! - [`transfer`]: moving file bytes and landing them verified, over TCP and UDP, once a
+//!   request is sent.
+//! - [`requests`]: one module per request: its wire form, the server's handling and the
+//!   client's reading of the answer.
+//! - [`server`]: accept loop, per-connection handler (dispatching to [`requests`]),
+//!   shutdown.
+//! - [`peer`]: the typed async client for one peer box: connection pool, retries, log.
 //! - [`sync`]: auto-sync: planning from the last agreed state, acting safely, watching.
 //! - [`shell`]: command parsing, execution, background jobs and rendering, and the
 //!   interactive loop with completion, history, progress bars and a prompt.
+//! - [`demo`]: sample folders for `boxsync demo`.
+//!
+//! The binary (`src/main.rs`, with `src/cli.rs` turning the command line into a validated
+//! configuration) starts the server, sync and the shell.
 //!
 //! The library never prints: the shell and the CLI (`src/main.rs`) render.
 
@@ -24,11 +34,14 @@ pub mod demo;
 pub mod history;
 pub mod local;
 pub mod net;
+pub mod parse;
 pub mod peer;
 pub mod protocol;
+pub mod requests;
 pub mod server;
 pub mod share;
 pub mod shell;
 pub mod sync;
 pub mod time;
 pub mod transfer;
+pub mod types;

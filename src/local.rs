@@ -6,11 +6,9 @@ use std::fs;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use rand::RngExt;
-
 use crate::history::History;
-use crate::share::{RelPath, Share, ShareError};
-use crate::time::Timestamp;
+use crate::share::{Share, ShareError};
+use crate::types::{BoxId, FileVersion};
 
 /// File under the state folder that keeps the box id across restarts.
 const BOX_ID_FILE: &str = "box-id";
@@ -29,19 +27,7 @@ pub struct Settings {
 
 /// A version of a file this box sent to a peer: sync uses it to recognise, in the peer's
 /// folder, a version that came from here (and is therefore no change of the peer's).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Served {
-    /// The file.
-    pub name: RelPath,
-    /// BLAKE3 of what was sent.
-    pub blake3: String,
-    /// Its size.
-    pub size: u64,
-    /// Its modification time.
-    pub mtime: Timestamp,
-    /// Its permission bits.
-    pub mode: u32,
-}
+pub type Served = FileVersion;
 
 /// Most served versions remembered per peer between two sync rounds.
 const MAX_SERVED: usize = 100_000;
@@ -95,9 +81,9 @@ impl LocalBox {
         let state = share.state_dir();
         let id_file = state.join(BOX_ID_FILE);
         let id = match fs::read_to_string(&id_file) {
-            Ok(text) if is_box_id(text.trim()) => text.trim().to_string(),
+            Ok(text) if BoxId::parse(text.trim()).is_ok() => text.trim().to_string(),
             _ => {
-                let id = format!("{:016x}", rand::rng().random::<u64>());
+                let id = BoxId::random().to_string();
                 fs::write(&id_file, &id).map_err(|e| ShareError::io(&id_file, e))?;
                 id
             }
@@ -163,8 +149,4 @@ fn push(map: &PerPeer, peer_id: &str, version: Served) {
 fn take(map: &PerPeer, peer_id: &str) -> Vec<Served> {
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
     map.remove(peer_id).unwrap_or_default()
-}
-
-fn is_box_id(text: &str) -> bool {
-    text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }

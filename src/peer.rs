@@ -14,25 +14,29 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 
 use crate::history::Direction;
-use crate::local::{LocalBox, Served};
-use crate::protocol::message::{InstalledVersion, MAX_BATCH_NAMES};
-use crate::protocol::{
-    self, Connection, ConnectionError, ErrorKind, HandshakeError, Request, Response,
-};
+use crate::local::LocalBox;
+use crate::protocol::{self, Connection, ConnectionError, ErrorKind, HandshakeError};
+use crate::requests::batch::DownloadMany;
+use crate::requests::download::Download;
+use crate::requests::hash::{HashCheckall, HashVerify};
+use crate::requests::index::Index;
+use crate::requests::notices::{self, InstalledMany};
+use crate::requests::udp::DownloadUdp;
+use crate::requests::{CallError, MAX_BATCH_NAMES, Request};
 use crate::share::filter::IndexFilter;
 use crate::share::{Entry, FileHash, RelPath};
-use crate::transfer::batch;
-use crate::transfer::udp::{self, UdpError};
-use crate::transfer::{Downloaded, Landing, Progress, TransferError, Transport, Wanted, tcp};
+use crate::transfer::udp::UdpError;
+use crate::transfer::{Downloaded, Landing, Progress, TransferError, Wanted};
+use crate::types::{FileVersion, Transport};
+
+use crate::requests::listing;
+pub use crate::requests::listing::Listing;
 
 /// How long connecting to a peer may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most idle connections kept per peer.
 const MAX_IDLE: usize = 4;
-
-/// Most entries accepted in one listing, so a hostile peer cannot exhaust memory.
-const MAX_LISTED: usize = 10_000_000;
 
 /// Why a request to a peer failed.
 #[derive(Debug, Error)]
@@ -86,6 +90,23 @@ pub enum PeerError {
 }
 
 impl PeerError {
+    /// The error of a request's exchange with the peer at `addr`.
+    fn from_call(addr: &str, error: CallError) -> PeerError {
+        match error {
+            CallError::Connection(source) => PeerError::Connection {
+                addr: addr.to_string(),
+                source,
+            },
+            CallError::Remote { kind, message } => PeerError::Remote { kind, message },
+            CallError::Protocol(detail) => PeerError::Protocol {
+                addr: addr.to_string(),
+                detail,
+            },
+            CallError::Transfer(e) => PeerError::Transfer(e),
+            CallError::Udp(e) => PeerError::Udp(e),
+        }
+    }
+
     /// Whether this error means the peer could not be reached or stopped answering (as
     /// opposed to an answer that was an error).
     fn means_unreachable(&self) -> bool {
@@ -152,12 +173,13 @@ impl Reachability {
 /// The connection type to a peer.
 type PeerConnection = Connection<TcpStream>;
 
-/// Runs one request's exchange on a leased connection, retrying once on a fresh connection
-/// if a pooled one turned out stale, and records the request in the box's log. A macro
-/// rather than a function taking an async closure, so that the futures stay `Send` (the
-/// sync loop and background jobs spawn them).
+/// Runs one request's exchange on a leased connection: sends `$request`, then `$body`
+/// reads the answer (a `Result<_, CallError>`). Retries once on a fresh connection if a
+/// pooled one turned out stale, and records the request in the box's log. A macro rather
+/// than a function taking an async closure, so that the futures stay `Send` (the sync loop
+/// and background jobs spawn them).
 macro_rules! exchange {
-    ($peer:expr, $request:expr, |$connection:ident, $addr:ident| $body:expr) => {{
+    ($peer:expr, $request:expr, |$connection:ident| $body:expr) => {{
         let peer: &Peer = $peer;
         let request: &Request = $request;
         let mut result = None;
@@ -171,8 +193,12 @@ macro_rules! exchange {
             };
             let outcome = {
                 let $connection = &mut leased;
-                let $addr: &str = &peer.addr;
-                async { $body }.await
+                async {
+                    $connection.write_message(request).await?;
+                    $body
+                }
+                .await
+                .map_err(|e| PeerError::from_call(&peer.addr, e))
             };
             let retry = peer.release(leased, reused, &outcome);
             result = Some(outcome);
@@ -182,66 +208,6 @@ macro_rules! exchange {
         }
         peer.finish_request(request, result)
     }};
-}
-
-/// The answer to a conditional listing request (`index_unless`, `hash_all_unless`).
-#[derive(Debug)]
-pub enum Listing<T> {
-    /// The peer's folder is still at the version asked about: the earlier answer holds.
-    Unchanged,
-    /// The listing, and the version of the peer's folder it describes.
-    Listed {
-        /// The entries or hashes.
-        items: Vec<T>,
-        /// What to send as `unless` next time.
-        version: String,
-    },
-}
-
-/// How a listing ended, beyond its items.
-enum Answer {
-    Unchanged,
-    Version(String),
-}
-
-/// One response of a listing, taken apart.
-enum Batch<T> {
-    Items {
-        items: Vec<T>,
-        more: bool,
-        version: Option<String>,
-    },
-    Other(Response),
-}
-
-fn unpack_entries(response: Response) -> Batch<Entry> {
-    match response {
-        Response::Entries {
-            entries,
-            more,
-            version,
-        } => Batch::Items {
-            items: entries,
-            more,
-            version,
-        },
-        other => Batch::Other(other),
-    }
-}
-
-fn unpack_hashes(response: Response) -> Batch<FileHash> {
-    match response {
-        Response::Hashes {
-            hashes,
-            more,
-            version,
-        } => Batch::Items {
-            items: hashes,
-            more,
-            version,
-        },
-        other => Batch::Other(other),
-    }
 }
 
 /// A client for one peer box.
@@ -296,34 +262,20 @@ impl Peer {
 
     /// Tells the peer this box installed `version` of its file under the same name, so
     /// that its sync records that both boxes held it.
-    pub async fn confirm_installed(&self, version: Served) -> Result<(), PeerError> {
-        let request = Request::Installed {
-            name: version.name,
-            blake3: version.blake3,
-            size: version.size,
-            mtime: version.mtime,
-            mode: version.mode,
-        };
-        self.notice(&request).await
+    pub async fn confirm_installed(&self, version: FileVersion) -> Result<(), PeerError> {
+        self.notice(&Request::Installed(version)).await
     }
 
     /// Tells the peer this box installed all of `versions` of its files under the same
     /// names (oldest first), in as few messages as the protocol allows.
-    pub async fn confirm_installed_many(&self, versions: Vec<Served>) -> Result<(), PeerError> {
-        let versions: Vec<InstalledVersion> = versions
-            .into_iter()
-            .map(|version| InstalledVersion {
-                name: version.name,
-                blake3: version.blake3,
-                size: version.size,
-                mtime: version.mtime,
-                mode: version.mode,
-            })
-            .collect();
+    pub async fn confirm_installed_many(
+        &self,
+        versions: Vec<FileVersion>,
+    ) -> Result<(), PeerError> {
         for chunk in versions.chunks(MAX_BATCH_NAMES) {
-            let request = Request::InstalledMany {
+            let request = Request::InstalledMany(InstalledMany {
                 versions: chunk.to_vec(),
-            };
+            });
             self.notice(&request).await?;
         }
         Ok(())
@@ -331,30 +283,18 @@ impl Peer {
 
     /// Sends a notice that is answered by `ack`.
     async fn notice(&self, request: &Request) -> Result<(), PeerError> {
-        exchange!(self, request, |connection, addr| {
-            connection
-                .write_message(request)
-                .await
-                .map_err(lost(addr))?;
-            match connection
-                .expect_message::<Response>()
-                .await
-                .map_err(lost(addr))?
-            {
-                Response::Ack => Ok(()),
-                Response::Error { kind, message } => Err(PeerError::Remote { kind, message }),
-                other => Err(protocol_error(addr, &format!("{other:?}"))),
-            }
-        })
+        exchange!(self, request, |connection| notices::read_ack(connection)
+            .await)
     }
 
     /// The entries of the peer's folder that pass `filter`, sorted by name.
     pub async fn index(&self, filter: &IndexFilter) -> Result<Vec<Entry>, PeerError> {
-        let request = Request::Index {
+        let request = Request::Index(Index {
             filter: filter.clone(),
             unless: None,
-        };
-        Ok(self.listing(&request, unpack_entries).await?.1)
+        });
+        exchange!(self, &request, |connection| listing::receive(connection)
+            .await)
     }
 
     /// Like [`Peer::index`], unless the peer's folder is still at version `unless` (from an
@@ -365,91 +305,39 @@ impl Peer {
         filter: &IndexFilter,
         unless: &str,
     ) -> Result<Listing<Entry>, PeerError> {
-        let request = Request::Index {
+        let request = Request::Index(Index {
             filter: filter.clone(),
             unless: Some(unless.to_string()),
-        };
-        self.conditional_listing(&request, unpack_entries).await
+        });
+        exchange!(self, &request, |connection| {
+            listing::receive_conditional(connection).await
+        })
     }
 
     /// MD5, SHA-256 and mtime of one file on the peer.
     pub async fn hash(&self, name: &RelPath) -> Result<FileHash, PeerError> {
-        let request = Request::HashVerify { name: name.clone() };
-        let (_, mut hashes) = self.listing(&request, unpack_hashes).await?;
-        match hashes.pop() {
-            Some(hash) if hashes.is_empty() && &hash.name == name => Ok(hash),
-            _ => Err(protocol_error(&self.addr, "hash answer for another file")),
-        }
+        let verify = HashVerify { name: name.clone() };
+        let request = Request::HashVerify(verify.clone());
+        exchange!(self, &request, |connection| verify
+            .read_answer(connection)
+            .await)
     }
 
     /// MD5, SHA-256 and mtime of every file on the peer.
     pub async fn hash_all(&self) -> Result<Vec<FileHash>, PeerError> {
-        let request = Request::HashCheckall { unless: None };
-        Ok(self.listing(&request, unpack_hashes).await?.1)
+        let request = Request::HashCheckall(HashCheckall { unless: None });
+        exchange!(self, &request, |connection| {
+            listing::receive(connection).await
+        })
     }
 
     /// Like [`Peer::hash_all`], unless the peer's folder is still at version `unless`.
     pub async fn hash_all_unless(&self, unless: &str) -> Result<Listing<FileHash>, PeerError> {
-        let request = Request::HashCheckall {
+        let request = Request::HashCheckall(HashCheckall {
             unless: Some(unless.to_string()),
-        };
-        self.conditional_listing(&request, unpack_hashes).await
-    }
-
-    async fn conditional_listing<T>(
-        &self,
-        request: &Request,
-        unpack: fn(Response) -> Batch<T>,
-    ) -> Result<Listing<T>, PeerError> {
-        match self.listing(request, unpack).await? {
-            (Some(Answer::Unchanged), _) => Ok(Listing::Unchanged),
-            (Some(Answer::Version(version)), items) => Ok(Listing::Listed { items, version }),
-            (None, _) => Err(protocol_error(&self.addr, "listing without a version")),
-        }
-    }
-
-    /// Sends `request` and collects the batches of its answer.
-    async fn listing<T>(
-        &self,
-        request: &Request,
-        unpack: fn(Response) -> Batch<T>,
-    ) -> Result<(Option<Answer>, Vec<T>), PeerError> {
-        exchange!(self, request, |connection, addr| {
-            connection
-                .write_message(request)
-                .await
-                .map_err(lost(addr))?;
-            let mut all = Vec::new();
-            loop {
-                let response = connection
-                    .expect_message::<Response>()
-                    .await
-                    .map_err(lost(addr))?;
-                match unpack(response) {
-                    Batch::Items {
-                        items,
-                        more,
-                        version,
-                    } => {
-                        all.extend(items);
-                        if all.len() > MAX_LISTED {
-                            return Err(protocol_error(addr, "listing too long"));
-                        }
-                        if !more {
-                            return Ok((version.map(Answer::Version), all));
-                        }
-                    }
-                    Batch::Other(Response::Unchanged) if all.is_empty() => {
-                        return Ok((Some(Answer::Unchanged), all));
-                    }
-                    Batch::Other(Response::Error { kind, message }) => {
-                        return Err(PeerError::Remote { kind, message });
-                    }
-                    Batch::Other(other) => {
-                        return Err(protocol_error(addr, &format!("{other:?}")));
-                    }
-                }
-            }
+        });
+        exchange!(self, &request, |connection| {
+            listing::receive_conditional(connection).await
         })
     }
 
@@ -470,15 +358,13 @@ impl Peer {
         landing: &Landing,
         progress: Progress<'_>,
     ) -> Result<Downloaded, PeerError> {
-        let request = Request::Download {
-            name: name.clone(),
-            blake3_only: landing.digests.blake3_only(),
-        };
-        let share = Arc::clone(&self.local.share);
-        exchange!(self, &request, |connection, _addr| {
-            tcp::receive_file(connection, &share, name, landing, &mut *progress)
+        let download = Download::new(name, landing);
+        let request = Request::Download(download.clone());
+        let share = &self.local.share;
+        exchange!(self, &request, |connection| {
+            download
+                .read_answer(connection, share, landing, &mut *progress)
                 .await
-                .map_err(PeerError::Transfer)
         })
     }
 
@@ -495,22 +381,22 @@ impl Peer {
         wanted: &[Wanted],
     ) -> Result<Vec<Result<Downloaded, PeerError>>, PeerError> {
         let started = Instant::now();
-        let names: Vec<RelPath> = wanted.iter().map(|w| w.name.clone()).collect();
-        let request = Request::DownloadMany {
-            names: names.clone(),
+        let many = DownloadMany {
+            names: wanted.iter().map(|w| w.name.clone()).collect(),
         };
-        let share = Arc::clone(&self.local.share);
+        let request = Request::DownloadMany(many.clone());
+        let share = &self.local.share;
         // Files a broken attempt had already verified: installed all the same.
         let mut salvaged = None;
-        let result = exchange!(self, &request, |connection, _addr| {
-            let receipt = batch::receive_batch(connection, &share, &names).await;
+        let result = exchange!(self, &request, |connection| {
+            let receipt = many.read_answer(connection, share).await;
             match receipt.broken {
                 None => Ok(receipt.files),
                 Some(e) => {
                     if receipt.files.iter().any(Option::is_some) {
                         salvaged = Some(receipt.files);
                     }
-                    Err(PeerError::Transfer(e))
+                    Err(CallError::Transfer(e))
                 }
             }
         });
@@ -591,38 +477,12 @@ impl Peer {
         max_rate: Option<u64>,
         progress: Progress<'_>,
     ) -> Result<Downloaded, PeerError> {
-        let request = Request::DownloadUdp {
-            name: name.clone(),
-            max_rate,
-            blake3_only: landing.digests.blake3_only(),
-        };
-        let share = Arc::clone(&self.local.share);
-        let result = exchange!(self, &request, |connection, addr| {
-            let stream = connection.get_ref();
-            let (local, remote) = match (stream.local_addr(), stream.peer_addr()) {
-                (Ok(local), Ok(remote)) => (local, remote),
-                (Err(e), _) | (_, Err(e)) => {
-                    return Err(lost(addr)(ConnectionError::Io(e)));
-                }
-            };
-            let path = udp::receiver::UdpPath {
-                local_ip: local.ip(),
-                server: remote,
-            };
-            udp::receiver::receive_file(
-                connection,
-                path,
-                &share,
-                name,
-                landing,
-                max_rate,
-                &mut *progress,
-            )
-            .await
-            .map_err(|e| match e {
-                UdpError::Transfer(e) => PeerError::Transfer(e),
-                other => PeerError::Udp(other),
-            })
+        let udp = DownloadUdp::new(name, landing, max_rate);
+        let request = Request::DownloadUdp(udp.clone());
+        let share = &self.local.share;
+        let result = exchange!(self, &request, |connection| {
+            udp.read_answer(connection, share, landing, &mut *progress)
+                .await
         });
         match result {
             Err(PeerError::Udp(UdpError::Blocked(waited))) => {
@@ -724,13 +584,6 @@ pub fn describe_io(error: &io::Error) -> String {
         error.to_string()
     } else {
         kind
-    }
-}
-
-fn lost(addr: &str) -> impl Fn(ConnectionError) -> PeerError + '_ {
-    move |source| PeerError::Connection {
-        addr: addr.to_string(),
-        source,
     }
 }
 

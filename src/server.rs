@@ -7,19 +7,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::history::Direction;
-use crate::local::{LocalBox, Served};
-use crate::protocol::message::{InstalledVersion, MAX_BATCH_NAMES};
-use crate::protocol::{self, Connection, ConnectionError, ErrorKind, Request, Response};
-use crate::share::{DigestSet, FileHash};
-use crate::transfer::tcp;
-use crate::transfer::udp::{self, hub::UdpHub};
+use crate::local::LocalBox;
+use crate::protocol::{self, Connection, ConnectionError, ErrorKind, Response};
+use crate::requests::{self, Request, ServeContext};
+use crate::transfer::udp::hub::UdpHub;
 
 /// Most connections served at once; further peers wait in the accept queue.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -29,9 +26,6 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How long shutdown waits for requests in progress before cutting them off.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Serialized size at which a batch of entries or hashes is sent and a new one begun.
-const BATCH_BYTES: usize = 256 * 1024;
 
 /// Why the server could not start.
 #[derive(Debug, Error)]
@@ -203,53 +197,24 @@ async fn handle_connection(
                 return;
             }
         };
-        // Sync's notices are too frequent to log as requests.
-        let notice = match request {
-            Request::Changed => {
-                // A peer's folder changed: wake our sync.
-                local.changes.notify_one();
-                true
-            }
-            Request::Installed {
-                ref name,
-                ref blake3,
-                size,
-                mtime,
-                mode,
-            } => {
-                let version = Served {
-                    name: name.clone(),
-                    blake3: blake3.clone(),
-                    size,
-                    mtime,
-                    mode,
-                };
-                local.note_installed(&peer_id, version);
-                true
-            }
-            Request::InstalledMany { ref versions } if versions.len() <= MAX_BATCH_NAMES => {
-                for version in versions {
-                    local.note_installed(&peer_id, served(version));
-                }
-                true
-            }
-            _ => false,
-        };
-        if notice {
-            if connection.write_message(&Response::Ack).await.is_err() {
-                return;
-            }
-            continue;
-        }
         let description = request.describe();
         let routine = request.is_routine();
-        match serve(&local, &hub, &mut connection, request, peer.ip(), &peer_id).await {
+        let notice = request.is_notice();
+        let cx = ServeContext {
+            local: &local,
+            hub: &hub,
+            client_ip: peer.ip(),
+            peer_id: &peer_id,
+        };
+        match requests::serve(request, &cx, &mut connection).await {
             Ok(Ok(())) if routine => {}
             Ok(outcome) => {
                 local
                     .history
                     .record(Direction::Served, &peer.to_string(), &description, outcome);
             }
+            // A notice whose `ack` cannot be sent: the peer left; nothing worth a line.
+            Err(_) if notice => return,
             Err(e) => {
                 local.history.record(
                     Direction::Served,
@@ -262,268 +227,4 @@ async fn handle_connection(
             }
         }
     }
-}
-
-/// Answers one request. The outer `Err` means the connection failed; the inner result is
-/// the request's own outcome, for the log.
-async fn serve(
-    local: &Arc<LocalBox>,
-    hub: &Arc<UdpHub>,
-    connection: &mut Connection<TcpStream>,
-    request: Request,
-    client_ip: std::net::IpAddr,
-    peer_id: &str,
-) -> Result<Result<(), String>, ConnectionError> {
-    let share = &local.share;
-    match request {
-        Request::Index {
-            filter,
-            unless: None,
-        } => {
-            let matcher = match filter.compile() {
-                Ok(matcher) => matcher,
-                Err(e) => return refuse(connection, ErrorKind::BadRequest, e.to_string()).await,
-            };
-            match share.index().await {
-                Ok(entries) => {
-                    let entries = entries.into_iter().filter(|e| matcher.matches(e));
-                    send_batches(connection, entries, None, entries_response).await?;
-                    Ok(Ok(()))
-                }
-                Err(e) => report(connection, &e).await,
-            }
-        }
-        Request::Index {
-            filter,
-            unless: Some(unless),
-        } => {
-            let matcher = match filter.compile() {
-                Ok(matcher) => matcher,
-                Err(e) => return refuse(connection, ErrorKind::BadRequest, e.to_string()).await,
-            };
-            match share.recent_snapshot().await {
-                Ok(snapshot) if snapshot.version == unless => unchanged(connection).await,
-                Ok(snapshot) => {
-                    let entries: Vec<_> = snapshot
-                        .entries()
-                        .filter(|e| matcher.matches(e))
-                        .cloned()
-                        .collect();
-                    let version = Some(snapshot.version.clone());
-                    send_batches(connection, entries.into_iter(), version, entries_response)
-                        .await?;
-                    Ok(Ok(()))
-                }
-                Err(e) => report(connection, &e).await,
-            }
-        }
-        Request::HashVerify { name } => match share.hash(&name).await {
-            Ok(hash) => {
-                send_batches(connection, [hash].into_iter(), None, hashes_response).await?;
-                Ok(Ok(()))
-            }
-            Err(e) => report(connection, &e).await,
-        },
-        Request::HashCheckall { unless: None } => match share.hash_all().await {
-            Ok(hashes) => {
-                send_batches(connection, hashes.into_iter(), None, hashes_response).await?;
-                Ok(Ok(()))
-            }
-            Err(e) => report(connection, &e).await,
-        },
-        Request::HashCheckall {
-            unless: Some(unless),
-        } => match share.recent_snapshot().await {
-            Ok(snapshot) if snapshot.version == unless => unchanged(connection).await,
-            Ok(snapshot) => {
-                let hashes: Vec<_> = snapshot.hashes().cloned().collect();
-                let version = Some(snapshot.version.clone());
-                send_batches(connection, hashes.into_iter(), version, hashes_response).await?;
-                Ok(Ok(()))
-            }
-            Err(e) => report(connection, &e).await,
-        },
-        Request::Download { name, blake3_only } => {
-            let digests = DigestSet::from_blake3_only(blake3_only);
-            let outcome = tcp::send_file(connection, share, &name, digests).await?;
-            share.persist_cache();
-            Ok(outcome
-                .map(|served| local.note_served(peer_id, served))
-                .map_err(|e| e.to_string()))
-        }
-        Request::DownloadMany { names } => {
-            if names.len() > MAX_BATCH_NAMES {
-                return refuse(connection, ErrorKind::BadRequest, too_many(names.len())).await;
-            }
-            let count = names.len();
-            let mut failures = 0;
-            let mut first_failure = None;
-            for outcome in tcp::send_files(connection, share, names, DigestSet::Blake3).await? {
-                match outcome {
-                    Ok(served) => local.note_served(peer_id, served),
-                    Err(e) => {
-                        failures += 1;
-                        first_failure.get_or_insert_with(|| e.to_string());
-                    }
-                }
-            }
-            connection.write_message(&Response::BatchEnd).await?;
-            share.persist_cache();
-            Ok(match first_failure {
-                None => Ok(()),
-                Some(first) => Err(format!(
-                    "{failures} of {count} files failed, the first: {first}"
-                )),
-            })
-        }
-        Request::DownloadUdp {
-            name,
-            max_rate,
-            blake3_only,
-        } => {
-            let wanted = udp::serve::Wanted {
-                max_rate,
-                digests: DigestSet::from_blake3_only(blake3_only),
-            };
-            let outcome =
-                udp::serve::serve_download(connection, share, hub, &name, wanted, client_ip)
-                    .await?;
-            Ok(outcome.map(|served| local.note_served(peer_id, served)))
-        }
-        Request::Changed | Request::Installed { .. } => {
-            connection.write_message(&Response::Ack).await?;
-            Ok(Ok(()))
-        }
-        // Only a list over the limit gets here (shorter ones are notices, answered above).
-        Request::InstalledMany { versions } => {
-            refuse(connection, ErrorKind::BadRequest, too_many(versions.len())).await
-        }
-        Request::UdpFinish { .. } => {
-            refuse(
-                connection,
-                ErrorKind::BadRequest,
-                "no UDP transfer is running on this connection".to_string(),
-            )
-            .await
-        }
-    }
-}
-
-/// A box's `installed` notice as the record of what was served keeps it.
-fn served(version: &InstalledVersion) -> Served {
-    Served {
-        name: version.name.clone(),
-        blake3: version.blake3.clone(),
-        size: version.size,
-        mtime: version.mtime,
-        mode: version.mode,
-    }
-}
-
-fn too_many(count: usize) -> String {
-    format!("{count} files in one request; at most {MAX_BATCH_NAMES} are served")
-}
-
-fn hashes_response(hashes: Vec<FileHash>, more: bool, version: Option<String>) -> Response {
-    Response::Hashes {
-        hashes,
-        more,
-        version,
-    }
-}
-
-fn entries_response(
-    entries: Vec<crate::share::Entry>,
-    more: bool,
-    version: Option<String>,
-) -> Response {
-    Response::Entries {
-        entries,
-        more,
-        version,
-    }
-}
-
-/// Answers a conditional request whose version still holds.
-async fn unchanged<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    connection: &mut Connection<S>,
-) -> Result<Result<(), String>, ConnectionError> {
-    connection.write_message(&Response::Unchanged).await?;
-    Ok(Ok(()))
-}
-
-async fn refuse<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    connection: &mut Connection<S>,
-    kind: ErrorKind,
-    message: String,
-) -> Result<Result<(), String>, ConnectionError> {
-    connection
-        .write_message(&Response::Error {
-            kind,
-            message: message.clone(),
-        })
-        .await?;
-    Ok(Err(message))
-}
-
-async fn report<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    connection: &mut Connection<S>,
-    error: &crate::share::ShareError,
-) -> Result<Result<(), String>, ConnectionError> {
-    connection
-        .write_message(&tcp::error_response(error))
-        .await?;
-    Ok(Err(error.to_string()))
-}
-
-/// An upper bound of an item's JSON size, known without serializing it: listings are sent
-/// every sync round, and serializing each item twice (once to measure) doubled their cost.
-trait WireSize {
-    /// At most this many bytes of JSON.
-    fn max_wire_len(&self) -> usize;
-}
-
-/// JSON escapes a byte in at most six (`\u001f`); everything else in these items is short.
-const FIXED_FIELDS: usize = 256;
-
-impl WireSize for crate::share::Entry {
-    fn max_wire_len(&self) -> usize {
-        6 * (self.name.as_str().len() + self.file_type.len()) + FIXED_FIELDS
-    }
-}
-
-impl WireSize for FileHash {
-    fn max_wire_len(&self) -> usize {
-        6 * self.name.as_str().len() + 64 + 32 + FIXED_FIELDS
-    }
-}
-
-/// Sends `items` as a series of responses, each under [`BATCH_BYTES`] serialized, the last
-/// one marked `more: false` and carrying `version` (an empty list is one empty batch).
-async fn send_batches<S, T>(
-    connection: &mut Connection<S>,
-    items: impl Iterator<Item = T>,
-    version: Option<String>,
-    response: impl Fn(Vec<T>, bool, Option<String>) -> Response,
-) -> Result<(), ConnectionError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    T: Serialize + WireSize,
-{
-    let mut batch = Vec::new();
-    let mut batch_bytes = 0;
-    let mut items = items.peekable();
-    while let Some(item) = items.next() {
-        batch_bytes += item.max_wire_len() + 1;
-        batch.push(item);
-        if batch_bytes >= BATCH_BYTES && items.peek().is_some() {
-            connection
-                .write_message(&response(std::mem::take(&mut batch), true, None))
-                .await?;
-            batch_bytes = 0;
-        }
-    }
-    connection
-        .write_message(&response(batch, false, version))
-        .await
 }

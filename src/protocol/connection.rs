@@ -9,11 +9,11 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 
 use super::decode::Message;
-use super::frame::{Frame, FrameError, HEADER_LEN, MAX_CONTROL_LEN};
+use super::frame::{DATA_CHUNK, Frame, FrameError, HEADER_LEN, MAX_CONTROL_LEN};
 
 /// Read buffer: one full data frame of the size this box sends, so that a file's frames
 /// are each read straight into a buffer of their own and handed on without a copy.
-const READ_BUFFER: usize = crate::transfer::tcp::CHUNK + HEADER_LEN;
+const READ_BUFFER: usize = DATA_CHUNK + HEADER_LEN;
 
 /// A data frame at least this long is read up to its end and no further: bytes of the
 /// next frame read with it would have to be copied out when the frame is handed on.

@@ -10,7 +10,7 @@
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::message::{Hello, Request, Response};
+use super::message::{Hello, Response};
 use crate::share::{Digests, Entry, FileHash, RelPath};
 use crate::time::Timestamp;
 
@@ -23,18 +23,6 @@ pub trait Message: DeserializeOwned {
 }
 
 impl Message for Hello {}
-
-impl Message for Request {
-    fn from_json(json: &[u8]) -> serde_json::Result<Request> {
-        match leading_tag(json, "request") {
-            Some("download_many") => {
-                let DownloadMany { names } = serde_json::from_slice(json)?;
-                Ok(Request::DownloadMany { names })
-            }
-            _ => serde_json::from_slice(json),
-        }
-    }
-}
 
 impl Message for Response {
     fn from_json(json: &[u8]) -> serde_json::Result<Response> {
@@ -86,12 +74,6 @@ impl Message for Response {
     }
 }
 
-/// The fields of [`Request::DownloadMany`].
-#[derive(Deserialize)]
-struct DownloadMany {
-    names: Vec<RelPath>,
-}
-
 /// The fields of [`Response::FileStart`].
 #[derive(Deserialize)]
 struct FileStart {
@@ -127,7 +109,7 @@ struct Hashes {
 
 /// The tag of a message whose JSON begins with it, exactly as this crate writes it:
 /// `{"<key>":"<tag>"`; `None` for any other form (then read the general way).
-fn leading_tag<'a>(json: &'a [u8], key: &str) -> Option<&'a str> {
+pub fn leading_tag<'a>(json: &'a [u8], key: &str) -> Option<&'a str> {
     let rest = json.strip_prefix(b"{\"")?;
     let rest = rest.strip_prefix(key.as_bytes())?;
     let rest = rest.strip_prefix(b"\":\"")?;
@@ -208,20 +190,13 @@ mod tests {
             assert_eq!(Response::from_json(&json).unwrap(), response);
             assert_eq!(serde_json::from_slice::<Response>(&json).unwrap(), response);
         }
-        let request = Request::DownloadMany {
-            names: vec![rel("a.txt"), rel("sub/b.txt")],
-        };
-        let json = serde_json::to_vec(&request).unwrap();
-        assert_eq!(leading_tag(&json, "request"), Some("download_many"));
-        assert_eq!(Request::from_json(&json).unwrap(), request);
     }
 
-    /// The fast way refuses what the general way refuses (a name that breaks the path
-    /// rules, a missing field), and a message written another way is read the general way.
+    /// The fast way refuses what the general way refuses (a missing field, another
+    /// message's fields), and a message written another way is read the general way. (A
+    /// request naming a path outside: see `requests`' tests.)
     #[test]
     fn odd_json_is_refused_or_read_the_general_way() {
-        let escaping = br#"{"request":"download_many","names":["../outside"]}"#;
-        assert!(Request::from_json(escaping).is_err());
         let short = br#"{"response":"file_start","name":"a.txt","size":3}"#;
         assert!(Response::from_json(short).is_err());
         let crossed = br#"{"response":"entries","hashes":[],"more":false}"#;

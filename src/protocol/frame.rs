@@ -17,6 +17,10 @@ pub const MAX_CONTROL_LEN: usize = 1024 * 1024;
 /// Largest data payload accepted.
 pub const MAX_DATA_LEN: usize = 1024 * 1024;
 
+/// Bytes of file content in each data frame this box sends (a receiver accepts up to
+/// [`MAX_DATA_LEN`]); a reader's buffer holds one whole.
+pub const DATA_CHUNK: usize = 256 * 1024;
+
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 5;
 

@@ -1,5 +1,6 @@
-//! The TCP wire protocol: frames, the connection that reads and writes them, the typed
-//! messages and the opening handshake. docs/protocol.md describes the same in prose.
+//! The TCP wire protocol below the requests: frames, the connection that reads and writes
+//! them, the greeting and the answers, and the opening handshake. It knows nothing of
+//! transfers, sync or the shell. docs/protocol.md describes the same in prose.
 
 pub mod connection;
 pub mod decode;
@@ -11,9 +12,11 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::types::{BadBoxId, BoxId};
+
 pub use connection::{Connection, ConnectionError};
 pub use frame::Frame;
-pub use message::{ErrorKind, Hello, MAGIC, PROTOCOL_VERSION, Request, Response};
+pub use message::{ErrorKind, Hello, MAGIC, PROTOCOL_VERSION, Response};
 
 /// How long either side waits for the other's greeting.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,6 +39,9 @@ pub enum HandshakeError {
     /// The other side refused us.
     #[error("peer refused the connection: {0}")]
     Refused(String),
+    /// The other side's greeting carries no valid box id.
+    #[error(transparent)]
+    BadId(#[from] BadBoxId),
     /// No greeting in time.
     #[error("no greeting within {HANDSHAKE_TIMEOUT:?}")]
     Timeout,
@@ -94,5 +100,6 @@ fn check(hello: &Hello) -> Result<(), HandshakeError> {
             theirs: hello.version,
         });
     }
+    BoxId::parse(&hello.box_id)?;
     Ok(())
 }

@@ -4,17 +4,10 @@
 use thiserror::Error;
 
 use super::timestamp::{self, Bound, TimestampError};
+use crate::parse::{BadPeerAddress, BadRate, check_peer_address, format_rate, parse_rate};
 use crate::share::filter::{FilterError, IndexFilter};
 use crate::share::{PathError, RelPath};
-
-/// Which transport a download asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TransportChoice {
-    /// The box's TCP connection.
-    Tcp,
-    /// UDP datagrams.
-    Udp,
-}
+use crate::types::Transport;
 
 /// What `sync` is asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +34,7 @@ pub enum Command {
     /// `download tcp|udp <file> [--max-rate RATE]`.
     Download {
         /// The transport asked for.
-        transport: TransportChoice,
+        transport: Transport,
         /// The file.
         name: RelPath,
         /// UDP only: a cap on the sending rate, bytes per second.
@@ -90,13 +83,11 @@ pub enum CommandError {
     #[error(transparent)]
     Path(#[from] PathError),
     /// A bad rate.
-    #[error(
-        "bad rate '{0}': use bits per second like 500k, 50M or 1G, or bytes per second like 50MB"
-    )]
-    Rate(String),
+    #[error(transparent)]
+    Rate(#[from] BadRate),
     /// A bad peer address.
-    #[error("bad peer address '{0}': expected HOST:PORT, like 127.0.0.1:7878")]
-    PeerAddress(String),
+    #[error(transparent)]
+    PeerAddress(#[from] BadPeerAddress),
     /// `&` or `bg` on a command that is not a download.
     #[error("only downloads run in the background ('{0}' cannot)")]
     NotBackground(String),
@@ -193,7 +184,7 @@ fn parse_words(first: &str, rest: &[String]) -> Result<Command, CommandError> {
         "history" => return Err(CommandError::Usage("history")),
         "peer" => match args.as_slice() {
             [] => Command::Peer(None),
-            [addr] => Command::Peer(Some(check_peer_address(addr)?)),
+            [addr] => Command::Peer(Some(check_peer_address(addr)?.to_string())),
             _ => return Err(CommandError::Usage("peer [HOST:PORT]")),
         },
         "help" => match args.as_slice() {
@@ -311,8 +302,8 @@ fn parse_download(args: &[&str]) -> Result<Command, CommandError> {
         _ => return Err(usage()),
     };
     let transport = match keyword(transport).as_str() {
-        "tcp" if max_rate.is_none() => TransportChoice::Tcp,
-        "udp" => TransportChoice::Udp,
+        "tcp" if max_rate.is_none() => Transport::Tcp,
+        "udp" => Transport::Udp,
         _ => return Err(usage()),
     };
     Ok(Command::Download {
@@ -324,11 +315,8 @@ fn parse_download(args: &[&str]) -> Result<Command, CommandError> {
 
 /// A download as a line a person could type again (`download udp big.iso --max-rate 8M`);
 /// names background jobs.
-pub fn download_line(transport: TransportChoice, name: &RelPath, max_rate: Option<u64>) -> String {
-    let transport = match transport {
-        TransportChoice::Tcp => "tcp",
-        TransportChoice::Udp => "udp",
-    };
+pub fn download_line(transport: Transport, name: &RelPath, max_rate: Option<u64>) -> String {
+    let transport = transport.name();
     let mut line = format!("download {transport} {}", shell_words::quote(name.as_str()));
     if let Some(rate) = max_rate {
         line.push_str(&format!(" --max-rate {}", format_rate(rate)));
@@ -337,54 +325,6 @@ pub fn download_line(transport: TransportChoice, name: &RelPath, max_rate: Optio
 }
 
 /// A rate in bytes per second written back as `--max-rate` reads it (`8M`, `1.5G`).
-fn format_rate(bytes_per_second: u64) -> String {
-    let bits = bytes_per_second as f64 * 8.0;
-    let (value, suffix) = if bits >= 1e9 {
-        (bits / 1e9, "G")
-    } else if bits >= 1e6 {
-        (bits / 1e6, "M")
-    } else if bits >= 1e3 {
-        (bits / 1e3, "k")
-    } else {
-        (bits, "")
-    };
-    let text = format!("{value:.2}");
-    let text = text.trim_end_matches('0').trim_end_matches('.');
-    format!("{text}{suffix}")
-}
-
-/// Reads a rate: bits per second with an optional k/M/G suffix (`50M` is 50 Mbit/s), or
-/// bytes per second when it ends in `B` (`50MB` is 50 megabytes/s). Returns bytes/second.
-pub fn parse_rate(text: &str) -> Result<u64, CommandError> {
-    let bad = || CommandError::Rate(text.to_string());
-    let (number, bytes) = match text.strip_suffix('B') {
-        Some(rest) => (rest, true),
-        None => (text.strip_suffix("bit").unwrap_or(text), false),
-    };
-    let (digits, scale) = match number.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&number[..i], 1e3),
-        Some((i, 'm' | 'M')) => (&number[..i], 1e6),
-        Some((i, 'g' | 'G')) => (&number[..i], 1e9),
-        _ => (number, 1.0),
-    };
-    let value: f64 = digits.parse().map_err(|_| bad())?;
-    let bytes_per_second = value * scale / if bytes { 1.0 } else { 8.0 };
-    if !bytes_per_second.is_finite() || bytes_per_second < 1.0 {
-        return Err(bad());
-    }
-    Ok(bytes_per_second as u64)
-}
-
-/// Accepts `HOST:PORT` (and `[v6]:PORT`) with a valid port number.
-pub fn check_peer_address(addr: &str) -> Result<String, CommandError> {
-    let bad = || CommandError::PeerAddress(addr.to_string());
-    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
-    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-        return Err(bad());
-    }
-    Ok(addr.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,7 +343,7 @@ mod tests {
         assert_eq!(
             parse(r#"FileDownload TCP "with space.txt""#).unwrap(),
             Some(Command::Download {
-                transport: TransportChoice::Tcp,
+                transport: Transport::Tcp,
                 name: RelPath::parse("with space.txt").unwrap(),
                 max_rate: None,
             })
@@ -431,7 +371,7 @@ mod tests {
         assert!(matches!(
             parse("download udp big.iso --max-rate 50M").unwrap(),
             Some(Command::Download {
-                transport: TransportChoice::Udp,
+                transport: Transport::Udp,
                 max_rate: Some(6_250_000),
                 ..
             })
@@ -444,7 +384,7 @@ mod tests {
     #[test]
     fn background_and_jobs() {
         let download = |name: &str| Command::Download {
-            transport: TransportChoice::Tcp,
+            transport: Transport::Tcp,
             name: RelPath::parse(name).unwrap(),
             max_rate: None,
         };
@@ -481,18 +421,18 @@ mod tests {
     fn download_lines() {
         let name = RelPath::parse("music/song one.mp3").unwrap();
         assert_eq!(
-            download_line(TransportChoice::Udp, &name, Some(1_000_000)),
+            download_line(Transport::Udp, &name, Some(1_000_000)),
             "download udp 'music/song one.mp3' --max-rate 8M"
         );
         assert_eq!(
-            download_line(TransportChoice::Tcp, &name, None),
+            download_line(Transport::Tcp, &name, None),
             "download tcp 'music/song one.mp3'"
         );
-        let line = download_line(TransportChoice::Udp, &name, Some(62_500));
+        let line = download_line(Transport::Udp, &name, Some(62_500));
         assert_eq!(
             parse(&line).unwrap(),
             Some(Command::Download {
-                transport: TransportChoice::Udp,
+                transport: Transport::Udp,
                 name,
                 max_rate: Some(62_500),
             })

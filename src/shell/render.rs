@@ -196,8 +196,8 @@ fn outcome_human(outcome: &Outcome, layout: Layout) -> String {
                 "downloaded {} over {}: {} in {:.2}s ({}/s)",
                 d.name,
                 match d.transport {
-                    crate::transfer::Transport::Tcp => "TCP",
-                    crate::transfer::Transport::Udp => "UDP",
+                    crate::types::Transport::Tcp => "TCP",
+                    crate::types::Transport::Udp => "UDP",
                 },
                 human_size(d.size),
                 d.seconds,
@@ -300,7 +300,7 @@ fn sync_status(status: &crate::sync::SyncStatus, layout: Layout) -> String {
         .map(|p| {
             vec![
                 p.peer.clone(),
-                p.transport.clone(),
+                p.transport.name().to_string(),
                 p.last_sync
                     .map(|t| t.to_local_string())
                     .unwrap_or_else(|| "never".to_string()),

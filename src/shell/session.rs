@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use super::command::{self, Command, SyncAction, TransportChoice};
+use super::command::{self, Command, SyncAction};
 use super::help;
 use super::jobs::{JobProgress, JobStatus, Jobs};
 use super::prompt::SyncIndicator;
@@ -15,6 +15,7 @@ use crate::peer::{Peer, PeerError};
 use crate::share::{Entry, FileHash};
 use crate::sync::{SyncHandle, SyncStatus};
 use crate::transfer::{Downloaded, Progress};
+use crate::types::Transport;
 
 /// What a successful command produced.
 #[derive(Debug)]
@@ -162,10 +163,8 @@ impl Session {
             .jobs
             .start(line, make_progress, move |mut progress| async move {
                 match transport {
-                    TransportChoice::Tcp => peer.download_tcp(&name, &mut *progress).await,
-                    TransportChoice::Udp => {
-                        peer.download_udp(&name, max_rate, &mut *progress).await
-                    }
+                    Transport::Tcp => peer.download_tcp(&name, &mut *progress).await,
+                    Transport::Udp => peer.download_udp(&name, max_rate, &mut *progress).await,
                 }
             }))
     }
@@ -197,12 +196,12 @@ impl Session {
             Command::HashVerify(name) => Outcome::Hash(self.peer()?.hash(&name).await?),
             Command::HashCheckall => Outcome::Hashes(self.peer()?.hash_all().await?),
             Command::Download {
-                transport: TransportChoice::Tcp,
+                transport: Transport::Tcp,
                 name,
                 ..
             } => Outcome::Downloaded(self.peer()?.download_tcp(&name, progress).await?),
             Command::Download {
-                transport: TransportChoice::Udp,
+                transport: Transport::Udp,
                 name,
                 max_rate,
             } => {

@@ -28,21 +28,17 @@ use serde::Serialize;
 use tokio::sync::{Notify, broadcast, watch as signal};
 
 use crate::local::LocalBox;
+use crate::parse::{BadPeerAddress, check_peer_address};
 use crate::peer::Peer;
 use crate::time::Timestamp;
+use crate::types::Transport;
 
 /// How long local changes must settle before a round starts.
 const SETTLE: Duration = Duration::from_millis(300);
 
-/// Which transport sync uses to fetch from a peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SyncTransport {
-    /// The TCP connection (the default).
-    Tcp,
-    /// UDP datagrams (falling back to TCP when UDP is blocked).
-    Udp,
-}
+/// Which transport sync uses to fetch from a peer: the one transport type, under the name
+/// the planner's code still uses.
+pub use crate::types::Transport as SyncTransport;
 
 /// A peer as given on the command line: `HOST:PORT`, `tcp://HOST:PORT` or
 /// `udp://HOST:PORT` (sync fetches from it over UDP).
@@ -51,24 +47,21 @@ pub struct PeerSpec {
     /// `HOST:PORT`.
     pub addr: String,
     /// How sync fetches from it.
-    pub transport: SyncTransport,
+    pub transport: Transport,
 }
 
 impl PeerSpec {
-    /// Splits an optional `tcp://` or `udp://` prefix off `text`.
-    pub fn parse(text: &str) -> PeerSpec {
+    /// Splits an optional `tcp://` or `udp://` prefix off `text` and checks the address.
+    pub fn parse(text: &str) -> Result<PeerSpec, BadPeerAddress> {
         let (transport, addr) = if let Some(rest) = text.strip_prefix("udp://") {
-            (SyncTransport::Udp, rest)
+            (Transport::Udp, rest)
         } else {
-            (
-                SyncTransport::Tcp,
-                text.strip_prefix("tcp://").unwrap_or(text),
-            )
+            (Transport::Tcp, text.strip_prefix("tcp://").unwrap_or(text))
         };
-        PeerSpec {
-            addr: addr.to_string(),
+        Ok(PeerSpec {
+            addr: check_peer_address(addr)?.to_string(),
             transport,
-        }
+        })
     }
 }
 
@@ -87,7 +80,7 @@ pub struct PeerStatus {
     /// The peer's address.
     pub peer: String,
     /// The transport sync uses with it.
-    pub transport: String,
+    pub transport: Transport,
     /// When a round with it last completed.
     pub last_sync: Option<Timestamp>,
     /// When a round with it was last tried.
@@ -184,7 +177,7 @@ impl SyncHandle {
 /// Starts sync for `local` with `peers`; it runs until `shutdown` completes.
 pub fn start(
     local: Arc<LocalBox>,
-    peers: Vec<(Arc<Peer>, SyncTransport)>,
+    peers: Vec<(Arc<Peer>, Transport)>,
     config: SyncConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> SyncHandle {
@@ -195,7 +188,7 @@ pub fn start(
             .iter()
             .map(|(peer, transport)| PeerStatus {
                 peer: peer.addr().to_string(),
-                transport: format!("{transport:?}").to_lowercase(),
+                transport: *transport,
                 ..PeerStatus::default()
             })
             .collect(),
@@ -231,7 +224,7 @@ struct Engine {
     /// This box's side as last read, reused while the folder is unchanged.
     here: Option<Arc<round::LocalState>>,
     local: Arc<LocalBox>,
-    peers: Vec<(Arc<Peer>, SyncTransport)>,
+    peers: Vec<(Arc<Peer>, Transport)>,
     config: SyncConfig,
     handle: SyncHandle,
     enabled: signal::Receiver<bool>,

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use super::body::{Body, BodyEnd, Next, unexpected};
 use super::tcp::start_write_back;
 use super::{Landing, TransferError};
-use crate::protocol::{Connection, Request, Response};
+use crate::protocol::{Connection, Response};
 use crate::share::install::{set_meta, set_mtime};
 use crate::share::{
     BatchInstall, Digests, InstallMeta, RelPath, Share, ShareError, StagedFile, Stager,
@@ -69,8 +69,8 @@ pub struct BatchReceipt {
     pub broken: Option<TransferError>,
 }
 
-/// Asks the peer on `connection` for `names` in one `download_many` request and receives
-/// them into verified staged files of `share`.
+/// Receives the answers to a `download_many` request for `names`, already sent on
+/// `connection`, into verified staged files of `share`.
 ///
 /// Dropping the future cancels the batch and removes every temporary file.
 pub async fn receive_batch<S: AsyncRead + AsyncWrite + Unpin>(
@@ -108,7 +108,7 @@ pub async fn receive_batch<S: AsyncRead + AsyncWrite + Unpin>(
     BatchReceipt { files, broken }
 }
 
-/// The network side: sends the request and reads every answer, handing file bytes to the
+/// The network side, once the request is sent: reads every answer, handing file bytes to the
 /// writer and recording the peer's per-file refusals in `files`. `Err` means the
 /// connection can no longer be trusted to be at a message boundary.
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
@@ -117,11 +117,6 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     pieces: &mpsc::Sender<Piece>,
     files: &mut [Option<Result<Received, TransferError>>],
 ) -> Result<(), TransferError> {
-    connection
-        .write_message(&Request::DownloadMany {
-            names: names.to_vec(),
-        })
-        .await?;
     for (index, (name, slot)) in names.iter().zip(files.iter_mut()).enumerate() {
         let (size, mtime, mode) = match connection.expect_message::<Response>().await? {
             Response::FileStart {

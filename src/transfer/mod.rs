@@ -1,5 +1,7 @@
-//! Moving file bytes between boxes and landing them safely: the transports (TCP now) share
-//! the result type, the errors and the rule that nothing unverified becomes visible.
+//! Moving file bytes between boxes and landing them safely: the transports (TCP and UDP)
+//! share the result type, the errors and the rule that nothing unverified becomes visible.
+//! A transfer moves bytes once its request ([`crate::requests`]) is sent; it knows nothing
+//! of sync.
 
 pub mod batch;
 pub mod body;
@@ -16,6 +18,7 @@ use thiserror::Error;
 use crate::protocol::{ConnectionError, ErrorKind};
 use crate::share::{DigestSet, Expect, RelPath, ShareError};
 use crate::time::Timestamp;
+use crate::types::Transport;
 
 /// A progress callback: `(bytes so far, total bytes)`. Called from the async side as data
 /// arrives; the shell draws bars with it, tests count bytes with it.
@@ -51,16 +54,6 @@ pub struct Wanted {
     pub name: RelPath,
     /// Where and on what condition it lands.
     pub landing: Landing,
-}
-
-/// Which transport carried a download.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// The box's TCP connection.
-    Tcp,
-    /// UDP datagrams.
-    Udp,
 }
 
 /// A completed, verified, installed download.

@@ -22,16 +22,17 @@ use tokio::sync::mpsc;
 use super::body::{Body, BodyEnd, Next, unexpected};
 use super::partial::PartialFile;
 use super::zero_copy::{self, Sent};
-use super::{Downloaded, Landing, Progress, TransferError, Transport};
-use crate::local::Served;
-use crate::protocol::{Connection, ConnectionError, ErrorKind, Request, Response};
+use super::{Downloaded, Landing, Progress, TransferError};
+use crate::protocol::{Connection, ConnectionError, Response};
 use crate::share::dirs::Dirs;
 use crate::share::folder::{self, Fingerprint};
 use crate::share::hash::{BackgroundHasher, ContentHasher};
 use crate::share::{DigestSet, Digests, InstallMeta, RelPath, Share, ShareError};
+use crate::types::FileVersion;
+use crate::types::Transport;
 
 /// Bytes per data frame and per disk read.
-pub const CHUNK: usize = 256 * 1024;
+pub const CHUNK: usize = crate::protocol::frame::DATA_CHUNK;
 
 /// Files up to this size are read whole on the thread that opens them and sent in one
 /// flush: a batch serves thousands of small files, and a reading pipeline (a thread hop
@@ -54,7 +55,7 @@ pub async fn send_file(
     share: &Arc<Share>,
     rel: &RelPath,
     wanted: DigestSet,
-) -> Result<Result<Served, ShareError>, ConnectionError> {
+) -> Result<Result<FileVersion, ShareError>, ConnectionError> {
     let _guard = share.locks().read(rel).await;
     let opened = {
         let share = Arc::clone(share);
@@ -109,7 +110,7 @@ async fn finish(
     rel: &RelPath,
     meta: &std::fs::Metadata,
     outcome: Result<Digests, ShareError>,
-) -> Result<Result<Served, ShareError>, ConnectionError> {
+) -> Result<Result<FileVersion, ShareError>, ConnectionError> {
     match outcome {
         Ok(digests) => {
             let served = queue_end(connection, rel, meta, digests).await?;
@@ -226,7 +227,7 @@ pub async fn send_files(
     share: &Arc<Share>,
     names: Vec<RelPath>,
     wanted: DigestSet,
-) -> Result<Vec<Result<Served, ShareError>>, ConnectionError> {
+) -> Result<Vec<Result<FileVersion, ShareError>>, ConnectionError> {
     let (prepared_tx, mut prepared) = mpsc::channel::<Prepared>(READ_AHEAD);
     {
         let share = Arc::clone(share);
@@ -264,7 +265,9 @@ pub async fn send_files(
             }
             Prepared::Large(name) => send_file(connection, share, &name, wanted).await?,
             Prepared::Failed(e) => {
-                connection.queue_message(&error_response(&e)).await?;
+                connection
+                    .queue_message(&Response::from_share_error(&e))
+                    .await?;
                 Err(e)
             }
         };
@@ -308,7 +311,7 @@ async fn queue_whole<S: AsyncRead + AsyncWrite + Unpin>(
     meta: &std::fs::Metadata,
     bytes: &[u8],
     digests: Digests,
-) -> Result<Served, ConnectionError> {
+) -> Result<FileVersion, ConnectionError> {
     queue_start(connection, rel, meta).await?;
     if !bytes.is_empty() {
         connection.write_data(bytes).await?;
@@ -337,8 +340,8 @@ async fn queue_end<S: AsyncRead + AsyncWrite + Unpin>(
     rel: &RelPath,
     meta: &std::fs::Metadata,
     digests: Digests,
-) -> Result<Served, ConnectionError> {
-    let served = Served {
+) -> Result<FileVersion, ConnectionError> {
+    let served = FileVersion {
         name: rel.clone(),
         blake3: digests.blake3.clone(),
         size: meta.len(),
@@ -431,30 +434,13 @@ async fn send_error<S: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
     error: &ShareError,
 ) -> Result<(), ConnectionError> {
-    connection.write_message(&error_response(error)).await
+    connection
+        .write_message(&Response::from_share_error(error))
+        .await
 }
 
-/// The response that reports a share error to a peer.
-pub fn error_response(error: &ShareError) -> Response {
-    let kind = match error {
-        ShareError::NotFound(_) => ErrorKind::NotFound,
-        ShareError::Changed(_) | ShareError::Unstable(_) => ErrorKind::Changed,
-        ShareError::Path(_)
-        | ShareError::Symlink(_)
-        | ShareError::IsDirectory(_)
-        | ShareError::NotAFile(_)
-        | ShareError::NotADirectory(_) => ErrorKind::Refused,
-        ShareError::Io { .. } => ErrorKind::Internal,
-    };
-    let message = match error {
-        // The server's own paths are none of the peer's business.
-        ShareError::Io { source, .. } => format!("read error on the peer: {source}"),
-        other => other.to_string(),
-    };
-    Response::Error { kind, message }
-}
-
-/// Downloads `rel` over `connection` into `share`: the receiver side of a TCP download.
+/// Downloads `rel` over `connection` into `share`, once its request is sent: the receiver
+/// side of a TCP download.
 ///
 /// The file is written to a partial file, verified against the sender's BLAKE3 and only
 /// then installed (atomically, with mtime and mode, the old version kept in the trash).
@@ -467,12 +453,6 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
     progress: Progress<'_>,
 ) -> Result<Downloaded, TransferError> {
     let started = Instant::now();
-    connection
-        .write_message(&Request::Download {
-            name: rel.clone(),
-            blake3_only: landing.digests.blake3_only(),
-        })
-        .await?;
     let (size, mtime, mode) = match connection.expect_message::<Response>().await? {
         Response::FileStart {
             name,

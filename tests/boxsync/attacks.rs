@@ -5,20 +5,20 @@
 use std::os::unix::fs::symlink;
 use std::time::Duration;
 
-use boxsync::protocol::{self, Connection, Frame, Response};
+use boxsync::protocol::{self, Connection, ErrorKind, Frame, Response};
 use boxsync::share::RelPath;
 use boxsync::share::filter::IndexFilter;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::util::{TestBox, bytes};
+use crate::util::{TestBox, bytes, files_under};
 
 /// Opens a raw connection and completes the handshake.
 async fn raw(b: &TestBox) -> Connection<TcpStream> {
     let stream = TcpStream::connect(b.addr).await.unwrap();
     let mut connection = Connection::new(stream);
-    protocol::client_handshake(&mut connection, "attacker0000000")
+    protocol::client_handshake(&mut connection, "a77ac4e700000000")
         .await
         .unwrap();
     connection
@@ -205,6 +205,43 @@ async fn handshake_refuses_strangers() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+    assert_still_serving(&b).await;
+}
+
+/// A box id that could become a path (or carry escapes, or a megabyte) is refused at the
+/// handshake, before any request: nothing is listed, and nothing is written outside the
+/// folder or in its state.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_box_ids_are_refused_at_the_handshake() {
+    let b = TestBox::start().await;
+    let state = b.local.share.state_dir();
+    let before = files_under(&state);
+    for id in [
+        "../../../x".to_string(),
+        "/tmp/boxsync-attack".to_string(),
+        "0123456789abcde\u{1b}".to_string(),
+        "f".repeat(100_000),
+    ] {
+        let stream = TcpStream::connect(b.addr).await.unwrap();
+        let mut connection = Connection::new(stream);
+        connection
+            .write_message(&json!({"magic": "boxsync", "version": 1, "box_id": id}))
+            .await
+            .unwrap();
+        match connection.read_message::<Response>().await {
+            Ok(Some(Response::Error { kind, .. })) => assert_eq!(kind, ErrorKind::Handshake),
+            other => panic!("expected a refusal for {:?}, got {other:?}", &id[..10]),
+        }
+        assert!(
+            matches!(
+                connection.read_message::<Response>().await,
+                Ok(None) | Err(_)
+            ),
+            "the connection stays closed"
+        );
+    }
+    assert_eq!(files_under(&state), before);
+    assert!(!b.temp.path().join("x").exists());
     assert_still_serving(&b).await;
 }
 

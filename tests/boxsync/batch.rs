@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use boxsync::local::Served;
 use boxsync::peer::{Peer, PeerError};
-use boxsync::protocol::{ErrorKind, Request, Response};
+use boxsync::protocol::{ErrorKind, Response};
+use boxsync::requests::Request;
 use boxsync::share::{Digests, Expect, RelPath};
 use boxsync::time::Timestamp;
 use boxsync::transfer::{Landing, TransferError, Wanted};
@@ -221,7 +222,7 @@ fn digests_of(content: &[u8]) -> Digests {
 /// A one-connection server that answers a `download_many` as `answers` say, then either
 /// ends the batch properly or (with `cut`) closes the connection after those answers.
 async fn scripted_server(answers: Vec<(&'static str, Answer)>, cut: bool) -> String {
-    let (addr, _script) = scripted_peer("script0000000000", move |mut connection| async move {
+    let (addr, _script) = scripted_peer("5c41970000000000", move |mut connection| async move {
         let request: Request = connection.expect_message().await.unwrap();
         assert!(
             matches!(request, Request::DownloadMany { .. }),

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use boxsync::protocol::{Request, Response};
+use boxsync::protocol::Response;
+use boxsync::requests::Request;
 use boxsync::share::filter::IndexFilter;
 use boxsync::share::{Digests, RelPath};
 use boxsync::time::Timestamp;
@@ -95,7 +96,7 @@ async fn file_changing_during_send_is_not_stored() {
 #[tokio::test(flavor = "multi_thread")]
 async fn lying_server_gets_nothing_stored() {
     for lie in ["digest", "extra", "name", "short"] {
-        let (addr, server) = scripted_peer("liar000000000000", move |mut connection| async move {
+        let (addr, server) = scripted_peer("11a4000000000000", move |mut connection| async move {
             let _: Request = connection.expect_message().await.unwrap();
             let name = if lie == "name" { "other.txt" } else { "f.txt" };
             let start = Response::FileStart {

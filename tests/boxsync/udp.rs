@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use boxsync::peer::Peer;
-use boxsync::protocol::{self, Connection, Request, Response};
+use boxsync::protocol::{self, Connection, Response};
+use boxsync::requests::Request;
+use boxsync::requests::udp::DownloadUdp;
 use boxsync::share::RelPath;
-use boxsync::transfer::Transport;
 use boxsync::transfer::udp::{parse_token, wire};
+use boxsync::types::Transport;
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::relay::{Faults, Relay};
@@ -173,15 +175,15 @@ async fn corrupted_datagrams_never_reach_the_file() {
 async fn negotiate(b: &TestBox) -> (Connection<TcpStream>, u64, [u8; 16]) {
     let stream = TcpStream::connect(b.addr).await.unwrap();
     let mut connection = Connection::new(stream);
-    protocol::client_handshake(&mut connection, "tester0000000000")
+    protocol::client_handshake(&mut connection, "7e57e70000000000")
         .await
         .unwrap();
     connection
-        .write_message(&Request::DownloadUdp {
+        .write_message(&Request::DownloadUdp(DownloadUdp {
             name: rel("f.bin"),
             max_rate: None,
             blake3_only: false,
-        })
+        }))
         .await
         .unwrap();
     match connection.expect_message::<Response>().await.unwrap() {

@@ -63,9 +63,19 @@ impl TestBox {
     /// stopped or killed, restarted by a test on its known address.
     pub async fn restart_at(temp: TempDir, addr: SocketAddr) -> TestBox {
         let local = LocalBox::open(&temp.path().join("shared")).expect("open box");
-        let server = boxsync::server::Server::bind(Arc::clone(&local), addr)
-            .await
-            .expect("bind the old address");
+        // The freed port number can be taken meanwhile as the local end of another
+        // test's outgoing connection, for as long as that connection lives: retry until
+        // it is free again, within a deadline.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let server = loop {
+            match boxsync::server::Server::bind(Arc::clone(&local), addr).await {
+                Ok(server) => break server,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot bind the old address {addr}: {e}"),
+            }
+        };
         let task = tokio::spawn(server.run(std::future::pending()));
         TestBox {
             temp,

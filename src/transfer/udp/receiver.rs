@@ -16,11 +16,14 @@ use tokio::sync::mpsc;
 use super::socket::{FastSocket, ReceiveBuffers};
 use super::wire::{self, Datagram, Feedback, Token};
 use super::{UdpError, parse_token};
-use crate::protocol::{Connection, Frame, Request, Response};
+use crate::protocol::{Connection, Frame, Response};
+use crate::requests::Request;
+use crate::requests::udp::UdpFinish;
 use crate::share::hash::BackgroundHasher;
 use crate::share::{DigestSet, InstallMeta, RelPath, Share, ShareError};
 use crate::transfer::partial::PartialFile;
-use crate::transfer::{Downloaded, Landing, Progress, TransferError, Transport};
+use crate::transfer::{Downloaded, Landing, Progress, TransferError};
+use crate::types::Transport;
 
 /// How often the receiver reports (and, before data flows, says HELLO).
 const REPORT_EVERY: Duration = Duration::from_millis(10);
@@ -48,25 +51,17 @@ pub struct UdpPath {
     pub server: SocketAddr,
 }
 
-/// Downloads `rel` over UDP into `share`, negotiating on `connection`.
+/// Downloads `rel` over UDP into `share`, negotiating on `connection` once the
+/// `download_udp` request is sent.
 pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
     path: UdpPath,
     share: &Arc<Share>,
     rel: &RelPath,
     landing: &Landing,
-    max_rate: Option<u64>,
     progress: Progress<'_>,
 ) -> Result<Downloaded, UdpError> {
     let started = Instant::now();
-    connection
-        .write_message(&Request::DownloadUdp {
-            name: rel.clone(),
-            max_rate,
-            blake3_only: landing.digests.blake3_only(),
-        })
-        .await
-        .map_err(TransferError::from)?;
     let ready = match connection
         .expect_message::<Response>()
         .await
@@ -168,9 +163,9 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
     session: u64,
 ) -> Result<u64, UdpError> {
     connection
-        .write_message(&Request::UdpFinish {
+        .write_message(&Request::UdpFinish(UdpFinish {
             session: format!("{session:016x}"),
-        })
+        }))
         .await
         .map_err(TransferError::from)?;
     match connection

@@ -12,10 +12,11 @@ use super::hub::UdpHub;
 use super::sender::SenderPlan;
 use super::wire::{CHUNK_LEN, Token};
 use crate::local::Served;
-use crate::protocol::{Connection, ConnectionError, ErrorKind, Request, Response};
+use crate::protocol::{Connection, ConnectionError, ErrorKind, Response};
+use crate::requests::Request;
+use crate::requests::udp::UdpFinish;
 use crate::share::folder::{self, Fingerprint};
 use crate::share::{DigestSet, RelPath, Share, ShareError};
-use crate::transfer::tcp::error_response;
 
 /// What the client asked of a UDP download beyond the file.
 #[derive(Debug, Clone, Copy)]
@@ -56,7 +57,9 @@ pub async fn serve_download<S: AsyncRead + AsyncWrite + Unpin>(
     let (hash, file, meta) = match prepared {
         Ok(prepared) => prepared,
         Err(e) => {
-            connection.write_message(&error_response(&e)).await?;
+            connection
+                .write_message(&Response::from_share_error(&e))
+                .await?;
             return Ok(Err(e.to_string()));
         }
     };
@@ -114,7 +117,7 @@ pub async fn serve_download<S: AsyncRead + AsyncWrite + Unpin>(
     let next = connection.read_message::<Request>().await;
     let stats = session.finish().await;
     match next {
-        Ok(Some(Request::UdpFinish { session })) if session == session_hex => {}
+        Ok(Some(Request::UdpFinish(UdpFinish { session }))) if session == session_hex => {}
         Ok(Some(_)) => {
             let refusal = Response::Error {
                 kind: ErrorKind::BadRequest,
@@ -138,7 +141,9 @@ pub async fn serve_download<S: AsyncRead + AsyncWrite + Unpin>(
     };
     if now.as_ref().map(Fingerprint::of) != Some(fingerprint) {
         let error = ShareError::Changed(rel.clone());
-        connection.write_message(&error_response(&error)).await?;
+        connection
+            .write_message(&Response::from_share_error(&error))
+            .await?;
         return Ok(Err(error.to_string()));
     }
     connection

@@ -1,0 +1,229 @@
+//! The command line: clap's options, turned into a validated [`Config`] before any work
+//! starts, so that the rest of the program never sees a half-checked option.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use boxsync::local::Settings;
+use boxsync::parse::parse_rate;
+use boxsync::shell::Format;
+use boxsync::sync::{PeerSpec, SyncConfig};
+
+/// Exit status when a command failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status for a usage error (clap uses the same).
+pub const EXIT_USAGE: u8 = 2;
+
+/// Keeps a folder identical on several machines and lets you work with a peer's folder.
+#[derive(Parser, Debug)]
+#[command(
+    name = "boxsync",
+    version,
+    about,
+    long_about = "Keeps a folder identical on several machines (\"boxes\") and lets you work \
+with a peer's folder from an interactive shell: list it, verify hashes, download files \
+(verified, atomically), in the background too. Without a subcommand, starts a box: its \
+server plus a shell whose commands go to the first --peer. Type 'help' at the prompt for \
+the shell's commands; Tab completes them and the peer's file names.",
+    after_help = "Examples:\n  boxsync -d ~/shared -l 0.0.0.0:7001 -p 192.0.2.7:7002     a box with a shell\n  boxsync serve -d ~/shared -l 0.0.0.0:7002                  a box without a shell\n  boxsync -p 127.0.0.1:7002 -c 'index longlist' --json      one command, JSON out\n  boxsync demo                                              two local boxes to try"
+)]
+pub struct Cli {
+    /// What to start; without one, a box with an interactive shell.
+    #[command(subcommand)]
+    mode: Option<Mode>,
+
+    /// The shared folder (created if missing).
+    ///
+    /// Its subfolder .boxsync/ keeps the box's own state (id, hash cache, request log,
+    /// shell history, logs) and is never shared. Example: -d ~/shared
+    #[arg(
+        short = 'd',
+        long = "dir",
+        value_name = "DIR",
+        default_value = "./shared",
+        global = true
+    )]
+    dir: PathBuf,
+
+    /// TCP and UDP address of this box's server.
+    ///
+    /// Port 0 picks a free port (the shell's first line and 'serve' print it).
+    /// Examples: -l 0.0.0.0:7001 (reachable from other machines), -l 127.0.0.1:0
+    #[arg(
+        short = 'l',
+        long = "listen",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:7878",
+        global = true
+    )]
+    listen: String,
+
+    /// A peer box, HOST:PORT (may repeat; the first is the shell's current peer).
+    ///
+    /// The shell's 'peer' command switches between them; auto-sync syncs with all of them.
+    /// Prefix udp:// to make sync fetch from a peer over UDP. Example: -p 192.0.2.7:7002
+    /// -p udp://192.0.2.8:7002
+    #[arg(short = 'p', long = "peer", value_name = "ADDR", global = true)]
+    peers: Vec<String>,
+
+    /// Auto-sync with every peer: the period of the full rescan in seconds (changes are
+    /// also picked up within about a second by a file-system watcher); 0 turns it off.
+    /// [default: 10 when a peer is given]
+    #[arg(long = "sync", value_name = "SECS", global = true)]
+    sync: Option<u64>,
+
+    /// How long sync keeps replaced and deleted versions in .boxsync/trash/.
+    #[arg(long, value_name = "DAYS", default_value_t = 30, global = true)]
+    trash_days: u64,
+
+    /// Run one shell command against the current peer, print the result, exit (may
+    /// repeat; no server is started).
+    ///
+    /// Exit status 0 if every command succeeded, 1 if one failed. Example: -c 'index glob
+    /// "*.mp3"' -c 'download tcp notes.txt'
+    #[arg(short = 'c', value_name = "COMMAND")]
+    commands: Vec<String>,
+
+    /// Machine-readable output: one JSON document per command.
+    ///
+    /// For -c and for commands piped on standard input; no colours, no progress bars.
+    /// Example: boxsync -p 127.0.0.1:7002 --json -c 'hash checkall'
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// TCP congestion control for this box's connections (cubic, bbr, reno...), like
+    /// iperf3's -C; default: the kernel's.
+    ///
+    /// Example: --tcp-congestion bbr (see /proc/sys/net/ipv4/tcp_available_congestion_control)
+    #[arg(long, value_name = "ALGO", global = true)]
+    tcp_congestion: Option<String>,
+
+    /// Cap on the rate of each UDP transfer this box serves or asks for: bits per second
+    /// (500k, 50M, 1G) or bytes per second (50MB).
+    ///
+    /// Example: --max-rate 50M (50 Mbit/s). A download's own --max-rate takes precedence
+    /// for that download.
+    #[arg(long, value_name = "RATE", global = true, value_parser = parse_rate_arg)]
+    max_rate: Option<u64>,
+
+    /// More detailed logs (-v: debug, -vv: trace); RUST_LOG overrides.
+    ///
+    /// Logs go to DIR/.boxsync/log/ (rotated daily), or to stderr for 'serve', never onto
+    /// the prompt. Examples: -vv, RUST_LOG=boxsync=debug
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// Start a box without a shell; runs until SIGINT or SIGTERM, then shuts down cleanly.
+    #[command(
+        long_about = "Starts a box without a shell: its server answers peers' requests about \
+the shared folder until SIGINT or SIGTERM, then shuts down cleanly. Prints one line once it \
+listens ('boxsync box <id> serving <dir> on <addr>'); logs go to stderr.",
+        after_help = "Examples:\n  boxsync serve -d ~/shared -l 0.0.0.0:7002              serve ~/shared to other machines\n  boxsync serve -d /tmp/b -l 127.0.0.1:0                 a free port, printed on start\n  boxsync serve -d ~/shared --max-rate 100M -v           cap UDP transfers, debug logs"
+    )]
+    Serve,
+    /// Two boxes with sample files in a temporary folder; the shell runs on the first and
+    /// its peer is the second.
+    #[command(after_help = "Example:\n  boxsync demo")]
+    Demo,
+}
+
+/// The validated configuration: everything checked before any work starts.
+pub struct Config {
+    /// What to run.
+    pub run: Run,
+    /// The shared folder.
+    pub dir: PathBuf,
+    /// The server address.
+    pub listen: SocketAddr,
+    /// Peers, validated.
+    pub peers: Vec<PeerSpec>,
+    /// Auto-sync settings, when it runs.
+    pub sync: Option<SyncConfig>,
+    /// Output format for scripts.
+    pub format: Format,
+    /// Log verbosity.
+    pub verbose: u8,
+    /// Socket tunables.
+    pub settings: Settings,
+}
+
+/// The ways the program runs.
+pub enum Run {
+    /// Server and interactive shell.
+    Interactive,
+    /// Server only.
+    Serve,
+    /// Two local boxes and a shell.
+    Demo,
+    /// `-c` commands, no server.
+    Commands(Vec<String>),
+    /// Commands from a non-terminal stdin, no server.
+    Stdin,
+}
+
+impl Config {
+    /// Checks every option; `stdin_is_terminal` tells an interactive start from piped
+    /// commands.
+    pub fn from_cli(cli: Cli, stdin_is_terminal: bool) -> Result<Config> {
+        let listen = resolve(&cli.listen)?;
+        let peers = cli
+            .peers
+            .iter()
+            .map(|p| PeerSpec::parse(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let period = cli.sync.unwrap_or(if peers.is_empty() { 0 } else { 10 });
+        let sync = (period > 0 && !peers.is_empty()).then(|| SyncConfig {
+            period: std::time::Duration::from_secs(period),
+            trash_retention: std::time::Duration::from_secs(cli.trash_days * 86_400),
+        });
+        let run = match cli.mode {
+            Some(_) if !cli.commands.is_empty() => {
+                bail!("-c cannot be combined with serve or demo")
+            }
+            Some(Mode::Serve) => Run::Serve,
+            Some(Mode::Demo) => Run::Demo,
+            None if !cli.commands.is_empty() => Run::Commands(cli.commands),
+            None if stdin_is_terminal => Run::Interactive,
+            None => Run::Stdin,
+        };
+        if let Some(algorithm) = &cli.tcp_congestion
+            && !boxsync::net::tcp_congestion_available(algorithm)
+        {
+            bail!("TCP congestion control '{algorithm}' is not available on this system");
+        }
+        Ok(Config {
+            settings: Settings {
+                tcp_congestion: cli.tcp_congestion,
+                max_udp_rate: cli.max_rate,
+            },
+            run,
+            dir: cli.dir,
+            listen,
+            peers,
+            sync,
+            format: if cli.json {
+                Format::Json
+            } else {
+                Format::Human
+            },
+            verbose: cli.verbose,
+        })
+    }
+}
+
+fn parse_rate_arg(text: &str) -> Result<u64, String> {
+    parse_rate(text).map_err(|e| e.to_string())
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("bad listen address '{addr}': expected HOST:PORT"))?
+        .next()
+        .with_context(|| format!("listen address '{addr}' resolves to nothing"))
+}

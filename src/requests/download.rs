@@ -1,0 +1,62 @@
+//! `download`: the bytes of one file over the box's TCP connection, verified by BLAKE3 and
+//! installed atomically (see [`crate::transfer::tcp`] for how the bytes move).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use super::{CallError, Handled, ServeContext};
+use crate::protocol::Connection;
+use crate::share::{DigestSet, RelPath, Share};
+use crate::transfer::{Downloaded, Landing, Progress, tcp};
+
+/// The request's fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Download {
+    /// The file.
+    pub name: RelPath,
+    /// Leave SHA-256 and MD5 out of the digests: sync needs BLAKE3 alone, and the two
+    /// would slow the sender down.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub blake3_only: bool,
+}
+
+impl Download {
+    /// The request for `name`, landing as `landing` says (which digests it wants).
+    pub fn new(name: &RelPath, landing: &Landing) -> Download {
+        Download {
+            name: name.clone(),
+            blake3_only: landing.digests.blake3_only(),
+        }
+    }
+
+    /// Server: sends the file, and remembers that this version went to the client.
+    pub async fn serve(
+        self,
+        cx: &ServeContext<'_>,
+        connection: &mut Connection<TcpStream>,
+    ) -> Handled {
+        let share = &cx.local.share;
+        let digests = DigestSet::from_blake3_only(self.blake3_only);
+        let outcome = tcp::send_file(connection, share, &self.name, digests).await?;
+        share.persist_cache();
+        Ok(outcome
+            .map(|served| cx.local.note_served(cx.peer_id, served))
+            .map_err(|e| e.to_string()))
+    }
+
+    /// Client, once the request is sent: receives the file into `share`, verified.
+    pub async fn read_answer<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        connection: &mut Connection<S>,
+        share: &Arc<Share>,
+        landing: &Landing,
+        progress: Progress<'_>,
+    ) -> Result<Downloaded, CallError> {
+        tcp::receive_file(connection, share, &self.name, landing, progress)
+            .await
+            .map_err(CallError::Transfer)
+    }
+}

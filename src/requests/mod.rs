@@ -1,0 +1,275 @@
+//! The requests a box answers, one module each: a request's wire form, the client's call
+//! and the server's handling live together, in the spirit of mini-redis's `cmd/`.
+//!
+//! - [`index`]: `index`, the entries of the folder (plain and conditional);
+//! - [`hash`]: `hash_verify` and `hash_checkall`;
+//! - [`download`]: `download`, one file over TCP;
+//! - [`batch`]: `download_many`, many small files in one exchange;
+//! - [`udp`]: `download_udp` and `udp_finish`, a file over UDP;
+//! - [`notices`]: sync's notices `changed`, `installed` and `installed_many`;
+//! - [`listing`]: answers in batches, both ends (shared by index and hash).
+//!
+//! The server ([`crate::server`]) reads a [`Request`] and hands it to [`serve`]; the peer
+//! client ([`crate::peer`]) builds one request, logs it, and calls it.
+
+pub mod batch;
+pub mod download;
+pub mod hash;
+pub mod index;
+pub mod listing;
+pub mod notices;
+pub mod udp;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::local::LocalBox;
+use crate::protocol::decode::{Message, leading_tag};
+use crate::protocol::{Connection, ConnectionError, ErrorKind, Response};
+use crate::share::ShareError;
+use crate::transfer::TransferError;
+use crate::transfer::udp::UdpError;
+use crate::transfer::udp::hub::UdpHub;
+
+/// Most names in one `download_many` or versions in one `installed_many`: a server refuses
+/// longer lists, so that one request cannot hold a connection for an unbounded time.
+pub const MAX_BATCH_NAMES: usize = 4096;
+
+/// What a client asks of a box's server: the one wire form of every request (JSON in a
+/// control frame, tagged by `request`). Each variant's fields live in its module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    /// See [`index::Index`].
+    Index(index::Index),
+    /// See [`hash::HashVerify`].
+    HashVerify(hash::HashVerify),
+    /// See [`hash::HashCheckall`].
+    HashCheckall(hash::HashCheckall),
+    /// See [`download::Download`].
+    Download(download::Download),
+    /// See [`batch::DownloadMany`].
+    DownloadMany(batch::DownloadMany),
+    /// See [`udp::DownloadUdp`].
+    DownloadUdp(udp::DownloadUdp),
+    /// See [`notices::changed`].
+    Changed,
+    /// See [`notices::Installed`].
+    Installed(notices::Installed),
+    /// See [`notices::InstalledMany`].
+    InstalledMany(notices::InstalledMany),
+    /// See [`udp::UdpFinish`].
+    UdpFinish(udp::UdpFinish),
+}
+
+impl Request {
+    /// Whether this is one of sync's routine requests (notices, conditional listings),
+    /// sent too often to be worth a line each in the request log.
+    pub fn is_routine(&self) -> bool {
+        match self {
+            Request::Changed | Request::Installed(_) | Request::InstalledMany(_) => true,
+            Request::Index(index) => index.unless.is_some(),
+            Request::HashCheckall(checkall) => checkall.unless.is_some(),
+            Request::HashVerify(_)
+            | Request::Download(_)
+            | Request::DownloadMany(_)
+            | Request::DownloadUdp(_)
+            | Request::UdpFinish(_) => false,
+        }
+    }
+
+    /// Whether this is one of sync's notices, answered by `ack`.
+    pub fn is_notice(&self) -> bool {
+        matches!(
+            self,
+            Request::Changed | Request::Installed(_) | Request::InstalledMany(_)
+        )
+    }
+
+    /// A short human description, for the history log.
+    pub fn describe(&self) -> String {
+        match self {
+            Request::Index(index) => format!("index {}", index.filter.describe()),
+            Request::HashVerify(verify) => format!("hash verify {}", verify.name),
+            Request::HashCheckall(_) => "hash checkall".to_string(),
+            Request::Download(download) => format!("download tcp {}", download.name),
+            Request::DownloadMany(many) => many.describe(),
+            Request::DownloadUdp(udp) => format!("download udp {}", udp.name),
+            Request::UdpFinish(finish) => format!("udp finish {}", finish.session),
+            Request::Changed => "changed".to_string(),
+            Request::Installed(installed) => format!("installed {}", installed.name),
+            Request::InstalledMany(many) => format!("installed {} files", many.versions.len()),
+        }
+    }
+}
+
+impl Message for Request {
+    fn from_json(json: &[u8]) -> serde_json::Result<Request> {
+        match leading_tag(json, "request") {
+            // Names by the thousand: read straight into the fields (see protocol::decode).
+            Some("download_many") => serde_json::from_slice(json).map(Request::DownloadMany),
+            _ => serde_json::from_slice(json),
+        }
+    }
+}
+
+/// What the server knows while it answers one request.
+pub struct ServeContext<'a> {
+    /// This box.
+    pub local: &'a Arc<LocalBox>,
+    /// The UDP socket shared by all UDP transfers.
+    pub hub: &'a Arc<UdpHub>,
+    /// The client's address, which its UDP endpoint must share.
+    pub client_ip: IpAddr,
+    /// The client's box id, as its handshake told.
+    pub peer_id: &'a str,
+}
+
+/// How serving a request ended: the outer `Err` means the connection failed (and is
+/// closed); the inner result is the request's own outcome, for the request log.
+pub type Handled = Result<Result<(), String>, ConnectionError>;
+
+/// Answers one request on `connection`.
+pub async fn serve(
+    request: Request,
+    cx: &ServeContext<'_>,
+    connection: &mut Connection<TcpStream>,
+) -> Handled {
+    match request {
+        Request::Index(index) => index.serve(cx, connection).await,
+        Request::HashVerify(verify) => verify.serve(cx, connection).await,
+        Request::HashCheckall(checkall) => checkall.serve(cx, connection).await,
+        Request::Download(download) => download.serve(cx, connection).await,
+        Request::DownloadMany(many) => many.serve(cx, connection).await,
+        Request::DownloadUdp(udp) => udp.serve(cx, connection).await,
+        Request::UdpFinish(finish) => finish.serve(connection).await,
+        Request::Changed => notices::serve_changed(cx, connection).await,
+        Request::Installed(installed) => installed.serve(cx, connection).await,
+        Request::InstalledMany(many) => many.serve(cx, connection).await,
+    }
+}
+
+/// Why a request's exchange failed, as the request's own call sees it; the peer client
+/// adds which peer it was ([`crate::peer::PeerError`]).
+#[derive(Debug, Error)]
+pub enum CallError {
+    /// The connection failed during the exchange.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    /// The peer answered with an error.
+    #[error("{message}")]
+    Remote {
+        /// What kind of failure.
+        kind: ErrorKind,
+        /// The peer's explanation.
+        message: String,
+    },
+    /// The peer answered something that makes no sense here.
+    #[error("{0}")]
+    Protocol(String),
+    /// A download failed.
+    #[error(transparent)]
+    Transfer(TransferError),
+    /// A UDP download failed in a way only UDP can.
+    #[error(transparent)]
+    Udp(UdpError),
+}
+
+impl CallError {
+    /// The error for an answer that does not fit the request.
+    fn unexpected(response: &Response) -> CallError {
+        CallError::Protocol(format!("{response:?}"))
+    }
+}
+
+/// Refuses a request with an error answer; the connection stays usable.
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    kind: ErrorKind,
+    message: String,
+) -> Handled {
+    connection
+        .write_message(&Response::Error {
+            kind,
+            message: message.clone(),
+        })
+        .await?;
+    Ok(Err(message))
+}
+
+/// Reports a share error as the request's answer.
+async fn report<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    error: &ShareError,
+) -> Handled {
+    connection
+        .write_message(&Response::from_share_error(error))
+        .await?;
+    Ok(Err(error.to_string()))
+}
+
+/// The refusal of a list longer than [`MAX_BATCH_NAMES`].
+fn too_many(count: usize) -> String {
+    format!("{count} files in one request; at most {MAX_BATCH_NAMES} are served")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::share::RelPath;
+
+    /// Each request's wire form is the flat JSON object docs/protocol.md shows, tagged by
+    /// `request`, and reads back to the same request.
+    #[test]
+    fn requests_keep_their_wire_form() {
+        let name = RelPath::parse("a b.txt").unwrap();
+        let cases = [
+            (
+                Request::Download(download::Download {
+                    name: name.clone(),
+                    blake3_only: true,
+                }),
+                r#"{"request":"download","name":"a b.txt","blake3_only":true}"#,
+            ),
+            (
+                Request::HashVerify(hash::HashVerify { name: name.clone() }),
+                r#"{"request":"hash_verify","name":"a b.txt"}"#,
+            ),
+            (
+                Request::HashCheckall(hash::HashCheckall { unless: None }),
+                r#"{"request":"hash_checkall"}"#,
+            ),
+            (Request::Changed, r#"{"request":"changed"}"#),
+            (
+                Request::DownloadMany(batch::DownloadMany {
+                    names: vec![name.clone()],
+                }),
+                r#"{"request":"download_many","names":["a b.txt"]}"#,
+            ),
+            (
+                Request::UdpFinish(udp::UdpFinish {
+                    session: "00000000000000ff".into(),
+                }),
+                r#"{"request":"udp_finish","session":"00000000000000ff"}"#,
+            ),
+        ];
+        for (request, json) in cases {
+            assert_eq!(serde_json::to_string(&request).unwrap(), json);
+            assert_eq!(Request::from_json(json.as_bytes()).unwrap(), request);
+            assert_eq!(serde_json::from_str::<Request>(json).unwrap(), request);
+        }
+    }
+
+    /// The fast way refuses what the general way refuses: a name that breaks the path
+    /// rules.
+    #[test]
+    fn a_batch_naming_a_path_outside_is_refused() {
+        let escaping = br#"{"request":"download_many","names":["../outside"]}"#;
+        assert!(Request::from_json(escaping).is_err());
+    }
+}

@@ -1,0 +1,101 @@
+//! `download_udp` and `udp_finish`: a file over UDP, negotiated on the TCP connection
+//! (answered by `udp_ready`), ended by the client's `udp_finish` (answered by `udp_end`).
+//! The datagrams are [`crate::transfer::udp`]'s.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+
+use super::{CallError, Handled, ServeContext, refuse};
+use crate::protocol::{Connection, ConnectionError, ErrorKind};
+use crate::share::{DigestSet, RelPath, Share};
+use crate::transfer::udp::{self, UdpError};
+use crate::transfer::{Downloaded, Landing, Progress};
+
+/// The fields of `download_udp`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadUdp {
+    /// The file.
+    pub name: RelPath,
+    /// The client's cap on the sending rate, bytes per second.
+    #[serde(default)]
+    pub max_rate: Option<u64>,
+    /// As for [`super::download::Download`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub blake3_only: bool,
+}
+
+impl DownloadUdp {
+    /// The request for `name`, landing as `landing` says, at most at `max_rate`.
+    pub fn new(name: &RelPath, landing: &Landing, max_rate: Option<u64>) -> DownloadUdp {
+        DownloadUdp {
+            name: name.clone(),
+            max_rate,
+            blake3_only: landing.digests.blake3_only(),
+        }
+    }
+
+    /// Server: starts a sending session to the client's address and waits for its end.
+    pub async fn serve(
+        self,
+        cx: &ServeContext<'_>,
+        connection: &mut Connection<TcpStream>,
+    ) -> Handled {
+        let wanted = udp::serve::Wanted {
+            max_rate: self.max_rate,
+            digests: DigestSet::from_blake3_only(self.blake3_only),
+        };
+        let share = &cx.local.share;
+        let outcome =
+            udp::serve::serve_download(connection, share, cx.hub, &self.name, wanted, cx.client_ip)
+                .await?;
+        Ok(outcome.map(|served| cx.local.note_served(cx.peer_id, served)))
+    }
+
+    /// Client, once the request is sent: negotiates the transfer on `connection` and
+    /// receives the datagrams into `share`, verified.
+    pub async fn read_answer(
+        &self,
+        connection: &mut Connection<TcpStream>,
+        share: &Arc<Share>,
+        landing: &Landing,
+        progress: Progress<'_>,
+    ) -> Result<Downloaded, CallError> {
+        let stream = connection.get_ref();
+        let (local, remote) = match (stream.local_addr(), stream.peer_addr()) {
+            (Ok(local), Ok(remote)) => (local, remote),
+            (Err(e), _) | (_, Err(e)) => return Err(ConnectionError::Io(e).into()),
+        };
+        let path = udp::receiver::UdpPath {
+            local_ip: local.ip(),
+            server: remote,
+        };
+        udp::receiver::receive_file(connection, path, share, &self.name, landing, progress)
+            .await
+            .map_err(|e| match e {
+                UdpError::Transfer(e) => CallError::Transfer(e),
+                other => CallError::Udp(other),
+            })
+    }
+}
+
+/// The fields of `udp_finish`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UdpFinish {
+    /// The session, 16 hex digits.
+    pub session: String,
+}
+
+impl UdpFinish {
+    /// Server, outside a transfer: there is nothing to finish (within one, the transfer
+    /// reads it: see [`udp::serve`]).
+    pub async fn serve(self, connection: &mut Connection<TcpStream>) -> Handled {
+        refuse(
+            connection,
+            ErrorKind::BadRequest,
+            "no UDP transfer is running on this connection".to_string(),
+        )
+        .await
+    }
+}
