@@ -15,7 +15,6 @@ pub mod view;
 use std::fs;
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -550,18 +549,7 @@ impl Share {
         let (rel, expect) = (rel.clone(), expect.clone());
         self.changing(move || {
             install::check(&share.root, &rel, &expect)?;
-            let path = rel.under(&share.root);
-            let file = fs::File::options()
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-                .map_err(|e| ShareError::io(&path, e))?;
-            use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(fs::Permissions::from_mode(meta.mode & 0o7777))
-                .and_then(|_| {
-                    file.set_times(fs::FileTimes::new().set_modified(meta.mtime.to_system()))
-                })
-                .map_err(|e| ShareError::io(&path, e))
+            install::set_meta_in_place(&rel.under(&share.root), meta)
         })
         .await
     }
@@ -624,4 +612,68 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|e| Err(ShareError::io("<worker>", io::Error::other(e))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::Timestamp;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// A file that cannot be opened for writing still takes a new mtime and mode: a synced
+    /// read-only file must not make every later metadata change fail.
+    ///
+    /// The file is read-only (mode 0555), which alone refuses an open for writing to its
+    /// owner when not root; and it is a program running meanwhile, which refuses an open for
+    /// writing with `ETXTBSY` even to root (a root process passes every permission check),
+    /// so that the test proves the file is never opened for writing wherever it runs.
+    #[tokio::test]
+    async fn a_read_only_busy_file_takes_a_new_mtime_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let share = Share::open(dir.path()).unwrap();
+        let program = ["/bin/sleep", "/usr/bin/sleep"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("a sleep program to run");
+        let path = share.root().join("tool");
+        fs::copy(program, &path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o555)).unwrap();
+        let mut running = std::process::Command::new(&path).arg("60").spawn().unwrap();
+        let mtime = Timestamp::from_system(UNIX_EPOCH + Duration::new(1_600_000_000, 123_000));
+        let rel = RelPath::parse("tool").unwrap();
+
+        let outcome = share
+            .set_metadata(&rel, &Expect::Anything, InstallMeta { mtime, mode: 0o500 })
+            .await;
+        running.kill().unwrap();
+        running.wait().unwrap();
+
+        outcome.unwrap();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o500);
+        assert_eq!(Timestamp::from_system(meta.modified().unwrap()), mtime);
+    }
+
+    /// A symlink put where the file was is refused, never followed to what it points at.
+    #[tokio::test]
+    async fn metadata_is_never_set_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let share = Share::open(dir.path()).unwrap();
+        let target = share.root().join("target");
+        fs::write(&target, b"x").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::symlink(&target, share.root().join("link")).unwrap();
+        let mtime = Timestamp::from_system(UNIX_EPOCH + Duration::from_secs(1_000_000_000));
+        let rel = RelPath::parse("link").unwrap();
+
+        let outcome = share
+            .set_metadata(&rel, &Expect::Anything, InstallMeta { mtime, mode: 0o600 })
+            .await;
+
+        assert!(outcome.is_err(), "{outcome:?}");
+        let meta = fs::metadata(&target).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
+        assert_ne!(Timestamp::from_system(meta.modified().unwrap()), mtime);
+    }
 }
