@@ -170,27 +170,36 @@ impl Share {
     /// The hashes of every file in the folder, sorted by name, in one pass off the async
     /// threads (unchanged files answered from the cache without touching them).
     ///
-    /// A file that disappears or keeps changing during the walk is left out rather than
-    /// failing the whole answer.
+    /// A file that disappears during the walk is left out: it is no longer in the folder.
+    /// A file that is there but cannot be hashed (it keeps changing, cannot be read) fails
+    /// the answer with its error: left out, it would read as absent, and the answer has no
+    /// place for one file's error.
     pub async fn hash_all(self: &Arc<Self>) -> Result<Vec<FileHash>, ShareError> {
         let share = Arc::clone(self);
         let hashes = blocking(move || {
             let entries = folder::list_detailed(&share.root)?;
-            let names: std::collections::HashSet<RelPath> =
-                entries.iter().map(|(e, _)| e.name.clone()).collect();
-            share.cache.retain(|rel| names.contains(rel));
-            let mut dirs = Dirs::open(&share.root)?;
-            Ok(entries
-                .iter()
-                .filter(|(entry, _)| !entry.is_dir())
-                .filter_map(|(entry, fingerprint)| {
-                    share.cached_or_hashed(&mut dirs, entry, fingerprint, DigestSet::All)
-                })
-                .collect())
+            share.hash_listed(&entries)
         })
         .await;
         self.persist_cache();
         hashes
+    }
+
+    /// [`Share::hash_all`] for the files of `entries`, a listing of the folder.
+    fn hash_listed(&self, entries: &[(Entry, Fingerprint)]) -> Result<Vec<FileHash>, ShareError> {
+        let names: std::collections::HashSet<&RelPath> =
+            entries.iter().map(|(e, _)| &e.name).collect();
+        self.cache.retain(|rel| names.contains(rel));
+        let mut dirs = Dirs::open(&self.root)?;
+        let mut hashes = Vec::with_capacity(entries.len());
+        for (entry, fingerprint) in entries.iter().filter(|(entry, _)| !entry.is_dir()) {
+            match self.cached_or_hashed(&mut dirs, entry, fingerprint, DigestSet::All) {
+                Ok(hash) => hashes.push(hash),
+                Err(ShareError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(hashes)
     }
 
     /// The hashes of a listed file: from the cache when its fingerprint (from the listing)
@@ -201,9 +210,9 @@ impl Share {
         entry: &Entry,
         fingerprint: &Fingerprint,
         set: DigestSet,
-    ) -> Option<FileHash> {
+    ) -> Result<FileHash, ShareError> {
         match self.cache.lookup(&entry.name, fingerprint, set) {
-            Some(digests) => Some(FileHash {
+            Some(digests) => Ok(FileHash {
                 name: entry.name.clone(),
                 blake3: digests.blake3,
                 sha256: digests.sha256,
@@ -211,7 +220,7 @@ impl Share {
                 mtime: entry.mtime,
                 size: entry.size,
             }),
-            None => self.cache.hash_file_in(dirs, &entry.name, set).ok(),
+            None => self.cache.hash_file_in(dirs, &entry.name, set),
         }
     }
 
@@ -236,7 +245,9 @@ impl Share {
                         None
                     } else {
                         // Sync compares BLAKE3 alone; MD5 and SHA-256 wait until a person asks.
-                        share.cached_or_hashed(&mut dirs, &entry, &fingerprint, DigestSet::Blake3)
+                        share
+                            .cached_or_hashed(&mut dirs, &entry, &fingerprint, DigestSet::Blake3)
+                            .ok()
                     };
                     (entry, hash)
                 })
@@ -653,6 +664,34 @@ mod tests {
         let meta = fs::symlink_metadata(&path).unwrap();
         assert_eq!(meta.permissions().mode() & 0o7777, 0o500);
         assert_eq!(Timestamp::from_system(meta.modified().unwrap()), mtime);
+    }
+
+    /// `hash checkall` reports a listed file it cannot hash instead of leaving it out (which
+    /// reads as absent); one that vanished since the listing is simply no longer there.
+    #[test]
+    fn a_file_that_cannot_be_hashed_fails_the_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let share = Share::open(dir.path()).unwrap();
+        for name in ["a", "b", "c"] {
+            fs::write(share.root().join(name), name).unwrap();
+        }
+        let entries = folder::list_detailed(share.root()).unwrap();
+        fs::remove_file(share.root().join("a")).unwrap();
+        // Replaced since the listing by something that cannot be hashed (a symlink: a
+        // failure that root meets too, as it would not an unreadable file).
+        fs::remove_file(share.root().join("c")).unwrap();
+        std::os::unix::fs::symlink("b", share.root().join("c")).unwrap();
+        let outcome = share.hash_listed(&entries);
+        assert!(
+            matches!(&outcome, Err(ShareError::Symlink(rel)) if rel.as_str() == "c"),
+            "{outcome:?}"
+        );
+
+        fs::remove_file(share.root().join("c")).unwrap();
+        fs::write(share.root().join("c"), "c again").unwrap();
+        let hashes = share.hash_listed(&entries).unwrap();
+        let names: Vec<&str> = hashes.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["b", "c"]);
     }
 
     /// A symlink put where the file was is refused, never followed to what it points at.
