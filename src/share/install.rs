@@ -186,16 +186,8 @@ pub fn sync_dir(dir: &Path) {
 /// call makes a whole batch of temporary files durable, where an `fsync` per file would
 /// wait for one journal commit each.
 pub fn sync_file_system(dir: &Path) -> Result<(), ShareError> {
-    use std::os::fd::AsRawFd;
     let handle = File::open(dir).map_err(|e| ShareError::io(dir, e))?;
-    // SAFETY: the descriptor stays open for the duration of the call, which only reads
-    // its integer argument.
-    let status = unsafe { libc::syncfs(handle.as_raw_fd()) };
-    if status == 0 {
-        Ok(())
-    } else {
-        Err(ShareError::io(dir, io::Error::last_os_error()))
-    }
+    rustix::fs::syncfs(&handle).map_err(|e| ShareError::io(dir, e.into()))
 }
 
 /// What a path must look like for a change to it to go ahead. Sync decides from what it
