@@ -28,7 +28,6 @@ use cli::{Cli, Config, EXIT_FAILED, EXIT_USAGE, Run};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    keep_freed_memory();
     raise_open_files_limit();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -287,18 +286,5 @@ fn raise_open_files_limit() {
         };
         // Best effort: with the limit as it was, more files are staged by name.
         let _ = setrlimit(Resource::Nofile, raised);
-    }
-}
-
-/// Transfers allocate a buffer per 256 KiB frame and free it on another thread. By default
-/// glibc hands such memory back to the kernel as soon as it is free, and every next buffer
-/// then costs 64 page faults: on a gigabyte received, a tenth of the receiving box's CPU.
-/// Keeping up to 64 MiB of freed memory (and serving these sizes from the heap) avoids it.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; it is called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
 }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use md5::Md5;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use thiserror::Error;
 
 use super::ShareError;
 use super::dirs::Dirs;
@@ -161,6 +162,12 @@ pub struct BackgroundHasher {
     classic: Option<(DigestWorker, DigestWorker)>,
 }
 
+/// A hashing thread panicked: its digest is unknown, and nothing may stand in for it (an
+/// empty digest would be cached and sent as the file's).
+#[derive(Debug, Error)]
+#[error("a hashing thread panicked; the digest is unknown")]
+pub struct HashPanicked;
+
 /// One hashing thread and the channel that feeds it.
 struct DigestWorker {
     chunks: std::sync::mpsc::SyncSender<bytes::Bytes>,
@@ -193,10 +200,10 @@ impl DigestWorker {
         )
     }
 
-    /// Waits for the digest of everything sent.
-    fn finish(self) -> String {
+    /// Waits for the digest of everything sent; `Err` holds the panic of the thread.
+    fn finish(self) -> std::thread::Result<String> {
         drop(self.chunks);
-        self.thread.join().unwrap_or_default()
+        self.thread.join()
     }
 }
 
@@ -226,17 +233,35 @@ impl BackgroundHasher {
         }
     }
 
+    /// Waits for the workers and returns the digests, or [`HashPanicked`] if a worker
+    /// panicked.
+    pub fn try_finish(self) -> Result<Digests, HashPanicked> {
+        self.join().map_err(|_| HashPanicked)
+    }
+
     /// Waits for the workers and returns the digests.
+    ///
+    /// # Panics
+    ///
+    /// If a worker panicked, its panic goes on here rather than becoming a digest: callers
+    /// on a blocking task see their task fail. Prefer [`BackgroundHasher::try_finish`].
     pub fn finish(self) -> Digests {
+        self.join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
+    /// Waits for every worker (even after one panicked, so that none is left running).
+    fn join(self) -> std::thread::Result<Digests> {
         let (sha256, md5) = match self.classic {
             Some((sha256, md5)) => (Some(sha256.finish()), Some(md5.finish())),
             None => (None, None),
         };
-        Digests {
-            blake3: self.blake3.finish(),
-            sha256,
-            md5,
-        }
+        let blake3 = self.blake3.finish();
+        Ok(Digests {
+            blake3: blake3?,
+            sha256: sha256.transpose()?,
+            md5: md5.transpose()?,
+        })
     }
 }
 
@@ -555,7 +580,10 @@ impl HashCache {
                 // A fresh chunk each time: the hashing threads still hold the last ones.
                 let mut chunk = Vec::with_capacity(READ_CHUNK);
                 if !read_next(&mut chunk, READ_CHUNK as u64)? {
-                    return Ok(hasher.finish());
+                    // A panicked worker is an error, never a digest to cache.
+                    return hasher
+                        .try_finish()
+                        .map_err(|e| ShareError::io(rel.under(root), io::Error::other(e)));
                 }
                 hasher.update(&bytes::Bytes::from(chunk));
             }
@@ -677,6 +705,33 @@ mod tests {
             (hash.blake3, hash.sha256, hash.md5),
             (expected.blake3, expected.sha256, expected.md5)
         );
+    }
+
+    /// A hasher whose BLAKE3 worker panics at its first chunk, and whose other workers are
+    /// sound.
+    fn hasher_that_panics() -> BackgroundHasher {
+        let hasher = BackgroundHasher {
+            blake3: DigestWorker::spawn((), |_, _| panic!("injected"), |_| "never".into()),
+            classic: Some((
+                DigestWorker::spawn_digest(Sha256::new()),
+                DigestWorker::spawn_digest(Md5::new()),
+            )),
+        };
+        hasher.update(&bytes::Bytes::from_static(b"abc"));
+        hasher
+    }
+
+    /// A panicked hashing thread is an error, never a digest (it was an empty BLAKE3, which
+    /// was then cached and sent as the file's).
+    #[test]
+    fn a_panicked_hashing_thread_gives_no_digest() {
+        assert!(matches!(
+            hasher_that_panics().try_finish(),
+            Err(HashPanicked)
+        ));
+        // The transfers' `finish` carries the panic on to their blocking task.
+        let finished = std::panic::catch_unwind(|| hasher_that_panics().finish());
+        assert!(finished.is_err(), "a digest came back: {finished:?}");
     }
 
     /// Known-answer test: the digests of "abc" from RFC 1321, FIPS 180-2 and the BLAKE3

@@ -63,6 +63,78 @@ pub fn set_mtime(file: &File, tmp: &Path, meta: InstallMeta) -> Result<(), Share
         .map_err(|e| ShareError::io(tmp, e))
 }
 
+/// Gives the installed file at `path` the mode and mtime of `meta` (a change of metadata
+/// alone) without opening it for writing: a file synced read-only (mode `0444`) must still
+/// take its next mode or mtime, and only its owner's right to change them is needed.
+///
+/// The file is opened with `O_PATH | O_NOFOLLOW`, which needs no permission on it and never
+/// follows a symlink put there meanwhile, then changed through `/proc/self/fd`, which names
+/// exactly the file opened (what glibc does for `fchmodat` with `AT_SYMLINK_NOFOLLOW`).
+/// Without `/proc`, a read-only descriptor (`O_NOFOLLOW` too) does the same for any file its
+/// owner may read.
+pub fn set_meta_in_place(path: &Path, meta: InstallMeta) -> Result<(), ShareError> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps};
+    use std::os::fd::AsRawFd;
+    let fail = |e: rustix::io::Errno| ShareError::io(path, e.into());
+    let handle = rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(fail)?;
+    // With O_PATH, O_NOFOLLOW opens a symlink itself instead of failing: refuse it as the
+    // open for writing did (and a folder likewise).
+    match FileType::from_raw_mode(rustix::fs::fstat(&handle).map_err(fail)?.st_mode) {
+        FileType::Symlink => return Err(fail(rustix::io::Errno::LOOP)),
+        FileType::Directory => return Err(fail(rustix::io::Errno::ISDIR)),
+        _ => {}
+    }
+    let mode = Mode::from_raw_mode(meta.mode & 0o7777);
+    let times = Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: timespec(meta.mtime.to_system()),
+    };
+    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
+    match rustix::fs::chmod(&by_fd, mode) {
+        Ok(()) => {
+            rustix::fs::utimensat(rustix::fs::CWD, &by_fd, &times, AtFlags::empty()).map_err(fail)
+        }
+        Err(rustix::io::Errno::NOENT) => {
+            // No /proc: a descriptor that can change the file is needed.
+            let file = rustix::fs::open(
+                path,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(fail)?;
+            rustix::fs::fchmod(&file, mode).map_err(fail)?;
+            rustix::fs::futimens(&file, &times).map_err(fail)
+        }
+        Err(e) => Err(fail(e)),
+    }
+}
+
+/// `time` as the `timespec` the kernel takes (seconds may be negative, nanoseconds never).
+fn timespec(time: std::time::SystemTime) -> rustix::fs::Timespec {
+    let (tv_sec, tv_nsec) = match time.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => (after.as_secs() as i64, i64::from(after.subsec_nanos())),
+        Err(before) => {
+            let before = before.duration();
+            match before.subsec_nanos() {
+                0 => (-(before.as_secs() as i64), 0),
+                nanos => (
+                    -(before.as_secs() as i64) - 1,
+                    1_000_000_000 - i64::from(nanos),
+                ),
+            }
+        }
+    };
+    rustix::fs::Timespec { tv_sec, tv_nsec }
+}
+
 /// Renames the flushed temporary file `tmp` over `rel`, provided `rel` still looks as
 /// `expect` says: the visible half of [`install`], without making the rename durable
 /// (the caller syncs the parent folder, once for many files if it installs many).
@@ -114,16 +186,8 @@ pub fn sync_dir(dir: &Path) {
 /// call makes a whole batch of temporary files durable, where an `fsync` per file would
 /// wait for one journal commit each.
 pub fn sync_file_system(dir: &Path) -> Result<(), ShareError> {
-    use std::os::fd::AsRawFd;
     let handle = File::open(dir).map_err(|e| ShareError::io(dir, e))?;
-    // SAFETY: the descriptor stays open for the duration of the call, which only reads
-    // its integer argument.
-    let status = unsafe { libc::syncfs(handle.as_raw_fd()) };
-    if status == 0 {
-        Ok(())
-    } else {
-        Err(ShareError::io(dir, io::Error::last_os_error()))
-    }
+    rustix::fs::syncfs(&handle).map_err(|e| ShareError::io(dir, e.into()))
 }
 
 /// What a path must look like for a change to it to go ahead. Sync decides from what it

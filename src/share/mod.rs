@@ -15,7 +15,6 @@ pub mod view;
 use std::fs;
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -171,27 +170,36 @@ impl Share {
     /// The hashes of every file in the folder, sorted by name, in one pass off the async
     /// threads (unchanged files answered from the cache without touching them).
     ///
-    /// A file that disappears or keeps changing during the walk is left out rather than
-    /// failing the whole answer.
+    /// A file that disappears during the walk is left out: it is no longer in the folder.
+    /// A file that is there but cannot be hashed (it keeps changing, cannot be read) fails
+    /// the answer with its error: left out, it would read as absent, and the answer has no
+    /// place for one file's error.
     pub async fn hash_all(self: &Arc<Self>) -> Result<Vec<FileHash>, ShareError> {
         let share = Arc::clone(self);
         let hashes = blocking(move || {
             let entries = folder::list_detailed(&share.root)?;
-            let names: std::collections::HashSet<RelPath> =
-                entries.iter().map(|(e, _)| e.name.clone()).collect();
-            share.cache.retain(|rel| names.contains(rel));
-            let mut dirs = Dirs::open(&share.root)?;
-            Ok(entries
-                .iter()
-                .filter(|(entry, _)| !entry.is_dir())
-                .filter_map(|(entry, fingerprint)| {
-                    share.cached_or_hashed(&mut dirs, entry, fingerprint, DigestSet::All)
-                })
-                .collect())
+            share.hash_listed(&entries)
         })
         .await;
         self.persist_cache();
         hashes
+    }
+
+    /// [`Share::hash_all`] for the files of `entries`, a listing of the folder.
+    fn hash_listed(&self, entries: &[(Entry, Fingerprint)]) -> Result<Vec<FileHash>, ShareError> {
+        let names: std::collections::HashSet<&RelPath> =
+            entries.iter().map(|(e, _)| &e.name).collect();
+        self.cache.retain(|rel| names.contains(rel));
+        let mut dirs = Dirs::open(&self.root)?;
+        let mut hashes = Vec::with_capacity(entries.len());
+        for (entry, fingerprint) in entries.iter().filter(|(entry, _)| !entry.is_dir()) {
+            match self.cached_or_hashed(&mut dirs, entry, fingerprint, DigestSet::All) {
+                Ok(hash) => hashes.push(hash),
+                Err(ShareError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(hashes)
     }
 
     /// The hashes of a listed file: from the cache when its fingerprint (from the listing)
@@ -202,9 +210,9 @@ impl Share {
         entry: &Entry,
         fingerprint: &Fingerprint,
         set: DigestSet,
-    ) -> Option<FileHash> {
+    ) -> Result<FileHash, ShareError> {
         match self.cache.lookup(&entry.name, fingerprint, set) {
-            Some(digests) => Some(FileHash {
+            Some(digests) => Ok(FileHash {
                 name: entry.name.clone(),
                 blake3: digests.blake3,
                 sha256: digests.sha256,
@@ -212,7 +220,7 @@ impl Share {
                 mtime: entry.mtime,
                 size: entry.size,
             }),
-            None => self.cache.hash_file_in(dirs, &entry.name, set).ok(),
+            None => self.cache.hash_file_in(dirs, &entry.name, set),
         }
     }
 
@@ -237,7 +245,9 @@ impl Share {
                         None
                     } else {
                         // Sync compares BLAKE3 alone; MD5 and SHA-256 wait until a person asks.
-                        share.cached_or_hashed(&mut dirs, &entry, &fingerprint, DigestSet::Blake3)
+                        share
+                            .cached_or_hashed(&mut dirs, &entry, &fingerprint, DigestSet::Blake3)
+                            .ok()
                     };
                     (entry, hash)
                 })
@@ -550,18 +560,7 @@ impl Share {
         let (rel, expect) = (rel.clone(), expect.clone());
         self.changing(move || {
             install::check(&share.root, &rel, &expect)?;
-            let path = rel.under(&share.root);
-            let file = fs::File::options()
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-                .map_err(|e| ShareError::io(&path, e))?;
-            use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(fs::Permissions::from_mode(meta.mode & 0o7777))
-                .and_then(|_| {
-                    file.set_times(fs::FileTimes::new().set_modified(meta.mtime.to_system()))
-                })
-                .map_err(|e| ShareError::io(&path, e))
+            install::set_meta_in_place(&rel.under(&share.root), meta)
         })
         .await
     }
@@ -624,4 +623,96 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|e| Err(ShareError::io("<worker>", io::Error::other(e))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::Timestamp;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// A file that cannot be opened for writing still takes a new mtime and mode: a synced
+    /// read-only file must not make every later metadata change fail.
+    ///
+    /// The file is read-only (mode 0555), which alone refuses an open for writing to its
+    /// owner when not root; and it is a program running meanwhile, which refuses an open for
+    /// writing with `ETXTBSY` even to root (a root process passes every permission check),
+    /// so that the test proves the file is never opened for writing wherever it runs.
+    #[tokio::test]
+    async fn a_read_only_busy_file_takes_a_new_mtime_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let share = Share::open(dir.path()).unwrap();
+        let program = ["/bin/sleep", "/usr/bin/sleep"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("a sleep program to run");
+        let path = share.root().join("tool");
+        fs::copy(program, &path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o555)).unwrap();
+        let mut running = std::process::Command::new(&path).arg("60").spawn().unwrap();
+        let mtime = Timestamp::from_system(UNIX_EPOCH + Duration::new(1_600_000_000, 123_000));
+        let rel = RelPath::parse("tool").unwrap();
+
+        let outcome = share
+            .set_metadata(&rel, &Expect::Anything, InstallMeta { mtime, mode: 0o500 })
+            .await;
+        running.kill().unwrap();
+        running.wait().unwrap();
+
+        outcome.unwrap();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o500);
+        assert_eq!(Timestamp::from_system(meta.modified().unwrap()), mtime);
+    }
+
+    /// `hash checkall` reports a listed file it cannot hash instead of leaving it out (which
+    /// reads as absent); one that vanished since the listing is simply no longer there.
+    #[test]
+    fn a_file_that_cannot_be_hashed_fails_the_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let share = Share::open(dir.path()).unwrap();
+        for name in ["a", "b", "c"] {
+            fs::write(share.root().join(name), name).unwrap();
+        }
+        let entries = folder::list_detailed(share.root()).unwrap();
+        fs::remove_file(share.root().join("a")).unwrap();
+        // Replaced since the listing by something that cannot be hashed (a symlink: a
+        // failure that root meets too, as it would not an unreadable file).
+        fs::remove_file(share.root().join("c")).unwrap();
+        std::os::unix::fs::symlink("b", share.root().join("c")).unwrap();
+        let outcome = share.hash_listed(&entries);
+        assert!(
+            matches!(&outcome, Err(ShareError::Symlink(rel)) if rel.as_str() == "c"),
+            "{outcome:?}"
+        );
+
+        fs::remove_file(share.root().join("c")).unwrap();
+        fs::write(share.root().join("c"), "c again").unwrap();
+        let hashes = share.hash_listed(&entries).unwrap();
+        let names: Vec<&str> = hashes.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["b", "c"]);
+    }
+
+    /// A symlink put where the file was is refused, never followed to what it points at.
+    #[tokio::test]
+    async fn metadata_is_never_set_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let share = Share::open(dir.path()).unwrap();
+        let target = share.root().join("target");
+        fs::write(&target, b"x").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::symlink(&target, share.root().join("link")).unwrap();
+        let mtime = Timestamp::from_system(UNIX_EPOCH + Duration::from_secs(1_000_000_000));
+        let rel = RelPath::parse("link").unwrap();
+
+        let outcome = share
+            .set_metadata(&rel, &Expect::Anything, InstallMeta { mtime, mode: 0o600 })
+            .await;
+
+        assert!(outcome.is_err(), "{outcome:?}");
+        let meta = fs::metadata(&target).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
+        assert_ne!(Timestamp::from_system(meta.modified().unwrap()), mtime);
+    }
 }

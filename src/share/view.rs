@@ -32,7 +32,8 @@ impl Snapshot {
         self.items.iter().map(|(entry, _)| entry)
     }
 
-    /// The hashes of the files that could be hashed, as `hash checkall` lists them.
+    /// The hashes of the files that could be hashed, as a conditional `hash checkall` (sync's)
+    /// lists them: a listed file without one is left alone this round.
     pub fn hashes(&self) -> impl Iterator<Item = &FileHash> {
         self.items.iter().filter_map(|(_, hash)| hash.as_ref())
     }

@@ -20,6 +20,5 @@ pub mod table;
 pub mod terminal;
 pub mod timestamp;
 
-pub use prompt::SyncIndicator;
 pub use render::Format;
 pub use session::{Outcome, Session};

@@ -1,33 +1,23 @@
-//! The prompt: which peer commands go to, whether it answered last time (✓ or ✗), and a
-//! place for the sync loop's state, which the session gets from a [`SyncIndicator`] once
-//! auto-sync exists: `boxsync [127.0.0.1:7002 ✓ synced]> `.
+//! The prompt: which peer commands go to, whether it answered last time (✓ or ✗), and the
+//! state of auto-sync when it runs: `boxsync [127.0.0.1:7002 ✓ sync ✓]> `.
 
 use crate::peer::Reachability;
+use crate::sync::SyncHandle;
 
-/// A source of a short text about the sync loop for the prompt (`synced`, `syncing 3`,
-/// `1 conflict`). Whoever runs the sync loop supplies one to the session
-/// ([`super::Session::set_sync_indicator`]); the prompt asks it before each line.
-pub trait SyncIndicator: Send + Sync {
-    /// A few words for the prompt, or `None` to show nothing.
-    fn prompt_label(&self) -> Option<String>;
-}
-
-/// Auto-sync's state in a word or two: `sync ✓` (every peer synced), `sync !` (errors,
-/// see `sync status`), `sync …` (not synced yet), `sync off`.
-impl SyncIndicator for crate::sync::SyncHandle {
-    fn prompt_label(&self) -> Option<String> {
-        let status = self.status();
-        let mark = if !status.enabled {
-            "off"
-        } else if status.peers.iter().any(|p| !p.errors.is_empty()) {
-            "!"
-        } else if self.healthy() {
-            "✓"
-        } else {
-            "…"
-        };
-        Some(format!("sync {mark}"))
-    }
+/// Auto-sync's state in a word or two, asked before each line: `sync ✓` (every peer
+/// synced), `sync !` (errors, see `sync status`), `sync …` (not synced yet), `sync off`.
+pub fn sync_label(sync: &SyncHandle) -> String {
+    let status = sync.status();
+    let mark = if !status.enabled {
+        "off"
+    } else if status.peers.iter().any(|p| !p.errors.is_empty()) {
+        "!"
+    } else if sync.healthy() {
+        "✓"
+    } else {
+        "…"
+    };
+    format!("sync {mark}")
 }
 
 /// The prompt twice: plain, and with colours (the same width on screen).

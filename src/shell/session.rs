@@ -8,7 +8,7 @@ use thiserror::Error;
 use super::command::{self, Command, SyncAction};
 use super::help;
 use super::jobs::{JobProgress, JobStatus, Jobs};
-use super::prompt::SyncIndicator;
+use super::prompt;
 use crate::history::HistoryRecord;
 use crate::local::LocalBox;
 use crate::peer::{Peer, PeerError};
@@ -81,10 +81,8 @@ pub struct Session {
     current: Option<usize>,
     /// Downloads running in the background.
     jobs: Jobs,
-    /// The sync loop's state for the prompt, once something runs one.
-    sync: Option<Arc<dyn SyncIndicator>>,
-    /// The auto-sync engine, when it runs.
-    sync_engine: Option<SyncHandle>,
+    /// The auto-sync engine, when it runs: for the `sync` commands and the prompt.
+    sync: Option<SyncHandle>,
 }
 
 impl Session {
@@ -100,7 +98,6 @@ impl Session {
             peers,
             jobs: Jobs::new(),
             sync: None,
-            sync_engine: None,
         }
     }
 
@@ -111,13 +108,12 @@ impl Session {
 
     /// Attaches the running sync engine, for the `sync` commands and the prompt.
     pub fn set_sync(&mut self, sync: SyncHandle) {
-        self.sync = Some(Arc::new(sync.clone()));
-        self.sync_engine = Some(sync);
+        self.sync = Some(sync);
     }
 
     /// The running sync engine, if any.
     pub fn sync(&self) -> Option<&SyncHandle> {
-        self.sync_engine.as_ref()
+        self.sync.as_ref()
     }
 
     /// The background jobs (downloads started with `&` or `bg`).
@@ -130,14 +126,9 @@ impl Session {
         self.peers.iter().map(|p| p.addr().to_string()).collect()
     }
 
-    /// Lets the prompt show the sync loop's state from now on.
-    pub fn set_sync_indicator(&mut self, indicator: Arc<dyn SyncIndicator>) {
-        self.sync = Some(indicator);
-    }
-
-    /// The sync loop's label for the prompt, if a sync indicator is set and has one.
+    /// The sync engine's label for the prompt, when it runs.
     pub fn sync_label(&self) -> Option<String> {
-        self.sync.as_ref().and_then(|s| s.prompt_label())
+        self.sync.as_ref().map(prompt::sync_label)
     }
 
     /// Starts `command` (a download) as a background job against the current peer.
@@ -228,7 +219,7 @@ impl Session {
                 Outcome::Peer(Some(addr))
             }
             Command::Sync(action) => {
-                let sync = self.sync_engine.as_ref().ok_or(SessionError::NoSync)?;
+                let sync = self.sync.as_ref().ok_or(SessionError::NoSync)?;
                 match action {
                     SyncAction::Status => {}
                     SyncAction::Now => sync.sync_now(),

@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,11 +57,8 @@ impl StopOnDrop {
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         if self.armed {
-            // SAFETY: the descriptor stays open while the Arc holds it; the call only
-            // reads its integer arguments.
-            unsafe {
-                libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR);
-            }
+            // A socket already shut down or failed has nothing left to stop.
+            let _ = rustix::net::shutdown(&*self.socket, rustix::net::Shutdown::Both);
         }
     }
 }
@@ -70,33 +67,24 @@ impl Drop for StopOnDrop {
 /// `chunk` bytes each. (`sendfile` on a closed connection fails with `EPIPE`: Rust
 /// programs ignore `SIGPIPE`.)
 pub fn send_body(socket: &OwnedFd, file: &File, size: u64, chunk: usize) -> io::Result<Sent> {
-    let mut offset: libc::off_t = 0;
+    let mut offset: u64 = 0;
     let mut remaining = size;
     while remaining > 0 {
         let frame = remaining.min(chunk as u64) as usize;
         send_all(socket, &Frame::header(false, frame))?;
         let mut left = frame;
         while left > 0 {
-            // SAFETY: both descriptors are open for the duration of the call, and `offset`
-            // is a valid, exclusively borrowed off_t that the kernel advances.
-            let sent =
-                unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut offset, left) };
-            match sent {
-                0 => {
+            match rustix::fs::sendfile(socket, file, Some(&mut offset), left) {
+                Ok(0) => {
                     // End of file before the announced size: finish the frame so that the
                     // stream stays in step, then let the caller report the change.
                     send_zeros(socket, left)?;
                     return Ok(Sent::Short);
                 }
-                n if n > 0 => left -= n as usize,
-                _ => {
-                    let error = io::Error::last_os_error();
-                    match error.kind() {
-                        io::ErrorKind::WouldBlock => wait_writable(socket)?,
-                        io::ErrorKind::Interrupted => {}
-                        _ => return Err(error),
-                    }
-                }
+                Ok(n) => left -= n,
+                Err(rustix::io::Errno::AGAIN) => wait_writable(socket)?,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
             }
         }
         remaining -= frame as u64;
@@ -107,25 +95,13 @@ pub fn send_body(socket: &OwnedFd, file: &File, size: u64, chunk: usize) -> io::
 /// Writes all of `bytes`, telling the kernel that more follows (a frame header goes out
 /// with the start of its body, not in a segment of its own).
 fn send_all(socket: &OwnedFd, mut bytes: &[u8]) -> io::Result<()> {
+    use rustix::net::SendFlags;
     while !bytes.is_empty() {
-        // SAFETY: the descriptor is open and `bytes` is a valid slice for the call.
-        let sent = unsafe {
-            libc::send(
-                socket.as_raw_fd(),
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                libc::MSG_MORE | libc::MSG_NOSIGNAL,
-            )
-        };
-        if sent >= 0 {
-            bytes = &bytes[sent as usize..];
-            continue;
-        }
-        let error = io::Error::last_os_error();
-        match error.kind() {
-            io::ErrorKind::WouldBlock => wait_writable(socket)?,
-            io::ErrorKind::Interrupted => {}
-            _ => return Err(error),
+        match rustix::net::send(socket, bytes, SendFlags::MORE | SendFlags::NOSIGNAL) {
+            Ok(sent) => bytes = &bytes[sent..],
+            Err(rustix::io::Errno::AGAIN) => wait_writable(socket)?,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -144,28 +120,23 @@ fn send_zeros(socket: &OwnedFd, mut count: usize) -> io::Result<()> {
 
 /// Waits until the socket has room (or has failed, which the next send reports).
 fn wait_writable(socket: &OwnedFd) -> io::Result<()> {
-    let mut poll = libc::pollfd {
-        fd: socket.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let limit = Timespec {
+        tv_sec: STALL_LIMIT.as_secs() as i64,
+        tv_nsec: i64::from(STALL_LIMIT.subsec_nanos()),
     };
     loop {
-        // SAFETY: `poll` points to one valid pollfd for the duration of the call.
-        let ready = unsafe { libc::poll(&mut poll, 1, STALL_LIMIT.as_millis() as libc::c_int) };
-        match ready {
-            0 => {
+        let mut poll = [PollFd::new(socket, PollFlags::OUT)];
+        match rustix::event::poll(&mut poll, Some(&limit)) {
+            Ok(0) => {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the receiver took no data for two minutes",
                 ));
             }
-            n if n > 0 => return Ok(()),
-            _ => {
-                let error = io::Error::last_os_error();
-                if error.kind() != io::ErrorKind::Interrupted {
-                    return Err(error);
-                }
-            }
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
 }
