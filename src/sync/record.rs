@@ -94,6 +94,21 @@ impl Record {
         }
     }
 
+    /// Remembers as ours every version held `here` that the peer has not agreed to yet
+    /// (the plan's `agreed`), so that a peer found holding it later lags behind.
+    pub fn hold_unagreed(
+        &mut self,
+        here: &BTreeMap<RelPath, Version>,
+        agreed: &BTreeMap<RelPath, Option<Version>>,
+    ) {
+        for (path, version) in here {
+            if !agreed.contains_key(path) && self.entries.get(path).is_none_or(|s| !s.same(version))
+            {
+                self.add_ours(path, version.clone());
+            }
+        }
+    }
+
     /// Applies what both boxes now agree on (`None`: both lack the path).
     pub fn update(&mut self, agreed: impl IntoIterator<Item = (RelPath, Option<Version>)>) {
         for (path, version) in agreed {
