@@ -933,6 +933,54 @@ mod tests {
         assert!(Plan::default().is_quiet(&none));
     }
 
+    fn entry(name: &str) -> ShareEntry {
+        ShareEntry {
+            name: rel(name),
+            size: 3,
+            mtime: Timestamp(chrono::DateTime::from_timestamp(1, 0).unwrap()),
+            file_type: "text/plain".into(),
+            mode: 0o644,
+        }
+    }
+
+    /// Only folders and files this box has never seen are taken before the hashes are
+    /// known: not a file it has (or cannot read), nor one the record knows (a deletion here
+    /// not yet taken by the peer must not bring it back), nor one it held since, nor an
+    /// ignored one.
+    #[test]
+    fn only_never_seen_files_are_pulled_early() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".boxsyncignore"), "*.log\n").unwrap();
+        let ignore = Ignore::load(dir.path());
+        let mut record = Record::load(dir.path(), "peer").unwrap();
+        record.update([(rel("deleted-here.txt"), Some(file("x", 1)))]);
+        record.add_ours(&rel("held-here.txt"), file("x", 1));
+        let versions: BTreeMap<RelPath, Version> =
+            [(rel("have.txt"), file("x", 1))].into_iter().collect();
+        let unknown: BTreeSet<RelPath> = [rel("busy.txt")].into_iter().collect();
+        let mut folder = entry("sub");
+        folder.file_type = "directory".into();
+        let listed = [
+            "new.txt",
+            "have.txt",
+            "busy.txt",
+            "deleted-here.txt",
+            "held-here.txt",
+            "debug.log",
+        ]
+        .map(entry);
+        let mut entries = vec![folder];
+        entries.extend(listed);
+        let early = plan_early_pull(&entries, &versions, &unknown, &record, &ignore);
+        assert_eq!(early.len(), 2, "{early:?}");
+        assert_eq!(early[0], Action::CreateDir(rel("sub")));
+        assert!(matches!(
+            &early[1],
+            Action::Download { remote, local, expect: Expect::Absent, .. }
+                if remote == &rel("new.txt") && local == &rel("new.txt")
+        ));
+    }
+
     /// Conflict names keep the extension and work without one.
     #[test]
     fn conflict_names() {

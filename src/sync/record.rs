@@ -180,4 +180,35 @@ mod tests {
         let loaded = Record::load(dir.path(), "peer").unwrap();
         assert!(loaded.entries.is_empty());
     }
+
+    /// A version held here is remembered as ours unless the plan found both agreeing on the
+    /// path, or it is the record's own version (nothing new to remember).
+    #[test]
+    fn only_unagreed_new_versions_are_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let rel = |p: &str| RelPath::parse(p).unwrap();
+        let mut record = Record::load(dir.path(), "peer").unwrap();
+        record.update([(rel("same.txt"), Some(version("s")))]);
+        let here: BTreeMap<RelPath, Version> = [
+            (rel("new.txt"), version("n")),
+            (rel("agreed.txt"), version("a")),
+            (rel("same.txt"), version("s")),
+        ]
+        .into_iter()
+        .collect();
+        let agreed = [(rel("agreed.txt"), Some(version("a")))]
+            .into_iter()
+            .collect();
+        let before = record.revision();
+        record.hold_unagreed(&here, &agreed);
+        assert_eq!(
+            record.ours.keys().collect::<Vec<_>>(),
+            vec![&rel("new.txt")]
+        );
+        assert_eq!(record.ours[&rel("new.txt")], vec![version("n")]);
+        assert!(record.revision() > before);
+        let held = record.revision();
+        record.hold_unagreed(&here, &agreed);
+        assert_eq!(record.revision(), held, "held twice");
+    }
 }

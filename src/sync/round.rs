@@ -1,5 +1,7 @@
 //! One sync round with one peer: read both sides (index and hashes, the same operations the
-//! shell offers), plan, guard against mass deletion, act, and record what both now agree on.
+//! shell offers), let [`super::plan`] decide (the guards, the early pull, the quiet check
+//! and the plan itself are its pure functions), carry that out, and record what both now
+//! agree on.
 
 use std::borrow::Cow;
 use std::collections::hash_map::Entry;
@@ -366,7 +368,37 @@ pub async fn sync_with(
     }
     let quiet = plan.is_quiet(&unknown);
     let mut agreed = plan.agreed;
-    let mut actions = plan.actions.into_iter().peekable();
+    carry_out_plan(
+        local,
+        peer,
+        transport,
+        plan.actions,
+        &mut agreed,
+        &mut report,
+    )
+    .await;
+    record.update(agreed);
+    record.save().map_err(SyncError::SaveRecord)?;
+    if quiet {
+        view.quiet = Some(Seen {
+            record: record.revision(),
+            ..seen
+        });
+    }
+    Ok(report)
+}
+
+/// Carries out a plan's `actions` in their order, adding to `agreed` what each made both
+/// sides agree on; a failed action fails alone (it is retried next round).
+async fn carry_out_plan(
+    local: &Arc<LocalBox>,
+    peer: &Peer,
+    transport: SyncTransport,
+    actions: Vec<Action>,
+    agreed: &mut BTreeMap<RelPath, Option<Version>>,
+    report: &mut RoundReport,
+) {
+    let mut actions = actions.into_iter().peekable();
     while let Some(action) = actions.next() {
         // Downloads run a few at a time, small files many to a request: the round trips
         // and the flushes to disk of one overlap those of the others, or are shared.
@@ -380,7 +412,7 @@ pub async fn sync_with(
             match result {
                 Ok(settled) => {
                     report.done += 1;
-                    describe(&action, &mut report);
+                    describe(&action, report);
                     agreed.extend(settled);
                 }
                 Err(e) => {
@@ -390,15 +422,6 @@ pub async fn sync_with(
             }
         }
     }
-    record.update(agreed);
-    record.save().map_err(SyncError::SaveRecord)?;
-    if quiet {
-        view.quiet = Some(Seen {
-            record: record.revision(),
-            ..seen
-        });
-    }
-    Ok(report)
 }
 
 /// Carries out the early pull of first contact: folders first, so that the files then
@@ -749,59 +772,8 @@ mod tests {
         RelPath::parse(p).unwrap()
     }
 
-    fn entry(name: &str) -> ShareEntry {
-        ShareEntry {
-            name: rel(name),
-            size: 3,
-            mtime: Timestamp(chrono::DateTime::from_timestamp(1, 0).unwrap()),
-            file_type: "text/plain".into(),
-            mode: 0o644,
-        }
-    }
-
     fn version() -> Version {
         Version::test_file("x", 1)
-    }
-
-    /// Only folders and files this box has never seen are taken before the hashes are
-    /// known: not a file it has (or cannot read), nor one the record knows (a deletion here
-    /// not yet taken by the peer must not bring it back), nor one it held since, nor an
-    /// ignored one.
-    #[test]
-    fn only_never_seen_files_are_pulled_early() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(".boxsyncignore"), "*.log\n").unwrap();
-        let ignore = Ignore::load(dir.path());
-        let mut record = Record::load(dir.path(), "peer").unwrap();
-        record.update([(rel("deleted-here.txt"), Some(version()))]);
-        record.add_ours(&rel("held-here.txt"), version());
-        let here = LocalState {
-            versions: [(rel("have.txt"), version())].into_iter().collect(),
-            unknown: [rel("busy.txt")].into_iter().collect(),
-            snapshot_version: String::new(),
-        };
-        let mut folder = entry("sub");
-        folder.file_type = "directory".into();
-        let listed = [
-            "new.txt",
-            "have.txt",
-            "busy.txt",
-            "deleted-here.txt",
-            "held-here.txt",
-            "debug.log",
-        ]
-        .map(entry);
-        let mut entries = vec![folder];
-        entries.extend(listed);
-        let early =
-            plan::plan_early_pull(&entries, &here.versions, &here.unknown, &record, &ignore);
-        assert_eq!(early.len(), 2, "{early:?}");
-        assert_eq!(early[0], Action::CreateDir(rel("sub")));
-        assert!(matches!(
-            &early[1],
-            Action::Download { remote, local, expect: Expect::Absent, .. }
-                if remote == &rel("new.txt") && local == &rel("new.txt")
-        ));
     }
 
     /// Folders to create are listed first, all in one unit; small downloads in batches;
