@@ -188,12 +188,13 @@ impl SyncHandle {
 
     /// Resolves once a round that begins after this call has ended (succeeded or not):
     /// what a caller that just changed a folder awaits to know sync has looked at it. While
-    /// sync is off it waits for sync to be turned on and a round to run.
+    /// sync is off it waits for sync to be turned on and a round to run. Once the engine
+    /// has shut down no round ends any more: await it under a deadline.
     pub fn next_round(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut rounds = self.rounds.subscribe();
         let begun = rounds.borrow().begun;
         async move {
-            // An error: the engine stopped, and no round will end any more.
+            // Fails only when the engine and every handle are gone: nothing to wait for.
             let _ = rounds.wait_for(|r| r.ended > begun).await;
         }
     }
@@ -205,6 +206,7 @@ impl SyncHandle {
         let mut rounds = self.rounds.subscribe();
         let begun = rounds.borrow().begun;
         async move {
+            // Fails only when the engine and every handle are gone: nothing to wait for.
             let _ = rounds.wait_for(|r| r.ended >= begun).await;
         }
     }
