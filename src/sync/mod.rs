@@ -9,23 +9,28 @@
 //! replaces or deletes goes to the trash first; the trash is emptied of versions older
 //! than the retention period.
 //!
-//! - [`plan`]: the decision rules, pure;
+//! - [`plan`]: the decision rules and the guards, pure;
+//! - [`error`]: why a round or an action failed;
 //! - [`record`]: the persisted last-agreed state per peer;
 //! - [`ignore`]: `.boxsyncignore` and the built-in ignores;
 //! - [`round`]: one round with one peer;
 //! - [`watch`]: the file-system watcher.
 
+pub mod error;
 pub mod ignore;
 pub mod plan;
 pub mod record;
 pub mod round;
 pub mod watch;
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{Notify, broadcast, watch as signal};
+
+pub use error::SyncError;
 
 use crate::local::LocalBox;
 use crate::parse::{BadPeerAddress, check_peer_address};
@@ -91,6 +96,10 @@ pub struct PeerStatus {
     pub conflicts: Vec<String>,
     /// Errors of the last round.
     pub errors: Vec<String>,
+    /// What stopped the last round short, if anything: its kind, for the engine and the
+    /// tests (people read `errors`).
+    #[serde(skip)]
+    pub failure: Option<Arc<SyncError>>,
 }
 
 /// What `sync status` shows.
@@ -119,6 +128,18 @@ pub struct SyncEvent {
     pub message: String,
 }
 
+/// Whether rounds may start, and how many began and ended: one value, so that turning
+/// sync off and a round beginning are ordered, and a caller can await the end of a round.
+#[derive(Debug, Clone, Copy)]
+struct Rounds {
+    /// On/off switch: a round begins only while it is on.
+    enabled: bool,
+    /// Rounds begun since start (a round's number, counting from 1).
+    begun: u64,
+    /// Rounds ended since start, failed ones too (rounds run one at a time).
+    ended: u64,
+}
+
 /// The shell's handle on a running sync engine.
 #[derive(Clone)]
 pub struct SyncHandle {
@@ -126,8 +147,8 @@ pub struct SyncHandle {
     status: Arc<Mutex<SyncStatus>>,
     /// Starts a round now.
     trigger: Arc<Notify>,
-    /// On/off switch.
-    enabled: Arc<signal::Sender<bool>>,
+    /// The on/off switch and the round counts.
+    rounds: Arc<signal::Sender<Rounds>>,
     /// Activity feed.
     events: broadcast::Sender<SyncEvent>,
 }
@@ -148,13 +169,38 @@ impl SyncHandle {
 
     /// Turns sync on or off.
     pub fn set_enabled(&self, on: bool) {
-        let _ = self.enabled.send(on);
+        self.rounds.send_modify(|r| r.enabled = on);
         self.status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .enabled = on;
         if on {
             self.trigger.notify_one();
+        }
+    }
+
+    /// Resolves once a round that begins after this call has ended (succeeded or not):
+    /// what a caller that just changed a folder awaits to know sync has looked at it. While
+    /// sync is off it waits for sync to be turned on and a round to run. Once the engine
+    /// has shut down no round ends any more: await it under a deadline.
+    pub fn next_round(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rounds = self.rounds.subscribe();
+        let begun = rounds.borrow().begun;
+        async move {
+            // Fails only when the engine and every handle are gone: nothing to wait for.
+            let _ = rounds.wait_for(|r| r.ended > begun).await;
+        }
+    }
+
+    /// Turns sync off and resolves once the round under way, if any, has ended: from then
+    /// on no round touches the folder until [`SyncHandle::set_enabled`] turns it on.
+    pub fn pause(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.set_enabled(false);
+        let mut rounds = self.rounds.subscribe();
+        let begun = rounds.borrow().begun;
+        async move {
+            // Fails only when the engine and every handle are gone: nothing to wait for.
+            let _ = rounds.wait_for(|r| r.ended >= begun).await;
         }
     }
 
@@ -194,11 +240,15 @@ pub fn start(
             .collect(),
         ..SyncStatus::default()
     };
-    let (enabled, enabled_rx) = signal::channel(true);
+    let rounds = Rounds {
+        enabled: true,
+        begun: 0,
+        ended: 0,
+    };
     let handle = SyncHandle {
         status: Arc::new(Mutex::new(status)),
         trigger: Arc::new(Notify::new()),
-        enabled: Arc::new(enabled),
+        rounds: Arc::new(signal::channel(rounds).0),
         events: broadcast::channel(256).0,
     };
     let engine = Engine {
@@ -209,7 +259,6 @@ pub fn start(
         peers,
         config,
         handle: handle.clone(),
-        enabled: enabled_rx,
     };
     tokio::spawn(engine.run(shutdown));
     handle
@@ -227,7 +276,6 @@ struct Engine {
     peers: Vec<(Arc<Peer>, Transport)>,
     config: SyncConfig,
     handle: SyncHandle,
-    enabled: signal::Receiver<bool>,
 }
 
 /// A round that changed more paths than this is shown above the prompt as counts (each
@@ -313,13 +361,20 @@ impl Engine {
                     announce = true;
                 }
             }
-            if !*self.enabled.borrow() {
+            // Checked and counted in one step: a `pause` that saw no round begun has
+            // none begin after it.
+            let begins = self.handle.rounds.send_if_modified(|r| {
+                r.begun += u64::from(r.enabled);
+                r.enabled
+            });
+            if !begins {
                 continue;
             }
             if announce {
                 self.announce();
             }
             self.round(full).await;
+            self.handle.rounds.send_modify(|r| r.ended += 1);
         }
     }
 
@@ -344,9 +399,11 @@ impl Engine {
         let mut here = match round::LocalState::read(&self.local, &ignore, full, previous).await {
             Ok(here) => here,
             Err(e) => {
+                let e = Arc::new(e);
                 self.update(|s| {
                     for peer in &mut s.peers {
-                        peer.errors = vec![e.clone()];
+                        peer.errors = vec![e.to_string()];
+                        peer.failure = Some(Arc::clone(&e));
                     }
                 });
                 return;
@@ -366,7 +423,8 @@ impl Engine {
                 &mut self.records,
                 view,
             )
-            .await;
+            .await
+            .map_err(Arc::new);
             let mut changed_here = false;
             if outcome.is_err() {
                 // At once, not at the end of the round: the peer may connect meanwhile.

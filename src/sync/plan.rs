@@ -15,6 +15,11 @@
 //! | edited | deleted | nothing: the peer will take our edit |
 //! | edited | edited differently | conflict: both versions survive |
 //!
+//! [`plan`] classifies each side against the record ([`Change`]) and then matches the pair
+//! once, arm by arm in the order of these rows (the same table is in problem_statement.md).
+//! The guards and the quiet check that decide whether a round plans at all are here too,
+//! as pure functions.
+//!
 //! In a conflict the version of the box with the smaller id keeps the name and the other
 //! becomes `name.sync-conflict-YYYYMMDD-HHMMSS-<box id>.ext` (that version's mtime, in
 //! UTC), so that both boxes arrive at the same two files.
@@ -23,7 +28,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::share::{Expect, RelPath};
+use super::SyncError;
+use super::ignore::Ignore;
+use super::record::Record;
+use crate::share::{Entry as ShareEntry, Expect, RelPath};
 use crate::time::Timestamp;
 
 /// One state of a path: what sync compares.
@@ -137,6 +145,18 @@ pub enum Action {
     DeleteDir(RelPath),
 }
 
+/// Why the plan leaves a path alone although the boxes disagree on it: shown to a person,
+/// who has to sort it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Skip {
+    /// Neither a file nor a directory can replace the other without losing one of them.
+    #[error("a file on one box is a directory on the other")]
+    KindsDiffer,
+    /// A conflict copy's name is taken by another content, which must not be overwritten.
+    #[error("a different file has the conflict copy's name")]
+    ConflictNameTaken,
+}
+
 /// The result of planning against one peer.
 #[derive(Debug, Default)]
 pub struct Plan {
@@ -147,7 +167,19 @@ pub struct Plan {
     /// Conflicts found (path and the conflict copy's name).
     pub conflicts: Vec<(RelPath, RelPath)>,
     /// Paths left alone with the reason (a file against a directory, say).
-    pub skipped: Vec<(RelPath, String)>,
+    pub skipped: Vec<(RelPath, Skip)>,
+}
+
+impl Plan {
+    /// Whether this plan leaves nothing to do nor to report, with `unknown` the paths that
+    /// could not be read: then a later round that sees the same folders and record can skip
+    /// planning (see [`Seen`]).
+    pub fn is_quiet(&self, unknown: &BTreeSet<RelPath>) -> bool {
+        self.actions.is_empty()
+            && self.conflicts.is_empty()
+            && self.skipped.is_empty()
+            && unknown.is_empty()
+    }
 }
 
 /// Who is who, for the deterministic conflict rule.
@@ -158,12 +190,124 @@ pub struct Sides<'a> {
     pub remote_id: &'a str,
 }
 
+impl Sides<'_> {
+    /// The smaller box id's version wins a conflict or a metadata tie: both boxes then
+    /// decide alike without comparing clocks.
+    fn remote_wins(&self) -> bool {
+        self.remote_id < self.local_id
+    }
+}
+
+/// How one side of a path stands against the record: the two classifications together
+/// pick the row of the rules table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// As in the record (both absent, or the same version); on the peer also a version
+    /// this box held since the record, which the peer lags behind with. Holds the side's
+    /// version.
+    Unchanged(Option<&'a Version>),
+    /// Present, and the record has no version of it.
+    Created(&'a Version),
+    /// Present, and different from the record's version.
+    Edited(&'a Version),
+    /// Absent, and the record has a version of it.
+    Deleted,
+}
+
+impl<'a> Change<'a> {
+    /// Classifies `side` (a path's version on one box, `None`: absent) against `record`.
+    pub fn of(side: Option<&'a Version>, record: Option<&Version>) -> Change<'a> {
+        match (side, record) {
+            (None, None) => Change::Unchanged(None),
+            (Some(v), None) => Change::Created(v),
+            (None, Some(_)) => Change::Deleted,
+            (Some(v), Some(s)) if v.same(s) => Change::Unchanged(Some(v)),
+            (Some(v), Some(_)) => Change::Edited(v),
+        }
+    }
+
+    /// Classifies the peer's `side`: a version this box `held` since the record is ours,
+    /// lagging on the peer, so no change of the peer's.
+    pub fn of_peer(
+        side: Option<&'a Version>,
+        record: Option<&Version>,
+        held: &[Version],
+    ) -> Change<'a> {
+        match side {
+            Some(v) if held.iter().any(|h| h.same(v)) => Change::Unchanged(Some(v)),
+            _ => Change::of(side, record),
+        }
+    }
+}
+
+/// The actions of a plan by kind, put in the order they must run by [`Steps::finish`].
+#[derive(Default)]
+struct Steps {
+    creates: Vec<RelPath>,
+    set_aside: Vec<Action>,
+    downloads: Vec<Action>,
+    metadata: Vec<Action>,
+    deletes_file: Vec<Action>,
+    deletes_dir: Vec<RelPath>,
+}
+
+impl Steps {
+    /// Directories before their files; deletions of files before their directories,
+    /// deepest directories first.
+    fn finish(mut self) -> Vec<Action> {
+        self.creates
+            .sort_by_key(|p: &RelPath| p.components().count());
+        self.deletes_dir
+            .sort_by_key(|p: &RelPath| std::cmp::Reverse(p.components().count()));
+        let mut actions = Vec::new();
+        actions.extend(self.creates.into_iter().map(Action::CreateDir));
+        actions.extend(self.set_aside);
+        actions.extend(self.downloads);
+        actions.extend(self.metadata);
+        actions.extend(self.deletes_file);
+        actions.extend(self.deletes_dir.into_iter().map(Action::DeleteDir));
+        actions
+    }
+
+    /// Takes the peer's version `remote` of `path` (a directory to create or a file to
+    /// download over what is here).
+    fn take(&mut self, path: &RelPath, local: Option<&Version>, remote: &Version) {
+        if remote.dir {
+            self.creates.push(path.clone());
+        } else {
+            self.downloads
+                .push(download_over(path, remote, expect(local)));
+        }
+    }
+
+    /// Takes the peer's mtime and mode for the content both hold.
+    fn take_metadata(&mut self, path: &RelPath, local: &Version, remote: &Version) {
+        self.metadata.push(Action::SetMetadata {
+            path: path.clone(),
+            version: remote.clone(),
+            expect: local.expect(),
+        });
+    }
+
+    /// Deletes here what the peer deleted.
+    fn delete(&mut self, path: &RelPath, local: &Version) {
+        if local.dir {
+            self.deletes_dir.push(path.clone());
+        } else {
+            self.deletes_file.push(Action::DeleteFile {
+                path: path.clone(),
+                expect: local.expect(),
+            });
+        }
+    }
+}
+
 /// Plans what to do here to take in the peer's changes.
 ///
 /// `local` and `remote` hold every path of either side that sync may touch (ignored and
 /// unstable paths left out); `record` the state of each path when both last agreed.
-/// `ours` the versions this box held since; `unknown` lists local paths that exist but could not be read this round: they are left
-/// alone.
+/// `ours` the versions this box held since; `unknown` lists local paths that exist but
+/// could not be read this round: they are left alone.
 pub fn plan(
     local: &BTreeMap<RelPath, Version>,
     remote: &BTreeMap<RelPath, Version>,
@@ -178,17 +322,14 @@ pub fn plan(
         .chain(remote.keys())
         .chain(record.keys())
         .collect();
-    let mut deletes_dir = Vec::new();
-    let mut deletes_file = Vec::new();
-    let mut set_aside = Vec::new();
-    let mut downloads = Vec::new();
-    let mut creates = Vec::new();
-    let mut metadata = Vec::new();
+    let mut steps = Steps::default();
     for path in paths {
         if unknown.contains(path) {
             continue;
         }
         let (l, r, s) = (local.get(path), remote.get(path), record.get(path));
+        // Before the table: what both hold already agrees, and kinds that differ wait for
+        // a person.
         if same(l, r) {
             out.agreed.insert(path.clone(), l.cloned());
             continue;
@@ -196,146 +337,106 @@ pub fn plan(
         if let (Some(l), Some(r)) = (l, r)
             && l.dir != r.dir
         {
-            out.skipped.push((
-                path.clone(),
-                "a file on one box is a directory on the other".to_string(),
-            ));
+            out.skipped.push((path.clone(), Skip::KindsDiffer));
             continue;
         }
-        let changed_here = !same(l, s);
-        // A version this box held since the last agreement is ours, lagging on the peer.
-        let ours_lagging = r.is_some_and(|r| {
-            ours.get(path)
-                .is_some_and(|held| held.iter().any(|v| v.same(r)))
-        });
-        let changed_there = !same(r, s) && !ours_lagging;
-        match (changed_here, changed_there) {
-            (false, true) | (true, true) if l.is_none() && r.is_some() => {
-                // Only the peer changed, or we deleted and the peer edited: take theirs.
-                take(path, l, r, &mut creates, &mut downloads);
-            }
-            (false, true) => match r {
-                None => match l {
-                    Some(v) if v.dir => deletes_dir.push(path.clone()),
-                    Some(v) => deletes_file.push(Action::DeleteFile {
-                        path: path.clone(),
-                        expect: v.expect(),
-                    }),
-                    None => {}
-                },
-                Some(r) => match l {
-                    Some(l) if l.same_content(r) => metadata.push(Action::SetMetadata {
-                        path: path.clone(),
-                        version: r.clone(),
-                        expect: l.expect(),
-                    }),
-                    _ => take(path, l, Some(r), &mut creates, &mut downloads),
-                },
-            },
-            // Only we changed, or we edited and the peer deleted: the peer takes ours.
-            (true, false) | (true, true) if r.is_none() => {}
-            (true, false) => {}
-            (true, true) => {
-                let (Some(l), Some(r)) = (l, r) else {
-                    continue;
-                };
-                let remote_wins = sides.remote_id < sides.local_id;
-                if l.same_content(r) {
-                    // Both changed metadata only: the smaller box id's wins.
-                    if remote_wins {
-                        metadata.push(Action::SetMetadata {
-                            path: path.clone(),
-                            version: r.clone(),
-                            expect: l.expect(),
-                        });
-                    }
-                    continue;
-                }
-                if remote_wins {
-                    let to = conflict_name(path, l, sides.local_id);
-                    out.conflicts.push((path.clone(), to.clone()));
-                    match local.get(&to) {
-                        // Our version is already here under its conflict name (the peer's
-                        // copy of it came first): it survives there, so the name takes the
-                        // peer's version (what it replaces goes to the trash as always).
-                        Some(copy) if copy.same_content(l) => downloads.push(Action::Download {
-                            remote: path.clone(),
-                            local: path.clone(),
-                            version: r.clone(),
-                            expect: l.expect(),
-                        }),
-                        Some(_) => out
-                            .skipped
-                            .push((to, "a different file has the conflict copy's name".into())),
-                        None => {
-                            set_aside.push(Action::SetAside {
-                                path: path.clone(),
-                                to,
-                                expect: l.expect(),
-                            });
-                            downloads.push(Action::Download {
-                                remote: path.clone(),
-                                local: path.clone(),
-                                version: r.clone(),
-                                expect: Expect::Absent,
-                            });
-                        }
-                    }
-                } else {
-                    // Ours keeps the name; fetch theirs as the conflict copy (unless we
-                    // already have it from an earlier round).
-                    let to = conflict_name(path, r, sides.remote_id);
-                    out.conflicts.push((path.clone(), to.clone()));
-                    match local.get(&to) {
-                        Some(copy) if copy.same_content(r) => {}
-                        Some(_) => out
-                            .skipped
-                            .push((to, "a different file has the conflict copy's name".into())),
-                        None => downloads.push(Action::Download {
-                            remote: path.clone(),
-                            local: to,
-                            version: r.clone(),
-                            expect: Expect::Absent,
-                        }),
-                    }
+        let here = Change::of(l, s);
+        let held = ours.get(path).map_or(&[][..], Vec::as_slice);
+        let there = Change::of_peer(r, s, held);
+        let same_content = l.zip(r).is_some_and(|(l, r)| l.same_content(r));
+        use Change::{Created, Deleted, Edited, Unchanged};
+        // The rules table of problem_statement.md ("Auto-sync"), row by row, in its order.
+        match (here, there, same_content) {
+            // Row 1, same | changed: take the peer's version; for the same content, only
+            // its mtime and mode.
+            (Unchanged(Some(l)), Created(r) | Edited(r), true) => steps.take_metadata(path, l, r),
+            (Unchanged(l), Created(r) | Edited(r), _) => steps.take(path, l, r),
+            (Unchanged(Some(l)), Deleted, _) => steps.delete(path, l),
+            // Row 2, changed | same: nothing, the peer takes ours.
+            (Created(_) | Edited(_) | Deleted, Unchanged(_), _) => {}
+            // Row 3, changed | changed, identical content: nothing, but for metadata the
+            // smaller box id's wins.
+            (Created(l) | Edited(l), Created(r) | Edited(r), true) => {
+                if sides.remote_wins() {
+                    steps.take_metadata(path, l, r);
                 }
             }
-            (false, false) => {}
+            // Row 4, deleted | edited: the edit wins, take it.
+            (Deleted, Created(r) | Edited(r), _) => steps.take(path, None, r),
+            // Row 5, edited | deleted: nothing, the peer takes our edit.
+            (Created(_) | Edited(_), Deleted, _) => {}
+            // Row 6, edited | edited differently: a conflict, both versions survive.
+            (Created(l) | Edited(l), Created(r) | Edited(r), false) => {
+                conflict(path, l, r, local, sides, &mut steps, &mut out);
+            }
+            // Not a row: neither changed (the peer lags behind with a version we held).
+            (Unchanged(_), Unchanged(_), _) => {}
+            // Not a row: both absent agrees (above), and a path the peer deleted is in the
+            // record, so a side unchanged since holds it.
+            (Unchanged(None) | Deleted, Deleted, _) => {}
         }
     }
-    // Directories before their files; deletions of files before their directories,
-    // deepest directories first.
-    creates.sort_by_key(|p: &RelPath| p.components().count());
-    deletes_dir.sort_by_key(|p: &RelPath| std::cmp::Reverse(p.components().count()));
-    out.actions
-        .extend(creates.into_iter().map(Action::CreateDir));
-    out.actions.extend(set_aside);
-    out.actions.extend(downloads);
-    out.actions.extend(metadata);
-    out.actions.extend(deletes_file);
-    out.actions
-        .extend(deletes_dir.into_iter().map(Action::DeleteDir));
+    out.actions = steps.finish();
     out
 }
 
-/// Takes the peer's version of `path` (a directory to create or a file to download).
-fn take(
+/// The download of the peer's `version` of `path` under the same name here, over what
+/// `expect` says is here.
+fn download_over(path: &RelPath, version: &Version, expect: Expect) -> Action {
+    Action::Download {
+        remote: path.clone(),
+        local: path.clone(),
+        version: version.clone(),
+        expect,
+    }
+}
+
+/// Plans a conflict on `path` between our `l` and the peer's `r`: the smaller box id's
+/// version keeps the name, the other takes its conflict name, on both boxes alike.
+fn conflict(
     path: &RelPath,
-    local: Option<&Version>,
-    remote: Option<&Version>,
-    creates: &mut Vec<RelPath>,
-    downloads: &mut Vec<Action>,
+    l: &Version,
+    r: &Version,
+    local: &BTreeMap<RelPath, Version>,
+    sides: &Sides<'_>,
+    steps: &mut Steps,
+    out: &mut Plan,
 ) {
-    let Some(remote) = remote else { return };
-    if remote.dir {
-        creates.push(path.clone());
+    if sides.remote_wins() {
+        let to = conflict_name(path, l, sides.local_id);
+        out.conflicts.push((path.clone(), to.clone()));
+        match local.get(&to) {
+            // Our version is already here under its conflict name (the peer's copy of it
+            // came first): it survives there, so the name takes the peer's version (what it
+            // replaces goes to the trash as always).
+            Some(copy) if copy.same_content(l) => {
+                steps.downloads.push(download_over(path, r, l.expect()));
+            }
+            Some(_) => out.skipped.push((to, Skip::ConflictNameTaken)),
+            None => {
+                steps.set_aside.push(Action::SetAside {
+                    path: path.clone(),
+                    to,
+                    expect: l.expect(),
+                });
+                steps.downloads.push(download_over(path, r, Expect::Absent));
+            }
+        }
     } else {
-        downloads.push(Action::Download {
-            remote: path.clone(),
-            local: path.clone(),
-            version: remote.clone(),
-            expect: expect(local),
-        });
+        // Ours keeps the name; fetch theirs as the conflict copy (unless we already have it
+        // from an earlier round).
+        let to = conflict_name(path, r, sides.remote_id);
+        out.conflicts.push((path.clone(), to.clone()));
+        match local.get(&to) {
+            Some(copy) if copy.same_content(r) => {}
+            Some(_) => out.skipped.push((to, Skip::ConflictNameTaken)),
+            None => steps.downloads.push(Action::Download {
+                remote: path.clone(),
+                local: to,
+                version: r.clone(),
+                expect: Expect::Absent,
+            }),
+        }
     }
 }
 
@@ -360,10 +461,97 @@ pub fn conflict_name(path: &RelPath, loser: &Version, owner: &str) -> RelPath {
     })
 }
 
-/// Whether `path` is a conflict copy made by sync.
-pub fn is_conflict_copy(path: &RelPath) -> bool {
-    path.file_name().contains(".sync-conflict-")
+/// What to do about the entries in the peer's `entries` that this box has never seen:
+/// absent here (`local`, nor `unknown`: unreadable), unknown to the record (neither agreed
+/// nor deleted) and never held here since. For such a folder the table can only say
+/// create it, and for such a file download it, so this needs no hashes. Folders come
+/// first, in the peer's order: the files then land in folders that exist.
+pub fn plan_early_pull(
+    entries: &[ShareEntry],
+    local: &BTreeMap<RelPath, Version>,
+    unknown: &BTreeSet<RelPath>,
+    record: &Record,
+    ignore: &Ignore,
+) -> Vec<Action> {
+    let (mut folders, files): (Vec<Action>, Vec<Action>) = entries
+        .iter()
+        .filter(|entry| !ignore.ignores(&entry.name))
+        .filter(|entry| {
+            let name = &entry.name;
+            !local.contains_key(name)
+                && !unknown.contains(name)
+                && !record.entries.contains_key(name)
+                && !record.ours.contains_key(name)
+        })
+        .map(|entry| match entry.is_dir() {
+            true => Action::CreateDir(entry.name.clone()),
+            false => Action::Download {
+                remote: entry.name.clone(),
+                local: entry.name.clone(),
+                version: Version {
+                    dir: false,
+                    blake3: None,
+                    size: entry.size,
+                    mtime: entry.mtime,
+                    mode: entry.mode,
+                },
+                expect: Expect::Absent,
+            },
+        })
+        .partition(|action| matches!(action, Action::CreateDir(_)));
+    folders.extend(files);
+    folders
 }
+
+/// What a round saw of both sides and the record. A round that sees what a round that
+/// found nothing to do saw would find nothing either: it skips planning, so that an idle
+/// pair costs a few short messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// The version of this box's snapshot.
+    pub here: String,
+    /// The version of the peer's folder its index describes.
+    pub index: String,
+    /// The version of the peer's folder its hashes describe.
+    pub hashes: String,
+    /// The record's revision.
+    pub record: u64,
+}
+
+impl Seen {
+    /// Whether a round that saw this may skip planning, after `quiet`, what the last round
+    /// that found nothing to do saw (`None`: none since the listings were last lost).
+    pub fn repeats(&self, quiet: Option<&Seen>) -> bool {
+        quiet == Some(self)
+    }
+}
+
+/// Whether a side whose folder lists `listed` paths (readable or
+/// not) looks like an unmounted disk rather than a person's deletions, while the record
+/// lists `in_sync` paths. Taking it for deletions would delete everything on the other box.
+fn looks_unmounted(listed: usize, in_sync: usize) -> bool {
+    listed == 0 && in_sync >= MASS_DELETE_GUARD
+}
+
+/// The mass-delete guard on this box's side: `listed` paths here (readable or not).
+pub fn guard_here(listed: usize, in_sync: usize) -> Result<(), SyncError> {
+    match looks_unmounted(listed, in_sync) {
+        true => Err(SyncError::EmptyHere { in_sync }),
+        false => Ok(()),
+    }
+}
+
+/// The mass-delete guard on the peer's side: `listed` paths there (hashed or not).
+pub fn guard_peer(listed: usize, in_sync: usize) -> Result<(), SyncError> {
+    match looks_unmounted(listed, in_sync) {
+        true => Err(SyncError::EmptyThere { in_sync }),
+        false => Ok(()),
+    }
+}
+
+/// A record with at least this many entries makes an empty folder suspicious: an
+/// unmounted disk, not a person who deleted everything.
+pub const MASS_DELETE_GUARD: usize = 10;
 
 #[cfg(test)]
 mod tests {
@@ -593,6 +781,204 @@ mod tests {
             &SIDES,
         );
         assert!(p.actions.is_empty(), "{:?}", p.actions);
+    }
+
+    /// Each side is classified against the record: a directory's mtime is no change, a
+    /// file's is; absent with no record is unchanged.
+    #[test]
+    fn a_side_is_classified_against_the_record() {
+        let v = file("x", 1);
+        let touched = file("x", 2);
+        assert_eq!(Change::of(None, None), Change::Unchanged(None));
+        assert_eq!(Change::of(Some(&v), Some(&v)), Change::Unchanged(Some(&v)));
+        assert_eq!(Change::of(Some(&v), None), Change::Created(&v));
+        assert_eq!(
+            Change::of(Some(&touched), Some(&v)),
+            Change::Edited(&touched)
+        );
+        assert_eq!(Change::of(None, Some(&v)), Change::Deleted);
+        let mut later = dir();
+        later.mtime = touched.mtime;
+        assert_eq!(
+            Change::of(Some(&later), Some(&dir())),
+            Change::Unchanged(Some(&later))
+        );
+    }
+
+    /// On the peer, a version this box held since the record is no change (the peer lags);
+    /// any other is classified as here.
+    #[test]
+    fn a_peer_holding_our_version_is_unchanged() {
+        let base = file("base", 1);
+        let held = file("held", 2);
+        let other = file("other", 3);
+        let ours = [held.clone()];
+        assert_eq!(
+            Change::of_peer(Some(&held), Some(&base), &ours),
+            Change::Unchanged(Some(&held))
+        );
+        assert_eq!(
+            Change::of_peer(Some(&held), None, &ours),
+            Change::Unchanged(Some(&held))
+        );
+        assert_eq!(
+            Change::of_peer(Some(&other), Some(&base), &ours),
+            Change::Edited(&other)
+        );
+        assert_eq!(Change::of_peer(None, Some(&base), &ours), Change::Deleted);
+    }
+
+    /// Row 3: both changed only the metadata; the smaller box id's wins on both boxes.
+    #[test]
+    fn metadata_tie_goes_to_the_smaller_box_id() {
+        let old = file("x", 1);
+        let (ours, theirs) = (file("x", 2), file("x", 3));
+        let p = run(
+            &[("a", ours.clone())],
+            &[("a", theirs.clone())],
+            &[("a", old.clone())],
+        );
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+        assert!(p.conflicts.is_empty());
+        let other = plan(
+            &map(&[("a", theirs.clone())]),
+            &map(&[("a", ours.clone())]),
+            &map(&[("a", old)]),
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+            &Sides {
+                local_id: "cccc",
+                remote_id: "bbbb",
+            },
+        );
+        assert_eq!(
+            other.actions,
+            vec![Action::SetMetadata {
+                path: rel("a"),
+                version: ours,
+                expect: theirs.expect(),
+            }]
+        );
+    }
+
+    /// A file on one box against a directory on the other is left alone, and said why.
+    #[test]
+    fn a_file_against_a_directory_is_skipped() {
+        let p = run(&[("a", file("x", 1))], &[("a", dir())], &[]);
+        assert!(p.actions.is_empty());
+        assert_eq!(p.skipped, vec![(rel("a"), Skip::KindsDiffer)]);
+    }
+
+    /// The mass-delete guards stop a round only for an empty side with a record of at
+    /// least [`MASS_DELETE_GUARD`] paths, each with its own kind.
+    #[test]
+    fn mass_delete_guards() {
+        let many = MASS_DELETE_GUARD;
+        assert!(
+            matches!(guard_here(0, many), Err(SyncError::EmptyHere { in_sync }) if in_sync == many)
+        );
+        assert!(
+            matches!(guard_peer(0, many), Err(SyncError::EmptyThere { in_sync }) if in_sync == many)
+        );
+        assert!(guard_here(0, many - 1).is_ok());
+        assert!(guard_peer(0, many - 1).is_ok());
+        assert!(guard_here(1, many).is_ok());
+        assert!(guard_peer(1, 1000).is_ok());
+    }
+
+    /// A round may skip planning only when it sees exactly what a quiet round saw: the
+    /// same folder here, the same listings there and the same record.
+    #[test]
+    fn the_quiet_check_needs_everything_unchanged() {
+        let seen = Seen {
+            here: "h1".into(),
+            index: "i1".into(),
+            hashes: "x1".into(),
+            record: 4,
+        };
+        assert!(seen.repeats(Some(&seen.clone())));
+        assert!(!seen.repeats(None));
+        for changed in [
+            Seen {
+                here: "h2".into(),
+                ..seen.clone()
+            },
+            Seen {
+                index: "i2".into(),
+                ..seen.clone()
+            },
+            Seen {
+                hashes: "x2".into(),
+                ..seen.clone()
+            },
+            Seen {
+                record: 5,
+                ..seen.clone()
+            },
+        ] {
+            assert!(!changed.repeats(Some(&seen)), "{changed:?}");
+        }
+    }
+
+    /// A plan is quiet only with nothing to do, no conflict, nothing skipped and nothing
+    /// unreadable.
+    #[test]
+    fn quiet_plans() {
+        let none = BTreeSet::new();
+        assert!(run(&[("a", file("x", 1))], &[("a", file("x", 1))], &[]).is_quiet(&none));
+        assert!(!run(&[], &[("a", file("x", 1))], &[]).is_quiet(&none));
+        assert!(!run(&[("a", file("x", 1))], &[("a", dir())], &[]).is_quiet(&none));
+        let unknown: BTreeSet<RelPath> = [rel("busy")].into();
+        assert!(!Plan::default().is_quiet(&unknown));
+        assert!(Plan::default().is_quiet(&none));
+    }
+
+    fn entry(name: &str) -> ShareEntry {
+        ShareEntry {
+            name: rel(name),
+            size: 3,
+            mtime: Timestamp(chrono::DateTime::from_timestamp(1, 0).unwrap()),
+            file_type: "text/plain".into(),
+            mode: 0o644,
+        }
+    }
+
+    /// Only folders and files this box has never seen are taken before the hashes are
+    /// known: not a file it has (or cannot read), nor one the record knows (a deletion here
+    /// not yet taken by the peer must not bring it back), nor one it held since, nor an
+    /// ignored one.
+    #[test]
+    fn only_never_seen_files_are_pulled_early() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".boxsyncignore"), "*.log\n").unwrap();
+        let ignore = Ignore::load(dir.path());
+        let mut record = Record::load(dir.path(), "peer").unwrap();
+        record.update([(rel("deleted-here.txt"), Some(file("x", 1)))]);
+        record.add_ours(&rel("held-here.txt"), file("x", 1));
+        let versions: BTreeMap<RelPath, Version> =
+            [(rel("have.txt"), file("x", 1))].into_iter().collect();
+        let unknown: BTreeSet<RelPath> = [rel("busy.txt")].into_iter().collect();
+        let mut folder = entry("sub");
+        folder.file_type = "directory".into();
+        let listed = [
+            "new.txt",
+            "have.txt",
+            "busy.txt",
+            "deleted-here.txt",
+            "held-here.txt",
+            "debug.log",
+        ]
+        .map(entry);
+        let mut entries = vec![folder];
+        entries.extend(listed);
+        let early = plan_early_pull(&entries, &versions, &unknown, &record, &ignore);
+        assert_eq!(early.len(), 2, "{early:?}");
+        assert_eq!(early[0], Action::CreateDir(rel("sub")));
+        assert!(matches!(
+            &early[1],
+            Action::Download { remote, local, expect: Expect::Absent, .. }
+                if remote == &rel("new.txt") && local == &rel("new.txt")
+        ));
     }
 
     /// Conflict names keep the extension and work without one.

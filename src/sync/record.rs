@@ -94,6 +94,21 @@ impl Record {
         }
     }
 
+    /// Remembers as ours every version held `here` that the peer has not agreed to yet
+    /// (the plan's `agreed`), so that a peer found holding it later lags behind.
+    pub fn hold_unagreed(
+        &mut self,
+        here: &BTreeMap<RelPath, Version>,
+        agreed: &BTreeMap<RelPath, Option<Version>>,
+    ) {
+        for (path, version) in here {
+            if !agreed.contains_key(path) && self.entries.get(path).is_none_or(|s| !s.same(version))
+            {
+                self.add_ours(path, version.clone());
+            }
+        }
+    }
+
     /// Applies what both boxes now agree on (`None`: both lack the path).
     pub fn update(&mut self, agreed: impl IntoIterator<Item = (RelPath, Option<Version>)>) {
         for (path, version) in agreed {
@@ -164,5 +179,36 @@ mod tests {
         fs::write(dir.path().join(RECORD_DIR).join("peer.json"), older).unwrap();
         let loaded = Record::load(dir.path(), "peer").unwrap();
         assert!(loaded.entries.is_empty());
+    }
+
+    /// A version held here is remembered as ours unless the plan found both agreeing on the
+    /// path, or it is the record's own version (nothing new to remember).
+    #[test]
+    fn only_unagreed_new_versions_are_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let rel = |p: &str| RelPath::parse(p).unwrap();
+        let mut record = Record::load(dir.path(), "peer").unwrap();
+        record.update([(rel("same.txt"), Some(version("s")))]);
+        let here: BTreeMap<RelPath, Version> = [
+            (rel("new.txt"), version("n")),
+            (rel("agreed.txt"), version("a")),
+            (rel("same.txt"), version("s")),
+        ]
+        .into_iter()
+        .collect();
+        let agreed = [(rel("agreed.txt"), Some(version("a")))]
+            .into_iter()
+            .collect();
+        let before = record.revision();
+        record.hold_unagreed(&here, &agreed);
+        assert_eq!(
+            record.ours.keys().collect::<Vec<_>>(),
+            vec![&rel("new.txt")]
+        );
+        assert_eq!(record.ours[&rel("new.txt")], vec![version("n")]);
+        assert!(record.revision() > before);
+        let held = record.revision();
+        record.hold_unagreed(&here, &agreed);
+        assert_eq!(record.revision(), held, "held twice");
     }
 }

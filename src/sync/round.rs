@@ -1,5 +1,7 @@
 //! One sync round with one peer: read both sides (index and hashes, the same operations the
-//! shell offers), plan, guard against mass deletion, act, and record what both now agree on.
+//! shell offers), let [`super::plan`] decide (the guards, the early pull, the quiet check
+//! and the plan itself are its pure functions), carry that out, and record what both now
+//! agree on.
 
 use std::borrow::Cow;
 use std::collections::hash_map::Entry;
@@ -9,19 +11,15 @@ use std::sync::Arc;
 use futures_util::{StreamExt, stream};
 
 use super::ignore::Ignore;
-use super::plan::{self, Action, Sides, Version};
+use super::plan::{self, Action, Seen, Sides, Version};
 use super::record::Record;
-use super::{PeerStatus, SyncTransport};
+use super::{PeerStatus, SyncError, SyncTransport};
 use crate::local::{LocalBox, Served};
 use crate::peer::{Listing, Peer, PeerError};
 use crate::share::filter::IndexFilter;
-use crate::share::{DigestSet, Entry as ShareEntry, Expect, FileHash, InstallMeta, RelPath};
+use crate::share::{DigestSet, Entry as ShareEntry, FileHash, InstallMeta, RelPath, ShareError};
 use crate::time::Timestamp;
 use crate::transfer::{Downloaded, Landing, Wanted};
-
-/// A record with at least this many entries makes an empty folder suspicious: an
-/// unmounted disk, not a person who deleted everything.
-pub const MASS_DELETE_GUARD: usize = 10;
 
 /// Downloads (single files or batches) in flight at once within a round.
 const PARALLEL_DOWNLOADS: usize = 4;
@@ -121,13 +119,13 @@ impl LocalState {
         ignore: &Ignore,
         rescan: bool,
         previous: Option<Arc<LocalState>>,
-    ) -> Result<Arc<LocalState>, String> {
+    ) -> Result<Arc<LocalState>, SyncError> {
         let snapshot = if rescan {
             local.share.snapshot().await
         } else {
             local.share.recent_snapshot().await
         }
-        .map_err(|e| format!("cannot read the shared folder: {e}"))?;
+        .map_err(SyncError::ReadFolder)?;
         if let Some(previous) = previous.filter(|p| p.snapshot_version == snapshot.version) {
             return Ok(previous);
         }
@@ -187,8 +185,8 @@ pub struct RoundReport {
     pub failed: usize,
     /// Conflicts found: the path and its conflict copy.
     pub conflicts: Vec<(RelPath, RelPath)>,
-    /// What went wrong, one line each.
-    pub errors: Vec<String>,
+    /// What went wrong with single paths (the round itself went through).
+    pub errors: Vec<SyncError>,
     /// Short descriptions of what changed here, for the activity feed.
     pub changes: Vec<String>,
 }
@@ -201,9 +199,8 @@ pub struct PeerView {
     index: Option<(String, Vec<ShareEntry>)>,
     /// The peer's hashes and the version of its folder they describe.
     hashes: Option<(String, Vec<FileHash>)>,
-    /// What a round that found nothing to do saw: this box's snapshot version, the peer's
-    /// index and hash versions, and the record's revision after it.
-    quiet: Option<(String, String, String, u64)>,
+    /// What a round that found nothing to do saw, the record's revision after it.
+    quiet: Option<Seen>,
 }
 
 impl PeerView {
@@ -246,7 +243,14 @@ fn unexpected_unchanged(peer: &Peer) -> PeerError {
     }
 }
 
-/// Runs one round against `peer`.
+/// A successful action's effect on the record: the path's new agreed state, when the
+/// action made both sides agree.
+type Settled = Option<(RelPath, Option<Version>)>;
+
+/// Each action of a group with its outcome.
+type Outcomes = Vec<(Action, Result<Settled, SyncError>)>;
+
+/// Runs one round against `peer`: the decisions are [`plan`]'s; this carries them out.
 pub async fn sync_with(
     local: &Arc<LocalBox>,
     here: &LocalState,
@@ -255,7 +259,7 @@ pub async fn sync_with(
     ignore: &Ignore,
     records: &mut HashMap<String, Record>,
     view: &mut PeerView,
-) -> Result<RoundReport, String> {
+) -> Result<RoundReport, SyncError> {
     // Notices from the peer are taken before its folder is read, so that the folder as read
     // is at least as new as every notice applied this round.
     let (installed, served) = match peer.remote_id() {
@@ -273,26 +277,18 @@ pub async fn sync_with(
     // costs the peer no hashing: a box joining a big folder starts receiving at once instead
     // of waiting for the peer to hash everything. The sender hashes each file as it sends it
     // (or takes the hash its own rescan is computing).
-    let first_contact = view.index.is_none();
-    let early_index = if first_contact {
-        match peer.index(&IndexFilter::Longlist).await {
-            Ok(entries) => Some(entries),
-            Err(e) => return Err(e.to_string()),
-        }
-    } else {
-        None
+    let early_index = match view.index.is_none() {
+        true => Some(peer.index(&IndexFilter::Longlist).await?),
+        false => None,
     };
-    let peer_id = peer
-        .remote_id()
-        .ok_or_else(|| "the peer's box id is unknown".to_string())?;
+    let peer_id = peer.remote_id().ok_or(SyncError::UnknownPeerId)?;
     if peer_id == local.id {
-        return Err("that address is this box itself".to_string());
+        return Err(SyncError::SelfPeer);
     }
     let record = match records.entry(peer_id.clone()) {
         Entry::Occupied(cached) => cached.into_mut(),
         Entry::Vacant(slot) => slot.insert(
-            Record::load(&local.share.state_dir(), &peer_id)
-                .map_err(|e| format!("cannot read the sync record: {e}"))?,
+            Record::load(&local.share.state_dir(), &peer_id).map_err(SyncError::LoadRecord)?,
         ),
     };
     record.update(installed);
@@ -300,44 +296,13 @@ pub async fn sync_with(
         let name = served.name.clone();
         record.add_ours(&name, served_version(served));
     }
-    let record_paths = record.entries.len();
-    if here.versions.is_empty() && here.unknown.is_empty() && record_paths >= MASS_DELETE_GUARD {
-        return Err(format!(
-            "this box's shared folder is empty but {record_paths} paths were in sync: sync paused (is the disk mounted?)"
-        ));
-    }
+    let in_sync = record.entries.len();
+    plan::guard_here(here.versions.len() + here.unknown.len(), in_sync)?;
     let mut report = RoundReport::default();
     let mut pulled = BTreeMap::new();
     if let Some(entries) = early_index {
-        // Folders first: the files then land in folders that exist, and the watcher, which
-        // reads each new folder to watch it, finds them empty.
-        let (folders, files): (Vec<Action>, Vec<Action>) =
-            plan_early_pull(&entries, here, record, ignore)
-                .into_iter()
-                .partition(|action| matches!(action, Action::CreateDir(_)));
-        let folder_versions: HashMap<&RelPath, Version> = entries
-            .iter()
-            .filter(|entry| entry.is_dir())
-            .filter_map(|entry| Some((&entry.name, version(entry, None)?)))
-            .collect();
-        for group in [folders, files] {
-            for (action, result) in carry_out(local, peer, transport, group).await {
-                match result {
-                    Ok(settled) => {
-                        report.done += 1;
-                        describe(&action, &mut report);
-                        if let Action::CreateDir(path) = &action
-                            && let Some(version) = folder_versions.get(path)
-                        {
-                            pulled.insert(path.clone(), Some(version.clone()));
-                        }
-                        pulled.extend(settled);
-                    }
-                    // Left to the plan, which tries again and reports what still fails.
-                    Err(e) => tracing::debug!(error = %e, "early action failed"),
-                }
-            }
-        }
+        let early = plan::plan_early_pull(&entries, &here.versions, &here.unknown, record, ignore);
+        pulled = pull_early(local, peer, transport, &entries, early, &mut report).await;
         // What both now hold is agreed before the plan looks: a file the peer changed
         // meanwhile is then its edit to take, not a conflict. Saved at once, should the
         // rest of the round fail.
@@ -348,30 +313,25 @@ pub async fn sync_with(
     }
     if let Err(e) = refresh_view(peer, view).await {
         *view = PeerView::default();
-        return Err(e.to_string());
+        return Err(e.into());
     }
     let (index_version, hash_version) = view.versions();
-    let seen = (here.snapshot_version.clone(), index_version, hash_version);
-    // Nothing changed on either side, nor in the record, since a round that found nothing
-    // to do: this one would find nothing either.
-    if view
-        .quiet
-        .as_ref()
-        .is_some_and(|(h, i, v, r)| (h, i, v, r) == (&seen.0, &seen.1, &seen.2, &record.revision()))
-    {
+    let seen = Seen {
+        here: here.snapshot_version.clone(),
+        index: index_version,
+        hashes: hash_version,
+        record: record.revision(),
+    };
+    if seen.repeats(view.quiet.as_ref()) {
         return Ok(report);
     }
     view.quiet = None;
     let (entries, hashes) = match (&view.index, &view.hashes) {
         (Some((_, entries)), Some((_, hashes))) => (entries, hashes),
-        _ => return Err("the peer's listing is missing".to_string()),
+        _ => return Err(SyncError::MissingListing),
     };
     let (there, unknown_there) = remote_state(entries, hashes, ignore);
-    if there.is_empty() && unknown_there.is_empty() && record_paths >= MASS_DELETE_GUARD {
-        return Err(format!(
-            "the peer's shared folder is empty but {record_paths} paths were in sync: not deleting them here (is its disk mounted?)"
-        ));
-    }
+    plan::guard_peer(there.len() + unknown_there.len(), in_sync)?;
     // This box's side as read at the start of the round, with what it pulled since.
     let here_versions: Cow<BTreeMap<RelPath, Version>> = if pulled.is_empty() {
         Cow::Borrowed(&here.versions)
@@ -398,24 +358,47 @@ pub async fn sync_with(
         &unknown,
         &sides,
     );
-    // Every version held here that the peer has not agreed to yet is remembered as ours.
-    for (path, version) in here_versions.iter() {
-        if !plan.agreed.contains_key(path)
-            && record.entries.get(path).is_none_or(|s| !s.same(version))
-        {
-            record.add_ours(path, version.clone());
-        }
-    }
+    record.hold_unagreed(&here_versions, &plan.agreed);
     report.conflicts = plan.conflicts.clone();
     for (path, reason) in &plan.skipped {
-        report.errors.push(format!("{path}: {reason}"));
+        report.errors.push(SyncError::Skipped {
+            path: path.clone(),
+            reason: *reason,
+        });
     }
-    let quiet = plan.actions.is_empty()
-        && plan.conflicts.is_empty()
-        && plan.skipped.is_empty()
-        && unknown.is_empty();
+    let quiet = plan.is_quiet(&unknown);
     let mut agreed = plan.agreed;
-    let mut actions = plan.actions.into_iter().peekable();
+    carry_out_plan(
+        local,
+        peer,
+        transport,
+        plan.actions,
+        &mut agreed,
+        &mut report,
+    )
+    .await;
+    record.update(agreed);
+    record.save().map_err(SyncError::SaveRecord)?;
+    if quiet {
+        view.quiet = Some(Seen {
+            record: record.revision(),
+            ..seen
+        });
+    }
+    Ok(report)
+}
+
+/// Carries out a plan's `actions` in their order, adding to `agreed` what each made both
+/// sides agree on; a failed action fails alone (it is retried next round).
+async fn carry_out_plan(
+    local: &Arc<LocalBox>,
+    peer: &Peer,
+    transport: SyncTransport,
+    actions: Vec<Action>,
+    agreed: &mut BTreeMap<RelPath, Option<Version>>,
+    report: &mut RoundReport,
+) {
+    let mut actions = actions.into_iter().peekable();
     while let Some(action) = actions.next() {
         // Downloads run a few at a time, small files many to a request: the round trips
         // and the flushes to disk of one overlap those of the others, or are shared.
@@ -429,10 +412,8 @@ pub async fn sync_with(
             match result {
                 Ok(settled) => {
                     report.done += 1;
-                    describe(&action, &mut report);
-                    if let Some((path, version)) = settled {
-                        agreed.insert(path, version);
-                    }
+                    describe(&action, report);
+                    agreed.extend(settled);
                 }
                 Err(e) => {
                     report.failed += 1;
@@ -441,14 +422,47 @@ pub async fn sync_with(
             }
         }
     }
-    record.update(agreed);
-    record
-        .save()
-        .map_err(|e| format!("cannot save the sync record: {e}"))?;
-    if quiet {
-        view.quiet = Some((seen.0, seen.1, seen.2, record.revision()));
+}
+
+/// Carries out the early pull of first contact: folders first, so that the files then
+/// land in folders that exist and the watcher, which reads each new folder to watch it,
+/// finds them empty. Returns what both boxes now hold.
+async fn pull_early(
+    local: &Arc<LocalBox>,
+    peer: &Peer,
+    transport: SyncTransport,
+    entries: &[ShareEntry],
+    early: Vec<Action>,
+    report: &mut RoundReport,
+) -> BTreeMap<RelPath, Option<Version>> {
+    let mut pulled = BTreeMap::new();
+    let (folders, files): (Vec<Action>, Vec<Action>) = early
+        .into_iter()
+        .partition(|action| matches!(action, Action::CreateDir(_)));
+    let folder_versions: HashMap<&RelPath, Version> = entries
+        .iter()
+        .filter(|entry| entry.is_dir())
+        .filter_map(|entry| Some((&entry.name, version(entry, None)?)))
+        .collect();
+    for group in [folders, files] {
+        for (action, result) in carry_out(local, peer, transport, group).await {
+            match result {
+                Ok(settled) => {
+                    report.done += 1;
+                    describe(&action, report);
+                    if let Action::CreateDir(path) = &action
+                        && let Some(version) = folder_versions.get(path)
+                    {
+                        pulled.insert(path.clone(), Some(version.clone()));
+                    }
+                    pulled.extend(settled);
+                }
+                // Left to the plan, which tries again and reports what still fails.
+                Err(e) => tracing::debug!(error = %e, "early action failed"),
+            }
+        }
     }
-    Ok(report)
+    pulled
 }
 
 /// Carries out a group of actions: a few units at a time, small-file downloads (over TCP)
@@ -458,7 +472,7 @@ async fn carry_out(
     peer: &Peer,
     transport: SyncTransport,
     group: Vec<Action>,
-) -> Vec<(Action, Result<Option<(RelPath, Option<Version>)>, String>)> {
+) -> Outcomes {
     let results: Vec<Vec<_>> = stream::iter(units(group, transport))
         .map(|unit| async move {
             match unit {
@@ -475,44 +489,6 @@ async fn carry_out(
         .collect()
         .await;
     results.into_iter().flatten().collect()
-}
-
-/// What to do about the entries in the peer's `entries` that this box has never seen:
-/// absent here, unknown to the record (neither agreed nor deleted) and never held here
-/// since. For such a folder the plan can only decide to create it, and for such a file to
-/// download it, so this needs no hashes.
-fn plan_early_pull(
-    entries: &[ShareEntry],
-    here: &LocalState,
-    record: &Record,
-    ignore: &Ignore,
-) -> Vec<Action> {
-    entries
-        .iter()
-        .filter(|entry| !ignore.ignores(&entry.name))
-        .filter(|entry| {
-            let name = &entry.name;
-            !here.versions.contains_key(name)
-                && !here.unknown.contains(name)
-                && !record.entries.contains_key(name)
-                && !record.ours.contains_key(name)
-        })
-        .map(|entry| match entry.is_dir() {
-            true => Action::CreateDir(entry.name.clone()),
-            false => Action::Download {
-                remote: entry.name.clone(),
-                local: entry.name.clone(),
-                version: Version {
-                    dir: false,
-                    blake3: None,
-                    size: entry.size,
-                    mtime: entry.mtime,
-                    mode: entry.mode,
-                },
-                expect: Expect::Absent,
-            },
-        })
-        .collect()
 }
 
 fn served_version(served: Served) -> Version {
@@ -562,7 +538,7 @@ async fn apply(
     peer: &Peer,
     transport: SyncTransport,
     action: &Action,
-) -> Result<Option<(RelPath, Option<Version>)>, String> {
+) -> Result<Settled, SyncError> {
     let share = &local.share;
     match action {
         // Folders normally go together (`Unit::Folders`); one on its own the same way.
@@ -590,7 +566,10 @@ async fn apply(
                         .await
                 }
             }
-            .map_err(|e| describe_failure(name, &e))?;
+            .map_err(|source| SyncError::Transfer {
+                path: name.clone(),
+                source,
+            })?;
             let (settled, confirmation) = settle(remote, name, downloaded);
             if let Some(confirmation) = confirmation
                 && let Err(e) = peer.confirm_installed(confirmation).await
@@ -611,28 +590,28 @@ async fn apply(
             share
                 .set_metadata(path, expect, meta)
                 .await
-                .map_err(|e| format!("{path}: {e}"))?;
+                .map_err(|source| disk(path, source))?;
             Ok(Some((path.clone(), Some(version.clone()))))
         }
         Action::SetAside { path, to, expect } => {
             share
                 .rename_file(path, to, expect)
                 .await
-                .map_err(|e| format!("{path}: {e}"))?;
+                .map_err(|source| disk(path, source))?;
             Ok(None)
         }
         Action::DeleteFile { path, expect } => {
             share
                 .remove_file(path, expect)
                 .await
-                .map_err(|e| format!("{path}: {e}"))?;
+                .map_err(|source| disk(path, source))?;
             Ok(Some((path.clone(), None)))
         }
         Action::DeleteDir(path) => {
             let removed = share
                 .remove_empty_dir(path)
                 .await
-                .map_err(|e| format!("{path}: {e}"))?;
+                .map_err(|source| disk(path, source))?;
             Ok(removed.then(|| (path.clone(), None)))
         }
     }
@@ -669,17 +648,14 @@ fn settle(
 
 /// Creates the folders `paths` in one blocking call, each an `Action::CreateDir` done or
 /// failed.
-async fn create_folders(
-    local: &Arc<LocalBox>,
-    paths: Vec<RelPath>,
-) -> Vec<(Action, Result<Option<(RelPath, Option<Version>)>, String>)> {
+async fn create_folders(local: &Arc<LocalBox>, paths: Vec<RelPath>) -> Outcomes {
     tracing::debug!(box_id = %local.id, folders = paths.len(), "sync folders");
     let results = local.share.create_dirs(paths.clone()).await;
     paths
         .into_iter()
         .zip(results)
         .map(|(path, result)| {
-            let outcome = result.map(|()| None).map_err(|e| format!("{path}: {e}"));
+            let outcome = result.map(|()| None).map_err(|source| disk(&path, source));
             (Action::CreateDir(path), outcome)
         })
         .collect()
@@ -687,22 +663,21 @@ async fn create_folders(
 
 /// Carries out a batch of small-file downloads in one request, then confirms to the peer,
 /// in one notice, the files installed under its names.
-async fn apply_batch(
-    local: &Arc<LocalBox>,
-    peer: &Peer,
-    batch: Vec<(Action, Wanted)>,
-) -> Vec<(Action, Result<Option<(RelPath, Option<Version>)>, String>)> {
+async fn apply_batch(local: &Arc<LocalBox>, peer: &Peer, batch: Vec<(Action, Wanted)>) -> Outcomes {
     tracing::debug!(box_id = %local.id, files = batch.len(), "sync batch download");
     let (actions, wanted): (Vec<Action>, Vec<Wanted>) = batch.into_iter().unzip();
     let results = match peer.download_batch(&wanted).await {
         Ok(results) => results,
         Err(e) => {
-            let line = e.to_string();
+            let e = Arc::new(e);
             return actions
                 .into_iter()
                 .zip(&wanted)
                 .map(|(action, want)| {
-                    let failure = format!("{}: {line}", want.landing.name);
+                    let failure = SyncError::Batch {
+                        path: want.landing.name.clone(),
+                        source: Arc::clone(&e),
+                    };
                     (action, Err(failure))
                 })
                 .collect();
@@ -721,7 +696,10 @@ async fn apply_batch(
                     confirmations.extend(confirmation);
                     settled
                 })
-                .map_err(|e| describe_failure(name, &e));
+                .map_err(|source| SyncError::Transfer {
+                    path: name.clone(),
+                    source,
+                });
             (action, outcome)
         })
         .collect();
@@ -733,8 +711,11 @@ async fn apply_batch(
     outcomes
 }
 
-fn describe_failure(name: &RelPath, error: &PeerError) -> String {
-    format!("{name}: {error}")
+fn disk(path: &RelPath, source: ShareError) -> SyncError {
+    SyncError::Disk {
+        path: path.clone(),
+        source,
+    }
 }
 
 fn describe(action: &Action, report: &mut RoundReport) {
@@ -760,13 +741,14 @@ fn describe(action: &Action, report: &mut RoundReport) {
 }
 
 /// Folds a round's outcome into the peer's status.
-pub fn fold(status: &mut PeerStatus, outcome: &Result<RoundReport, String>) {
+pub fn fold(status: &mut PeerStatus, outcome: &Result<RoundReport, Arc<SyncError>>) {
     status.last_attempt = Some(Timestamp::now());
     match outcome {
         Ok(report) => {
             status.last_sync = Some(Timestamp::now());
             status.pending = report.failed;
-            status.errors = report.errors.clone();
+            status.errors = report.errors.iter().map(ToString::to_string).collect();
+            status.failure = None;
             for (path, copy) in &report.conflicts {
                 let line = format!("{path} -> {copy}");
                 if !status.conflicts.contains(&line) {
@@ -774,70 +756,24 @@ pub fn fold(status: &mut PeerStatus, outcome: &Result<RoundReport, String>) {
                 }
             }
         }
-        Err(e) => status.errors = vec![e.clone()],
+        Err(e) => {
+            status.errors = vec![e.to_string()];
+            status.failure = Some(Arc::clone(e));
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::share::Expect;
 
     fn rel(p: &str) -> RelPath {
         RelPath::parse(p).unwrap()
     }
 
-    fn entry(name: &str) -> ShareEntry {
-        ShareEntry {
-            name: rel(name),
-            size: 3,
-            mtime: Timestamp(chrono::DateTime::from_timestamp(1, 0).unwrap()),
-            file_type: "text/plain".into(),
-            mode: 0o644,
-        }
-    }
-
     fn version() -> Version {
         Version::test_file("x", 1)
-    }
-
-    /// Only folders and files this box has never seen are taken before the hashes are
-    /// known: not a file it has (or cannot read), nor one the record knows (a deletion here
-    /// not yet taken by the peer must not bring it back), nor one it held since, nor an
-    /// ignored one.
-    #[test]
-    fn only_never_seen_files_are_pulled_early() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(".boxsyncignore"), "*.log\n").unwrap();
-        let ignore = Ignore::load(dir.path());
-        let mut record = Record::load(dir.path(), "peer").unwrap();
-        record.update([(rel("deleted-here.txt"), Some(version()))]);
-        record.add_ours(&rel("held-here.txt"), version());
-        let here = LocalState {
-            versions: [(rel("have.txt"), version())].into_iter().collect(),
-            unknown: [rel("busy.txt")].into_iter().collect(),
-            snapshot_version: String::new(),
-        };
-        let mut folder = entry("sub");
-        folder.file_type = "directory".into();
-        let listed = [
-            "new.txt",
-            "have.txt",
-            "busy.txt",
-            "deleted-here.txt",
-            "held-here.txt",
-            "debug.log",
-        ]
-        .map(entry);
-        let mut entries = vec![folder];
-        entries.extend(listed);
-        let early = plan_early_pull(&entries, &here, &record, &ignore);
-        assert_eq!(early.len(), 2, "{early:?}");
-        assert_eq!(early[0], Action::CreateDir(rel("sub")));
-        assert!(matches!(
-            &early[1],
-            Action::Download { remote, local, expect: Expect::Absent, .. }
-                if remote == &rel("new.txt") && local == &rel("new.txt")
-        ));
     }
 
     /// Folders to create are listed first, all in one unit; small downloads in batches;

@@ -1,7 +1,7 @@
 //! Auto-sync scenarios with real boxes on 127.0.0.1:0: every kind of change in each
 //! direction, conflicts, deletes against offline peers, lost records, growing files,
 //! killed peers, ignore patterns, the mass-delete guard, and a 3-box mesh under random
-//! operations. Waits are polled conditions with deadlines.
+//! operations. Waits are polled conditions or awaited rounds, with deadlines.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use boxsync::peer::Peer;
-use boxsync::sync::{self, SyncConfig, SyncHandle, SyncTransport};
+use boxsync::sync::{self, SyncConfig, SyncError, SyncHandle, SyncTransport};
 use tokio::sync::watch;
 
 use crate::util::{TestBox, bytes, eventually, write_file};
@@ -159,6 +159,29 @@ async fn settle(boxes: &[SyncBox]) {
     assert!(ok, "sync rounds stalled");
 }
 
+/// Pauses sync on every box and waits until no round is under way on any of them.
+async fn pause(boxes: &[SyncBox]) {
+    let paused: Vec<_> = boxes.iter().map(|b| b.handle.pause()).collect();
+    let all = futures_util::future::join_all(paused);
+    assert!(
+        tokio::time::timeout(CONVERGE, all).await.is_ok(),
+        "a round under way never ended"
+    );
+}
+
+/// Waits until every box has ended `n` rounds that began after this call.
+async fn rounds_on_every_box(boxes: &[SyncBox], n: usize) {
+    let all = futures_util::future::join_all(boxes.iter().map(|b| async {
+        for _ in 0..n {
+            b.handle.next_round().await;
+        }
+    }));
+    assert!(
+        tokio::time::timeout(CONVERGE, all).await.is_ok(),
+        "sync rounds stalled"
+    );
+}
+
 fn text(content: &str) -> Option<Vec<u8>> {
     Some(content.as_bytes().to_vec())
 }
@@ -243,11 +266,7 @@ async fn concurrent(
     boxes: &[SyncBox],
     edit: impl Fn(usize, &Path),
 ) -> BTreeMap<String, Option<Vec<u8>>> {
-    for b in boxes {
-        b.handle.set_enabled(false);
-    }
-    // A round already under way finishes before the pause takes effect.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    pause(boxes).await;
     for (i, b) in boxes.iter().enumerate() {
         edit(i, &b.root());
     }
@@ -255,6 +274,33 @@ async fn concurrent(
         b.handle.set_enabled(true);
     }
     converged(boxes).await
+}
+
+/// An awaited round is a whole round that began after the call, and a paused box begins
+/// none until it is turned on again.
+#[tokio::test(flavor = "multi_thread")]
+async fn rounds_can_be_awaited_and_paused() {
+    let boxes = mesh(2, SyncTransport::Tcp, |_, _| {}).await;
+    let handle = &boxes[0].handle;
+    let before = handle.status().rounds;
+    let next = handle.next_round();
+    tokio::time::timeout(CONVERGE, next).await.expect("a round");
+    assert!(handle.status().rounds > before, "{:?}", handle.status());
+    pause(&boxes).await;
+    let paused = handle.status().rounds;
+    // Asked for while paused: it cannot end before sync is on again.
+    let mut next = Box::pin(handle.next_round());
+    handle.sync_now();
+    assert!(
+        futures_util::poll!(next.as_mut()).is_pending(),
+        "a round ended while paused"
+    );
+    assert_eq!(handle.status().rounds, paused);
+    handle.set_enabled(true);
+    tokio::time::timeout(CONVERGE, next)
+        .await
+        .expect("a round after the pause");
+    assert!(handle.status().rounds > paused);
 }
 
 /// Different edits on both boxes: both versions survive, under the same names everywhere.
@@ -389,10 +435,7 @@ async fn lost_record_merges_and_deletes_nothing() {
     })
     .await;
     converged(&boxes).await;
-    for b in &boxes {
-        b.handle.set_enabled(false);
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    pause(&boxes).await;
     fs::remove_dir_all(boxes[1].root().join(".boxsync/sync")).unwrap();
     write_file(&boxes[0].root(), "new.txt", b"new");
     for b in &boxes {
@@ -516,6 +559,14 @@ async fn a_peer_that_comes_up_is_synced_with_at_once() {
         "the first round should have failed: {:?}",
         hb.status().peers
     );
+    assert!(
+        matches!(
+            hb.status().peers[0].failure.as_deref(),
+            Some(SyncError::Peer(_))
+        ),
+        "the peer should have been the failure: {:?}",
+        hb.status().peers
+    );
 
     // The peer comes up, with a file, and syncs with this box on its own.
     crate::util::write_file(&temp.path().join("shared"), "late.txt", b"here at last");
@@ -606,7 +657,7 @@ async fn converged_on(
         contents(&root).keys()
     );
     // And it stays that way for a few rounds.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    rounds_on_every_box(boxes, 2).await;
     contents(&root)
 }
 
@@ -637,10 +688,10 @@ async fn mass_delete_guard() {
     fs::rename(boxes[0].root().join("data"), away.path().join("data")).unwrap();
     assert!(
         eventually(CONVERGE, || {
-            boxes[1].handle.status().peers[0]
-                .errors
-                .iter()
-                .any(|e| e.contains("empty"))
+            matches!(
+                boxes[1].handle.status().peers[0].failure.as_deref(),
+                Some(SyncError::EmptyThere { in_sync }) if *in_sync >= 20
+            )
         })
         .await,
         "no pause reported: {:?}",
@@ -741,7 +792,14 @@ async fn random_mesh(seed: u64) {
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Some sync between two bursts of operations: a round that began after them ends
+        // on one of the boxes, while the others may be anywhere in theirs.
+        let one =
+            futures_util::future::select_all(boxes.iter().map(|b| Box::pin(b.handle.next_round())));
+        assert!(
+            tokio::time::timeout(CONVERGE, one).await.is_ok(),
+            "sync rounds stalled"
+        );
     }
     let all = converged(&boxes).await;
     let mut surviving: BTreeSet<Vec<u8>> = all.values().flatten().cloned().collect();

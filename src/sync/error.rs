@@ -1,0 +1,88 @@
+//! Why a sync round, or one of its actions, failed: typed, so that the engine and the
+//! tests tell the kinds apart, and rendered for a person only by `Display`.
+
+use std::io;
+
+use thiserror::Error;
+
+use super::plan::Skip;
+use crate::peer::PeerError;
+use crate::share::{RelPath, ShareError};
+
+/// What went wrong in a round with a peer. The round-wide kinds stop the round (it is
+/// retried at the next); the per-path kinds (`Transfer`, `Disk`, `Skipped`) fail one path
+/// only.
+#[derive(Debug, Error)]
+pub enum SyncError {
+    /// This box's folder could not be read: nothing can be compared.
+    #[error("cannot read the shared folder: {0}")]
+    ReadFolder(#[source] ShareError),
+    /// A request to the peer failed (unreachable, connection lost, a broken answer).
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// The peer did not say who it is, so its record cannot be found.
+    #[error("the peer's box id is unknown")]
+    UnknownPeerId,
+    /// The peer is this box: syncing with itself would compare a folder with itself.
+    #[error("that address is this box itself")]
+    SelfPeer,
+    /// The record of the last agreement could not be read.
+    #[error("cannot read the sync record: {0}")]
+    LoadRecord(#[source] io::Error),
+    /// The record of what both now agree on could not be written.
+    #[error("cannot save the sync record: {0}")]
+    SaveRecord(#[source] io::Error),
+    /// The mass-delete guard: this box's folder is empty while the record lists many
+    /// paths (an unmounted disk); the round stops before the peer is told anything.
+    #[error(
+        "this box's shared folder is empty but {in_sync} paths were in sync: sync paused (is the disk mounted?)"
+    )]
+    EmptyHere {
+        /// Paths in the record.
+        in_sync: usize,
+    },
+    /// The mass-delete guard: the peer's folder is empty while the record lists many paths;
+    /// nothing is deleted here.
+    #[error(
+        "the peer's shared folder is empty but {in_sync} paths were in sync: not deleting them here (is its disk mounted?)"
+    )]
+    EmptyThere {
+        /// Paths in the record.
+        in_sync: usize,
+    },
+    /// The peer's listing was lost between asking and planning.
+    #[error("the peer's listing is missing")]
+    MissingListing,
+    /// Fetching one path from the peer failed.
+    #[error("{path}: {source}")]
+    Transfer {
+        /// The path here.
+        path: RelPath,
+        /// Why.
+        source: PeerError,
+    },
+    /// A batch of small files failed as a whole: each of its files fails with it.
+    #[error("{path}: {source}")]
+    Batch {
+        /// The path here.
+        path: RelPath,
+        /// Why, shared by the batch's files.
+        source: std::sync::Arc<PeerError>,
+    },
+    /// Changing one path here failed (it changed meanwhile, a permission...).
+    #[error("{path}: {source}")]
+    Disk {
+        /// The path.
+        path: RelPath,
+        /// Why.
+        source: ShareError,
+    },
+    /// The plan left a path alone, for a person to sort out.
+    #[error("{path}: {reason}")]
+    Skipped {
+        /// The path.
+        path: RelPath,
+        /// Why.
+        reason: Skip,
+    },
+}
