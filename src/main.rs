@@ -89,12 +89,14 @@ fn run(config: Config) -> Result<bool> {
                 server.local_addr()
             );
             let (stop, stopped) = tokio::sync::watch::channel(false);
+            let notices = server.notices();
             let serving = handle.spawn(server.run(wait_for(stopped.clone())));
             if let Some(sync) = config.sync {
                 let _guard = handle.enter();
                 let peers = sync_peers(&session, &config.peers);
                 session.set_sync(boxsync::sync::start(
                     Arc::clone(&local),
+                    notices,
                     peers,
                     sync,
                     wait_for(stopped),
@@ -143,7 +145,8 @@ async fn serve(
                 )
             })
             .collect();
-        boxsync::sync::start(Arc::clone(&local), peers, sync, wait_for(stopped));
+        let notices = server.notices();
+        boxsync::sync::start(Arc::clone(&local), notices, peers, sync, wait_for(stopped));
     }
     tracing::info!(
         addr = %server.local_addr(),

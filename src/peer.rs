@@ -27,7 +27,7 @@ use crate::share::filter::IndexFilter;
 use crate::share::{Entry, FileHash, RelPath};
 use crate::transfer::udp::UdpError;
 use crate::transfer::{Downloaded, Landing, Progress, TransferError, Wanted};
-use crate::types::{FileVersion, Transport};
+use crate::types::{BoxId, FileVersion, Transport};
 
 use crate::requests::listing;
 pub use crate::requests::listing::Listing;
@@ -219,7 +219,7 @@ pub struct Peer {
     /// Idle connections ready for the next request.
     idle: Mutex<Vec<PeerConnection>>,
     /// The peer's box id, once a handshake has told it.
-    remote_id: Mutex<Option<String>>,
+    remote_id: Mutex<Option<BoxId>>,
     /// The [`Reachability`] seen by the last finished request, as its `u8` code (an atomic,
     /// because requests finish on any task).
     reachability: AtomicU8,
@@ -248,7 +248,7 @@ impl Peer {
     }
 
     /// The peer's box id, known once a request has reached it.
-    pub fn remote_id(&self) -> Option<String> {
+    pub fn remote_id(&self) -> Option<BoxId> {
         self.remote_id
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -435,11 +435,13 @@ impl Peer {
             let want = &wanted[index];
             results[index] = outcome
                 .map(|replaced| Downloaded {
-                    name: want.name.clone(),
-                    size,
-                    mtime,
-                    mode,
-                    blake3: digests.blake3,
+                    version: FileVersion {
+                        name: want.name.clone(),
+                        blake3: digests.blake3,
+                        size,
+                        mtime,
+                        mode,
+                    },
                     sha256: digests.sha256,
                     md5: digests.md5,
                     transport: Transport::Tcp,

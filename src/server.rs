@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use crate::history::Direction;
 use crate::local::LocalBox;
 use crate::protocol::{self, Connection, ConnectionError, ErrorKind, Response};
+use crate::requests::notices::Notices;
 use crate::requests::{self, Request, ServeContext};
 use crate::transfer::udp::hub::UdpHub;
 
@@ -48,6 +49,8 @@ pub struct Server {
     listener: TcpListener,
     /// The UDP socket on the same port (reserved for UDP transfers).
     udp: UdpSocket,
+    /// What peers tell this box's sync, noted as requests arrive.
+    notices: Arc<Notices>,
 }
 
 impl Server {
@@ -66,6 +69,7 @@ impl Server {
                         local,
                         listener,
                         udp,
+                        notices: Arc::default(),
                     });
                 }
                 Err(e) => last_error = Some(e),
@@ -74,6 +78,12 @@ impl Server {
         Err(bind_error(
             last_error.unwrap_or_else(|| io::ErrorKind::AddrInUse.into()),
         ))
+    }
+
+    /// Where this server notes what peers tell the box's sync ([`crate::sync::start`]
+    /// takes them from there).
+    pub fn notices(&self) -> Arc<Notices> {
+        Arc::clone(&self.notices)
     }
 
     /// The address peers connect to.
@@ -116,10 +126,11 @@ impl Server {
             match accepted {
                 Ok((stream, peer)) => {
                     let local = Arc::clone(&self.local);
+                    let notices = Arc::clone(&self.notices);
                     let hub = Arc::clone(&hub);
                     let stop = stop_rx.clone();
                     handlers.spawn(async move {
-                        handle_connection(local, hub, stream, peer, stop).await;
+                        handle_connection(local, notices, hub, stream, peer, stop).await;
                         drop(permit);
                     });
                 }
@@ -148,6 +159,7 @@ impl Server {
 /// Serves one peer connection from handshake to close; every way it can end is logged.
 async fn handle_connection(
     local: Arc<LocalBox>,
+    notices: Arc<Notices>,
     hub: Arc<UdpHub>,
     stream: TcpStream,
     peer: SocketAddr,
@@ -162,8 +174,8 @@ async fn handle_connection(
             return;
         }
     };
-    tracing::debug!(%peer, peer_id, "peer connected");
-    local.peer_connected();
+    tracing::debug!(%peer, %peer_id, "peer connected");
+    notices.peer_connected();
     loop {
         let next = tokio::select! {
             next = tokio::time::timeout(IDLE_TIMEOUT, connection.read_message::<Request>()) => next,
@@ -205,6 +217,7 @@ async fn handle_connection(
             hub: &hub,
             client_ip: peer.ip(),
             peer_id: &peer_id,
+            notices: &notices,
         };
         match requests::serve(request, &cx, &mut connection).await {
             Ok(Ok(())) if routine => {}

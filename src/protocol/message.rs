@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::share::{Digests, Entry, FileHash, RelPath, ShareError};
 use crate::time::Timestamp;
+use crate::types::BoxId;
 
 /// Identifies the protocol in the handshake.
 pub const MAGIC: &str = "boxsync";
@@ -20,13 +21,14 @@ pub struct Hello {
     pub magic: String,
     /// The sender's [`PROTOCOL_VERSION`].
     pub version: u32,
-    /// The sender's box id (stable across restarts).
+    /// The sender's box id (stable across restarts); read, as any text, then checked by
+    /// the handshake (see [`BoxId`]).
     pub box_id: String,
 }
 
 impl Hello {
     /// This build's greeting for a box with the given id.
-    pub fn new(box_id: &str) -> Hello {
+    pub fn new(box_id: &BoxId) -> Hello {
         Hello {
             magic: MAGIC.to_string(),
             version: PROTOCOL_VERSION,

@@ -50,8 +50,8 @@ pub enum HandshakeError {
 /// Client side: send our greeting, read and check the server's. Returns the server's box id.
 pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
-    box_id: &str,
-) -> Result<String, HandshakeError> {
+    box_id: &BoxId,
+) -> Result<BoxId, HandshakeError> {
     let exchange = async {
         connection.write_message(&Hello::new(box_id)).await?;
         let frame = connection.expect_frame().await?;
@@ -59,8 +59,7 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(HandshakeError::Refused(message));
         }
         let hello: Hello = connection::decode(frame)?;
-        check(&hello)?;
-        Ok(hello.box_id)
+        check(&hello)
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await
@@ -71,27 +70,31 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
 /// message the client can show). Returns the client's box id.
 pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
-    box_id: &str,
-) -> Result<String, HandshakeError> {
+    box_id: &BoxId,
+) -> Result<BoxId, HandshakeError> {
     let exchange = async {
         let hello: Hello = connection.expect_message().await?;
-        if let Err(e) = check(&hello) {
-            let refusal = Response::Error {
-                kind: ErrorKind::Handshake,
-                message: e.to_string(),
-            };
-            let _ = connection.write_message(&refusal).await;
-            return Err(e);
-        }
+        let id = match check(&hello) {
+            Ok(id) => id,
+            Err(e) => {
+                let refusal = Response::Error {
+                    kind: ErrorKind::Handshake,
+                    message: e.to_string(),
+                };
+                let _ = connection.write_message(&refusal).await;
+                return Err(e);
+            }
+        };
         connection.write_message(&Hello::new(box_id)).await?;
-        Ok(hello.box_id)
+        Ok(id)
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await
         .unwrap_or(Err(HandshakeError::Timeout))
 }
 
-fn check(hello: &Hello) -> Result<(), HandshakeError> {
+/// Checks a greeting and reads the sender's box id from it.
+fn check(hello: &Hello) -> Result<BoxId, HandshakeError> {
     if hello.magic != MAGIC {
         return Err(HandshakeError::WrongMagic(hello.magic.clone()));
     }
@@ -100,6 +103,5 @@ fn check(hello: &Hello) -> Result<(), HandshakeError> {
             theirs: hello.version,
         });
     }
-    BoxId::parse(&hello.box_id)?;
-    Ok(())
+    Ok(BoxId::parse(&hello.box_id)?)
 }

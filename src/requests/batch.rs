@@ -46,7 +46,7 @@ impl DownloadMany {
         let mut first_failure = None;
         for outcome in tcp::send_files(connection, share, self.names, DigestSet::Blake3).await? {
             match outcome {
-                Ok(served) => cx.local.note_served(cx.peer_id, served),
+                Ok(served) => cx.notices.note_served(cx.peer_id, served),
                 Err(e) => {
                     failures += 1;
                     first_failure.get_or_insert_with(|| e.to_string());

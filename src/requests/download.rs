@@ -43,7 +43,7 @@ impl Download {
         let outcome = tcp::send_file(connection, share, &self.name, digests).await?;
         share.persist_cache();
         Ok(outcome
-            .map(|served| cx.local.note_served(cx.peer_id, served))
+            .map(|served| cx.notices.note_served(cx.peer_id, served))
             .map_err(|e| e.to_string()))
     }
 

@@ -35,6 +35,7 @@ use crate::share::ShareError;
 use crate::transfer::TransferError;
 use crate::transfer::udp::UdpError;
 use crate::transfer::udp::hub::UdpHub;
+use crate::types::BoxId;
 
 /// Most names in one `download_many` or versions in one `installed_many`: a server refuses
 /// longer lists, so that one request cannot hold a connection for an unbounded time.
@@ -126,8 +127,10 @@ pub struct ServeContext<'a> {
     pub hub: &'a Arc<UdpHub>,
     /// The client's address, which its UDP endpoint must share.
     pub client_ip: IpAddr,
-    /// The client's box id, as its handshake told.
-    pub peer_id: &'a str,
+    /// The client's box id, as its handshake proved.
+    pub peer_id: &'a BoxId,
+    /// Where sync's notices (and what was served) are noted.
+    pub notices: &'a notices::Notices,
 }
 
 /// How serving a request ended: the outer `Err` means the connection failed (and is

@@ -3,20 +3,105 @@
 //! the same name": the receiving box's sync records that both held it). A notice is taken
 //! for the box that sent it, under the id its handshake proved.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use super::{CallError, Handled, MAX_BATCH_NAMES, ServeContext, refuse, too_many};
 use crate::protocol::{Connection, ErrorKind, Response};
-use crate::types::FileVersion;
+use crate::types::{BoxId, FileVersion};
+
+/// Most versions remembered per peer between two sync rounds.
+const MAX_NOTED: usize = 100_000;
+
+/// What this box's server learnt for its sync: that a peer's folder changed, what each
+/// peer said it installed from here, and what was served to each. The server notes; the
+/// sync engine takes, once per round, by the id each peer's handshake proved.
+#[derive(Debug, Default)]
+pub struct Notices {
+    /// Signalled when a peer says its folder changed, so that sync pulls soon.
+    changed: Notify,
+    /// Set while sync's last round failed to reach a peer: the next box to connect may be
+    /// that peer coming back, and is then synced with at once.
+    peer_missing: AtomicBool,
+    /// Versions sent to each peer since sync last looked. A std `Mutex`: held only to push
+    /// or take, never across an `.await`.
+    served: Mutex<HashMap<BoxId, Vec<FileVersion>>>,
+    /// Versions each peer said it installed from this box since sync last looked, oldest
+    /// first. A std `Mutex`, as above.
+    installed: Mutex<HashMap<BoxId, Vec<FileVersion>>>,
+}
+
+impl Notices {
+    /// A peer's folder changed (or a peer may be back): sync should run soon.
+    pub fn wake_sync(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Completes when sync should run because of a notice.
+    pub async fn sync_woken(&self) {
+        self.changed.notified().await;
+    }
+
+    /// Sync could (`true`) or could again (`false`) not reach one of its peers.
+    pub fn set_peer_missing(&self, missing: bool) {
+        self.peer_missing.store(missing, Ordering::Relaxed);
+    }
+
+    /// A box connected to this one's server. If sync is waiting for a peer it could not
+    /// reach, this may be that peer (restarted, or started after this box): sync runs now.
+    /// Connections are pooled, so this happens once per peer start, not per request.
+    pub fn peer_connected(&self) {
+        if self.peer_missing.swap(false, Ordering::Relaxed) {
+            self.wake_sync();
+        }
+    }
+
+    /// Remembers that `version` went to the peer `peer`.
+    pub fn note_served(&self, peer: &BoxId, version: FileVersion) {
+        push(&self.served, peer, version);
+    }
+
+    /// Takes the versions sent to `peer` since the last call.
+    pub fn take_served(&self, peer: &BoxId) -> Vec<FileVersion> {
+        take(&self.served, peer)
+    }
+
+    /// Remembers that `peer` installed `version` of one of this box's files.
+    pub fn note_installed(&self, peer: &BoxId, version: FileVersion) {
+        push(&self.installed, peer, version);
+    }
+
+    /// Takes what `peer` said it installed since the last call, oldest first.
+    pub fn take_installed(&self, peer: &BoxId) -> Vec<FileVersion> {
+        take(&self.installed, peer)
+    }
+}
+
+fn push(map: &Mutex<HashMap<BoxId, Vec<FileVersion>>>, peer: &BoxId, version: FileVersion) {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    let list = map.entry(peer.clone()).or_default();
+    if list.len() < MAX_NOTED {
+        list.push(version);
+    }
+}
+
+fn take(map: &Mutex<HashMap<BoxId, Vec<FileVersion>>>, peer: &BoxId) -> Vec<FileVersion> {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    map.remove(peer).unwrap_or_default()
+}
 
 /// Server side of `changed`: wakes this box's sync, which pulls from the sender soon.
 pub async fn serve_changed(
     cx: &ServeContext<'_>,
     connection: &mut Connection<TcpStream>,
 ) -> Handled {
-    cx.local.changes.notify_one();
+    cx.notices.wake_sync();
     ack(connection).await
 }
 
@@ -30,7 +115,7 @@ impl FileVersion {
         cx: &ServeContext<'_>,
         connection: &mut Connection<TcpStream>,
     ) -> Handled {
-        cx.local.note_installed(cx.peer_id, self);
+        cx.notices.note_installed(cx.peer_id, self);
         ack(connection).await
     }
 }
@@ -59,7 +144,7 @@ impl InstalledMany {
             .await;
         }
         for version in self.versions {
-            cx.local.note_installed(cx.peer_id, version);
+            cx.notices.note_installed(cx.peer_id, version);
         }
         ack(connection).await
     }

@@ -50,7 +50,7 @@ impl DownloadUdp {
         let outcome =
             udp::serve::serve_download(connection, share, cx.hub, &self.name, wanted, cx.client_ip)
                 .await?;
-        Ok(outcome.map(|served| cx.local.note_served(cx.peer_id, served)))
+        Ok(outcome.map(|served| cx.notices.note_served(cx.peer_id, served)))
     }
 
     /// Client, once the request is sent: negotiates the transfer on `connection` and

@@ -75,9 +75,9 @@ pub fn job_event(event: &JobEvent, layout: Layout) -> String {
     let detail = match result {
         Ok(d) => format!(
             "{} in {:.2}s ({}/s){}",
-            human_size(d.size),
+            human_size(d.version.size),
             d.seconds,
-            human_size((d.size as f64 / d.seconds.max(1e-6)) as u64),
+            human_size((d.version.size as f64 / d.seconds.max(1e-6)) as u64),
             d.note
                 .as_ref()
                 .map(|n| format!("; note: {n}"))
@@ -136,12 +136,12 @@ fn hash_json(hash: &FileHash) -> Value {
 
 fn download_json(d: &Downloaded) -> Value {
     let mut value = json!({
-        "name": d.name,
-        "size": d.size,
-        "mtime": d.mtime,
+        "name": d.version.name,
+        "size": d.version.size,
+        "mtime": d.version.mtime,
         "md5": d.md5,
         "sha256": d.sha256,
-        "blake3": d.blake3,
+        "blake3": d.version.blake3,
         "transport": d.transport,
         "path": d.path,
         "seconds": (d.seconds * 1000.0).round() / 1000.0,
@@ -194,14 +194,14 @@ fn outcome_human(outcome: &Outcome, layout: Layout) -> String {
         Outcome::Downloaded(d) => {
             let mut lines = vec![format!(
                 "downloaded {} over {}: {} in {:.2}s ({}/s)",
-                d.name,
+                d.version.name,
                 match d.transport {
                     crate::types::Transport::Tcp => "TCP",
                     crate::types::Transport::Udp => "UDP",
                 },
-                human_size(d.size),
+                human_size(d.version.size),
                 d.seconds,
-                human_size((d.size as f64 / d.seconds.max(1e-6)) as u64),
+                human_size((d.version.size as f64 / d.seconds.max(1e-6)) as u64),
             )];
             lines.push(table(
                 &[
@@ -211,9 +211,9 @@ fn outcome_human(outcome: &Outcome, layout: Layout) -> String {
                     Column::keep("MD5"),
                 ],
                 vec![vec![
-                    d.name.to_string(),
-                    human_size(d.size),
-                    d.mtime.to_local_string(),
+                    d.version.name.to_string(),
+                    human_size(d.version.size),
+                    d.version.mtime.to_local_string(),
                     d.md5.clone().unwrap_or_else(|| "-".to_string()),
                 ]],
             ));

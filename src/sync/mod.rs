@@ -35,15 +35,12 @@ pub use error::SyncError;
 use crate::local::LocalBox;
 use crate::parse::{BadPeerAddress, check_peer_address};
 use crate::peer::Peer;
+use crate::requests::notices::Notices;
 use crate::time::Timestamp;
-use crate::types::Transport;
+use crate::types::{BoxId, Transport};
 
 /// How long local changes must settle before a round starts.
 const SETTLE: Duration = Duration::from_millis(300);
-
-/// Which transport sync uses to fetch from a peer: the one transport type, under the name
-/// the planner's code still uses.
-pub use crate::types::Transport as SyncTransport;
 
 /// A peer as given on the command line: `HOST:PORT`, `tcp://HOST:PORT` or
 /// `udp://HOST:PORT` (sync fetches from it over UDP).
@@ -223,6 +220,7 @@ impl SyncHandle {
 /// Starts sync for `local` with `peers`; it runs until `shutdown` completes.
 pub fn start(
     local: Arc<LocalBox>,
+    notices: Arc<Notices>,
     peers: Vec<(Arc<Peer>, Transport)>,
     config: SyncConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -256,6 +254,7 @@ pub fn start(
         views: peers.iter().map(|_| round::PeerView::default()).collect(),
         here: None,
         local,
+        notices,
         peers,
         config,
         handle: handle.clone(),
@@ -267,12 +266,14 @@ pub fn start(
 /// The running engine.
 struct Engine {
     /// Sync records by peer box id, loaded once and saved when they change.
-    records: std::collections::HashMap<String, record::Record>,
+    records: std::collections::HashMap<BoxId, record::Record>,
     /// What each peer's folder looked like at its last answers (same order as `peers`).
     views: Vec<round::PeerView>,
     /// This box's side as last read, reused while the folder is unchanged.
     here: Option<Arc<round::LocalState>>,
     local: Arc<LocalBox>,
+    /// What the box's server learnt for sync: peers' changes and installs, what it served.
+    notices: Arc<Notices>,
     peers: Vec<(Arc<Peer>, Transport)>,
     config: SyncConfig,
     handle: SyncHandle,
@@ -349,7 +350,7 @@ impl Engine {
                 }
                 _ = rescan.tick() => full = true,
                 _ = self.handle.trigger.notified() => {}
-                _ = self.local.changes.notified() => {}
+                _ = self.notices.sync_woken() => {}
                 _ = local_change.notified() => {
                     // Let a burst of changes (a file being written, a folder copied) settle.
                     loop {
@@ -414,8 +415,12 @@ impl Engine {
             let Some(view) = self.views.get_mut(index) else {
                 break;
             };
+            let this = round::ThisBox {
+                local: &self.local,
+                notices: &self.notices,
+            };
             let outcome = round::sync_with(
-                &self.local,
+                this,
                 &here,
                 peer,
                 *transport,
@@ -429,9 +434,7 @@ impl Engine {
             if outcome.is_err() {
                 // At once, not at the end of the round: the peer may connect meanwhile.
                 missing = true;
-                self.local
-                    .peer_missing
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.notices.set_peer_missing(true);
             }
             match &outcome {
                 Ok(report) => {
@@ -468,9 +471,7 @@ impl Engine {
             }
         }
         if !missing {
-            self.local
-                .peer_missing
-                .store(false, std::sync::atomic::Ordering::Relaxed);
+            self.notices.set_peer_missing(false);
         }
         self.here = Some(here);
         self.update(|s| s.rounds += 1);

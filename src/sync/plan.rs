@@ -33,6 +33,7 @@ use super::ignore::Ignore;
 use super::record::Record;
 use crate::share::{Entry as ShareEntry, Expect, RelPath};
 use crate::time::Timestamp;
+use crate::types::FileVersion;
 
 /// One state of a path: what sync compares.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +51,19 @@ pub struct Version {
     /// Permission bits (files).
     #[serde(default)]
     pub mode: u32,
+}
+
+impl From<&FileVersion> for Version {
+    /// A file's version as sync compares it (a version served, installed or downloaded).
+    fn from(file: &FileVersion) -> Version {
+        Version {
+            dir: false,
+            blake3: Some(file.blake3.clone()),
+            size: file.size,
+            mtime: file.mtime,
+            mode: file.mode,
+        }
+    }
 }
 
 impl Version {
@@ -556,6 +570,7 @@ pub const MASS_DELETE_GUARD: usize = 10;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::BoxId;
 
     fn rel(p: &str) -> RelPath {
         RelPath::parse(p).unwrap()
@@ -952,7 +967,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(".boxsyncignore"), "*.log\n").unwrap();
         let ignore = Ignore::load(dir.path());
-        let mut record = Record::load(dir.path(), "peer").unwrap();
+        let mut record =
+            Record::load(dir.path(), &BoxId::parse("0000000000000bee").unwrap()).unwrap();
         record.update([(rel("deleted-here.txt"), Some(file("x", 1)))]);
         record.add_ours(&rel("held-here.txt"), file("x", 1));
         let versions: BTreeMap<RelPath, Version> =

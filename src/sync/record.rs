@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::plan::Version;
 use crate::share::RelPath;
+use crate::types::BoxId;
 
 /// Folder under the state folder that holds the records.
 pub const RECORD_DIR: &str = "sync";
@@ -54,7 +55,8 @@ impl Record {
     /// Loads the record kept with the peer `peer_id` under `state_dir`. A missing record is
     /// empty (first sync, or `.boxsync/` was lost: sync then merges, never deletes), and so
     /// is one whose versions name contents by another hash.
-    pub fn load(state_dir: &Path, peer_id: &str) -> io::Result<Record> {
+    pub fn load(state_dir: &Path, peer_id: &BoxId) -> io::Result<Record> {
+        // A box id is hex digits only: the name stays inside the records' folder.
         let file = state_dir.join(RECORD_DIR).join(format!("{peer_id}.json"));
         let stored = match fs::read(&file) {
             Ok(bytes) => serde_json::from_slice::<Stored>(&bytes)
@@ -157,6 +159,12 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::BoxId;
+
+    /// The peer the records are kept with.
+    fn peer() -> BoxId {
+        BoxId::parse("0000000000000bee").unwrap()
+    }
 
     fn version(blake3: &str) -> Version {
         Version::test_file(blake3, 1_700_000_000)
@@ -169,15 +177,19 @@ mod tests {
     fn loads_its_own_format_and_sets_an_older_one_aside() {
         let dir = tempfile::tempdir().unwrap();
         let path = RelPath::parse("a.txt").unwrap();
-        let mut record = Record::load(dir.path(), "peer").unwrap();
+        let mut record = Record::load(dir.path(), &peer()).unwrap();
         record.update([(path.clone(), Some(version("abc")))]);
         record.save().unwrap();
-        let loaded = Record::load(dir.path(), "peer").unwrap();
+        let loaded = Record::load(dir.path(), &peer()).unwrap();
         assert_eq!(loaded.entries.get(&path), Some(&version("abc")));
 
         let older = r#"{"agreed":[["a.txt",{"dir":false,"sha256":"abc","size":3,"mtime":"2023-11-14T22:13:20Z","mode":420}]],"ours":[]}"#;
-        fs::write(dir.path().join(RECORD_DIR).join("peer.json"), older).unwrap();
-        let loaded = Record::load(dir.path(), "peer").unwrap();
+        fs::write(
+            dir.path().join(RECORD_DIR).join(format!("{}.json", peer())),
+            older,
+        )
+        .unwrap();
+        let loaded = Record::load(dir.path(), &peer()).unwrap();
         assert!(loaded.entries.is_empty());
     }
 
@@ -187,7 +199,7 @@ mod tests {
     fn only_unagreed_new_versions_are_held() {
         let dir = tempfile::tempdir().unwrap();
         let rel = |p: &str| RelPath::parse(p).unwrap();
-        let mut record = Record::load(dir.path(), "peer").unwrap();
+        let mut record = Record::load(dir.path(), &peer()).unwrap();
         record.update([(rel("same.txt"), Some(version("s")))]);
         let here: BTreeMap<RelPath, Version> = [
             (rel("new.txt"), version("n")),

@@ -13,13 +13,15 @@ use futures_util::{StreamExt, stream};
 use super::ignore::Ignore;
 use super::plan::{self, Action, Seen, Sides, Version};
 use super::record::Record;
-use super::{PeerStatus, SyncError, SyncTransport};
-use crate::local::{LocalBox, Served};
+use super::{PeerStatus, SyncError};
+use crate::local::LocalBox;
 use crate::peer::{Listing, Peer, PeerError};
+use crate::requests::notices::Notices;
 use crate::share::filter::IndexFilter;
 use crate::share::{DigestSet, Entry as ShareEntry, FileHash, InstallMeta, RelPath, ShareError};
 use crate::time::Timestamp;
 use crate::transfer::{Downloaded, Landing, Wanted};
+use crate::types::{BoxId, FileVersion, Transport};
 
 /// Downloads (single files or batches) in flight at once within a round.
 const PARALLEL_DOWNLOADS: usize = 4;
@@ -45,7 +47,7 @@ enum Unit {
 
 /// Splits a group of actions into units: over TCP, small-file downloads go in batches;
 /// folders to create together; everything else alone.
-fn units(group: Vec<Action>, transport: SyncTransport) -> Vec<Unit> {
+fn units(group: Vec<Action>, transport: Transport) -> Vec<Unit> {
     let mut units = Vec::new();
     let mut batch: Vec<(Action, Wanted)> = Vec::new();
     let mut batch_bytes = 0;
@@ -64,7 +66,7 @@ fn units(group: Vec<Action>, transport: SyncTransport) -> Vec<Unit> {
                 local,
                 version,
                 expect,
-            } if transport == SyncTransport::Tcp && version.size <= SMALL_FILE => Some((
+            } if transport == Transport::Tcp && version.size <= SMALL_FILE => Some((
                 version.size,
                 Wanted {
                     name: remote.clone(),
@@ -250,27 +252,36 @@ type Settled = Option<(RelPath, Option<Version>)>;
 /// Each action of a group with its outcome.
 type Outcomes = Vec<(Action, Result<Settled, SyncError>)>;
 
+/// This box as a round sees it: the box, and what its server learnt for sync.
+pub struct ThisBox<'a> {
+    /// The box.
+    pub local: &'a Arc<LocalBox>,
+    /// Peers' notices and what was served to them.
+    pub notices: &'a Notices,
+}
+
 /// Runs one round against `peer`: the decisions are [`plan`]'s; this carries them out.
 pub async fn sync_with(
-    local: &Arc<LocalBox>,
+    this: ThisBox<'_>,
     here: &LocalState,
     peer: &Peer,
-    transport: SyncTransport,
+    transport: Transport,
     ignore: &Ignore,
-    records: &mut HashMap<String, Record>,
+    records: &mut HashMap<BoxId, Record>,
     view: &mut PeerView,
 ) -> Result<RoundReport, SyncError> {
+    let ThisBox { local, notices } = this;
     // Notices from the peer are taken before its folder is read, so that the folder as read
     // is at least as new as every notice applied this round.
     let (installed, served) = match peer.remote_id() {
-        Some(id) => (local.take_installed(&id), local.take_served(&id)),
+        Some(id) => (notices.take_installed(&id), notices.take_served(&id)),
         None => (Vec::new(), Vec::new()),
     };
     // What the peer installed from us, both boxes held: agreed (oldest first, so that the
     // latest wins).
     let installed: Vec<(RelPath, Option<Version>)> = installed
         .into_iter()
-        .map(|v| (v.name.clone(), Some(served_version(v))))
+        .map(|v| (v.name.clone(), Some(Version::from(&v))))
         .collect();
     // On first contact (this process has no listing of the peer yet), the folders and files
     // the peer has and this box has never seen are taken at once, from a plain index that
@@ -294,7 +305,7 @@ pub async fn sync_with(
     record.update(installed);
     for served in served {
         let name = served.name.clone();
-        record.add_ours(&name, served_version(served));
+        record.add_ours(&name, Version::from(&served));
     }
     let in_sync = record.entries.len();
     plan::guard_here(here.versions.len() + here.unknown.len(), in_sync)?;
@@ -347,8 +358,8 @@ pub async fn sync_with(
     let mut unknown = here.unknown.clone();
     unknown.extend(unknown_there);
     let sides = Sides {
-        local_id: &local.id,
-        remote_id: &peer_id,
+        local_id: local.id.as_str(),
+        remote_id: peer_id.as_str(),
     };
     let plan = plan::plan(
         &here_versions,
@@ -393,7 +404,7 @@ pub async fn sync_with(
 async fn carry_out_plan(
     local: &Arc<LocalBox>,
     peer: &Peer,
-    transport: SyncTransport,
+    transport: Transport,
     actions: Vec<Action>,
     agreed: &mut BTreeMap<RelPath, Option<Version>>,
     report: &mut RoundReport,
@@ -430,7 +441,7 @@ async fn carry_out_plan(
 async fn pull_early(
     local: &Arc<LocalBox>,
     peer: &Peer,
-    transport: SyncTransport,
+    transport: Transport,
     entries: &[ShareEntry],
     early: Vec<Action>,
     report: &mut RoundReport,
@@ -470,7 +481,7 @@ async fn pull_early(
 async fn carry_out(
     local: &Arc<LocalBox>,
     peer: &Peer,
-    transport: SyncTransport,
+    transport: Transport,
     group: Vec<Action>,
 ) -> Outcomes {
     let results: Vec<Vec<_>> = stream::iter(units(group, transport))
@@ -489,16 +500,6 @@ async fn carry_out(
         .collect()
         .await;
     results.into_iter().flatten().collect()
-}
-
-fn served_version(served: Served) -> Version {
-    Version {
-        dir: false,
-        blake3: Some(served.blake3),
-        size: served.size,
-        mtime: served.mtime,
-        mode: served.mode,
-    }
 }
 
 /// The peer's side: its index joined with its hashes. Files listed without a hash (they
@@ -536,7 +537,7 @@ fn remote_state(
 async fn apply(
     local: &Arc<LocalBox>,
     peer: &Peer,
-    transport: SyncTransport,
+    transport: Transport,
     action: &Action,
 ) -> Result<Settled, SyncError> {
     let share = &local.share;
@@ -559,8 +560,8 @@ async fn apply(
             };
             let mut progress = |_: u64, _: u64| {};
             let downloaded = match transport {
-                SyncTransport::Tcp => peer.download_tcp_to(remote, &landing, &mut progress).await,
-                SyncTransport::Udp => {
+                Transport::Tcp => peer.download_tcp_to(remote, &landing, &mut progress).await,
+                Transport::Udp => {
                     let rate = local.settings.max_udp_rate;
                     peer.download_udp_to(remote, &landing, rate, &mut progress)
                         .await
@@ -625,25 +626,12 @@ fn settle(
     remote: &RelPath,
     name: &RelPath,
     downloaded: Downloaded,
-) -> (Option<(RelPath, Option<Version>)>, Option<Served>) {
+) -> (Option<(RelPath, Option<Version>)>, Option<FileVersion>) {
     if name != remote {
         return (None, None);
     }
-    let confirmation = Served {
-        name: name.clone(),
-        blake3: downloaded.blake3.clone(),
-        size: downloaded.size,
-        mtime: downloaded.mtime,
-        mode: downloaded.mode,
-    };
-    let got = Version {
-        dir: false,
-        blake3: Some(downloaded.blake3),
-        size: downloaded.size,
-        mtime: downloaded.mtime,
-        mode: downloaded.mode,
-    };
-    (Some((name.clone(), Some(got))), Some(confirmation))
+    let got = Version::from(&downloaded.version);
+    (Some((name.clone(), Some(got))), Some(downloaded.version))
 }
 
 /// Creates the folders `paths` in one blocking call, each an `Action::CreateDir` done or
@@ -793,7 +781,7 @@ mod tests {
             Action::CreateDir(rel("sub/deeper")),
             download("sub/b.txt", 20),
         ];
-        let units = units(group, SyncTransport::Tcp);
+        let units = units(group, Transport::Tcp);
         assert_eq!(units.len(), 3);
         assert!(
             matches!(&units[0], Unit::Folders(paths) if paths == &[rel("sub"), rel("sub/deeper")])

@@ -12,13 +12,11 @@ pub mod zero_copy;
 
 use std::path::PathBuf;
 
-use serde::Serialize;
 use thiserror::Error;
 
 use crate::protocol::{ConnectionError, ErrorKind};
 use crate::share::{DigestSet, Expect, RelPath, ShareError};
-use crate::time::Timestamp;
-use crate::types::Transport;
+use crate::types::{FileVersion, Transport};
 
 /// A progress callback: `(bytes so far, total bytes)`. Called from the async side as data
 /// arrives; the shell draws bars with it, tests count bytes with it.
@@ -57,19 +55,11 @@ pub struct Wanted {
 }
 
 /// A completed, verified, installed download.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Downloaded {
-    /// Path relative to the shared folder.
-    pub name: RelPath,
-    /// Bytes.
-    pub size: u64,
-    /// Last-modified time, as on the peer.
-    pub mtime: Timestamp,
-    /// Permission bits, as on the peer.
-    #[serde(skip)]
-    pub mode: u32,
-    /// BLAKE3 of the content, hex (verified end to end).
-    pub blake3: String,
+    /// The version installed: its name (as on the peer), BLAKE3 (verified end to end),
+    /// size, mtime and mode.
+    pub version: FileVersion,
     /// SHA-256 of the content, hex (when it was asked for): the sender's, over the bytes
     /// that BLAKE3 proved arrived unchanged.
     pub sha256: Option<String>,
@@ -82,7 +72,6 @@ pub struct Downloaded {
     /// Wall-clock duration of the transfer, verification and installation.
     pub seconds: f64,
     /// Where the replaced local version went, if one was replaced.
-    #[serde(skip)]
     pub replaced: Option<PathBuf>,
     /// UDP only: how many datagrams were sent again.
     pub resent: Option<u64>,

@@ -526,11 +526,13 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
         )
         .await?;
     Ok(Downloaded {
-        name: rel.clone(),
-        size,
-        mtime,
-        mode,
-        blake3: local_digests.blake3,
+        version: FileVersion {
+            name: rel.clone(),
+            blake3: local_digests.blake3,
+            size,
+            mtime,
+            mode,
+        },
         sha256: local_digests.sha256,
         md5: local_digests.md5,
         transport: Transport::Tcp,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use boxsync::protocol::{self, Connection, ErrorKind, Frame, Response};
 use boxsync::share::RelPath;
 use boxsync::share::filter::IndexFilter;
+use boxsync::types::BoxId;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -18,7 +19,7 @@ use crate::util::{TestBox, bytes, files_under};
 async fn raw(b: &TestBox) -> Connection<TcpStream> {
     let stream = TcpStream::connect(b.addr).await.unwrap();
     let mut connection = Connection::new(stream);
-    protocol::client_handshake(&mut connection, "a77ac4e700000000")
+    protocol::client_handshake(&mut connection, &BoxId::parse("a77ac4e700000000").unwrap())
         .await
         .unwrap();
     connection

@@ -6,13 +6,13 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::sync::Arc;
 
-use boxsync::local::Served;
 use boxsync::peer::{Peer, PeerError};
 use boxsync::protocol::{ErrorKind, Response};
 use boxsync::requests::Request;
 use boxsync::share::{Digests, Expect, RelPath};
 use boxsync::time::Timestamp;
 use boxsync::transfer::{Landing, TransferError, Wanted};
+use boxsync::types::FileVersion;
 
 use crate::util::{TestBox, bytes, files_under, scripted_peer};
 
@@ -91,7 +91,7 @@ async fn batch_installs_the_good_files_and_fails_the_bad_ones_alone() {
                 );
                 let content = fs::read(&here).unwrap();
                 assert_eq!(
-                    downloaded.blake3,
+                    downloaded.version.blake3,
                     blake3::hash(&content).to_hex().to_string(),
                     "{name}"
                 );
@@ -145,7 +145,7 @@ async fn known_big_files_are_sent_in_step_with_small_ones() {
         let content = fs::read(me.share.root().join(name)).unwrap();
         assert_eq!(content, fs::read(b.root().join(name)).unwrap(), "{name}");
         assert_eq!(
-            downloaded.blake3,
+            downloaded.version.blake3,
             blake3::hash(&content).to_hex().to_string()
         );
     }
@@ -341,7 +341,7 @@ async fn installed_many_is_noted_like_single_notices() {
     let b = TestBox::start().await;
     let (_t, me) = TestBox::client();
     let peer = b.peer_for(&me);
-    let version = |name: &str, sha: char| Served {
+    let version = |name: &str, sha: char| FileVersion {
         name: rel(name),
         blake3: sha.to_string().repeat(64),
         size: 3,
@@ -350,6 +350,6 @@ async fn installed_many_is_noted_like_single_notices() {
     };
     let versions = vec![version("a", 'a'), version("b/c", 'b'), version("a", 'c')];
     peer.confirm_installed_many(versions.clone()).await.unwrap();
-    assert_eq!(b.local.take_installed(&me.id), versions);
-    assert!(b.local.take_installed(&me.id).is_empty());
+    assert_eq!(b.notices.take_installed(&me.id), versions);
+    assert!(b.notices.take_installed(&me.id).is_empty());
 }

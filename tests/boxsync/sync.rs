@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use boxsync::peer::Peer;
-use boxsync::sync::{self, SyncConfig, SyncError, SyncHandle, SyncTransport};
+use boxsync::sync::{self, SyncConfig, SyncError, SyncHandle};
+use boxsync::types::Transport;
 use tokio::sync::watch;
 
 use crate::util::{TestBox, bytes, eventually, write_file};
@@ -41,7 +42,7 @@ impl Drop for SyncBox {
 fn start_sync(
     b: &TestBox,
     peers: &[SocketAddr],
-    transport: SyncTransport,
+    transport: Transport,
 ) -> (SyncHandle, watch::Sender<bool>) {
     start_sync_every(b, peers, transport, Duration::from_secs(1))
 }
@@ -50,7 +51,7 @@ fn start_sync(
 fn start_sync_every(
     b: &TestBox,
     peers: &[SocketAddr],
-    transport: SyncTransport,
+    transport: Transport,
     period: Duration,
 ) -> (SyncHandle, watch::Sender<bool>) {
     let (stop, mut stopped) = watch::channel(false);
@@ -67,14 +68,15 @@ fn start_sync_every(
         period,
         trash_retention: Duration::from_secs(30 * 86_400),
     };
-    let handle = sync::start(Arc::clone(&b.local), peers, config, async move {
+    let notices = Arc::clone(&b.notices);
+    let handle = sync::start(Arc::clone(&b.local), notices, peers, config, async move {
         let _ = stopped.wait_for(|s| *s).await;
     });
     (handle, stop)
 }
 
 /// Starts `n` boxes, each syncing with all the others; `prepare` fills folders first.
-async fn mesh(n: usize, transport: SyncTransport, prepare: impl Fn(usize, &Path)) -> Vec<SyncBox> {
+async fn mesh(n: usize, transport: Transport, prepare: impl Fn(usize, &Path)) -> Vec<SyncBox> {
     let mut boxes = Vec::new();
     for i in 0..n {
         let b = TestBox::start().await;
@@ -189,7 +191,7 @@ fn text(content: &str) -> Option<Vec<u8>> {
 /// Create, edit, delete, rename, subfolders and empty folders travel in both directions.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_kind_of_change_in_both_directions() {
-    let boxes = mesh(2, SyncTransport::Tcp, |_, _| {}).await;
+    let boxes = mesh(2, Transport::Tcp, |_, _| {}).await;
     for (from, to) in [(0, 1), (1, 0)] {
         let (src, dst) = (boxes[from].root(), boxes[to].root());
         let tag = format!("from{from}");
@@ -244,7 +246,7 @@ async fn every_kind_of_change_in_both_directions() {
 /// A deleted file is kept in the trash of the box that deleted it on sync's behalf.
 #[tokio::test(flavor = "multi_thread")]
 async fn deletions_go_to_the_trash() {
-    let boxes = mesh(2, SyncTransport::Tcp, |i, root| {
+    let boxes = mesh(2, Transport::Tcp, |i, root| {
         if i == 0 {
             write_file(root, "doomed.txt", b"precious");
         }
@@ -280,7 +282,7 @@ async fn concurrent(
 /// none until it is turned on again.
 #[tokio::test(flavor = "multi_thread")]
 async fn rounds_can_be_awaited_and_paused() {
-    let boxes = mesh(2, SyncTransport::Tcp, |_, _| {}).await;
+    let boxes = mesh(2, Transport::Tcp, |_, _| {}).await;
     let handle = &boxes[0].handle;
     let before = handle.status().rounds;
     let next = handle.next_round();
@@ -306,7 +308,7 @@ async fn rounds_can_be_awaited_and_paused() {
 /// Different edits on both boxes: both versions survive, under the same names everywhere.
 #[tokio::test(flavor = "multi_thread")]
 async fn simultaneous_edits_make_one_conflict_copy() {
-    let boxes = mesh(2, SyncTransport::Tcp, |_, root| {
+    let boxes = mesh(2, Transport::Tcp, |_, root| {
         write_file(root, "notes/a.txt", b"base");
     })
     .await;
@@ -331,7 +333,7 @@ async fn simultaneous_edits_make_one_conflict_copy() {
 /// The same edit on both boxes is no conflict.
 #[tokio::test(flavor = "multi_thread")]
 async fn simultaneous_identical_edits_make_no_conflict() {
-    let boxes = mesh(2, SyncTransport::Tcp, |_, root| {
+    let boxes = mesh(2, Transport::Tcp, |_, root| {
         write_file(root, "a.txt", b"base");
     })
     .await;
@@ -347,7 +349,7 @@ async fn simultaneous_identical_edits_make_no_conflict() {
 /// An edit on one box against a delete on the other: the edit wins.
 #[tokio::test(flavor = "multi_thread")]
 async fn edit_wins_over_delete() {
-    let boxes = mesh(2, SyncTransport::Tcp, |_, root| {
+    let boxes = mesh(2, Transport::Tcp, |_, root| {
         write_file(root, "a.txt", b"base");
     })
     .await;
@@ -367,7 +369,7 @@ async fn edit_wins_over_delete() {
 /// different content both kept.
 #[tokio::test(flavor = "multi_thread")]
 async fn initial_merge_of_two_folders() {
-    let boxes = mesh(2, SyncTransport::Tcp, |i, root| {
+    let boxes = mesh(2, Transport::Tcp, |i, root| {
         write_file(root, &format!("only{i}.txt"), b"mine");
         write_file(root, "same.txt", b"identical");
         write_file(root, "clash.txt", format!("box {i}").as_bytes());
@@ -396,7 +398,7 @@ async fn initial_merge_of_two_folders() {
 /// A file deleted while a peer was offline stays deleted when the peer comes back.
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_while_peer_offline_does_not_resurrect() {
-    let mut boxes = mesh(2, SyncTransport::Tcp, |_, root| {
+    let mut boxes = mesh(2, Transport::Tcp, |_, root| {
         write_file(root, "gone.txt", b"x");
         write_file(root, "kept.txt", b"y");
     })
@@ -416,7 +418,7 @@ async fn delete_while_peer_offline_does_not_resurrect() {
     let temp = std::mem::replace(&mut b1.b.temp, tempfile::tempdir().unwrap());
     drop(b1);
     let back = TestBox::restart_at(temp, addr).await;
-    let (handle, stop) = start_sync(&back, &[boxes[0].b.addr], SyncTransport::Tcp);
+    let (handle, stop) = start_sync(&back, &[boxes[0].b.addr], Transport::Tcp);
     boxes.push(SyncBox {
         b: back,
         handle,
@@ -430,7 +432,7 @@ async fn delete_while_peer_offline_does_not_resurrect() {
 /// A lost record (`.boxsync/` deleted) leads to a merge, never to deletions.
 #[tokio::test(flavor = "multi_thread")]
 async fn lost_record_merges_and_deletes_nothing() {
-    let boxes = mesh(2, SyncTransport::Tcp, |i, root| {
+    let boxes = mesh(2, Transport::Tcp, |i, root| {
         write_file(root, &format!("f{i}.txt"), b"x");
     })
     .await;
@@ -451,7 +453,7 @@ async fn lost_record_merges_and_deletes_nothing() {
 /// on the peer is a prefix of what was written, and the final one arrives whole.
 #[tokio::test(flavor = "multi_thread")]
 async fn growing_file_is_never_torn() {
-    let boxes = mesh(2, SyncTransport::Tcp, |_, _| {}).await;
+    let boxes = mesh(2, Transport::Tcp, |_, _| {}).await;
     let src = boxes[0].root().join("log.txt");
     let dst = boxes[1].root().join("log.txt");
     let writer = {
@@ -499,7 +501,7 @@ async fn peer_killed_mid_transfer_then_restarted() {
     let content = bytes(48 * 1024 * 1024, 7);
     a.write("big.bin", &content);
     let b = TestBox::start().await;
-    let (hb, stop_b) = start_sync(&b, &[a.addr], SyncTransport::Tcp);
+    let (hb, stop_b) = start_sync(&b, &[a.addr], Transport::Tcp);
     let tmp = b.root().join(".boxsync/tmp");
     let started = eventually(CONVERGE, || {
         fs::read_dir(&tmp)
@@ -549,7 +551,7 @@ async fn a_peer_that_comes_up_is_synced_with_at_once() {
     drop(a);
     let b = TestBox::start().await;
     let hour = Duration::from_secs(3600);
-    let (hb, stop_b) = start_sync_every(&b, &[addr], SyncTransport::Tcp, hour);
+    let (hb, stop_b) = start_sync_every(&b, &[addr], Transport::Tcp, hour);
     assert!(
         eventually(CONVERGE, || hb.status().rounds >= 1).await,
         "no first round"
@@ -571,7 +573,7 @@ async fn a_peer_that_comes_up_is_synced_with_at_once() {
     // The peer comes up, with a file, and syncs with this box on its own.
     crate::util::write_file(&temp.path().join("shared"), "late.txt", b"here at last");
     let a = TestBox::restart_at(temp, addr).await;
-    let (ha, stop_a) = start_sync_every(&a, &[b.addr], SyncTransport::Tcp, hour);
+    let (ha, stop_a) = start_sync_every(&a, &[b.addr], Transport::Tcp, hour);
     assert!(
         eventually(CONVERGE, || fs::read(b.root().join("late.txt"))
             .ok()
@@ -591,7 +593,7 @@ async fn a_peer_that_comes_up_is_synced_with_at_once() {
 async fn a_big_round_is_summed_up_in_one_event() {
     let a = TestBox::start().await;
     let b = TestBox::start().await;
-    let (hb, stop_b) = start_sync(&b, &[a.addr], SyncTransport::Tcp);
+    let (hb, stop_b) = start_sync(&b, &[a.addr], Transport::Tcp);
     // Subscribed before anything exists to sync: no event can be missed.
     let mut events = hb.events();
     // All 30 appear at once (one rename), so that one round sees them all.
@@ -624,7 +626,7 @@ async fn a_big_round_is_summed_up_in_one_event() {
 /// Patterns in `.boxsyncignore` (and the box's own temporary files) are never synced.
 #[tokio::test(flavor = "multi_thread")]
 async fn ignore_patterns() {
-    let boxes = mesh(2, SyncTransport::Tcp, |i, root| {
+    let boxes = mesh(2, Transport::Tcp, |i, root| {
         write_file(
             root,
             ".boxsyncignore",
@@ -665,7 +667,7 @@ async fn converged_on(
 /// deleting everything on the peer.
 #[tokio::test(flavor = "multi_thread")]
 async fn mass_delete_guard() {
-    let boxes = mesh(2, SyncTransport::Tcp, |i, root| {
+    let boxes = mesh(2, Transport::Tcp, |i, root| {
         if i == 0 {
             for n in 0..20 {
                 write_file(root, &format!("data/f{n:02}.txt"), b"data");
@@ -708,7 +710,7 @@ async fn mass_delete_guard() {
 /// Sync over UDP (`udp://` peers) works too.
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_over_udp() {
-    let boxes = mesh(2, SyncTransport::Udp, |i, root| {
+    let boxes = mesh(2, Transport::Udp, |i, root| {
         write_file(
             root,
             &format!("big{i}.bin"),
@@ -733,7 +735,7 @@ async fn three_box_mesh_under_random_operations() {
 
 /// One seeded run of the random-operations mesh.
 async fn random_mesh(seed: u64) {
-    let boxes = mesh(3, SyncTransport::Tcp, |_, _| {}).await;
+    let boxes = mesh(3, Transport::Tcp, |_, _| {}).await;
     let mut rng = seed;
     let mut next = move |n: u64| {
         rng ^= rng << 13;

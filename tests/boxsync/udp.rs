@@ -13,7 +13,7 @@ use boxsync::requests::Request;
 use boxsync::requests::udp::DownloadUdp;
 use boxsync::share::RelPath;
 use boxsync::transfer::udp::{parse_token, wire};
-use boxsync::types::Transport;
+use boxsync::types::{BoxId, Transport};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::relay::{Faults, Relay};
@@ -175,7 +175,7 @@ async fn corrupted_datagrams_never_reach_the_file() {
 async fn negotiate(b: &TestBox) -> (Connection<TcpStream>, u64, [u8; 16]) {
     let stream = TcpStream::connect(b.addr).await.unwrap();
     let mut connection = Connection::new(stream);
-    protocol::client_handshake(&mut connection, "7e57e70000000000")
+    protocol::client_handshake(&mut connection, &BoxId::parse("7e57e70000000000").unwrap())
         .await
         .unwrap();
     connection

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use boxsync::local::LocalBox;
 use boxsync::peer::Peer;
 use boxsync::protocol::{self, Connection};
+use boxsync::requests::notices::Notices;
 use boxsync::server::Server;
+use boxsync::types::BoxId;
 use tempfile::TempDir;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -26,6 +28,8 @@ pub struct TestBox {
     pub local: Arc<LocalBox>,
     /// Where its server listens.
     pub addr: SocketAddr,
+    /// What its server learnt for sync.
+    pub notices: Arc<Notices>,
     /// Asks the server to shut down gracefully.
     stop: Option<oneshot::Sender<()>>,
     /// The server task.
@@ -46,6 +50,7 @@ impl TestBox {
             .await
             .expect("bind");
         let addr = server.local_addr();
+        let notices = server.notices();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
@@ -54,6 +59,7 @@ impl TestBox {
             temp,
             local,
             addr,
+            notices,
             stop: Some(stop),
             task: Some(task),
         }
@@ -76,11 +82,13 @@ impl TestBox {
                 Err(e) => panic!("cannot bind the old address {addr}: {e}"),
             }
         };
+        let notices = server.notices();
         let task = tokio::spawn(server.run(std::future::pending()));
         TestBox {
             temp,
             local,
             addr,
+            notices,
             stop: None,
             task: Some(task),
         }
@@ -235,7 +243,8 @@ where
     let task = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
         let mut connection = Connection::new(stream);
-        protocol::server_handshake(&mut connection, id)
+        let id = BoxId::parse(id).expect("a scripted peer's id is 16 hex digits");
+        protocol::server_handshake(&mut connection, &id)
             .await
             .unwrap();
         script(connection).await;

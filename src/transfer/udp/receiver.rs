@@ -23,7 +23,7 @@ use crate::share::hash::BackgroundHasher;
 use crate::share::{DigestSet, InstallMeta, RelPath, Share, ShareError};
 use crate::transfer::partial::PartialFile;
 use crate::transfer::{Downloaded, Landing, Progress, TransferError};
-use crate::types::Transport;
+use crate::types::{FileVersion, Transport};
 
 /// How often the receiver reports (and, before data flows, says HELLO).
 const REPORT_EVERY: Duration = Duration::from_millis(10);
@@ -141,11 +141,13 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
         )
         .await?;
     Ok(Downloaded {
-        name: rel.clone(),
-        size: ready.size,
-        mtime: ready.meta.mtime,
-        mode: ready.meta.mode,
-        blake3,
+        version: FileVersion {
+            name: rel.clone(),
+            blake3,
+            size: ready.size,
+            mtime: ready.meta.mtime,
+            mode: ready.meta.mode,
+        },
         sha256: ready.digests.sha256,
         md5: ready.digests.md5,
         transport: Transport::Udp,

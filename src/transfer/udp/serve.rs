@@ -11,12 +11,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::hub::UdpHub;
 use super::sender::SenderPlan;
 use super::wire::{CHUNK_LEN, Token};
-use crate::local::Served;
 use crate::protocol::{Connection, ConnectionError, ErrorKind, Response};
 use crate::requests::Request;
 use crate::requests::udp::UdpFinish;
 use crate::share::folder::{self, Fingerprint};
 use crate::share::{DigestSet, RelPath, Share, ShareError};
+use crate::types::FileVersion;
 
 /// What the client asked of a UDP download beyond the file.
 #[derive(Debug, Clone, Copy)]
@@ -36,7 +36,7 @@ pub async fn serve_download<S: AsyncRead + AsyncWrite + Unpin>(
     rel: &RelPath,
     wanted: Wanted,
     client_ip: IpAddr,
-) -> Result<Result<Served, String>, ConnectionError> {
+) -> Result<Result<FileVersion, String>, ConnectionError> {
     let Wanted { max_rate, digests } = wanted;
     let _guard = share.locks().read(rel).await;
     let prepared = {
@@ -103,7 +103,7 @@ pub async fn serve_download<S: AsyncRead + AsyncWrite + Unpin>(
             md5: hash.md5,
         },
     };
-    let served = Served {
+    let served = FileVersion {
         name: rel.clone(),
         blake3: hash.blake3,
         size: meta.len(),
