@@ -9,16 +9,12 @@ use std::sync::Arc;
 use boxsync::peer::{Peer, PeerError};
 use boxsync::protocol::{ErrorKind, Response};
 use boxsync::requests::Request;
-use boxsync::share::{Digests, Expect, RelPath};
+use boxsync::share::{Digests, Expect};
 use boxsync::time::Timestamp;
 use boxsync::transfer::{Landing, TransferError, Wanted};
 use boxsync::types::FileVersion;
 
-use crate::util::{TestBox, bytes, files_under, scripted_peer};
-
-fn rel(name: &str) -> RelPath {
-    RelPath::parse(name).unwrap()
-}
+use crate::util::{TestBox, bytes, files_under, rel, scripted_peer};
 
 /// Each name landing under the same name, replacing whatever is there.
 fn same_names(names: &[&str]) -> Vec<Wanted> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{TestBox, binary, coreutils_hashes};
+use crate::util::{TestBox, binary, coreutils_hashes, poll};
 
 /// Runs the binary off the async threads (the peer box runs on them).
 async fn run(args: Vec<String>, stdin: Option<&'static str>) -> Output {
@@ -280,14 +280,15 @@ async fn serve_runs_until_sigterm() {
         .unwrap();
     assert!(status.success());
     let exited = tokio::task::spawn_blocking(move || {
-        for _ in 0..100 {
-            if let Some(status) = child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let mut status = None;
+        poll(Duration::from_secs(5), || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        if status.is_none() {
+            let _ = child.kill();
         }
-        let _ = child.kill();
-        None
+        status
     })
     .await
     .unwrap();

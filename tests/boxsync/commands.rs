@@ -5,15 +5,11 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, SystemTime};
 
+use boxsync::share::DIRECTORY_TYPE;
 use boxsync::share::filter::IndexFilter;
-use boxsync::share::{DIRECTORY_TYPE, RelPath};
 use boxsync::time::Timestamp;
 
-use crate::util::{TestBox, bytes, coreutils_hashes, eventually, files_under};
-
-fn rel(name: &str) -> RelPath {
-    RelPath::parse(name).unwrap()
-}
+use crate::util::{TestBox, bytes, coreutils_hashes, eventually, files_under, rel};
 
 /// A peer folder with subfolders, spaces, non-ASCII names, an empty file and an empty folder.
 async fn sample_box() -> TestBox {

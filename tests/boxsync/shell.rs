@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rexpect::ReadUntil;
 use rexpect::session::PtySession;
 
-use crate::util::{TestBox, as_pty_bytes, binary, bytes, coreutils_hashes, files_under};
+use crate::util::{TestBox, as_pty_bytes, binary, bytes, coreutils_hashes, files_under, poll};
 
 /// How long one expectation may wait for the shell.
 const EXPECT_TIMEOUT_MS: u64 = 30_000;
@@ -73,18 +73,6 @@ fn expect_both(sh: &mut PtySession, a: &str, b: &str) -> Result<(), rexpect::err
     ])?;
     sh.exp_string(if first == a { b } else { a })?;
     Ok(())
-}
-
-/// Polls `condition` every 20 ms until it holds or `deadline` passes; whether it held.
-fn poll(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    while Instant::now() < end {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    condition()
 }
 
 /// The partial downloads under a box's `.boxsync/tmp/`.

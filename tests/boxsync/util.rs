@@ -10,10 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boxsync::local::LocalBox;
-use boxsync::peer::Peer;
+use boxsync::peer::{Peer, PeerError};
+use boxsync::protocol::ErrorKind;
 use boxsync::protocol::{self, Connection};
 use boxsync::requests::notices::Notices;
 use boxsync::server::Server;
+use boxsync::share::RelPath;
+use boxsync::transfer::TransferError;
 use boxsync::types::BoxId;
 use tempfile::TempDir;
 use tokio::net::{TcpListener, TcpStream};
@@ -204,6 +207,20 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// Polls `condition` every 20 ms until it holds or `deadline` passes; whether it held.
+/// For threads outside the async runtime (a pseudo-terminal, a child process); async
+/// tests use [`eventually`].
+pub fn poll(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    condition()
+}
+
 /// Polls `condition` until it holds or `deadline` passes; returns whether it held.
 pub async fn eventually(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + deadline;
@@ -250,4 +267,28 @@ where
         script(connection).await;
     });
     (addr, task)
+}
+
+/// A path relative to a shared folder, from a name the test knows is valid.
+pub fn rel(name: &str) -> RelPath {
+    RelPath::parse(name).expect("a valid relative path")
+}
+
+/// Whether `error` says the connection to the peer was lost (rather than an answer).
+pub fn is_connection_lost(error: &PeerError) -> bool {
+    matches!(
+        error,
+        PeerError::Connection { .. } | PeerError::Transfer(TransferError::Connection(_))
+    )
+}
+
+/// Whether `error` is the peer's refusal of a file that changed while it was read.
+pub fn is_changed_on_peer(error: &PeerError) -> bool {
+    matches!(
+        error,
+        PeerError::Transfer(TransferError::Remote {
+            kind: ErrorKind::Changed,
+            ..
+        })
+    )
 }
