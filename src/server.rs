@@ -39,6 +39,14 @@ pub enum ServerError {
         /// What the operating system said.
         source: io::Error,
     },
+    /// The UDP socket could not be set up for transfers.
+    #[error("cannot set up UDP on {addr}: {source}")]
+    Udp {
+        /// The address bound.
+        addr: SocketAddr,
+        /// What the operating system said.
+        source: io::Error,
+    },
 }
 
 /// A bound, not yet running server.
@@ -47,8 +55,10 @@ pub struct Server {
     local: Arc<LocalBox>,
     /// The TCP listener.
     listener: TcpListener,
-    /// The UDP socket on the same port (reserved for UDP transfers).
-    udp: UdpSocket,
+    /// The address bound (as the kernel reports it: the port chosen for port 0).
+    addr: SocketAddr,
+    /// The UDP socket on the same port, shared by all UDP transfers.
+    hub: Arc<UdpHub>,
     /// What peers tell this box's sync, noted as requests arrive.
     notices: Arc<Notices>,
 }
@@ -62,13 +72,19 @@ impl Server {
         let mut last_error = None;
         for _ in 0..attempts {
             let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
-            let port = listener.local_addr().map_err(bind_error)?.port();
-            match UdpSocket::bind(SocketAddr::new(addr.ip(), port)).await {
+            let bound = listener.local_addr().map_err(bind_error)?;
+            match UdpSocket::bind(bound).await {
                 Ok(udp) => {
+                    let max_rate = local.settings.max_udp_rate.map(|r| r as f64);
+                    let hub = UdpHub::new(udp, max_rate).map_err(|source| ServerError::Udp {
+                        addr: bound,
+                        source,
+                    })?;
                     return Ok(Server {
                         local,
                         listener,
-                        udp,
+                        addr: bound,
+                        hub,
                         notices: Arc::default(),
                     });
                 }
@@ -88,23 +104,14 @@ impl Server {
 
     /// The address peers connect to.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.addr
     }
 
     /// Serves until `shutdown` completes, then stops accepting, tells every connection to
     /// finish and waits (briefly) for them.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let max_rate = self.local.settings.max_udp_rate.map(|r| r as f64);
-        let hub = match UdpHub::new(self.udp, max_rate) {
-            Ok(hub) => hub,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot set up the UDP socket; not serving");
-                return;
-            }
-        };
+        let hub = self.hub;
         let hub_task = tokio::spawn(Arc::clone(&hub).run(stop_rx.clone()));
         let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut handlers = JoinSet::new();

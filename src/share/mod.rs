@@ -195,7 +195,10 @@ impl Share {
         for (entry, fingerprint) in entries.iter().filter(|(entry, _)| !entry.is_dir()) {
             match self.cached_or_hashed(&mut dirs, entry, fingerprint, DigestSet::All) {
                 Ok(hash) => hashes.push(hash),
-                Err(ShareError::NotFound(_)) => {}
+                // Gone since the listing, or never still long enough to hash: not part of
+                // the folder as it stands (the documented rule); anything else is an error.
+                Err(ShareError::NotFound(_) | ShareError::Changed(_) | ShareError::Unstable(_)) => {
+                }
                 Err(e) => return Err(e),
             }
         }
