@@ -13,7 +13,7 @@ use crate::time::Timestamp;
 /// Hex digits in a box id.
 const BOX_ID_LEN: usize = 16;
 
-/// A box's id: exactly 16 lowercase hex digits, checked wherever one is read (from a peer,
+/// A box's id: exactly 16 hex digits, checked wherever one is read (from a peer,
 /// from disk), so that a peer's id can never become a path, an escape sequence or an
 /// unbounded string. Sync names its per-peer record after it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -26,10 +26,12 @@ pub struct BoxId(String);
 pub struct BadBoxId(String);
 
 impl BoxId {
-    /// Reads a box id, refusing anything but 16 hex digits (upper case is folded).
+    /// Reads a box id, refusing anything but 16 hex digits. The case is kept as written:
+    /// ids are compared as text (the smaller keeps a conflict's name) and name the peer's
+    /// record, so folding it would change both for a hand-written id.
     pub fn parse(text: &str) -> Result<BoxId, BadBoxId> {
         if text.len() == BOX_ID_LEN && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            Ok(BoxId(text.to_ascii_lowercase()))
+            Ok(BoxId(text.to_string()))
         } else {
             // Bounded, so that an error message cannot carry a peer's megabyte.
             Err(BadBoxId(text.chars().take(40).collect()))
@@ -123,8 +125,10 @@ mod tests {
     /// character, no length beyond 16, whatever a peer sends.
     #[test]
     fn box_ids_are_hex_only() {
-        let id = BoxId::parse("00ff00ff00ff00FF").unwrap();
+        let id = BoxId::parse("00ff00ff00ff00ff").unwrap();
         assert_eq!(id.as_str(), "00ff00ff00ff00ff");
+        let upper = BoxId::parse("00FF00FF00FF00FF").unwrap();
+        assert_eq!(upper.as_str(), "00FF00FF00FF00FF", "the case is kept");
         for bad in [
             "",
             "../../../x000000",

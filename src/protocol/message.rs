@@ -157,10 +157,44 @@ impl Response {
             ShareError::Io { .. } => ErrorKind::Internal,
         };
         let message = match error {
-            // The server's own paths are none of the peer's business.
+            // A file of the folder, named relative to it, is the peer's business; the
+            // server's own absolute paths are not.
+            ShareError::Io { path, source } if path.is_relative() => {
+                format!("read error on the peer for '{}': {source}", path.display())
+            }
             ShareError::Io { source, .. } => format!("read error on the peer: {source}"),
             other => other.to_string(),
         };
         Response::Error { kind, message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read error names a file of the folder (relative) but never the serving box's own
+    /// absolute paths.
+    #[test]
+    fn read_errors_name_only_the_folders_files() {
+        let denied = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let inside = Response::from_share_error(&ShareError::io("music/a.mp3", denied()));
+        let outside = Response::from_share_error(&ShareError::io("/home/me/.boxsync/x", denied()));
+        match (inside, outside) {
+            (
+                Response::Error {
+                    kind: ErrorKind::Internal,
+                    message: inside,
+                },
+                Response::Error {
+                    kind: ErrorKind::Internal,
+                    message: outside,
+                },
+            ) => {
+                assert!(inside.contains("'music/a.mp3'"), "{inside}");
+                assert!(!outside.contains("/home"), "{outside}");
+            }
+            other => panic!("expected two internal errors, got {other:?}"),
+        }
     }
 }

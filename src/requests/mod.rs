@@ -60,8 +60,8 @@ pub enum Request {
     DownloadUdp(udp::DownloadUdp),
     /// See [`notices::changed`].
     Changed,
-    /// See [`notices::Installed`].
-    Installed(notices::Installed),
+    /// See [`notices::serve_installed`].
+    Installed(crate::types::FileVersion),
     /// See [`notices::InstalledMany`].
     InstalledMany(notices::InstalledMany),
     /// See [`udp::UdpFinish`].
@@ -152,7 +152,7 @@ pub async fn serve(
         Request::DownloadUdp(udp) => udp.serve(cx, connection).await,
         Request::UdpFinish(finish) => finish.serve(connection).await,
         Request::Changed => notices::serve_changed(cx, connection).await,
-        Request::Installed(installed) => installed.serve(cx, connection).await,
+        Request::Installed(version) => notices::serve_installed(version, cx, connection).await,
         Request::InstalledMany(many) => many.serve(cx, connection).await,
     }
 }
@@ -225,12 +225,21 @@ fn too_many(count: usize) -> String {
 mod tests {
     use super::*;
     use crate::share::RelPath;
+    use crate::share::filter::IndexFilter;
 
     /// Each request's wire form is the flat JSON object docs/protocol.md shows, tagged by
     /// `request`, and reads back to the same request.
     #[test]
     fn requests_keep_their_wire_form() {
         let name = RelPath::parse("a b.txt").unwrap();
+        let mtime = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let version = crate::types::FileVersion {
+            name: name.clone(),
+            blake3: "bb".into(),
+            size: 3,
+            mtime: crate::time::Timestamp(mtime),
+            mode: 0o644,
+        };
         let cases = [
             (
                 Request::Download(download::Download {
@@ -248,6 +257,38 @@ mod tests {
                 r#"{"request":"hash_checkall"}"#,
             ),
             (Request::Changed, r#"{"request":"changed"}"#),
+            (
+                Request::Index(index::Index {
+                    filter: IndexFilter::Longlist,
+                    unless: None,
+                }),
+                r#"{"request":"index","filter":{"filter":"longlist"}}"#,
+            ),
+            (
+                Request::Index(index::Index {
+                    filter: IndexFilter::Longlist,
+                    unless: Some("v7".into()),
+                }),
+                r#"{"request":"index","filter":{"filter":"longlist"},"unless":"v7"}"#,
+            ),
+            (
+                Request::DownloadUdp(udp::DownloadUdp {
+                    name: name.clone(),
+                    max_rate: None,
+                    blake3_only: false,
+                }),
+                r#"{"request":"download_udp","name":"a b.txt","max_rate":null}"#,
+            ),
+            (
+                Request::Installed(version.clone()),
+                r#"{"request":"installed","name":"a b.txt","blake3":"bb","size":3,"mtime":"2023-11-14T22:13:20.000000000Z","mode":420}"#,
+            ),
+            (
+                Request::InstalledMany(notices::InstalledMany {
+                    versions: vec![version],
+                }),
+                r#"{"request":"installed_many","versions":[{"name":"a b.txt","blake3":"bb","size":3,"mtime":"2023-11-14T22:13:20.000000000Z","mode":420}]}"#,
+            ),
             (
                 Request::DownloadMany(batch::DownloadMany {
                     names: vec![name.clone()],

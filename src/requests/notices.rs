@@ -105,19 +105,15 @@ pub async fn serve_changed(
     ack(connection).await
 }
 
-/// The fields of `installed`: the version installed.
-pub type Installed = FileVersion;
-
-impl FileVersion {
-    /// Server side of `installed`: noted for the sender's next sync round.
-    pub async fn serve(
-        self,
-        cx: &ServeContext<'_>,
-        connection: &mut Connection<TcpStream>,
-    ) -> Handled {
-        cx.notices.note_installed(cx.peer_id, self);
-        ack(connection).await
-    }
+/// Server side of `installed` (whose fields are the [`FileVersion`] installed): noted for
+/// the sender's next sync round.
+pub async fn serve_installed(
+    version: FileVersion,
+    cx: &ServeContext<'_>,
+    connection: &mut Connection<TcpStream>,
+) -> Handled {
+    cx.notices.note_installed(cx.peer_id, version);
+    ack(connection).await
 }
 
 /// The fields of `installed_many`: many `installed` notices in one message, oldest

@@ -84,7 +84,8 @@ pub fn set_meta_in_place(path: &Path, meta: InstallMeta) -> Result<(), ShareErro
     .map_err(fail)?;
     // With O_PATH, O_NOFOLLOW opens a symlink itself instead of failing: refuse it as the
     // open for writing did (and a folder likewise).
-    match FileType::from_raw_mode(rustix::fs::fstat(&handle).map_err(fail)?.st_mode) {
+    let opened = rustix::fs::fstat(&handle).map_err(fail)?;
+    match FileType::from_raw_mode(opened.st_mode) {
         FileType::Symlink => return Err(fail(rustix::io::Errno::LOOP)),
         FileType::Directory => return Err(fail(rustix::io::Errno::ISDIR)),
         _ => {}
@@ -110,6 +111,13 @@ pub fn set_meta_in_place(path: &Path, meta: InstallMeta) -> Result<(), ShareErro
                 Mode::empty(),
             )
             .map_err(fail)?;
+            // Opened by name again: it must be the file checked above, not one put there
+            // meanwhile.
+            let reopened = rustix::fs::fstat(&file).map_err(fail)?;
+            if (reopened.st_dev, reopened.st_ino) != (opened.st_dev, opened.st_ino) {
+                let replaced = std::io::Error::other("replaced while its mode was being set");
+                return Err(ShareError::io(path, replaced));
+            }
             rustix::fs::fchmod(&file, mode).map_err(fail)?;
             rustix::fs::futimens(&file, &times).map_err(fail)
         }

@@ -199,6 +199,10 @@ impl Share {
                 // the folder as it stands (the documented rule); anything else is an error.
                 Err(ShareError::NotFound(_) | ShareError::Changed(_) | ShareError::Unstable(_)) => {
                 }
+                // Named as the peer knows it (relative), so that the answer says which file.
+                Err(ShareError::Io { source, .. }) => {
+                    return Err(ShareError::io(entry.name.as_str(), source));
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -79,7 +79,10 @@ impl TestBox {
         let server = loop {
             match boxsync::server::Server::bind(Arc::clone(&local), addr).await {
                 Ok(server) => break server,
-                Err(_) if Instant::now() < deadline => {
+                Err(boxsync::server::ServerError::Bind { source, .. })
+                    if source.kind() == std::io::ErrorKind::AddrInUse
+                        && Instant::now() < deadline =>
+                {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => panic!("cannot bind the old address {addr}: {e}"),
