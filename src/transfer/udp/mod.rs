@@ -12,6 +12,7 @@
 //! - [`receiver`]: the downloading box's side.
 
 pub mod hub;
+pub mod proto;
 pub mod rate;
 pub mod receiver;
 pub mod sender;
@@ -38,6 +39,15 @@ pub enum UdpError {
     /// Datagrams stopped arriving.
     #[error("UDP transfer made no progress for {0:?}")]
     Stalled(Duration),
+}
+
+impl From<proto::receiver::Failure> for UdpError {
+    fn from(failure: proto::receiver::Failure) -> UdpError {
+        match failure {
+            proto::receiver::Failure::Blocked(waited) => UdpError::Blocked(waited),
+            proto::receiver::Failure::Stalled(waited) => UdpError::Stalled(waited),
+        }
+    }
 }
 
 impl From<ShareError> for UdpError {
