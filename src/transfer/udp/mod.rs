@@ -3,13 +3,19 @@
 //! rate control that tells random loss from congestion. docs/protocol.md describes the
 //! datagrams.
 //!
+//! The protocol is a pure core and thin drivers. The core decides everything (which
+//! datagram goes when, what is lost, when a transfer has failed) from `now` and the
+//! datagrams handed to it, so it is tested end to end in virtual time; the drivers only
+//! move datagrams between it and the sockets, the clock and the files.
+//!
+//! - [`proto`]: the sans-IO sender and receiver state machines, and their simulated link;
 //! - [`wire`]: datagram layout and integrity check;
 //! - [`rate`]: the rate controller;
-//! - [`sender`]: the serving box's side of one transfer;
+//! - [`sender`]: the driver of the serving box's side of one transfer;
+//! - [`receiver`]: the downloading box's side: negotiation, the driver, the partial file;
 //! - [`hub`]: the server's UDP socket, shared by all transfers, and their limits;
 //! - [`serve`]: the serving box's handling of the TCP negotiation;
-//! - [`socket`]: batched, offloaded UDP sends and receives;
-//! - [`receiver`]: the downloading box's side.
+//! - [`socket`]: batched, offloaded UDP sends and receives.
 
 pub mod hub;
 pub mod proto;

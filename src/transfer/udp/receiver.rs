@@ -1,7 +1,7 @@
 //! The downloading box's side of a UDP transfer: negotiates on the TCP connection, then
-//! drives a [`proto::receiver::Receiver`] (which checks datagrams and says when to report)
-//! with the socket and the clock, writes each new chunk at its offset in a partial file,
-//! and verifies the whole file before installing it.
+//! drives a [`super::proto::receiver::Receiver`] (which checks datagrams and says when to
+//! report) with the socket and the clock, writes each new chunk at its offset in a partial
+//! file, and verifies the whole file before installing it.
 
 use std::fs::File;
 use std::io;

@@ -1,6 +1,7 @@
-//! The serving box's UDP sending loop: a thin driver around [`proto::sender::Sender`]. It
-//! feeds the session's datagrams and the clock to the state machine, reads the chunks it
-//! asks for from the file, and sends them in segmented batches.
+//! The serving box's UDP sending loop: a thin driver around
+//! [`super::proto::sender::Sender`]. It feeds the session's datagrams and the clock to the
+//! state machine, reads the chunks it asks for from the file, and sends them in segmented
+//! batches.
 
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
