@@ -93,18 +93,14 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
         }
         other => return Err(protocol(&format!("unexpected response {other:?}"))),
     };
-    // Bounded before anything is allocated for it.
-    let mut receiver = Receiver::new(
-        Announced {
-            session: ready.session,
-            token: ready.token,
-            size: ready.size,
-            chunk_len: ready.chunk_len,
-        },
-        path.server,
-        Instant::now(),
-    )
-    .map_err(|e| protocol(&e.to_string()))?;
+    let announced = Announced {
+        session: ready.session,
+        token: ready.token,
+        size: ready.size,
+        chunk_len: ready.chunk_len,
+    };
+    // Bounded before anything (the partial file, the bitset) is sized from it.
+    announced.check().map_err(|e| protocol(&e.to_string()))?;
     progress(0, ready.size);
 
     let socket = UdpSocket::bind(SocketAddr::new(path.local_ip, 0))
@@ -121,6 +117,9 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
         tokio::task::spawn_blocking(move || write_and_hash(file, write_queue, &path))
     };
 
+    // The receiver's clock starts with its first HELLO.
+    let mut receiver = Receiver::new(announced, path.server, Instant::now())
+        .map_err(|e| protocol(&e.to_string()))?;
     let outcome = receive(&mut receiver, connection, &socket, &writes, progress).await;
     drop(writes);
     let finished = finish(connection, ready.session).await;

@@ -39,6 +39,24 @@ pub struct Announced {
     pub chunk_len: usize,
 }
 
+impl Announced {
+    /// Refuses a chunk length the wire cannot carry and a size beyond [`MAX_SIZE`] (or
+    /// beyond the chunks the wire numbers).
+    pub fn check(&self) -> Result<(), AnnounceError> {
+        if self.chunk_len == 0 || self.chunk_len > wire::CHUNK_LEN {
+            return Err(AnnounceError::ChunkLen(self.chunk_len));
+        }
+        let max = MAX_SIZE.min(u64::from(u32::MAX) * self.chunk_len as u64);
+        if self.size > max {
+            return Err(AnnounceError::TooLarge {
+                size: self.size,
+                max,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Why an announced transfer is refused before anything is allocated for it.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AnnounceError {
@@ -130,19 +148,13 @@ impl Receiver {
         server: SocketAddr,
         now: Instant,
     ) -> Result<Receiver, AnnounceError> {
+        announced.check()?;
         let Announced {
             session,
             token,
             size,
             chunk_len,
         } = announced;
-        if chunk_len == 0 || chunk_len > wire::CHUNK_LEN {
-            return Err(AnnounceError::ChunkLen(chunk_len));
-        }
-        let max = MAX_SIZE.min(u64::from(u32::MAX) * chunk_len as u64);
-        if size > max {
-            return Err(AnnounceError::TooLarge { size, max });
-        }
         let total = size.div_ceil(chunk_len as u64) as u32;
         Ok(Receiver {
             size,
