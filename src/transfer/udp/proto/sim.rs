@@ -74,6 +74,7 @@ impl Link {
         }
     }
 
+    /// The clean link losing a share `p` of the datagrams.
     fn loss(p: f64) -> Link {
         Link {
             loss: p,
@@ -81,6 +82,7 @@ impl Link {
         }
     }
 
+    /// A link that delivers nothing.
     fn down() -> Link {
         Link::loss(1.0)
     }
@@ -181,7 +183,9 @@ struct Pair {
     start: Instant,
     /// Virtual now.
     now: Instant,
+    /// The serving end.
     sender: Sender,
+    /// The downloading end.
     receiver: Receiver,
     /// The file being sent.
     file: Vec<u8>,
@@ -252,14 +256,17 @@ impl Pair {
         }
     }
 
+    /// Virtual time since the start.
     fn elapsed(&self) -> Duration {
         self.now - self.start
     }
 
+    /// Whether the sender still acts (it has not hung).
     fn sender_runs(&self) -> bool {
         self.sender_stops.is_none_or(|at| self.elapsed() < at)
     }
 
+    /// Whether the receiver still acts.
     fn receiver_runs(&self) -> bool {
         self.receiver_stops.is_none_or(|at| self.elapsed() < at)
     }
