@@ -207,8 +207,15 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     let server = receiver.server();
     let mut buffers = ReceiveBuffers::for_socket(socket);
     let mut published_prefix = 0u64;
+    // One timer, moved only when the deadline does (a new one per batch would cost a
+    // timer-wheel insertion per batch of datagrams).
+    let timer = tokio::time::sleep_until(Instant::now().into());
+    tokio::pin!(timer);
     while !receiver.is_complete() {
-        let deadline = receiver.poll_timeout().unwrap_or_else(Instant::now);
+        let deadline = receiver.poll_timeout().unwrap_or_else(Instant::now).into();
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
         tokio::select! {
             received = socket.recv(&mut buffers) => {
                 let Ok(slots) = received else { continue };
@@ -230,7 +237,7 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
             }
-            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = &mut timer => {}
             frame = connection.read_frame() => {
                 return Err(match frame {
                     Ok(Some(Frame::Control(bytes))) => {

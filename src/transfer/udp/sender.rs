@@ -62,14 +62,21 @@ pub async fn run(
     let batch_capacity = socket.batch_capacity(wire::MAX_DATAGRAM);
     let mut batch = Vec::with_capacity(batch_capacity * wire::MAX_DATAGRAM);
     let mut reader = ChunkReader::new(&plan);
+    // One timer, moved only when the deadline does.
+    let timer = tokio::time::sleep_until(Instant::now().into());
+    tokio::pin!(timer);
     while let Some(deadline) = sender.poll_timeout() {
+        let deadline = deadline.into();
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
         tokio::select! {
             _ = stop.changed() => break,
             datagram = incoming.recv() => {
                 let Some((bytes, from)) = datagram else { break };
                 sender.handle(Instant::now(), from, &bytes);
             }
-            _ = tokio::time::sleep_until(deadline.into()) => sender.handle_timeout(Instant::now()),
+            _ = &mut timer => sender.handle_timeout(Instant::now()),
         }
         let now = Instant::now();
         let mut in_batch = 0;

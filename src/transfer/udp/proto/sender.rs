@@ -142,6 +142,9 @@ struct Sending {
     allowance: f64,
     /// When the credit was last topped up.
     refilled: Instant,
+    /// The next pacing tick: credit is topped up only from then on, so that a datagram
+    /// arriving between ticks neither spends credit in dribbles nor delays the tick.
+    next_tick: Instant,
 }
 
 /// The sending side of one transfer.
@@ -198,6 +201,7 @@ impl Sender {
                         last_report: now,
                         allowance: 0.0,
                         refilled: now,
+                        next_tick: now,
                     }));
                 }
                 _ => tracing::debug!(%from, "ignoring a datagram that proves nothing"),
@@ -250,11 +254,12 @@ impl Sender {
         };
         let packet = self.config.chunk_len as f64 + wire::DATA_OVERHEAD as f64;
         let rate = sending.state.rate.rate();
-        if now > sending.refilled {
+        if now >= sending.next_tick {
             sending.allowance += now.duration_since(sending.refilled).as_secs_f64() * rate;
             let burst = rate * MAX_BURST.as_secs_f64();
             sending.allowance = sending.allowance.min(burst.max(packet * 4.0));
             sending.refilled = now;
+            sending.next_tick = now + TICK;
         }
         if sending.allowance < packet {
             return None;
@@ -283,7 +288,7 @@ impl Sender {
     }
 
     /// When the session next needs the driver without a datagram arriving: when the rate
-    /// allows the next datagram (no sooner than a pacing tick after the last credit), or
+    /// allows the next datagram (at a pacing tick: one after the last at the earliest), or
     /// when the receiver would have been silent too long. `None` once the session ended.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.phase {
@@ -296,8 +301,8 @@ impl Sender {
                 let packet = self.config.chunk_len as f64 + wire::DATA_OVERHEAD as f64;
                 let rate = sending.state.rate.rate();
                 let deficit = (packet - sending.allowance).max(0.0) / rate;
-                let wait = Duration::from_secs_f64(deficit).max(TICK);
-                Some((sending.refilled + wait).min(silence))
+                let credit = sending.refilled + Duration::from_secs_f64(deficit);
+                Some(sending.next_tick.max(credit).min(silence))
             }
             Phase::Ended(_) => None,
         }
