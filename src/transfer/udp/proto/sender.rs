@@ -259,7 +259,13 @@ impl Sender {
             let burst = rate * MAX_BURST.as_secs_f64();
             sending.allowance = sending.allowance.min(burst.max(packet * 4.0));
             sending.refilled = now;
-            sending.next_tick = now + TICK;
+            // On a grid, like a timer that ticks every TICK: a wake-up that comes late
+            // (timers round up) does not push every later tick back. A tick missed
+            // altogether is not made up for (the credit cap would waste it).
+            sending.next_tick += TICK;
+            if sending.next_tick <= now {
+                sending.next_tick = now + TICK;
+            }
         }
         if sending.allowance < packet {
             return None;
@@ -287,9 +293,9 @@ impl Sender {
         Some(transmit)
     }
 
-    /// When the session next needs the driver without a datagram arriving: when the rate
-    /// allows the next datagram (at a pacing tick: one after the last at the earliest), or
-    /// when the receiver would have been silent too long. `None` once the session ended.
+    /// When the session next needs the driver without a datagram arriving: the next
+    /// pacing tick while there is something to send, else when the receiver would have
+    /// been silent too long. `None` once the session ended.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.phase {
             Phase::AwaitingHello(since) => Some(*since + HELLO_TIMEOUT + TICK),
@@ -298,11 +304,10 @@ impl Sender {
                 if !sending.state.has_pending() {
                     return Some(silence);
                 }
-                let packet = self.config.chunk_len as f64 + wire::DATA_OVERHEAD as f64;
-                let rate = sending.state.rate.rate();
-                let deficit = (packet - sending.allowance).max(0.0) / rate;
-                let credit = sending.refilled + Duration::from_secs_f64(deficit);
-                Some(sending.next_tick.max(credit).min(silence))
+                // The next tick, even if the credit will not yet allow a datagram then:
+                // waiting for the credit instead would wake off the grid, and timers that
+                // round up would then skip a tick.
+                Some(sending.next_tick.min(silence))
             }
             Phase::Ended(_) => None,
         }
