@@ -150,7 +150,7 @@ pub async fn serve(
         Request::Download(download) => download.serve(cx, connection).await,
         Request::DownloadMany(many) => many.serve(cx, connection).await,
         Request::DownloadUdp(udp) => udp.serve(cx, connection).await,
-        Request::UdpFinish(finish) => finish.serve(connection).await,
+        Request::UdpFinish(_) => udp::serve_finish(connection).await,
         Request::Changed => notices::serve_changed(cx, connection).await,
         Request::Installed(version) => notices::serve_installed(version, cx, connection).await,
         Request::InstalledMany(many) => many.serve(cx, connection).await,
@@ -307,6 +307,28 @@ mod tests {
             assert_eq!(Request::from_json(json.as_bytes()).unwrap(), request);
             assert_eq!(serde_json::from_str::<Request>(json).unwrap(), request);
         }
+    }
+
+    /// The transfer's own reading of `udp_finish` agrees with the request's wire form,
+    /// and takes any other request for "not the end".
+    #[test]
+    fn a_udp_transfer_reads_its_finish_as_requests_write_it() {
+        use crate::transfer::udp::DuringTransfer;
+        let finish = udp::UdpFinish {
+            session: "00000000000000ff".into(),
+        };
+        let as_request = serde_json::to_string(&Request::UdpFinish(finish.clone())).unwrap();
+        let in_transfer = DuringTransfer::UdpFinish(finish);
+        assert_eq!(serde_json::to_string(&in_transfer).unwrap(), as_request);
+        assert_eq!(
+            DuringTransfer::from_json(as_request.as_bytes()).unwrap(),
+            in_transfer
+        );
+        let other = serde_json::to_string(&Request::Changed).unwrap();
+        assert_eq!(
+            DuringTransfer::from_json(other.as_bytes()).unwrap(),
+            DuringTransfer::Other
+        );
     }
 
     /// The fast way refuses what the general way refuses: a name that breaks the path

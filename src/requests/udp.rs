@@ -80,22 +80,16 @@ impl DownloadUdp {
     }
 }
 
-/// The fields of `udp_finish`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UdpFinish {
-    /// The session, 16 hex digits.
-    pub session: String,
-}
+/// The fields of `udp_finish`, which the transfer itself writes and reads.
+pub use crate::transfer::udp::UdpFinish;
 
-impl UdpFinish {
-    /// Server, outside a transfer: there is nothing to finish (within one, the transfer
-    /// reads it: see [`udp::serve`]).
-    pub async fn serve(self, connection: &mut Connection<TcpStream>) -> Handled {
-        refuse(
-            connection,
-            ErrorKind::BadRequest,
-            "no UDP transfer is running on this connection".to_string(),
-        )
-        .await
-    }
+/// Server side of `udp_finish` outside a transfer: there is nothing to finish (within one,
+/// the transfer reads it: see [`udp::serve`]).
+pub async fn serve_finish(connection: &mut Connection<TcpStream>) -> Handled {
+    refuse(
+        connection,
+        ErrorKind::BadRequest,
+        "no UDP transfer is running on this connection".to_string(),
+    )
+    .await
 }

@@ -3,15 +3,22 @@
 //! rate control that tells random loss from congestion. docs/protocol.md describes the
 //! datagrams.
 //!
+//! The protocol is a pure core and thin drivers. The core decides everything (which
+//! datagram goes when, what is lost, when a transfer has failed) from `now` and the
+//! datagrams handed to it, so it is tested end to end in virtual time; the drivers only
+//! move datagrams between it and the sockets, the clock and the files.
+//!
+//! - [`proto`]: the sans-IO sender and receiver state machines, and their simulated link;
 //! - [`wire`]: datagram layout and integrity check;
 //! - [`rate`]: the rate controller;
-//! - [`sender`]: the serving box's side of one transfer;
+//! - [`sender`]: the driver of the serving box's side of one transfer;
+//! - [`receiver`]: the downloading box's side: negotiation, the driver, the partial file;
 //! - [`hub`]: the server's UDP socket, shared by all transfers, and their limits;
 //! - [`serve`]: the serving box's handling of the TCP negotiation;
-//! - [`socket`]: batched, offloaded UDP sends and receives;
-//! - [`receiver`]: the downloading box's side.
+//! - [`socket`]: batched, offloaded UDP sends and receives.
 
 pub mod hub;
+pub mod proto;
 pub mod rate;
 pub mod receiver;
 pub mod sender;
@@ -21,6 +28,7 @@ pub mod wire;
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::TransferError;
@@ -38,6 +46,15 @@ pub enum UdpError {
     /// Datagrams stopped arriving.
     #[error("UDP transfer made no progress for {0:?}")]
     Stalled(Duration),
+}
+
+impl From<proto::receiver::Failure> for UdpError {
+    fn from(failure: proto::receiver::Failure) -> UdpError {
+        match failure {
+            proto::receiver::Failure::Blocked(waited) => UdpError::Blocked(waited),
+            proto::receiver::Failure::Stalled(waited) => UdpError::Stalled(waited),
+        }
+    }
 }
 
 impl From<ShareError> for UdpError {
@@ -62,3 +79,26 @@ pub fn parse_token(text: &str) -> Option<wire::Token> {
     }
     Some(token)
 }
+
+/// The fields of `udp_finish`: the client's end of a UDP transfer (complete or not), on the
+/// TCP connection that negotiated it. The transfer itself writes and reads it, so it lives
+/// here; [`crate::requests::Request::UdpFinish`] carries the same fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UdpFinish {
+    /// The session, 16 hex digits.
+    pub session: String,
+}
+
+/// What a client may send on the TCP connection while its UDP transfer runs: `udp_finish`,
+/// or any other request (refused: the transfer is not over).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum DuringTransfer {
+    /// The transfer's end.
+    UdpFinish(UdpFinish),
+    /// Any other request.
+    #[serde(other)]
+    Other,
+}
+
+impl crate::protocol::decode::Message for DuringTransfer {}

@@ -1,42 +1,39 @@
-//! The receiving side of a UDP transfer, run by the downloading box: negotiates on the TCP
-//! connection, proves its UDP endpoint with the token, writes each chunk at its offset in a
-//! partial file, reports what is missing, and verifies the whole file before installing it.
+//! The downloading box's side of a UDP transfer: negotiates on the TCP connection, then
+//! drives a [`super::proto::receiver::Receiver`] (which checks datagrams and says when to
+//! report) with the socket and the clock, writes each new chunk at its offset in a partial
+//! file, and verifies the whole file before installing it.
 
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use super::proto::receiver::{Announced, Receiver};
 use super::socket::{FastSocket, ReceiveBuffers};
-use super::wire::{self, Datagram, Feedback, Token};
-use super::{UdpError, parse_token};
+use super::wire::{self, Token};
+use super::{DuringTransfer, UdpError, UdpFinish, parse_token};
 use crate::protocol::{Connection, Frame, Response};
-use crate::requests::Request;
-use crate::requests::udp::UdpFinish;
 use crate::share::hash::BackgroundHasher;
 use crate::share::{DigestSet, InstallMeta, RelPath, Share, ShareError};
 use crate::transfer::partial::PartialFile;
 use crate::transfer::{Downloaded, Landing, Progress, TransferError};
 use crate::types::{FileVersion, Transport};
 
-/// How often the receiver reports (and, before data flows, says HELLO).
-const REPORT_EVERY: Duration = Duration::from_millis(10);
-
-/// If no datagram at all arrives in this long, UDP is taken to be blocked.
-pub const FIRST_DATA_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// A transfer with no new chunk for this long fails.
-pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+pub use super::proto::receiver::{FIRST_DATA_TIMEOUT, STALL_TIMEOUT};
 
 /// Receive buffer asked of the kernel, so that bursts are queued (and seen as delay by
 /// rate control) rather than dropped.
 const RECEIVE_BUFFER: usize = 16 * 1024 * 1024;
+
+/// The disk thread is told how far the file is complete (so that it hashes that far)
+/// each time this many more bytes are.
+const PUBLISH_PREFIX_EVERY: u64 = 256 * wire::CHUNK_LEN as u64;
 
 /// Write requests queued for the disk thread.
 const WRITE_QUEUE: usize = 4096;
@@ -89,13 +86,14 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
         }
         other => return Err(protocol(&format!("unexpected response {other:?}"))),
     };
-    if ready.chunk_len == 0 || ready.chunk_len > wire::CHUNK_LEN {
-        return Err(protocol("chunk length out of range"));
-    }
-    let total = ready.size.div_ceil(ready.chunk_len as u64);
-    if total > u64::from(u32::MAX) {
-        return Err(protocol("file too large for one UDP transfer"));
-    }
+    let announced = Announced {
+        session: ready.session,
+        token: ready.token,
+        size: ready.size,
+        chunk_len: ready.chunk_len,
+    };
+    // Bounded before anything (the partial file, the bitset) is sized from it.
+    announced.check().map_err(|e| protocol(&e.to_string()))?;
     progress(0, ready.size);
 
     let socket = UdpSocket::bind(SocketAddr::new(path.local_ip, 0))
@@ -112,10 +110,10 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
         tokio::task::spawn_blocking(move || write_and_hash(file, write_queue, &path))
     };
 
-    let mut receiving = Receiving::new(ready.size, ready.chunk_len, ready.session, ready.token);
-    let outcome = receiving
-        .run(connection, &socket, path.server, &writes, progress)
-        .await;
+    // The receiver's clock starts with its first HELLO.
+    let mut receiver = Receiver::new(announced, path.server, Instant::now())
+        .map_err(|e| protocol(&e.to_string()))?;
+    let outcome = receive(&mut receiver, connection, &socket, &writes, progress).await;
     drop(writes);
     let finished = finish(connection, ready.session).await;
     let blake3 = writer
@@ -165,7 +163,7 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
     session: u64,
 ) -> Result<u64, UdpError> {
     connection
-        .write_message(&Request::UdpFinish(UdpFinish {
+        .write_message(&DuringTransfer::UdpFinish(UdpFinish {
             session: format!("{session:016x}"),
         }))
         .await
@@ -191,208 +189,73 @@ struct Ready {
     digests: crate::share::Digests,
 }
 
-/// The receiver's bookkeeping.
-struct Receiving {
-    /// File size.
-    size: u64,
-    /// Total chunks.
-    total: u32,
-    /// Bytes per chunk.
-    chunk_len: usize,
-    /// Session id and token.
-    session: u64,
-    token: Token,
-    /// Which chunks have arrived.
-    have: Vec<bool>,
-    /// Chunks that have arrived.
-    count: u32,
-    /// Every chunk below this has arrived.
-    cumulative: u32,
-    /// Highest frontier announced by the sender.
-    frontier: u32,
-    /// Counters reported to the sender.
-    received: u64,
-    bytes: u64,
-    highest_tx: u32,
-    /// Latest sender timestamp and when it arrived.
-    echo_us: u64,
-    echo_at: Option<Instant>,
-    /// Lowest one-way delay seen (receiver clock minus sender clock), and the lowest since
-    /// the last report.
-    base_delay: Option<i64>,
-    interval_delay: Option<i64>,
-    /// Receiver clock origin.
-    start: Instant,
-}
-
-impl Receiving {
-    fn new(size: u64, chunk_len: usize, session: u64, token: Token) -> Receiving {
-        let total = size.div_ceil(chunk_len as u64) as u32;
-        Receiving {
-            size,
-            total,
-            chunk_len,
-            session,
-            token,
-            have: vec![false; total as usize],
-            count: 0,
-            cumulative: 0,
-            frontier: 0,
-            received: 0,
-            bytes: 0,
-            highest_tx: 0,
-            echo_us: 0,
-            echo_at: None,
-            base_delay: None,
-            interval_delay: None,
-            start: Instant::now(),
+/// Drives `receiver` until every chunk is in, or fails on a stall, a blocked path or a
+/// message from the server on the TCP connection.
+async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
+    receiver: &mut Receiver,
+    connection: &mut Connection<S>,
+    socket: &FastSocket,
+    writes: &mpsc::Sender<WriteJob>,
+    progress: Progress<'_>,
+) -> Result<(), UdpError> {
+    let size = receiver.size();
+    let server = receiver.server();
+    let mut buffers = ReceiveBuffers::for_socket(socket);
+    let mut published_prefix = 0u64;
+    // One timer, moved only when the deadline does (a new one per batch would cost a
+    // timer-wheel insertion per batch of datagrams).
+    let timer = tokio::time::sleep_until(Instant::now().into());
+    tokio::pin!(timer);
+    while !receiver.is_complete() {
+        let deadline = receiver.poll_timeout().unwrap_or_else(Instant::now).into();
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
         }
-    }
-
-    /// Receives until every chunk is in, or fails on a stall, a blocked path or a message
-    /// from the server on the TCP connection.
-    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        connection: &mut Connection<S>,
-        socket: &FastSocket,
-        server: SocketAddr,
-        writes: &mpsc::Sender<WriteJob>,
-        progress: Progress<'_>,
-    ) -> Result<(), UdpError> {
-        let size = self.size;
-        let mut buffers = ReceiveBuffers::for_socket(socket);
-        let mut report = tokio::time::interval(REPORT_EVERY);
-        let mut last_progress = Instant::now();
-        let mut published_prefix = 0u32;
-        let hello = wire::encode_hello(self.session, &self.token);
-        while self.count < self.total {
-            tokio::select! {
-                received = socket.recv(&mut buffers) => {
-                    let Ok(slots) = received else { continue };
-                    let chunks: Vec<(u64, bytes::Bytes)> = buffers
-                        .datagrams(slots)
-                        .filter(|(_, from)| *from == server)
-                        .filter_map(|(datagram, _)| self.accept(datagram))
-                        .collect();
-                    if chunks.is_empty() {
-                        continue;
-                    }
-                    last_progress = Instant::now();
+        tokio::select! {
+            received = socket.recv(&mut buffers) => {
+                let Ok(slots) = received else { continue };
+                let now = Instant::now();
+                let chunks: Vec<(u64, bytes::Bytes)> = buffers
+                    .datagrams(slots)
+                    .filter_map(|(datagram, from)| receiver.handle(now, from, datagram))
+                    .map(|chunk| (chunk.offset, bytes::Bytes::copy_from_slice(chunk.bytes)))
+                    .collect();
+                if !chunks.is_empty() {
                     if writes.send(WriteJob::Chunks(chunks)).await.is_err() {
                         return Err(ShareError::io("<writer>", io::ErrorKind::BrokenPipe.into()).into());
                     }
-                    progress((u64::from(self.count) * self.chunk_len as u64).min(size), size);
-                    if self.cumulative >= published_prefix + 256 {
-                        published_prefix = self.cumulative;
-                        let prefix = (u64::from(self.cumulative) * self.chunk_len as u64).min(size);
+                    progress(receiver.received_bytes(), size);
+                    let prefix = receiver.prefix_bytes();
+                    if prefix >= published_prefix + PUBLISH_PREFIX_EVERY {
+                        published_prefix = prefix;
                         let _ = writes.send(WriteJob::Prefix(prefix)).await;
                     }
                 }
-                _ = report.tick() => {
-                    let datagram = if self.received == 0 {
-                        if self.start.elapsed() > FIRST_DATA_TIMEOUT {
-                            return Err(UdpError::Blocked(FIRST_DATA_TIMEOUT));
-                        }
-                        hello.clone()
-                    } else {
-                        if last_progress.elapsed() > STALL_TIMEOUT {
-                            return Err(UdpError::Stalled(STALL_TIMEOUT));
-                        }
-                        wire::encode_feedback(&self.feedback())
-                    };
-                    let _ = socket.send(server, &datagram, datagram.len()).await;
-                }
-                frame = connection.read_frame() => {
-                    return Err(match frame {
-                        Ok(Some(Frame::Control(bytes))) => {
-                            match serde_json::from_slice::<Response>(&bytes) {
-                                Ok(Response::Error { kind, message }) => {
-                                    TransferError::Remote { kind, message }.into()
-                                }
-                                _ => protocol("unexpected message during the transfer"),
+            }
+            _ = &mut timer => {}
+            frame = connection.read_frame() => {
+                return Err(match frame {
+                    Ok(Some(Frame::Control(bytes))) => {
+                        match serde_json::from_slice::<Response>(&bytes) {
+                            Ok(Response::Error { kind, message }) => {
+                                TransferError::Remote { kind, message }.into()
                             }
+                            _ => protocol("unexpected message during the transfer"),
                         }
-                        Ok(Some(Frame::Data(_))) => protocol("unexpected data frame"),
-                        Ok(None) => TransferError::Connection(crate::protocol::ConnectionError::Closed).into(),
-                        Err(e) => TransferError::Connection(e).into(),
-                    });
-                }
+                    }
+                    Ok(Some(Frame::Data(_))) => protocol("unexpected data frame"),
+                    Ok(None) => TransferError::Connection(crate::protocol::ConnectionError::Closed).into(),
+                    Err(e) => TransferError::Connection(e).into(),
+                });
             }
         }
-        // Tell the sender at once (the TCP finish that follows is the reliable signal).
-        let last = wire::encode_feedback(&self.feedback());
-        let _ = socket.send(server, &last, last.len()).await;
-        Ok(())
-    }
-
-    /// Checks a datagram; returns the offset and bytes of a chunk that is new.
-    fn accept(&mut self, bytes: &[u8]) -> Option<(u64, bytes::Bytes)> {
-        let Ok(Datagram::Data(data)) = wire::decode(bytes) else {
-            return None;
-        };
-        if data.session != self.session || data.chunk >= self.total {
-            return None;
-        }
-        let offset = u64::from(data.chunk) * self.chunk_len as u64;
-        let expected_len = (self.size - offset).min(self.chunk_len as u64) as usize;
-        if data.payload.len() != expected_len {
-            return None;
-        }
-        self.received += 1;
-        self.bytes += data.payload.len() as u64;
-        self.highest_tx = self.highest_tx.max(data.tx);
-        self.frontier = self.frontier.max(data.frontier.min(self.total));
-        self.echo_us = data.sent_us;
-        self.echo_at = Some(Instant::now());
-        let delay = self.start.elapsed().as_micros() as i64 - data.sent_us as i64;
-        self.base_delay = Some(self.base_delay.map_or(delay, |d| d.min(delay)));
-        self.interval_delay = Some(self.interval_delay.map_or(delay, |d| d.min(delay)));
-        let index = data.chunk as usize;
-        if self.have[index] {
-            return None;
-        }
-        self.have[index] = true;
-        self.count += 1;
-        while self.cumulative < self.total && self.have[self.cumulative as usize] {
-            self.cumulative += 1;
-        }
-        Some((offset, bytes::Bytes::copy_from_slice(data.payload)))
-    }
-
-    fn feedback(&mut self) -> Feedback {
-        let mut missing = Vec::new();
-        let mut chunk = self.cumulative;
-        while chunk < self.frontier && missing.len() < wire::MAX_RANGES {
-            if self.have[chunk as usize] {
-                chunk += 1;
-                continue;
-            }
-            let start = chunk;
-            while chunk < self.frontier && !self.have[chunk as usize] {
-                chunk += 1;
-            }
-            missing.push((start, chunk));
-        }
-        let queue = match (self.interval_delay.take(), self.base_delay) {
-            (Some(now), Some(base)) => (now - base).clamp(0, i64::from(u32::MAX)) as u32,
-            _ => 0,
-        };
-        Feedback {
-            session: self.session,
-            token: self.token,
-            received: self.received,
-            bytes: self.bytes,
-            highest_tx: self.highest_tx,
-            clock_us: self.start.elapsed().as_micros() as u64,
-            echo_us: self.echo_us,
-            hold_us: self.echo_at.map_or(0, |t| {
-                t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32
-            }),
-            queue_us: queue,
-            cumulative: self.cumulative,
-            missing,
+        // Once complete, this is the last report: it tells the sender at once (the TCP
+        // finish that follows is the reliable signal).
+        while let Some(datagram) = receiver.poll_transmit(Instant::now())? {
+            let _ = socket.send(server, &datagram, datagram.len()).await;
         }
     }
+    Ok(())
 }
 
 /// Work for the disk thread.
@@ -509,23 +372,10 @@ impl Pending {
 /// that arrives while the reader is busy waits in the queue instead of being dropped. Public
 /// for the tests' link emulator, which must lose only what it is told to.
 pub fn enlarge_receive_buffer(socket: &UdpSocket) {
-    use std::os::fd::AsRawFd;
-    let size = RECEIVE_BUFFER as libc::c_int;
-    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: the pointer and length describe `size`, which outlives the call.
-        let result = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        // SO_RCVBUFFORCE needs privileges; SO_RCVBUF is capped by net.core.rmem_max.
-        if result == 0 {
-            return;
-        }
+    use rustix::net::sockopt;
+    // SO_RCVBUFFORCE needs privileges; SO_RCVBUF is capped by net.core.rmem_max.
+    if sockopt::set_socket_recv_buffer_size_force(socket, RECEIVE_BUFFER).is_err() {
+        let _ = sockopt::set_socket_recv_buffer_size(socket, RECEIVE_BUFFER);
     }
 }
 

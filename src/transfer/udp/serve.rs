@@ -11,9 +11,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::hub::UdpHub;
 use super::sender::SenderPlan;
 use super::wire::{CHUNK_LEN, Token};
+use super::{DuringTransfer, UdpFinish};
 use crate::protocol::{Connection, ConnectionError, ErrorKind, Response};
-use crate::requests::Request;
-use crate::requests::udp::UdpFinish;
 use crate::share::folder::{self, Fingerprint};
 use crate::share::{DigestSet, RelPath, Share, ShareError};
 use crate::types::FileVersion;
@@ -114,10 +113,10 @@ pub async fn serve_download<S: AsyncRead + AsyncWrite + Unpin>(
         session.finish().await;
         return Err(e);
     }
-    let next = connection.read_message::<Request>().await;
+    let next = connection.read_message::<DuringTransfer>().await;
     let stats = session.finish().await;
     match next {
-        Ok(Some(Request::UdpFinish(UdpFinish { session }))) if session == session_hex => {}
+        Ok(Some(DuringTransfer::UdpFinish(UdpFinish { session }))) if session == session_hex => {}
         Ok(Some(_)) => {
             let refusal = Response::Error {
                 kind: ErrorKind::BadRequest,
