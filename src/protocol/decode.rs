@@ -5,14 +5,12 @@
 //! come by the thousand in a sync (a file's start and end, listings of 10,000 entries or
 //! hashes, requests naming a thousand files) that roughly doubles the cost of decoding. So
 //! when the tag comes first, as this crate writes it, those messages are read straight
-//! into their fields; anything else takes the general way, and means the same.
+//! into the one struct of their fields; anything else takes the general way, and means the
+//! same.
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::message::{Hello, Response};
-use crate::share::{Digests, Entry, FileHash, RelPath};
-use crate::time::Timestamp;
 
 /// A message of the control channel, read from its JSON.
 pub trait Message: DeserializeOwned {
@@ -27,84 +25,13 @@ impl Message for Hello {}
 impl Message for Response {
     fn from_json(json: &[u8]) -> serde_json::Result<Response> {
         match leading_tag(json, "response") {
-            Some("file_start") => {
-                let FileStart {
-                    name,
-                    size,
-                    mtime,
-                    mode,
-                } = serde_json::from_slice(json)?;
-                Ok(Response::FileStart {
-                    name,
-                    size,
-                    mtime,
-                    mode,
-                })
-            }
-            Some("file_end") => {
-                let FileEnd { digests } = serde_json::from_slice(json)?;
-                Ok(Response::FileEnd { digests })
-            }
-            Some("entries") => {
-                let Entries {
-                    entries,
-                    more,
-                    version,
-                } = serde_json::from_slice(json)?;
-                Ok(Response::Entries {
-                    entries,
-                    more,
-                    version,
-                })
-            }
-            Some("hashes") => {
-                let Hashes {
-                    hashes,
-                    more,
-                    version,
-                } = serde_json::from_slice(json)?;
-                Ok(Response::Hashes {
-                    hashes,
-                    more,
-                    version,
-                })
-            }
+            Some("file_start") => serde_json::from_slice(json).map(Response::FileStart),
+            Some("file_end") => serde_json::from_slice(json).map(Response::FileEnd),
+            Some("entries") => serde_json::from_slice(json).map(Response::Entries),
+            Some("hashes") => serde_json::from_slice(json).map(Response::Hashes),
             _ => serde_json::from_slice(json),
         }
     }
-}
-
-/// The fields of [`Response::FileStart`].
-#[derive(Deserialize)]
-struct FileStart {
-    name: RelPath,
-    size: u64,
-    mtime: Timestamp,
-    mode: u32,
-}
-
-/// The fields of [`Response::FileEnd`].
-#[derive(Deserialize)]
-struct FileEnd {
-    digests: Digests,
-}
-
-/// The fields of [`Response::Entries`].
-#[derive(Deserialize)]
-struct Entries {
-    entries: Vec<Entry>,
-    more: bool,
-    #[serde(default)]
-    version: Option<String>,
-}
-
-/// The fields of [`Response::Hashes`].
-#[derive(Deserialize)]
-struct Hashes {
-    hashes: Vec<FileHash>,
-    more: bool,
-    #[serde(default)]
-    version: Option<String>,
 }
 
 /// The tag of a message whose JSON begins with it, exactly as this crate writes it:
@@ -121,6 +48,9 @@ pub fn leading_tag<'a>(json: &'a [u8], key: &str) -> Option<&'a str> {
 mod tests {
     use super::*;
     use crate::protocol::ErrorKind;
+    use crate::protocol::message::{Entries, FileEnd, FileStart, Hashes};
+    use crate::share::{Digests, Entry, FileHash, RelPath};
+    use crate::time::Timestamp;
 
     fn rel(name: &str) -> RelPath {
         RelPath::parse(name).unwrap()
@@ -155,28 +85,28 @@ mod tests {
             md5: None,
         };
         let responses = [
-            Response::FileStart {
+            Response::FileStart(FileStart {
                 name: rel("d00/e0/file00000.txt"),
                 size: 1234,
                 mtime: mtime(),
                 mode: 0o640,
-            },
-            Response::FileEnd { digests },
-            Response::Entries {
+            }),
+            Response::FileEnd(FileEnd { digests }),
+            Response::Entries(Entries {
                 entries: vec![entry.clone(), entry],
                 more: true,
                 version: None,
-            },
-            Response::Entries {
+            }),
+            Response::Entries(Entries {
                 entries: Vec::new(),
                 more: false,
                 version: Some("v1".into()),
-            },
-            Response::Hashes {
+            }),
+            Response::Hashes(Hashes {
                 hashes: vec![hash],
                 more: false,
                 version: Some("v2".into()),
-            },
+            }),
             Response::Error {
                 kind: ErrorKind::NotFound,
                 message: "no such file: 'x'".into(),
@@ -192,6 +122,30 @@ mod tests {
         }
     }
 
+    /// The answers keep their flat wire form, tag first.
+    #[test]
+    fn answers_keep_their_wire_form() {
+        let start = Response::FileStart(FileStart {
+            name: rel("a.txt"),
+            size: 3,
+            mtime: mtime(),
+            mode: 0o644,
+        });
+        assert_eq!(
+            serde_json::to_string(&start).unwrap(),
+            r#"{"response":"file_start","name":"a.txt","size":3,"mtime":"2023-11-14T22:13:20.123456789Z","mode":420}"#
+        );
+        let listed = Response::Hashes(Hashes {
+            hashes: Vec::new(),
+            more: false,
+            version: None,
+        });
+        assert_eq!(
+            serde_json::to_string(&listed).unwrap(),
+            r#"{"response":"hashes","hashes":[],"more":false}"#
+        );
+    }
+
     /// The fast way refuses what the general way refuses (a missing field, another
     /// message's fields), and a message written another way is read the general way. (A
     /// request naming a path outside: see `requests`' tests.)
@@ -204,7 +158,7 @@ mod tests {
         let tag_last = br#"{"digests":{"blake3":"abc"},"response":"file_end"}"#;
         assert!(matches!(
             Response::from_json(tag_last),
-            Ok(Response::FileEnd { .. })
+            Ok(Response::FileEnd(FileEnd { .. }))
         ));
         let spaced = br#"{ "response": "batch_end" }"#;
         assert_eq!(Response::from_json(spaced).unwrap(), Response::BatchEnd);

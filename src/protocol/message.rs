@@ -42,46 +42,17 @@ impl Hello {
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum Response {
     /// A batch of index entries; `more` says whether another batch follows.
-    Entries {
-        /// This batch.
-        entries: Vec<Entry>,
-        /// Whether another batch follows.
-        more: bool,
-        /// Answering a conditional request, on the last batch: the version of the folder
-        /// listed, to send as `unless` next time.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        version: Option<String>,
-    },
+    Entries(Entries),
     /// A batch of file hashes; `more` says whether another batch follows.
-    Hashes {
-        /// This batch.
-        hashes: Vec<FileHash>,
-        /// Whether another batch follows.
-        more: bool,
-        /// As for [`Response::Entries`].
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        version: Option<String>,
-    },
+    Hashes(Hashes),
     /// Answers a conditional request whose folder version is still the current one: the
     /// previous answer still holds.
     Unchanged,
     /// A file transfer begins: exactly `size` bytes follow in data frames, then
     /// [`Response::FileEnd`] (or [`Response::Error`] if the file changed while being sent).
-    FileStart {
-        /// The file.
-        name: RelPath,
-        /// Bytes that follow.
-        size: u64,
-        /// Its last-modified time.
-        mtime: Timestamp,
-        /// Its permission bits.
-        mode: u32,
-    },
+    FileStart(FileStart),
     /// A file transfer ended; the digests are of exactly the bytes that were sent.
-    FileEnd {
-        /// BLAKE3 (and, when asked for, SHA-256 and MD5) of the sent bytes.
-        digests: Digests,
-    },
+    FileEnd(FileEnd),
     /// A UDP transfer is ready: the client proves its UDP endpoint with the token, then
     /// datagrams flow from the server's port.
     UdpReady {
@@ -120,6 +91,51 @@ pub enum Response {
         /// A one-line explanation for people.
         message: String,
     },
+}
+
+/// The fields of [`Response::Entries`]: a batch of index entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entries {
+    /// This batch.
+    pub entries: Vec<Entry>,
+    /// Whether another batch follows.
+    pub more: bool,
+    /// Answering a conditional request, on the last batch: the version of the folder
+    /// listed, to send as `unless` next time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// The fields of [`Response::Hashes`]: a batch of file hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hashes {
+    /// This batch.
+    pub hashes: Vec<FileHash>,
+    /// Whether another batch follows.
+    pub more: bool,
+    /// As for [`Entries`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// The fields of [`Response::FileStart`]: a file transfer begins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStart {
+    /// The file.
+    pub name: RelPath,
+    /// Bytes that follow.
+    pub size: u64,
+    /// Its last-modified time.
+    pub mtime: Timestamp,
+    /// Its permission bits.
+    pub mode: u32,
+}
+
+/// The fields of [`Response::FileEnd`]: a file transfer ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEnd {
+    /// BLAKE3 (and, when asked for, SHA-256 and MD5) of the sent bytes.
+    pub digests: Digests,
 }
 
 /// Kinds of failure a server reports, so that clients can react without parsing text.

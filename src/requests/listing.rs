@@ -8,6 +8,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{CallError, Handled, report};
+use crate::protocol::message::{Entries, Hashes};
 use crate::protocol::{Connection, ConnectionError, Response};
 use crate::share::{Entry, FileHash, Share, ShareError, Snapshot};
 
@@ -66,20 +67,20 @@ const FIXED_FIELDS: usize = 256;
 
 impl Listed for Entry {
     fn batch(entries: Vec<Entry>, more: bool, version: Option<String>) -> Response {
-        Response::Entries {
+        Response::Entries(Entries {
             entries,
             more,
             version,
-        }
+        })
     }
 
     fn unbatch(response: Response) -> Unbatched<Entry> {
         match response {
-            Response::Entries {
+            Response::Entries(Entries {
                 entries,
                 more,
                 version,
-            } => Unbatched::Batch(Batch {
+            }) => Unbatched::Batch(Batch {
                 items: entries,
                 more,
                 version,
@@ -95,20 +96,20 @@ impl Listed for Entry {
 
 impl Listed for FileHash {
     fn batch(hashes: Vec<FileHash>, more: bool, version: Option<String>) -> Response {
-        Response::Hashes {
+        Response::Hashes(Hashes {
             hashes,
             more,
             version,
-        }
+        })
     }
 
     fn unbatch(response: Response) -> Unbatched<FileHash> {
         match response {
-            Response::Hashes {
+            Response::Hashes(Hashes {
                 hashes,
                 more,
                 version,
-            } => Unbatched::Batch(Batch {
+            }) => Unbatched::Batch(Batch {
                 items: hashes,
                 more,
                 version,

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use super::body::{Body, BodyEnd, Next, unexpected};
 use super::tcp::start_write_back;
 use super::{Landing, TransferError};
-use crate::protocol::{Connection, Response};
+use crate::protocol::{Connection, Response, message};
 use crate::share::install::{set_meta, set_mtime};
 use crate::share::{
     BatchInstall, Digests, InstallMeta, RelPath, Share, ShareError, StagedFile, Stager,
@@ -119,12 +119,12 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), TransferError> {
     for (index, (name, slot)) in names.iter().zip(files.iter_mut()).enumerate() {
         let (size, mtime, mode) = match connection.expect_message::<Response>().await? {
-            Response::FileStart {
+            Response::FileStart(message::FileStart {
                 name: announced,
                 size,
                 mtime,
                 mode,
-            } if &announced == name => (size, mtime, mode),
+            }) if &announced == name => (size, mtime, mode),
             Response::Error { kind, message } => {
                 *slot = Some(Err(TransferError::Remote { kind, message }));
                 continue;

@@ -7,6 +7,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::TransferError;
 use crate::protocol::connection::decode;
+use crate::protocol::message::FileEnd;
 use crate::protocol::{Connection, ErrorKind, Frame, Response};
 use crate::share::{Digests, RelPath};
 
@@ -78,10 +79,10 @@ impl<'a> Body<'a> {
                 Ok(Next::Data(bytes))
             }
             frame => Ok(Next::End(match decode::<Response>(frame)? {
-                Response::FileEnd { digests } if self.received == self.size => {
+                Response::FileEnd(FileEnd { digests }) if self.received == self.size => {
                     BodyEnd::Complete(digests)
                 }
-                Response::FileEnd { .. } => BodyEnd::Short(self.received),
+                Response::FileEnd(FileEnd { .. }) => BodyEnd::Short(self.received),
                 Response::Error { kind, message } => BodyEnd::Failed { kind, message },
                 other => return Err(unexpected(&other)),
             })),

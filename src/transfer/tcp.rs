@@ -23,6 +23,7 @@ use super::body::{Body, BodyEnd, Next, unexpected};
 use super::partial::PartialFile;
 use super::zero_copy::{self, Sent};
 use super::{Downloaded, Landing, Progress, TransferError};
+use crate::protocol::message::{FileEnd, FileStart};
 use crate::protocol::{Connection, ConnectionError, Response};
 use crate::share::dirs::Dirs;
 use crate::share::folder::{self, Fingerprint};
@@ -325,12 +326,12 @@ async fn queue_start<S: AsyncRead + AsyncWrite + Unpin>(
     rel: &RelPath,
     meta: &std::fs::Metadata,
 ) -> Result<(), ConnectionError> {
-    let start = Response::FileStart {
+    let start = Response::FileStart(FileStart {
         name: rel.clone(),
         size: meta.len(),
         mtime: folder::modified(meta),
         mode: folder::mode(meta),
-    };
+    });
     connection.queue_message(&start).await
 }
 
@@ -349,7 +350,7 @@ async fn queue_end<S: AsyncRead + AsyncWrite + Unpin>(
         mode: folder::mode(meta),
     };
     connection
-        .queue_message(&Response::FileEnd { digests })
+        .queue_message(&Response::FileEnd(FileEnd { digests }))
         .await?;
     Ok(served)
 }
@@ -454,12 +455,12 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Downloaded, TransferError> {
     let started = Instant::now();
     let (size, mtime, mode) = match connection.expect_message::<Response>().await? {
-        Response::FileStart {
+        Response::FileStart(FileStart {
             name,
             size,
             mtime,
             mode,
-        } if &name == rel => (size, mtime, mode),
+        }) if &name == rel => (size, mtime, mode),
         Response::Error { kind, message } => return Err(TransferError::Remote { kind, message }),
         other => return Err(unexpected(&other)),
     };

@@ -7,6 +7,7 @@ use std::os::unix::fs::symlink;
 use std::sync::Arc;
 
 use boxsync::peer::{Peer, PeerError};
+use boxsync::protocol::message::{FileEnd, FileStart};
 use boxsync::protocol::{ErrorKind, Response};
 use boxsync::requests::Request;
 use boxsync::share::{Digests, Expect};
@@ -236,12 +237,12 @@ async fn scripted_server(answers: Vec<(&'static str, Answer)>, cut: bool) -> Str
                 }
                 Answer::Good(c) | Answer::ChangedMidway(c) | Answer::WrongDigest(c) => c,
             };
-            let start = Response::FileStart {
+            let start = Response::FileStart(FileStart {
                 name: rel(name),
                 size: content.len() as u64,
                 mtime: Timestamp::now(),
                 mode: 0o644,
-            };
+            });
             connection.write_message(&start).await.unwrap();
             connection.write_data(content).await.unwrap();
             let end = match answer {
@@ -249,12 +250,12 @@ async fn scripted_server(answers: Vec<(&'static str, Answer)>, cut: bool) -> Str
                     kind: ErrorKind::Changed,
                     message: format!("'{name}' changed while it was being read"),
                 },
-                Answer::WrongDigest(_) => Response::FileEnd {
+                Answer::WrongDigest(_) => Response::FileEnd(FileEnd {
                     digests: digests_of(b"something else"),
-                },
-                _ => Response::FileEnd {
+                }),
+                _ => Response::FileEnd(FileEnd {
                     digests: digests_of(content),
-                },
+                }),
             };
             connection.write_message(&end).await.unwrap();
         }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use boxsync::protocol::Response;
+use boxsync::protocol::message::{FileEnd, FileStart};
 use boxsync::requests::Request;
 use boxsync::share::Digests;
 use boxsync::share::filter::IndexFilter;
@@ -94,12 +95,12 @@ async fn lying_server_gets_nothing_stored() {
         let (addr, server) = scripted_peer("11a4000000000000", move |mut connection| async move {
             let _: Request = connection.expect_message().await.unwrap();
             let name = if lie == "name" { "other.txt" } else { "f.txt" };
-            let start = Response::FileStart {
+            let start = Response::FileStart(FileStart {
                 name: rel(name),
                 size: 5,
                 mtime: Timestamp::now(),
                 mode: 0o644,
-            };
+            });
             connection.write_message(&start).await.unwrap();
             let body: &[u8] = match lie {
                 "extra" => b"hello!!",
@@ -113,7 +114,7 @@ async fn lying_server_gets_nothing_stored() {
                 md5: Some("0".repeat(32)),
             };
             let _ = connection
-                .write_message(&Response::FileEnd { digests })
+                .write_message(&Response::FileEnd(FileEnd { digests }))
                 .await;
             // Hold the connection until the client is done with it.
             let _ = connection.read_frame().await;
