@@ -16,7 +16,7 @@ use tokio::runtime::{Handle, Runtime};
 use boxsync::local::LocalBox;
 use boxsync::peer::Peer;
 use boxsync::server::Server;
-use boxsync::shell::{Session, repl};
+use boxsync::shell::{Session, output, repl};
 use boxsync::sync::{PeerSpec, SyncConfig};
 use boxsync::types::Transport;
 
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     let config = match Config::from_cli(cli, std::io::stdin().is_terminal()) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("boxsync: {e:#}");
+            output::print_error_line(&format!("boxsync: {e:#}"));
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(EXIT_FAILED),
         Err(e) => {
-            eprintln!("boxsync: {e:#}");
+            output::print_error_line(&format!("boxsync: {e:#}"));
             ExitCode::from(EXIT_FAILED)
         }
     }
@@ -82,12 +82,12 @@ fn run(config: Config) -> Result<bool> {
         Run::Stdin => Ok(repl::run_stdin(&handle, &mut session, config.format)),
         _ => {
             let server = handle.block_on(Server::bind(Arc::clone(&local), config.listen))?;
-            println!(
+            say(&format!(
                 "boxsync box {} serving {} on {}; type 'help' for commands",
                 local.id,
                 local.share.root().display(),
                 server.local_addr()
-            );
+            ));
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let notices = server.notices();
             let serving = handle.spawn(server.run(wait_for(stopped.clone())));
@@ -109,6 +109,13 @@ fn run(config: Config) -> Result<bool> {
             Ok(true)
         }
     }
+}
+
+/// Prints one of the program's own lines (a banner, the serving address) on stdout. A
+/// closed stdout is no reason to stop serving, so a failure is ignored here; the shell's
+/// results, which a reader asked for, stop the program quietly when nobody reads them.
+fn say(text: &str) {
+    let _ = output::print_line(text);
 }
 
 /// Completes when `stop` turns true (or its sender is gone).
@@ -155,12 +162,12 @@ async fn serve(
         "serving"
     );
     // Scripts (and tests) started with port 0 read the bound address from this line.
-    println!(
+    say(&format!(
         "boxsync box {} serving {} on {}",
         local.id,
         local.share.root().display(),
         server.local_addr()
-    );
+    ));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch for SIGTERM")?;
     server
@@ -198,28 +205,36 @@ fn demo(handle: &Handle, verbose: u8) -> Result<bool> {
             let _ = stopped.changed().await;
         }));
     }
-    println!(
+    say(&format!(
         "boxsync demo: two boxes on this machine, in {}",
         temp.path().display()
+    ));
+    say(&format!(
+        "  this box (A)  {}  serving {}",
+        addr_a,
+        dir_a.display()
+    ));
+    say(&format!(
+        "  peer box (B)  {}  serving {}",
+        addr_b,
+        dir_b.display()
+    ));
+    say("");
+    say("Try, in this order (Tab completes commands and box B's file names):");
+    say("  index longlist                     what box B shares");
+    say("  index glob '*.txt'                 only text files, at any depth");
+    say("  hash verify hello.txt              MD5 and SHA-256 of a file on B");
+    say("  download tcp mu<Tab><Tab>          completes \"music/song one.mp3\"; Enter");
+    say("  download udp data/big.bin --max-rate 8M &");
+    say("                                     a slow download in the background");
+    say("  jobs                               its progress; 'kill 1' cancels it");
+    say("  wait                               progress bars until it is done");
+    say("  history                            what was asked and answered");
+    say("  help                               everything else; Ctrl-D or quit to leave");
+    say(
+        "(Auto-sync is off in the demo so that you fetch by hand; the README shows two boxes\n kept in sync with --peer.)",
     );
-    println!("  this box (A)  {}  serving {}", addr_a, dir_a.display());
-    println!("  peer box (B)  {}  serving {}", addr_b, dir_b.display());
-    println!();
-    println!("Try, in this order (Tab completes commands and box B's file names):");
-    println!("  index longlist                     what box B shares");
-    println!("  index glob '*.txt'                 only text files, at any depth");
-    println!("  hash verify hello.txt              MD5 and SHA-256 of a file on B");
-    println!("  download tcp mu<Tab><Tab>          completes \"music/song one.mp3\"; Enter");
-    println!("  download udp data/big.bin --max-rate 8M &");
-    println!("                                     a slow download in the background");
-    println!("  jobs                               its progress; 'kill 1' cancels it");
-    println!("  wait                               progress bars until it is done");
-    println!("  history                            what was asked and answered");
-    println!("  help                               everything else; Ctrl-D or quit to leave");
-    println!(
-        "(Auto-sync is off in the demo so that you fetch by hand; the README shows two boxes\n kept in sync with --peer.)"
-    );
-    println!();
+    say("");
     let mut session = Session::new(Arc::clone(&box_a), &[addr_b.to_string()]);
     let result = repl::run_interactive(handle, &mut session, shell_history(&box_a));
     let _ = stop.send(true);

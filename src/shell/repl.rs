@@ -8,7 +8,7 @@
 //! background (`&`), Ctrl-C cancels the command running in the foreground (and only it),
 //! and Ctrl-D or `quit` leave, asking first when background downloads are in flight.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,6 +20,7 @@ use tokio::runtime::Handle;
 use super::command::{self, Command};
 use super::helper::ShellHelper;
 use super::names::RemoteNames;
+use super::output::{self, OutputError};
 use super::prompt;
 use super::render::{self, Format, Layout};
 use super::screen::Screen;
@@ -38,6 +39,10 @@ enum LineResult {
     Failed,
     /// The user asked to leave.
     Quit,
+    /// Standard output was closed (`| head`): stop quietly, nobody reads the rest.
+    OutputClosed,
+    /// Standard output cannot be written (the message was printed on stderr): stop.
+    OutputFailed,
 }
 
 /// Runs lines against a session and shows what they produce.
@@ -107,7 +112,9 @@ impl Runner<'_> {
         self.screen.hide_bars();
         match result {
             None if waits => {
-                eprintln!("stopped waiting; the downloads go on ('jobs' lists them)");
+                output::print_error_line(
+                    "stopped waiting; the downloads go on ('jobs' lists them)",
+                );
                 LineResult::Done
             }
             None => self.fail("cancelled"),
@@ -119,8 +126,7 @@ impl Runner<'_> {
                 {
                     names.offer(peer.addr(), entries);
                 }
-                self.show(&outcome);
-                LineResult::Done
+                self.show(&outcome)
             }
             Some(Err(e)) => self.fail(&e.to_string()),
         }
@@ -141,31 +147,44 @@ impl Runner<'_> {
             })
         };
         match started {
-            Ok(job) => {
-                self.show(&Outcome::Started(job));
-                LineResult::Done
-            }
+            Ok(job) => self.show(&Outcome::Started(job)),
             Err(e) => self.fail(&e.to_string()),
         }
     }
 
-    fn show(&self, outcome: &Outcome) {
+    /// Prints a command's result on stdout.
+    fn show(&self, outcome: &Outcome) -> LineResult {
         let text = render::outcome_with(outcome, self.format, self.layout());
-        if !text.is_empty() {
-            println!("{text}");
+        if text.is_empty() {
+            return LineResult::Done;
         }
-        let _ = std::io::stdout().flush();
+        written(output::print_line(&text), LineResult::Done)
     }
 
+    /// Prints why a command failed: on stderr, or in JSON mode on stdout with the other
+    /// documents.
     fn fail(&self, message: &str) -> LineResult {
         let text = render::error_with(message, self.format, self.layout());
         match self.format {
-            // In JSON mode the error document goes to stdout with the others.
-            Format::Json => println!("{text}"),
-            Format::Human => eprintln!("{text}"),
+            Format::Json => written(output::print_line(&text), LineResult::Failed),
+            Format::Human => {
+                output::print_error_line(&text);
+                LineResult::Failed
+            }
         }
-        let _ = std::io::stdout().flush();
-        LineResult::Failed
+    }
+}
+
+/// `then` when the line was written; otherwise the stop that a closed or broken standard
+/// output calls for.
+fn written(result: Result<(), OutputError>, then: LineResult) -> LineResult {
+    match result {
+        Ok(()) => then,
+        Err(OutputError::Closed) => LineResult::OutputClosed,
+        Err(OutputError::Failed(e)) => {
+            output::print_error_line(&format!("boxsync: cannot write the output: {e}"));
+            LineResult::OutputFailed
+        }
     }
 }
 
@@ -213,7 +232,8 @@ fn run_lines(
         match runner.run_line(&line) {
             LineResult::Done => {}
             LineResult::Failed => all_ok = false,
-            LineResult::Quit => break,
+            LineResult::Quit | LineResult::OutputClosed => break,
+            LineResult::OutputFailed => return false,
         }
     }
     all_ok
@@ -263,10 +283,10 @@ pub fn run_interactive(
         match editor.readline(&(prompt.plain, prompt.styled)) {
             Ok(line) => {
                 remember(&mut editor, &line, &history_file);
-                if let LineResult::Quit = runner.run_line(&line)
-                    && confirm_quit(&mut editor, runner.session)
-                {
-                    break;
+                match runner.run_line(&line) {
+                    LineResult::Quit if confirm_quit(&mut editor, runner.session) => break,
+                    LineResult::OutputClosed | LineResult::OutputFailed => break,
+                    _ => {}
                 }
             }
             Err(ReadlineError::Interrupted) => continue,

@@ -1,7 +1,7 @@
 //! The real `boxsync` binary: `-c` and batch mode, `--json` shapes, exit codes, `serve`.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -34,6 +34,20 @@ async fn run(args: Vec<String>, stdin: Option<&'static str>) -> Output {
     })
     .await
     .unwrap()
+}
+
+/// The child's exit status once it exits, or `None` (and the child killed) when it has
+/// not within `deadline`.
+fn exit_within(child: &mut Child, deadline: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    poll(deadline, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    status
 }
 
 fn args(dir: &std::path::Path, peer: &TestBox, rest: &[&str]) -> Vec<String> {
@@ -279,19 +293,10 @@ async fn serve_runs_until_sigterm() {
         .status()
         .unwrap();
     assert!(status.success());
-    let exited = tokio::task::spawn_blocking(move || {
-        let mut status = None;
-        poll(Duration::from_secs(5), || {
-            status = child.try_wait().unwrap();
-            status.is_some()
-        });
-        if status.is_none() {
-            let _ = child.kill();
-        }
-        status
-    })
-    .await
-    .unwrap();
+    let exited =
+        tokio::task::spawn_blocking(move || exit_within(&mut child, Duration::from_secs(5)))
+            .await
+            .unwrap();
     let status = exited.expect("serve did not exit within 5 s of SIGTERM");
     assert!(status.success(), "{status:?}");
 }
@@ -310,4 +315,50 @@ async fn help_documents_options() {
     let out = run(vec!["serve".into(), "--help".into()], None).await;
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("--listen"));
+}
+
+/// A reader that goes away (`| head -1`) ends the program quietly: no panic, exit 0, as
+/// `ripgrep` does, rather than "failed printing to stdout: Broken pipe" and exit 101.
+#[tokio::test(flavor = "multi_thread")]
+async fn closed_output_ends_quietly() {
+    let b = TestBox::start().await;
+    // Far more than a pipe's 64 KiB buffer, so that the table is still being written
+    // when the reader goes away.
+    for i in 0..3000 {
+        b.write(
+            &format!("folder-{}/a-long-file-name-{i:05}.txt", i % 10),
+            b"x",
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let args = args(
+        dir.path(),
+        &b,
+        &["-c", "index longlist", "-c", "index longlist"],
+    );
+    let (status, stderr) = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(binary())
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start boxsync");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(first.contains("NAME"), "{first}");
+        // The reader is dropped here: the pipe is closed.
+        let status = exit_within(&mut child, Duration::from_secs(20));
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        (status, stderr)
+    })
+    .await
+    .unwrap();
+    let status = status.expect("boxsync did not exit within 20 s of its reader leaving");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    assert_eq!(status.code(), Some(0), "{stderr}");
 }
