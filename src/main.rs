@@ -16,6 +16,7 @@ use tokio::runtime::{Handle, Runtime};
 use boxsync::local::LocalBox;
 use boxsync::peer::Peer;
 use boxsync::server::Server;
+use boxsync::shell::repl::ScriptStatus;
 use boxsync::shell::{Session, output, repl};
 use boxsync::sync::{PeerSpec, SyncConfig};
 use boxsync::types::Transport;
@@ -44,8 +45,9 @@ fn main() -> ExitCode {
         }
     };
     match run(config) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(EXIT_FAILED),
+        Ok(ScriptStatus::Succeeded) => ExitCode::SUCCESS,
+        Ok(ScriptStatus::Failed) => ExitCode::from(EXIT_FAILED),
+        Ok(ScriptStatus::Refused) => ExitCode::from(EXIT_USAGE),
         Err(e) => {
             output::print_error_line(&format!("boxsync: {e:#}"));
             ExitCode::from(EXIT_FAILED)
@@ -53,8 +55,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs the configured mode; `Ok(false)` when a command failed.
-fn run(config: Config) -> Result<bool> {
+/// Runs the configured mode; for a script, how its commands went.
+fn run(config: Config) -> Result<ScriptStatus> {
     let runtime = Runtime::new().context("cannot start the async runtime")?;
     let handle = runtime.handle().clone();
     match config.run {
@@ -64,7 +66,7 @@ fn run(config: Config) -> Result<bool> {
             let local = LocalBox::open_with(&config.dir, config.settings.clone())?;
             return handle
                 .block_on(serve(local, config.listen, &config.peers, config.sync))
-                .map(|_| true);
+                .map(|()| ScriptStatus::Succeeded);
         }
         _ => {}
     }
@@ -106,7 +108,7 @@ fn run(config: Config) -> Result<bool> {
             let _ = stop.send(true);
             let _ = handle.block_on(serving);
             result.context("the shell failed")?;
-            Ok(true)
+            Ok(ScriptStatus::Succeeded)
         }
     }
 }
@@ -184,7 +186,7 @@ async fn serve(
 }
 
 /// `boxsync demo`: two boxes in a temporary folder, the shell on the first.
-fn demo(handle: &Handle, verbose: u8) -> Result<bool> {
+fn demo(handle: &Handle, verbose: u8) -> Result<ScriptStatus> {
     let temp = tempfile::Builder::new()
         .prefix("boxsync-demo-")
         .tempdir()
@@ -239,7 +241,7 @@ fn demo(handle: &Handle, verbose: u8) -> Result<bool> {
     let result = repl::run_interactive(handle, &mut session, shell_history(&box_a));
     let _ = stop.send(true);
     result.context("the shell failed")?;
-    Ok(true)
+    Ok(ScriptStatus::Succeeded)
 }
 
 /// Where the interactive shell keeps its line history.

@@ -37,6 +37,9 @@ enum LineResult {
     Done,
     /// The command failed; the message was printed.
     Failed,
+    /// The line was not understood (unknown command, wrong arguments); the message was
+    /// printed.
+    Refused,
     /// The user asked to leave.
     Quit,
     /// Standard output was closed (`| head`): stop quietly, nobody reads the rest.
@@ -78,7 +81,12 @@ impl Runner<'_> {
         let command = match command::parse(line) {
             Ok(Some(command)) => command,
             Ok(None) => return LineResult::Done,
-            Err(e) => return self.fail(&e.to_string()),
+            Err(e) => {
+                return match self.fail(&e.to_string()) {
+                    LineResult::Failed => LineResult::Refused,
+                    stopped => stopped,
+                };
+            }
         };
         let command = match command {
             // Scripts run everything in order: a background job would outlive the script.
@@ -188,7 +196,18 @@ fn written(result: Result<(), OutputError>, then: LineResult) -> LineResult {
     }
 }
 
-/// Runs `lines` in order (stopping at `quit`); returns whether every command succeeded.
+/// How a script's commands went, for its exit status; the worst line decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ScriptStatus {
+    /// Every command succeeded.
+    Succeeded,
+    /// A command failed: the peer refused it, or the network did.
+    Failed,
+    /// A line was not understood (unknown command, wrong arguments): a usage error.
+    Refused,
+}
+
+/// Runs `lines` in order (stopping at `quit`); returns how they went.
 ///
 /// For `-c` commands: a download shows a progress bar when the output is a terminal and
 /// not JSON. A trailing `&` is ignored (commands run in order).
@@ -197,13 +216,13 @@ pub fn run_script(
     session: &mut Session,
     lines: impl IntoIterator<Item = String>,
     format: Format,
-) -> bool {
+) -> ScriptStatus {
     run_lines(handle, session, lines, format, true)
 }
 
 /// Runs the commands read from standard input, one per line, until end of input; never
 /// draws progress bars (batch output).
-pub fn run_stdin(handle: &Handle, session: &mut Session, format: Format) -> bool {
+pub fn run_stdin(handle: &Handle, session: &mut Session, format: Format) -> ScriptStatus {
     let lines = std::io::stdin().lock().lines().map_while(Result::ok);
     run_lines(handle, session, lines, format, false)
 }
@@ -214,7 +233,7 @@ fn run_lines(
     lines: impl IntoIterator<Item = String>,
     format: Format,
     bars: bool,
-) -> bool {
+) -> ScriptStatus {
     let terminal = match format {
         Format::Json => Terminal::plain(),
         Format::Human => Terminal::detect(),
@@ -227,16 +246,18 @@ fn run_lines(
         screen: Screen::new(bars && terminal.bars, terminal.colour),
         names: None,
     };
-    let mut all_ok = true;
+    let mut status = ScriptStatus::Succeeded;
     for line in lines {
-        match runner.run_line(&line) {
-            LineResult::Done => {}
-            LineResult::Failed => all_ok = false,
+        let line_status = match runner.run_line(&line) {
+            LineResult::Done => ScriptStatus::Succeeded,
+            LineResult::Failed => ScriptStatus::Failed,
+            LineResult::Refused => ScriptStatus::Refused,
             LineResult::Quit | LineResult::OutputClosed => break,
-            LineResult::OutputFailed => return false,
-        }
+            LineResult::OutputFailed => return status.max(ScriptStatus::Failed),
+        };
+        status = status.max(line_status);
     }
-    all_ok
+    status
 }
 
 /// The interactive prompt; returns when the user quits or presses Ctrl-D. Typed lines are

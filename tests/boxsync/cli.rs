@@ -190,15 +190,59 @@ async fn exit_codes() {
     assert_eq!(bad_peer.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad_peer.stderr).contains("bad peer address"));
 
+    // A bad value is a usage error, as clap's exit status says for a bad option value.
     let bad_input = run(
         args(dir.path(), &b, &["-c", "index shortlist tomorrow today"]),
         None,
     )
     .await;
-    assert_eq!(bad_input.status.code(), Some(1));
+    assert_eq!(bad_input.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&bad_input.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("bad timestamp 'tomorrow'"), "{stderr}");
+}
+
+/// A line that is not understood (an unknown command, wrong arguments) is a usage error,
+/// exit 2, in `-c` and on stdin; a command that fails (here: a missing file) stays 1, and
+/// the worst line decides.
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_errors_exit_2() {
+    let b = TestBox::start().await;
+    b.write("a.txt", b"a");
+    let dir = tempfile::tempdir().unwrap();
+    for line in ["frobnicate", "hash", "index longlist extra"] {
+        let out = run(args(dir.path(), &b, &["-c", line]), None).await;
+        assert_eq!(out.status.code(), Some(2), "-c '{line}'");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    let unknown = run(args(dir.path(), &b, &["-c", "frobnicate"]), None).await;
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown command 'frobnicate'"));
+
+    let failed = run(args(dir.path(), &b, &["-c", "hash verify missing"]), None).await;
+    assert_eq!(failed.status.code(), Some(1));
+    let both = run(
+        args(
+            dir.path(),
+            &b,
+            &["-c", "hash verify missing", "-c", "frobnicate"],
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(both.status.code(), Some(2));
+
+    let piped = run(
+        args(dir.path(), &b, &[]),
+        Some(
+            "index longlist
+frobnicate
+",
+        ),
+    )
+    .await;
+    assert_eq!(piped.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&piped.stdout).contains("a.txt"));
 }
 
 /// Without `-c` and with stdin not a terminal, commands are read one per line.
