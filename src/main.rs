@@ -70,7 +70,7 @@ fn run(config: Config) -> Result<ScriptStatus> {
         }
         _ => {}
     }
-    let local = LocalBox::open_with(&config.dir, config.settings.clone())?;
+    let (local, _scratch) = open_client_box(&config)?;
     let _log = init_logging(Some(&local.share.state_dir()), config.verbose);
     let addrs: Vec<String> = config.peers.iter().map(|p| p.addr.clone()).collect();
     let mut session = Session::new(Arc::clone(&local), &addrs);
@@ -118,6 +118,33 @@ fn run(config: Config) -> Result<ScriptStatus> {
 /// results, which a reader asked for, stop the program quietly when nobody reads them.
 fn say(text: &str) {
     let _ = output::print_line(text);
+}
+
+/// The box the shell or script runs as. A script (`-c`, piped commands) that asks nothing
+/// of the shared folder must not leave one behind: when no box lives in the folder yet (no
+/// `.boxsync/`) and no `-c` command downloads, it runs as a throwaway box in a temporary
+/// folder (a fresh id, this run's history only), returned with it to be removed at exit.
+/// Piped commands are not known in advance, so they may download and open the folder.
+fn open_client_box(config: &Config) -> Result<(Arc<LocalBox>, Option<tempfile::TempDir>)> {
+    let is_box = config.dir.join(boxsync::share::STATE_DIR).exists();
+    let reads_only = match &config.run {
+        Run::Commands(lines) => !lines.iter().any(|line| {
+            matches!(boxsync::shell::command::parse(line), Ok(Some(c)) if c.writes_locally())
+        }),
+        _ => false,
+    };
+    if is_box || !reads_only {
+        return Ok((
+            LocalBox::open_with(&config.dir, config.settings.clone())?,
+            None,
+        ));
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("boxsync-script-")
+        .tempdir()
+        .context("cannot create a temporary folder for the script's box")?;
+    let local = LocalBox::open_with(scratch.path(), config.settings.clone())?;
+    Ok((local, Some(scratch)))
 }
 
 /// Completes when `stop` turns true (or its sender is gone).

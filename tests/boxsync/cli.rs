@@ -245,6 +245,52 @@ frobnicate
     assert!(String::from_utf8_lossy(&piped.stdout).contains("a.txt"));
 }
 
+/// A read-only `-c` run in a folder with no box (no `-d`, so `./shared`) leaves nothing
+/// behind: no `shared/`, no `.boxsync/`; a `-c` download still creates the folder it saves
+/// into.
+#[tokio::test(flavor = "multi_thread")]
+async fn read_only_script_leaves_nothing() {
+    let cwd = tempfile::tempdir().unwrap();
+    let b = TestBox::start().await;
+    let peer = b.addr.to_string();
+    b.write("a.txt", b"a");
+    let run_in = |cwd: std::path::PathBuf, lines: &'static [&'static str]| {
+        let peer = peer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut command = Command::new(binary());
+            command.current_dir(cwd).args(["-p", &peer]);
+            for line in lines {
+                command.args(["-c", line]);
+            }
+            command.stdin(Stdio::null()).output().expect("run boxsync")
+        })
+    };
+    let out = run_in(
+        cwd.path().to_path_buf(),
+        &["index longlist", "hash verify a.txt", "history"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("a.txt"));
+    let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().flatten().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+
+    let out = run_in(cwd.path().to_path_buf(), &["download tcp a.txt"])
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        std::fs::read(cwd.path().join("shared/a.txt")).unwrap(),
+        b"a"
+    );
+}
+
 /// Without `-c` and with stdin not a terminal, commands are read one per line.
 #[tokio::test(flavor = "multi_thread")]
 async fn batch_mode_reads_stdin() {
