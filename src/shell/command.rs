@@ -131,6 +131,7 @@ pub fn subcommands(command: &str) -> &'static [&'static str] {
         "index" => &["longlist", "shortlist", "regex", "glob"],
         "hash" => &["verify", "checkall"],
         "download" => &["tcp", "udp"],
+        "sync" => &["status", "now", "on", "off"],
         _ => &[],
     }
 }
