@@ -103,8 +103,8 @@ examples:
             .to_string(),
         "wait" => "\
 wait
-    Waits until every background download has ended, showing a progress bar for each.
-    Ctrl-C stops waiting; the downloads go on.
+    Waits until every background download has ended, showing a progress bar for each,
+    then prints how each ended. Ctrl-C stops waiting; the downloads go on.
 example:
     wait"
             .to_string(),

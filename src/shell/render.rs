@@ -101,7 +101,7 @@ fn outcome_json(outcome: &Outcome) -> Option<Value> {
         Outcome::Quit => return None,
         Outcome::Jobs(jobs) => Value::Array(jobs.iter().map(job_json).collect()),
         Outcome::Started(job) | Outcome::Killed(job) => job_json(job),
-        Outcome::Waited(count) => json!({ "waited": count }),
+        Outcome::Waited(waited) => json!({ "waited": waited.count }),
     })
 }
 
@@ -273,8 +273,13 @@ fn outcome_human(outcome: &Outcome, layout: Layout) -> String {
         ),
         Outcome::Started(job) => format!("[{}] {}", job.id, job.command),
         Outcome::Killed(job) => format!("[{}] killed {}", job.id, job.command),
-        Outcome::Waited(0) => "no jobs".to_string(),
-        Outcome::Waited(_) => String::new(),
+        Outcome::Waited(waited) if waited.count == 0 => "no jobs".to_string(),
+        Outcome::Waited(waited) => waited
+            .ended
+            .iter()
+            .map(|event| job_event(event, layout))
+            .collect::<Vec<_>>()
+            .join("\n"),
     }
 }
 
