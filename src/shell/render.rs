@@ -9,6 +9,7 @@ use super::session::Outcome;
 use super::table::{self, Column, Fit};
 use crate::history::Direction;
 use crate::share::{Entry, FileHash};
+use crate::sync::counted;
 use crate::transfer::Downloaded;
 
 /// How a session's output is written.
@@ -286,7 +287,7 @@ fn outcome_human(outcome: &Outcome, layout: Layout) -> String {
 /// `sync status` as text: the engine's state, a table of peers, then conflicts and errors.
 fn sync_status(status: &crate::sync::SyncStatus, layout: Layout) -> String {
     let mut lines = vec![format!(
-        "auto-sync {} (rescan every {}s, {}; {} rounds)",
+        "auto-sync {} (rescan every {}s, {}; {})",
         if status.enabled { "on" } else { "off" },
         status.period_seconds,
         if status.watching {
@@ -294,7 +295,7 @@ fn sync_status(status: &crate::sync::SyncStatus, layout: Layout) -> String {
         } else {
             "not watching: changes wait for the rescan"
         },
-        status.rounds
+        counted(status.rounds, "round")
     )];
     if let Some(notice) = &status.notice {
         lines.push(format!("note: {notice}"));
@@ -419,6 +420,23 @@ pub fn human_duration(seconds: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `sync status` after one round says "1 round".
+    #[test]
+    fn sync_status_counts_rounds() {
+        let status = crate::sync::SyncStatus {
+            enabled: true,
+            period_seconds: 10,
+            watching: true,
+            rounds: 1,
+            ..Default::default()
+        };
+        let text = sync_status(&status, Layout::default());
+        assert!(
+            text.starts_with("auto-sync on (rescan every 10s, watching for changes; 1 round)"),
+            "{text}"
+        );
+    }
 
     /// Sizes switch unit at 1024 and keep one decimal.
     #[test]
