@@ -40,7 +40,7 @@ fn main() -> ExitCode {
     let config = match Config::from_cli(cli, std::io::stdin().is_terminal()) {
         Ok(config) => config,
         Err(e) => {
-            output::print_error_line(&format!("boxsync: {e:#}"));
+            output::print_error_line(&format!("boxsync: {}", one_line(&e)));
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -49,10 +49,36 @@ fn main() -> ExitCode {
         Ok(ScriptStatus::Failed) => ExitCode::from(EXIT_FAILED),
         Ok(ScriptStatus::Refused) => ExitCode::from(EXIT_USAGE),
         Err(e) => {
-            output::print_error_line(&format!("boxsync: {e:#}"));
+            output::print_error_line(&format!("boxsync: {}", one_line(&e)));
             ExitCode::from(EXIT_FAILED)
         }
     }
+}
+
+/// An error and its causes on one line, each cause said once: an error whose message
+/// already quotes its source (`{path}: {source}`) would otherwise show the operating
+/// system's words twice, as `{:#}` prints every cause. A port in use gets a way out.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    let in_use = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+    });
+    if in_use {
+        line.push_str(" (pick another port, or -l 127.0.0.1:0 for any free one)");
+    }
+    line
 }
 
 /// Runs the configured mode; for a script, how its commands went.

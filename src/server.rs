@@ -32,7 +32,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Error)]
 pub enum ServerError {
     /// The address could not be bound for TCP or UDP.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address asked for.
         addr: SocketAddr,
@@ -40,7 +40,7 @@ pub enum ServerError {
         source: io::Error,
     },
     /// The UDP socket could not be set up for transfers.
-    #[error("cannot set up UDP on {addr}: {source}")]
+    #[error("cannot set up UDP on {addr}")]
     Udp {
         /// The address bound.
         addr: SocketAddr,

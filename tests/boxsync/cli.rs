@@ -391,6 +391,45 @@ async fn serve_runs_until_sigterm() {
     assert!(status.success(), "{status:?}");
 }
 
+/// Start-up errors are one line that says the operating system's words once; a port in
+/// use suggests `-l 127.0.0.1:0`.
+#[tokio::test(flavor = "multi_thread")]
+async fn start_up_errors_say_it_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |dir: String, listen: String| {
+        run(
+            vec!["serve".into(), "-d".into(), dir, "-l".into(), listen],
+            None,
+        )
+    };
+    let out = serve(
+        dir.path().join("box").display().to_string(),
+        format!("127.0.0.1:{port}"),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("-l 127.0.0.1:0"), "{stderr}");
+    assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
+
+    // A file where the shared folder should be: "File exists (os error 17)", once.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = serve(file.display().to_string(), "127.0.0.1:0".into()).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
+    drop(taken);
+}
+
 /// `--help` documents every option, and `serve --help` too.
 #[tokio::test(flavor = "multi_thread")]
 async fn help_documents_options() {
