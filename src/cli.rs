@@ -82,8 +82,9 @@ pub struct Cli {
     /// Run one shell command against the current peer, print the result, exit (may
     /// repeat; no server is started).
     ///
-    /// Exit status 0 if every command succeeded, 1 if one failed. Example: -c 'index glob
-    /// "*.mp3"' -c 'download tcp notes.txt'
+    /// Exit status 0 if every command succeeded, 1 if one failed, 2 if one was not
+    /// understood (a usage error). Example: -c 'index glob "*.mp3"' -c 'download tcp
+    /// notes.txt'
     #[arg(short = 'c', value_name = "COMMAND")]
     commands: Vec<String>,
 

@@ -16,7 +16,8 @@ use tokio::runtime::{Handle, Runtime};
 use boxsync::local::LocalBox;
 use boxsync::peer::Peer;
 use boxsync::server::Server;
-use boxsync::shell::{Session, repl};
+use boxsync::shell::repl::ScriptStatus;
+use boxsync::shell::{Session, output, repl};
 use boxsync::sync::{PeerSpec, SyncConfig};
 use boxsync::types::Transport;
 
@@ -39,22 +40,49 @@ fn main() -> ExitCode {
     let config = match Config::from_cli(cli, std::io::stdin().is_terminal()) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("boxsync: {e:#}");
+            output::print_error_line(&format!("boxsync: {}", one_line(&e)));
             return ExitCode::from(EXIT_USAGE);
         }
     };
     match run(config) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(EXIT_FAILED),
+        Ok(ScriptStatus::Succeeded) => ExitCode::SUCCESS,
+        Ok(ScriptStatus::Failed) => ExitCode::from(EXIT_FAILED),
+        Ok(ScriptStatus::Refused) => ExitCode::from(EXIT_USAGE),
         Err(e) => {
-            eprintln!("boxsync: {e:#}");
+            output::print_error_line(&format!("boxsync: {}", one_line(&e)));
             ExitCode::from(EXIT_FAILED)
         }
     }
 }
 
-/// Runs the configured mode; `Ok(false)` when a command failed.
-fn run(config: Config) -> Result<bool> {
+/// An error and its causes on one line, each cause said once: an error whose message
+/// already quotes its source (`{path}: {source}`) would otherwise show the operating
+/// system's words twice, as `{:#}` prints every cause. A port in use gets a way out.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    let in_use = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+    });
+    if in_use {
+        line.push_str(" (pick another port, or -l 127.0.0.1:0 for any free one)");
+    }
+    line
+}
+
+/// Runs the configured mode; for a script, how its commands went.
+fn run(config: Config) -> Result<ScriptStatus> {
     let runtime = Runtime::new().context("cannot start the async runtime")?;
     let handle = runtime.handle().clone();
     match config.run {
@@ -64,11 +92,11 @@ fn run(config: Config) -> Result<bool> {
             let local = LocalBox::open_with(&config.dir, config.settings.clone())?;
             return handle
                 .block_on(serve(local, config.listen, &config.peers, config.sync))
-                .map(|_| true);
+                .map(|()| ScriptStatus::Succeeded);
         }
         _ => {}
     }
-    let local = LocalBox::open_with(&config.dir, config.settings.clone())?;
+    let (local, _scratch) = open_client_box(&config)?;
     let _log = init_logging(Some(&local.share.state_dir()), config.verbose);
     let addrs: Vec<String> = config.peers.iter().map(|p| p.addr.clone()).collect();
     let mut session = Session::new(Arc::clone(&local), &addrs);
@@ -82,12 +110,12 @@ fn run(config: Config) -> Result<bool> {
         Run::Stdin => Ok(repl::run_stdin(&handle, &mut session, config.format)),
         _ => {
             let server = handle.block_on(Server::bind(Arc::clone(&local), config.listen))?;
-            println!(
+            say(&format!(
                 "boxsync box {} serving {} on {}; type 'help' for commands",
                 local.id,
                 local.share.root().display(),
                 server.local_addr()
-            );
+            ));
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let notices = server.notices();
             let serving = handle.spawn(server.run(wait_for(stopped.clone())));
@@ -106,9 +134,43 @@ fn run(config: Config) -> Result<bool> {
             let _ = stop.send(true);
             let _ = handle.block_on(serving);
             result.context("the shell failed")?;
-            Ok(true)
+            Ok(ScriptStatus::Succeeded)
         }
     }
+}
+
+/// Prints one of the program's own lines (a banner, the serving address) on stdout. A
+/// closed stdout is no reason to stop serving, so a failure is ignored here; the shell's
+/// results, which a reader asked for, stop the program quietly when nobody reads them.
+fn say(text: &str) {
+    let _ = output::print_line(text);
+}
+
+/// The box the shell or script runs as. A script (`-c`, piped commands) that asks nothing
+/// of the shared folder must not leave one behind: when no box lives in the folder yet (no
+/// `.boxsync/`) and no `-c` command downloads, it runs as a throwaway box in a temporary
+/// folder (a fresh id, this run's history only), returned with it to be removed at exit.
+/// Piped commands are not known in advance, so they may download and open the folder.
+fn open_client_box(config: &Config) -> Result<(Arc<LocalBox>, Option<tempfile::TempDir>)> {
+    let is_box = config.dir.join(boxsync::share::STATE_DIR).exists();
+    let reads_only = match &config.run {
+        Run::Commands(lines) => !lines.iter().any(|line| {
+            matches!(boxsync::shell::command::parse(line), Ok(Some(c)) if c.writes_locally())
+        }),
+        _ => false,
+    };
+    if is_box || !reads_only {
+        return Ok((
+            LocalBox::open_with(&config.dir, config.settings.clone())?,
+            None,
+        ));
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("boxsync-script-")
+        .tempdir()
+        .context("cannot create a temporary folder for the script's box")?;
+    let local = LocalBox::open_with(scratch.path(), config.settings.clone())?;
+    Ok((local, Some(scratch)))
 }
 
 /// Completes when `stop` turns true (or its sender is gone).
@@ -155,12 +217,12 @@ async fn serve(
         "serving"
     );
     // Scripts (and tests) started with port 0 read the bound address from this line.
-    println!(
+    say(&format!(
         "boxsync box {} serving {} on {}",
         local.id,
         local.share.root().display(),
         server.local_addr()
-    );
+    ));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch for SIGTERM")?;
     server
@@ -177,7 +239,7 @@ async fn serve(
 }
 
 /// `boxsync demo`: two boxes in a temporary folder, the shell on the first.
-fn demo(handle: &Handle, verbose: u8) -> Result<bool> {
+fn demo(handle: &Handle, verbose: u8) -> Result<ScriptStatus> {
     let temp = tempfile::Builder::new()
         .prefix("boxsync-demo-")
         .tempdir()
@@ -198,33 +260,41 @@ fn demo(handle: &Handle, verbose: u8) -> Result<bool> {
             let _ = stopped.changed().await;
         }));
     }
-    println!(
+    say(&format!(
         "boxsync demo: two boxes on this machine, in {}",
         temp.path().display()
+    ));
+    say(&format!(
+        "  this box (A)  {}  serving {}",
+        addr_a,
+        dir_a.display()
+    ));
+    say(&format!(
+        "  peer box (B)  {}  serving {}",
+        addr_b,
+        dir_b.display()
+    ));
+    say("");
+    say("Try, in this order (Tab completes commands and box B's file names):");
+    say("  index longlist                     what box B shares");
+    say("  index glob '*.txt'                 only text files, at any depth");
+    say("  hash verify hello.txt              MD5 and SHA-256 of a file on B");
+    say("  download tcp mu<Tab><Tab>          completes \"music/song one.mp3\"; Enter");
+    say("  download udp data/big.bin --max-rate 8M &");
+    say("                                     a slow download in the background");
+    say("  jobs                               its progress; 'kill 1' cancels it");
+    say("  wait                               progress bars until it is done");
+    say("  history                            what was asked and answered");
+    say("  help                               everything else; Ctrl-D or quit to leave");
+    say(
+        "(Auto-sync is off in the demo so that you fetch by hand; the README shows two boxes\n kept in sync with --peer.)",
     );
-    println!("  this box (A)  {}  serving {}", addr_a, dir_a.display());
-    println!("  peer box (B)  {}  serving {}", addr_b, dir_b.display());
-    println!();
-    println!("Try, in this order (Tab completes commands and box B's file names):");
-    println!("  index longlist                     what box B shares");
-    println!("  index glob '*.txt'                 only text files, at any depth");
-    println!("  hash verify hello.txt              MD5 and SHA-256 of a file on B");
-    println!("  download tcp mu<Tab><Tab>          completes \"music/song one.mp3\"; Enter");
-    println!("  download udp data/big.bin --max-rate 8M &");
-    println!("                                     a slow download in the background");
-    println!("  jobs                               its progress; 'kill 1' cancels it");
-    println!("  wait                               progress bars until it is done");
-    println!("  history                            what was asked and answered");
-    println!("  help                               everything else; Ctrl-D or quit to leave");
-    println!(
-        "(Auto-sync is off in the demo so that you fetch by hand; the README shows two boxes\n kept in sync with --peer.)"
-    );
-    println!();
+    say("");
     let mut session = Session::new(Arc::clone(&box_a), &[addr_b.to_string()]);
     let result = repl::run_interactive(handle, &mut session, shell_history(&box_a));
     let _ = stop.send(true);
     result.context("the shell failed")?;
-    Ok(true)
+    Ok(ScriptStatus::Succeeded)
 }
 
 /// Where the interactive shell keeps its line history.

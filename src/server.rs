@@ -32,7 +32,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Error)]
 pub enum ServerError {
     /// The address could not be bound for TCP or UDP.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address asked for.
         addr: SocketAddr,
@@ -40,7 +40,7 @@ pub enum ServerError {
         source: io::Error,
     },
     /// The UDP socket could not be set up for transfers.
-    #[error("cannot set up UDP on {addr}: {source}")]
+    #[error("cannot set up UDP on {addr}")]
     Udp {
         /// The address bound.
         addr: SocketAddr,
@@ -177,7 +177,7 @@ async fn handle_connection(
     let peer_id = match protocol::server_handshake(&mut connection, &local.id).await {
         Ok(id) => id,
         Err(e) => {
-            tracing::info!(%peer, reason = %e, "connection refused at handshake");
+            tracing::warn!(%peer, reason = %e, "connection refused at handshake");
             return;
         }
     };
@@ -202,7 +202,7 @@ async fn handle_connection(
             }
             Ok(Ok(Some(request))) => request,
             Ok(Err(e)) => {
-                tracing::info!(%peer, reason = %e, "closing connection");
+                tracing::warn!(%peer, reason = %e, "closing connection");
                 if matches!(
                     e,
                     ConnectionError::BadMessage(_) | ConnectionError::UnexpectedData
@@ -242,7 +242,7 @@ async fn handle_connection(
                     &description,
                     Err(e.to_string()),
                 );
-                tracing::info!(%peer, reason = %e, "connection failed during a request");
+                tracing::warn!(%peer, reason = %e, "connection failed during a request");
                 return;
             }
         }

@@ -61,6 +61,18 @@ pub enum Command {
     Background(Box<Command>),
 }
 
+impl Command {
+    /// Whether the command writes into this box's shared folder (a download, in the
+    /// foreground or not): a script that runs one needs the folder, others can run without.
+    pub fn writes_locally(&self) -> bool {
+        match self {
+            Command::Download { .. } => true,
+            Command::Background(inner) => inner.writes_locally(),
+            _ => false,
+        }
+    }
+}
+
 /// Why a command line was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum CommandError {
@@ -119,6 +131,7 @@ pub fn subcommands(command: &str) -> &'static [&'static str] {
         "index" => &["longlist", "shortlist", "regex", "glob"],
         "hash" => &["verify", "checkall"],
         "download" => &["tcp", "udp"],
+        "sync" => &["status", "now", "on", "off"],
         _ => &[],
     }
 }

@@ -340,6 +340,12 @@ mod tests {
         assert_eq!(complete("index l", 7, &Fixed).start, 6);
         assert_eq!(replacements("download u"), vec!["udp "]);
         assert_eq!(replacements("hash "), vec!["verify ", "checkall "]);
+        assert_eq!(
+            replacements("sync "),
+            vec!["status ", "now ", "on ", "off "]
+        );
+        assert_eq!(replacements("sync o"), vec!["on ", "off "]);
+        assert_eq!(replacements("SYNC n"), vec!["now "]);
         assert_eq!(replacements("FileH"), vec!["FileHash "]);
         assert_eq!(replacements("fil"), vec!["FileDownload ", "FileHash "]);
         assert_eq!(replacements("ex"), vec!["exit "]);

@@ -103,8 +103,8 @@ examples:
             .to_string(),
         "wait" => "\
 wait
-    Waits until every background download has ended, showing a progress bar for each.
-    Ctrl-C stops waiting; the downloads go on.
+    Waits until every background download has ended, showing a progress bar for each,
+    then prints how each ended. Ctrl-C stops waiting; the downloads go on.
 example:
     wait"
             .to_string(),
@@ -132,6 +132,23 @@ examples:
     peer
     peer 127.0.0.1:7002"
             .to_string(),
+        "sync" => "\
+sync status (or: sync)
+    Auto-sync's state: on or paused, and for each peer its last round, what it
+    brought and sent, conflicts and the last error.
+sync now
+    Starts a round with every peer at once instead of at the next rescan.
+sync on
+    Resumes auto-sync (a round starts at once).
+sync off
+    Pauses auto-sync: no round runs until 'sync on'. The shell's own commands still
+    work. Each form then shows the state, as 'sync status' does.
+Auto-sync runs only with peers given by --peer and a --sync period other than 0.
+examples:
+    sync
+    sync now
+    sync off"
+            .to_string(),
         "help" => "\
 help [command]
     The list of commands, or details and examples for one.
@@ -147,5 +164,23 @@ example:
     quit"
             .to_string(),
         other => format!("no help for '{other}'; type 'help' for the list of commands"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shell::command::COMMANDS;
+
+    /// Every command the overview lists has its own help (`help sync` once had none).
+    #[test]
+    fn every_command_has_help() {
+        for (word, _) in COMMANDS {
+            let help = text(Some(word));
+            assert!(!help.starts_with("no help"), "{word}: {help}");
+            assert!(help.starts_with(word), "{word}: {help}");
+        }
+        assert!(text(Some("sync")).contains("sync now"));
+        assert!(text(Some("nonsense")).starts_with("no help for 'nonsense'"));
     }
 }

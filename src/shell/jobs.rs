@@ -65,6 +65,18 @@ struct Shared {
     receiver: Mutex<Option<mpsc::UnboundedReceiver<JobEvent>>>,
     /// How many jobs are in flight; `wait` watches it fall to zero.
     running: watch::Sender<usize>,
+    /// While `wait` runs, the jobs that ended during it, which `wait` reports instead of
+    /// the line above the prompt. Locked before `table` when both are.
+    waited: Mutex<Option<Vec<JobEvent>>>,
+}
+
+/// What `wait` saw.
+#[derive(Debug)]
+pub struct Waited {
+    /// How many jobs were in flight when it started.
+    pub count: usize,
+    /// How each job that ended during the wait ended, in order.
+    pub ended: Vec<JobEvent>,
 }
 
 /// The jobs in flight and the next job number.
@@ -128,6 +140,7 @@ impl Jobs {
                 events,
                 receiver: Mutex::new(Some(receiver)),
                 running: watch::Sender::new(0),
+                waited: Mutex::new(None),
             }),
         }
     }
@@ -176,8 +189,17 @@ impl Jobs {
         // here to do so.
         let task = tokio::spawn(async move {
             let result = transfer.await;
+            // Held while the job leaves the table, so that a `wait` woken by the count
+            // falling to zero finds the event already there.
+            let mut waited = lock(&shared.waited);
             if let Some(status) = shared.remove(id) {
-                let _ = shared.events.send(JobEvent { status, result });
+                let event = JobEvent { status, result };
+                match waited.as_mut() {
+                    Some(ended) => ended.push(event),
+                    None => {
+                        let _ = shared.events.send(event);
+                    }
+                }
             }
         });
         table.running.insert(
@@ -226,12 +248,44 @@ impl Jobs {
             .count()
     }
 
-    /// Waits until no job is in flight; returns how many were when it started.
-    pub async fn wait_all(&self) -> usize {
+    /// Waits until no job is in flight; returns how many were when it started and how
+    /// each that ended meanwhile ended (those are not sent as events). Cancelled (dropped),
+    /// it sends the events it collected, so that none goes unannounced.
+    pub async fn wait_all(&self) -> Waited {
+        let collecting = Collecting::start(&self.shared);
         let mut running = self.shared.running.subscribe();
-        let at_start = *running.borrow_and_update();
+        let count = *running.borrow_and_update();
         let _ = running.wait_for(|n| *n == 0).await;
-        at_start
+        Waited {
+            count,
+            ended: collecting.finish(),
+        }
+    }
+}
+
+/// The jobs' outcomes going to a `wait` rather than to the events, for as long as it lives.
+struct Collecting<'a> {
+    /// Where the outcomes are kept.
+    shared: &'a Shared,
+}
+
+impl<'a> Collecting<'a> {
+    fn start(shared: &'a Shared) -> Collecting<'a> {
+        lock(&shared.waited).get_or_insert_with(Vec::new);
+        Collecting { shared }
+    }
+
+    /// The outcomes collected; later ones go to the events again.
+    fn finish(self) -> Vec<JobEvent> {
+        lock(&self.shared.waited).take().unwrap_or_default()
+    }
+}
+
+impl Drop for Collecting<'_> {
+    fn drop(&mut self) {
+        for event in lock(&self.shared.waited).take().unwrap_or_default() {
+            let _ = self.shared.events.send(event);
+        }
     }
 }
 
@@ -260,6 +314,30 @@ mod tests {
 
     fn never() -> impl Future<Output = Result<Downloaded, PeerError>> + Send + 'static {
         std::future::pending()
+    }
+
+    /// Jobs and their events, with job `download tcp a` started, which fails once the
+    /// returned sender sends (or drops).
+    fn start_failing() -> (
+        Jobs,
+        mpsc::UnboundedReceiver<JobEvent>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let jobs = Jobs::new();
+        let events = jobs.take_events().expect("events");
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        jobs.start(
+            "download tcp a".into(),
+            |_| Box::new(|_, _| {}),
+            |_| async move {
+                let _ = released.await;
+                Err(PeerError::Unreachable {
+                    addr: "127.0.0.1:9".into(),
+                    reason: "connection refused".into(),
+                })
+            },
+        );
+        (jobs, events, release)
     }
 
     /// Jobs get increasing numbers, show their progress, and a killed job is gone at once
@@ -291,27 +369,14 @@ mod tests {
         assert_eq!(jobs.ids(), vec![2]);
         assert_eq!(jobs.kill_all(), 1);
         assert_eq!(jobs.count(), 0);
-        assert_eq!(jobs.wait_all().await, 0);
+        assert_eq!(jobs.wait_all().await.count, 0);
         assert!(events.try_recv().is_err());
     }
 
     /// A job that ends reports its result, and `wait` returns once every job has ended.
     #[tokio::test]
     async fn ended_jobs_report_and_wait_returns() {
-        let jobs = Jobs::new();
-        let mut events = jobs.take_events().expect("events");
-        let (release, released) = tokio::sync::oneshot::channel::<()>();
-        jobs.start(
-            "download tcp a".into(),
-            |_| Box::new(|_, _| {}),
-            |_| async move {
-                let _ = released.await;
-                Err(PeerError::Unreachable {
-                    addr: "127.0.0.1:9".into(),
-                    reason: "connection refused".into(),
-                })
-            },
-        );
+        let (jobs, mut events, release) = start_failing();
         let waiting = tokio::spawn({
             let jobs = jobs.clone();
             async move { jobs.wait_all().await }
@@ -324,9 +389,27 @@ mod tests {
             .await
             .expect("wait returns")
             .expect("wait task");
-        assert_eq!(waited, 1);
-        let event = events.recv().await.expect("an event");
+        // The job ended during the wait: `wait` reports it, the events do not.
+        assert_eq!(waited.count, 1);
+        assert_eq!(waited.ended.len(), 1);
+        let event = &waited.ended[0];
         assert_eq!(event.status.id, 1);
         assert!(event.result.is_err());
+        assert!(events.try_recv().is_err());
+    }
+
+    /// A job that ends while no `wait` runs, or after a `wait` was cancelled, is sent as
+    /// an event.
+    #[tokio::test]
+    async fn cancelled_wait_hands_back_events() {
+        let (jobs, mut events, release) = start_failing();
+        let cancelled = tokio::time::timeout(Duration::from_millis(1), jobs.wait_all()).await;
+        assert!(cancelled.is_err(), "the job is still in flight");
+        let _ = release.send(());
+        let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("an event in time")
+            .expect("an event");
+        assert_eq!(event.status.id, 1);
     }
 }

@@ -11,6 +11,7 @@ pub mod help;
 pub mod helper;
 pub mod jobs;
 pub mod names;
+pub mod output;
 pub mod prompt;
 pub mod render;
 pub mod repl;

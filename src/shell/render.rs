@@ -9,6 +9,7 @@ use super::session::Outcome;
 use super::table::{self, Column, Fit};
 use crate::history::Direction;
 use crate::share::{Entry, FileHash};
+use crate::sync::counted;
 use crate::transfer::Downloaded;
 
 /// How a session's output is written.
@@ -101,7 +102,7 @@ fn outcome_json(outcome: &Outcome) -> Option<Value> {
         Outcome::Quit => return None,
         Outcome::Jobs(jobs) => Value::Array(jobs.iter().map(job_json).collect()),
         Outcome::Started(job) | Outcome::Killed(job) => job_json(job),
-        Outcome::Waited(count) => json!({ "waited": count }),
+        Outcome::Waited(waited) => json!({ "waited": waited.count }),
     })
 }
 
@@ -273,15 +274,20 @@ fn outcome_human(outcome: &Outcome, layout: Layout) -> String {
         ),
         Outcome::Started(job) => format!("[{}] {}", job.id, job.command),
         Outcome::Killed(job) => format!("[{}] killed {}", job.id, job.command),
-        Outcome::Waited(0) => "no jobs".to_string(),
-        Outcome::Waited(_) => String::new(),
+        Outcome::Waited(waited) if waited.count == 0 => "no jobs".to_string(),
+        Outcome::Waited(waited) => waited
+            .ended
+            .iter()
+            .map(|event| job_event(event, layout))
+            .collect::<Vec<_>>()
+            .join("\n"),
     }
 }
 
 /// `sync status` as text: the engine's state, a table of peers, then conflicts and errors.
 fn sync_status(status: &crate::sync::SyncStatus, layout: Layout) -> String {
     let mut lines = vec![format!(
-        "auto-sync {} (rescan every {}s, {}; {} rounds)",
+        "auto-sync {} (rescan every {}s, {}; {})",
         if status.enabled { "on" } else { "off" },
         status.period_seconds,
         if status.watching {
@@ -289,7 +295,7 @@ fn sync_status(status: &crate::sync::SyncStatus, layout: Layout) -> String {
         } else {
             "not watching: changes wait for the rescan"
         },
-        status.rounds
+        counted(status.rounds, "round")
     )];
     if let Some(notice) = &status.notice {
         lines.push(format!("note: {notice}"));
@@ -414,6 +420,23 @@ pub fn human_duration(seconds: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `sync status` after one round says "1 round".
+    #[test]
+    fn sync_status_counts_rounds() {
+        let status = crate::sync::SyncStatus {
+            enabled: true,
+            period_seconds: 10,
+            watching: true,
+            rounds: 1,
+            ..Default::default()
+        };
+        let text = sync_status(&status, Layout::default());
+        assert!(
+            text.starts_with("auto-sync on (rescan every 10s, watching for changes; 1 round)"),
+            "{text}"
+        );
+    }
 
     /// Sizes switch unit at 1024 and keep one decimal.
     #[test]

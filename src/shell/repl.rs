@@ -8,7 +8,7 @@
 //! background (`&`), Ctrl-C cancels the command running in the foreground (and only it),
 //! and Ctrl-D or `quit` leave, asking first when background downloads are in flight.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,6 +20,7 @@ use tokio::runtime::Handle;
 use super::command::{self, Command};
 use super::helper::ShellHelper;
 use super::names::RemoteNames;
+use super::output::{self, OutputError};
 use super::prompt;
 use super::render::{self, Format, Layout};
 use super::screen::Screen;
@@ -36,8 +37,15 @@ enum LineResult {
     Done,
     /// The command failed; the message was printed.
     Failed,
+    /// The line was not understood (unknown command, wrong arguments); the message was
+    /// printed.
+    Refused,
     /// The user asked to leave.
     Quit,
+    /// Standard output was closed (`| head`): stop quietly, nobody reads the rest.
+    OutputClosed,
+    /// Standard output cannot be written (the message was printed on stderr): stop.
+    OutputFailed,
 }
 
 /// Runs lines against a session and shows what they produce.
@@ -73,7 +81,12 @@ impl Runner<'_> {
         let command = match command::parse(line) {
             Ok(Some(command)) => command,
             Ok(None) => return LineResult::Done,
-            Err(e) => return self.fail(&e.to_string()),
+            Err(e) => {
+                return match self.fail(&e.to_string()) {
+                    LineResult::Failed => LineResult::Refused,
+                    stopped => stopped,
+                };
+            }
         };
         let command = match command {
             // Scripts run everything in order: a background job would outlive the script.
@@ -107,7 +120,9 @@ impl Runner<'_> {
         self.screen.hide_bars();
         match result {
             None if waits => {
-                eprintln!("stopped waiting; the downloads go on ('jobs' lists them)");
+                output::print_error_line(
+                    "stopped waiting; the downloads go on ('jobs' lists them)",
+                );
                 LineResult::Done
             }
             None => self.fail("cancelled"),
@@ -119,8 +134,7 @@ impl Runner<'_> {
                 {
                     names.offer(peer.addr(), entries);
                 }
-                self.show(&outcome);
-                LineResult::Done
+                self.show(&outcome)
             }
             Some(Err(e)) => self.fail(&e.to_string()),
         }
@@ -141,35 +155,59 @@ impl Runner<'_> {
             })
         };
         match started {
-            Ok(job) => {
-                self.show(&Outcome::Started(job));
-                LineResult::Done
-            }
+            Ok(job) => self.show(&Outcome::Started(job)),
             Err(e) => self.fail(&e.to_string()),
         }
     }
 
-    fn show(&self, outcome: &Outcome) {
+    /// Prints a command's result on stdout.
+    fn show(&self, outcome: &Outcome) -> LineResult {
         let text = render::outcome_with(outcome, self.format, self.layout());
-        if !text.is_empty() {
-            println!("{text}");
+        if text.is_empty() {
+            return LineResult::Done;
         }
-        let _ = std::io::stdout().flush();
+        written(output::print_line(&text), LineResult::Done)
     }
 
+    /// Prints why a command failed: on stderr, or in JSON mode on stdout with the other
+    /// documents.
     fn fail(&self, message: &str) -> LineResult {
         let text = render::error_with(message, self.format, self.layout());
         match self.format {
-            // In JSON mode the error document goes to stdout with the others.
-            Format::Json => println!("{text}"),
-            Format::Human => eprintln!("{text}"),
+            Format::Json => written(output::print_line(&text), LineResult::Failed),
+            Format::Human => {
+                output::print_error_line(&text);
+                LineResult::Failed
+            }
         }
-        let _ = std::io::stdout().flush();
-        LineResult::Failed
     }
 }
 
-/// Runs `lines` in order (stopping at `quit`); returns whether every command succeeded.
+/// `then` when the line was written; otherwise the stop that a closed or broken standard
+/// output calls for.
+fn written(result: Result<(), OutputError>, then: LineResult) -> LineResult {
+    match result {
+        Ok(()) => then,
+        Err(OutputError::Closed) => LineResult::OutputClosed,
+        Err(OutputError::Failed(e)) => {
+            output::print_error_line(&format!("boxsync: cannot write the output: {e}"));
+            LineResult::OutputFailed
+        }
+    }
+}
+
+/// How a script's commands went, for its exit status; the worst line decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ScriptStatus {
+    /// Every command succeeded.
+    Succeeded,
+    /// A command failed: the peer refused it, or the network did.
+    Failed,
+    /// A line was not understood (unknown command, wrong arguments): a usage error.
+    Refused,
+}
+
+/// Runs `lines` in order (stopping at `quit`); returns how they went.
 ///
 /// For `-c` commands: a download shows a progress bar when the output is a terminal and
 /// not JSON. A trailing `&` is ignored (commands run in order).
@@ -178,13 +216,13 @@ pub fn run_script(
     session: &mut Session,
     lines: impl IntoIterator<Item = String>,
     format: Format,
-) -> bool {
+) -> ScriptStatus {
     run_lines(handle, session, lines, format, true)
 }
 
 /// Runs the commands read from standard input, one per line, until end of input; never
 /// draws progress bars (batch output).
-pub fn run_stdin(handle: &Handle, session: &mut Session, format: Format) -> bool {
+pub fn run_stdin(handle: &Handle, session: &mut Session, format: Format) -> ScriptStatus {
     let lines = std::io::stdin().lock().lines().map_while(Result::ok);
     run_lines(handle, session, lines, format, false)
 }
@@ -195,7 +233,7 @@ fn run_lines(
     lines: impl IntoIterator<Item = String>,
     format: Format,
     bars: bool,
-) -> bool {
+) -> ScriptStatus {
     let terminal = match format {
         Format::Json => Terminal::plain(),
         Format::Human => Terminal::detect(),
@@ -208,15 +246,18 @@ fn run_lines(
         screen: Screen::new(bars && terminal.bars, terminal.colour),
         names: None,
     };
-    let mut all_ok = true;
+    let mut status = ScriptStatus::Succeeded;
     for line in lines {
-        match runner.run_line(&line) {
-            LineResult::Done => {}
-            LineResult::Failed => all_ok = false,
-            LineResult::Quit => break,
-        }
+        let line_status = match runner.run_line(&line) {
+            LineResult::Done => ScriptStatus::Succeeded,
+            LineResult::Failed => ScriptStatus::Failed,
+            LineResult::Refused => ScriptStatus::Refused,
+            LineResult::Quit | LineResult::OutputClosed => break,
+            LineResult::OutputFailed => return status.max(ScriptStatus::Failed),
+        };
+        status = status.max(line_status);
     }
-    all_ok
+    status
 }
 
 /// The interactive prompt; returns when the user quits or presses Ctrl-D. Typed lines are
@@ -263,10 +304,10 @@ pub fn run_interactive(
         match editor.readline(&(prompt.plain, prompt.styled)) {
             Ok(line) => {
                 remember(&mut editor, &line, &history_file);
-                if let LineResult::Quit = runner.run_line(&line)
-                    && confirm_quit(&mut editor, runner.session)
-                {
-                    break;
+                match runner.run_line(&line) {
+                    LineResult::Quit if confirm_quit(&mut editor, runner.session) => break,
+                    LineResult::OutputClosed | LineResult::OutputFailed => break,
+                    _ => {}
                 }
             }
             Err(ReadlineError::Interrupted) => continue,

@@ -139,10 +139,10 @@ impl Screen {
         match lock(&self.printer).as_mut() {
             Some(printer) => {
                 if printer.print(format!("{text}\n")).is_err() {
-                    eprintln!("{text}");
+                    super::output::print_error_line(text);
                 }
             }
-            None => eprintln!("{text}"),
+            None => super::output::print_error_line(text),
         }
     }
 }

@@ -7,7 +7,7 @@ use thiserror::Error;
 
 use super::command::{self, Command, SyncAction};
 use super::help;
-use super::jobs::{JobProgress, JobStatus, Jobs};
+use super::jobs::{JobProgress, JobStatus, Jobs, Waited};
 use super::prompt;
 use crate::history::HistoryRecord;
 use crate::local::LocalBox;
@@ -44,8 +44,9 @@ pub enum Outcome {
     Started(JobStatus),
     /// A background job cancelled.
     Killed(JobStatus),
-    /// `wait` returned: how many jobs were in flight when it started.
-    Waited(usize),
+    /// `wait` returned: how many jobs were in flight, and how those that ended meanwhile
+    /// ended.
+    Waited(Waited),
 }
 
 /// Why a command failed after it was parsed.

@@ -284,6 +284,17 @@ struct Engine {
 /// scroll 10,000 lines past the person typing, nor overflow the event channel.
 const LISTED_CHANGES: usize = 20;
 
+/// `count` and `noun`, the noun in the plural unless the count is one: "1 file", "2
+/// files". For the counts people read in messages ("1 rounds" reads as a bug); the nouns
+/// used take a plain `s`.
+pub fn counted(count: u64, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
+}
+
 /// One line for a round with many changes.
 fn summary(report: &round::RoundReport) -> String {
     let others = report
@@ -292,7 +303,10 @@ fn summary(report: &round::RoundReport) -> String {
         .saturating_sub(report.downloaded + report.deleted);
     let mut parts = Vec::new();
     if report.downloaded > 0 {
-        parts.push(format!("received {} files", report.downloaded));
+        parts.push(format!(
+            "received {}",
+            counted(report.downloaded as u64, "file")
+        ));
     }
     if report.deleted > 0 {
         parts.push(format!(
@@ -301,7 +315,7 @@ fn summary(report: &round::RoundReport) -> String {
         ));
     }
     if others > 0 {
-        parts.push(format!("{others} other changes"));
+        parts.push(counted(others as u64, "other change"));
     }
     format!("{} (each is in the log)", parts.join(", "))
 }
@@ -454,7 +468,7 @@ impl Engine {
                     }
                 }
                 Err(e) => {
-                    tracing::info!(peer = peer.addr(), error = %e, "sync round failed");
+                    tracing::warn!(peer = peer.addr(), error = %e, "sync round failed");
                 }
             }
             self.update(|s| {
@@ -487,5 +501,33 @@ impl Engine {
             peer: peer.to_string(),
             message: message.to_string(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One takes the singular; zero and more the plural.
+    #[test]
+    fn counts_agree_with_their_noun() {
+        assert_eq!(counted(0, "file"), "0 files");
+        assert_eq!(counted(1, "file"), "1 file");
+        assert_eq!(counted(2, "round"), "2 rounds");
+    }
+
+    /// A round's summary says "1 file", not "1 files".
+    #[test]
+    fn summary_wording() {
+        let report = round::RoundReport {
+            downloaded: 1,
+            deleted: 2,
+            changes: vec![String::new(); 4],
+            ..Default::default()
+        };
+        assert_eq!(
+            summary(&report),
+            "received 1 file, deleted 2 (kept in .boxsync/trash), 1 other change (each is in the log)"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The real `boxsync` binary: `-c` and batch mode, `--json` shapes, exit codes, `serve`.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -34,6 +34,20 @@ async fn run(args: Vec<String>, stdin: Option<&'static str>) -> Output {
     })
     .await
     .unwrap()
+}
+
+/// The child's exit status once it exits, or `None` (and the child killed) when it has
+/// not within `deadline`.
+fn exit_within(child: &mut Child, deadline: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    poll(deadline, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    status
 }
 
 fn args(dir: &std::path::Path, peer: &TestBox, rest: &[&str]) -> Vec<String> {
@@ -176,15 +190,105 @@ async fn exit_codes() {
     assert_eq!(bad_peer.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad_peer.stderr).contains("bad peer address"));
 
+    // A bad value is a usage error, as clap's exit status says for a bad option value.
     let bad_input = run(
         args(dir.path(), &b, &["-c", "index shortlist tomorrow today"]),
         None,
     )
     .await;
-    assert_eq!(bad_input.status.code(), Some(1));
+    assert_eq!(bad_input.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&bad_input.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("bad timestamp 'tomorrow'"), "{stderr}");
+}
+
+/// A line that is not understood (an unknown command, wrong arguments) is a usage error,
+/// exit 2, in `-c` and on stdin; a command that fails (here: a missing file) stays 1, and
+/// the worst line decides.
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_errors_exit_2() {
+    let b = TestBox::start().await;
+    b.write("a.txt", b"a");
+    let dir = tempfile::tempdir().unwrap();
+    for line in ["frobnicate", "hash", "index longlist extra"] {
+        let out = run(args(dir.path(), &b, &["-c", line]), None).await;
+        assert_eq!(out.status.code(), Some(2), "-c '{line}'");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    let unknown = run(args(dir.path(), &b, &["-c", "frobnicate"]), None).await;
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown command 'frobnicate'"));
+
+    let failed = run(args(dir.path(), &b, &["-c", "hash verify missing"]), None).await;
+    assert_eq!(failed.status.code(), Some(1));
+    let both = run(
+        args(
+            dir.path(),
+            &b,
+            &["-c", "hash verify missing", "-c", "frobnicate"],
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(both.status.code(), Some(2));
+
+    let piped = run(
+        args(dir.path(), &b, &[]),
+        Some(
+            "index longlist
+frobnicate
+",
+        ),
+    )
+    .await;
+    assert_eq!(piped.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&piped.stdout).contains("a.txt"));
+}
+
+/// A read-only `-c` run in a folder with no box (no `-d`, so `./shared`) leaves nothing
+/// behind: no `shared/`, no `.boxsync/`; a `-c` download still creates the folder it saves
+/// into.
+#[tokio::test(flavor = "multi_thread")]
+async fn read_only_script_leaves_nothing() {
+    let cwd = tempfile::tempdir().unwrap();
+    let b = TestBox::start().await;
+    let peer = b.addr.to_string();
+    b.write("a.txt", b"a");
+    let run_in = |cwd: std::path::PathBuf, lines: &'static [&'static str]| {
+        let peer = peer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut command = Command::new(binary());
+            command.current_dir(cwd).args(["-p", &peer]);
+            for line in lines {
+                command.args(["-c", line]);
+            }
+            command.stdin(Stdio::null()).output().expect("run boxsync")
+        })
+    };
+    let out = run_in(
+        cwd.path().to_path_buf(),
+        &["index longlist", "hash verify a.txt", "history"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("a.txt"));
+    let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().flatten().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+
+    let out = run_in(cwd.path().to_path_buf(), &["download tcp a.txt"])
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        std::fs::read(cwd.path().join("shared/a.txt")).unwrap(),
+        b"a"
+    );
 }
 
 /// Without `-c` and with stdin not a terminal, commands are read one per line.
@@ -279,21 +383,51 @@ async fn serve_runs_until_sigterm() {
         .status()
         .unwrap();
     assert!(status.success());
-    let exited = tokio::task::spawn_blocking(move || {
-        let mut status = None;
-        poll(Duration::from_secs(5), || {
-            status = child.try_wait().unwrap();
-            status.is_some()
-        });
-        if status.is_none() {
-            let _ = child.kill();
-        }
-        status
-    })
-    .await
-    .unwrap();
+    let exited =
+        tokio::task::spawn_blocking(move || exit_within(&mut child, Duration::from_secs(5)))
+            .await
+            .unwrap();
     let status = exited.expect("serve did not exit within 5 s of SIGTERM");
     assert!(status.success(), "{status:?}");
+}
+
+/// Start-up errors are one line that says the operating system's words once; a port in
+/// use suggests `-l 127.0.0.1:0`.
+#[tokio::test(flavor = "multi_thread")]
+async fn start_up_errors_say_it_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |dir: String, listen: String| {
+        run(
+            vec!["serve".into(), "-d".into(), dir, "-l".into(), listen],
+            None,
+        )
+    };
+    let out = serve(
+        dir.path().join("box").display().to_string(),
+        format!("127.0.0.1:{port}"),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("-l 127.0.0.1:0"), "{stderr}");
+    assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
+
+    // A file where the shared folder should be: "File exists (os error 17)", once.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = serve(file.display().to_string(), "127.0.0.1:0".into()).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
+    drop(taken);
 }
 
 /// `--help` documents every option, and `serve --help` too.
@@ -310,4 +444,50 @@ async fn help_documents_options() {
     let out = run(vec!["serve".into(), "--help".into()], None).await;
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("--listen"));
+}
+
+/// A reader that goes away (`| head -1`) ends the program quietly: no panic, exit 0, as
+/// `ripgrep` does, rather than "failed printing to stdout: Broken pipe" and exit 101.
+#[tokio::test(flavor = "multi_thread")]
+async fn closed_output_ends_quietly() {
+    let b = TestBox::start().await;
+    // Far more than a pipe's 64 KiB buffer, so that the table is still being written
+    // when the reader goes away.
+    for i in 0..3000 {
+        b.write(
+            &format!("folder-{}/a-long-file-name-{i:05}.txt", i % 10),
+            b"x",
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let args = args(
+        dir.path(),
+        &b,
+        &["-c", "index longlist", "-c", "index longlist"],
+    );
+    let (status, stderr) = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(binary())
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start boxsync");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(first.contains("NAME"), "{first}");
+        // The reader is dropped here: the pipe is closed.
+        let status = exit_within(&mut child, Duration::from_secs(20));
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        (status, stderr)
+    })
+    .await
+    .unwrap();
+    let status = status.expect("boxsync did not exit within 20 s of its reader leaving");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    assert_eq!(status.code(), Some(0), "{stderr}");
 }

@@ -349,3 +349,32 @@ async fn history_survives_a_restart_and_logs_stay_off_the_prompt() {
         "logs on the prompt: {transcript}"
     );
 }
+
+/// `wait` prints how each job that ended during it ended, then the prompt comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_reports_each_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBox::start().await;
+    let file = b.write("three.bin", &bytes(3 << 20, 3));
+    let (dir_path, peer) = (dir.path().to_path_buf(), b.addr.to_string());
+    drive(move || {
+        let mut sh = shell(&dir_path, &peer, &[])?;
+        sh.exp_string("]> ")?;
+        // About three seconds at 8 Mbit/s: still in flight when `wait` starts.
+        sh.send_line("download udp three.bin --max-rate 8M &")?;
+        sh.exp_string("[1] download udp three.bin --max-rate 8M")?;
+        sh.send_line("wait")?;
+        sh.exp_string("[1] done download udp three.bin --max-rate 8M: 3.0 MiB in")?;
+        sh.exp_string("]> ")?;
+        sh.send_line("wait")?;
+        sh.exp_string("no jobs")?;
+        sh.send_line("quit")?;
+        sh.exp_eof()?;
+        Ok(())
+    })
+    .await;
+    assert_eq!(
+        coreutils_hashes(&dir.path().join("three.bin")),
+        coreutils_hashes(&file)
+    );
+}
