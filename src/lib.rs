@@ -2,25 +2,27 @@
 //! work with a peer's folder from an interactive shell.
 //!
 //! # Layout
-//! From the bottom up; each layer uses only those above it in this list.
+//! From the lowest layer up: each module uses only those listed before it.
 //! - [`time`]: instants on the wire and on screen (RFC 3339 UTC, nanoseconds).
-//! - [`types`]: the shared nouns: a box's id, one version of a file, a transport.
 //! - [`parse`]: values people type (rates, peer addresses), checked one way everywhere.
 //! - [`share`]: the shared folder: safe relative paths, the index and its filters, hashes
 //!   and their cache, per-file locks, the trash and atomic installation of downloads.
+//! - [`types`]: the shared nouns: a box's id, one version of a file, a transport.
 //! - [`protocol`]: the TCP wire protocol below the requests: frames, the framed connection,
 //!   the greeting and the answers, the handshake.
 //! - [`net`]: socket options (TCP congestion control).
 //! - [`history`]: the persistent log of requests made and served.
 //! - [`local`]: this box: its id, shared folder and log.
 //! - [`transfer`]: moving file bytes and landing them verified, over TCP and UDP, once a
-//!   request is sent.
+//!   request is sent; UDP's protocol is a pure state machine pair (`transfer::udp::proto`)
+//!   that thin tokio drivers run.
 //! - [`requests`]: one module per request: its wire form, the server's handling and the
-//!   client's reading of the answer.
+//!   client's reading of the answer; sync's notices are noted there for sync to take.
 //! - [`server`]: accept loop, per-connection handler (dispatching to [`requests`]),
 //!   shutdown.
 //! - [`peer`]: the typed async client for one peer box: connection pool, retries, log.
-//! - [`sync`]: auto-sync: planning from the last agreed state, acting safely, watching.
+//! - [`sync`]: auto-sync: a pure planner (each side classified against the last agreed
+//!   state, one match over the rules), rounds that carry the plan out, watching.
 //! - [`shell`]: command parsing, execution, background jobs and rendering, and the
 //!   interactive loop with completion, history, progress bars and a prompt.
 //! - [`demo`]: sample folders for `boxsync demo`.
