@@ -16,11 +16,12 @@ use super::record::Record;
 use super::{PeerStatus, SyncError};
 use crate::local::LocalBox;
 use crate::peer::{Listing, Peer, PeerError};
+use crate::protocol::ErrorKind;
 use crate::requests::notices::Notices;
 use crate::share::filter::IndexFilter;
 use crate::share::{DigestSet, Entry as ShareEntry, FileHash, InstallMeta, RelPath, ShareError};
 use crate::time::Timestamp;
-use crate::transfer::{Downloaded, Landing, Wanted};
+use crate::transfer::{Downloaded, Landing, TransferError, Wanted};
 use crate::types::{BoxId, FileVersion, Transport};
 
 /// Downloads (single files or batches) in flight at once within a round.
@@ -426,6 +427,10 @@ async fn carry_out_plan(
                     describe(&action, report);
                     agreed.extend(settled);
                 }
+                // Not a failure: the copy comes next round, under its conflict name.
+                Err(e) if set_aside_meanwhile(&action, &e) => {
+                    tracing::debug!(?action, "the peer set its version aside meanwhile");
+                }
                 Err(e) => {
                     report.failed += 1;
                     report.errors.push(e);
@@ -433,6 +438,26 @@ async fn carry_out_plan(
             }
         }
     }
+}
+
+/// Whether `error` only says that the peer's file a conflict copy was to be made from is no
+/// longer under its name: the peer, planning the same conflict, set its losing version
+/// aside meanwhile, under the very conflict name this box was to give it, so the next
+/// round brings it under that name.
+fn set_aside_meanwhile(action: &Action, error: &SyncError) -> bool {
+    let Action::Download { remote, local, .. } = action else {
+        return false;
+    };
+    let gone = |source: &PeerError| {
+        matches!(
+            source,
+            PeerError::Transfer(TransferError::Remote {
+                kind: ErrorKind::NotFound,
+                ..
+            })
+        )
+    };
+    remote != local && matches!(error, SyncError::Transfer { source, .. } if gone(source))
 }
 
 /// Carries out the early pull of first contact: folders first, so that the files then

@@ -330,6 +330,33 @@ async fn simultaneous_edits_make_one_conflict_copy() {
     assert_eq!(versions, expected, "a version was lost");
 }
 
+/// A conflict is no error on either box: the box that keeps the name may ask for the
+/// peer's losing version just after the peer set it aside under its conflict name; that
+/// copy then comes under the conflict name, and nothing is reported as failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_conflict_reports_no_error() {
+    let boxes = mesh(2, Transport::Tcp, |_, root| {
+        write_file(root, "conf.txt", b"base");
+    })
+    .await;
+    converged(&boxes).await;
+    let mut events: Vec<_> = boxes.iter().map(|b| b.handle.events()).collect();
+    let all = concurrent(&boxes, |i, root| {
+        write_file(root, "conf.txt", format!("edit from box {i}").as_bytes());
+    })
+    .await;
+    assert_eq!(all.len(), 2, "{:?}", all.keys());
+    for (i, events) in events.iter_mut().enumerate() {
+        while let Ok(event) = events.try_recv() {
+            assert!(
+                !event.message.starts_with("error"),
+                "box {i} reported: {}",
+                event.message
+            );
+        }
+    }
+}
+
 /// The same edit on both boxes is no conflict.
 #[tokio::test(flavor = "multi_thread")]
 async fn simultaneous_identical_edits_make_no_conflict() {
