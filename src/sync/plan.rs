@@ -475,6 +475,27 @@ pub fn conflict_name(path: &RelPath, loser: &Version, owner: &str) -> RelPath {
     })
 }
 
+/// Whether `path` is named as [`conflict_name`] names a conflict copy: so that a box that
+/// receives one under that name (the peer set it aside first) says it is a conflict.
+pub fn is_conflict_copy(path: &RelPath) -> bool {
+    let name = path.file_name();
+    let Some(at) = name.find(".sync-conflict-") else {
+        return false;
+    };
+    let rest = &name.as_bytes()[at + ".sync-conflict-".len()..];
+    let digits = |range: std::ops::Range<usize>| {
+        rest.get(range)
+            .is_some_and(|part| part.iter().all(u8::is_ascii_digit))
+    };
+    digits(0..8)
+        && rest.get(8) == Some(&b'-')
+        && digits(9..15)
+        && rest.get(15) == Some(&b'-')
+        && rest
+            .get(16..32)
+            .is_some_and(|id| id.iter().all(u8::is_ascii_hexdigit))
+}
+
 /// What to do about the entries in the peer's `entries` that this box has never seen:
 /// absent here (`local`, nor `unknown`: unreadable), unknown to the record (neither agreed
 /// nor deleted) and never held here since. For such a folder the table can only say
@@ -1013,5 +1034,24 @@ mod tests {
             conflict_name(&rel(".bashrc"), &v, "id").as_str(),
             ".bashrc.sync-conflict-19700101-000000-id"
         );
+    }
+
+    /// A conflict copy's name is recognised as one, whatever the file; other names are not.
+    #[test]
+    fn conflict_copies_are_recognised_by_name() {
+        let version = Version::test_file("x", 1_700_000_000);
+        for name in ["notes/a.txt", "a", ".hidden", "dir/archive.tar.gz"] {
+            let path = RelPath::parse(name).unwrap();
+            let copy = conflict_name(&path, &version, "0123456789abcdef");
+            assert!(is_conflict_copy(&copy), "{copy}");
+            assert!(!is_conflict_copy(&path), "{path}");
+        }
+        for name in [
+            "a.sync-conflict-.txt",
+            "a.sync-conflict-2023111-221320-0123456789abcdef.txt",
+            "a.sync-conflict-20231114-221320-0123456789abcdeg.txt",
+        ] {
+            assert!(!is_conflict_copy(&RelPath::parse(name).unwrap()), "{name}");
+        }
     }
 }

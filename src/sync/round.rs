@@ -734,7 +734,9 @@ fn disk(path: &RelPath, source: ShareError) -> SyncError {
 fn describe(action: &Action, report: &mut RoundReport) {
     let line = match action {
         Action::CreateDir(path) => format!("created folder {path}/"),
-        Action::Download { remote, local, .. } if remote == local => {
+        Action::Download { remote, local, .. }
+            if remote == local && !plan::is_conflict_copy(local) =>
+        {
             report.downloaded += 1;
             format!("received {local}")
         }

@@ -330,9 +330,10 @@ async fn simultaneous_edits_make_one_conflict_copy() {
     assert_eq!(versions, expected, "a version was lost");
 }
 
-/// A conflict is no error on either box: the box that keeps the name may ask for the
-/// peer's losing version just after the peer set it aside under its conflict name; that
-/// copy then comes under the conflict name, and nothing is reported as failed.
+/// A conflict is announced on both boxes and is no error on either: the box that keeps the
+/// name may ask for the peer's losing version just after the peer set it aside under its
+/// conflict name; that copy then comes under the conflict name, and nothing is reported as
+/// failed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_conflict_reports_no_error() {
     let boxes = mesh(2, Transport::Tcp, |_, root| {
@@ -347,13 +348,18 @@ async fn a_conflict_reports_no_error() {
     .await;
     assert_eq!(all.len(), 2, "{:?}", all.keys());
     for (i, events) in events.iter_mut().enumerate() {
+        let mut announced = false;
         while let Ok(event) = events.try_recv() {
             assert!(
                 !event.message.starts_with("error"),
                 "box {i} reported: {}",
                 event.message
             );
+            // Said as a conflict, not only as a file whose name happens to say so.
+            announced |= event.message.starts_with("conflict:")
+                || event.message.starts_with("received conflict copy");
         }
+        assert!(announced, "box {i} did not announce the conflict");
     }
 }
 
