@@ -473,7 +473,7 @@ impl Engine {
             }
             self.update(|s| {
                 if let Some(status) = s.peers.get_mut(index) {
-                    round::fold(status, &outcome);
+                    round::fold(status, &outcome, &here);
                 }
             });
             // What we just took from one peer changes what we compare with the next.

@@ -755,8 +755,16 @@ fn describe(action: &Action, report: &mut RoundReport) {
     report.changes.push(line);
 }
 
-/// Folds a round's outcome into the peer's status.
-pub fn fold(status: &mut PeerStatus, outcome: &Result<RoundReport, Arc<SyncError>>) {
+/// Between a path and its conflict copy in `sync status`.
+const CONFLICT_ARROW: &str = " -> ";
+
+/// Folds a round's outcome into the peer's status. A conflict whose copy is no longer in
+/// this box's folder as the round read it (`here`) was resolved: it leaves the list.
+pub fn fold(
+    status: &mut PeerStatus,
+    outcome: &Result<RoundReport, Arc<SyncError>>,
+    here: &LocalState,
+) {
     status.last_attempt = Some(Timestamp::now());
     match outcome {
         Ok(report) => {
@@ -764,8 +772,13 @@ pub fn fold(status: &mut PeerStatus, outcome: &Result<RoundReport, Arc<SyncError
             status.pending = report.failed;
             status.errors = report.errors.iter().map(ToString::to_string).collect();
             status.failure = None;
+            status.conflicts.retain(|line| {
+                let copy = line.rsplit_once(CONFLICT_ARROW).map(|(_, copy)| copy);
+                copy.and_then(|copy| RelPath::parse(copy).ok())
+                    .is_some_and(|copy| here.versions.contains_key(&copy))
+            });
             for (path, copy) in &report.conflicts {
-                let line = format!("{path} -> {copy}");
+                let line = format!("{path}{CONFLICT_ARROW}{copy}");
                 if !status.conflicts.contains(&line) {
                     status.conflicts.push(line);
                 }

@@ -305,18 +305,25 @@ async fn rounds_can_be_awaited_and_paused() {
     assert!(handle.status().rounds > paused);
 }
 
-/// Different edits on both boxes: both versions survive, under the same names everywhere.
-#[tokio::test(flavor = "multi_thread")]
-async fn simultaneous_edits_make_one_conflict_copy() {
+/// Two synced boxes that both held `name`, then edited it differently while paused, once
+/// they converged again: the boxes and every file's content.
+async fn conflicted_pair(name: &str) -> (Vec<SyncBox>, BTreeMap<String, Option<Vec<u8>>>) {
     let boxes = mesh(2, Transport::Tcp, |_, root| {
-        write_file(root, "notes/a.txt", b"base");
+        write_file(root, name, b"base");
     })
     .await;
     converged(&boxes).await;
     let all = concurrent(&boxes, |i, root| {
-        write_file(root, "notes/a.txt", format!("edit from box {i}").as_bytes());
+        write_file(root, name, format!("edit from box {i}").as_bytes());
     })
     .await;
+    (boxes, all)
+}
+
+/// Different edits on both boxes: both versions survive, under the same names everywhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn simultaneous_edits_make_one_conflict_copy() {
+    let (_boxes, all) = conflicted_pair("notes/a.txt").await;
     let files: Vec<&String> = all.keys().filter(|k| k.starts_with("notes/")).collect();
     assert_eq!(files.len(), 2, "{files:?}");
     let copy = files
@@ -341,6 +348,7 @@ async fn a_conflict_reports_no_error() {
     })
     .await;
     converged(&boxes).await;
+    // Subscribed before the edits: every event of the conflict's rounds is seen.
     let mut events: Vec<_> = boxes.iter().map(|b| b.handle.events()).collect();
     let all = concurrent(&boxes, |i, root| {
         write_file(root, "conf.txt", format!("edit from box {i}").as_bytes());
@@ -360,6 +368,29 @@ async fn a_conflict_reports_no_error() {
                 || event.message.starts_with("received conflict copy");
         }
         assert!(announced, "box {i} did not announce the conflict");
+    }
+}
+
+/// A conflict stays in `sync status` until its copy is deleted (the person resolved it),
+/// then leaves it on both boxes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resolved_conflict_leaves_the_status() {
+    let (boxes, all) = conflicted_pair("conf.txt").await;
+    let copy = all
+        .keys()
+        .find(|name| name.contains(".sync-conflict-"))
+        .expect("a conflict copy")
+        .clone();
+    let listed = |b: &SyncBox| b.handle.status().peers[0].conflicts.clone();
+    assert!(
+        boxes.iter().any(|b| !listed(b).is_empty()),
+        "the conflict is not in sync status"
+    );
+    fs::remove_file(boxes[0].root().join(&copy)).unwrap();
+    converged_on(&boxes, |all| !all.contains_key(&copy)).await;
+    rounds_on_every_box(&boxes, 2).await;
+    for (i, b) in boxes.iter().enumerate() {
+        assert!(listed(b).is_empty(), "box {i} still lists {:?}", listed(b));
     }
 }
 
