@@ -36,6 +36,7 @@ use crate::local::LocalBox;
 use crate::parse::{BadPeerAddress, check_peer_address};
 use crate::peer::Peer;
 use crate::requests::notices::Notices;
+use crate::share::RelPath;
 use crate::time::Timestamp;
 use crate::types::{BoxId, Transport};
 
@@ -67,6 +68,28 @@ impl PeerSpec {
     }
 }
 
+/// A conflict in `sync status`: the path, and the copy its losing version became. Shown
+/// and serialized as `path -> copy`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The path both boxes changed.
+    pub path: RelPath,
+    /// Where the losing version went.
+    pub copy: RelPath,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} -> {}", self.path, self.copy)
+    }
+}
+
+impl Serialize for Conflict {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// How sync runs.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
@@ -89,8 +112,8 @@ pub struct PeerStatus {
     pub last_attempt: Option<Timestamp>,
     /// Actions that failed in the last round and wait for the next.
     pub pending: usize,
-    /// Conflicts seen (path -> conflict copy).
-    pub conflicts: Vec<String>,
+    /// Conflicts seen and not yet resolved (their copies still exist).
+    pub conflicts: Vec<Conflict>,
     /// Errors of the last round.
     pub errors: Vec<String>,
     /// What stopped the last round short, if anything: its kind, for the engine and the

@@ -13,7 +13,7 @@ use futures_util::{StreamExt, stream};
 use super::ignore::Ignore;
 use super::plan::{self, Action, Seen, Sides, Version};
 use super::record::Record;
-use super::{PeerStatus, SyncError};
+use super::{Conflict, PeerStatus, SyncError};
 use crate::local::LocalBox;
 use crate::peer::{Listing, Peer, PeerError};
 use crate::protocol::ErrorKind;
@@ -755,9 +755,6 @@ fn describe(action: &Action, report: &mut RoundReport) {
     report.changes.push(line);
 }
 
-/// Between a path and its conflict copy in `sync status`.
-const CONFLICT_ARROW: &str = " -> ";
-
 /// Folds a round's outcome into the peer's status. A conflict whose copy is no longer in
 /// this box's folder as the round read it (`here`) was resolved: it leaves the list.
 pub fn fold(
@@ -772,15 +769,16 @@ pub fn fold(
             status.pending = report.failed;
             status.errors = report.errors.iter().map(ToString::to_string).collect();
             status.failure = None;
-            status.conflicts.retain(|line| {
-                let copy = line.rsplit_once(CONFLICT_ARROW).map(|(_, copy)| copy);
-                copy.and_then(|copy| RelPath::parse(copy).ok())
-                    .is_some_and(|copy| here.versions.contains_key(&copy))
-            });
+            status
+                .conflicts
+                .retain(|conflict| here.versions.contains_key(&conflict.copy));
             for (path, copy) in &report.conflicts {
-                let line = format!("{path}{CONFLICT_ARROW}{copy}");
-                if !status.conflicts.contains(&line) {
-                    status.conflicts.push(line);
+                let conflict = Conflict {
+                    path: path.clone(),
+                    copy: copy.clone(),
+                };
+                if !status.conflicts.contains(&conflict) {
+                    status.conflicts.push(conflict);
                 }
             }
         }
@@ -802,6 +800,22 @@ mod tests {
 
     fn version() -> Version {
         Version::test_file("x", 1)
+    }
+
+    /// A conflict in `sync status` reads, and serializes, as `path -> copy`, as it did when
+    /// the status kept it as text.
+    #[test]
+    fn a_conflict_shows_as_path_and_copy() {
+        let conflict = Conflict {
+            path: rel("a -> b.txt"),
+            copy: rel("a -> b.sync-conflict-20231114-221320-0123456789abcdef.txt"),
+        };
+        let text = "a -> b.txt -> a -> b.sync-conflict-20231114-221320-0123456789abcdef.txt";
+        assert_eq!(conflict.to_string(), text);
+        assert_eq!(
+            serde_json::to_string(&conflict).unwrap(),
+            format!("\"{text}\"")
+        );
     }
 
     /// Folders to create are listed first, all in one unit; small downloads in batches;
