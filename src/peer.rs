@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 
 use crate::history::Direction;
 use crate::local::LocalBox;
-use crate::protocol::{self, Connection, ConnectionError, ErrorKind, HandshakeError};
+use crate::protocol::{self, Connection, ConnectionError, ErrorKind, HandshakeError, Link};
 use crate::requests::batch::DownloadMany;
 use crate::requests::download::Download;
 use crate::requests::hash::{HashCheckall, HashVerify};
@@ -171,7 +171,7 @@ impl Reachability {
 }
 
 /// The connection type to a peer.
-type PeerConnection = Connection<TcpStream>;
+type PeerConnection = Connection<Link>;
 
 /// Runs one request's exchange on a leased connection: sends `$request`, then `$body`
 /// reads the answer (a `Result<_, CallError>`). Retries once on a fresh connection if a

@@ -18,6 +18,17 @@ pub use connection::{Connection, ConnectionError};
 pub use frame::Frame;
 pub use message::{ErrorKind, Hello, MAGIC, PROTOCOL_VERSION, Response};
 
+/// The byte stream a peer connection runs over.
+pub type Link = tokio::net::TcpStream;
+
+impl Connection<Link> {
+    /// The TCP socket under the connection (for addresses, socket options and the
+    /// descriptor).
+    pub fn socket(&self) -> &tokio::net::TcpStream {
+        self.get_ref()
+    }
+}
+
 /// How long either side waits for the other's greeting.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
+use crate::protocol::Link;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 use super::{Handled, MAX_BATCH_NAMES, ServeContext, refuse, too_many};
 use crate::protocol::{Connection, ErrorKind, Response};
@@ -32,11 +32,7 @@ impl DownloadMany {
     }
 
     /// Server: sends every file (BLAKE3 alone: batches are sync's), then `batch_end`.
-    pub async fn serve(
-        self,
-        cx: &ServeContext<'_>,
-        connection: &mut Connection<TcpStream>,
-    ) -> Handled {
+    pub async fn serve(self, cx: &ServeContext<'_>, connection: &mut Connection<Link>) -> Handled {
         let count = self.names.len();
         if count > MAX_BATCH_NAMES {
             return refuse(connection, ErrorKind::BadRequest, too_many(count)).await;

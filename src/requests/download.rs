@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::protocol::Link;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 use super::{CallError, Handled, ServeContext};
 use crate::protocol::Connection;
@@ -33,11 +33,7 @@ impl Download {
     }
 
     /// Server: sends the file, and remembers that this version went to the client.
-    pub async fn serve(
-        self,
-        cx: &ServeContext<'_>,
-        connection: &mut Connection<TcpStream>,
-    ) -> Handled {
+    pub async fn serve(self, cx: &ServeContext<'_>, connection: &mut Connection<Link>) -> Handled {
         let share = &cx.local.share;
         let digests = DigestSet::from_blake3_only(self.blake3_only);
         let outcome = tcp::send_file(connection, share, &self.name, digests).await?;

@@ -3,9 +3,9 @@
 //! from the recent snapshot). The client reads `hash_checkall`'s answer with
 //! [`listing::receive`] or [`listing::receive_conditional`].
 
+use crate::protocol::Link;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 use super::listing;
 use super::{CallError, Handled, ServeContext, report};
@@ -21,11 +21,7 @@ pub struct HashVerify {
 
 impl HashVerify {
     /// Server: hashes the file (or takes its cached digests) and answers one batch.
-    pub async fn serve(
-        self,
-        cx: &ServeContext<'_>,
-        connection: &mut Connection<TcpStream>,
-    ) -> Handled {
+    pub async fn serve(self, cx: &ServeContext<'_>, connection: &mut Connection<Link>) -> Handled {
         match cx.local.share.hash(&self.name).await {
             Ok(hash) => {
                 listing::send(connection, [hash].into_iter(), None).await?;
@@ -59,11 +55,7 @@ pub struct HashCheckall {
 impl HashCheckall {
     /// Server: every file's hashes (all digests afresh, or BLAKE3 from the recent
     /// snapshot when conditional).
-    pub async fn serve(
-        self,
-        cx: &ServeContext<'_>,
-        connection: &mut Connection<TcpStream>,
-    ) -> Handled {
+    pub async fn serve(self, cx: &ServeContext<'_>, connection: &mut Connection<Link>) -> Handled {
         let share = &cx.local.share;
         listing::answer(
             connection,

@@ -3,8 +3,8 @@
 //! that version, otherwise the entries and the folder's current version. The client reads
 //! the answer with [`listing::receive`] or [`listing::receive_conditional`].
 
+use crate::protocol::Link;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 
 use super::listing;
 use super::{Handled, ServeContext, refuse};
@@ -26,11 +26,7 @@ pub struct Index {
 
 impl Index {
     /// Server: lists the folder (afresh, or from the recent snapshot when conditional).
-    pub async fn serve(
-        self,
-        cx: &ServeContext<'_>,
-        connection: &mut Connection<TcpStream>,
-    ) -> Handled {
+    pub async fn serve(self, cx: &ServeContext<'_>, connection: &mut Connection<Link>) -> Handled {
         let share = &cx.local.share;
         let matcher = match self.filter.compile() {
             Ok(matcher) => matcher,

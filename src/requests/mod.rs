@@ -23,10 +23,10 @@ pub mod udp;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::protocol::Link;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 use crate::local::LocalBox;
 use crate::protocol::decode::{Message, leading_tag};
@@ -141,7 +141,7 @@ pub type Handled = Result<Result<(), String>, ConnectionError>;
 pub async fn serve(
     request: Request,
     cx: &ServeContext<'_>,
-    connection: &mut Connection<TcpStream>,
+    connection: &mut Connection<Link>,
 ) -> Handled {
     match request {
         Request::Index(index) => index.serve(cx, connection).await,

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::protocol::Link;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::{CallError, Handled, MAX_BATCH_NAMES, ServeContext, refuse, too_many};
@@ -97,10 +97,7 @@ fn take(map: &Mutex<HashMap<BoxId, Vec<FileVersion>>>, peer: &BoxId) -> Vec<File
 }
 
 /// Server side of `changed`: wakes this box's sync, which pulls from the sender soon.
-pub async fn serve_changed(
-    cx: &ServeContext<'_>,
-    connection: &mut Connection<TcpStream>,
-) -> Handled {
+pub async fn serve_changed(cx: &ServeContext<'_>, connection: &mut Connection<Link>) -> Handled {
     cx.notices.wake_sync();
     ack(connection).await
 }
@@ -110,7 +107,7 @@ pub async fn serve_changed(
 pub async fn serve_installed(
     version: FileVersion,
     cx: &ServeContext<'_>,
-    connection: &mut Connection<TcpStream>,
+    connection: &mut Connection<Link>,
 ) -> Handled {
     cx.notices.note_installed(cx.peer_id, version);
     ack(connection).await
@@ -126,11 +123,7 @@ pub struct InstalledMany {
 
 impl InstalledMany {
     /// Server: noted, oldest first; a list over the limit is refused whole.
-    pub async fn serve(
-        self,
-        cx: &ServeContext<'_>,
-        connection: &mut Connection<TcpStream>,
-    ) -> Handled {
+    pub async fn serve(self, cx: &ServeContext<'_>, connection: &mut Connection<Link>) -> Handled {
         if self.versions.len() > MAX_BATCH_NAMES {
             return refuse(
                 connection,
@@ -146,7 +139,7 @@ impl InstalledMany {
     }
 }
 
-async fn ack(connection: &mut Connection<TcpStream>) -> Handled {
+async fn ack(connection: &mut Connection<Link>) -> Handled {
     connection.write_message(&Response::Ack).await?;
     Ok(Ok(()))
 }

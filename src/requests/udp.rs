@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::protocol::Link;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 
 use super::{CallError, Handled, ServeContext, refuse};
 use crate::protocol::{Connection, ConnectionError, ErrorKind};
@@ -37,11 +37,7 @@ impl DownloadUdp {
     }
 
     /// Server: starts a sending session to the client's address and waits for its end.
-    pub async fn serve(
-        self,
-        cx: &ServeContext<'_>,
-        connection: &mut Connection<TcpStream>,
-    ) -> Handled {
+    pub async fn serve(self, cx: &ServeContext<'_>, connection: &mut Connection<Link>) -> Handled {
         let wanted = udp::serve::Wanted {
             max_rate: self.max_rate,
             digests: DigestSet::from_blake3_only(self.blake3_only),
@@ -57,12 +53,12 @@ impl DownloadUdp {
     /// receives the datagrams into `share`, verified.
     pub async fn read_answer(
         &self,
-        connection: &mut Connection<TcpStream>,
+        connection: &mut Connection<Link>,
         share: &Arc<Share>,
         landing: &Landing,
         progress: Progress<'_>,
     ) -> Result<Downloaded, CallError> {
-        let stream = connection.get_ref();
+        let stream = connection.socket();
         let (local, remote) = match (stream.local_addr(), stream.peer_addr()) {
             (Ok(local), Ok(remote)) => (local, remote),
             (Err(e), _) | (_, Err(e)) => return Err(ConnectionError::Io(e).into()),
@@ -85,7 +81,7 @@ pub use crate::transfer::udp::UdpFinish;
 
 /// Server side of `udp_finish` outside a transfer: there is nothing to finish (within one,
 /// the transfer reads it: see [`udp::serve`]).
-pub async fn serve_finish(connection: &mut Connection<TcpStream>) -> Handled {
+pub async fn serve_finish(connection: &mut Connection<Link>) -> Handled {
     refuse(
         connection,
         ErrorKind::BadRequest,

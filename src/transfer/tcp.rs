@@ -14,9 +14,9 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::protocol::Link;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::body::{Body, BodyEnd, Next, unexpected};
@@ -52,7 +52,7 @@ const PIPELINE_DEPTH: usize = 8;
 /// complete (including an `Error` response for a refused or changed file); `Err` only when
 /// the connection itself failed.
 pub async fn send_file(
-    connection: &mut Connection<TcpStream>,
+    connection: &mut Connection<Link>,
     share: &Arc<Share>,
     rel: &RelPath,
     wanted: DigestSet,
@@ -107,7 +107,7 @@ pub async fn send_file(
 
 /// Ends a sent file: `file_end` with its digests, or the error that replaces it.
 async fn finish(
-    connection: &mut Connection<TcpStream>,
+    connection: &mut Connection<Link>,
     rel: &RelPath,
     meta: &std::fs::Metadata,
     outcome: Result<Digests, ShareError>,
@@ -129,7 +129,7 @@ async fn finish(
 /// then checks that the file still has the fingerprint it had when opened and returns its
 /// digests: cached, or those of the reader that was hashing it.
 async fn send_known(
-    connection: &mut Connection<TcpStream>,
+    connection: &mut Connection<Link>,
     share: &Arc<Share>,
     rel: &RelPath,
     file: File,
@@ -138,7 +138,7 @@ async fn send_known(
     wanted: DigestSet,
 ) -> Result<Result<Digests, ShareError>, ConnectionError> {
     connection.flush().await?;
-    let socket = Arc::new(connection.get_ref().as_fd().try_clone_to_owned()?);
+    let socket = Arc::new(connection.socket().as_fd().try_clone_to_owned()?);
     let stop = zero_copy::StopOnDrop::new(Arc::clone(&socket));
     let size = fingerprint.size;
     let share = Arc::clone(share);
@@ -224,7 +224,7 @@ enum Prepared {
 /// answers go out many to a send: thousands of small files cost no thread hop and no
 /// system call each. A bigger file is sent as by [`send_file`].
 pub async fn send_files(
-    connection: &mut Connection<TcpStream>,
+    connection: &mut Connection<Link>,
     share: &Arc<Share>,
     names: Vec<RelPath>,
     wanted: DigestSet,

@@ -5,6 +5,7 @@
 use std::os::unix::fs::symlink;
 use std::time::Duration;
 
+use boxsync::protocol::Link;
 use boxsync::protocol::{self, Connection, ErrorKind, Frame, Response};
 use boxsync::share::RelPath;
 use boxsync::share::filter::IndexFilter;
@@ -16,7 +17,7 @@ use tokio::net::TcpStream;
 use crate::util::{TestBox, bytes, files_under};
 
 /// Opens a raw connection and completes the handshake.
-async fn raw(b: &TestBox) -> Connection<TcpStream> {
+async fn raw(b: &TestBox) -> Connection<Link> {
     let stream = TcpStream::connect(b.addr).await.unwrap();
     let mut connection = Connection::new(stream);
     protocol::client_handshake(&mut connection, &BoxId::parse("a77ac4e700000000").unwrap())

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use boxsync::peer::{Peer, PeerError};
+use boxsync::protocol::Link;
 use boxsync::protocol::{self, Connection, Response};
 use boxsync::requests::Request;
 use boxsync::requests::udp::DownloadUdp;
@@ -169,7 +170,7 @@ async fn corrupted_datagrams_never_reach_the_file() {
 }
 
 /// Negotiates a UDP download by hand and returns the session, token and server address.
-async fn negotiate(b: &TestBox) -> (Connection<TcpStream>, u64, [u8; 16]) {
+async fn negotiate(b: &TestBox) -> (Connection<Link>, u64, [u8; 16]) {
     let stream = TcpStream::connect(b.addr).await.unwrap();
     let mut connection = Connection::new(stream);
     protocol::client_handshake(&mut connection, &BoxId::parse("7e57e70000000000").unwrap())

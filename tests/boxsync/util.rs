@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use boxsync::local::LocalBox;
 use boxsync::peer::{Peer, PeerError};
 use boxsync::protocol::ErrorKind;
+use boxsync::protocol::Link;
 use boxsync::protocol::{self, Connection};
 use boxsync::requests::notices::Notices;
 use boxsync::server::Server;
@@ -19,7 +20,7 @@ use boxsync::share::RelPath;
 use boxsync::transfer::TransferError;
 use boxsync::types::BoxId;
 use tempfile::TempDir;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -255,7 +256,7 @@ pub async fn scripted_peer<Script, Run>(
     script: Script,
 ) -> (SocketAddr, JoinHandle<()>)
 where
-    Script: FnOnce(Connection<TcpStream>) -> Run + Send + 'static,
+    Script: FnOnce(Connection<Link>) -> Run + Send + 'static,
     Run: std::future::Future<Output = ()> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
