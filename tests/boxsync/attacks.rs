@@ -6,10 +6,9 @@ use std::os::unix::fs::symlink;
 use std::time::Duration;
 
 use boxsync::protocol::Link;
-use boxsync::protocol::{self, Connection, ErrorKind, Frame, Response};
+use boxsync::protocol::{Connection, ErrorKind, Frame, Response};
 use boxsync::share::RelPath;
 use boxsync::share::filter::IndexFilter;
-use boxsync::types::BoxId;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -18,12 +17,7 @@ use crate::util::{TestBox, bytes, files_under};
 
 /// Opens a raw connection and completes the handshake.
 async fn raw(b: &TestBox) -> Connection<Link> {
-    let stream = TcpStream::connect(b.addr).await.unwrap();
-    let mut connection = Connection::new(stream);
-    protocol::client_handshake(&mut connection, &BoxId::parse("a77ac4e700000000").unwrap())
-        .await
-        .unwrap();
-    connection
+    crate::util::dial(b).await
 }
 
 /// Sends a JSON request as a control frame and returns the response, if any, and whether

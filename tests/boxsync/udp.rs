@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use boxsync::peer::{Peer, PeerError};
 use boxsync::protocol::Link;
-use boxsync::protocol::{self, Connection, Response};
+use boxsync::protocol::{Connection, Response};
 use boxsync::requests::Request;
 use boxsync::requests::udp::DownloadUdp;
 use boxsync::transfer::udp::{UdpError, parse_token, wire};
-use boxsync::types::{BoxId, Transport};
-use tokio::net::{TcpStream, UdpSocket};
+use boxsync::types::Transport;
+use tokio::net::UdpSocket;
 
 use crate::relay::{Faults, Relay};
 use crate::util::{
@@ -171,11 +171,7 @@ async fn corrupted_datagrams_never_reach_the_file() {
 
 /// Negotiates a UDP download by hand and returns the session, token and server address.
 async fn negotiate(b: &TestBox) -> (Connection<Link>, u64, [u8; 16]) {
-    let stream = TcpStream::connect(b.addr).await.unwrap();
-    let mut connection = Connection::new(stream);
-    protocol::client_handshake(&mut connection, &BoxId::parse("7e57e70000000000").unwrap())
-        .await
-        .unwrap();
+    let mut connection = crate::util::dial(b).await;
     connection
         .write_message(&Request::DownloadUdp(DownloadUdp {
             name: rel("f.bin"),

@@ -273,6 +273,17 @@ where
     (addr, task)
 }
 
+/// Connects to `b` as a client box that `b` trusts and completes the handshake: the way
+/// tests speak the protocol by hand (hostile or hand-made requests).
+pub async fn dial(b: &TestBox) -> Connection<Link> {
+    let stream = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    let mut connection = Connection::new(stream);
+    protocol::client_handshake(&mut connection, &BoxId::parse("7e57e70000000000").unwrap())
+        .await
+        .unwrap();
+    connection
+}
+
 /// A path relative to a shared folder, from a name the test knows is valid.
 pub fn rel(name: &str) -> RelPath {
     RelPath::parse(name).expect("a valid relative path")
