@@ -11,6 +11,7 @@ use boxsync::local::Settings;
 use boxsync::parse::parse_rate;
 use boxsync::shell::Format;
 use boxsync::sync::{PeerSpec, SyncConfig};
+use boxsync::types::BoxId;
 
 /// Exit status when a command failed.
 pub const EXIT_FAILED: u8 = 1;
@@ -28,7 +29,7 @@ with a peer's folder from an interactive shell: list it, verify hashes, download
 (verified, atomically), in the background too. Without a subcommand, starts a box: its \
 server plus a shell whose commands go to the first --peer. Type 'help' at the prompt for \
 the shell's commands; Tab completes them and the peer's file names.",
-    after_help = "Examples:\n  boxsync -d ~/shared -l 0.0.0.0:7001 -p 192.0.2.7:7002     a box with a shell\n  boxsync serve -d ~/shared -l 0.0.0.0:7002                  a box without a shell\n  boxsync -p 127.0.0.1:7002 -c 'index longlist' --json      one command, JSON out\n  boxsync demo                                              two local boxes to try"
+    after_help = "Examples:\n  boxsync id -d ~/shared                                     this box's ID, to give to peers\n  boxsync trust ID -d ~/shared --name laptop                 let box ID in, for good\n  boxsync -d ~/shared -l 0.0.0.0:7001 -p ID@192.0.2.7:7002   a box with a shell\n  boxsync serve -d ~/shared -l 0.0.0.0:7002                  a box without a shell\n  boxsync -p ID@127.0.0.1:7002 -c 'index longlist' --json    one command, JSON out\n  boxsync demo                                               two local boxes to try"
 )]
 pub struct Cli {
     /// What to start; without one, a box with an interactive shell.
@@ -61,13 +62,19 @@ pub struct Cli {
     )]
     listen: String,
 
-    /// A peer box, HOST:PORT (may repeat; the first is the shell's current peer).
+    /// A peer box, ID@HOST:PORT (may repeat; the first is the shell's current peer).
     ///
-    /// The shell's 'peer' command switches between them; auto-sync syncs with all of them.
-    /// Prefix udp:// to make sync fetch from a peer over UDP. Example: -p 192.0.2.7:7002
-    /// -p udp://192.0.2.8:7002
-    #[arg(short = 'p', long = "peer", value_name = "ADDR", global = true)]
+    /// ID is the peer's box ID (`boxsync id` on it prints it): the link is refused unless
+    /// that box answers, and this box trusts it for this run. The shell's 'peer' command
+    /// switches between them; auto-sync syncs with all of them. Prefix udp:// to make sync
+    /// fetch from a peer over UDP. Example: -p ID@192.0.2.7:7002 -p udp://ID@192.0.2.8:7002
+    #[arg(short = 'p', long = "peer", value_name = "ID@ADDR", global = true)]
     peers: Vec<String>,
+
+    /// Trust box ID for this run without dialing it (may repeat): it may connect to this
+    /// box and sync with it. `boxsync trust ID` trusts it for good.
+    #[arg(long = "trust", value_name = "ID", global = true)]
+    trust: Vec<String>,
 
     /// Auto-sync with every peer: the period of the full rescan in seconds (changes are
     /// also picked up within about a second by a file-system watcher); 0 turns it off.
@@ -132,6 +139,31 @@ listens ('boxsync box <id> serving <dir> on <addr>'); logs go to stderr.",
     /// its peer is the second.
     #[command(after_help = "Example:\n  boxsync demo")]
     Demo,
+    /// Print this box's ID (creating its key on first use): give it to the boxes that
+    /// should trust this one.
+    #[command(after_help = "Examples:\n  boxsync id -d ~/shared\n  boxsync id -d ~/shared --json")]
+    Id,
+    /// Trust box ID for good: it may connect to this box, and sync with it. A running box
+    /// sees the change at the next connection, without a restart.
+    #[command(
+        after_help = "Examples:\n  boxsync trust ID -d ~/shared\n  boxsync trust ID -d ~/shared --name laptop"
+    )]
+    Trust {
+        /// The box's ID, as `boxsync id` prints it on that box.
+        id: String,
+        /// A name to show for it (`peers`).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// Stop trusting box ID: its open connections close at their next request.
+    #[command(after_help = "Example:\n  boxsync untrust ID -d ~/shared")]
+    Untrust {
+        /// The box's ID.
+        id: String,
+    },
+    /// List the boxes this box trusts for good.
+    #[command(after_help = "Examples:\n  boxsync peers -d ~/shared\n  boxsync peers --json")]
+    Peers,
 }
 
 /// The validated configuration: everything checked before any work starts.
@@ -144,6 +176,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Peers, validated.
     pub peers: Vec<PeerSpec>,
+    /// Boxes trusted for this run (`--trust`).
+    pub trust: Vec<BoxId>,
     /// Auto-sync settings, when it runs.
     pub sync: Option<SyncConfig>,
     /// Output format for scripts.
@@ -166,6 +200,19 @@ pub enum Run {
     Commands(Vec<String>),
     /// Commands from a non-terminal stdin, no server.
     Stdin,
+    /// Print the box's ID.
+    Id,
+    /// Trust a box for good.
+    Trust {
+        /// Its ID.
+        id: BoxId,
+        /// Its name.
+        name: Option<String>,
+    },
+    /// Stop trusting a box.
+    Untrust(BoxId),
+    /// List the trusted boxes.
+    Peers,
 }
 
 impl Config {
@@ -183,12 +230,24 @@ impl Config {
             period: std::time::Duration::from_secs(period),
             trash_retention: std::time::Duration::from_secs(cli.trash_days * 86_400),
         });
+        let trust = cli
+            .trust
+            .iter()
+            .map(|id| BoxId::parse(id))
+            .collect::<Result<Vec<_>, _>>()?;
         let run = match cli.mode {
             Some(_) if !cli.commands.is_empty() => {
-                bail!("-c cannot be combined with serve or demo")
+                bail!("-c cannot be combined with a subcommand")
             }
             Some(Mode::Serve) => Run::Serve,
             Some(Mode::Demo) => Run::Demo,
+            Some(Mode::Id) => Run::Id,
+            Some(Mode::Trust { id, name }) => Run::Trust {
+                id: BoxId::parse(&id)?,
+                name,
+            },
+            Some(Mode::Untrust { id }) => Run::Untrust(BoxId::parse(&id)?),
+            Some(Mode::Peers) => Run::Peers,
             None if !cli.commands.is_empty() => Run::Commands(cli.commands),
             None if stdin_is_terminal => Run::Interactive,
             None => Run::Stdin,
@@ -207,6 +266,7 @@ impl Config {
             dir: cli.dir,
             listen,
             peers,
+            trust,
             sync,
             format: if cli.json {
                 Format::Json

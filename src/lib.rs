@@ -7,12 +7,17 @@
 //! - [`parse`]: values people type (rates, peer addresses), checked one way everywhere.
 //! - [`share`]: the shared folder: safe relative paths, the index and its filters, hashes
 //!   and their cache, per-file locks, the trash and atomic installation of downloads.
-//! - [`types`]: the shared nouns: a box's id, one version of a file, a transport.
-//! - [`protocol`]: the TCP wire protocol below the requests: frames, the framed connection,
-//!   the greeting and the answers, the handshake.
+//! - [`types`]: the shared nouns: a box's ID (the hash of its key, with check characters)
+//!   and where to reach one, one version of a file, a transport.
+//! - [`identity`]: this box's key pair, kept owner-only in `.boxsync/`, and its ID.
+//! - [`trust`]: the boxes this box talks to: kept in `.boxsync/trusted.json`, or for this
+//!   run only; read again when the file changes.
+//! - [`protocol`]: the TCP wire protocol below the requests: the TLS 1.3 channel with both
+//!   sides' keys pinned, frames, the framed connection, the greeting and the answers, the
+//!   handshake.
 //! - [`net`]: socket options (TCP congestion control).
 //! - [`history`]: the persistent log of requests made and served.
-//! - [`local`]: this box: its id, shared folder and log.
+//! - [`local`]: this box: its identity, trust, shared folder and log.
 //! - [`transfer`]: moving file bytes and landing them verified, over TCP and UDP, once a
 //!   request is sent; UDP's protocol is a pure state machine pair (`transfer::udp::proto`)
 //!   that thin tokio drivers run.
@@ -34,6 +39,7 @@
 
 pub mod demo;
 pub mod history;
+pub mod identity;
 pub mod local;
 pub mod net;
 pub mod parse;
@@ -46,4 +52,5 @@ pub mod shell;
 pub mod sync;
 pub mod time;
 pub mod transfer;
+pub mod trust;
 pub mod types;

@@ -1,16 +1,30 @@
 //! This box: its identity, its shared folder and its request log, shared by the server and
 //! the client side of one process.
 
-use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
+use thiserror::Error;
+
 use crate::history::History;
+use crate::identity::{Identity, IdentityError};
 use crate::share::{Share, ShareError};
+use crate::trust::{Trust, TrustError};
 use crate::types::BoxId;
 
-/// File under the state folder that keeps the box id across restarts.
-const BOX_ID_FILE: &str = "box-id";
+/// Why a box could not be opened.
+#[derive(Debug, Error)]
+pub enum OpenError {
+    /// The shared folder or its state folder.
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    /// The box's key.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The box's trust file.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+}
 
 /// File under the state folder that holds the request log.
 const HISTORY_FILE: &str = "history.jsonl";
@@ -26,8 +40,12 @@ pub struct Settings {
 
 /// Everything one box owns locally.
 pub struct LocalBox {
-    /// A stable random id, told to peers in the handshake.
+    /// The box's ID: the hash of its public key (a copy of `identity.id()`).
     pub id: BoxId,
+    /// Its key pair, which authenticates every link it makes.
+    pub identity: Identity,
+    /// The boxes it talks to.
+    pub trust: Trust,
     /// The shared folder.
     pub share: Arc<Share>,
     /// The request log.
@@ -37,33 +55,48 @@ pub struct LocalBox {
 }
 
 impl LocalBox {
-    /// Opens the box whose shared folder is `dir` (created if missing), creating its id on
-    /// first use.
-    pub fn open(dir: &Path) -> Result<Arc<LocalBox>, ShareError> {
+    /// Opens the box whose shared folder is `dir` (created if missing), creating its
+    /// identity on first use.
+    pub fn open(dir: &Path) -> Result<Arc<LocalBox>, OpenError> {
         LocalBox::open_with(dir, Settings::default())
     }
 
     /// Like [`LocalBox::open`], with tunables.
-    pub fn open_with(dir: &Path, settings: Settings) -> Result<Arc<LocalBox>, ShareError> {
+    pub fn open_with(dir: &Path, settings: Settings) -> Result<Arc<LocalBox>, OpenError> {
         let share = Share::open(dir)?;
         let state = share.state_dir();
-        let id_file = state.join(BOX_ID_FILE);
-        let kept = fs::read_to_string(&id_file).map(|text| BoxId::parse(text.trim()));
-        let id = match kept {
-            Ok(Ok(id)) => id,
-            _ => {
-                let id = BoxId::random();
-                fs::write(&id_file, id.as_str()).map_err(|e| ShareError::io(&id_file, e))?;
-                id
-            }
-        };
-        let history = History::new(state.join(HISTORY_FILE));
-        Ok(Arc::new(LocalBox {
-            id,
+        let identity = Identity::load_or_create(&state)?;
+        let trust = Trust::open(&state)?;
+        Ok(LocalBox::assemble(share, identity, trust, settings))
+    }
+
+    /// A box serving `dir` under an identity and trust kept elsewhere: a throwaway box in a
+    /// temporary folder that acts for the box whose identity it borrows.
+    pub fn open_as(
+        dir: &Path,
+        identity: Identity,
+        trust: Trust,
+        settings: Settings,
+    ) -> Result<Arc<LocalBox>, OpenError> {
+        let share = Share::open(dir)?;
+        Ok(LocalBox::assemble(share, identity, trust, settings))
+    }
+
+    fn assemble(
+        share: Arc<Share>,
+        identity: Identity,
+        trust: Trust,
+        settings: Settings,
+    ) -> Arc<LocalBox> {
+        let history = History::new(share.state_dir().join(HISTORY_FILE));
+        Arc::new(LocalBox {
+            id: identity.id().clone(),
+            identity,
+            trust,
             share,
             history,
             settings,
-        }))
+        })
     }
 }
 

@@ -13,13 +13,16 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use tokio::runtime::{Handle, Runtime};
 
+use boxsync::identity::Identity;
 use boxsync::local::LocalBox;
 use boxsync::peer::Peer;
 use boxsync::server::Server;
+use boxsync::share::STATE_DIR;
 use boxsync::shell::repl::ScriptStatus;
 use boxsync::shell::{Session, output, repl};
 use boxsync::sync::{PeerSpec, SyncConfig};
-use boxsync::types::Transport;
+use boxsync::trust::Trust;
+use boxsync::types::{PeerAddress, Transport};
 
 use cli::{Cli, Config, EXIT_FAILED, EXIT_USAGE, Run};
 
@@ -85,11 +88,15 @@ fn one_line(error: &anyhow::Error) -> String {
 fn run(config: Config) -> Result<ScriptStatus> {
     let runtime = Runtime::new().context("cannot start the async runtime")?;
     let handle = runtime.handle().clone();
-    match config.run {
+    match &config.run {
         Run::Demo => return demo(&handle, config.verbose),
+        Run::Id | Run::Trust { .. } | Run::Untrust(_) | Run::Peers => {
+            return identity_command(&config);
+        }
         Run::Serve => {
             let _log = init_logging(None, config.verbose);
             let local = LocalBox::open_with(&config.dir, config.settings.clone())?;
+            apply_trust(&local, &config);
             return handle
                 .block_on(serve(local, config.listen, &config.peers, config.sync))
                 .map(|()| ScriptStatus::Succeeded);
@@ -97,9 +104,10 @@ fn run(config: Config) -> Result<ScriptStatus> {
         _ => {}
     }
     let (local, _scratch) = open_client_box(&config)?;
+    apply_trust(&local, &config);
     let _log = init_logging(Some(&local.share.state_dir()), config.verbose);
-    let addrs: Vec<String> = config.peers.iter().map(|p| p.addr.clone()).collect();
-    let mut session = Session::new(Arc::clone(&local), &addrs);
+    let targets: Vec<PeerAddress> = config.peers.iter().map(|p| p.target.clone()).collect();
+    let mut session = Session::new(Arc::clone(&local), &targets);
     match config.run {
         Run::Commands(commands) => Ok(repl::run_script(
             &handle,
@@ -139,6 +147,80 @@ fn run(config: Config) -> Result<ScriptStatus> {
     }
 }
 
+/// Trusts, for this run, the boxes named by `--trust` and `--peer`.
+fn apply_trust(local: &LocalBox, config: &Config) {
+    for id in config
+        .trust
+        .iter()
+        .chain(config.peers.iter().map(|p| &p.target.id))
+    {
+        local.trust.allow_for_this_run(id);
+    }
+}
+
+/// `boxsync id`, `trust`, `untrust` and `peers`: the box's identity and trust, without
+/// opening its folder for sharing.
+fn identity_command(config: &Config) -> Result<ScriptStatus> {
+    let state = config.dir.join(STATE_DIR);
+    let json = config.format == boxsync::shell::Format::Json;
+    match &config.run {
+        Run::Id => {
+            let identity = Identity::load_or_create(&state)?;
+            if json {
+                say(&serde_json::json!({ "id": identity.id() }).to_string());
+            } else {
+                say(identity.id().as_str());
+            }
+        }
+        Run::Trust { id, name } => {
+            let trust = Trust::open(&state)?;
+            let new = trust.add(id, name.as_deref())?;
+            let named = name
+                .as_ref()
+                .map(|n| format!(" as {n:?}"))
+                .unwrap_or_default();
+            if new {
+                say(&format!(
+                    "box {id} is trusted{named}: it may now connect to this box and sync with it"
+                ));
+            } else {
+                say(&format!("box {id} was trusted already{named}"));
+            }
+        }
+        Run::Untrust(id) => {
+            let trust = Trust::open(&state)?;
+            if trust.remove(id)? {
+                say(&format!(
+                    "box {id} is no longer trusted: its connections close at their next request"
+                ));
+            } else {
+                say(&format!("box {id} was not trusted"));
+            }
+        }
+        Run::Peers => {
+            let trust = Trust::open(&state)?;
+            let listed = trust.list()?;
+            if json {
+                say(&serde_json::to_string(&listed).unwrap_or_default());
+            } else if listed.is_empty() {
+                say("no trusted boxes: `boxsync trust ID` adds one");
+            } else {
+                for box_ in listed {
+                    let name: String = box_
+                        .name
+                        .unwrap_or_default()
+                        .chars()
+                        .filter(|c| !c.is_control())
+                        .collect();
+                    say(&format!("{}  {name}", box_.id));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(ScriptStatus::Succeeded)
+}
+
 /// Prints one of the program's own lines (a banner, the serving address) on stdout. A
 /// closed stdout is no reason to stop serving, so a failure is ignored here; the shell's
 /// results, which a reader asked for, stop the program quietly when nobody reads them.
@@ -152,7 +234,18 @@ fn say(text: &str) {
 /// folder (a fresh id, this run's history only), returned with it to be removed at exit.
 /// Piped commands are not known in advance, so they may download and open the folder.
 fn open_client_box(config: &Config) -> Result<(Arc<LocalBox>, Option<tempfile::TempDir>)> {
-    let is_box = config.dir.join(boxsync::share::STATE_DIR).exists();
+    // Only the identity and trust (made by `boxsync id`, `trust`, or an earlier script)
+    // do not make a folder a box yet.
+    let identity_files = [
+        boxsync::identity::KEY_FILE,
+        boxsync::identity::ID_FILE,
+        boxsync::trust::TRUST_FILE,
+    ];
+    let is_box = std::fs::read_dir(config.dir.join(STATE_DIR)).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|entry| !identity_files.iter().any(|name| entry.file_name() == *name))
+    });
     let reads_only = match &config.run {
         Run::Commands(lines) => !lines.iter().any(|line| {
             matches!(boxsync::shell::command::parse(line), Ok(Some(c)) if c.writes_locally())
@@ -169,7 +262,15 @@ fn open_client_box(config: &Config) -> Result<(Arc<LocalBox>, Option<tempfile::T
         .prefix("boxsync-script-")
         .tempdir()
         .context("cannot create a temporary folder for the script's box")?;
-    let local = LocalBox::open_with(scratch.path(), config.settings.clone())?;
+    // The script acts as the folder's box (its peers trust that box's ID), so it borrows
+    // the folder's identity, creating only the key if there is none yet.
+    let identity = Identity::load_or_create(&config.dir.join(STATE_DIR))?;
+    let local = LocalBox::open_as(
+        scratch.path(),
+        identity,
+        Trust::in_memory(),
+        config.settings.clone(),
+    )?;
     Ok((local, Some(scratch)))
 }
 
@@ -202,7 +303,7 @@ async fn serve(
             .iter()
             .map(|spec| {
                 (
-                    Arc::new(Peer::new(&spec.addr, Arc::clone(&local))),
+                    Arc::new(Peer::new(&spec.target, Arc::clone(&local))),
                     spec.transport,
                 )
             })
@@ -248,6 +349,7 @@ fn demo(handle: &Handle, verbose: u8) -> Result<ScriptStatus> {
     boxsync::demo::populate(&dir_a, &dir_b).context("cannot write the demo files")?;
     let box_a = LocalBox::open(&dir_a)?;
     let box_b = LocalBox::open(&dir_b)?;
+    box_b.trust.allow_for_this_run(&box_a.id);
     let _log = init_logging(Some(&box_a.share.state_dir()), verbose);
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let server_a = handle.block_on(Server::bind(Arc::clone(&box_a), loopback))?;
@@ -290,7 +392,11 @@ fn demo(handle: &Handle, verbose: u8) -> Result<ScriptStatus> {
         "(Auto-sync is off in the demo so that you fetch by hand; the README shows two boxes\n kept in sync with --peer.)",
     );
     say("");
-    let mut session = Session::new(Arc::clone(&box_a), &[addr_b.to_string()]);
+    let target_b = PeerAddress {
+        id: box_b.id.clone(),
+        addr: addr_b.to_string(),
+    };
+    let mut session = Session::new(Arc::clone(&box_a), &[target_b]);
     let result = repl::run_interactive(handle, &mut session, shell_history(&box_a));
     let _ = stop.send(true);
     result.context("the shell failed")?;

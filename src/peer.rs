@@ -27,7 +27,7 @@ use crate::share::filter::IndexFilter;
 use crate::share::{Entry, FileHash, RelPath};
 use crate::transfer::udp::UdpError;
 use crate::transfer::{Downloaded, Landing, Progress, TransferError, Wanted};
-use crate::types::{BoxId, FileVersion, Transport};
+use crate::types::{BoxId, FileVersion, PeerAddress, Transport};
 
 use crate::requests::listing;
 pub use crate::requests::listing::Listing;
@@ -56,6 +56,26 @@ pub enum PeerError {
         addr: String,
         /// What went wrong.
         source: HandshakeError,
+    },
+    /// The box at the address is not the box dialed.
+    #[error("the box at {addr} is {seen}, not {expected}")]
+    WrongBox {
+        /// The peer's address.
+        addr: String,
+        /// The ID dialed.
+        expected: BoxId,
+        /// The ID of the box that answered.
+        seen: BoxId,
+    },
+    /// The peer does not trust this box.
+    #[error("box {peer} at {addr} does not trust this box: run `boxsync trust {this}` on it")]
+    NotTrusted {
+        /// The peer's address.
+        addr: String,
+        /// The peer's ID.
+        peer: BoxId,
+        /// This box's ID, which the peer must trust.
+        this: BoxId,
     },
     /// The connection failed during the request.
     #[error("connection to peer {addr} lost: {source}")]
@@ -114,6 +134,8 @@ impl PeerError {
             self,
             PeerError::Unreachable { .. }
                 | PeerError::Handshake { .. }
+                | PeerError::WrongBox { .. }
+                | PeerError::NotTrusted { .. }
                 | PeerError::Connection { .. }
                 | PeerError::Transfer(TransferError::Connection(_))
         )
@@ -214,25 +236,27 @@ macro_rules! exchange {
 pub struct Peer {
     /// The address as the user gave it (`127.0.0.1:7002`, `host:port`).
     addr: String,
+    /// The box that must answer there (its key is pinned).
+    id: BoxId,
     /// This box (for its id, its shared folder and its request log).
     local: Arc<LocalBox>,
     /// Idle connections ready for the next request.
     idle: Mutex<Vec<PeerConnection>>,
-    /// The peer's box id, once a handshake has told it.
-    remote_id: Mutex<Option<BoxId>>,
     /// The [`Reachability`] seen by the last finished request, as its `u8` code (an atomic,
     /// because requests finish on any task).
     reachability: AtomicU8,
 }
 
 impl Peer {
-    /// A client for the box at `addr`; no connection is made until the first request.
-    pub fn new(addr: &str, local: Arc<LocalBox>) -> Peer {
+    /// A client for the box `target.id` at `target.addr`; no connection is made until the
+    /// first request. Dialing it trusts it for this run (it may call back).
+    pub fn new(target: &PeerAddress, local: Arc<LocalBox>) -> Peer {
+        local.trust.allow_for_this_run(&target.id);
         Peer {
-            addr: addr.to_string(),
+            addr: target.addr.clone(),
+            id: target.id.clone(),
             local,
             idle: Mutex::new(Vec::new()),
-            remote_id: Mutex::new(None),
             reachability: AtomicU8::new(Reachability::Unknown.to_u8()),
         }
     }
@@ -247,12 +271,23 @@ impl Peer {
         &self.addr
     }
 
-    /// The peer's box id, known once a request has reached it.
+    /// Where the peer is and which box it is: `ID@HOST:PORT`.
+    pub fn target(&self) -> PeerAddress {
+        PeerAddress {
+            id: self.id.clone(),
+            addr: self.addr.clone(),
+        }
+    }
+
+    /// The peer's box ID (pinned: no other box is accepted at its address).
+    pub fn id(&self) -> &BoxId {
+        &self.id
+    }
+
+    /// The peer's box ID, as an option for callers that once had to wait for a handshake
+    /// to learn it: it is pinned now, so always known.
     pub fn remote_id(&self) -> Option<BoxId> {
-        self.remote_id
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        Some(self.id.clone())
     }
 
     /// Tells the peer this box's folder changed, so that its sync pulls soon.
@@ -567,15 +602,24 @@ impl Peer {
                 Ok(Ok(stream)) => stream,
             };
         self.local.tune(&stream);
-        let mut connection = Connection::new(stream);
-        let id = protocol::client_handshake(&mut connection, &self.local.id)
+        protocol::dial(stream, &self.local.identity, &self.id)
             .await
-            .map_err(|source| PeerError::Handshake {
-                addr: self.addr.clone(),
-                source,
-            })?;
-        *self.remote_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
-        Ok(connection)
+            .map_err(|source| match source {
+                HandshakeError::WrongBox { expected, seen } => PeerError::WrongBox {
+                    addr: self.addr.clone(),
+                    expected,
+                    seen,
+                },
+                HandshakeError::NotTrusted(_) => PeerError::NotTrusted {
+                    addr: self.addr.clone(),
+                    peer: self.id.clone(),
+                    this: self.local.id.clone(),
+                },
+                source => PeerError::Handshake {
+                    addr: self.addr.clone(),
+                    source,
+                },
+            })
     }
 }
 

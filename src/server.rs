@@ -1,10 +1,17 @@
-//! The box's server: accepts peer connections on TCP, runs the handshake, then answers
+//! The box's server: accepts peer connections on TCP, authenticates them (TLS with the
+//! caller's key; see [`crate::protocol::tls`]), serves only boxes it trusts, then answers
 //! requests until the peer leaves, the connection misbehaves or the box shuts down. The UDP
 //! socket on the same port number carries UDP transfers (see [`crate::transfer::udp`]).
+//!
+//! A caller holds nothing before it has authenticated: handshakes in progress are bounded
+//! per source address and in total, each within [`protocol::HANDSHAKE_TIMEOUT`]; only a
+//! trusted box then takes a connection slot, and no box more than its share of them.
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -14,13 +21,25 @@ use tokio::task::JoinSet;
 
 use crate::history::Direction;
 use crate::local::LocalBox;
-use crate::protocol::{self, Connection, ConnectionError, ErrorKind, Response};
+use crate::protocol::{
+    self, Connection, ConnectionError, ErrorKind, HandshakeError, Link, Response,
+};
 use crate::requests::notices::Notices;
 use crate::requests::{self, Request, ServeContext};
 use crate::transfer::udp::hub::UdpHub;
+use crate::types::BoxId;
 
-/// Most connections served at once; further peers wait in the accept queue.
+/// Most connections served at once (authenticated, trusted boxes).
 pub const MAX_CONNECTIONS: usize = 256;
+
+/// Most connections one box may hold, so that one trusted box cannot take every slot.
+pub const MAX_CONNECTIONS_PER_BOX: usize = 32;
+
+/// Most handshakes in progress at once, from anyone.
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+
+/// Most handshakes in progress from one source address.
+pub const MAX_PENDING_PER_SOURCE: usize = 8;
 
 /// A connection that sends no request for this long is closed (peers reconnect).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -39,6 +58,9 @@ pub enum ServerError {
         /// What the operating system said.
         source: io::Error,
     },
+    /// The box's key could not be set up for TLS.
+    #[error("cannot set up TLS with this box's key: {0}")]
+    Tls(#[from] rustls::Error),
     /// The UDP socket could not be set up for transfers.
     #[error("cannot set up UDP on {addr}")]
     Udp {
@@ -61,11 +83,14 @@ pub struct Server {
     hub: Arc<UdpHub>,
     /// What peers tell this box's sync, noted as requests arrive.
     notices: Arc<Notices>,
+    /// TLS with this box's key.
+    tls: Arc<rustls::ServerConfig>,
 }
 
 impl Server {
     /// Binds TCP and UDP on `addr`. With port 0 both get the same, free port number.
     pub async fn bind(local: Arc<LocalBox>, addr: SocketAddr) -> Result<Server, ServerError> {
+        let tls = protocol::tls::server_config(&local.identity)?;
         let bind_error = |source| ServerError::Bind { addr, source };
         // With port 0, the TCP port the kernel picks may be taken for UDP: try a few.
         let attempts = if addr.port() == 0 { 16 } else { 1 };
@@ -86,6 +111,7 @@ impl Server {
                         addr: bound,
                         hub,
                         notices: Arc::default(),
+                        tls,
                     });
                 }
                 Err(e) => last_error = Some(e),
@@ -113,17 +139,14 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let hub = self.hub;
         let hub_task = tokio::spawn(Arc::clone(&hub).run(stop_rx.clone()));
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let limits = Arc::new(Limits {
+            slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            pending: Counts::new(MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_SOURCE),
+            per_box: Counts::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_BOX),
+        });
         let mut handlers = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
-            let permit = tokio::select! {
-                permit = Arc::clone(&limit).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-                _ = &mut shutdown => break,
-            };
             let accepted = tokio::select! {
                 accepted = self.listener.accept() => accepted,
                 _ = &mut shutdown => break,
@@ -132,14 +155,19 @@ impl Server {
             while handlers.try_join_next().is_some() {}
             match accepted {
                 Ok((stream, peer)) => {
-                    let local = Arc::clone(&self.local);
-                    let notices = Arc::clone(&self.notices);
-                    let hub = Arc::clone(&hub);
+                    let Some(pending) = Counts::admit(&limits.pending, peer.ip()) else {
+                        tracing::debug!(%peer, "too many handshakes in progress: connection closed");
+                        continue;
+                    };
+                    let served = Served {
+                        local: Arc::clone(&self.local),
+                        notices: Arc::clone(&self.notices),
+                        hub: Arc::clone(&hub),
+                        tls: Arc::clone(&self.tls),
+                        limits: Arc::clone(&limits),
+                    };
                     let stop = stop_rx.clone();
-                    handlers.spawn(async move {
-                        handle_connection(local, notices, hub, stream, peer, stop).await;
-                        drop(permit);
-                    });
+                    handlers.spawn(handle_connection(served, stream, peer, pending, stop));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -163,26 +191,181 @@ impl Server {
     }
 }
 
-/// Serves one peer connection from handshake to close; every way it can end is logged.
-async fn handle_connection(
+/// What every connection's handler shares.
+struct Served {
+    /// This box.
     local: Arc<LocalBox>,
+    /// Where notices for sync go.
     notices: Arc<Notices>,
+    /// The UDP side.
     hub: Arc<UdpHub>,
+    /// TLS with this box's key.
+    tls: Arc<rustls::ServerConfig>,
+    /// Slots and counts.
+    limits: Arc<Limits>,
+}
+
+/// The server's bounds on what callers hold.
+struct Limits {
+    /// Connection slots, taken only by trusted, authenticated boxes.
+    slots: Arc<Semaphore>,
+    /// Handshakes in progress, per source address.
+    pending: Arc<Counts<IpAddr>>,
+    /// Connections held, per box.
+    per_box: Arc<Counts<BoxId>>,
+}
+
+/// Counts of things held per key, bounded per key and in total. A std `Mutex`: nothing
+/// waits while holding it.
+struct Counts<K> {
+    /// Most held in total.
+    total_limit: usize,
+    /// Most held under one key.
+    each_limit: usize,
+    /// The total held, and what each key holds.
+    held: Mutex<(usize, HashMap<K, usize>)>,
+}
+
+impl<K: Hash + Eq + Clone> Counts<K> {
+    fn new(total_limit: usize, each_limit: usize) -> Arc<Counts<K>> {
+        Arc::new(Counts {
+            total_limit,
+            each_limit,
+            held: Mutex::default(),
+        })
+    }
+
+    /// Takes one for `key`, if neither bound is reached; it is given back when the guard
+    /// drops.
+    fn admit(counts: &Arc<Counts<K>>, key: K) -> Option<Held<K>> {
+        let mut held = counts.held.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, each) = &mut *held;
+        let mine = each.entry(key.clone()).or_insert(0);
+        if *total >= counts.total_limit || *mine >= counts.each_limit {
+            if *mine == 0 {
+                each.remove(&key);
+            }
+            return None;
+        }
+        *mine += 1;
+        *total += 1;
+        Some(Held {
+            counts: Arc::clone(counts),
+            key,
+        })
+    }
+}
+
+/// One held in a [`Counts`], given back on drop.
+struct Held<K: Hash + Eq + Clone> {
+    counts: Arc<Counts<K>>,
+    key: K,
+}
+
+impl<K: Hash + Eq + Clone> Drop for Held<K> {
+    fn drop(&mut self) {
+        let mut held = self.counts.held.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, each) = &mut *held;
+        *total = total.saturating_sub(1);
+        if let Some(mine) = each.get_mut(&self.key) {
+            *mine = mine.saturating_sub(1);
+            if *mine == 0 {
+                each.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Authenticates one caller and, if it is trusted and there is room, serves it until it
+/// leaves; every way it can end is logged.
+async fn handle_connection(
+    served: Served,
     stream: TcpStream,
     peer: SocketAddr,
+    pending: Held<IpAddr>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Served {
+        local,
+        notices,
+        hub,
+        tls,
+        limits,
+    } = served;
     local.tune(&stream);
-    let mut connection = Connection::new(stream);
-    let peer_id = match protocol::server_handshake(&mut connection, &local.id).await {
-        Ok(id) => id,
+    let (mut connection, peer_id) = match protocol::accept(stream, tls).await {
+        Ok(accepted) => accepted,
         Err(e) => {
-            tracing::warn!(%peer, reason = %e, "connection refused at handshake");
+            match e {
+                HandshakeError::KeyRefused | HandshakeError::Plaintext => {
+                    tracing::warn!(%peer, reason = %e, "connection refused at handshake")
+                }
+                _ => tracing::debug!(%peer, reason = %e, "connection refused at handshake"),
+            }
             return;
         }
     };
+    drop(pending);
+    if !local.trust.is_trusted(&peer_id) {
+        tracing::warn!(
+            %peer,
+            box_id = %peer_id,
+            "box {peer_id} at {peer} is not trusted here: run `boxsync trust {peer_id}` on this box"
+        );
+        let message = not_trusted(&local.id, &peer_id);
+        protocol::refuse(&mut connection, ErrorKind::NotTrusted, message).await;
+        return;
+    }
+    let Ok(_slot) = Arc::clone(&limits.slots).try_acquire_owned() else {
+        tracing::warn!(%peer, box_id = %peer_id, "all {MAX_CONNECTIONS} connection slots taken: caller turned away");
+        let message = format!(
+            "box {} is serving its most connections ({MAX_CONNECTIONS}): try again later",
+            local.id
+        );
+        protocol::refuse(&mut connection, ErrorKind::Unavailable, message).await;
+        return;
+    };
+    let Some(_share) = Counts::admit(&limits.per_box, peer_id.clone()) else {
+        tracing::warn!(%peer, box_id = %peer_id, "box holds {MAX_CONNECTIONS_PER_BOX} connections already: caller turned away");
+        let message = format!(
+            "box {} already serves {MAX_CONNECTIONS_PER_BOX} connections of box {peer_id}: close some first",
+            local.id
+        );
+        protocol::refuse(&mut connection, ErrorKind::Unavailable, message).await;
+        return;
+    };
+    if protocol::welcome(&mut connection).await.is_err() {
+        return;
+    }
     tracing::debug!(%peer, %peer_id, "peer connected");
     notices.peer_connected();
+    serve_requests(
+        &local,
+        &notices,
+        &hub,
+        &mut connection,
+        peer,
+        &peer_id,
+        &mut stop,
+    )
+    .await;
+}
+
+/// What an untrusted caller is told: its ID and the command that would let it in.
+fn not_trusted(this: &BoxId, caller: &BoxId) -> String {
+    format!("box {this} does not trust box {caller}: run `boxsync trust {caller}` on box {this}")
+}
+
+/// Answers requests on an admitted connection until it ends.
+async fn serve_requests(
+    local: &Arc<LocalBox>,
+    notices: &Arc<Notices>,
+    hub: &Arc<UdpHub>,
+    connection: &mut Connection<Link>,
+    peer: SocketAddr,
+    peer_id: &BoxId,
+    stop: &mut watch::Receiver<bool>,
+) {
     loop {
         let next = tokio::select! {
             next = tokio::time::timeout(IDLE_TIMEOUT, connection.read_message::<Request>()) => next,
@@ -216,17 +399,24 @@ async fn handle_connection(
                 return;
             }
         };
+        // Trust withdrawn while connected (`boxsync untrust`) ends the connection here.
+        if !local.trust.is_trusted(peer_id) {
+            tracing::warn!(%peer, box_id = %peer_id, "box is no longer trusted: connection closed");
+            let message = not_trusted(&local.id, peer_id);
+            protocol::refuse(connection, ErrorKind::NotTrusted, message).await;
+            return;
+        }
         let description = request.describe();
         let routine = request.is_routine();
         let notice = request.is_notice();
         let cx = ServeContext {
-            local: &local,
-            hub: &hub,
+            local,
+            hub,
             client_ip: peer.ip(),
-            peer_id: &peer_id,
-            notices: &notices,
+            peer_id,
+            notices,
         };
-        match requests::serve(request, &cx, &mut connection).await {
+        match requests::serve(request, &cx, connection).await {
             Ok(Ok(())) if routine => {}
             Ok(outcome) => {
                 local

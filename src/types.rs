@@ -10,44 +10,125 @@ use thiserror::Error;
 use crate::share::RelPath;
 use crate::time::Timestamp;
 
-/// Hex digits in a box id.
-const BOX_ID_LEN: usize = 16;
+/// Characters of a box ID, check characters included (dashes not counted).
+const BOX_ID_CHARS: usize = 56;
 
-/// A box's id: exactly 16 hex digits, checked wherever one is read (from a peer,
-/// from disk), so that a peer's id can never become a path, an escape sequence or an
-/// unbounded string. Sync names its per-peer record after it.
+/// A check character follows each run of this many data characters.
+const CHECKED_RUN: usize = 13;
+
+/// Characters shown between dashes.
+const DISPLAY_GROUP: usize = 7;
+
+/// The base-32 alphabet of box IDs (RFC 4648): no 0, 1, 8 or 9, so no O/0 or I/1 mix-up.
+const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
+/// A box's ID: the SHA-256 of its public key (the key that authenticates every link it
+/// makes), written for people as 8 groups of 7 base-32 characters. Every 14th character is
+/// a Luhn mod 32 check over the 13 before it, so a typed ID with a wrong or swapped
+/// character is caught before it is trusted. Being only `A-Z`, `2-7` and `-`, an ID can
+/// never become a path, an escape sequence or an unbounded string; sync names its per-peer
+/// record after it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct BoxId(String);
 
-/// Why a text is not a box id.
+/// Why a text is not a box ID.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("not a box id (16 hex digits): {0:?}")]
-pub struct BadBoxId(String);
+pub enum BadBoxId {
+    /// Not the shape of an ID at all.
+    #[error("not a box ID: {0:?} (`boxsync id` prints one: 8 groups of 7 characters)")]
+    Malformed(String),
+    /// The shape of an ID, but a check character does not match: a typo.
+    #[error(
+        "box ID {id:?} has a typo in characters {first}-{last}: copy it again from `boxsync id` on that box"
+    )]
+    Typo {
+        /// The ID as given (bounded).
+        id: String,
+        /// First character (1-based, dashes not counted) of the run that fails its check.
+        first: usize,
+        /// Last character of that run, its check character included.
+        last: usize,
+    },
+}
 
 impl BoxId {
-    /// Reads a box id, refusing anything but 16 hex digits. The case is kept as written:
-    /// ids are compared as text (the smaller keeps a conflict's name) and name the peer's
-    /// record, so folding it would change both for a hand-written id.
+    /// Reads a box ID as a person or a peer writes it: case and dashes (or spaces) do not
+    /// matter; every check character must match.
     pub fn parse(text: &str) -> Result<BoxId, BadBoxId> {
-        if text.len() == BOX_ID_LEN && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            Ok(BoxId(text.to_string()))
-        } else {
-            // Bounded, so that an error message cannot carry a peer's megabyte.
-            Err(BadBoxId(text.chars().take(40).collect()))
+        // Bounded, so that an error message cannot carry a peer's megabyte (an ID is
+        // recognisable by its start).
+        let shown = || text.chars().take(24).collect::<String>();
+        if text.len() > 2 * BOX_ID_CHARS {
+            return Err(BadBoxId::Malformed(shown()));
         }
+        let chars: Vec<u8> = text
+            .bytes()
+            .filter(|b| *b != b'-' && *b != b' ')
+            .map(|b| b.to_ascii_uppercase())
+            .collect();
+        if chars.len() != BOX_ID_CHARS || !chars.iter().all(|b| ALPHABET.contains(b)) {
+            return Err(BadBoxId::Malformed(shown()));
+        }
+        for (run, checked) in chars.chunks(CHECKED_RUN + 1).enumerate() {
+            let (data, check) = checked.split_at(CHECKED_RUN);
+            if luhn32(data) != check[0] {
+                return Err(BadBoxId::Typo {
+                    id: shown(),
+                    first: run * (CHECKED_RUN + 1) + 1,
+                    last: (run + 1) * (CHECKED_RUN + 1),
+                });
+            }
+        }
+        Ok(BoxId(display(&chars)))
     }
 
-    /// A new random id, for a box's first start.
-    pub fn random() -> BoxId {
-        use rand::RngExt;
-        BoxId(format!("{:016x}", rand::rng().random::<u64>()))
+    /// The ID of the box whose public key is `public_key` (its DER SubjectPublicKeyInfo).
+    pub fn from_public_key(public_key: &[u8]) -> BoxId {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(public_key);
+        let data = data_encoding::BASE32_NOPAD.encode(&digest);
+        let mut chars = Vec::with_capacity(BOX_ID_CHARS);
+        for run in data.as_bytes().chunks(CHECKED_RUN) {
+            chars.extend_from_slice(run);
+            chars.push(luhn32(run));
+        }
+        BoxId(display(&chars))
     }
 
-    /// The id as text (safe as a file name: hex digits only).
+    /// The ID as text, in its canonical form (upper case, dashes): safe as a file name.
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Its first group: enough for a person to tell boxes apart in a list or a conflict
+    /// copy's name, not to authenticate one.
+    pub fn short(&self) -> &str {
+        &self.0[..DISPLAY_GROUP]
+    }
+}
+
+/// `chars` (56 ID characters) in groups of 7 joined by dashes.
+fn display(chars: &[u8]) -> String {
+    chars
+        .chunks(DISPLAY_GROUP)
+        .map(|group| String::from_utf8_lossy(group).into_owned())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// The Luhn mod 32 check character of `data` (characters of [`ALPHABET`]): it changes
+/// when any one character changes, and when most pairs of neighbours swap.
+fn luhn32(data: &[u8]) -> u8 {
+    const N: u32 = 32;
+    let mut sum = 0;
+    // Doubling starts from the rightmost character, as in the decimal Luhn check.
+    for (i, c) in data.iter().rev().enumerate() {
+        let value = ALPHABET.iter().position(|a| a == c).unwrap_or(0) as u32;
+        let weighted = if i % 2 == 0 { value * 2 } else { value };
+        sum += weighted / N + weighted % N;
+    }
+    ALPHABET[((N - sum % N) % N) as usize]
 }
 
 impl fmt::Display for BoxId {
@@ -75,6 +156,52 @@ impl TryFrom<String> for BoxId {
 impl From<BoxId> for String {
     fn from(id: BoxId) -> String {
         id.0
+    }
+}
+
+/// Where to reach a box, and which box must answer there: `ID@HOST:PORT`. The ID is
+/// pinned: a connection to the address is refused unless the key behind it hashes to ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddress {
+    /// The box that must answer.
+    pub id: BoxId,
+    /// `HOST:PORT`, as given.
+    pub addr: String,
+}
+
+/// Why a text is not `ID@HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BadPeerAddress {
+    /// No `ID@` in front of the address.
+    #[error(
+        "bad peer address '{0}': no box ID; write ID@HOST:PORT (`boxsync id` on that box prints its ID)"
+    )]
+    NoId(String),
+    /// The ID part is not an ID.
+    #[error(transparent)]
+    Id(#[from] BadBoxId),
+    /// The address part is not `HOST:PORT`.
+    #[error(transparent)]
+    Addr(#[from] crate::parse::BadPeerAddress),
+}
+
+impl PeerAddress {
+    /// Reads `ID@HOST:PORT`.
+    pub fn parse(text: &str) -> Result<PeerAddress, BadPeerAddress> {
+        let Some((id, addr)) = text.rsplit_once('@') else {
+            let shown: String = text.chars().take(80).collect();
+            return Err(BadPeerAddress::NoId(shown));
+        };
+        Ok(PeerAddress {
+            id: BoxId::parse(id)?,
+            addr: crate::parse::check_peer_address(addr)?.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for PeerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.id, self.addr)
     }
 }
 
@@ -121,31 +248,97 @@ impl Transport {
 mod tests {
     use super::*;
 
-    /// A box id is 16 hex digits and nothing else: no path, no separator, no control
-    /// character, no length beyond 16, whatever a peer sends.
+    /// An ID for tests, from a seed.
+    fn id(seed: u8) -> BoxId {
+        BoxId::from_public_key(&[seed; 44])
+    }
+
+    /// An ID reads back as itself in any case and with or without dashes, and it is only
+    /// ever A-Z, 2-7 and dashes: no path, no separator, no control character.
     #[test]
-    fn box_ids_are_hex_only() {
-        let id = BoxId::parse("00ff00ff00ff00ff").unwrap();
-        assert_eq!(id.as_str(), "00ff00ff00ff00ff");
-        let upper = BoxId::parse("00FF00FF00FF00FF").unwrap();
-        assert_eq!(upper.as_str(), "00FF00FF00FF00FF", "the case is kept");
+    fn box_ids_round_trip_and_stay_plain() {
+        let id = id(1);
+        assert_eq!(id.as_str().len(), 63);
+        assert!(
+            id.as_str()
+                .bytes()
+                .all(|b| ALPHABET.contains(&b) || b == b'-')
+        );
+        assert_eq!(BoxId::parse(id.as_str()).unwrap(), id);
+        assert_eq!(BoxId::parse(&id.as_str().to_lowercase()).unwrap(), id);
+        assert_eq!(BoxId::parse(&id.as_str().replace('-', "")).unwrap(), id);
+        assert_eq!(id.short(), &id.as_str()[..7]);
+        assert_ne!(id, self::id(2));
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{id}\""));
+        assert_eq!(serde_json::from_str::<BoxId>(&json).unwrap(), id);
         for bad in [
             "",
-            "../../../x000000",
-            "/etc/passwd00000",
-            "0123456789abcdeg",
-            "0123456789abcdef0",
-            "0123456789abcde",
-            "0123456789abcd\u{1b}]",
-            "ffffffffffffffff/",
+            "../../../x",
+            "/etc/passwd",
+            "0123456789abcdef",
+            &id.as_str()[..62],
+            &format!("{id}A"),
+            &id.as_str().replacen('-', "\u{1b}", 1),
         ] {
             assert!(BoxId::parse(bad).is_err(), "{bad:?}");
         }
-        let json = serde_json::to_string(&id).unwrap();
-        assert_eq!(json, "\"00ff00ff00ff00ff\"");
         assert!(serde_json::from_str::<BoxId>("\"../x\"").is_err());
-        assert_ne!(BoxId::random(), BoxId::random());
-        assert_eq!(BoxId::random().as_str().len(), BOX_ID_LEN);
+    }
+
+    /// Every ID with one character typed wrong is caught, and says where.
+    #[test]
+    fn one_wrong_character_is_caught() {
+        let id = id(3);
+        let chars: Vec<u8> = id.as_str().bytes().filter(|b| *b != b'-').collect();
+        for position in 0..chars.len() {
+            for &other in ALPHABET.iter().filter(|c| **c != chars[position]) {
+                let mut typo = chars.clone();
+                typo[position] = other;
+                let text = String::from_utf8(typo).unwrap();
+                match BoxId::parse(&text) {
+                    Err(BadBoxId::Typo { first, last, .. }) => {
+                        assert!(first <= position + 1 && position < last, "{text}")
+                    }
+                    other => panic!("{text}: {other:?}"),
+                }
+            }
+        }
+    }
+
+    /// Most swaps of two neighbouring characters are caught too.
+    #[test]
+    fn swapped_neighbours_are_mostly_caught() {
+        let (mut swaps, mut caught) = (0, 0);
+        for seed in 0..20 {
+            let chars: Vec<u8> = id(seed).as_str().bytes().filter(|b| *b != b'-').collect();
+            for position in 0..chars.len() - 1 {
+                if chars[position] == chars[position + 1] {
+                    continue;
+                }
+                let mut swapped = chars.clone();
+                swapped.swap(position, position + 1);
+                swaps += 1;
+                caught +=
+                    usize::from(BoxId::parse(std::str::from_utf8(&swapped).unwrap()).is_err());
+            }
+        }
+        assert!(caught * 100 >= swaps * 90, "{caught} of {swaps}");
+    }
+
+    /// `ID@HOST:PORT` is read whole; a bare address says that the ID is missing.
+    #[test]
+    fn peer_addresses_carry_an_id() {
+        let id = id(4);
+        let peer = PeerAddress::parse(&format!("{id}@127.0.0.1:7002")).unwrap();
+        assert_eq!(peer.id, id);
+        assert_eq!(peer.addr, "127.0.0.1:7002");
+        assert_eq!(peer.to_string(), format!("{id}@127.0.0.1:7002"));
+        assert!(matches!(
+            PeerAddress::parse("127.0.0.1:7002"),
+            Err(BadPeerAddress::NoId(_))
+        ));
+        assert!(PeerAddress::parse(&format!("{id}@nowhere")).is_err());
     }
 
     /// A refused id's message is bounded, so that a log line cannot carry a megabyte.

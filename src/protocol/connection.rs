@@ -83,10 +83,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Some(missing) if missing >= LARGE_FRAME => missing,
                 _ => usize::MAX,
             };
-            let read = (&mut self.stream)
+            let read = match (&mut self.stream)
                 .take(limit as u64)
                 .read_buf(&mut self.buffer)
-                .await?;
+                .await
+            {
+                Ok(read) => read,
+                // A peer that closes its socket without TLS's close_notify between frames
+                // (a process that exits) has still closed cleanly as far as frames go.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                Err(e) => return Err(e.into()),
+            };
             if read == 0 {
                 return if self.buffer.is_empty() {
                     Ok(None)
@@ -155,6 +162,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .write_all(&Frame::header(false, bytes.len()))
             .await?;
         self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Flushes and closes the sending side (for TLS, with a close_notify).
+    pub async fn close(&mut self) -> Result<(), ConnectionError> {
+        self.stream.shutdown().await?;
         Ok(())
     }
 

@@ -6,13 +6,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::share::{Digests, Entry, FileHash, RelPath, ShareError};
 use crate::time::Timestamp;
-use crate::types::BoxId;
 
 /// Identifies the protocol in the handshake.
 pub const MAGIC: &str = "boxsync";
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The first message on a connection, in both directions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,19 +20,21 @@ pub struct Hello {
     pub magic: String,
     /// The sender's [`PROTOCOL_VERSION`].
     pub version: u32,
-    /// The sender's box id (stable across restarts); read, as any text, then checked by
-    /// the handshake (see [`BoxId`]).
-    pub box_id: String,
 }
 
 impl Hello {
-    /// This build's greeting for a box with the given id.
-    pub fn new(box_id: &BoxId) -> Hello {
+    /// This build's greeting. (Who sent it is known from the TLS key, not from the text.)
+    pub fn new() -> Hello {
         Hello {
             magic: MAGIC.to_string(),
             version: PROTOCOL_VERSION,
-            box_id: box_id.to_string(),
         }
+    }
+}
+
+impl Default for Hello {
+    fn default() -> Hello {
+        Hello::new()
     }
 }
 
@@ -154,6 +155,8 @@ pub enum ErrorKind {
     Unavailable,
     /// The handshake failed (wrong magic or version).
     Handshake,
+    /// The caller's box is not trusted by this box.
+    NotTrusted,
     /// Something went wrong on the server's side.
     Internal,
 }

@@ -6,41 +6,43 @@ pub mod connection;
 pub mod decode;
 pub mod frame;
 pub mod message;
+pub mod tls;
 
+use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
-use crate::types::{BadBoxId, BoxId};
+use crate::identity::Identity;
+use crate::types::BoxId;
 
 pub use connection::{Connection, ConnectionError};
 pub use frame::Frame;
 pub use message::{ErrorKind, Hello, MAGIC, PROTOCOL_VERSION, Response};
-
-/// The byte stream a peer connection runs over.
-pub type Link = tokio::net::TcpStream;
+pub use tls::Link;
 
 impl Connection<Link> {
     /// The TCP socket under the connection (for addresses, socket options and the
     /// descriptor).
-    pub fn socket(&self) -> &tokio::net::TcpStream {
-        self.get_ref()
+    pub fn socket(&self) -> &TcpStream {
+        self.get_ref().get_ref().0
     }
 
-    /// 32 bytes of keying material bound to this connection's session and to `context`,
-    /// for keys of a side channel (a UDP transfer) that must be as authentic as the
-    /// connection itself. Both ends of one connection get the same bytes for the same
-    /// context; any other connection gets unrelated bytes.
-    ///
-    /// Placeholder until the link is encrypted: derived from `context` alone.
+    /// 32 bytes of keying material bound to this connection's TLS session and to
+    /// `context`, for keys of a side channel (a UDP transfer) that must be as authentic as
+    /// the connection itself. Both ends of one connection get the same bytes for the same
+    /// context; any other connection, or context, gets unrelated bytes (the TLS exporter,
+    /// RFC 8446 §7.5).
     pub fn export_secret(&self, context: &[u8]) -> Result<[u8; 32], ConnectionError> {
-        Ok(blake3::derive_key("boxsync placeholder secret", context))
+        tls::export(self.get_ref(), context).map_err(|e| ConnectionError::Io(io::Error::other(e)))
     }
 }
 
-/// How long either side waits for the other's greeting.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may take from its first byte to the end of the greetings (TLS
+/// included); one that has not authenticated by then is closed.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the opening handshake failed.
 #[derive(Debug, Error)]
@@ -48,6 +50,9 @@ pub enum HandshakeError {
     /// The connection failed during the handshake.
     #[error(transparent)]
     Connection(#[from] ConnectionError),
+    /// The socket failed during the handshake.
+    #[error("{0}")]
+    Io(#[from] io::Error),
     /// The other side is not a boxsync box.
     #[error("not a boxsync peer (greeting '{0}')")]
     WrongMagic(String),
@@ -57,72 +62,117 @@ pub enum HandshakeError {
         /// The peer's version.
         theirs: u32,
     },
-    /// The other side refused us.
+    /// The other side refused us, and said why.
     #[error("peer refused the connection: {0}")]
     Refused(String),
-    /// The other side's greeting carries no valid box id.
-    #[error(transparent)]
-    BadId(#[from] BadBoxId),
+    /// The server does not trust this box (its own words, which name the fix).
+    #[error("{0}")]
+    NotTrusted(String),
+    /// The box that answered is not the one dialed.
+    #[error("it is box {seen}, not {expected}")]
+    WrongBox {
+        /// The ID dialed.
+        expected: BoxId,
+        /// The ID of the key that answered.
+        seen: BoxId,
+    },
+    /// The other side's bytes are not boxsync's TLS at all.
+    #[error(
+        "it does not speak boxsync protocol {PROTOCOL_VERSION} (TLS): an older boxsync, or another program"
+    )]
+    NotBoxsync,
+    /// (Server side) a client of the old plaintext protocol, told to upgrade.
+    #[error("a client of the old plaintext protocol (told to upgrade)")]
+    Plaintext,
+    /// (Server side) the client gave up on seeing this box's key: it expected another box.
+    #[error("the caller refused this box's key: it expected another box at this address")]
+    KeyRefused,
+    /// The client presented no key.
+    #[error("the caller presented no key")]
+    NoKey,
+    /// TLS failed otherwise.
+    #[error("TLS failed: {0}")]
+    Tls(String),
     /// No greeting in time.
-    #[error("no greeting within {HANDSHAKE_TIMEOUT:?}")]
+    #[error("no handshake within {HANDSHAKE_TIMEOUT:?}")]
     Timeout,
 }
 
-/// Client side: send our greeting, read and check the server's. Returns the server's box id.
-pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
-    connection: &mut Connection<S>,
-    box_id: &BoxId,
-) -> Result<BoxId, HandshakeError> {
+/// Client side: TLS as `identity` to the box `expected` (no other key is accepted), then
+/// the greetings. The connection returned is authenticated both ways.
+pub async fn dial(
+    stream: TcpStream,
+    identity: &Identity,
+    expected: &BoxId,
+) -> Result<Connection<Link>, HandshakeError> {
     let exchange = async {
-        connection.write_message(&Hello::new(box_id)).await?;
+        let link = tls::connect(stream, identity, expected).await?;
+        let mut connection = Connection::new(link);
+        connection.write_message(&Hello::new()).await?;
         let frame = connection.expect_frame().await?;
-        if let Ok(Response::Error { message, .. }) = connection::decode::<Response>(frame.clone()) {
-            return Err(HandshakeError::Refused(message));
+        if let Ok(Response::Error { kind, message }) = connection::decode::<Response>(frame.clone())
+        {
+            return Err(match kind {
+                ErrorKind::NotTrusted => HandshakeError::NotTrusted(message),
+                _ => HandshakeError::Refused(message),
+            });
         }
         let hello: Hello = connection::decode(frame)?;
-        check(&hello)
+        check(&hello)?;
+        Ok(connection)
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await
         .unwrap_or(Err(HandshakeError::Timeout))
 }
 
-/// Server side: read and check the client's greeting, answer with ours (or with an error
-/// message the client can show). Returns the client's box id.
-pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
-    connection: &mut Connection<S>,
-    box_id: &BoxId,
-) -> Result<BoxId, HandshakeError> {
+/// Server side: TLS, then the caller's greeting. Returns the connection and the caller's
+/// proven ID; the server then [`welcome`]s it or [`refuse`]s it (untrusted, busy).
+pub async fn accept(
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+) -> Result<(Connection<Link>, BoxId), HandshakeError> {
     let exchange = async {
+        let (link, id) = tls::accept(stream, config).await?;
+        let mut connection = Connection::new(link);
         let hello: Hello = connection.expect_message().await?;
-        let id = match check(&hello) {
-            Ok(id) => id,
-            Err(e) => {
-                let refusal = Response::Error {
-                    kind: ErrorKind::Handshake,
-                    message: e.to_string(),
-                };
-                let _ = connection.write_message(&refusal).await;
-                return Err(e);
-            }
-        };
-        connection.write_message(&Hello::new(box_id)).await?;
-        Ok(id)
+        if let Err(e) = check(&hello) {
+            refuse(&mut connection, ErrorKind::Handshake, e.to_string()).await;
+            return Err(e);
+        }
+        Ok((connection, id))
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await
         .unwrap_or(Err(HandshakeError::Timeout))
 }
 
-/// Checks a greeting and reads the sender's box id from it.
-fn check(hello: &Hello) -> Result<BoxId, HandshakeError> {
+/// Server side: admits an accepted caller (answers its greeting).
+pub async fn welcome(connection: &mut Connection<Link>) -> Result<(), ConnectionError> {
+    connection.write_message(&Hello::new()).await
+}
+
+/// Server side: turns an accepted caller away with a reason it can show, and closes.
+pub async fn refuse(connection: &mut Connection<Link>, kind: ErrorKind, message: String) {
+    let refusal = Response::Error { kind, message };
+    let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let _ = connection.write_message(&refusal).await;
+        let _ = connection.close().await;
+    })
+    .await;
+}
+
+/// Checks a greeting.
+fn check(hello: &Hello) -> Result<(), HandshakeError> {
     if hello.magic != MAGIC {
-        return Err(HandshakeError::WrongMagic(hello.magic.clone()));
+        return Err(HandshakeError::WrongMagic(
+            hello.magic.chars().take(40).collect(),
+        ));
     }
     if hello.version != PROTOCOL_VERSION {
         return Err(HandshakeError::Version {
             theirs: hello.version,
         });
     }
-    Ok(BoxId::parse(&hello.box_id)?)
+    Ok(())
 }

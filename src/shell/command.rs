@@ -4,10 +4,10 @@
 use thiserror::Error;
 
 use super::timestamp::{self, Bound, TimestampError};
-use crate::parse::{BadPeerAddress, BadRate, check_peer_address, format_rate, parse_rate};
+use crate::parse::{BadPeerAddress, BadRate, format_rate, parse_rate};
 use crate::share::filter::{FilterError, IndexFilter};
 use crate::share::{PathError, RelPath};
-use crate::types::Transport;
+use crate::types::{PeerAddress, Transport};
 
 /// What `sync` is asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +42,10 @@ pub enum Command {
     },
     /// `history`: requests made and served.
     History,
-    /// `peer [ADDR]`: show or switch the current peer.
-    Peer(Option<String>),
+    /// `peer [ID@HOST:PORT]`: show or switch the current peer.
+    Peer(Option<PeerAddress>),
+    /// `peers`: the session's peers and the boxes this box trusts.
+    Peers,
     /// `sync status|now|on|off`.
     Sync(SyncAction),
     /// `help [command]`.
@@ -100,6 +102,9 @@ pub enum CommandError {
     /// A bad peer address.
     #[error(transparent)]
     PeerAddress(#[from] BadPeerAddress),
+    /// A bad `ID@HOST:PORT`.
+    #[error(transparent)]
+    Peer(#[from] crate::types::BadPeerAddress),
     /// `&` or `bg` on a command that is not a download.
     #[error("only downloads run in the background ('{0}' cannot)")]
     NotBackground(String),
@@ -111,7 +116,8 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("hash", USAGE_HASH),
     ("download", USAGE_DOWNLOAD),
     ("history", "history"),
-    ("peer", "peer [HOST:PORT]"),
+    ("peer", "peer [ID@HOST:PORT]"),
+    ("peers", "peers"),
     ("sync", "sync status|now|on|off"),
     ("jobs", "jobs"),
     ("kill", USAGE_KILL),
@@ -197,9 +203,11 @@ fn parse_words(first: &str, rest: &[String]) -> Result<Command, CommandError> {
         "history" => return Err(CommandError::Usage("history")),
         "peer" => match args.as_slice() {
             [] => Command::Peer(None),
-            [addr] => Command::Peer(Some(check_peer_address(addr)?.to_string())),
-            _ => return Err(CommandError::Usage("peer [HOST:PORT]")),
+            [target] => Command::Peer(Some(PeerAddress::parse(target)?)),
+            _ => return Err(CommandError::Usage("peer [ID@HOST:PORT]")),
         },
+        "peers" if args.is_empty() => Command::Peers,
+        "peers" => return Err(CommandError::Usage("peers")),
         "help" => match args.as_slice() {
             [] => Command::Help(None),
             [topic] => Command::Help(Some(canonical(topic))),

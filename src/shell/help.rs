@@ -125,12 +125,21 @@ example:
             .to_string(),
         "peer" => "\
 peer
-    Shows the current peer.
-peer HOST:PORT
-    Switches the current peer (the next command connects to it).
+    Shows the current peer, as ID@HOST:PORT.
+peer ID@HOST:PORT
+    Switches the current peer (the next command connects to it). ID is the peer's
+    box ID (`boxsync id` on it prints it): the connection is refused unless that box
+    answers, and this box trusts it for this run.
 examples:
     peer
-    peer 127.0.0.1:7002"
+    peer XRWFKWX-TW6XBBF-RUTRGDZ-QFEVMHM-MLRLERD-ZXHX5RS-5S6CRQQ-TBLGNAH@127.0.0.1:7002"
+            .to_string(),
+        "peers" => "\
+peers
+    The peers of this session (* marks the current one) and every box this box
+    trusts: kept (`boxsync trust ID`) or for this run only (--peer, --trust).
+example:
+    peers"
             .to_string(),
         "sync" => "\
 sync status (or: sync)

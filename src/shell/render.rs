@@ -97,6 +97,7 @@ fn outcome_json(outcome: &Outcome) -> Option<Value> {
         Outcome::Downloaded(d) => download_json(d),
         Outcome::History(records) => serde_json::to_value(records).unwrap_or(Value::Null),
         Outcome::Peer(addr) => json!({ "peer": addr }),
+        Outcome::Peers(rows) => serde_json::to_value(rows).unwrap_or(Value::Null),
         Outcome::Help(text) => json!({ "help": text }),
         Outcome::Sync(status) => serde_json::to_value(status).unwrap_or(Value::Null),
         Outcome::Quit => return None,
@@ -255,7 +256,32 @@ fn outcome_human(outcome: &Outcome, layout: Layout) -> String {
                 .collect(),
         ),
         Outcome::Peer(Some(addr)) => format!("peer: {addr}"),
-        Outcome::Peer(None) => "no peer: use 'peer HOST:PORT' or start with --peer".to_string(),
+        Outcome::Peer(None) => {
+            "no peer: use 'peer ID@HOST:PORT' or start with --peer ID@HOST:PORT".to_string()
+        }
+        Outcome::Peers(rows) if rows.is_empty() => {
+            "no peers and no trusted boxes: 'peer ID@HOST:PORT' adds one".to_string()
+        }
+        Outcome::Peers(rows) => table(
+            &[
+                Column::keep(" "),
+                Column::keep("ID"),
+                Column::keep("TRUST"),
+                Column::shrink("NAME", Fit::End),
+                Column::shrink("ADDRESS", Fit::End),
+            ],
+            rows.iter()
+                .map(|row| {
+                    vec![
+                        if row.current { "*" } else { " " }.to_string(),
+                        row.id.to_string(),
+                        row.trust.to_string(),
+                        row.name.clone().unwrap_or_else(|| "-".to_string()),
+                        row.addr.clone().unwrap_or_else(|| "-".to_string()),
+                    ]
+                })
+                .collect(),
+        ),
         Outcome::Help(text) => text.clone(),
         Outcome::Sync(status) => sync_status(status, layout),
         Outcome::Quit => String::new(),

@@ -15,7 +15,7 @@ use crate::peer::{Peer, PeerError};
 use crate::share::{Entry, FileHash};
 use crate::sync::{SyncHandle, SyncStatus};
 use crate::transfer::{Downloaded, Progress};
-use crate::types::Transport;
+use crate::types::{BoxId, PeerAddress, Transport};
 
 /// What a successful command produced.
 #[derive(Debug)]
@@ -30,8 +30,10 @@ pub enum Outcome {
     Downloaded(Downloaded),
     /// The request log.
     History(Vec<HistoryRecord>),
-    /// The current peer, if any.
+    /// The current peer, if any, as `ID@HOST:PORT`.
     Peer(Option<String>),
+    /// The session's peers and the boxes this box trusts.
+    Peers(Vec<PeerRow>),
     /// Help text.
     Help(String),
     /// The state of auto-sync.
@@ -49,11 +51,27 @@ pub enum Outcome {
     Waited(Waited),
 }
 
+/// One line of `peers`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerRow {
+    /// Whether commands go to it.
+    pub current: bool,
+    /// Its ID.
+    pub id: BoxId,
+    /// Its address, if this session dials it.
+    pub addr: Option<String>,
+    /// Its name, if a person gave it one (`boxsync trust ID --name NAME`).
+    pub name: Option<String>,
+    /// Whether it is trusted for good (kept in the trust file), for this run only, or no
+    /// longer.
+    pub trust: &'static str,
+}
+
 /// Why a command failed after it was parsed.
 #[derive(Debug, Error)]
 pub enum SessionError {
     /// The command needs a peer and none is set.
-    #[error("no peer: start with --peer HOST:PORT or type 'peer HOST:PORT'")]
+    #[error("no peer: start with --peer ID@HOST:PORT or type 'peer ID@HOST:PORT'")]
     NoPeer,
     /// The request to the peer failed.
     #[error(transparent)]
@@ -64,6 +82,9 @@ pub enum SessionError {
     /// The local request log could not be read.
     #[error("cannot read the request log: {0}")]
     History(std::io::Error),
+    /// The trust file could not be read.
+    #[error(transparent)]
+    Trust(crate::trust::TrustError),
     /// `kill` named a job that is not in flight.
     #[error("no job {0} in flight; 'jobs' lists them")]
     NoSuchJob(u32),
@@ -88,10 +109,10 @@ pub struct Session {
 
 impl Session {
     /// A session for `local` with `peers` (the first is current).
-    pub fn new(local: Arc<LocalBox>, peers: &[String]) -> Session {
+    pub fn new(local: Arc<LocalBox>, peers: &[PeerAddress]) -> Session {
         let peers: Vec<Arc<Peer>> = peers
             .iter()
-            .map(|addr| Arc::new(Peer::new(addr, Arc::clone(&local))))
+            .map(|target| Arc::new(Peer::new(target, Arc::clone(&local))))
             .collect();
         Session {
             current: if peers.is_empty() { None } else { Some(0) },
@@ -122,9 +143,49 @@ impl Session {
         &self.jobs
     }
 
-    /// Every known peer address, in the order they became known.
+    /// Every known peer as `ID@HOST:PORT`, in the order they became known.
     pub fn peer_addrs(&self) -> Vec<String> {
-        self.peers.iter().map(|p| p.addr().to_string()).collect()
+        self.peers.iter().map(|p| p.target().to_string()).collect()
+    }
+
+    /// The rows of `peers`: the session's peers in order, then the other trusted boxes.
+    fn peer_rows(&self) -> Result<Vec<PeerRow>, SessionError> {
+        let trusted = self.local.trust.list().map_err(SessionError::Trust)?;
+        let kind = |id: &BoxId| match trusted.iter().find(|t| &t.id == id) {
+            Some(t) if t.kept => "kept",
+            Some(_) => "this run",
+            None => "no longer",
+        };
+        let name = |id: &BoxId| {
+            trusted
+                .iter()
+                .find(|t| &t.id == id)
+                .and_then(|t| t.name.clone())
+        };
+        let mut rows: Vec<PeerRow> = self
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, peer)| PeerRow {
+                current: self.current == Some(i),
+                id: peer.id().clone(),
+                addr: Some(peer.addr().to_string()),
+                name: name(peer.id()),
+                trust: kind(peer.id()),
+            })
+            .collect();
+        for t in &trusted {
+            if !self.peers.iter().any(|p| p.id() == &t.id) {
+                rows.push(PeerRow {
+                    current: false,
+                    id: t.id.clone(),
+                    addr: None,
+                    name: t.name.clone(),
+                    trust: kind(&t.id),
+                });
+            }
+        }
+        Ok(rows)
     }
 
     /// The sync engine's label for the prompt, when it runs.
@@ -206,19 +267,22 @@ impl Session {
                     .records()
                     .map_err(SessionError::History)?,
             ),
-            Command::Peer(None) => Outcome::Peer(self.current_peer().map(|p| p.addr().to_string())),
-            Command::Peer(Some(addr)) => {
-                let index = match self.peers.iter().position(|p| p.addr() == addr) {
+            Command::Peer(None) => {
+                Outcome::Peer(self.current_peer().map(|p| p.target().to_string()))
+            }
+            Command::Peer(Some(target)) => {
+                let index = match self.peers.iter().position(|p| p.target() == target) {
                     Some(index) => index,
                     None => {
                         self.peers
-                            .push(Arc::new(Peer::new(&addr, Arc::clone(&self.local))));
+                            .push(Arc::new(Peer::new(&target, Arc::clone(&self.local))));
                         self.peers.len() - 1
                     }
                 };
                 self.current = Some(index);
-                Outcome::Peer(Some(addr))
+                Outcome::Peer(Some(target.to_string()))
             }
+            Command::Peers => Outcome::Peers(self.peer_rows()?),
             Command::Sync(action) => {
                 let sync = self.sync.as_ref().ok_or(SessionError::NoSync)?;
                 match action {

@@ -33,12 +33,11 @@ use tokio::sync::{Notify, broadcast, watch as signal};
 pub use error::SyncError;
 
 use crate::local::LocalBox;
-use crate::parse::{BadPeerAddress, check_peer_address};
 use crate::peer::Peer;
 use crate::requests::notices::Notices;
 use crate::share::RelPath;
 use crate::time::Timestamp;
-use crate::types::{BoxId, Transport};
+use crate::types::{BadPeerAddress, BoxId, PeerAddress, Transport};
 
 /// How long local changes must settle before a round starts.
 const SETTLE: Duration = Duration::from_millis(300);
@@ -47,14 +46,15 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// `udp://HOST:PORT` (sync fetches from it over UDP).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerSpec {
-    /// `HOST:PORT`.
-    pub addr: String,
+    /// `ID@HOST:PORT`.
+    pub target: PeerAddress,
     /// How sync fetches from it.
     pub transport: Transport,
 }
 
 impl PeerSpec {
-    /// Splits an optional `tcp://` or `udp://` prefix off `text` and checks the address.
+    /// Splits an optional `tcp://` or `udp://` prefix off `text` and reads the
+    /// `ID@HOST:PORT` that follows.
     pub fn parse(text: &str) -> Result<PeerSpec, BadPeerAddress> {
         let (transport, addr) = if let Some(rest) = text.strip_prefix("udp://") {
             (Transport::Udp, rest)
@@ -62,7 +62,7 @@ impl PeerSpec {
             (Transport::Tcp, text.strip_prefix("tcp://").unwrap_or(text))
         };
         Ok(PeerSpec {
-            addr: check_peer_address(addr)?.to_string(),
+            target: PeerAddress::parse(addr)?,
             transport,
         })
     }

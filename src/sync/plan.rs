@@ -454,9 +454,15 @@ fn conflict(
     }
 }
 
+/// Characters of the owner's ID in a conflict copy's name: its first group (see
+/// [`crate::types::BoxId::short`]).
+const SHORT_OWNER: usize = 7;
+
 /// `dir/name.sync-conflict-YYYYMMDD-HHMMSS-<box id>.ext` for the version `loser` of `path`
 /// held by box `owner`.
 pub fn conflict_name(path: &RelPath, loser: &Version, owner: &str) -> RelPath {
+    // The owner's ID by its first group, as people see boxes told apart in a list.
+    let owner = owner.get(..SHORT_OWNER).unwrap_or(owner);
     let stamp = loser.mtime.0.format("%Y%m%d-%H%M%S");
     let name = path.file_name();
     let (stem, ext) = match name.rfind('.') {
@@ -491,9 +497,10 @@ pub fn is_conflict_copy(path: &RelPath) -> bool {
         && rest.get(8) == Some(&b'-')
         && digits(9..15)
         && rest.get(15) == Some(&b'-')
-        && rest
-            .get(16..32)
-            .is_some_and(|id| id.iter().all(u8::is_ascii_hexdigit))
+        && rest.get(16..16 + SHORT_OWNER).is_some_and(|id| {
+            id.iter()
+                .all(|c| c.is_ascii_uppercase() || (b'2'..=b'7').contains(c))
+        })
 }
 
 /// What to do about the entries in the peer's `entries` that this box has never seen:
@@ -988,8 +995,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(".boxsyncignore"), "*.log\n").unwrap();
         let ignore = Ignore::load(dir.path());
-        let mut record =
-            Record::load(dir.path(), &BoxId::parse("0000000000000bee").unwrap()).unwrap();
+        let mut record = Record::load(dir.path(), &BoxId::from_public_key(b"peer")).unwrap();
         record.update([(rel("deleted-here.txt"), Some(file("x", 1)))]);
         record.add_ours(&rel("held-here.txt"), file("x", 1));
         let versions: BTreeMap<RelPath, Version> =
@@ -1042,7 +1048,8 @@ mod tests {
         let version = Version::test_file("x", 1_700_000_000);
         for name in ["notes/a.txt", "a", ".hidden", "dir/archive.tar.gz"] {
             let path = RelPath::parse(name).unwrap();
-            let copy = conflict_name(&path, &version, "0123456789abcdef");
+            let owner = crate::types::BoxId::from_public_key(b"owner");
+            let copy = conflict_name(&path, &version, owner.as_str());
             assert!(is_conflict_copy(&copy), "{copy}");
             assert!(!is_conflict_copy(&path), "{path}");
         }

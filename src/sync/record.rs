@@ -163,7 +163,7 @@ mod tests {
 
     /// The peer the records are kept with.
     fn peer() -> BoxId {
-        BoxId::parse("0000000000000bee").unwrap()
+        BoxId::from_public_key(b"peer")
     }
 
     fn version(blake3: &str) -> Version {

@@ -8,7 +8,6 @@ pub mod body;
 pub mod partial;
 pub mod tcp;
 pub mod udp;
-pub mod zero_copy;
 
 use std::path::PathBuf;
 

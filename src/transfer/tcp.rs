@@ -10,7 +10,6 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,7 +20,6 @@ use tokio::sync::mpsc;
 
 use super::body::{Body, BodyEnd, Next, unexpected};
 use super::partial::PartialFile;
-use super::zero_copy::{self, Sent};
 use super::{Downloaded, Landing, Progress, TransferError};
 use crate::protocol::message::{FileEnd, FileStart};
 use crate::protocol::{Connection, ConnectionError, Response};
@@ -93,7 +91,16 @@ pub async fn send_file(
         let share = Arc::clone(share);
         let rel = rel.clone();
         tokio::task::spawn_blocking(move || {
-            read_stable(file, size, wanted, chunks_tx, &share, &rel, fingerprint)
+            read_stable(
+                file,
+                size,
+                Some(wanted),
+                chunks_tx,
+                &share,
+                &rel,
+                fingerprint,
+            )?
+            .ok_or_else(|| ShareError::io("<worker>", io::Error::other("no digests")))
         })
     };
     while let Some(chunk) = chunks.recv().await {
@@ -125,9 +132,11 @@ async fn finish(
     }
 }
 
-/// Sends the body of a file whose digests need not be computed here (see [`zero_copy`]),
-/// then checks that the file still has the fingerprint it had when opened and returns its
-/// digests: cached, or those of the reader that was hashing it.
+/// Sends the body of a file whose digests need not be computed here (cached, or being
+/// computed by another reader), then checks that the file still has the fingerprint it
+/// had when opened and returns its digests. The bytes are read but not hashed: on a
+/// gigabyte, hashing is most of the sender's work. (They cannot go from the page cache to
+/// the socket with `sendfile`: the link encrypts them in this process.)
 async fn send_known(
     connection: &mut Connection<Link>,
     share: &Arc<Share>,
@@ -137,17 +146,13 @@ async fn send_known(
     cached: Option<Digests>,
     wanted: DigestSet,
 ) -> Result<Result<Digests, ShareError>, ConnectionError> {
-    connection.flush().await?;
-    let socket = Arc::new(connection.socket().as_fd().try_clone_to_owned()?);
-    let stop = zero_copy::StopOnDrop::new(Arc::clone(&socket));
     let size = fingerprint.size;
-    let share = Arc::clone(share);
-    let name = rel.clone();
-    let sent = tokio::task::spawn_blocking(move || {
-        let rel = name;
-        let sent = zero_copy::send_body(&socket, &file, size, CHUNK)?;
-        Ok::<_, io::Error>((sent == Sent::Complete).then(|| {
-            still_unchanged(&file, &share, &rel, fingerprint)?;
+    let (chunks_tx, mut chunks) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
+    let reader = {
+        let share = Arc::clone(share);
+        let rel = rel.clone();
+        tokio::task::spawn_blocking(move || {
+            read_stable(file, size, None, chunks_tx, &share, &rel, fingerprint)?;
             match cached {
                 Some(digests) => Ok(digests),
                 None => {
@@ -156,12 +161,14 @@ async fn send_known(
                         .digests_once_hashed(share.root(), &rel, &fingerprint, wanted)
                 }
             }
-        }))
-    })
-    .await
-    .map_err(io::Error::other)??;
-    stop.disarm();
-    Ok(sent.unwrap_or_else(|| Err(ShareError::Changed(rel.clone()))))
+        })
+    };
+    while let Some(chunk) = chunks.recv().await {
+        connection.write_data(&chunk).await?;
+    }
+    Ok(reader
+        .await
+        .unwrap_or_else(|e| Err(ShareError::io("<worker>", io::Error::other(e)))))
 }
 
 /// Fails with [`ShareError::Changed`] unless the open `file` of `rel` still has the
@@ -388,19 +395,19 @@ fn read_whole(
     Ok((bytes, digests))
 }
 
-/// Reads exactly `size` bytes into the channel, hashing them (the digests of `wanted`), and
-/// checks afterwards that the file still has the fingerprint it had when opened. (A file
-/// whose digests are known goes by [`send_known`] instead.)
+/// Reads exactly `size` bytes into the channel, hashing them (the digests of `wanted`, if
+/// asked), and checks afterwards that the file still has the fingerprint it had when
+/// opened. Returns the digests computed (and caches them), or `None` when not asked.
 fn read_stable(
     mut file: File,
     size: u64,
-    wanted: DigestSet,
+    wanted: Option<DigestSet>,
     chunks: mpsc::Sender<Bytes>,
     share: &Share,
     rel: &RelPath,
     fingerprint: Fingerprint,
-) -> Result<Digests, ShareError> {
-    let hasher = BackgroundHasher::new(wanted);
+) -> Result<Option<Digests>, ShareError> {
+    let hasher = wanted.map(BackgroundHasher::new);
     let mut remaining = size;
     while remaining > 0 {
         let want = remaining.min(CHUNK as u64) as usize;
@@ -415,7 +422,9 @@ fn read_stable(
             return Err(ShareError::Changed(rel.clone()));
         }
         let buffer = Bytes::from(buffer);
-        hasher.update(&buffer);
+        if let Some(hasher) = &hasher {
+            hasher.update(&buffer);
+        }
         remaining -= want as u64;
         if chunks.blocking_send(buffer).is_err() {
             // The socket task stopped (the client left); nothing more to do.
@@ -426,9 +435,12 @@ fn read_stable(
         }
     }
     still_unchanged(&file, share, rel, fingerprint)?;
+    let Some(hasher) = hasher else {
+        return Ok(None);
+    };
     let digests = hasher.finish();
     share.hash_cache().insert(rel, fingerprint, digests.clone());
-    Ok(digests)
+    Ok(Some(digests))
 }
 
 async fn send_error<S: AsyncRead + AsyncWrite + Unpin>(

@@ -6,7 +6,7 @@ use std::os::unix::fs::symlink;
 use std::time::Duration;
 
 use boxsync::protocol::Link;
-use boxsync::protocol::{Connection, ErrorKind, Frame, Response};
+use boxsync::protocol::{self, Connection, ErrorKind, Frame, Response};
 use boxsync::share::RelPath;
 use boxsync::share::filter::IndexFilter;
 use serde_json::json;
@@ -185,14 +185,46 @@ async fn garbage_frames_end_only_that_connection() {
     assert_still_serving(&b).await;
 }
 
-/// A client with the wrong protocol version or magic is refused with a clear message.
+/// A client of the old plaintext protocol is told, in that protocol and at once, that this
+/// box speaks only the encrypted one: a clear error, not a hang.
 #[tokio::test(flavor = "multi_thread")]
-async fn handshake_refuses_strangers() {
+async fn an_old_plaintext_client_is_told_to_upgrade() {
     let b = TestBox::start().await;
     let stream = TcpStream::connect(b.addr).await.unwrap();
     let mut connection = Connection::new(stream);
     connection
-        .write_message(&json!({"magic": "boxsync", "version": 99, "box_id": "x"}))
+        .write_message(&json!({"magic": "boxsync", "version": 1, "box_id": "0123456789abcdef"}))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(3),
+        connection.read_message::<Response>(),
+    )
+    .await
+    .expect("answered at once");
+    match answer {
+        Ok(Some(Response::Error { kind, message })) => {
+            assert_eq!(kind, ErrorKind::Handshake);
+            assert!(message.contains("protocol 2"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_still_serving(&b).await;
+}
+
+/// A TLS client with the wrong protocol version is refused with a clear message.
+#[tokio::test(flavor = "multi_thread")]
+async fn handshake_refuses_other_versions() {
+    let b = TestBox::start().await;
+    let identity = boxsync::identity::Identity::generate().unwrap();
+    b.local.trust.allow_for_this_run(identity.id());
+    let stream = TcpStream::connect(b.addr).await.unwrap();
+    let link = protocol::tls::connect(stream, &identity, &b.local.id)
+        .await
+        .unwrap();
+    let mut connection = Connection::new(link);
+    connection
+        .write_message(&json!({"magic": "boxsync", "version": 99}))
         .await
         .unwrap();
     match connection.read_message::<Response>().await {

@@ -13,7 +13,7 @@ use boxsync::requests::Request;
 use boxsync::share::{Digests, Expect};
 use boxsync::time::Timestamp;
 use boxsync::transfer::{Landing, TransferError, Wanted};
-use boxsync::types::FileVersion;
+use boxsync::types::{FileVersion, PeerAddress};
 
 use crate::util::{TestBox, bytes, files_under, rel, scripted_peer};
 
@@ -218,8 +218,8 @@ fn digests_of(content: &[u8]) -> Digests {
 
 /// A one-connection server that answers a `download_many` as `answers` say, then either
 /// ends the batch properly or (with `cut`) closes the connection after those answers.
-async fn scripted_server(answers: Vec<(&'static str, Answer)>, cut: bool) -> String {
-    let (addr, _script) = scripted_peer("5c41970000000000", move |mut connection| async move {
+async fn scripted_server(answers: Vec<(&'static str, Answer)>, cut: bool) -> PeerAddress {
+    let (addr, _script) = scripted_peer(move |mut connection| async move {
         let request: Request = connection.expect_message().await.unwrap();
         assert!(
             matches!(request, Request::DownloadMany { .. }),
@@ -267,7 +267,7 @@ async fn scripted_server(answers: Vec<(&'static str, Answer)>, cut: bool) -> Str
         let _ = connection.read_frame().await;
     })
     .await;
-    addr.to_string()
+    addr
 }
 
 /// In one batch: a file that changed while being sent, a file whose bytes do not match

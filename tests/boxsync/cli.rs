@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{TestBox, binary, coreutils_hashes, poll};
+use crate::util::{TestBox, binary, coreutils_hashes, files_under, poll};
 
 /// Runs the binary off the async threads (the peer box runs on them).
 async fn run(args: Vec<String>, stdin: Option<&'static str>) -> Output {
@@ -55,7 +55,7 @@ fn args(dir: &std::path::Path, peer: &TestBox, rest: &[&str]) -> Vec<String> {
         "-d".to_string(),
         dir.display().to_string(),
         "-p".to_string(),
-        peer.addr.to_string(),
+        peer.cli_target(dir),
     ];
     all.extend(rest.iter().map(|s| s.to_string()));
     all
@@ -252,7 +252,10 @@ frobnicate
 async fn read_only_script_leaves_nothing() {
     let cwd = tempfile::tempdir().unwrap();
     let b = TestBox::start().await;
-    let peer = b.addr.to_string();
+    // The box in ./shared has an identity (its peer must trust it): made beforehand, as
+    // `boxsync id` would.
+    let peer = b.cli_target(&cwd.path().join("shared"));
+    let identity_only = files_under(cwd.path());
     b.write("a.txt", b"a");
     let run_in = |cwd: std::path::PathBuf, lines: &'static [&'static str]| {
         let peer = peer.clone();
@@ -278,8 +281,7 @@ async fn read_only_script_leaves_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("a.txt"));
-    let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().flatten().collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(files_under(cwd.path()), identity_only, "left behind");
 
     let out = run_in(cwd.path().to_path_buf(), &["download tcp a.txt"])
         .await
@@ -330,7 +332,10 @@ async fn unreachable_peer_is_one_line() {
             "-d".into(),
             dir.path().display().to_string(),
             "-p".into(),
-            format!("127.0.0.1:{port}"),
+            format!(
+                "{}@127.0.0.1:{port}",
+                boxsync::identity::Identity::generate().unwrap().id()
+            ),
             "-c".into(),
             "index longlist".into(),
         ],
@@ -348,6 +353,7 @@ async fn unreachable_peer_is_one_line() {
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_runs_until_sigterm() {
     let dir = tempfile::tempdir().unwrap();
+    let (_t, me) = TestBox::client();
     std::fs::write(dir.path().join("x.txt"), b"x").unwrap();
     let mut child = Command::new(binary())
         .args([
@@ -356,6 +362,8 @@ async fn serve_runs_until_sigterm() {
             &dir.path().display().to_string(),
             "-l",
             "127.0.0.1:0",
+            "--trust",
+            me.id.as_str(),
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -370,8 +378,12 @@ async fn serve_runs_until_sigterm() {
     .await
     .unwrap();
     let addr = line.trim().rsplit(' ').next().unwrap().to_string();
-    let (_t, me) = TestBox::client();
-    let peer = boxsync::peer::Peer::new(&addr, me);
+    let id = line.split_whitespace().nth(2).unwrap();
+    let target = boxsync::types::PeerAddress {
+        id: boxsync::types::BoxId::parse(id).unwrap(),
+        addr,
+    };
+    let peer = boxsync::peer::Peer::new(&target, me);
     let entries = peer
         .index(&boxsync::share::filter::IndexFilter::Longlist)
         .await

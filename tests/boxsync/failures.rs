@@ -92,7 +92,7 @@ async fn file_changing_during_send_is_not_stored() {
 #[tokio::test(flavor = "multi_thread")]
 async fn lying_server_gets_nothing_stored() {
     for lie in ["digest", "extra", "name", "short"] {
-        let (addr, server) = scripted_peer("11a4000000000000", move |mut connection| async move {
+        let (addr, server) = scripted_peer(move |mut connection| async move {
             let _: Request = connection.expect_message().await.unwrap();
             let name = if lie == "name" { "other.txt" } else { "f.txt" };
             let start = Response::FileStart(FileStart {
@@ -121,7 +121,7 @@ async fn lying_server_gets_nothing_stored() {
         })
         .await;
         let (_t, me) = TestBox::client();
-        let peer = boxsync::peer::Peer::new(&addr.to_string(), Arc::clone(&me));
+        let peer = boxsync::peer::Peer::new(&addr, Arc::clone(&me));
         let mut progress = |_, _| {};
         let error = peer.download_tcp(&rel("f.txt"), &mut progress).await;
         assert!(error.is_err(), "{lie}: a lie was stored");
@@ -140,7 +140,14 @@ async fn unreachable_peer_then_reconnect() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let (_t, me) = TestBox::client();
-    let peer = boxsync::peer::Peer::new(&addr.to_string(), Arc::clone(&me));
+    let nobody = boxsync::types::PeerAddress {
+        id: boxsync::identity::Identity::generate()
+            .unwrap()
+            .id()
+            .clone(),
+        addr: addr.to_string(),
+    };
+    let peer = boxsync::peer::Peer::new(&nobody, Arc::clone(&me));
     let error = peer.index(&IndexFilter::Longlist).await.unwrap_err();
     assert_eq!(
         error.to_string(),
@@ -159,6 +166,8 @@ async fn peer_restart_is_transparent() {
     b.write("a.txt", b"a");
     let (_t, me) = TestBox::client();
     let peer = b.peer_for(&me);
+    // Kept, so that the restarted box trusts it too.
+    b.local.trust.add(&me.id, None).unwrap();
     assert!(peer.index(&IndexFilter::Longlist).await.is_ok());
     b.stop().await;
     let addr = b.addr;

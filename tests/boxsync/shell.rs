@@ -106,7 +106,8 @@ async fn prompt_shows_sync_state() {
     let b = TestBox::start().await;
     b.write("arrives.txt", b"by itself");
     let dir = tempfile::tempdir().unwrap();
-    let peer = b.addr.to_string();
+    let peer = b.cli_target(dir.path());
+    let addr = b.addr.to_string();
     let dir_path = dir.path().to_path_buf();
     let local = dir.path().join("arrives.txt");
     drive(move || {
@@ -115,12 +116,12 @@ async fn prompt_shows_sync_state() {
         poll(Duration::from_secs(15), || local.exists());
         sh.send_line("sync status")?;
         sh.exp_string("auto-sync on")?;
-        sh.exp_string(&peer)?;
+        sh.exp_string(&addr)?;
         // The prompt shows sync's state when it is drawn, and the round that brought the
         // file may still be finishing (saving its record, telling the peer): Enter draws
         // it again until it shows the round done.
-        let done = as_pty_bytes(&format!("boxsync [{peer} ✓ sync ✓]> "));
-        let busy = as_pty_bytes(&format!("boxsync [{peer} ✓ sync …]> "));
+        let done = as_pty_bytes(&format!("boxsync [{addr} ✓ sync ✓]> "));
+        let busy = as_pty_bytes(&format!("boxsync [{addr} ✓ sync …]> "));
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let (_, shown) = sh.exp_any(vec![
@@ -157,11 +158,12 @@ async fn tab_completes_commands_and_remote_names() {
     b.write("notes/hello world.txt", b"hello");
     b.write("music/a.mp3", b"abc");
     let dir = tempfile::tempdir().unwrap();
-    let peer = b.addr.to_string();
+    let peer = b.cli_target(dir.path());
+    let addr = b.addr.to_string();
     let dir_path = dir.path().to_path_buf();
     drive(move || {
         let mut sh = shell(&dir_path, &peer, &[])?;
-        sh.exp_string(&format!("boxsync [{peer}]> "))?;
+        sh.exp_string(&format!("boxsync [{addr}]> "))?;
         // A remote name with a space: one folder level, then the file, quoted.
         keys(&mut sh, "download tcp no\t")?;
         sh.exp_string("download tcp notes/")?;
@@ -171,10 +173,10 @@ async fn tab_completes_commands_and_remote_names() {
         sh.exp_string("MD5")?;
         sh.exp_string("5d41402abc4b2a76b9719d911017c592")?;
         // Once a request has reached the peer, the prompt says so.
-        sh.exp_string(&reached(&peer))?;
+        sh.exp_string(&reached(&addr))?;
         sh.send_line("frobnicate")?;
         sh.exp_string("unknown command 'frobnicate'")?;
-        sh.exp_string(&reached(&peer))?;
+        sh.exp_string(&reached(&addr))?;
         // A command, then a subcommand.
         keys(&mut sh, "ind\t")?;
         sh.exp_string("index ")?;
@@ -183,12 +185,12 @@ async fn tab_completes_commands_and_remote_names() {
         keys(&mut sh, "\r")?;
         sh.exp_string("NAME")?;
         sh.exp_string("music/a.mp3")?;
-        sh.exp_string(&reached(&peer))?;
+        sh.exp_string(&reached(&addr))?;
         // A transport; Ctrl-C then clears the line and the prompt stays.
         keys(&mut sh, "download u\t")?;
         sh.exp_string("download udp ")?;
         sh.send_control('c')?;
-        sh.exp_string(&reached(&peer))?;
+        sh.exp_string(&reached(&addr))?;
         sh.send_line("quit")?;
         sh.exp_eof()?;
         Ok(())
@@ -207,11 +209,12 @@ async fn ctrl_c_cancels_a_download_cleanly() {
     let b = TestBox::start().await;
     b.write("big.bin", &bytes(32 << 20, 7));
     let dir = tempfile::tempdir().unwrap();
-    let peer = b.addr.to_string();
+    let peer = b.cli_target(dir.path());
+    let addr = b.addr.to_string();
     let dir_path = dir.path().to_path_buf();
     drive(move || {
         let mut sh = shell(&dir_path, &peer, &[])?;
-        sh.exp_string(&format!("boxsync [{peer}]> "))?;
+        sh.exp_string(&format!("boxsync [{addr}]> "))?;
         // 32 MiB at 8 Mbit/s takes half a minute: plenty of time to interrupt it.
         sh.send_line("download udp big.bin --max-rate 8M")?;
         assert!(
@@ -226,7 +229,7 @@ async fn ctrl_c_cancels_a_download_cleanly() {
         sh.exp_string("no jobs")?;
         sh.send_line("index longlist")?;
         sh.exp_string("big.bin")?;
-        sh.exp_string(&reached(&peer))?;
+        sh.exp_string(&reached(&addr))?;
         sh.send_line("quit")?;
         sh.exp_eof()?;
         Ok(())
@@ -244,11 +247,12 @@ async fn background_downloads_jobs_and_kill() {
     b.write("slow.bin", &bytes(32 << 20, 2));
     b.write("notes.txt", b"notes");
     let dir = tempfile::tempdir().unwrap();
-    let peer = b.addr.to_string();
+    let peer = b.cli_target(dir.path());
+    let addr = b.addr.to_string();
     let dir_path = dir.path().to_path_buf();
     drive(move || {
         let mut sh = shell(&dir_path, &peer, &[])?;
-        sh.exp_string(&format!("boxsync [{peer}]> "))?;
+        sh.exp_string(&format!("boxsync [{addr}]> "))?;
         // Job 1 is slow (half a minute); job 2 takes about two seconds.
         sh.send_line("download udp slow.bin --max-rate 8M &")?;
         sh.exp_string("[1] download udp slow.bin --max-rate 8M")?;
@@ -305,7 +309,7 @@ async fn background_downloads_jobs_and_kill() {
 async fn history_survives_a_restart_and_logs_stay_off_the_prompt() {
     let b = TestBox::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let peer = b.addr.to_string();
+    let peer = b.cli_target(dir.path());
     let dir_path = dir.path().to_path_buf();
     let transcript = drive(move || {
         let mut sh = shell(&dir_path, &peer, &["-vv"])?;
@@ -317,8 +321,10 @@ async fn history_survives_a_restart_and_logs_stay_off_the_prompt() {
         sh.exp_eof()?;
 
         let mut sh = shell(&dir_path, &peer, &["-vv"])?;
-        let (_, own) = sh.exp_regex(r"on 127\.0\.0\.1:\d+")?;
-        let own = own.trim_start_matches("on ").to_string();
+        let (_, banner) = sh.exp_regex(r"box \S+ serving \S+ on 127\.0\.0\.1:\d+")?;
+        let words: Vec<&str> = banner.split_whitespace().collect();
+        let own = words[words.len() - 1].to_string();
+        let own_target = format!("{}@{own}", words[1]);
         sh.exp_string("]> ")?;
         // Up brings back the last line ("quit"), Up again the one before.
         keys(&mut sh, "\x1b[A")?;
@@ -328,8 +334,8 @@ async fn history_survives_a_restart_and_logs_stay_off_the_prompt() {
         keys(&mut sh, "\r")?;
         sh.exp_string("Cancels background download")?;
         // Talk to this box's own server, which logs each connection at debug level.
-        sh.send_line(&format!("peer {own}"))?;
-        sh.exp_string(&format!("peer: {own}"))?;
+        sh.send_line(&format!("peer {own_target}"))?;
+        sh.exp_string(&format!("peer: {own_target}"))?;
         sh.send_line("index longlist")?;
         let mut transcript = sh.exp_string(&reached(&own))?;
         sh.send_line("quit")?;
@@ -356,7 +362,7 @@ async fn wait_reports_each_outcome() {
     let dir = tempfile::tempdir().unwrap();
     let b = TestBox::start().await;
     let file = b.write("three.bin", &bytes(3 << 20, 3));
-    let (dir_path, peer) = (dir.path().to_path_buf(), b.addr.to_string());
+    let (dir_path, peer) = (dir.path().to_path_buf(), b.cli_target(dir.path()));
     drive(move || {
         let mut sh = shell(&dir_path, &peer, &[])?;
         sh.exp_string("]> ")?;

@@ -5,14 +5,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use boxsync::peer::Peer;
 use boxsync::sync::{self, SyncConfig, SyncError, SyncHandle};
-use boxsync::types::Transport;
+use boxsync::types::{PeerAddress, Transport};
 use tokio::sync::watch;
 
 use crate::util::{TestBox, bytes, eventually, write_file};
@@ -41,7 +40,7 @@ impl Drop for SyncBox {
 
 fn start_sync(
     b: &TestBox,
-    peers: &[SocketAddr],
+    peers: &[PeerAddress],
     transport: Transport,
 ) -> (SyncHandle, watch::Sender<bool>) {
     start_sync_every(b, peers, transport, Duration::from_secs(1))
@@ -50,19 +49,14 @@ fn start_sync(
 /// [`start_sync`] with another rescan period.
 fn start_sync_every(
     b: &TestBox,
-    peers: &[SocketAddr],
+    peers: &[PeerAddress],
     transport: Transport,
     period: Duration,
 ) -> (SyncHandle, watch::Sender<bool>) {
     let (stop, mut stopped) = watch::channel(false);
     let peers = peers
         .iter()
-        .map(|addr| {
-            (
-                Arc::new(Peer::new(&addr.to_string(), Arc::clone(&b.local))),
-                transport,
-            )
-        })
+        .map(|target| (Arc::new(Peer::new(target, Arc::clone(&b.local))), transport))
         .collect();
     let config = SyncConfig {
         period,
@@ -83,16 +77,16 @@ async fn mesh(n: usize, transport: Transport, prepare: impl Fn(usize, &Path)) ->
         prepare(i, &b.root());
         boxes.push(b);
     }
-    let addrs: Vec<SocketAddr> = boxes.iter().map(|b| b.addr).collect();
+    let targets: Vec<PeerAddress> = boxes.iter().map(|b| b.target()).collect();
     boxes
         .into_iter()
         .enumerate()
         .map(|(i, b)| {
-            let others: Vec<SocketAddr> = addrs
+            let others: Vec<PeerAddress> = targets
                 .iter()
                 .enumerate()
                 .filter(|(j, _)| *j != i)
-                .map(|(_, a)| *a)
+                .map(|(_, a)| a.clone())
                 .collect();
             let (handle, stop) = start_sync(&b, &others, transport);
             SyncBox { b, handle, stop }
@@ -482,7 +476,7 @@ async fn delete_while_peer_offline_does_not_resurrect() {
     let temp = std::mem::replace(&mut b1.b.temp, tempfile::tempdir().unwrap());
     drop(b1);
     let back = TestBox::restart_at(temp, addr).await;
-    let (handle, stop) = start_sync(&back, &[boxes[0].b.addr], Transport::Tcp);
+    let (handle, stop) = start_sync(&back, &[boxes[0].b.target()], Transport::Tcp);
     boxes.push(SyncBox {
         b: back,
         handle,
@@ -565,7 +559,8 @@ async fn peer_killed_mid_transfer_then_restarted() {
     let content = bytes(48 * 1024 * 1024, 7);
     a.write("big.bin", &content);
     let b = TestBox::start().await;
-    let (hb, stop_b) = start_sync(&b, &[a.addr], Transport::Tcp);
+    a.trust(&b);
+    let (hb, stop_b) = start_sync(&b, &[a.target()], Transport::Tcp);
     let tmp = b.root().join(".boxsync/tmp");
     let started = eventually(CONVERGE, || {
         fs::read_dir(&tmp)
@@ -610,12 +605,13 @@ async fn peer_killed_mid_transfer_then_restarted() {
 async fn a_peer_that_comes_up_is_synced_with_at_once() {
     let mut a = TestBox::start().await;
     let addr = a.addr;
+    let target = a.target();
     a.kill().await;
     let temp = std::mem::replace(&mut a.temp, tempfile::tempdir().unwrap());
     drop(a);
     let b = TestBox::start().await;
     let hour = Duration::from_secs(3600);
-    let (hb, stop_b) = start_sync_every(&b, &[addr], Transport::Tcp, hour);
+    let (hb, stop_b) = start_sync_every(&b, &[target], Transport::Tcp, hour);
     assert!(
         eventually(CONVERGE, || hb.status().rounds >= 1).await,
         "no first round"
@@ -637,7 +633,7 @@ async fn a_peer_that_comes_up_is_synced_with_at_once() {
     // The peer comes up, with a file, and syncs with this box on its own.
     crate::util::write_file(&temp.path().join("shared"), "late.txt", b"here at last");
     let a = TestBox::restart_at(temp, addr).await;
-    let (ha, stop_a) = start_sync_every(&a, &[b.addr], Transport::Tcp, hour);
+    let (ha, stop_a) = start_sync_every(&a, &[b.target()], Transport::Tcp, hour);
     assert!(
         eventually(CONVERGE, || fs::read(b.root().join("late.txt"))
             .ok()
@@ -657,7 +653,8 @@ async fn a_peer_that_comes_up_is_synced_with_at_once() {
 async fn a_big_round_is_summed_up_in_one_event() {
     let a = TestBox::start().await;
     let b = TestBox::start().await;
-    let (hb, stop_b) = start_sync(&b, &[a.addr], Transport::Tcp);
+    a.trust(&b);
+    let (hb, stop_b) = start_sync(&b, &[a.target()], Transport::Tcp);
     // Subscribed before anything exists to sync: no event can be missed.
     let mut events = hb.events();
     // All 30 appear at once (one rename), so that one round sees them all.

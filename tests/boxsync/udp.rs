@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use boxsync::peer::{Peer, PeerError};
+use boxsync::peer::PeerError;
 use boxsync::protocol::Link;
 use boxsync::protocol::{Connection, Response};
 use boxsync::requests::Request;
@@ -28,7 +28,7 @@ async fn download_through(content: &[u8], to_server: Faults, to_client: Faults, 
     b.write("f.bin", content);
     let relay = Relay::start(b.addr, to_server, to_client, seed).await;
     let (_t, me) = TestBox::client();
-    let peer = Peer::new(&relay.addr.to_string(), Arc::clone(&me));
+    let peer = b.peer_via(&me, relay.addr);
     let mut progress = |_, _| {};
     let done = tokio::time::timeout(
         Duration::from_secs(60),
@@ -155,7 +155,7 @@ async fn corrupted_datagrams_never_reach_the_file() {
     };
     let relay = Relay::start(b.addr, Faults::default(), corrupt, 9).await;
     let (_t, me) = TestBox::client();
-    let peer = Peer::new(&relay.addr.to_string(), Arc::clone(&me));
+    let peer = b.peer_via(&me, relay.addr);
     let mut progress = |_, _| {};
     let done = peer
         .download_udp(&rel("f.bin"), None, &mut progress)
@@ -288,7 +288,7 @@ async fn udp_path_dies_mid_transfer() {
     b.write("f.bin", &bytes(16 * 1024 * 1024, 2));
     let relay = Relay::start(b.addr, Faults::default(), Faults::default(), 4).await;
     let (_t, me) = TestBox::client();
-    let peer = Peer::new(&relay.addr.to_string(), Arc::clone(&me));
+    let peer = b.peer_via(&me, relay.addr);
     let cut = Arc::clone(&relay.cut);
     let mut progress = |done: u64, _| {
         if done > 512 * 1024 {
@@ -326,7 +326,7 @@ async fn blocked_udp_falls_back_to_tcp() {
     };
     let relay = Relay::start(b.addr, wall, wall, 1).await;
     let (_t, me) = TestBox::client();
-    let peer = Peer::new(&relay.addr.to_string(), Arc::clone(&me));
+    let peer = b.peer_via(&me, relay.addr);
     let mut progress = |_, _| {};
     let started = std::time::Instant::now();
     let done = peer

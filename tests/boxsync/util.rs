@@ -9,6 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use boxsync::identity::Identity;
 use boxsync::local::LocalBox;
 use boxsync::peer::{Peer, PeerError};
 use boxsync::protocol::ErrorKind;
@@ -18,7 +19,7 @@ use boxsync::requests::notices::Notices;
 use boxsync::server::Server;
 use boxsync::share::RelPath;
 use boxsync::transfer::TransferError;
-use boxsync::types::BoxId;
+use boxsync::types::PeerAddress;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -118,9 +119,42 @@ impl TestBox {
         write_file(&self.root(), rel, content)
     }
 
-    /// A client of this box, acting for `local`.
+    /// Where this box is, and which box it is: what a client dials.
+    pub fn target(&self) -> PeerAddress {
+        self.target_at(self.addr)
+    }
+
+    /// This box's ID at another address (a relay in front of it).
+    pub fn target_at(&self, addr: SocketAddr) -> PeerAddress {
+        PeerAddress {
+            id: self.local.id.clone(),
+            addr: addr.to_string(),
+        }
+    }
+
+    /// The `--peer` value with which `boxsync -d dir` reaches this box, which trusts that
+    /// box (its key is created in `dir` now, as `boxsync id -d dir` would).
+    pub fn cli_target(&self, dir: &Path) -> String {
+        let identity = Identity::load_or_create(&dir.join(boxsync::share::STATE_DIR)).unwrap();
+        self.local.trust.allow_for_this_run(identity.id());
+        self.target().to_string()
+    }
+
+    /// Makes this box trust `other` for good (kept across a restart of this box).
+    pub fn trust(&self, other: &TestBox) {
+        self.local.trust.add(&other.local.id, None).unwrap();
+    }
+
+    /// A client of this box, acting for `local`, which this box trusts.
     pub fn peer_for(&self, local: &Arc<LocalBox>) -> Peer {
-        Peer::new(&self.addr.to_string(), Arc::clone(local))
+        self.peer_via(local, self.addr)
+    }
+
+    /// A client of this box reached at `addr` (a relay in front of it), acting for
+    /// `local`, which this box trusts.
+    pub fn peer_via(&self, local: &Arc<LocalBox>, addr: SocketAddr) -> Peer {
+        self.local.trust.allow_for_this_run(&local.id);
+        Peer::new(&self.target_at(addr), Arc::clone(local))
     }
 
     /// Kills the server abruptly: every connection drops mid-request.
@@ -249,39 +283,45 @@ pub fn as_pty_bytes(text: &str) -> String {
 }
 
 /// A scripted peer, for tests of broken or lying answers: listens on a free loopback port
-/// and, once a client connects, completes the handshake as box `id` and hands the
-/// connection to `script`. Returns the address to connect to and the script's task.
-pub async fn scripted_peer<Script, Run>(
-    id: &'static str,
-    script: Script,
-) -> (SocketAddr, JoinHandle<()>)
+/// and, once a client connects, completes the handshake (TLS with a key of its own, then
+/// the greetings, trusting any caller) and hands the connection to `script`. Returns where
+/// to dial it and the script's task.
+pub async fn scripted_peer<Script, Run>(script: Script) -> (PeerAddress, JoinHandle<()>)
 where
     Script: FnOnce(Connection<Link>) -> Run + Send + 'static,
     Run: std::future::Future<Output = ()> + Send + 'static,
 {
+    let identity = Identity::generate().unwrap();
+    let config = protocol::tls::server_config(&identity).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let target = PeerAddress {
+        id: identity.id().clone(),
+        addr: listener.local_addr().unwrap().to_string(),
+    };
     let task = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
-        let mut connection = Connection::new(stream);
-        let id = BoxId::parse(id).expect("a scripted peer's id is 16 hex digits");
-        protocol::server_handshake(&mut connection, &id)
-            .await
-            .unwrap();
+        let (mut connection, _caller) = protocol::accept(stream, config).await.unwrap();
+        protocol::welcome(&mut connection).await.unwrap();
         script(connection).await;
     });
-    (addr, task)
+    (target, task)
 }
 
 /// Connects to `b` as a client box that `b` trusts and completes the handshake: the way
 /// tests speak the protocol by hand (hostile or hand-made requests).
 pub async fn dial(b: &TestBox) -> Connection<Link> {
+    let identity = Identity::generate().unwrap();
+    b.local.trust.allow_for_this_run(identity.id());
+    dial_as(b, &identity).await.unwrap()
+}
+
+/// Connects to `b` as `identity` (trusted or not) and attempts the handshake.
+pub async fn dial_as(
+    b: &TestBox,
+    identity: &Identity,
+) -> Result<Connection<Link>, protocol::HandshakeError> {
     let stream = tokio::net::TcpStream::connect(b.addr).await.unwrap();
-    let mut connection = Connection::new(stream);
-    protocol::client_handshake(&mut connection, &BoxId::parse("7e57e70000000000").unwrap())
-        .await
-        .unwrap();
-    connection
+    protocol::dial(stream, identity, &b.local.id).await
 }
 
 /// A path relative to a shared folder, from a name the test knows is valid.
