@@ -177,7 +177,7 @@ async fn handle_connection(
     let peer_id = match protocol::server_handshake(&mut connection, &local.id).await {
         Ok(id) => id,
         Err(e) => {
-            tracing::warn!(%peer, reason = %e, "connection refused at handshake");
+            tracing::warn!(%peer, reason = %crate::text::for_log(&e), "connection refused at handshake");
             return;
         }
     };
@@ -202,7 +202,7 @@ async fn handle_connection(
             }
             Ok(Ok(Some(request))) => request,
             Ok(Err(e)) => {
-                tracing::warn!(%peer, reason = %e, "closing connection");
+                tracing::warn!(%peer, reason = %crate::text::for_log(&e), "closing connection");
                 if matches!(
                     e,
                     ConnectionError::BadMessage(_) | ConnectionError::UnexpectedData
@@ -242,7 +242,7 @@ async fn handle_connection(
                     &description,
                     Err(e.to_string()),
                 );
-                tracing::warn!(%peer, reason = %e, "connection failed during a request");
+                tracing::warn!(%peer, reason = %crate::text::for_log(&e), "connection failed during a request");
                 return;
             }
         }
