@@ -1,5 +1,11 @@
 //! The request log: every request this box made and served, with its time and outcome,
 //! appended as JSON lines under `.boxsync/` so that it survives restarts.
+//!
+//! Much of a record comes from a peer (the names it asked for, its address, its error
+//! messages). Each field keeps its characters, so that `history --json` gives them back,
+//! but is cut at [`text::LOG_LIMIT`] characters, so that a peer cannot grow the log by
+//! megabytes a request; and the file is written with [`text::json`], so that printing it
+//! (`cat`, `tail -f`) cannot act on a terminal. The shell escapes the fields it shows.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
@@ -8,6 +14,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::text;
 use crate::time::Timestamp;
 
 /// Above this size the log is rotated to `history.old.jsonl` (one generation kept).
@@ -57,7 +64,8 @@ impl History {
         }
     }
 
-    /// Appends a record; a failure is logged, never fatal to the request it describes.
+    /// Appends a record, each field cut at [`text::LOG_LIMIT`] characters; a failure is
+    /// logged, never fatal to the request it describes.
     pub fn record(
         &self,
         direction: Direction,
@@ -68,11 +76,11 @@ impl History {
         let record = HistoryRecord {
             time: Timestamp::now(),
             direction,
-            peer: peer.to_string(),
-            request: request.to_string(),
+            peer: text::truncate(peer, text::LOG_LIMIT).into_owned(),
+            request: text::truncate(request, text::LOG_LIMIT).into_owned(),
             outcome: match outcome {
                 Ok(()) => "ok".to_string(),
-                Err(message) => message,
+                Err(message) => text::truncate(&message, text::LOG_LIMIT).into_owned(),
             },
         };
         if let Err(e) = self.append(&record) {
@@ -85,7 +93,7 @@ impl History {
         if fs::metadata(&self.file).map(|m| m.len()).unwrap_or(0) > ROTATE_BYTES {
             fs::rename(&self.file, self.file.with_extension("old.jsonl"))?;
         }
-        let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
+        let mut line = text::json(record).map_err(io::Error::other)?.into_bytes();
         line.push(b'\n');
         let mut file = OpenOptions::new()
             .create(true)
@@ -112,5 +120,34 @@ impl History {
             }
         }
         Ok(records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer's long or hostile text is kept bounded and read back as written (cut), and
+    /// the file itself holds no raw control or bidi character.
+    #[test]
+    fn records_are_bounded_and_the_file_is_inert() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let history = History::new(dir.path().join("history.jsonl"));
+        let hostile = "a\x1b]52;c;eA==\x07\u{9b}2J\u{202e}b";
+        let flood = "x".repeat(100_000);
+        history.record(Direction::Served, hostile, &flood, Err(hostile.to_string()));
+        let records = history.records().expect("readable");
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].peer, hostile);
+        assert_eq!(records[0].outcome, hostile);
+        assert_eq!(records[0].request.chars().count(), text::LOG_LIMIT + 1);
+        assert!(records[0].request.ends_with(text::CUT_MARK));
+        let file = fs::read_to_string(dir.path().join("history.jsonl")).expect("readable");
+        assert!(
+            file.trim_end()
+                .chars()
+                .all(|c| !c.is_control() && !matches!(c, '\u{202a}'..='\u{202e}')),
+            "{file}"
+        );
     }
 }

@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! From the lowest layer up: each module uses only those listed before it.
+//! - [`text`]: text from a peer or the disk made safe to show and to log: control and bidi
+//!   characters escaped (unambiguously), log copies bounded, JSON kept terminal-safe.
 //! - [`time`]: instants on the wire and on screen (RFC 3339 UTC, nanoseconds).
 //! - [`parse`]: values people type (rates, peer addresses), checked one way everywhere.
 //! - [`share`]: the shared folder: safe relative paths, the index and its filters, hashes
@@ -50,6 +52,7 @@ pub mod server;
 pub mod share;
 pub mod shell;
 pub mod sync;
+pub mod text;
 pub mod time;
 pub mod transfer;
 pub mod trust;

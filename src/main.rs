@@ -60,7 +60,8 @@ fn main() -> ExitCode {
 
 /// An error and its causes on one line, each cause said once: an error whose message
 /// already quotes its source (`{path}: {source}`) would otherwise show the operating
-/// system's words twice, as `{:#}` prints every cause. A port in use gets a way out.
+/// system's words twice, as `{:#}` prints every cause. A port in use gets a way out. The
+/// line is escaped ([`boxsync::text::escape`]): a cause may quote a peer or a name on disk.
 fn one_line(error: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in error.chain() {
@@ -81,7 +82,7 @@ fn one_line(error: &anyhow::Error) -> String {
     if in_use {
         line.push_str(" (pick another port, or -l 127.0.0.1:0 for any free one)");
     }
-    line
+    boxsync::text::escape(&line).into_owned()
 }
 
 /// Runs the configured mode; for a script, how its commands went.

@@ -298,9 +298,11 @@ async fn handle_connection(
         Err(e) => {
             match e {
                 HandshakeError::KeyRefused | HandshakeError::Plaintext => {
-                    tracing::warn!(%peer, reason = %e, "connection refused at handshake")
+                    tracing::warn!(%peer, reason = %crate::text::for_log(&e), "connection refused at handshake")
                 }
-                _ => tracing::debug!(%peer, reason = %e, "connection refused at handshake"),
+                _ => {
+                    tracing::debug!(%peer, reason = %crate::text::for_log(&e), "connection refused at handshake")
+                }
             }
             return;
         }
@@ -385,7 +387,7 @@ async fn serve_requests(
             }
             Ok(Ok(Some(request))) => request,
             Ok(Err(e)) => {
-                tracing::warn!(%peer, reason = %e, "closing connection");
+                tracing::warn!(%peer, reason = %crate::text::for_log(&e), "closing connection");
                 if matches!(
                     e,
                     ConnectionError::BadMessage(_) | ConnectionError::UnexpectedData
@@ -432,7 +434,7 @@ async fn serve_requests(
                     &description,
                     Err(e.to_string()),
                 );
-                tracing::warn!(%peer, reason = %e, "connection failed during a request");
+                tracing::warn!(%peer, reason = %crate::text::for_log(&e), "connection failed during a request");
                 return;
             }
         }

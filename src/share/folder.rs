@@ -107,7 +107,7 @@ pub fn list_detailed(root: &Path) -> Result<Vec<(Entry, Fingerprint)>, ShareErro
                 continue;
             }
             let Ok(name) = RelPath::from_local(&relative) else {
-                tracing::warn!(path = %relative.display(), "skipping a name that cannot be shared");
+                tracing::warn!(path = %crate::text::for_log(relative.display()), "skipping a name that cannot be shared");
                 continue;
             };
             // Relative to the open directory (no walk of the whole path), never following

@@ -134,11 +134,12 @@ fn keywords(partial: &str, words: &[&str]) -> Vec<Candidate> {
         .collect()
 }
 
-/// Words (peer addresses, job numbers) starting with `partial`, as they are.
+/// Words (peer addresses, job numbers) starting with `partial`, as they are; none holding a
+/// control or bidi character (see [`remote_names`]).
 fn plain_words(partial: &str, words: Vec<String>) -> Vec<Candidate> {
     let mut candidates: Vec<Candidate> = words
         .into_iter()
-        .filter(|w| w.starts_with(partial))
+        .filter(|w| w.starts_with(partial) && crate::text::is_plain(w))
         .map(word_candidate)
         .collect();
     candidates.sort_by(|a, b| a.display.cmp(&b.display));
@@ -155,6 +156,9 @@ fn word_candidate(word: String) -> Candidate {
 /// Remote names that start with the word typed so far, one folder level at a time:
 /// `mu<TAB>` gives `music/`, and `music/<TAB>` the names inside. A file's completion ends
 /// the word (closing quote, space); a folder's leaves it open for the next Tab.
+///
+/// A choice holding a control or bidi character is never offered: rustyline would show it
+/// raw in the list and echo it raw on the line, where it would act on the terminal.
 fn remote_names(lexed: &Lexed, files: Vec<String>) -> Completion {
     let prefix = lexed.partial.as_str();
     let mut choices: Vec<(String, bool)> = files
@@ -166,6 +170,7 @@ fn remote_names(lexed: &Lexed, files: Vec<String>) -> Completion {
                 None => (name.clone(), true),
             })
         })
+        .filter(|(choice, _)| crate::text::is_plain(choice))
         .collect();
     choices.sort();
     choices.dedup();
@@ -321,6 +326,45 @@ mod tests {
         fn jobs(&self) -> Vec<u32> {
             vec![1, 3]
         }
+    }
+
+    /// A peer whose names hold escape sequences.
+    struct Hostile;
+
+    impl Sources for Hostile {
+        fn remote_files(&self) -> Vec<String> {
+            [
+                "ok.txt",
+                "evil\x1b]0;x\x07.txt",
+                "dir\u{202e}/a.txt",
+                "clean/b\x1b[2J.txt",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        }
+        fn peers(&self) -> Vec<String> {
+            vec!["h:1\x1b[2J".into()]
+        }
+        fn jobs(&self) -> Vec<u32> {
+            Vec::new()
+        }
+    }
+
+    /// Names (and folders) with control or bidi characters are never offered; a clean
+    /// folder holding only such names still is.
+    #[test]
+    fn hostile_names_are_not_offered() {
+        let offered = |line: &str| -> Vec<String> {
+            complete(line, line.len(), &Hostile)
+                .candidates
+                .into_iter()
+                .map(|c| c.replacement)
+                .collect()
+        };
+        assert_eq!(offered("download tcp "), vec!["clean/", "ok.txt "]);
+        assert!(offered("download tcp clean/").is_empty());
+        assert!(offered("peer ").is_empty());
     }
 
     fn replacements(line: &str) -> Vec<String> {

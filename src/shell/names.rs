@@ -107,7 +107,10 @@ impl RemoteNames {
             if state.generation == generation {
                 match listed {
                     Ok(entries) => state.files = Arc::new(file_names(&entries)),
-                    Err(e) => tracing::debug!(error = %e, "cannot refresh names for completion"),
+                    Err(e) => tracing::debug!(
+                        error = %crate::text::for_log(&e),
+                        "cannot refresh names for completion"
+                    ),
                 }
                 // A failure counts as a fetch too, so that Tab does not ask again at once.
                 state.fetched = Some(Instant::now());

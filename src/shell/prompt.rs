@@ -40,7 +40,7 @@ pub fn prompt(
     // Each part is (plain text, ANSI style).
     let mut parts: Vec<(String, &str)> = Vec::new();
     match peer {
-        Some(addr) => parts.push((addr.to_string(), "36")),
+        Some(addr) => parts.push((crate::text::escape(addr).into_owned(), "36")),
         None => parts.push(("no peer".to_string(), "2")),
     }
     match (peer, reachability) {

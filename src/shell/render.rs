@@ -1,6 +1,11 @@
 //! Turning command outcomes into text: aligned tables for people (fitted to the
 //! terminal's width, coloured when colours are on), one JSON document per line for
 //! programs.
+//!
+//! Text from a peer or the disk (names, types, error messages, addresses) is escaped
+//! ([`crate::text::escape`]) wherever it goes into a line, so that it cannot act on the
+//! terminal: table cells are escaped by [`table::render`], every other line here escapes
+//! what it quotes, and JSON is written by [`crate::text::json`].
 
 use serde_json::{Value, json};
 
@@ -10,6 +15,7 @@ use super::table::{self, Column, Fit};
 use crate::history::Direction;
 use crate::share::{Entry, FileHash};
 use crate::sync::counted;
+use crate::text::{self, escape};
 use crate::transfer::Downloaded;
 
 /// How a session's output is written.
@@ -40,7 +46,7 @@ pub fn outcome(outcome: &Outcome, format: Format) -> String {
 pub fn outcome_with(outcome: &Outcome, format: Format, layout: Layout) -> String {
     match format {
         Format::Json => outcome_json(outcome)
-            .map(|v| v.to_string())
+            .and_then(|v| text::json(&v).ok())
             .unwrap_or_default(),
         Format::Human => outcome_human(outcome, layout),
     }
@@ -51,12 +57,15 @@ pub fn error(message: &str, format: Format) -> String {
     error_with(message, format, Layout::default())
 }
 
-/// The text that shows a failed command, `error:` in red when colours are on.
+/// The text that shows a failed command, `error:` in red when colours are on. The message
+/// is escaped: it often quotes a peer (its error message, a name).
 pub fn error_with(message: &str, format: Format, layout: Layout) -> String {
     match format {
-        Format::Json => json!({ "error": message }).to_string(),
-        Format::Human if layout.colour => format!("\x1b[1;31merror:\x1b[0m {message}"),
-        Format::Human => format!("error: {message}"),
+        Format::Json => text::json(&json!({ "error": message })).unwrap_or_default(),
+        Format::Human if layout.colour => {
+            format!("\x1b[1;31merror:\x1b[0m {}", escape(message))
+        }
+        Format::Human => format!("error: {}", escape(message)),
     }
 }
 
@@ -81,12 +90,16 @@ pub fn job_event(event: &JobEvent, layout: Layout) -> String {
             human_size((d.version.size as f64 / d.seconds.max(1e-6)) as u64),
             d.note
                 .as_ref()
-                .map(|n| format!("; note: {n}"))
+                .map(|n| format!("; note: {}", escape(n)))
                 .unwrap_or_default()
         ),
-        Err(e) => e.to_string(),
+        Err(e) => escape(&e.to_string()).into_owned(),
     };
-    format!("[{}] {word} {}: {detail}", status.id, status.command)
+    format!(
+        "[{}] {word} {}: {detail}",
+        status.id,
+        escape(&status.command)
+    )
 }
 
 fn outcome_json(outcome: &Outcome) -> Option<Value> {
@@ -196,7 +209,7 @@ fn outcome_human(outcome: &Outcome, layout: Layout) -> String {
         Outcome::Downloaded(d) => {
             let mut lines = vec![format!(
                 "downloaded {} over {}: {} in {:.2}s ({}/s)",
-                d.version.name,
+                escape(d.version.name.as_str()),
                 match d.transport {
                     crate::types::Transport::Tcp => "TCP",
                     crate::types::Transport::Udp => "UDP",
@@ -223,10 +236,13 @@ fn outcome_human(outcome: &Outcome, layout: Layout) -> String {
                 lines.push(format!("{resent} datagrams resent"));
             }
             if let Some(note) = &d.note {
-                lines.push(format!("note: {note}"));
+                lines.push(format!("note: {}", escape(note)));
             }
             if let Some(old) = &d.replaced {
-                lines.push(format!("previous version kept in {}", old.display()));
+                lines.push(format!(
+                    "previous version kept in {}",
+                    escape(&old.display().to_string())
+                ));
             }
             lines.join("\n")
         }
@@ -255,7 +271,7 @@ fn outcome_human(outcome: &Outcome, layout: Layout) -> String {
                 })
                 .collect(),
         ),
-        Outcome::Peer(Some(addr)) => format!("peer: {addr}"),
+        Outcome::Peer(Some(addr)) => format!("peer: {}", escape(addr)),
         Outcome::Peer(None) => {
             "no peer: use 'peer ID@HOST:PORT' or start with --peer ID@HOST:PORT".to_string()
         }
@@ -298,8 +314,8 @@ fn outcome_human(outcome: &Outcome, layout: Layout) -> String {
             ],
             jobs.iter().map(job_row).collect(),
         ),
-        Outcome::Started(job) => format!("[{}] {}", job.id, job.command),
-        Outcome::Killed(job) => format!("[{}] killed {}", job.id, job.command),
+        Outcome::Started(job) => format!("[{}] {}", job.id, escape(&job.command)),
+        Outcome::Killed(job) => format!("[{}] killed {}", job.id, escape(&job.command)),
         Outcome::Waited(waited) if waited.count == 0 => "no jobs".to_string(),
         Outcome::Waited(waited) => waited
             .ended
@@ -324,7 +340,7 @@ fn sync_status(status: &crate::sync::SyncStatus, layout: Layout) -> String {
         counted(status.rounds, "round")
     )];
     if let Some(notice) = &status.notice {
-        lines.push(format!("note: {notice}"));
+        lines.push(format!("note: {}", escape(notice)));
     }
     let rows: Vec<Vec<String>> = status
         .peers
@@ -356,11 +372,15 @@ fn sync_status(status: &crate::sync::SyncStatus, layout: Layout) -> String {
         layout.colour,
     ));
     for peer in &status.peers {
+        let addr = escape(&peer.peer);
         for conflict in &peer.conflicts {
-            lines.push(format!("conflict ({}): {conflict}", peer.peer));
+            lines.push(format!(
+                "conflict ({addr}): {}",
+                escape(&conflict.to_string())
+            ));
         }
         for error in &peer.errors {
-            lines.push(format!("error ({}): {error}", peer.peer));
+            lines.push(format!("error ({addr}): {}", escape(error)));
         }
     }
     lines.join("\n")
@@ -446,6 +466,7 @@ pub fn human_duration(seconds: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shell::jobs::Waited;
 
     /// `sync status` after one round says "1 round".
     #[test]
@@ -491,5 +512,166 @@ mod tests {
         assert_eq!(error("x", Format::Human), "error: x");
         assert!(error_with("x", Format::Human, colour).contains("\x1b[1;31m"));
         assert_eq!(error_with("x", Format::Json, colour), r#"{"error":"x"}"#);
+    }
+
+    /// A peer's text, hostile in every way a terminal can be attacked: title, screen
+    /// clear, clipboard write, carriage return, new line, 8-bit CSI, DEL, bidi override.
+    const HOSTILE: &str = "t\x1b]0;pwned\x07c\x1b[2Jo\x1b]52;c;ZXZpbA==\x07r\rn\nfake row\u{9b}31md\x7fb\u{202e}txt.exe";
+
+    /// Whether `text` holds nothing a terminal acts on or reorders (the escapes `render`
+    /// writes itself for colours aside, which these tests turn off).
+    fn inert(text: &str) -> bool {
+        text.chars().all(|c| {
+            c == '\n' || !(c.is_control() || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+        })
+    }
+
+    fn name() -> crate::share::RelPath {
+        crate::share::RelPath::parse(&format!("dir/{HOSTILE}")).expect("a valid path")
+    }
+
+    fn job() -> JobStatus {
+        JobStatus {
+            id: 1,
+            command: format!("download tcp {HOSTILE}"),
+            done: 1,
+            total: 2,
+            seconds: 1.0,
+        }
+    }
+
+    fn downloaded() -> Downloaded {
+        Downloaded {
+            version: crate::types::FileVersion {
+                name: name(),
+                blake3: HOSTILE.to_string(),
+                size: 3,
+                mtime: crate::time::Timestamp::now(),
+                mode: 0o644,
+            },
+            sha256: Some(HOSTILE.to_string()),
+            md5: Some(HOSTILE.to_string()),
+            transport: crate::types::Transport::Tcp,
+            path: std::path::PathBuf::from(HOSTILE),
+            seconds: 1.0,
+            replaced: Some(std::path::PathBuf::from(HOSTILE)),
+            resent: None,
+            note: Some(HOSTILE.to_string()),
+        }
+    }
+
+    fn peer_error() -> crate::peer::PeerError {
+        crate::peer::PeerError::Remote {
+            kind: crate::protocol::ErrorKind::NotFound,
+            message: HOSTILE.to_string(),
+        }
+    }
+
+    /// Every outcome that quotes a peer, and every error, shows its text escaped, in
+    /// human output and in JSON, at any width.
+    #[test]
+    fn peer_text_never_reaches_the_terminal_raw() {
+        let status = crate::sync::SyncStatus {
+            notice: Some(HOSTILE.to_string()),
+            peers: vec![crate::sync::PeerStatus {
+                peer: HOSTILE.to_string(),
+                transport: crate::types::Transport::Tcp,
+                last_sync: None,
+                last_attempt: None,
+                pending: 0,
+                conflicts: vec![crate::sync::Conflict {
+                    path: name(),
+                    copy: name(),
+                }],
+                errors: vec![HOSTILE.to_string()],
+                failure: None,
+            }],
+            ..Default::default()
+        };
+        let outcomes = [
+            Outcome::Entries(vec![Entry {
+                name: name(),
+                size: 1,
+                mtime: crate::time::Timestamp::now(),
+                file_type: HOSTILE.to_string(),
+                mode: 0o644,
+            }]),
+            Outcome::Hash(FileHash {
+                name: name(),
+                size: 1,
+                blake3: HOSTILE.to_string(),
+                sha256: Some(HOSTILE.to_string()),
+                md5: Some(HOSTILE.to_string()),
+                mtime: crate::time::Timestamp::now(),
+            }),
+            Outcome::Downloaded(downloaded()),
+            Outcome::History(vec![crate::history::HistoryRecord {
+                time: crate::time::Timestamp::now(),
+                direction: Direction::Served,
+                peer: HOSTILE.to_string(),
+                request: format!("hash verify {HOSTILE}"),
+                outcome: HOSTILE.to_string(),
+            }]),
+            Outcome::Peer(Some(HOSTILE.to_string())),
+            Outcome::Sync(status),
+            Outcome::Jobs(vec![job()]),
+            Outcome::Started(job()),
+            Outcome::Killed(job()),
+            Outcome::Waited(Waited {
+                count: 2,
+                ended: vec![
+                    JobEvent {
+                        status: job(),
+                        result: Ok(downloaded()),
+                    },
+                    JobEvent {
+                        status: job(),
+                        result: Err(peer_error()),
+                    },
+                ],
+            }),
+        ];
+        for outcome in &outcomes {
+            for width in [None, Some(40), Some(200)] {
+                let layout = Layout {
+                    width,
+                    colour: false,
+                };
+                let text = outcome_with(outcome, Format::Human, layout);
+                assert!(inert(&text), "{outcome:?} at {width:?}:\n{text}");
+                assert!(text.contains(r"\x1b") || width == Some(40), "{text}");
+            }
+            let json = outcome_with(outcome, Format::Json, Layout::default());
+            assert!(inert(&json) && !json.contains('\n'), "{json}");
+        }
+        for format in [Format::Human, Format::Json] {
+            let text = error(&peer_error().to_string(), format);
+            assert!(inert(&text), "{text}");
+        }
+        let text = error(HOSTILE, Format::Human);
+        assert!(
+            text.starts_with(r"error: t\x1b]0;pwned\x07c\x1b[2J"),
+            "{text}"
+        );
+        assert!(text.contains(r"\r") && text.contains(r"\n") && text.contains(r"\u{202e}"));
+    }
+
+    /// A listing with an escaped name stays aligned: widths count the escaped text.
+    #[test]
+    fn escaped_rows_stay_aligned() {
+        let entry = |name: &str| Entry {
+            name: crate::share::RelPath::parse(name).expect("a valid path"),
+            size: 1,
+            mtime: crate::time::Timestamp::now(),
+            file_type: "text/plain".to_string(),
+            mode: 0o644,
+        };
+        let text = outcome(
+            &Outcome::Entries(vec![entry("a\x1b[2J.txt"), entry("plain.txt")]),
+            Format::Human,
+        );
+        let sizes: Vec<usize> = text.lines().map(|l| l.find(" B").unwrap_or(0)).collect();
+        assert_eq!(sizes[1], sizes[2], "{text}");
+        assert!(text.contains(r"a\x1b[2J.txt"), "{text}");
     }
 }

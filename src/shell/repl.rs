@@ -27,6 +27,7 @@ use super::screen::Screen;
 use super::session::{Outcome, Session};
 use super::terminal::Terminal;
 use crate::share::filter::IndexFilter;
+use crate::text::escape;
 
 /// Lines of typed history kept in `.boxsync/shell-history`.
 const HISTORY_LINES: usize = 10_000;
@@ -406,12 +407,15 @@ fn announce_sync(session: &Session, screen: &Arc<Screen>) {
         .spawn(move || {
             loop {
                 match events.blocking_recv() {
+                    // Sync's lines quote the peers' file names and errors: escaped.
                     Ok(event) if event.peer.is_empty() => {
-                        screen.announce(&format!("sync: {}", event.message));
+                        screen.announce(&format!("sync: {}", escape(&event.message)));
                     }
-                    Ok(event) => {
-                        screen.announce(&format!("sync [{}] {}", event.peer, event.message))
-                    }
+                    Ok(event) => screen.announce(&format!(
+                        "sync [{}] {}",
+                        escape(&event.peer),
+                        escape(&event.message)
+                    )),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                         screen.announce(&format!("sync: and {missed} more changes"));
                     }

@@ -61,10 +61,10 @@ impl Screen {
         *lock(&self.printer) = Some(printer);
     }
 
-    /// A new bar for a transfer of `name`, labelled `label` (`[2]` for job 2, or empty).
-    /// It disappears when dropped, however the transfer ended.
+    /// A new bar for a transfer of `name` (shown escaped), labelled `label` (`[2]` for job
+    /// 2, or empty). It disappears when dropped, however the transfer ended.
     pub fn transfer_bar(&self, label: &str, name: &str) -> TransferBar {
-        let name = table::shorten_path(name, NAME_COLUMNS);
+        let name = table::shorten_path(&crate::text::escape(name), NAME_COLUMNS);
         let name = format!(
             "{name}{}",
             " ".repeat(NAME_COLUMNS.saturating_sub(name.width()))

@@ -1,8 +1,16 @@
 //! Aligned text tables that fit a terminal: widths count terminal columns (not bytes), and
 //! when a table is too wide its long columns give up width, names losing their middle
 //! (`music/…/song.mp3`) so that what tells them apart (the file name) stays visible.
+//!
+//! A cell is text to show, never terminal control: every cell is escaped
+//! ([`crate::text::escape`]) before widths are measured, so that a peer's name cannot move
+//! the cursor or forge a row, and rows stay aligned. Shortening never cuts an escape in two.
 
-use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+use std::borrow::Cow;
+
+use unicode_width::UnicodeWidthStr;
+
+use crate::text;
 
 /// The ellipsis that marks removed text.
 const ELLIPSIS: &str = "…";
@@ -77,15 +85,19 @@ impl Column {
 
 /// The table as text: a header row then one row per entry, each line without trailing
 /// spaces and no trailing newline. `width` is the terminal's width (`None`: no limit);
-/// with `bold_header` the header is written in bold.
+/// with `bold_header` the header is written in bold. Cells are escaped.
 pub fn render(
     columns: &[Column],
     rows: &[Vec<String>],
     width: Option<usize>,
     bold_header: bool,
 ) -> String {
-    let widths = fit_widths(columns, rows, width);
-    let header: Vec<String> = columns.iter().map(|c| c.header.to_string()).collect();
+    let rows: Vec<Vec<Cow<'_, str>>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| text::escape(cell)).collect())
+        .collect();
+    let widths = fit_widths(columns, &rows, width);
+    let header: Vec<Cow<'_, str>> = columns.iter().map(|c| Cow::Borrowed(c.header)).collect();
     let mut lines = Vec::with_capacity(rows.len() + 1);
     let header_line = line(columns, &widths, &header);
     lines.push(if bold_header && !header_line.is_empty() {
@@ -93,14 +105,14 @@ pub fn render(
     } else {
         header_line
     });
-    for row in rows {
+    for row in &rows {
         lines.push(line(columns, &widths, row));
     }
     lines.join("\n")
 }
 
 /// One line: each cell shortened to its column's width if needed, then padded.
-fn line(columns: &[Column], widths: &[usize], cells: &[String]) -> String {
+fn line(columns: &[Column], widths: &[usize], cells: &[Cow<'_, str>]) -> String {
     let cells: Vec<String> = columns
         .iter()
         .zip(widths)
@@ -122,7 +134,7 @@ fn line(columns: &[Column], widths: &[usize], cells: &[String]) -> String {
 /// those shortened in the middle, then paths (names are what people look for); within a
 /// kind, the widest first. None goes below [`MIN_SHRUNK`] or its header. A table that
 /// cannot fit even so is left wider than the terminal (it wraps).
-fn fit_widths(columns: &[Column], rows: &[Vec<String>], width: Option<usize>) -> Vec<usize> {
+fn fit_widths(columns: &[Column], rows: &[Vec<Cow<'_, str>>], width: Option<usize>) -> Vec<usize> {
     let mut widths: Vec<usize> = columns.iter().map(|c| c.header.width()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -152,7 +164,7 @@ fn fit_widths(columns: &[Column], rows: &[Vec<String>], width: Option<usize>) ->
     widths
 }
 
-/// `text` shortened to at most `width` columns as `fit` says.
+/// `text` (escaped) shortened to at most `width` columns as `fit` says.
 pub fn shorten(text: &str, width: usize, fit: Fit) -> String {
     if text.width() <= width {
         return text.to_string();
@@ -197,8 +209,8 @@ pub fn shorten_path(path: &str, width: usize) -> String {
     shorten_middle(path, width)
 }
 
-/// Text shortened in its middle, keeping a little more of the end (where file names keep
-/// their extension): `a very lo…name.mp3`.
+/// Text (escaped) shortened in its middle, keeping a little more of the end (where file
+/// names keep their extension): `a very lo…name.mp3`.
 pub fn shorten_middle(text: &str, width: usize) -> String {
     if text.width() <= width {
         return text.to_string();
@@ -209,15 +221,14 @@ pub fn shorten_middle(text: &str, width: usize) -> String {
     let room = width - ELLIPSIS.width();
     let head_room = room / 2;
     let tail_room = room - head_room;
-    let head = take_columns(text.chars(), head_room);
-    let mut tail: Vec<char> = take_columns(text.chars().rev(), tail_room)
-        .chars()
-        .collect();
+    let pieces = text::pieces(text);
+    let head = take_columns(pieces.iter().copied(), head_room);
+    let mut tail: Vec<&str> = take_columns(pieces.iter().rev().copied(), tail_room);
     tail.reverse();
-    format!("{head}{ELLIPSIS}{}", tail.into_iter().collect::<String>())
+    format!("{}{ELLIPSIS}{}", head.concat(), tail.concat())
 }
 
-/// Text cut at the end with `…`: `connection refu…`.
+/// Text (escaped) cut at the end with `…`: `connection refu…`.
 pub fn shorten_end(text: &str, width: usize) -> String {
     if text.width() <= width {
         return text.to_string();
@@ -225,23 +236,24 @@ pub fn shorten_end(text: &str, width: usize) -> String {
     if width <= ELLIPSIS.width() {
         return ELLIPSIS.chars().take(width).collect();
     }
+    let pieces = text::pieces(text);
     format!(
         "{}{ELLIPSIS}",
-        take_columns(text.chars(), width - ELLIPSIS.width())
+        take_columns(pieces.into_iter(), width - ELLIPSIS.width()).concat()
     )
 }
 
-/// As many characters as fit in `columns` terminal columns.
-fn take_columns(chars: impl Iterator<Item = char>, columns: usize) -> String {
+/// As many pieces (characters, or whole escapes) as fit in `columns` terminal columns.
+fn take_columns<'a>(pieces: impl Iterator<Item = &'a str>, columns: usize) -> Vec<&'a str> {
     let mut used = 0;
-    let mut out = String::new();
-    for c in chars {
-        let w = c.width().unwrap_or(0);
+    let mut out = Vec::new();
+    for piece in pieces {
+        let w = piece.width();
         if used + w > columns {
             break;
         }
         used += w;
-        out.push(c);
+        out.push(piece);
     }
     out
 }
@@ -314,5 +326,46 @@ mod tests {
         // Too narrow for the kept column: shrinkable ones stop at their floor.
         let text = render(&columns, &rows, Some(20), false);
         assert!(text.contains("0123456789abcdef0123456789abcdef"));
+    }
+
+    /// Cells are escaped before they are measured: a name holding escape sequences shows
+    /// them as text, and the rows stay aligned.
+    #[test]
+    fn cells_are_escaped_and_aligned() {
+        let text = render(
+            &[Column::keep("NAME"), Column::right("SIZE")],
+            &[
+                vec!["a\x1b]0;pwned\x07\r\u{202e}.txt".into(), "1 B".into()],
+                vec!["b".into(), "10 B".into()],
+            ],
+            None,
+            false,
+        );
+        assert!(!text.contains(['\x1b', '\x07', '\r', '\u{202e}']), "{text}");
+        assert!(text.contains(r"a\x1b]0;pwned\x07\r\u{202e}.txt"), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[1].width(), lines[2].width());
+    }
+
+    /// Shortening keeps escapes whole: a doubled backslash never loses half and passes
+    /// for the start of an escape.
+    #[test]
+    fn shortening_keeps_escapes_whole() {
+        let escaped = crate::text::escape(r"aaaa\x1b\x1b\x1bzzzz").into_owned();
+        for width in 2..escaped.len() {
+            for short in [
+                shorten_middle(&escaped, width),
+                shorten_end(&escaped, width),
+                shorten_path(&escaped, width),
+            ] {
+                assert!(short.width() <= width, "{width}: {short}");
+                let kept: String = short.split(ELLIPSIS).collect();
+                // Only doubled backslashes remain: every run of them has even length.
+                for run in kept.split(|c| c != '\\') {
+                    assert!(run.len() % 2 == 0, "{width}: {short}");
+                }
+            }
+        }
     }
 }

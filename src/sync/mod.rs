@@ -422,7 +422,7 @@ impl Engine {
             let peer = Arc::clone(peer);
             tokio::spawn(async move {
                 if let Err(e) = peer.notify_changed().await {
-                    tracing::debug!(peer = peer.addr(), error = %e, "change notice not delivered");
+                    tracing::debug!(peer = peer.addr(), error = %crate::text::for_log(&e), "change notice not delivered");
                 }
             });
         }
@@ -482,7 +482,7 @@ impl Engine {
                         }
                     } else {
                         for line in &report.changes {
-                            tracing::info!(peer = peer.addr(), "{line}");
+                            tracing::info!(peer = peer.addr(), "{}", crate::text::for_log(line));
                         }
                         self.emit(peer.addr(), &summary(report));
                     }
@@ -491,7 +491,7 @@ impl Engine {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(peer = peer.addr(), error = %e, "sync round failed");
+                    tracing::warn!(peer = peer.addr(), error = %crate::text::for_log(&e), "sync round failed");
                 }
             }
             self.update(|s| {
@@ -519,7 +519,7 @@ impl Engine {
     }
 
     fn emit(&self, peer: &str, message: &str) {
-        tracing::info!(peer, "{message}");
+        tracing::info!(peer, "{}", crate::text::for_log(message));
         let _ = self.handle.events.send(SyncEvent {
             peer: peer.to_string(),
             message: message.to_string(),

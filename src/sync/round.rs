@@ -494,7 +494,7 @@ async fn pull_early(
                     pulled.extend(settled);
                 }
                 // Left to the plan, which tries again and reports what still fails.
-                Err(e) => tracing::debug!(error = %e, "early action failed"),
+                Err(e) => tracing::debug!(error = %crate::text::for_log(&e), "early action failed"),
             }
         }
     }
@@ -600,7 +600,7 @@ async fn apply(
             if let Some(confirmation) = confirmation
                 && let Err(e) = peer.confirm_installed(confirmation).await
             {
-                tracing::debug!(error = %e, "install confirmation not delivered");
+                tracing::debug!(error = %crate::text::for_log(&e), "install confirmation not delivered");
             }
             Ok(settled)
         }
@@ -719,7 +719,7 @@ async fn apply_batch(local: &Arc<LocalBox>, peer: &Peer, batch: Vec<(Action, Wan
     if !confirmations.is_empty()
         && let Err(e) = peer.confirm_installed_many(confirmations).await
     {
-        tracing::debug!(error = %e, "install confirmations not delivered");
+        tracing::debug!(error = %crate::text::for_log(&e), "install confirmations not delivered");
     }
     outcomes
 }
