@@ -161,6 +161,21 @@ listens ('boxsync box <id> serving <dir> on <addr>'); logs go to stderr.",
         /// The box's ID.
         id: String,
     },
+    /// Print a one-line invitation to this box, valid once for 10 minutes: `boxsync join
+    /// LINE` on another box makes the two trust each other. This box must be running
+    /// (serving) for the other to join.
+    #[command(
+        after_help = "Example:\n  boxsync invite -d ~/shared      then, on the other box: boxsync join 'LINE' -d ~/shared"
+    )]
+    Invite,
+    /// Join the box that printed LINE (`boxsync invite`): the two boxes trust each other.
+    #[command(
+        after_help = "Example:\n  boxsync join 'boxsync-invite:ID@192.0.2.7:7001#SECRET' -d ~/shared"
+    )]
+    Join {
+        /// The line `boxsync invite` printed on the other box.
+        line: String,
+    },
     /// List the boxes this box trusts for good.
     #[command(after_help = "Examples:\n  boxsync peers -d ~/shared\n  boxsync peers --json")]
     Peers,
@@ -213,6 +228,10 @@ pub enum Run {
     Untrust(BoxId),
     /// List the trusted boxes.
     Peers,
+    /// Print an invitation.
+    Invite,
+    /// Join with an invitation.
+    Join(boxsync::invite::Invitation),
 }
 
 impl Config {
@@ -248,6 +267,8 @@ impl Config {
             },
             Some(Mode::Untrust { id }) => Run::Untrust(BoxId::parse(&id)?),
             Some(Mode::Peers) => Run::Peers,
+            Some(Mode::Invite) => Run::Invite,
+            Some(Mode::Join { line }) => Run::Join(boxsync::invite::Invitation::parse(&line)?),
             None if !cli.commands.is_empty() => Run::Commands(cli.commands),
             None if stdin_is_terminal => Run::Interactive,
             None => Run::Stdin,

@@ -14,6 +14,8 @@
 //! - [`identity`]: this box's key pair, kept owner-only in `.boxsync/`, and its ID.
 //! - [`trust`]: the boxes this box talks to: kept in `.boxsync/trusted.json`, or for this
 //!   run only; read again when the file changes.
+//! - [`invite`]: one-step pairing: one-time secrets kept in `.boxsync/invites/`, and the
+//!   line `boxsync invite` prints.
 //! - [`protocol`]: the TCP wire protocol below the requests: the TLS 1.3 channel with both
 //!   sides' keys pinned, frames, the framed connection, the greeting and the answers, the
 //!   handshake.
@@ -42,6 +44,7 @@
 pub mod demo;
 pub mod history;
 pub mod identity;
+pub mod invite;
 pub mod local;
 pub mod net;
 pub mod parse;

@@ -91,9 +91,10 @@ fn run(config: Config) -> Result<ScriptStatus> {
     let handle = runtime.handle().clone();
     match &config.run {
         Run::Demo => return demo(&handle, config.verbose),
-        Run::Id | Run::Trust { .. } | Run::Untrust(_) | Run::Peers => {
+        Run::Id | Run::Trust { .. } | Run::Untrust(_) | Run::Peers | Run::Invite => {
             return identity_command(&config);
         }
+        Run::Join(invitation) => return join(&handle, &config, invitation),
         Run::Serve => {
             let _log = init_logging(None, config.verbose);
             let local = LocalBox::open_with(&config.dir, config.settings.clone())?;
@@ -217,8 +218,83 @@ fn identity_command(config: &Config) -> Result<ScriptStatus> {
                 }
             }
         }
+        Run::Invite => {
+            let identity = Identity::load_or_create(&state)?;
+            let addr = invite_address(&state, config.listen);
+            let invitation =
+                boxsync::invite::create(&state, identity.id(), &addr, boxsync::invite::LIFETIME)?;
+            say(&invitation.to_string());
+            output::print_error_line(&format!(
+                "valid once, for {} minutes, while this box serves on {addr}; on the other box run: boxsync join 'LINE' -d DIR",
+                boxsync::invite::LIFETIME.as_secs() / 60
+            ));
+        }
         _ => {}
     }
+    Ok(ScriptStatus::Succeeded)
+}
+
+/// The address to put in an invitation: where this box's server last listened (its state
+/// says), else `--listen`; a wildcard address becomes this machine's address on the
+/// default route, which a box elsewhere can dial.
+fn invite_address(state: &Path, listen: SocketAddr) -> String {
+    let recorded = std::fs::read_to_string(state.join(boxsync::invite::LISTEN_FILE))
+        .ok()
+        .and_then(|text| text.trim().parse::<SocketAddr>().ok());
+    let mut addr = recorded.unwrap_or(listen);
+    if addr.ip().is_unspecified() {
+        // Connecting a UDP socket sends nothing; it only picks the outgoing address.
+        let outgoing = std::net::UdpSocket::bind("0.0.0.0:0")
+            .and_then(|socket| socket.connect("192.0.2.1:9").map(|()| socket))
+            .and_then(|socket| socket.local_addr());
+        if let Ok(outgoing) = outgoing {
+            addr.set_ip(outgoing.ip());
+        }
+    }
+    addr.to_string()
+}
+
+/// `boxsync join LINE`: dials the inviting box (its ID pinned) with the invitation's
+/// secret; once it has let this box in, this box trusts it for good too.
+fn join(
+    handle: &Handle,
+    config: &Config,
+    invitation: &boxsync::invite::Invitation,
+) -> Result<ScriptStatus> {
+    let state = config.dir.join(STATE_DIR);
+    let identity = Identity::load_or_create(&state)?;
+    let trust = Trust::open(&state)?;
+    let inviter = &invitation.inviter;
+    handle.block_on(async {
+        let connect = tokio::net::TcpStream::connect(&inviter.addr);
+        let stream = tokio::time::timeout(boxsync::peer::CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "box {} at {} did not answer within {:?}",
+                    inviter.id,
+                    inviter.addr,
+                    boxsync::peer::CONNECT_TIMEOUT
+                )
+            })?
+            .with_context(|| format!("cannot reach box {} at {}", inviter.id, inviter.addr))?;
+        let mut connection = boxsync::protocol::dial_invited(
+            stream,
+            &identity,
+            &inviter.id,
+            Some(&invitation.secret),
+        )
+        .await
+        .with_context(|| format!("box {} at {}", inviter.id, inviter.addr))?;
+        let _ = connection.close().await;
+        anyhow::Ok(())
+    })?;
+    trust.add(&inviter.id, None)?;
+    say(&format!(
+        "joined box {}: the two boxes trust each other; sync with it: boxsync -d {} -p {inviter}",
+        inviter.id,
+        config.dir.display()
+    ));
     Ok(ScriptStatus::Succeeded)
 }
 

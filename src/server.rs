@@ -20,6 +20,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::history::Direction;
+use crate::invite;
 use crate::local::LocalBox;
 use crate::protocol::{
     self, Connection, ConnectionError, ErrorKind, HandshakeError, Link, Response,
@@ -105,6 +106,11 @@ impl Server {
                         addr: bound,
                         source,
                     })?;
+                    // For `boxsync invite`: where this box listens (best effort).
+                    let _ = std::fs::write(
+                        local.share.state_dir().join(invite::LISTEN_FILE),
+                        format!("{bound}\n"),
+                    );
                     return Ok(Server {
                         local,
                         listener,
@@ -293,8 +299,12 @@ async fn handle_connection(
         limits,
     } = served;
     local.tune(&stream);
-    let (mut connection, peer_id) = match protocol::accept(stream, tls).await {
-        Ok(accepted) => accepted,
+    let protocol::Caller {
+        mut connection,
+        id: peer_id,
+        invite,
+    } = match protocol::accept(stream, tls).await {
+        Ok(caller) => caller,
         Err(e) => {
             match e {
                 HandshakeError::KeyRefused | HandshakeError::Plaintext => {
@@ -308,6 +318,30 @@ async fn handle_connection(
         }
     };
     drop(pending);
+    if !local.trust.is_trusted(&peer_id)
+        && let Some(secret) = invite
+    {
+        let state = local.share.state_dir();
+        if invite::redeem(&state, &secret) {
+            match local.trust.add(&peer_id, None) {
+                Ok(_) => {
+                    tracing::info!(%peer, box_id = %peer_id, "box joined with an invitation: trusted for good")
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, box_id = %peer_id, error = %e, "box joined with an invitation, but its trust could not be kept")
+                }
+            }
+            local.trust.allow_for_this_run(&peer_id);
+        } else {
+            tracing::warn!(%peer, box_id = %peer_id, "refused an invitation that is used, expired or unknown");
+            let message = format!(
+                "box {} refused the invitation: it is used, expired or unknown; ask for a new one with `boxsync invite`",
+                local.id
+            );
+            protocol::refuse(&mut connection, ErrorKind::NotTrusted, message).await;
+            return;
+        }
+    }
     if !local.trust.is_trusted(&peer_id) {
         tracing::warn!(
             %peer,

@@ -20,6 +20,10 @@ pub struct Hello {
     pub magic: String,
     /// The sender's [`PROTOCOL_VERSION`].
     pub version: u32,
+    /// A client joining with an invitation: its one-time secret (sent only inside TLS,
+    /// after the server's key matched the invitation's ID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite: Option<String>,
 }
 
 impl Hello {
@@ -28,6 +32,7 @@ impl Hello {
         Hello {
             magic: MAGIC.to_string(),
             version: PROTOCOL_VERSION,
+            invite: None,
         }
     }
 }

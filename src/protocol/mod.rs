@@ -105,10 +105,25 @@ pub async fn dial(
     identity: &Identity,
     expected: &BoxId,
 ) -> Result<Connection<Link>, HandshakeError> {
+    dial_invited(stream, identity, expected, None).await
+}
+
+/// [`dial`], presenting an invitation's secret (`boxsync join`): a box that does not trust
+/// this one yet does once it has redeemed the secret.
+pub async fn dial_invited(
+    stream: TcpStream,
+    identity: &Identity,
+    expected: &BoxId,
+    invite: Option<&str>,
+) -> Result<Connection<Link>, HandshakeError> {
     let exchange = async {
         let link = tls::connect(stream, identity, expected).await?;
         let mut connection = Connection::new(link);
-        connection.write_message(&Hello::new()).await?;
+        let hello = Hello {
+            invite: invite.map(str::to_string),
+            ..Hello::new()
+        };
+        connection.write_message(&hello).await?;
         let frame = connection.expect_frame().await?;
         if let Ok(Response::Error { kind, message }) = connection::decode::<Response>(frame.clone())
         {
@@ -126,12 +141,22 @@ pub async fn dial(
         .unwrap_or(Err(HandshakeError::Timeout))
 }
 
-/// Server side: TLS, then the caller's greeting. Returns the connection and the caller's
-/// proven ID; the server then [`welcome`]s it or [`refuse`]s it (untrusted, busy).
+/// A caller that has authenticated, not yet admitted.
+pub struct Caller {
+    /// Its connection, greetings read.
+    pub connection: Connection<Link>,
+    /// Its ID, proven by its key.
+    pub id: BoxId,
+    /// The invitation secret it presented, if it is joining.
+    pub invite: Option<String>,
+}
+
+/// Server side: TLS, then the caller's greeting. Returns the authenticated caller; the
+/// server then [`welcome`]s it or [`refuse`]s it (untrusted, busy).
 pub async fn accept(
     stream: TcpStream,
     config: Arc<rustls::ServerConfig>,
-) -> Result<(Connection<Link>, BoxId), HandshakeError> {
+) -> Result<Caller, HandshakeError> {
     let exchange = async {
         let (link, id) = tls::accept(stream, config).await?;
         let mut connection = Connection::new(link);
@@ -140,7 +165,11 @@ pub async fn accept(
             refuse(&mut connection, ErrorKind::Handshake, e.to_string()).await;
             return Err(e);
         }
-        Ok((connection, id))
+        Ok(Caller {
+            connection,
+            id,
+            invite: hello.invite,
+        })
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await
