@@ -137,6 +137,8 @@ pub async fn receive_file(
             damaged = drops.damaged,
             "UDP download dropped datagrams"
         );
+    } else {
+        tracing::debug!(session = ready.session, "UDP download dropped no datagram");
     }
     let finished = finish(connection, ready.session).await;
     let blake3 = writer
