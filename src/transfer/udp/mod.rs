@@ -1,7 +1,7 @@
-//! Downloads over UDP: negotiated on the box's TCP connection, data in paced datagrams
-//! with per-datagram integrity checks, selective resends of exactly what was lost, and
-//! rate control that tells random loss from congestion. docs/protocol.md describes the
-//! datagrams.
+//! Downloads over UDP: negotiated on the box's TCP connection, data in paced datagrams,
+//! each authenticated and encrypted under keys the TCP connection exports for that
+//! transfer, selective resends of exactly what was lost, and rate control that tells
+//! random loss from congestion. docs/protocol.md describes the datagrams.
 //!
 //! The protocol is a pure core and thin drivers. The core decides everything (which
 //! datagram goes when, what is lost, when a transfer has failed) from `now` and the
