@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{CallError, Handled, ServeContext, refuse};
 use crate::protocol::{Connection, ConnectionError, ErrorKind};
 use crate::share::{DigestSet, RelPath, Share};
+use crate::transfer::udp::seal::DropCounts;
 use crate::transfer::udp::{self, UdpError};
 use crate::transfer::{Downloaded, Landing, Progress};
 
@@ -67,6 +68,22 @@ impl DownloadUdp {
             local_ip: local.ip(),
             server: remote,
         };
+        self.receive(connection, path, share, landing, progress)
+            .await
+            .map(|(downloaded, _)| downloaded)
+    }
+
+    /// Client, once the request is sent: as [`DownloadUdp::read_answer`], with the
+    /// datagrams on the path given (tests put a relay there), and also returns how many
+    /// datagrams this side dropped as forged, replayed or damaged.
+    pub async fn receive(
+        &self,
+        connection: &mut Connection<Link>,
+        path: udp::receiver::UdpPath,
+        share: &Arc<Share>,
+        landing: &Landing,
+        progress: Progress<'_>,
+    ) -> Result<(Downloaded, DropCounts), CallError> {
         udp::receiver::receive_file(connection, path, share, &self.name, landing, progress)
             .await
             .map_err(|e| match e {

@@ -1,6 +1,8 @@
 //! A fault-injecting relay between a client box and a server box: TCP passes through
 //! untouched, UDP datagrams on the same port number suffer seeded, deterministic faults
-//! (loss, loss bursts, reordering, duplication, corruption), each direction on its own.
+//! (loss, loss bursts, reordering, duplication, corruption), each direction on its own. It
+//! can also attack (inject forged, replayed and truncated datagrams next to the real ones)
+//! and record every UDP byte it relays.
 
 #![allow(dead_code)]
 
@@ -30,6 +32,16 @@ pub struct Faults {
     pub corrupt: f64,
     /// Drop everything (a firewall).
     pub blackhole: bool,
+    /// Chance that a forged datagram (the real one's clear header, then random bytes) is
+    /// sent after a real one.
+    pub forge: f64,
+    /// Chance that one of the last 64 datagrams relayed is sent again (captured and
+    /// resent).
+    pub replay: f64,
+    /// Chance that a copy of the datagram cut short (to under 48 bytes) is sent after it.
+    pub truncate: f64,
+    /// Keep every datagram relayed in [`RelayStats::captured`].
+    pub record: bool,
 }
 
 impl Faults {
@@ -55,6 +67,14 @@ pub struct RelayStats {
     pub duplicated: AtomicU64,
     /// Held back past the next datagram.
     pub reordered: AtomicU64,
+    /// Forged datagrams injected.
+    pub forged: AtomicU64,
+    /// Old datagrams sent again.
+    pub replayed: AtomicU64,
+    /// Truncated copies injected.
+    pub truncated: AtomicU64,
+    /// Every datagram relayed, both directions, when the faults say `record`.
+    pub captured: std::sync::Mutex<Vec<u8>>,
 }
 
 /// A running relay; clients connect to `addr` as if it were the server.
@@ -98,12 +118,53 @@ struct Direction {
     rng: Rng,
     in_burst: bool,
     held: Option<Vec<u8>>,
+    /// The last datagrams relayed, for replays.
+    recent: std::collections::VecDeque<Vec<u8>>,
 }
 
 impl Direction {
     /// Decides the fate of one datagram: the datagrams to send now, in order.
     fn apply(&mut self, datagram: Vec<u8>, stats: &RelayStats, cut: bool) -> Vec<Vec<u8>> {
         stats.seen.fetch_add(1, Ordering::Relaxed);
+        if self.faults.record {
+            let mut captured = stats.captured.lock().unwrap();
+            captured.extend_from_slice(&datagram);
+        }
+        let mut attacks = Vec::new();
+        if self.rng.chance(self.faults.forge) && datagram.len() > 20 {
+            let mut forged = datagram.clone();
+            for byte in &mut forged[12..] {
+                *byte = self.rng.below(256) as u8;
+            }
+            stats.forged.fetch_add(1, Ordering::Relaxed);
+            attacks.push(forged);
+        }
+        if self.rng.chance(self.faults.replay) && !self.recent.is_empty() {
+            let old = self.recent[self.rng.below(self.recent.len())].clone();
+            stats.replayed.fetch_add(1, Ordering::Relaxed);
+            attacks.push(old);
+        }
+        if self.rng.chance(self.faults.truncate) && !datagram.is_empty() {
+            // Mostly shorter than any sealed datagram, sometimes just long enough to try.
+            let len = self.rng.below(datagram.len().min(48));
+            stats.truncated.fetch_add(1, Ordering::Relaxed);
+            attacks.push(datagram[..len].to_vec());
+        }
+        if self.faults.replay > 0.0 {
+            if self.recent.len() == 64 {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(datagram.clone());
+        }
+        let mut out = self.fate(datagram, stats, cut);
+        if !(cut || self.faults.blackhole) {
+            out.extend(attacks);
+        }
+        out
+    }
+
+    /// The datagram's own fate under loss, corruption, reordering and duplication.
+    fn fate(&mut self, datagram: Vec<u8>, stats: &RelayStats, cut: bool) -> Vec<Vec<u8>> {
         if let Some((enter, leave)) = self.faults.burst {
             self.in_burst = if self.in_burst {
                 !self.rng.chance(leave)
@@ -185,6 +246,7 @@ impl Relay {
             rng: Rng(seed | 1),
             in_burst: false,
             held: None,
+            recent: Default::default(),
         };
         {
             let (front, back, stats, cut, client_addr) = (
@@ -210,6 +272,7 @@ impl Relay {
             rng: Rng(seed.wrapping_mul(31) | 1),
             in_burst: false,
             held: None,
+            recent: Default::default(),
         };
         {
             let (stats, cut) = (stats.clone(), cut.clone());

@@ -7,12 +7,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use boxsync::local::LocalBox;
 use boxsync::peer::PeerError;
 use boxsync::protocol::Link;
-use boxsync::protocol::{Connection, Response};
+use boxsync::protocol::{Connection, ErrorKind, Response};
 use boxsync::requests::Request;
 use boxsync::requests::udp::DownloadUdp;
-use boxsync::transfer::udp::{UdpError, parse_token, wire};
+use boxsync::transfer::udp::hub::MAX_SESSIONS;
+use boxsync::transfer::udp::proto::sender::{HELLO_TIMEOUT, INITIAL_WINDOW, SILENCE_TIMEOUT};
+use boxsync::transfer::udp::seal::{self, DropCounts, Opener, Sealer, TransferKeys};
+use boxsync::transfer::udp::{UdpError, parse_token, receiver, wire};
+use boxsync::transfer::{Landing, TransferError};
 use boxsync::types::Transport;
 use tokio::net::UdpSocket;
 
@@ -134,7 +139,7 @@ async fn bursts_reordering_duplication_corruption() {
             reorder: 0.1,
             duplicate: 0.1,
             corrupt: 0.1,
-            blackhole: false,
+            ..Faults::default()
         },
     ];
     for (i, faults) in cases.into_iter().enumerate() {
@@ -143,7 +148,8 @@ async fn bursts_reordering_duplication_corruption() {
 }
 
 /// Corrupted datagrams never reach the file: a fifth of all datagrams get a flipped byte,
-/// which the per-datagram CRC-32 always catches, and the file is still exact.
+/// which the per-datagram authentication (AES-256-GCM) always catches, and the file is
+/// still exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn corrupted_datagrams_never_reach_the_file() {
     let b = TestBox::start().await;
@@ -198,48 +204,273 @@ async fn receives_anything(socket: &UdpSocket, wait: Duration) -> bool {
         .is_ok()
 }
 
-/// A HELLO with a wrong token or session is ignored, and the server never sends data to
-/// an address that did not prove the token; the one that did gets the data.
+/// The keys a hand-made client derives for the session it negotiated on `connection`, as
+/// a real client does: its sealer (client to server) and opener (server to client).
+fn client_keys(connection: &Connection<Link>, session: u64, token: &[u8; 16]) -> (Sealer, Opener) {
+    let secret = connection
+        .export_secret(&seal::exporter_context(session, token))
+        .unwrap();
+    TransferKeys::derive(&secret).for_client()
+}
+
+/// A HELLO of `session`, sealed by `sealer`.
+fn sealed_hello(sealer: &mut Sealer, session: u64, token: &[u8; 16]) -> Vec<u8> {
+    let mut hello = wire::encode_hello(session, token);
+    sealer.seal(&mut hello, 0).unwrap();
+    hello
+}
+
+/// Datagrams `socket` receives until it has received nothing for `quiet`.
+async fn count_received(socket: &UdpSocket, quiet: Duration) -> u64 {
+    let mut buffer = [0u8; 2048];
+    let mut count = 0;
+    while tokio::time::timeout(quiet, socket.recv_from(&mut buffer))
+        .await
+        .is_ok()
+    {
+        count += 1;
+    }
+    count
+}
+
+/// Nothing unauthenticated is answered: the old plaintext HELLO with the right token, a
+/// HELLO sealed under another key, truncated and garbled ones, and junk for no session get
+/// no byte back. The HELLO sealed under the transfer's key gets the data; replayed from
+/// elsewhere, or sealed afresh from elsewhere once the session is bound, it gets nothing.
 #[tokio::test(flavor = "multi_thread")]
-async fn spoofed_hellos_get_nothing() {
+async fn unauthenticated_datagrams_get_no_answer() {
     let b = TestBox::start().await;
     b.write("f.bin", &bytes(100_000, 3));
-    let (_connection, session, token) = negotiate(&b).await;
+    let (connection, session, token) = negotiate(&b).await;
     let server: SocketAddr = b.addr;
+    let (mut sealer, _) = client_keys(&connection, session, &token);
     let spoofer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let mut wrong_token = token;
-    wrong_token[0] ^= 1;
-    spoofer
-        .send_to(&wire::encode_hello(session, &wrong_token), server)
-        .await
-        .unwrap();
-    spoofer
-        .send_to(&wire::encode_hello(session ^ 1, &token), server)
-        .await
-        .unwrap();
-    let mut damaged = wire::encode_hello(session, &token);
-    damaged[14] ^= 0xff;
-    spoofer.send_to(&damaged, server).await.unwrap();
+    let mut wrong_key = TransferKeys::derive(&[0x55; 32]).for_client().0;
+    let genuine = sealed_hello(&mut sealer, session, &token);
+    let mut garbled = genuine.clone();
+    garbled[30] ^= 0x01;
+    let mut junk = vec![0xEE; 64];
+    junk[..12].copy_from_slice(&genuine[..12]);
+    for datagram in [
+        wire::encode_hello(session, &token),
+        sealed_hello(&mut wrong_key, session, &token),
+        genuine[..genuine.len() - 1].to_vec(),
+        genuine[..20].to_vec(),
+        garbled,
+        junk,
+        vec![0u8; 3],
+        sealed_hello(&mut wrong_key, session ^ 1, &token),
+    ] {
+        spoofer.send_to(&datagram, server).await.unwrap();
+    }
     assert!(
         !receives_anything(&spoofer, Duration::from_millis(500)).await,
-        "spoofer got data"
+        "an unauthenticated datagram was answered"
     );
 
     let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    receiver
-        .send_to(&wire::encode_hello(session, &token), server)
-        .await
-        .unwrap();
+    receiver.send_to(&genuine, server).await.unwrap();
     assert!(
         receives_anything(&receiver, Duration::from_secs(5)).await,
         "receiver got nothing"
     );
-    // Once a receiver is proven, a later HELLO from elsewhere changes nothing.
+    // Once a receiver is proven, neither a replay of its HELLO nor a fresh one from
+    // elsewhere changes anything.
+    spoofer.send_to(&genuine, server).await.unwrap();
     spoofer
-        .send_to(&wire::encode_hello(session, &token), server)
+        .send_to(&sealed_hello(&mut sealer, session, &token), server)
         .await
         .unwrap();
     assert!(!receives_anything(&spoofer, Duration::from_millis(300)).await);
+}
+
+/// A HELLO sent from another port (a spoofed source) binds the session there, and that
+/// port gets at most the initial window, since no FEEDBACK comes from it; the session then
+/// ends for silence and the client hears `unavailable` on its TCP connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hello_from_another_port_gets_at_most_the_initial_window() {
+    let b = TestBox::start().await;
+    b.write("f.bin", &bytes(4 * 1024 * 1024, 6));
+    let (mut connection, session, token) = negotiate(&b).await;
+    let (mut sealer, _) = client_keys(&connection, session, &token);
+    let victim = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    receiver::enlarge_receive_buffer(&victim);
+    let started = std::time::Instant::now();
+    victim
+        .send_to(&sealed_hello(&mut sealer, session, &token), b.addr)
+        .await
+        .unwrap();
+    let received = count_received(&victim, Duration::from_millis(1500)).await;
+    assert!(received > 0, "the bound address got nothing");
+    assert!(
+        received <= INITIAL_WINDOW,
+        "{received} datagrams to a port that never sent feedback"
+    );
+    let answer = tokio::time::timeout(
+        SILENCE_TIMEOUT + Duration::from_secs(3),
+        connection.expect_message::<Response>(),
+    )
+    .await
+    .expect("the silent session ended in time")
+    .unwrap();
+    assert!(
+        matches!(
+            answer,
+            Response::Error {
+                kind: ErrorKind::Unavailable,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    assert!(started.elapsed() <= SILENCE_TIMEOUT + Duration::from_secs(2));
+}
+
+/// 16 sessions whose clients never say HELLO take every slot, so a 17th client is told
+/// `unavailable`; each silent session ends within its deadline (its client hears
+/// `unavailable`), and then the 17th client is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_sessions_free_their_slots() {
+    let b = TestBox::start().await;
+    let content = bytes(200_000, 4);
+    b.write("f.bin", &content);
+    let started = std::time::Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..MAX_SESSIONS {
+        silent.push(negotiate(&b).await.0);
+    }
+    let (_t, me) = TestBox::client();
+    let peer = b.peer_for(&me);
+    let mut progress = |_, _| {};
+    let refused = peer
+        .download_udp(&rel("f.bin"), None, &mut progress)
+        .await
+        .expect_err("a 17th session started");
+    assert!(
+        matches!(
+            refused,
+            PeerError::Remote {
+                kind: ErrorKind::Unavailable,
+                ..
+            } | PeerError::Transfer(TransferError::Remote {
+                kind: ErrorKind::Unavailable,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    for connection in &mut silent {
+        let answer = tokio::time::timeout(
+            HELLO_TIMEOUT + Duration::from_secs(3),
+            connection.expect_message::<Response>(),
+        )
+        .await
+        .expect("a silent session ended in time")
+        .unwrap();
+        assert!(
+            matches!(
+                answer,
+                Response::Error {
+                    kind: ErrorKind::Unavailable,
+                    ..
+                }
+            ),
+            "{answer:?}"
+        );
+    }
+    assert!(started.elapsed() < HELLO_TIMEOUT + Duration::from_secs(3));
+    let done = peer
+        .download_udp(&rel("f.bin"), None, &mut progress)
+        .await
+        .expect("served once the slots were free");
+    assert_eq!(done.transport, Transport::Udp);
+    assert!(std::fs::read(me.share.root().join("f.bin")).unwrap() == content);
+}
+
+/// Downloads `f.bin` from `b` over UDP through `relay` (TCP straight to `b`), returning
+/// what the client dropped.
+async fn download_via(b: &TestBox, relay: &Relay, me: &Arc<LocalBox>) -> DropCounts {
+    let mut connection = crate::util::dial(b).await;
+    let name = rel("f.bin");
+    let landing = Landing::same_name(&name);
+    let request = DownloadUdp::new(&name, &landing, None);
+    connection
+        .write_message(&Request::DownloadUdp(request.clone()))
+        .await
+        .unwrap();
+    let path = receiver::UdpPath {
+        local_ip: "127.0.0.1".parse().unwrap(),
+        server: relay.addr,
+    };
+    let mut progress = |_, _| {};
+    let (done, drops) = tokio::time::timeout(
+        Duration::from_secs(60),
+        request.receive(&mut connection, path, &me.share, &landing, &mut progress),
+    )
+    .await
+    .expect("download finished in time")
+    .unwrap_or_else(|e| panic!("download failed: {e:?}"));
+    assert_eq!(done.transport, Transport::Udp);
+    drops
+}
+
+/// A relay that injects forged datagrams, replays of earlier ones and truncated copies in
+/// both directions changes nothing: the file arrives intact, and the client counts what it
+/// dropped under each reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_replayed_and_truncated_datagrams_change_nothing() {
+    let b = TestBox::start().await;
+    let content = bytes(1024 * 1024 + 5, 12);
+    b.write("f.bin", &content);
+    let attack = Faults {
+        forge: 0.1,
+        replay: 0.1,
+        truncate: 0.1,
+        ..Faults::default()
+    };
+    let relay = Relay::start(b.addr, attack, attack, 21).await;
+    let (_t, me) = TestBox::client();
+    let drops = download_via(&b, &relay, &me).await;
+    assert!(std::fs::read(me.share.root().join("f.bin")).unwrap() == content);
+    assert!(files_under(&me.share.state_dir().join("tmp")).is_empty());
+    let injected = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    assert!(injected(&relay.stats.forged) > 10);
+    assert!(injected(&relay.stats.replayed) > 10);
+    assert!(injected(&relay.stats.truncated) > 10);
+    assert!(drops.forged > 0, "{drops:?}");
+    assert!(drops.replayed > 0, "{drops:?}");
+    assert!(drops.damaged > 0, "{drops:?}");
+}
+
+/// A relay that records every UDP byte in both directions never sees the file's content:
+/// a distinctive pattern that fills the file appears nowhere in the capture.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_never_sees_the_content() {
+    let b = TestBox::start().await;
+    let pattern = b"boxsync-SECRET-pattern-0123456789-";
+    let content: Vec<u8> = pattern.iter().copied().cycle().take(300_000).collect();
+    b.write("f.bin", &content);
+    let record = Faults {
+        record: true,
+        ..Faults::default()
+    };
+    let relay = Relay::start(b.addr, record, record, 2).await;
+    let (_t, me) = TestBox::client();
+    let peer = b.peer_via(&me, relay.addr);
+    let mut progress = |_, _| {};
+    let done = peer
+        .download_udp(&rel("f.bin"), None, &mut progress)
+        .await
+        .unwrap();
+    assert_eq!(done.transport, Transport::Udp);
+    assert!(std::fs::read(me.share.root().join("f.bin")).unwrap() == content);
+    let captured = relay.stats.captured.lock().unwrap();
+    assert!(captured.len() > content.len(), "the relay saw the transfer");
+    let needle = &pattern[..12];
+    assert!(
+        !captured.windows(needle.len()).any(|w| w == needle),
+        "file content in clear on the wire"
+    );
 }
 
 /// The serving box dies mid-transfer: a clear error in bounded time, no partial file, the
@@ -280,8 +511,10 @@ async fn peer_vanishes_mid_transfer() {
     assert!(files_under(&me.share.state_dir().join("tmp")).is_empty());
 }
 
-/// The UDP path dies mid-transfer while TCP stays up: the download fails for lack of
-/// progress in bounded time, leaving nothing behind.
+/// The UDP path dies mid-transfer while TCP stays up: the download fails in bounded time,
+/// leaving nothing behind: the server ends the session once the client's feedback has
+/// stopped for its silence time-out (and says `unavailable`), or the client fails for lack
+/// of progress, whichever comes first (the server's, at 5 s against 10 s).
 #[tokio::test(flavor = "multi_thread")]
 async fn udp_path_dies_mid_transfer() {
     let b = TestBox::start().await;
@@ -301,7 +534,14 @@ async fn udp_path_dies_mid_transfer() {
         .await
         .expect_err("a dead path completed");
     assert!(
-        matches!(error, PeerError::Udp(UdpError::Stalled(_))),
+        matches!(
+            error,
+            PeerError::Udp(UdpError::Stalled(_))
+                | PeerError::Transfer(TransferError::Remote {
+                    kind: ErrorKind::Unavailable,
+                    ..
+                })
+        ),
         "{error:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(30));

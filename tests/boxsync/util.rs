@@ -300,9 +300,9 @@ where
     };
     let task = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
-        let (mut connection, _caller) = protocol::accept(stream, config).await.unwrap();
-        protocol::welcome(&mut connection).await.unwrap();
-        script(connection).await;
+        let mut caller = protocol::accept(stream, config).await.unwrap();
+        protocol::welcome(&mut caller.connection).await.unwrap();
+        script(caller.connection).await;
     });
     (target, task)
 }

@@ -1,12 +1,15 @@
 //! The server's UDP side: one socket on the box's port, shared by every UDP transfer it
-//! serves. Incoming datagrams are routed to their session by id; the number of sessions
-//! and the rate of each are bounded.
+//! serves. Incoming datagrams are routed to their session by the id in their clear header;
+//! the session opens them under its keys and drops (and counts) what does not authenticate,
+//! so nothing unauthenticated is ever answered, and a datagram for no live session is
+//! dropped here. The number of sessions and the rate of each are bounded, and a session
+//! ends by itself, freeing its slot, when its client stays silent (see
+//! [`super::proto::sender::HELLO_TIMEOUT`] and [`super::proto::sender::SILENCE_TIMEOUT`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -26,12 +29,15 @@ pub struct UdpHub {
     socket: Arc<FastSocket>,
     /// Where each live session's datagrams go. A std `Mutex`: held only to look up or
     /// change an entry, never across an `.await`.
-    sessions: Mutex<HashMap<u64, mpsc::Sender<(Bytes, SocketAddr)>>>,
+    sessions: Mutex<HashMap<u64, Route>>,
     /// Session slots.
     slots: Arc<Semaphore>,
     /// The box-wide cap on each session's rate, bytes per second.
     max_rate: Option<f64>,
 }
+
+/// Where a session's datagrams go: the session's queue, still sealed, with their sender.
+type Route = mpsc::Sender<(Vec<u8>, SocketAddr)>;
 
 /// Why a UDP session could not start.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +53,8 @@ pub struct Session {
     stop: watch::Sender<bool>,
     /// The sender task.
     task: JoinHandle<SenderStats>,
+    /// How the task ended, once [`Session::ended`] saw it end.
+    result: Option<SenderStats>,
     /// The routing entry's key.
     id: u64,
     /// The hub, to remove the routing entry.
@@ -56,10 +64,21 @@ pub struct Session {
 }
 
 impl Session {
-    /// Stops the sender (if still running) and returns how it went.
-    pub async fn finish(self) -> SenderStats {
+    /// Waits until the sender ends by itself (complete, or its client silent); returns how
+    /// it went. Cancel-safe: the TCP side races it against the client's messages.
+    pub async fn ended(&mut self) -> SenderStats {
+        if let Some(stats) = self.result {
+            return stats;
+        }
+        let stats = (&mut self.task).await.unwrap_or_default();
+        self.result = Some(stats);
+        stats
+    }
+
+    /// Stops the sender (if still running) and returns how it went; frees the slot.
+    pub async fn finish(mut self) -> SenderStats {
         let _ = self.stop.send(true);
-        let stats = self.task.await.unwrap_or_default();
+        let stats = self.ended().await;
         self.hub.lock_sessions().remove(&self.id);
         stats
     }
@@ -76,9 +95,7 @@ impl UdpHub {
         }))
     }
 
-    fn lock_sessions(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<(Bytes, SocketAddr)>>> {
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Route>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -105,7 +122,7 @@ impl UdpHub {
                 let session = u64::from_be_bytes(id);
                 let route = self.lock_sessions().get(&session).cloned();
                 if let Some(route) = route {
-                    let _ = route.try_send((Bytes::copy_from_slice(datagram), from));
+                    let _ = route.try_send((datagram.to_vec(), from));
                 }
             }
         }
@@ -137,6 +154,7 @@ impl UdpHub {
         Ok(Session {
             stop,
             task,
+            result: None,
             id,
             hub: Arc::clone(self),
             _slot: slot,

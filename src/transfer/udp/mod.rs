@@ -1,7 +1,7 @@
-//! Downloads over UDP: negotiated on the box's TCP connection, data in paced datagrams
-//! with per-datagram integrity checks, selective resends of exactly what was lost, and
-//! rate control that tells random loss from congestion. docs/protocol.md describes the
-//! datagrams.
+//! Downloads over UDP: negotiated on the box's TCP connection, data in paced datagrams,
+//! each authenticated and encrypted under keys the TCP connection exports for that
+//! transfer, selective resends of exactly what was lost, and rate control that tells
+//! random loss from congestion. docs/protocol.md describes the datagrams.
 //!
 //! The protocol is a pure core and thin drivers. The core decides everything (which
 //! datagram goes when, what is lost, when a transfer has failed) from `now` and the
@@ -9,7 +9,9 @@
 //! move datagrams between it and the sockets, the clock and the files.
 //!
 //! - [`proto`]: the sans-IO sender and receiver state machines, and their simulated link;
-//! - [`wire`]: datagram layout and integrity check;
+//! - [`wire`]: plaintext datagram layout and integrity check;
+//! - [`seal`]: per-transfer keys from the TCP connection, sealing and opening every
+//!   datagram (AES-256-GCM), the replay window, and the counts of what was dropped;
 //! - [`rate`]: the rate controller;
 //! - [`sender`]: the driver of the serving box's side of one transfer;
 //! - [`receiver`]: the downloading box's side: negotiation, the driver, the partial file;
@@ -21,6 +23,7 @@ pub mod hub;
 pub mod proto;
 pub mod rate;
 pub mod receiver;
+pub mod seal;
 pub mod sender;
 pub mod serve;
 pub mod socket;

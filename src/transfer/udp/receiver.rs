@@ -1,7 +1,9 @@
-//! The downloading box's side of a UDP transfer: negotiates on the TCP connection, then
-//! drives a [`super::proto::receiver::Receiver`] (which checks datagrams and says when to
-//! report) with the socket and the clock, writes each new chunk at its offset in a partial
-//! file, and verifies the whole file before installing it.
+//! The downloading box's side of a UDP transfer: negotiates on the TCP connection and
+//! derives the transfer's keys from it, then drives a
+//! [`super::proto::receiver::Receiver`] (which checks datagrams and says when to report)
+//! with the socket and the clock, opening every datagram before the state machine sees it
+//! and sealing every report, writes each new chunk at its offset in a partial file, and
+//! verifies the whole file before installing it.
 
 use std::fs::File;
 use std::io;
@@ -15,10 +17,12 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::proto::receiver::{Announced, Receiver};
+use super::seal::{self, DropCounts, Opener, Sealer, TransferKeys};
+use super::serve::FINISH_TIMEOUT;
 use super::socket::{FastSocket, ReceiveBuffers};
 use super::wire::{self, Token};
 use super::{DuringTransfer, UdpError, UdpFinish, parse_token};
-use crate::protocol::{Connection, Frame, Response};
+use crate::protocol::{Connection, Frame, Link, Response};
 use crate::share::hash::BackgroundHasher;
 use crate::share::{DigestSet, InstallMeta, RelPath, Share, ShareError};
 use crate::transfer::partial::PartialFile;
@@ -49,15 +53,16 @@ pub struct UdpPath {
 }
 
 /// Downloads `rel` over UDP into `share`, negotiating on `connection` once the
-/// `download_udp` request is sent.
-pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
-    connection: &mut Connection<S>,
+/// `download_udp` request is sent. Returns the download and the datagrams this side
+/// dropped (forged, replayed, damaged), which are also logged.
+pub async fn receive_file(
+    connection: &mut Connection<Link>,
     path: UdpPath,
     share: &Arc<Share>,
     rel: &RelPath,
     landing: &Landing,
     progress: Progress<'_>,
-) -> Result<Downloaded, UdpError> {
+) -> Result<(Downloaded, DropCounts), UdpError> {
     let started = Instant::now();
     let ready = match connection
         .expect_message::<Response>()
@@ -94,6 +99,10 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
     };
     // Bounded before anything (the partial file, the bitset) is sized from it.
     announced.check().map_err(|e| protocol(&e.to_string()))?;
+    let secret = connection
+        .export_secret(&seal::exporter_context(ready.session, &ready.token))
+        .map_err(TransferError::from)?;
+    let (mut sealer, mut opener) = TransferKeys::derive(&secret).for_client();
     progress(0, ready.size);
 
     let socket = UdpSocket::bind(SocketAddr::new(path.local_ip, 0))
@@ -113,8 +122,24 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
     // The receiver's clock starts with its first HELLO.
     let mut receiver = Receiver::new(announced, path.server, Instant::now())
         .map_err(|e| protocol(&e.to_string()))?;
-    let outcome = receive(&mut receiver, connection, &socket, &writes, progress).await;
+    let keys = Keys {
+        sealer: &mut sealer,
+        opener: &mut opener,
+    };
+    let outcome = receive(&mut receiver, keys, connection, &socket, &writes, progress).await;
     drop(writes);
+    let drops = opener.drops();
+    if drops.any() {
+        tracing::info!(
+            session = ready.session,
+            forged = drops.forged,
+            replayed = drops.replayed,
+            damaged = drops.damaged,
+            "UDP download dropped datagrams"
+        );
+    } else {
+        tracing::debug!(session = ready.session, "UDP download dropped no datagram");
+    }
     let finished = finish(connection, ready.session).await;
     let blake3 = writer
         .await
@@ -138,7 +163,7 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
             &landing.expect,
         )
         .await?;
-    Ok(Downloaded {
+    let downloaded = Downloaded {
         version: FileVersion {
             name: rel.clone(),
             blake3,
@@ -154,7 +179,14 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
         replaced,
         resent: Some(resent),
         note: None,
-    })
+    };
+    Ok((downloaded, drops))
+}
+
+/// The receiving side's keys: one seals reports, the other opens data.
+struct Keys<'a> {
+    sealer: &'a mut Sealer,
+    opener: &'a mut Opener,
 }
 
 /// Tells the server the transfer is over (complete or not) and reads its statistics.
@@ -168,11 +200,10 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
         }))
         .await
         .map_err(TransferError::from)?;
-    match connection
-        .expect_message::<Response>()
+    let answer = tokio::time::timeout(FINISH_TIMEOUT, connection.expect_message::<Response>())
         .await
-        .map_err(TransferError::from)?
-    {
+        .map_err(|_| protocol(&format!("no udp_end within {FINISH_TIMEOUT:?}")))?;
+    match answer.map_err(TransferError::from)? {
         Response::UdpEnd { resent, .. } => Ok(resent),
         Response::Error { kind, message } => Err(TransferError::Remote { kind, message }.into()),
         other => Err(protocol(&format!("unexpected response {other:?}"))),
@@ -193,6 +224,7 @@ struct Ready {
 /// message from the server on the TCP connection.
 async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     receiver: &mut Receiver,
+    keys: Keys<'_>,
     connection: &mut Connection<S>,
     socket: &FastSocket,
     writes: &mpsc::Sender<WriteJob>,
@@ -215,8 +247,13 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
             received = socket.recv(&mut buffers) => {
                 let Ok(slots) = received else { continue };
                 let now = Instant::now();
+                // Only the server's datagrams are opened (anything else costs no
+                // cryptography); only what authenticates reaches the state machine.
+                let opener = &mut *keys.opener;
                 let chunks: Vec<(u64, bytes::Bytes)> = buffers
-                    .datagrams(slots)
+                    .datagrams_mut(slots)
+                    .filter(|(_, from)| *from == server)
+                    .filter_map(|(datagram, from)| Some((opener.open(datagram)?, from)))
                     .filter_map(|(datagram, from)| receiver.handle(now, from, datagram))
                     .map(|chunk| (chunk.offset, bytes::Bytes::copy_from_slice(chunk.bytes)))
                     .collect();
@@ -251,7 +288,10 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         }
         // Once complete, this is the last report: it tells the sender at once (the TCP
         // finish that follows is the reliable signal).
-        while let Some(datagram) = receiver.poll_transmit(Instant::now())? {
+        while let Some(mut datagram) = receiver.poll_transmit(Instant::now())? {
+            keys.sealer
+                .seal(&mut datagram, 0)
+                .map_err(|e| protocol(&e.to_string()))?;
             let _ = socket.send(server, &datagram, datagram.len()).await;
         }
     }

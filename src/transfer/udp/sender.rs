@@ -1,7 +1,8 @@
 //! The serving box's UDP sending loop: a thin driver around
-//! [`super::proto::sender::Sender`]. It feeds the session's datagrams and the clock to the
-//! state machine, reads the chunks it asks for from the file, and sends them in segmented
-//! batches.
+//! [`super::proto::sender::Sender`]. It opens the session's datagrams (dropping and
+//! counting what does not authenticate or was seen before) and feeds them and the clock to
+//! the state machine, reads the chunks it asks for from the file, and seals and sends them
+//! in segmented batches.
 
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
@@ -9,10 +10,10 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use super::proto::sender::{End, Sender, SenderConfig};
+use super::seal::{Opener, Sealer, TransferKeys};
 use super::socket::FastSocket;
 use super::wire::{self, Token};
 
@@ -37,31 +38,99 @@ pub struct SenderPlan {
     pub client_ip: IpAddr,
     /// Rate cap, bytes per second.
     pub max_rate: Option<f64>,
+    /// The transfer's keys, from the TCP connection that negotiated it.
+    pub keys: TransferKeys,
 }
 
 /// Runs one sending session until the receiver has everything, `stop` fires, or the
 /// receiver falls silent (or never says HELLO). `incoming` carries this session's
-/// datagrams from the server's UDP socket.
+/// datagrams, still sealed, from the server's UDP socket.
 pub async fn run(
     plan: SenderPlan,
     socket: Arc<FastSocket>,
-    mut incoming: mpsc::Receiver<(Bytes, SocketAddr)>,
-    mut stop: watch::Receiver<bool>,
+    incoming: mpsc::Receiver<(Vec<u8>, SocketAddr)>,
+    stop: watch::Receiver<bool>,
 ) -> SenderStats {
+    let SenderPlan {
+        session,
+        token,
+        file,
+        size,
+        chunk_len,
+        client_ip,
+        max_rate,
+        keys,
+    } = plan;
     let mut sender = Sender::new(
         SenderConfig {
-            session: plan.session,
-            token: plan.token,
-            size: plan.size,
-            chunk_len: plan.chunk_len,
-            client_ip: plan.client_ip,
-            max_rate: plan.max_rate,
+            session,
+            token,
+            size,
+            chunk_len,
+            client_ip,
+            max_rate,
         },
         Instant::now(),
     );
+    let (mut sealer, mut opener) = keys.for_server();
+    let mut reader = ChunkReader::new(&file, size, chunk_len);
+    let sent = drive(
+        &mut sender,
+        &mut sealer,
+        &mut opener,
+        &mut reader,
+        &socket,
+        incoming,
+        stop,
+    )
+    .await;
+    if let Err(problem) = sent {
+        tracing::warn!(session, "{problem}; abandoning");
+    }
+    if sender.end() == Some(End::Silent) {
+        tracing::info!(session, "receiver fell silent; abandoning");
+    }
+    if sender.end() == Some(End::NoHello) {
+        tracing::info!(session, "no authenticated HELLO arrived; abandoning");
+    }
+    let mut stats = sender.stats();
+    stats.drops = opener.drops();
+    let drops = stats.drops;
+    if drops.any() {
+        tracing::info!(
+            session,
+            sent = stats.sent,
+            resent = stats.resent,
+            forged = drops.forged,
+            replayed = drops.replayed,
+            damaged = drops.damaged,
+            "UDP session over; dropped datagrams"
+        );
+    } else {
+        tracing::debug!(
+            session,
+            sent = stats.sent,
+            resent = stats.resent,
+            "UDP session over"
+        );
+    }
+    stats
+}
+
+/// The loop of [`run`]: until the state machine ends or `stop` fires. An error says why
+/// the session cannot go on (the socket or the file failed, or the keys are used up).
+async fn drive(
+    sender: &mut Sender,
+    sealer: &mut Sealer,
+    opener: &mut Opener,
+    reader: &mut ChunkReader<'_>,
+    socket: &FastSocket,
+    mut incoming: mpsc::Receiver<(Vec<u8>, SocketAddr)>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let chunk_len = reader.chunk_len;
     let batch_capacity = socket.batch_capacity(wire::MAX_DATAGRAM);
     let mut batch = Vec::with_capacity(batch_capacity * wire::MAX_DATAGRAM);
-    let mut reader = ChunkReader::new(&plan);
     // One timer, moved only when the deadline does.
     let timer = tokio::time::sleep_until(Instant::now().into());
     tokio::pin!(timer);
@@ -73,8 +142,10 @@ pub async fn run(
         tokio::select! {
             _ = stop.changed() => break,
             datagram = incoming.recv() => {
-                let Some((bytes, from)) = datagram else { break };
-                sender.handle(Instant::now(), from, &bytes);
+                let Some((mut bytes, from)) = datagram else { break };
+                if let Some(plain) = opener.open(&mut bytes) {
+                    sender.handle(Instant::now(), from, plain);
+                }
             }
             _ = &mut timer => sender.handle_timeout(Instant::now()),
         }
@@ -83,45 +154,43 @@ pub async fn run(
         let mut destination = None;
         while let Some(transmit) = sender.poll_transmit(now) {
             destination = Some(transmit.destination);
-            let Ok(payload) = reader.chunk(transmit.chunk) else {
-                tracing::warn!(session = plan.session, "cannot read the file; abandoning");
-                return sender.stats();
-            };
+            let payload = reader
+                .chunk(transmit.chunk)
+                .map_err(|e| format!("cannot read the file: {e}"))?;
+            let start = batch.len();
             transmit.encode(payload, &mut batch);
+            sealer.seal(&mut batch, start).map_err(|e| e.to_string())?;
             in_batch += 1;
             // A short datagram can only end a segmented send.
-            if in_batch == batch_capacity || transmit.len < plan.chunk_len {
-                if socket
+            if in_batch == batch_capacity || transmit.len < chunk_len {
+                socket
                     .send(transmit.destination, &batch, wire::MAX_DATAGRAM)
                     .await
-                    .is_err()
-                {
-                    return sender.stats();
-                }
+                    .map_err(|e| format!("cannot send: {e}"))?;
                 batch.clear();
                 in_batch = 0;
             }
         }
-        if let Some(destination) = destination.filter(|_| in_batch > 0)
-            && socket
+        if let Some(destination) = destination.filter(|_| in_batch > 0) {
+            socket
                 .send(destination, &batch, wire::MAX_DATAGRAM)
                 .await
-                .is_err()
-        {
-            return sender.stats();
+                .map_err(|e| format!("cannot send: {e}"))?;
         }
         batch.clear();
     }
-    if sender.end() == Some(End::Silent) {
-        tracing::info!(session = plan.session, "receiver fell silent; abandoning");
-    }
-    sender.stats()
+    Ok(())
 }
 
 /// Reads chunks from the file, a block of [`READ_AHEAD`] chunks at a time, so that first
 /// sends (which go in order) cost one read per block rather than one per datagram.
 struct ChunkReader<'a> {
-    plan: &'a SenderPlan,
+    /// The file.
+    file: &'a File,
+    /// Its size.
+    size: u64,
+    /// Bytes per chunk.
+    chunk_len: usize,
     /// First chunk in `block`.
     first: u32,
     /// Chunks in `block`.
@@ -130,29 +199,29 @@ struct ChunkReader<'a> {
 }
 
 impl<'a> ChunkReader<'a> {
-    fn new(plan: &'a SenderPlan) -> ChunkReader<'a> {
+    fn new(file: &'a File, size: u64, chunk_len: usize) -> ChunkReader<'a> {
         ChunkReader {
-            plan,
+            file,
+            size,
+            chunk_len,
             first: 0,
             count: 0,
-            block: vec![0u8; plan.chunk_len * READ_AHEAD],
+            block: vec![0u8; chunk_len * READ_AHEAD],
         }
     }
 
     /// The bytes of `chunk`.
     fn chunk(&mut self, chunk: u32) -> std::io::Result<&[u8]> {
-        let chunk_len = self.plan.chunk_len as u64;
+        let chunk_len = self.chunk_len as u64;
         if chunk < self.first || chunk >= self.first + self.count {
             let offset = u64::from(chunk) * chunk_len;
-            let len = (self.plan.size - offset).min(self.block.len() as u64) as usize;
-            self.plan
-                .file
-                .read_exact_at(&mut self.block[..len], offset)?;
+            let len = (self.size - offset).min(self.block.len() as u64) as usize;
+            self.file.read_exact_at(&mut self.block[..len], offset)?;
             self.first = chunk;
-            self.count = len.div_ceil(self.plan.chunk_len) as u32;
+            self.count = len.div_ceil(self.chunk_len) as u32;
         }
         let start = u64::from(chunk - self.first) * chunk_len;
-        let len = (self.plan.size - u64::from(chunk) * chunk_len).min(chunk_len);
+        let len = (self.size - u64::from(chunk) * chunk_len).min(chunk_len);
         Ok(&self.block[start as usize..(start + len) as usize])
     }
 }

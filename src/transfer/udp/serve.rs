@@ -1,21 +1,29 @@
 //! The serving box's handling of a `download_udp` request on a TCP connection: hash, open,
-//! start a sending session, announce it, and wait on the same connection for the client's
-//! `udp_finish`.
+//! derive the transfer's keys from the connection, start a sending session, announce it,
+//! and wait on the same connection for the client's `udp_finish`. A session that ends by
+//! itself before that (its client never proved itself, or fell silent) frees its slot at
+//! once, and the client is told so with an `unavailable` error.
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand::RngExt;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::hub::UdpHub;
+use super::proto::sender::{End, HELLO_TIMEOUT, SILENCE_TIMEOUT};
+use super::seal::{self, TransferKeys};
 use super::sender::SenderPlan;
 use super::wire::{CHUNK_LEN, Token};
 use super::{DuringTransfer, UdpFinish};
-use crate::protocol::{Connection, ConnectionError, ErrorKind, Response};
+use crate::protocol::{Connection, ConnectionError, ErrorKind, Link, Response};
 use crate::share::folder::{self, Fingerprint};
 use crate::share::{DigestSet, RelPath, Share, ShareError};
 use crate::types::FileVersion;
+
+/// How long the client has to send `udp_finish` once its receiver reported having
+/// everything (it sends it at once).
+pub const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the client asked of a UDP download beyond the file.
 #[derive(Debug, Clone, Copy)]
@@ -28,8 +36,8 @@ pub struct Wanted {
 
 /// Serves one UDP download. The outer `Err` means the TCP connection failed; the inner
 /// result is the request's outcome, for the log.
-pub async fn serve_download<S: AsyncRead + AsyncWrite + Unpin>(
-    connection: &mut Connection<S>,
+pub async fn serve_download(
+    connection: &mut Connection<Link>,
     share: &Arc<Share>,
     hub: &Arc<UdpHub>,
     rel: &RelPath,
@@ -65,6 +73,7 @@ pub async fn serve_download<S: AsyncRead + AsyncWrite + Unpin>(
     let fingerprint = Fingerprint::of(&meta);
     let session_id: u64 = rand::rng().random();
     let token: Token = rand::rng().random();
+    let secret = connection.export_secret(&seal::exporter_context(session_id, &token))?;
     let plan = SenderPlan {
         session: session_id,
         token,
@@ -73,8 +82,9 @@ pub async fn serve_download<S: AsyncRead + AsyncWrite + Unpin>(
         chunk_len: CHUNK_LEN,
         client_ip,
         max_rate: None,
+        keys: TransferKeys::derive(&secret),
     };
-    let session = match hub.start(plan, max_rate.map(|r| r as f64)) {
+    let mut session = match hub.start(plan, max_rate.map(|r| r as f64)) {
         Ok(session) => session,
         Err(e) => {
             let message = e.to_string();
@@ -113,7 +123,53 @@ pub async fn serve_download<S: AsyncRead + AsyncWrite + Unpin>(
         session.finish().await;
         return Err(e);
     }
-    let next = connection.read_message::<DuringTransfer>().await;
+    // The client's next message, while the session runs; once the session ended by itself,
+    // either the transfer is complete (and `udp_finish` is due at once) or the client is
+    // told it is over.
+    let next = tokio::select! {
+        next = connection.read_message::<DuringTransfer>() => Some(next),
+        stats = session.ended() => match stats.end {
+            Some(End::Complete) => None,
+            end => {
+                let message = match end {
+                    Some(End::NoHello) => format!(
+                        "UDP session {session_hex} ended: no authenticated datagram from the client within {HELLO_TIMEOUT:?}"
+                    ),
+                    Some(End::Silent) => format!(
+                        "UDP session {session_hex} ended: the client sent no feedback for {SILENCE_TIMEOUT:?}"
+                    ),
+                    _ => format!("UDP session {session_hex} ended: the server could not go on"),
+                };
+                session.finish().await;
+                connection
+                    .write_message(&Response::Error {
+                        kind: ErrorKind::Unavailable,
+                        message: message.clone(),
+                    })
+                    .await?;
+                return Ok(Err(message));
+            }
+        },
+    };
+    let next = match next {
+        Some(next) => next,
+        None => {
+            match tokio::time::timeout(FINISH_TIMEOUT, connection.read_message::<DuringTransfer>())
+                .await
+            {
+                Ok(next) => next,
+                Err(_) => {
+                    session.finish().await;
+                    return Err(ConnectionError::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "no udp_finish within {FINISH_TIMEOUT:?} of a complete UDP transfer"
+                        ),
+                    )));
+                }
+            }
+        }
+    };
     let stats = session.finish().await;
     match next {
         Ok(Some(DuringTransfer::UdpFinish(UdpFinish { session }))) if session == session_hex => {}

@@ -115,6 +115,22 @@ impl ReceiveBuffers {
         }
     }
 
+    /// The datagrams in the first `slots` slots, with their senders, writable (a sealed
+    /// datagram is opened in place).
+    pub fn datagrams_mut(&mut self, slots: usize) -> impl Iterator<Item = (&mut [u8], SocketAddr)> {
+        self.storage
+            .iter_mut()
+            .zip(&self.meta)
+            .take(slots)
+            .flat_map(|(buffer, meta)| {
+                let stride = meta.stride.max(1);
+                let addr = meta.addr;
+                buffer[..meta.len]
+                    .chunks_mut(stride)
+                    .map(move |datagram| (datagram, addr))
+            })
+    }
+
     /// The datagrams in the first `slots` slots, with their senders.
     pub fn datagrams(&self, slots: usize) -> impl Iterator<Item = (&[u8], SocketAddr)> {
         self.storage

@@ -1,8 +1,11 @@
-//! The datagrams of a UDP transfer, and their integrity check.
+//! The plaintext datagrams of a UDP transfer, as the state machines read and write them.
 //!
 //! Every datagram starts with the same 12-byte header and ends with a CRC-32 of everything
 //! before it; a datagram whose CRC does not match, whose magic is wrong or whose length does
-//! not fit its kind is dropped. All integers are big-endian.
+//! not fit its kind is dropped. All integers are big-endian. On the network every datagram
+//! travels sealed ([`super::seal`]: the header in clear, a packet number, the rest
+//! encrypted and authenticated); the CRC is then redundant, and kept so that the state
+//! machines, tested without keys, still reject damage on their own.
 //!
 //! ```text
 //! header    'B' 'X' | kind u8 | 0 u8 | session u64
@@ -25,18 +28,21 @@ const KIND_FEEDBACK: u8 = 3;
 const HEADER_LEN: usize = 12;
 const CRC_LEN: usize = 4;
 
-/// Bytes a DATA datagram adds around its payload.
+/// Bytes a DATA datagram adds around its payload (before sealing).
 pub const DATA_OVERHEAD: usize = HEADER_LEN + 4 + 4 + 4 + 8 + CRC_LEN;
 
-/// Largest UDP payload boxsync sends: with IP and UDP headers it stays under a 1,500-byte
-/// MTU, so datagrams are never fragmented on ordinary links.
+/// Largest UDP payload boxsync sends, sealed: with IP and UDP headers it stays under a
+/// 1,500-byte MTU, so datagrams are never fragmented on ordinary links.
 pub const MAX_DATAGRAM: usize = 1400;
 
+/// Largest plaintext datagram: what sealing leaves of [`MAX_DATAGRAM`].
+pub const MAX_PLAIN: usize = MAX_DATAGRAM - super::seal::SEAL_OVERHEAD;
+
 /// File bytes per DATA datagram.
-pub const CHUNK_LEN: usize = MAX_DATAGRAM - DATA_OVERHEAD;
+pub const CHUNK_LEN: usize = MAX_PLAIN - DATA_OVERHEAD;
 
 /// Missing ranges that fit in one FEEDBACK datagram.
-pub const MAX_RANGES: usize = (MAX_DATAGRAM - HEADER_LEN - FEEDBACK_FIXED - CRC_LEN) / 8;
+pub const MAX_RANGES: usize = (MAX_PLAIN - HEADER_LEN - FEEDBACK_FIXED - CRC_LEN) / 8;
 
 /// Bytes of a FEEDBACK datagram between the header and the ranges.
 const FEEDBACK_FIXED: usize = 16 + 8 + 8 + 4 + 8 + 8 + 4 + 4 + 4 + 2;
@@ -293,7 +299,7 @@ mod tests {
         };
         let mut out = Vec::new();
         encode_data(&mut out, &data);
-        assert_eq!(out.len(), MAX_DATAGRAM);
+        assert_eq!(out.len(), MAX_PLAIN);
         assert_eq!(decode(&out), Ok(Datagram::Data(data)));
 
         let hello = encode_hello(1, &[2; 16]);
@@ -314,7 +320,7 @@ mod tests {
             ..Feedback::default()
         };
         let bytes = encode_feedback(&feedback);
-        assert!(bytes.len() <= MAX_DATAGRAM);
+        assert!(bytes.len() <= MAX_PLAIN);
         let Ok(Datagram::Feedback(decoded)) = decode(&bytes) else {
             panic!("feedback did not decode");
         };

@@ -1,7 +1,15 @@
 //! The serving box's side of a UDP transfer as a state machine: it waits for the
 //! receiver's HELLO, decides which chunk goes next and when (pacing at the controlled
 //! rate), resends exactly what the reports say is lost, and ends when the receiver has
-//! everything or falls silent. It reads no clock and touches no socket or file: the driver
+//! everything or falls silent.
+//!
+//! The session is bound to the full address (IP and port) of the first HELLO from the
+//! client's IP, and hears nothing from anywhere else. It sends at most [`INITIAL_WINDOW`]
+//! datagrams there until a FEEDBACK from that address shows a receiver reading them, and
+//! after that only while FEEDBACK keeps coming (see [`feedback_grace`]): a HELLO sent, or
+//! replayed, from someone else's address gets that address the initial window and no more.
+//! (The driver hands in only datagrams that authenticated under the transfer's keys; see
+//! [`crate::transfer::udp::seal`].) It reads no clock and touches no socket or file: the driver
 //! passes `now` and datagrams in, sends what [`Sender::poll_transmit`] asks for with the
 //! chunk's bytes, and wakes at [`Sender::poll_timeout`].
 
@@ -10,13 +18,28 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::transfer::udp::rate::{RateControl, Sample};
+use crate::transfer::udp::seal::SEAL_OVERHEAD;
 use crate::transfer::udp::wire::{self, Data, Datagram, Feedback, Token};
 
-/// How long the sender waits for the receiver's HELLO.
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the sender waits for the receiver's HELLO: longer than the receiver waits for
+/// its first datagram ([`super::receiver::FIRST_DATA_TIMEOUT`]), so that a path blocked
+/// towards the server is noticed, and fallen back from, by the client first; short enough
+/// that a session nobody speaks to frees its slot within seconds.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A transfer whose receiver has sent no report for this long is abandoned.
-pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A transfer whose receiver has sent no report for this long is abandoned (and its slot
+/// freed). The receiver reports every [`super::receiver::REPORT_EVERY`] while it runs.
+pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most DATA datagrams sent to the bound address before a FEEDBACK from it: about one round
+/// trip at the starting rate on a 50 ms path, so that proving the receiver costs an honest
+/// transfer no time, while a HELLO aimed at someone else's port gets them ~340 KB at most.
+pub const INITIAL_WINDOW: u64 = 256;
+
+/// Sending pauses when the latest FEEDBACK is older than this (or four round trips, if
+/// longer): a receiver reports every 10 ms, so this many lost in a row means the path, or
+/// the receiver, is gone. Sending resumes with the next FEEDBACK.
+pub const FEEDBACK_GRACE: Duration = Duration::from_millis(500);
 
 /// Pacing granularity: the sender wakes at most this often and sends what the rate
 /// allows, so that datagrams leave in batches (one system call each) rather than one by
@@ -64,6 +87,11 @@ pub struct SenderStats {
     pub resent: u64,
     /// Whether the receiver reported having everything.
     pub complete: bool,
+    /// Why the session ended by itself, if it did (`None`: stopped, or still running).
+    pub end: Option<End>,
+    /// Datagrams the driver dropped before they reached the state machine (it fills this
+    /// in: the state machine sees only authentic datagrams).
+    pub drops: crate::transfer::udp::seal::DropCounts,
 }
 
 /// Why a sending session ended by itself.
@@ -138,6 +166,11 @@ struct Sending {
     state: SendState,
     /// When the receiver last said anything.
     last_report: Instant,
+    /// Whether a FEEDBACK came from `destination`: a receiver reads there, so sending may
+    /// go beyond [`INITIAL_WINDOW`].
+    validated: bool,
+    /// When the last FEEDBACK came (the HELLO that bound the session, before any).
+    last_feedback: Instant,
     /// Sending credit, bytes.
     allowance: f64,
     /// When the credit was last topped up.
@@ -199,6 +232,8 @@ impl Sender {
                         destination: from,
                         state: SendState::new(self.total, self.config.max_rate, now),
                         last_report: now,
+                        validated: false,
+                        last_feedback: now,
                         allowance: 0.0,
                         refilled: now,
                         next_tick: now,
@@ -211,8 +246,11 @@ impl Sender {
                     if feedback.session == session && feedback.token == token =>
                 {
                     sending.last_report = now;
+                    sending.last_feedback = now;
+                    sending.validated = true;
                     if sending.state.on_feedback(&feedback, now) {
                         self.stats.complete = true;
+                        self.stats.end = Some(End::Complete);
                         self.phase = Phase::Ended(End::Complete);
                     }
                 }
@@ -243,6 +281,7 @@ impl Sender {
             }
             _ => return,
         };
+        self.stats.end = Some(end);
         self.phase = Phase::Ended(end);
     }
 
@@ -252,7 +291,10 @@ impl Sender {
         let Phase::Sending(sending) = &mut self.phase else {
             return None;
         };
-        let packet = self.config.chunk_len as f64 + wire::DATA_OVERHEAD as f64;
+        if !sending.may_send(now, self.stats.sent) {
+            return None;
+        }
+        let packet = (self.config.chunk_len + wire::DATA_OVERHEAD + SEAL_OVERHEAD) as f64;
         let rate = sending.state.rate.rate();
         if now >= sending.next_tick {
             sending.allowance += now.duration_since(sending.refilled).as_secs_f64() * rate;
@@ -304,6 +346,16 @@ impl Sender {
                 if !sending.state.has_pending() {
                     return Some(silence);
                 }
+                // Held back (see `Sending::may_send`): only a datagram, or the silence
+                // time-out, changes that.
+                let paused = if sending.validated {
+                    sending.next_tick > sending.last_feedback + sending.grace()
+                } else {
+                    self.stats.sent >= INITIAL_WINDOW
+                };
+                if paused {
+                    return Some(silence);
+                }
                 // The next tick, even if the credit will not yet allow a datagram then:
                 // waiting for the credit instead would wake off the grid, and timers that
                 // round up would then skip a tick.
@@ -312,6 +364,30 @@ impl Sender {
             Phase::Ended(_) => None,
         }
     }
+}
+
+impl Sending {
+    /// How old the latest FEEDBACK may be for sending to go on.
+    fn grace(&self) -> Duration {
+        feedback_grace(self.state.rate.srtt())
+    }
+
+    /// Whether the session may send at `now`, having sent `sent` datagrams: up to
+    /// [`INITIAL_WINDOW`] before the bound address sent FEEDBACK, and after that while its
+    /// FEEDBACK is fresh.
+    fn may_send(&self, now: Instant, sent: u64) -> bool {
+        if self.validated {
+            now.duration_since(self.last_feedback) <= self.grace()
+        } else {
+            sent < INITIAL_WINDOW
+        }
+    }
+}
+
+/// How old the latest FEEDBACK may be before a validated session stops sending, given the
+/// smoothed round trip: [`FEEDBACK_GRACE`] or four round trips, whichever is longer.
+pub fn feedback_grace(srtt: Duration) -> Duration {
+    FEEDBACK_GRACE.max(srtt * 4)
 }
 
 /// What has been sent and what must be sent next.

@@ -17,7 +17,10 @@ use rand::{RngExt, SeedableRng};
 use super::receiver::{
     Announced, FIRST_DATA_TIMEOUT, Failure, REPORT_EVERY, Receiver, STALL_TIMEOUT,
 };
-use super::sender::{End, HELLO_TIMEOUT, SILENCE_TIMEOUT, Sender, SenderConfig, SenderStats};
+use super::sender::{
+    End, HELLO_TIMEOUT, INITIAL_WINDOW, SILENCE_TIMEOUT, Sender, SenderConfig, SenderStats,
+    feedback_grace,
+};
 use crate::transfer::udp::wire::{self, CHUNK_LEN, Datagram};
 
 /// The serving box's UDP address.
@@ -654,4 +657,77 @@ fn strangers_are_ignored() {
     transmit.encode(&pair.file[..transmit.len], &mut datagram);
     assert_eq!(pair.receiver.handle(start, stranger, &datagram), None);
     assert!(pair.receiver.handle(start, SERVER, &datagram).is_some());
+}
+
+/// A HELLO that reaches the sender from another port of the client's IP first (spoofed,
+/// or a copy replayed from there) binds the session to that address: it gets at most
+/// [`INITIAL_WINDOW`] datagrams, ever, with no FEEDBACK from it; the real receiver's
+/// datagrams, from its own port, are not heard; and the session ends on silence.
+#[test]
+fn a_hello_from_another_port_gets_only_the_initial_window() {
+    let mut pair = Pair::new(3000 * CHUNK_LEN, Link::clean(), Link::clean(), 23);
+    let start = pair.start;
+    let Ok(Some(hello)) = pair.receiver.poll_transmit(start) else {
+        panic!("the receiver says HELLO first");
+    };
+    let elsewhere = SocketAddr::new(CLIENT.ip(), CLIENT.port() + 1);
+    pair.sender.handle(start, elsewhere, &hello);
+    pair.sender.handle(start, CLIENT, &hello);
+    let mut sent = 0u64;
+    let mut now = start;
+    while let Some(at) = pair.sender.poll_timeout() {
+        now = at;
+        pair.sender.handle_timeout(now);
+        while let Some(transmit) = pair.sender.poll_transmit(now) {
+            assert_eq!(transmit.destination, elsewhere);
+            sent += 1;
+        }
+        // The real receiver keeps reporting from its own port: unheard.
+        if let Ok(Some(report)) = pair.receiver.poll_transmit(now) {
+            pair.sender.handle(now, CLIENT, &report);
+        }
+    }
+    assert_eq!(sent, INITIAL_WINDOW);
+    assert_eq!(pair.sender.end(), Some(End::Silent));
+    assert!(now - start <= SILENCE_TIMEOUT + Duration::from_millis(2));
+}
+
+/// FEEDBACK from the bound address lifts the initial window; when it stops, sending stops
+/// within [`feedback_grace`] (nothing more is pushed at a path that may be gone), resumes
+/// with the next FEEDBACK, and the session ends after [`SILENCE_TIMEOUT`] without one.
+#[test]
+fn sending_follows_feedback() {
+    let mut pair = Pair::new(20_000 * CHUNK_LEN, Link::clean(), Link::clean(), 29);
+    // The receiver hangs once data flows: its FEEDBACK stops.
+    pair.receiver_stops = Some(Duration::from_millis(300));
+    let outcome = pair.run();
+    let Outcome::SenderEnded(End::Silent, _) = outcome else {
+        panic!("{outcome:?}");
+    };
+    let stats = pair.sender.stats();
+    assert!(
+        stats.sent > INITIAL_WINDOW,
+        "the window was lifted: {stats:?}"
+    );
+    // Everything sent went out before the grace after the last FEEDBACK ran out: at
+    // 100 Mbit/s, 0.3 s of sending and a grace are far fewer datagrams than the file.
+    let grace = feedback_grace(Duration::from_millis(50));
+    let bound = ((Duration::from_millis(300) + grace).as_secs_f64() * 12.5e6 * 1.5
+        / wire::MAX_DATAGRAM as f64) as u64;
+    assert!(stats.sent < bound, "{stats:?} (bound {bound})");
+    assert!(stats.sent < 20_000);
+}
+
+/// A pause for lack of FEEDBACK is not the end: a receiver whose reports stop for a
+/// second (longer than the grace, shorter than the silence time-out) and then come back
+/// gets the whole file.
+#[test]
+fn sending_resumes_when_feedback_returns() {
+    let link = Link {
+        outages: vec![Duration::from_millis(300)..Duration::from_millis(1300)],
+        ..Link::clean()
+    };
+    let mut pair = Pair::new(5000 * CHUNK_LEN, Link::clean(), link, 31);
+    let (took, _) = pair.transfer();
+    assert!(took > Duration::from_millis(1300), "{took:?}");
 }
