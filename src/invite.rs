@@ -155,7 +155,7 @@ fn redeem_at(state: &Path, secret: &str, now: u64) -> bool {
         .ok()
         .and_then(|text| serde_json::from_slice(&text).ok());
     let claimed = fs::remove_file(&path).is_ok();
-    claimed && pending.is_some_and(|p| now <= p.expires)
+    claimed && pending.is_some_and(|p| now < p.expires)
 }
 
 /// The file of the invitation with `secret`: named by the secret's SHA-256, so that the

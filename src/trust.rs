@@ -65,6 +65,10 @@ pub struct TrustedBox {
 struct TrustFile {
     /// Every box trusted for good.
     trusted: Vec<TrustedBox>,
+    /// Boxes whose trust was withdrawn (`boxsync untrust`): a running box that trusts one
+    /// for its run only (`--peer`, `--trust`) stops trusting it too when it sees it here.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    revoked: BTreeSet<BoxId>,
 }
 
 /// One box in [`Trust::list`]: kept in the file, or for this run only.
@@ -88,6 +92,8 @@ struct State {
     seen: Option<(SystemTime, u64, u64)>,
     /// Boxes trusted for this run only.
     session: BTreeSet<BoxId>,
+    /// The boxes the file said were revoked when last read.
+    revoked: BTreeSet<BoxId>,
 }
 
 /// The boxes this box trusts. Shared by the server (every connection and request asks)
@@ -149,6 +155,7 @@ impl Trust {
         let mut state = self.lock();
         self.refresh(&mut state)?;
         let new = !state.stored.contains_key(id);
+        state.revoked.remove(id);
         let entry = state.stored.entry(id.clone()).or_insert(TrustedBox {
             id: id.clone(),
             name: None,
@@ -167,7 +174,8 @@ impl Trust {
         self.refresh(&mut state)?;
         let stored = state.stored.remove(id).is_some();
         let session = state.session.remove(id);
-        if stored {
+        let newly_revoked = state.revoked.insert(id.clone());
+        if stored || newly_revoked {
             self.save(&mut state)?;
         }
         Ok(stored || session)
@@ -234,6 +242,13 @@ impl Trust {
             .into_iter()
             .map(|b| (b.id.clone(), b))
             .collect();
+        // Revoked since last read (by another process): no longer trusted for this run
+        // either. (One revoked before this run may be trusted again by this run's own
+        // `--peer` or `--trust`, which came later.)
+        for id in file.revoked.difference(&state.revoked) {
+            state.session.remove(id);
+        }
+        state.revoked = file.revoked;
         state.seen = Some(stamp);
         Ok(())
     }
@@ -250,6 +265,7 @@ impl Trust {
         };
         let file = TrustFile {
             trusted: state.stored.values().cloned().collect(),
+            revoked: state.revoked.clone(),
         };
         let mut text = serde_json::to_vec_pretty(&file).map_err(|e| failed(io::Error::other(e)))?;
         text.push(b'\n');
@@ -300,6 +316,14 @@ mod tests {
         assert!(!reopened.remove(&id(1)).unwrap());
         // The first handle sees the change made through the second, without a restart.
         assert!(!trust.is_trusted(&id(1)));
+
+        // Untrusting in another process ends this run's trust too; trusting again restores it.
+        reopened.remove(&id(2)).unwrap();
+        assert!(!trust.is_trusted(&id(2)), "revoked elsewhere");
+        trust.allow_for_this_run(&id(2));
+        assert!(trust.is_trusted(&id(2)), "a later --peer trusts it again");
+        reopened.add(&id(2), None).unwrap();
+        assert!(Trust::open(dir.path()).unwrap().is_trusted(&id(2)));
     }
 
     /// A damaged trust file trusts nobody from it, and says so when asked to change it.

@@ -11,5 +11,6 @@ mod relay;
 mod shell;
 mod snapshots;
 mod sync;
+mod trust;
 mod udp;
 mod util;

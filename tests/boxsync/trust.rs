@@ -1,0 +1,412 @@
+//! Trusted boxes only: an untrusted box gets nothing, the wrong box at an address is
+//! refused, a relay sees no name or content and cannot change a byte unnoticed, invites
+//! work once, and callers that have not authenticated hold nothing for long.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use boxsync::identity::Identity;
+use boxsync::peer::{Peer, PeerError};
+use boxsync::protocol::{self, ErrorKind, HandshakeError};
+use boxsync::share::filter::IndexFilter;
+use boxsync::types::{FileVersion, PeerAddress};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use crate::util::{TestBox, binary, bytes, files_under, rel};
+
+/// Every file under `root` (state included) with its bytes, but the server's log.
+fn snapshot(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    files_under(root)
+        .into_iter()
+        .filter(|p| !p.starts_with(".boxsync/log"))
+        .map(|p| {
+            let bytes = fs::read(root.join(&p)).unwrap_or_default();
+            (p.display().to_string(), bytes)
+        })
+        .collect()
+}
+
+/// An untrusted box is refused for every request and every notice, with the command that
+/// would let it in; the folder, the record and the state are unchanged afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_untrusted_box_gets_nothing() {
+    let b = TestBox::start().await;
+    b.write("secret.txt", b"keep out");
+    let before = snapshot(&b.root());
+    let (_t, me) = TestBox::client();
+    let peer = Peer::new(&b.target(), Arc::clone(&me));
+    let mut progress = |_, _| {};
+    let version = FileVersion {
+        name: rel("secret.txt"),
+        blake3: "00".repeat(32),
+        size: 8,
+        mtime: boxsync::time::Timestamp::now(),
+        mode: 0o644,
+    };
+    let outcomes: Vec<(&str, Result<(), PeerError>)> = vec![
+        ("index", peer.index(&IndexFilter::Longlist).await.map(drop)),
+        ("hash", peer.hash(&rel("secret.txt")).await.map(drop)),
+        ("checkall", peer.hash_all().await.map(drop)),
+        (
+            "download",
+            peer.download_tcp(&rel("secret.txt"), &mut progress)
+                .await
+                .map(drop),
+        ),
+        (
+            "udp",
+            peer.download_udp(&rel("secret.txt"), None, &mut progress)
+                .await
+                .map(drop),
+        ),
+        ("changed", peer.notify_changed().await),
+        ("installed", peer.confirm_installed(version.clone()).await),
+        (
+            "installed_many",
+            peer.confirm_installed_many(vec![version]).await,
+        ),
+    ];
+    for (what, outcome) in outcomes {
+        match outcome {
+            Err(e @ PeerError::NotTrusted { .. }) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains(&format!("boxsync trust {}", me.id)),
+                    "{what}: {text}"
+                );
+            }
+            other => panic!("{what}: expected a refusal, got {other:?}"),
+        }
+    }
+    assert!(b.notices.take_installed(&me.id).is_empty());
+    assert!(b.notices.take_served(&me.id).is_empty());
+    assert_eq!(
+        snapshot(&b.root()),
+        before,
+        "the box changed for an untrusted caller"
+    );
+    assert!(!me.share.root().join("secret.txt").exists());
+}
+
+/// The box at a dialed address that is not the box dialed is refused, with both IDs named.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_wrong_box_at_an_address_is_refused() {
+    let b = TestBox::start().await;
+    b.write("a.txt", b"a");
+    let (_t, me) = TestBox::client();
+    let expected = Identity::generate().unwrap().id().clone();
+    b.local.trust.allow_for_this_run(&me.id);
+    let wrong = PeerAddress {
+        id: expected.clone(),
+        addr: b.addr.to_string(),
+    };
+    let error = Peer::new(&wrong, Arc::clone(&me))
+        .index(&IndexFilter::Longlist)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!("the box at {} is {}, not {expected}", b.addr, b.local.id)
+    );
+    // The server side turned the caller away too: nothing was served or logged as served.
+    assert!(b.local.history.records().unwrap().is_empty());
+}
+
+/// A TCP relay in front of `server` that records every byte both ways and, if `flip_at`
+/// says so, flips one byte of the first connection's server-to-client stream there.
+async fn tcp_relay(server: SocketAddr, flip_at: Option<u64>) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let captured = Arc::new(Mutex::new(Vec::new()));
+    let flipped = Arc::new(AtomicBool::new(flip_at.is_none()));
+    let recorder = Arc::clone(&captured);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(upstream) = TcpStream::connect(server).await else {
+                continue;
+            };
+            let flip = (!flipped.swap(true, Ordering::SeqCst))
+                .then_some(flip_at)
+                .flatten();
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = upstream.into_split();
+            tokio::spawn(pipe(client_read, server_write, Arc::clone(&recorder), None));
+            tokio::spawn(pipe(server_read, client_write, Arc::clone(&recorder), flip));
+        }
+    });
+    (addr, captured)
+}
+
+/// Copies one direction, recording it, flipping the byte at offset `flip` if given.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    captured: Arc<Mutex<Vec<u8>>>,
+    flip: Option<u64>,
+) {
+    let mut offset = 0u64;
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        let chunk = &mut buffer[..read];
+        if let Some(at) = flip
+            && (offset..offset + read as u64).contains(&at)
+        {
+            chunk[(at - offset) as usize] ^= 0x40;
+        }
+        offset += read as u64;
+        captured.lock().unwrap().extend_from_slice(chunk);
+        if to.write_all(chunk).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Whether `needle` occurs in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A relay that records every byte of a listing, a hash and a download over TCP never sees
+/// a file's name or content.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_sees_no_name_or_content() {
+    let b = TestBox::start().await;
+    let name = "quarterly-results-Q7-confidential.txt";
+    let pattern = b"PLAINTEXT-PATTERN-0123456789-";
+    let content: Vec<u8> = pattern.iter().copied().cycle().take(600_000).collect();
+    b.write(name, &content);
+    let (relay, captured) = tcp_relay(b.addr, None).await;
+    let (_t, me) = TestBox::client();
+    let peer = b.peer_via(&me, relay);
+    assert_eq!(peer.index(&IndexFilter::Longlist).await.unwrap().len(), 1);
+    peer.hash(&rel(name)).await.unwrap();
+    let mut progress = |_, _| {};
+    peer.download_tcp(&rel(name), &mut progress).await.unwrap();
+    assert_eq!(fs::read(me.share.root().join(name)).unwrap(), content);
+    let seen = captured.lock().unwrap().clone();
+    assert!(seen.len() > content.len(), "the relay saw the transfer");
+    assert!(
+        !contains(&seen, name.as_bytes()),
+        "the name crossed in clear"
+    );
+    assert!(
+        !contains(&seen, &pattern[..16]),
+        "the content crossed in clear"
+    );
+}
+
+/// A relay that changes one byte mid-transfer makes the transfer fail cleanly (nothing
+/// half-written, nothing installed), and the next attempt succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_byte_fails_the_transfer_cleanly() {
+    let b = TestBox::start().await;
+    let content = bytes(4 << 20, 11);
+    b.write("f.bin", &content);
+    let (relay, _) = tcp_relay(b.addr, Some(2 << 20)).await;
+    let (_t, me) = TestBox::client();
+    let peer = b.peer_via(&me, relay);
+    let mut progress = |_, _| {};
+    let first = peer.download_tcp(&rel("f.bin"), &mut progress).await;
+    assert!(first.is_err(), "a changed byte went unnoticed");
+    assert!(!me.share.root().join("f.bin").exists());
+    assert!(files_under(&me.share.root().join(".boxsync/tmp")).is_empty());
+    peer.download_tcp(&rel("f.bin"), &mut progress)
+        .await
+        .unwrap();
+    assert_eq!(fs::read(me.share.root().join("f.bin")).unwrap(), content);
+}
+
+/// Runs the binary with `args`; its exit code, stdout and stderr.
+async fn boxsync(args: Vec<String>) -> (Option<i32>, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(binary()).args(&args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// An invitation lets one box join, once: the two then trust each other. A second use, and
+/// an expired invitation, are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invitation_works_once_and_not_after_it_expires() {
+    let b = TestBox::start().await;
+    b.write("a.txt", b"a");
+    let root = b.root().display().to_string();
+    let (code, line, _) = boxsync(vec!["invite".into(), "-d".into(), root.clone()]).await;
+    assert_eq!(code, Some(0));
+    let line = line.trim().to_string();
+    assert!(
+        line.contains(&format!("{}@{}", b.local.id, b.addr)),
+        "{line}"
+    );
+
+    let first = tempfile::tempdir().unwrap();
+    let dir = first.path().display().to_string();
+    let (code, out, err) =
+        boxsync(vec!["join".into(), line.clone(), "-d".into(), dir.clone()]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, err) = boxsync(vec![
+        "-d".into(),
+        dir.clone(),
+        "-p".into(),
+        b.target().to_string(),
+        "-c".into(),
+        "index longlist".into(),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("a.txt"));
+    let (_, trusted, _) = boxsync(vec!["peers".into(), "-d".into(), dir]).await;
+    assert!(trusted.contains(b.local.id.as_str()), "{trusted}");
+
+    let second = tempfile::tempdir().unwrap();
+    let dir = second.path().display().to_string();
+    let (code, _, err) = boxsync(vec!["join".into(), line, "-d".into(), dir.clone()]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("used, expired or unknown"), "{err}");
+
+    let expired = boxsync::invite::create(
+        &b.local.share.state_dir(),
+        &b.local.id,
+        &b.addr.to_string(),
+        Duration::ZERO,
+    )
+    .unwrap();
+    let (code, _, err) = boxsync(vec!["join".into(), expired.to_string(), "-d".into(), dir]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("used, expired or unknown"), "{err}");
+}
+
+/// The key is the owner's only, and an ID typed with one wrong character is caught.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_key_is_private_and_typos_are_caught() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let (code, id, _) = boxsync(vec!["id".into(), "-d".into(), d.clone()]).await;
+    assert_eq!(code, Some(0));
+    let id = id.trim().to_string();
+    let mode = fs::metadata(dir.path().join(".boxsync/identity.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let (_, json, _) = boxsync(vec!["id".into(), "-d".into(), d.clone(), "--json".into()]).await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&json).unwrap()["id"],
+        id
+    );
+
+    let mut typo: Vec<char> = id.chars().collect();
+    typo[20] = if typo[20] == 'A' { 'B' } else { 'A' };
+    let typo: String = typo.into_iter().collect();
+    let (code, _, err) = boxsync(vec!["trust".into(), typo, "-d".into(), d.clone()]).await;
+    assert_eq!(code, Some(2));
+    assert!(err.contains("typo"), "{err}");
+    let (_, listed, _) = boxsync(vec!["peers".into(), "-d".into(), d]).await;
+    assert!(listed.contains("no trusted boxes"), "{listed}");
+}
+
+/// Connections that never authenticate hold a handshake place for a few seconds at most,
+/// and only their source's share of them: a box from another address gets in at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_callers_hold_nothing_for_long() {
+    let b = TestBox::start().await;
+    b.write("a.txt", b"a");
+    let mut silent = Vec::new();
+    for _ in 0..40 {
+        silent.push(TcpStream::connect(b.addr).await.unwrap());
+    }
+    // A box on another source address (127.0.0.2) is served at once.
+    let identity = Identity::generate().unwrap();
+    b.local.trust.allow_for_this_run(identity.id());
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let started = Instant::now();
+    let stream = socket.connect(b.addr).await.unwrap();
+    protocol::dial(stream, &identity, &b.local.id)
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Every silent connection is closed within the handshake deadline (and a little).
+    for mut stream in silent {
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(
+            protocol::HANDSHAKE_TIMEOUT + Duration::from_secs(3),
+            stream.read(&mut byte),
+        )
+        .await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "still open: {closed:?}"
+        );
+    }
+}
+
+/// One box cannot hold every connection slot: past its share it is turned away with a
+/// reason, and another box is still served.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_box_cannot_take_every_slot() {
+    let b = TestBox::start().await;
+    let hog = Identity::generate().unwrap();
+    b.local.trust.allow_for_this_run(hog.id());
+    let mut held = Vec::new();
+    for _ in 0..boxsync::server::MAX_CONNECTIONS_PER_BOX {
+        let stream = TcpStream::connect(b.addr).await.unwrap();
+        held.push(protocol::dial(stream, &hog, &b.local.id).await.unwrap());
+    }
+    let stream = TcpStream::connect(b.addr).await.unwrap();
+    match protocol::dial(stream, &hog, &b.local.id).await {
+        Err(HandshakeError::Refused(message)) => {
+            assert!(message.contains("already serves"), "{message}")
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(drop)),
+    }
+    let (_t, other) = TestBox::client();
+    assert!(
+        b.peer_for(&other)
+            .index(&IndexFilter::Longlist)
+            .await
+            .is_ok()
+    );
+    drop(held);
+}
+
+/// Trust withdrawn while a box is connected ends its connection at its next request.
+#[tokio::test(flavor = "multi_thread")]
+async fn untrusting_closes_live_connections() {
+    let b = TestBox::start().await;
+    let (_t, me) = TestBox::client();
+    let peer = b.peer_for(&me);
+    assert!(peer.index(&IndexFilter::Longlist).await.is_ok());
+    b.local.trust.remove(&me.id).unwrap();
+    match peer.index(&IndexFilter::Longlist).await {
+        Err(PeerError::Remote {
+            kind: ErrorKind::NotTrusted,
+            ..
+        })
+        | Err(PeerError::NotTrusted { .. }) => {}
+        other => panic!("expected a refusal, got {:?}", other.map(drop)),
+    }
+    assert!(matches!(
+        peer.index(&IndexFilter::Longlist).await,
+        Err(PeerError::NotTrusted { .. })
+    ));
+}
