@@ -10,6 +10,14 @@ CPUs lent to others by the host) says whether the run was disturbed from outside
 box's own CPU-seconds are then the steadier comparison.
 
     python3 bench/sync_cpu.py BIN [BIN ...] [--runs 6] [--files 10000] [--work DIR]
+
+Issue 18's 10,000-file goal (the TLS build within 10% of today's), old build first:
+
+    python3 bench/sync_cpu.py /work/wt-old/target/release/boxsync target/release/boxsync \
+        --runs 10 --work /mnt/bench
+
+Each binary's command line is probed as in sync_bench.py: a build with the `id` subcommand
+(issue 18) is given `-p PEER_ID@127.0.0.1:PORT`, an older one `-p 127.0.0.1:PORT`.
 """
 
 import argparse
@@ -17,6 +25,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -56,10 +65,11 @@ def run_boxsync(binary, source, dest, expected):
     targets = [(os.path.join(str(dest), name), size) for name, size in expected]
     pa, pb = sb.free_port(), sb.free_port()
     sb.BIN = Path(binary).resolve()
+    ida, idb = sb.box_ids(source, dest)
     os.sync()
     start, t0 = machine_cpu(), time.monotonic()
-    a = sb.start_box(source, pa, pb)
-    b = sb.start_box(dest, pb, pa)
+    a = sb.start_box(source, pa, pb, peer_id=idb)
+    b = sb.start_box(dest, pb, pa, peer_id=ida)
     ok = sb.wait_until(sb.arrived(targets), 600, 0.002)
     wall, cpu = time.monotonic() - t0, since(start)
     box_a, box_b = sb.cpu_seconds(a.pid), sb.cpu_seconds(b.pid)
@@ -79,19 +89,23 @@ def main():
     args = ap.parse_args()
     if shutil.which("rsync") is None:
         raise SystemExit("bench: rsync is missing: apt-get install rsync")
+    for binary in args.bins:
+        print(f"bench: {sb.describe(binary.resolve())}", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="boxsync-synccpu-", dir=args.work))
     try:
         source = work / "small"
         sb.make_small_tree(source, args.files)
         expected = sorted((str(f.relative_to(source)), f.stat().st_size)
-                          for f in source.rglob("*") if f.is_file())
+                          for f in source.rglob("*") if f.is_file() and ".boxsync" not in f.parts)
         daemon, port = sb.rsync_daemon(source)
         results = {"rsync": []}
         try:
             for _ in range(args.runs):
                 results["rsync"].append(run_rsync(port, work / "rsync-dest"))
-                for binary in args.bins:
-                    results.setdefault(str(binary), []).append(
+                for i, binary in enumerate(args.bins):
+                    # A binary given twice (a smoke run, old = new) keeps two rows.
+                    name = str(binary) if args.bins.count(binary) == 1 else f"#{i + 1} {binary}"
+                    results.setdefault(name, []).append(
                         run_boxsync(binary, source, work / "dest", expected))
         finally:
             sb.stop(daemon)

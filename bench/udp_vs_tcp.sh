@@ -14,6 +14,30 @@
 #                       seed (EMU_SEED, EMU_SEED+1, ...); the table and plot show medians
 #   --boxsync-bin PATH  use this boxsync binary instead of building target/release/boxsync
 #   --fresh             forget earlier results instead of merging with them
+#   --results DIR       where the CSV and the plot go (default: bench/results, the committed
+#                       ones; give another folder for a pass that must not replace them)
+#   --clock C           what a completed download's goodput is timed by: "reported" (the
+#                       "seconds" boxsync reports: request sent to file verified and
+#                       installed; the default, as in every committed figure) or "wall"
+#                       (the whole client command, process start to exit; issue 18's clock)
+#
+# The command line of the binary is probed (bench/boxsync_cli.sh): a build with the `id`
+# subcommand (issue 18) gets `-p SERVER_ID@10.201.0.2:7878` on the client and
+# `--trust CLIENT_ID` on the serving box; an older build gets `-p 10.201.0.2:7878`.
+#
+# Issue 18's UDP goal (encrypted UDP at least as fast as TCP BBR at every loss level, for
+# 20 and 64 MiB, whole command's wall time), TCP BBR measured in the same pass, each pass
+# in its own results folder so the committed CSV stays; the old build (the unencrypted
+# 6e35d9f, /work/wt-old) alternated pass by pass with the TLS build:
+#
+#   OLD=/work/wt-old/target/release/boxsync NEW=$PWD/target/release/boxsync
+#   for mib in 20 64; do
+#     for build in old new; do
+#       [ $build = old ] && b=$OLD || b=$NEW
+#       sudo bench/udp_vs_tcp.sh --transports tcp-bbr,udp --size-mib $mib --repeat 3 \
+#         --clock wall --fresh --results /tmp/udp18-$build-$mib --boxsync-bin "$b" | tee -a /tmp/udp18.txt
+#     done
+#   done
 #
 # Link settings come from the environment: EMU_RATE_MBIT, EMU_DELAY_MS (one way),
 # EMU_QUEUE_BYTES, EMU_SEED (see bench/emulated_link.sh).
@@ -55,6 +79,8 @@ udp_timeout=120
 boxsync_bin=
 fresh=
 repeat=1
+results=
+clock=reported
 while [ $# -gt 0 ]; do
   case $1 in
     --transports) transports=$2; shift 2 ;;
@@ -65,6 +91,8 @@ while [ $# -gt 0 ]; do
     --repeat) repeat=$2; shift 2 ;;
     --boxsync-bin) boxsync_bin=$2; shift 2 ;;
     --fresh) fresh=1; shift ;;
+    --results) results=$2; shift 2 ;;
+    --clock) clock=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -74,6 +102,7 @@ IFS=, read -r -a loss_list <<< "$losses"
 for t in "${transport_list[@]}"; do
   case $t in tcp-cubic|tcp-bbr|udp) ;; *) echo "bench: unknown transport '$t'" >&2; exit 2 ;; esac
 done
+case $clock in reported|wall) ;; *) echo "bench: --clock is reported or wall, not '$clock'" >&2; exit 2 ;; esac
 [[ $repeat =~ ^[1-9][0-9]*$ ]] || { echo "bench: bad --repeat '$repeat'" >&2; exit 2; }
 for l in "${loss_list[@]}"; do
   [[ $l =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "bench: bad loss percentage '$l'" >&2; exit 2; }
@@ -81,8 +110,9 @@ done
 
 cd "$(dirname "$0")/.."
 root=$PWD
-results=$root/bench/results
+results=${results:-$root/bench/results}
 mkdir -p "$results"
+results=$(realpath "$results")
 for tool in ip ping ss python3 flock; do
   command -v "$tool" >/dev/null || {
     echo "bench: $tool is missing (Debian: apt-get install iproute2 iputils-ping util-linux)" >&2
@@ -96,8 +126,10 @@ python3 -c 'import matplotlib' 2>/dev/null || {
 
 if [ -z "$boxsync_bin" ]; then
   cargo build --release --quiet
-  boxsync_bin=$root/target/release/boxsync
+  boxsync_bin=${CARGO_TARGET_DIR:-$root/target}/release/boxsync
 fi
+[ -x "$boxsync_bin" ] || { echo "bench: $boxsync_bin is not an executable file" >&2; exit 2; }
+boxsync_bin=$(realpath "$boxsync_bin")
 # In memory (tmpfs): the link is the subject, not the disk; on a disk, a busy neighbour
 # (a build) can stall the download's final fsync for seconds.
 work=$(mktemp -d "$( [ -d /dev/shm ] && echo /dev/shm || echo /tmp )/boxsync-linkbench-XXXXXX")
@@ -126,21 +158,34 @@ trap 'exit 130' INT TERM
 src=$work/src
 dst=$work/dst
 mkdir -p "$src" "$dst"
+export BX_SCRATCH=$work
+# shellcheck source=bench/boxsync_cli.sh
+source "$root/bench/boxsync_cli.sh"
+bx_probe "$boxsync_bin"
+form=$(bx_form "$boxsync_bin")
+echo "bench: $(bx_describe "$boxsync_bin")" >&2
+server_id=$(bx_init_box "$boxsync_bin" "$src" "$work/ident-src")
+client_id=$(bx_init_box "$boxsync_bin" "$dst" "$work/ident-dst")
+mapfile -t trust_args < <(bx_trust "$form" "$client_id")
 echo "writing a ${size_mib} MiB random file..." >&2
 head -c $((size_mib * 1024 * 1024)) /dev/urandom > "$src/big.bin"
 size=$((size_mib * 1024 * 1024))
 port=7878
 peer=$EMU_ADDR_B:$port
+peer_arg=$(bx_peer "$form" "$server_id" "$peer")
 rows=$work/rows.csv
 : > "$rows"
 
 # Wall-clock time in microseconds (bash 5, no process started).
 now_us() { echo "${EPOCHREALTIME/[.,]/}"; }
+# A FIFO nobody writes to: `read -t` on it is a sleep that starts no process.
+mkfifo "$work/nap"
+exec {nap_fd}<> "$work/nap"
 
 # Starts the serving box in bxb with the given extra options; waits until it serves.
 start_server() {
   : > "$work/serve.out"
-  ip netns exec "$EMU_NS_B" "$boxsync_bin" serve -d "$src" -l "$peer" "$@" \
+  ip netns exec "$EMU_NS_B" "$boxsync_bin" serve -d "$src" -l "$peer" "${trust_args[@]}" "$@" \
     > "$work/serve.out" 2>> "$work/serve.log" &
   server_pid=$!
   local _
@@ -201,12 +246,13 @@ run_one() {
   local before after t0 t1 status=ok bytes=
   before=$(emu_stats)
   t0=$(now_us)
-  ip netns exec "$EMU_NS_A" "$boxsync_bin" -d "$dst" -p "$peer" --json "${cc_args[@]}" -c "$command" \
+  ip netns exec "$EMU_NS_A" "$boxsync_bin" -d "$dst" -p "$peer_arg" --json "${cc_args[@]}" -c "$command" \
     > "$work/client.json" 2> "$work/client.log" &
   client_pid=$!
   local deadline=$((t0 + limit * 1000000))
+  # Polled every 10 ms without starting a process (the wall clock's resolution).
   while kill -0 "$client_pid" 2>/dev/null; do
-    if [ "$(now_us)" -ge "$deadline" ]; then
+    if [ "${EPOCHREALTIME/[.,]/}" -ge "$deadline" ]; then
       bytes=
       [ "$transport" != udp ] && bytes=$(tcp_acked_bytes)
       [ -n "$bytes" ] || bytes=$(partial_bytes)
@@ -215,7 +261,7 @@ run_one() {
       kill "$client_pid" 2>/dev/null || true
       break
     fi
-    sleep 0.2
+    read -r -t 0.01 -u "$nap_fd" _ || true
   done
   local rc=0
   wait "$client_pid" 2>/dev/null || rc=$?
@@ -230,7 +276,7 @@ run_one() {
 
   python3 "$root/bench/udp_vs_tcp_report.py" row \
     --transport "$transport" --loss "$loss" --run "$run" --seed "$EMU_SEED" \
-    --size "$size" --status "$status" \
+    --size "$size" --status "$status" --clock "$clock" \
     --client-json "$work/client.json" --client-log "$work/client.log" \
     --partial-bytes "${bytes:-0}" --wall-us "$((t1 - t0))" \
     --stats-before "$before" --stats-after "$after" \

@@ -55,6 +55,9 @@ def row(args):
     bytes_done = seconds = None
     if args.status == "ok" and "seconds" in result:
         bytes_done, seconds = result["size"], result["seconds"]
+        if args.clock == "wall":
+            seconds = args.wall_us / 1e6
+            out["note"] = "clock: the whole client command (process start to exit)"
     elif args.status == "timeout":
         bytes_done, seconds = args.partial_bytes, args.wall_us / 1e6
         out["note"] = ("stopped at the time limit: bytes delivered so far (TCP: acknowledged; "
@@ -228,6 +231,8 @@ def main():
     r.add_argument("--client-log", required=True)
     r.add_argument("--partial-bytes", type=int, default=0)
     r.add_argument("--wall-us", type=int, required=True)
+    r.add_argument("--clock", choices=("reported", "wall"), default="reported",
+                   help="time a completed download by boxsync's own seconds or the whole command")
     r.add_argument("--stats-before", required=True)
     r.add_argument("--stats-after", required=True)
     r.add_argument("--ping-idle", required=True)
