@@ -146,6 +146,7 @@ impl Server {
         let hub = self.hub;
         let hub_task = tokio::spawn(Arc::clone(&hub).run(stop_rx.clone()));
         let limits = Arc::new(Limits {
+            refusals: RefusalLog::default(),
             slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
             pending: Counts::new(MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_SOURCE),
             per_box: Counts::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_BOX),
@@ -211,8 +212,45 @@ struct Served {
     limits: Arc<Limits>,
 }
 
+/// Log lines about refused callers are capped at this many per [`REFUSAL_WINDOW`]: a
+/// caller that needs no key (a port scan, an old client in a loop) cannot flood the log.
+const REFUSALS_LOGGED: u32 = 20;
+
+/// The window over which [`REFUSALS_LOGGED`] applies.
+const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
+
+/// Counts refusal log lines per window; those over the cap are counted, and the next line
+/// logged says how many were left out. A std `Mutex`: nothing waits while holding it.
+#[derive(Default)]
+struct RefusalLog {
+    /// Start of the current window, lines logged in it, and lines left out since the last
+    /// one logged.
+    state: Mutex<Option<(std::time::Instant, u32, u64)>>,
+}
+
+impl RefusalLog {
+    /// Whether to log one more refusal now; if so, how many were left out before it.
+    fn admit(&self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (start, logged, left_out) = state.get_or_insert((now, 0, 0));
+        if now.duration_since(*start) >= REFUSAL_WINDOW {
+            *start = now;
+            *logged = 0;
+        }
+        if *logged >= REFUSALS_LOGGED {
+            *left_out += 1;
+            return None;
+        }
+        *logged += 1;
+        Some(std::mem::take(left_out))
+    }
+}
+
 /// The server's bounds on what callers hold.
 struct Limits {
+    /// Refusals logged.
+    refusals: RefusalLog,
     /// Connection slots, taken only by trusted, authenticated boxes.
     slots: Arc<Semaphore>,
     /// Handshakes in progress, per source address.
@@ -308,7 +346,9 @@ async fn handle_connection(
         Err(e) => {
             match e {
                 HandshakeError::KeyRefused | HandshakeError::Plaintext => {
-                    tracing::warn!(%peer, reason = %crate::text::for_log(&e), "connection refused at handshake")
+                    if let Some(left_out) = limits.refusals.admit() {
+                        tracing::warn!(%peer, reason = %crate::text::for_log(&e), left_out, "connection refused at handshake")
+                    }
                 }
                 _ => {
                     tracing::debug!(%peer, reason = %crate::text::for_log(&e), "connection refused at handshake")
@@ -333,7 +373,9 @@ async fn handle_connection(
             }
             local.trust.allow_for_this_run(&peer_id);
         } else {
-            tracing::warn!(%peer, box_id = %peer_id, "refused an invitation that is used, expired or unknown");
+            if let Some(left_out) = limits.refusals.admit() {
+                tracing::warn!(%peer, box_id = %peer_id, left_out, "refused an invitation that is used, expired or unknown");
+            }
             let message = format!(
                 "box {} refused the invitation: it is used, expired or unknown; ask for a new one with `boxsync invite`",
                 local.id
@@ -343,17 +385,22 @@ async fn handle_connection(
         }
     }
     if !local.trust.is_trusted(&peer_id) {
-        tracing::warn!(
-            %peer,
-            box_id = %peer_id,
-            "box {peer_id} at {peer} is not trusted here: run `boxsync trust {peer_id}` on this box"
-        );
+        if let Some(left_out) = limits.refusals.admit() {
+            tracing::warn!(
+                %peer,
+                box_id = %peer_id,
+                left_out,
+                "box {peer_id} at {peer} is not trusted here: run `boxsync trust {peer_id}` on this box"
+            );
+        }
         let message = not_trusted(&local.id, &peer_id);
         protocol::refuse(&mut connection, ErrorKind::NotTrusted, message).await;
         return;
     }
     let Ok(_slot) = Arc::clone(&limits.slots).try_acquire_owned() else {
-        tracing::warn!(%peer, box_id = %peer_id, "all {MAX_CONNECTIONS} connection slots taken: caller turned away");
+        if let Some(left_out) = limits.refusals.admit() {
+            tracing::warn!(%peer, box_id = %peer_id, left_out, "all {MAX_CONNECTIONS} connection slots taken: caller turned away");
+        }
         let message = format!(
             "box {} is serving its most connections ({MAX_CONNECTIONS}): try again later",
             local.id
@@ -362,7 +409,9 @@ async fn handle_connection(
         return;
     };
     let Some(_share) = Counts::admit(&limits.per_box, peer_id.clone()) else {
-        tracing::warn!(%peer, box_id = %peer_id, "box holds {MAX_CONNECTIONS_PER_BOX} connections already: caller turned away");
+        if let Some(left_out) = limits.refusals.admit() {
+            tracing::warn!(%peer, box_id = %peer_id, left_out, "box holds {MAX_CONNECTIONS_PER_BOX} connections already: caller turned away");
+        }
         let message = format!(
             "box {} already serves {MAX_CONNECTIONS_PER_BOX} connections of box {peer_id}: close some first",
             local.id
