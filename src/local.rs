@@ -4,6 +4,7 @@
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::history::History;
 use crate::share::{Share, ShareError};
@@ -24,6 +25,48 @@ pub struct Settings {
     pub max_udp_rate: Option<u64>,
 }
 
+/// How long this box waits on a peer, and how much it holds for peers that do not read:
+/// what keeps a slow, hung or hostile peer from stalling the box. Tests lower them; the
+/// defaults are for real networks.
+///
+/// "Progress" is counted per frame: every frame of an answer (at most 256 KiB) must be
+/// taken by the peer, or arrive from it, within `stall`, so a peer slower than about
+/// 9 KB/s is cut off too. Not in [`Settings`] (yet): the command line builds `Settings`
+/// field by field.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest time without progress on an exchange under way: a frame written to a peer
+    /// that takes nothing, or awaited from a peer that sent part of an answer. The request
+    /// then fails, its connection is closed and what it held (locks, buffers) is released.
+    pub stall: Duration,
+    /// Longest wait for the first frame of an answer the peer may have to work out first
+    /// (hashing its folder for a listing, a file for `hash`), so longer than `stall`.
+    pub think: Duration,
+    /// Longest wait for a file's exclusive lock when sync replaces, renames or deletes it;
+    /// after that the file fails for this round (and is retried the next).
+    pub lock_wait: Duration,
+    /// Most bytes of listings read afresh and not yet sent, over all clients together; a
+    /// listing beyond it waits (at most `stall`) for others to drain, then is refused as
+    /// `unavailable`.
+    pub answer_bytes: usize,
+}
+
+impl Limits {
+    /// The defaults for real networks.
+    pub const DEFAULT: Limits = Limits {
+        stall: Duration::from_secs(30),
+        think: Duration::from_secs(600),
+        lock_wait: Duration::from_secs(30),
+        answer_bytes: 256 * 1024 * 1024,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits::DEFAULT
+    }
+}
+
 /// Everything one box owns locally.
 pub struct LocalBox {
     /// A stable random id, told to peers in the handshake.
@@ -34,6 +77,8 @@ pub struct LocalBox {
     pub history: History,
     /// Socket tunables.
     pub settings: Settings,
+    /// Deadlines and bounds toward peers.
+    pub limits: Limits,
 }
 
 impl LocalBox {
@@ -45,7 +90,18 @@ impl LocalBox {
 
     /// Like [`LocalBox::open`], with tunables.
     pub fn open_with(dir: &Path, settings: Settings) -> Result<Arc<LocalBox>, ShareError> {
+        LocalBox::open_limited(dir, settings, Limits::DEFAULT)
+    }
+
+    /// Like [`LocalBox::open_with`], with deadlines and bounds toward peers.
+    pub fn open_limited(
+        dir: &Path,
+        settings: Settings,
+        limits: Limits,
+    ) -> Result<Arc<LocalBox>, ShareError> {
         let share = Share::open(dir)?;
+        share.locks().set_wait(limits.lock_wait);
+        share.answers().set_limit(limits.answer_bytes);
         let state = share.state_dir();
         let id_file = state.join(BOX_ID_FILE);
         let kept = fs::read_to_string(&id_file).map(|text| BoxId::parse(text.trim()));
@@ -63,6 +119,7 @@ impl LocalBox {
             share,
             history,
             settings,
+            limits,
         }))
     }
 }

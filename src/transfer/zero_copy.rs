@@ -15,9 +15,6 @@ use std::time::Duration;
 
 use crate::protocol::frame::Frame;
 
-/// Longest wait for the receiver to make room before the send is given up.
-const STALL_LIMIT: Duration = Duration::from_secs(120);
-
 /// How a body sent by [`send_body`] ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Sent {
@@ -65,24 +62,31 @@ impl Drop for StopOnDrop {
 
 /// Sends `size` bytes of `file`, from its start, on `socket` as data frames of at most
 /// `chunk` bytes each. (`sendfile` on a closed connection fails with `EPIPE`: Rust
-/// programs ignore `SIGPIPE`.)
-pub fn send_body(socket: &OwnedFd, file: &File, size: u64, chunk: usize) -> io::Result<Sent> {
+/// programs ignore `SIGPIPE`.) Whenever the socket is full, the receiver must make room
+/// within `stall`, or the send fails with `TimedOut`.
+pub fn send_body(
+    socket: &OwnedFd,
+    file: &File,
+    size: u64,
+    chunk: usize,
+    stall: Duration,
+) -> io::Result<Sent> {
     let mut offset: u64 = 0;
     let mut remaining = size;
     while remaining > 0 {
         let frame = remaining.min(chunk as u64) as usize;
-        send_all(socket, &Frame::header(false, frame))?;
+        send_all(socket, &Frame::header(false, frame), stall)?;
         let mut left = frame;
         while left > 0 {
             match rustix::fs::sendfile(socket, file, Some(&mut offset), left) {
                 Ok(0) => {
                     // End of file before the announced size: finish the frame so that the
                     // stream stays in step, then let the caller report the change.
-                    send_zeros(socket, left)?;
+                    send_zeros(socket, left, stall)?;
                     return Ok(Sent::Short);
                 }
                 Ok(n) => left -= n,
-                Err(rustix::io::Errno::AGAIN) => wait_writable(socket)?,
+                Err(rustix::io::Errno::AGAIN) => wait_writable(socket, stall)?,
                 Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -94,12 +98,12 @@ pub fn send_body(socket: &OwnedFd, file: &File, size: u64, chunk: usize) -> io::
 
 /// Writes all of `bytes`, telling the kernel that more follows (a frame header goes out
 /// with the start of its body, not in a segment of its own).
-fn send_all(socket: &OwnedFd, mut bytes: &[u8]) -> io::Result<()> {
+fn send_all(socket: &OwnedFd, mut bytes: &[u8], stall: Duration) -> io::Result<()> {
     use rustix::net::SendFlags;
     while !bytes.is_empty() {
         match rustix::net::send(socket, bytes, SendFlags::MORE | SendFlags::NOSIGNAL) {
             Ok(sent) => bytes = &bytes[sent..],
-            Err(rustix::io::Errno::AGAIN) => wait_writable(socket)?,
+            Err(rustix::io::Errno::AGAIN) => wait_writable(socket, stall)?,
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
@@ -108,32 +112,28 @@ fn send_all(socket: &OwnedFd, mut bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Sends `count` zero bytes: the rest of a frame whose file ended early.
-fn send_zeros(socket: &OwnedFd, mut count: usize) -> io::Result<()> {
+fn send_zeros(socket: &OwnedFd, mut count: usize, stall: Duration) -> io::Result<()> {
     let zeros = [0u8; 4096];
     while count > 0 {
         let n = count.min(zeros.len());
-        send_all(socket, &zeros[..n])?;
+        send_all(socket, &zeros[..n], stall)?;
         count -= n;
     }
     Ok(())
 }
 
-/// Waits until the socket has room (or has failed, which the next send reports).
-fn wait_writable(socket: &OwnedFd) -> io::Result<()> {
+/// Waits until the socket has room (or has failed, which the next send reports), at most
+/// `stall`.
+fn wait_writable(socket: &OwnedFd, stall: Duration) -> io::Result<()> {
     use rustix::event::{PollFd, PollFlags, Timespec};
     let limit = Timespec {
-        tv_sec: STALL_LIMIT.as_secs() as i64,
-        tv_nsec: i64::from(STALL_LIMIT.subsec_nanos()),
+        tv_sec: stall.as_secs() as i64,
+        tv_nsec: i64::from(stall.subsec_nanos()),
     };
     loop {
         let mut poll = [PollFd::new(socket, PollFlags::OUT)];
         match rustix::event::poll(&mut poll, Some(&limit)) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the receiver took no data for two minutes",
-                ));
-            }
+            Ok(0) => return Err(super::stopped_reading(stall)),
             Ok(_) => return Ok(()),
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
@@ -147,6 +147,28 @@ mod tests {
     use bytes::BytesMut;
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
+
+    /// A stall limit no test reaches.
+    const LONG: Duration = Duration::from_secs(120);
+
+    /// A receiver that takes nothing fails the send once the stall limit passes, with
+    /// `TimedOut`.
+    #[test]
+    fn a_receiver_that_takes_nothing_times_the_send_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let size = 64 << 20;
+        std::fs::File::create(&path).unwrap().set_len(size).unwrap();
+        let file = File::open(&path).unwrap();
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let socket = OwnedFd::from(ours);
+        let started = std::time::Instant::now();
+        let error = send_body(&socket, &file, size, 256 * 1024, Duration::from_millis(200))
+            .expect_err("a send nobody reads completed");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
 
     /// Sends `announced` bytes of a file holding `content` and returns how it ended and
     /// the data frames the other end received.
@@ -165,7 +187,7 @@ mod tests {
             theirs.read_to_end(&mut wire).unwrap();
             wire
         });
-        let sent = send_body(&socket, &file, announced, 4096).unwrap();
+        let sent = send_body(&socket, &file, announced, 4096, LONG).unwrap();
         drop(socket);
         let mut wire = BytesMut::from(&reader.join().unwrap()[..]);
         let mut frames = Vec::new();
@@ -207,7 +229,7 @@ mod tests {
         let guard = StopOnDrop::new(Arc::clone(&socket));
         let (done_tx, done) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let _ = done_tx.send(send_body(&socket, &file, size, 256 * 1024));
+            let _ = done_tx.send(send_body(&socket, &file, size, 256 * 1024, LONG));
         });
         drop(guard);
         let outcome = done
