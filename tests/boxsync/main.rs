@@ -9,6 +9,7 @@ mod failures;
 mod relay;
 mod shell;
 mod snapshots;
+mod stalls;
 mod sync;
 mod udp;
 mod util;
