@@ -57,7 +57,7 @@ impl Limits {
         stall: Duration::from_secs(30),
         think: Duration::from_secs(600),
         lock_wait: Duration::from_secs(30),
-        answer_bytes: 256 * 1024 * 1024,
+        answer_bytes: 64 * 1024 * 1024,
     };
 }
 

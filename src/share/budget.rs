@@ -9,9 +9,6 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-/// Bytes charged before a first listing has shown how big this folder's are.
-const FIRST_GUESS: usize = 1024 * 1024;
-
 /// The budget of bytes held by answers not yet sent, shared by every client of one box.
 ///
 /// The count sits behind a std `Mutex` held only to add or subtract, never across an
@@ -23,7 +20,8 @@ pub struct AnswerBudget {
     limit: AtomicUsize,
     /// The most bytes ever charged at once: what tests check against the limit.
     peak: AtomicUsize,
-    /// The size of the last answer charged: the guess for the next one.
+    /// The size of the last answer charged: the guess for the next one (0 until one is
+    /// known: then the whole limit is guessed, so that a first listing is read alone).
     last: AtomicUsize,
     /// Woken whenever bytes are given back.
     freed: Notify,
@@ -43,7 +41,7 @@ impl Default for AnswerBudget {
             pending: Mutex::new(0),
             limit: AtomicUsize::new(crate::local::Limits::DEFAULT.answer_bytes),
             peak: AtomicUsize::new(0),
-            last: AtomicUsize::new(FIRST_GUESS),
+            last: AtomicUsize::new(0),
             freed: Notify::new(),
         }
     }
@@ -75,9 +73,14 @@ impl AnswerBudget {
         self.peak.load(Ordering::Relaxed)
     }
 
-    /// What an answer of unknown size is charged first: the size of the last one.
+    /// What an answer of unknown size is charged first: the size of the last one, or the
+    /// whole limit while none is known (so that answers of unknown size are read one at
+    /// a time until one shows how big they are).
     pub fn guess(&self) -> usize {
-        self.last.load(Ordering::Relaxed)
+        match self.last.load(Ordering::Relaxed) {
+            0 => self.limit(),
+            last => last,
+        }
     }
 
     /// Charges `bytes` if they fit now (or if nothing else is charged: one answer bigger
@@ -117,22 +120,36 @@ impl Charge<'_> {
         self.bytes
     }
 
-    /// Charges `more` bytes on top if they fit now; whether they did.
-    pub fn try_grow(&mut self, more: usize) -> bool {
-        match self.budget.try_charge(more) {
-            Some(extra) => {
-                self.bytes += more;
-                // The extra bytes now belong to this charge.
-                std::mem::forget(extra);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Remembers `bytes` as the size of this kind of answer, the guess for the next.
-    pub fn note_size(&self, bytes: usize) {
+    /// Makes the charge `bytes`, the answer's real size once known, and remembers it as
+    /// the guess for the next: gives back what was charged beyond it, or charges the
+    /// rest if it fits now. Whether the charge now covers `bytes`.
+    pub fn settle(&mut self, bytes: usize) -> bool {
         self.budget.last.store(bytes.max(1), Ordering::Relaxed);
+        if bytes <= self.bytes {
+            let mut pending = self
+                .budget
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            *pending = pending.saturating_sub(self.bytes - bytes);
+            drop(pending);
+            self.bytes = bytes;
+            self.budget.freed.notify_waiters();
+            return true;
+        }
+        let more = bytes - self.bytes;
+        let mut pending = self
+            .budget
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *pending + more > self.budget.limit() && *pending != self.bytes {
+            return false;
+        }
+        *pending += more;
+        self.budget.peak.fetch_max(*pending, Ordering::Relaxed);
+        self.bytes = bytes;
+        true
     }
 }
 

@@ -536,3 +536,70 @@ async fn full_udp_slots_make_a_udp_peer_fall_back_to_tcp() {
     assert!(arrived, "{:?}", handle.status());
     drop(silent);
 }
+
+/// The box's peak memory (VmHWM of this process) above what it held before, with 60
+/// clients that ask for a plain index of 100,000 entries and never read: a manual
+/// measurement, not a check (run it alone, with `--ignored --nocapture`).
+/// `BOXSYNC_UNBOUNDED=1` measures without the answer budget and with a stall limit longer
+/// than the measurement: as the box behaved before either existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand"]
+async fn measure_memory_of_stalled_index_clients() {
+    let unbounded = std::env::var_os("BOXSYNC_UNBOUNDED").is_some();
+    let limits = match unbounded {
+        true => Limits {
+            answer_bytes: usize::MAX,
+            stall: Duration::from_secs(600),
+            ..Limits::default()
+        },
+        false => Limits::default(),
+    };
+    let a = TestBox::start_limited(limits).await;
+    let root = a.root();
+    tokio::task::spawn_blocking(move || {
+        for folder in 0..100 {
+            let dir = root.join(format!("folder-{folder:03}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for file in 0..999 {
+                std::fs::write(dir.join(format!("document-{file:04}.txt")), b"").unwrap();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let status = |field: &str| -> u64 {
+        let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        text.lines()
+            .find(|line| line.starts_with(field))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = status("VmRSS:");
+    let mut stalled = Vec::new();
+    for _ in 0..60 {
+        let mut connection = dial(&a).await;
+        let request = Request::Index(Index {
+            filter: IndexFilter::Longlist,
+            unless: None,
+        });
+        connection.write_message(&request).await.unwrap();
+        stalled.push(connection);
+    }
+    let started = Instant::now();
+    let mut peak_pending = 0;
+    while started.elapsed() < Duration::from_secs(20) {
+        peak_pending = peak_pending.max(a.local.share.answers().pending());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let peak = status("VmHWM:");
+    println!(
+        "unbounded={unbounded}: RSS before {} MiB, peak {} MiB, growth {} MiB; answer budget peak {} MiB (limit {} MiB)",
+        before >> 10,
+        peak >> 10,
+        peak.saturating_sub(before) >> 10,
+        a.local.share.answers().peak() >> 20,
+        a.local.share.answers().limit().min(1 << 40) >> 20,
+    );
+    drop(stalled);
+}
