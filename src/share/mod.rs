@@ -1,5 +1,5 @@
-//! The shared folder of a box: its index, hashes, per-file locks, trash and the atomic
-//! installation of downloaded files.
+//! The shared folder of a box: its index, hashes, per-file locks, the budget of answers
+//! waiting for slow clients, trash and the atomic installation of downloaded files.
 
 pub mod budget;
 pub mod dirs;

@@ -356,9 +356,12 @@ struct PeerRound {
     index: usize,
     /// What the peer's rounds carry from one to the next.
     state: Box<PeerState>,
+    /// Where the round's end is reported (status, activity feed).
+    handle: SyncHandle,
 }
 
-/// Runs one round with one peer and reports its end on `done`.
+/// Runs one round with one peer, reports it (status, activity feed) and hands its state
+/// back on `done`.
 async fn peer_round(job: PeerRound, done: tokio::sync::mpsc::UnboundedSender<Finished>) {
     let PeerRound {
         local,
@@ -369,6 +372,7 @@ async fn peer_round(job: PeerRound, done: tokio::sync::mpsc::UnboundedSender<Fin
         ignore,
         index,
         mut state,
+        handle,
     } = job;
     let this = round::ThisBox {
         local: &local,
@@ -385,6 +389,11 @@ async fn peer_round(job: PeerRound, done: tokio::sync::mpsc::UnboundedSender<Fin
     )
     .await
     .map_err(Arc::new);
+    if outcome.is_err() {
+        // At once, not at the end of the round: the peer may connect meanwhile.
+        notices.set_peer_missing(true);
+    }
+    handle.report(peer.addr(), index, &outcome, &here);
     // The engine has stopped if nobody listens: nothing left to report to.
     let _ = done.send(Finished {
         index,
@@ -566,6 +575,7 @@ impl Engine {
                     ignore: Arc::clone(&ignore),
                     index,
                     state,
+                    handle: self.handle.clone(),
                 },
                 self.done.0.clone(),
             ));
@@ -595,7 +605,7 @@ impl Engine {
                 outstanding -= 1;
                 deadline.get_or_insert_with(|| tokio::time::Instant::now() + grace);
             }
-            changed_here |= self.finish(finished, &here);
+            changed_here |= self.finish(finished);
         }
         for index in 0..self.slots.len() {
             if matches!(self.slots.get(index), Some(Slot::Busy(_))) && started.contains(&index) {
@@ -623,9 +633,9 @@ impl Engine {
         self.update(|s| s.rounds += 1);
     }
 
-    /// Takes in a peer's finished round: its state goes back to its slot, its outcome to
-    /// the status and the activity feed. Returns whether it changed this box's folder.
-    fn finish(&mut self, finished: Finished, here: &round::LocalState) -> bool {
+    /// Takes in a peer's finished round (already reported by [`SyncHandle::report`]): its
+    /// state goes back to its slot. Returns whether it changed this box's folder.
+    fn finish(&mut self, finished: Finished) -> bool {
         let Finished {
             index,
             state,
@@ -637,42 +647,7 @@ impl Engine {
         if let Some(failed) = self.failed.get_mut(index) {
             *failed = outcome.is_err();
         }
-        if outcome.is_err() {
-            // At once, not at the end of the round: the peer may connect meanwhile.
-            self.notices.set_peer_missing(true);
-        }
-        let addr = self
-            .peers
-            .get(index)
-            .map_or_else(String::new, |(peer, _)| peer.addr().to_string());
-        let mut changed_here = false;
-        match &outcome {
-            Ok(report) => {
-                changed_here = report.done > 0;
-                if report.changes.len() <= LISTED_CHANGES {
-                    for line in &report.changes {
-                        self.emit(&addr, line);
-                    }
-                } else {
-                    for line in &report.changes {
-                        tracing::info!(peer = addr, "{line}");
-                    }
-                    self.emit(&addr, &summary(report));
-                }
-                for error in &report.errors {
-                    self.emit(&addr, &format!("error: {error}"));
-                }
-            }
-            Err(e) => {
-                tracing::warn!(peer = addr, error = %e, "sync round failed");
-            }
-        }
-        self.update(|s| {
-            if let Some(status) = s.peers.get_mut(index) {
-                round::fold(status, &outcome, here);
-            }
-        });
-        changed_here
+        matches!(&outcome, Ok(report) if report.done > 0)
     }
 
     /// Stops the rounds still out (at shutdown).
@@ -685,14 +660,60 @@ impl Engine {
     }
 
     fn update(&self, change: impl FnOnce(&mut SyncStatus)) {
-        change(&mut self.handle.status.lock().unwrap_or_else(|e| e.into_inner()));
+        self.handle.update(change);
+    }
+
+    fn emit(&self, peer: &str, message: &str) {
+        self.handle.emit(peer, message);
+    }
+}
+
+impl SyncHandle {
+    fn update(&self, change: impl FnOnce(&mut SyncStatus)) {
+        change(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
     fn emit(&self, peer: &str, message: &str) {
         tracing::info!(peer, "{message}");
-        let _ = self.handle.events.send(SyncEvent {
+        let _ = self.events.send(SyncEvent {
             peer: peer.to_string(),
             message: message.to_string(),
+        });
+    }
+
+    /// Reports the end of the round with the peer at `addr` (number `index`): the
+    /// activity feed, the log and the status, as soon as it ends.
+    fn report(
+        &self,
+        addr: &str,
+        index: usize,
+        outcome: &Result<round::RoundReport, Arc<SyncError>>,
+        here: &round::LocalState,
+    ) {
+        match outcome {
+            Ok(report) => {
+                if report.changes.len() <= LISTED_CHANGES {
+                    for line in &report.changes {
+                        self.emit(addr, line);
+                    }
+                } else {
+                    for line in &report.changes {
+                        tracing::info!(peer = addr, "{line}");
+                    }
+                    self.emit(addr, &summary(report));
+                }
+                for error in &report.errors {
+                    self.emit(addr, &format!("error: {error}"));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(peer = addr, error = %e, "sync round failed");
+            }
+        }
+        self.update(|s| {
+            if let Some(status) = s.peers.get_mut(index) {
+                round::fold(status, outcome, here);
+            }
         });
     }
 }
