@@ -200,4 +200,23 @@ mod tests {
             "one answer bigger than the budget is refused alone"
         );
     }
+
+    /// A first answer of unknown size is charged the whole limit; settled at its size, it
+    /// gives the rest back, and its size is the next guess.
+    #[tokio::test]
+    async fn a_charge_settles_at_the_real_size() {
+        let budget = AnswerBudget::new();
+        budget.set_limit(100);
+        assert_eq!(budget.guess(), 100);
+        let mut first = budget.try_charge(budget.guess()).unwrap();
+        assert!(budget.try_charge(1).is_none());
+        assert!(first.settle(30));
+        assert_eq!((budget.pending(), budget.guess()), (30, 30));
+        let mut second = budget.try_charge(budget.guess()).unwrap();
+        assert!(!second.settle(80), "a charge grew past the limit");
+        assert!(second.settle(70));
+        assert_eq!(budget.pending(), 100);
+        drop((first, second));
+        assert_eq!(budget.pending(), 0);
+    }
 }
