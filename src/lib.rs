@@ -8,7 +8,8 @@
 //! - [`time`]: instants on the wire and on screen (RFC 3339 UTC, nanoseconds).
 //! - [`parse`]: values people type (rates, peer addresses), checked one way everywhere.
 //! - [`share`]: the shared folder: safe relative paths, the index and its filters, hashes
-//!   and their cache, per-file locks, the trash and atomic installation of downloads.
+//!   and their cache, per-file locks, the trash and atomic installation of downloads, the
+//!   budget of answers waiting for slow clients.
 //! - [`types`]: the shared nouns: a box's ID (the hash of its key, with check characters)
 //!   and where to reach one, one version of a file, a transport.
 //! - [`identity`]: this box's key pair, kept owner-only in `.boxsync/`, and its ID.

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -38,6 +39,48 @@ pub struct Settings {
     pub max_udp_rate: Option<u64>,
 }
 
+/// How long this box waits on a peer, and how much it holds for peers that do not read:
+/// what keeps a slow, hung or hostile peer from stalling the box. Tests lower them; the
+/// defaults are for real networks.
+///
+/// "Progress" is counted per frame: every frame of an answer (at most 256 KiB) must be
+/// taken by the peer, or arrive from it, within `stall`, so a peer slower than about
+/// 9 KB/s is cut off too. Not in [`Settings`] (yet): the command line builds `Settings`
+/// field by field.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest time without progress on an exchange under way: a frame written to a peer
+    /// that takes nothing, or awaited from a peer that sent part of an answer. The request
+    /// then fails, its connection is closed and what it held (locks, buffers) is released.
+    pub stall: Duration,
+    /// Longest wait for the first frame of an answer the peer may have to work out first
+    /// (hashing its folder for a listing, a file for `hash`), so longer than `stall`.
+    pub think: Duration,
+    /// Longest wait for a file's exclusive lock when sync replaces, renames or deletes it;
+    /// after that the file fails for this round (and is retried the next).
+    pub lock_wait: Duration,
+    /// Most bytes of listings read afresh and not yet sent, over all clients together; a
+    /// listing beyond it waits (at most `stall`) for others to drain, then is refused as
+    /// `unavailable`.
+    pub answer_bytes: usize,
+}
+
+impl Limits {
+    /// The defaults for real networks.
+    pub const DEFAULT: Limits = Limits {
+        stall: Duration::from_secs(30),
+        think: Duration::from_secs(600),
+        lock_wait: Duration::from_secs(30),
+        answer_bytes: 64 * 1024 * 1024,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits::DEFAULT
+    }
+}
+
 /// Everything one box owns locally.
 pub struct LocalBox {
     /// The box's ID: the hash of its public key (a copy of `identity.id()`).
@@ -52,6 +95,8 @@ pub struct LocalBox {
     pub history: History,
     /// Socket tunables.
     pub settings: Settings,
+    /// Deadlines and bounds toward peers.
+    pub limits: Limits,
 }
 
 impl LocalBox {
@@ -63,11 +108,20 @@ impl LocalBox {
 
     /// Like [`LocalBox::open`], with tunables.
     pub fn open_with(dir: &Path, settings: Settings) -> Result<Arc<LocalBox>, OpenError> {
+        LocalBox::open_limited(dir, settings, Limits::DEFAULT)
+    }
+
+    /// Like [`LocalBox::open_with`], with deadlines and bounds toward peers.
+    pub fn open_limited(
+        dir: &Path,
+        settings: Settings,
+        limits: Limits,
+    ) -> Result<Arc<LocalBox>, OpenError> {
         let share = Share::open(dir)?;
         let state = share.state_dir();
         let identity = Identity::load_or_create(&state)?;
         let trust = Trust::open(&state)?;
-        Ok(LocalBox::assemble(share, identity, trust, settings))
+        Ok(LocalBox::assemble(share, identity, trust, settings, limits))
     }
 
     /// A box serving `dir` under an identity and trust kept elsewhere: a throwaway box in a
@@ -79,7 +133,13 @@ impl LocalBox {
         settings: Settings,
     ) -> Result<Arc<LocalBox>, OpenError> {
         let share = Share::open(dir)?;
-        Ok(LocalBox::assemble(share, identity, trust, settings))
+        Ok(LocalBox::assemble(
+            share,
+            identity,
+            trust,
+            settings,
+            Limits::DEFAULT,
+        ))
     }
 
     fn assemble(
@@ -87,7 +147,10 @@ impl LocalBox {
         identity: Identity,
         trust: Trust,
         settings: Settings,
+        limits: Limits,
     ) -> Arc<LocalBox> {
+        share.locks().set_wait(limits.lock_wait);
+        share.answers().set_limit(limits.answer_bytes);
         let history = History::new(share.state_dir().join(HISTORY_FILE));
         Arc::new(LocalBox {
             id: identity.id().clone(),
@@ -96,6 +159,7 @@ impl LocalBox {
             share,
             history,
             settings,
+            limits,
         })
     }
 }

@@ -26,7 +26,7 @@ use crate::requests::{CallError, MAX_BATCH_NAMES, Request};
 use crate::share::filter::IndexFilter;
 use crate::share::{Entry, FileHash, RelPath};
 use crate::transfer::udp::UdpError;
-use crate::transfer::{Downloaded, Landing, Progress, TransferError, Wanted};
+use crate::transfer::{Downloaded, Landing, Progress, TransferError, Wanted, seconds};
 use crate::types::{BoxId, FileVersion, PeerAddress, Transport};
 
 use crate::requests::listing;
@@ -107,6 +107,16 @@ pub enum PeerError {
     /// A UDP download failed in a way only UDP can.
     #[error(transparent)]
     Udp(UdpError),
+    /// The peer stopped answering in the middle of a request: nothing arrived (or it took
+    /// nothing) for the box's stall limit ([`crate::local::Limits`]). The connection is
+    /// dropped.
+    #[error("peer {addr} stopped answering: nothing arrived for {}", seconds(*waited))]
+    Stalled {
+        /// The peer's address.
+        addr: String,
+        /// How long nothing arrived.
+        waited: Duration,
+    },
 }
 
 impl PeerError {
@@ -122,6 +132,12 @@ impl PeerError {
                 addr: addr.to_string(),
                 detail,
             },
+            CallError::Stalled(waited) | CallError::Transfer(TransferError::Stalled(waited)) => {
+                PeerError::Stalled {
+                    addr: addr.to_string(),
+                    waited,
+                }
+            }
             CallError::Transfer(e) => PeerError::Transfer(e),
             CallError::Udp(e) => PeerError::Udp(e),
         }
@@ -137,6 +153,7 @@ impl PeerError {
                 | PeerError::WrongBox { .. }
                 | PeerError::NotTrusted { .. }
                 | PeerError::Connection { .. }
+                | PeerError::Stalled { .. }
                 | PeerError::Transfer(TransferError::Connection(_))
         )
     }
@@ -197,7 +214,12 @@ type PeerConnection = Connection<Link>;
 
 /// Runs one request's exchange on a leased connection: sends `$request`, then `$body`
 /// reads the answer (a `Result<_, CallError>`). Retries once on a fresh connection if a
-/// pooled one turned out stale, and records the request in the box's log. A macro rather
+/// pooled one turned out stale, and records the request in the box's log.
+///
+/// The request must be taken, and each frame of the answer arrive, within the box's
+/// deadlines ([`crate::local::Limits`]: `$body`'s readers apply them); a peer that stops
+/// answering fails the request with [`PeerError::Stalled`], logged at WARN, and its
+/// connection is dropped, not retried. A macro rather
 /// than a function taking an async closure, so that the futures stay `Send` (the sync loop
 /// and background jobs spawn them).
 macro_rules! exchange {
@@ -216,12 +238,24 @@ macro_rules! exchange {
             let outcome = {
                 let $connection = &mut leased;
                 async {
-                    $connection.write_message(request).await?;
+                    let stall = peer.local.limits.stall;
+                    match tokio::time::timeout(stall, $connection.write_message(request)).await {
+                        Ok(sent) => sent?,
+                        Err(_) => return Err(CallError::Stalled(stall)),
+                    }
                     $body
                 }
                 .await
                 .map_err(|e| PeerError::from_call(&peer.addr, e))
             };
+            if let Err(PeerError::Stalled { waited, .. }) = &outcome {
+                tracing::warn!(
+                    peer = %peer.addr,
+                    request = %request.describe(),
+                    waited = %seconds(*waited),
+                    "peer stopped answering; request failed"
+                );
+            }
             let retry = peer.release(leased, reused, &outcome);
             result = Some(outcome);
             if !retry {
@@ -318,8 +352,11 @@ impl Peer {
 
     /// Sends a notice that is answered by `ack`.
     async fn notice(&self, request: &Request) -> Result<(), PeerError> {
-        exchange!(self, request, |connection| notices::read_ack(connection)
-            .await)
+        let stall = self.local.limits.stall;
+        exchange!(self, request, |connection| notices::read_ack(
+            connection, stall
+        )
+        .await)
     }
 
     /// The entries of the peer's folder that pass `filter`, sorted by name.
@@ -328,8 +365,11 @@ impl Peer {
             filter: filter.clone(),
             unless: None,
         });
-        exchange!(self, &request, |connection| listing::receive(connection)
-            .await)
+        let limits = &self.local.limits;
+        exchange!(self, &request, |connection| listing::receive(
+            connection, limits
+        )
+        .await)
     }
 
     /// Like [`Peer::index`], unless the peer's folder is still at version `unless` (from an
@@ -344,8 +384,9 @@ impl Peer {
             filter: filter.clone(),
             unless: Some(unless.to_string()),
         });
+        let limits = &self.local.limits;
         exchange!(self, &request, |connection| {
-            listing::receive_conditional(connection).await
+            listing::receive_conditional(connection, limits).await
         })
     }
 
@@ -353,16 +394,18 @@ impl Peer {
     pub async fn hash(&self, name: &RelPath) -> Result<FileHash, PeerError> {
         let verify = HashVerify { name: name.clone() };
         let request = Request::HashVerify(verify.clone());
+        let limits = &self.local.limits;
         exchange!(self, &request, |connection| verify
-            .read_answer(connection)
+            .read_answer(connection, limits)
             .await)
     }
 
     /// MD5, SHA-256 and mtime of every file on the peer.
     pub async fn hash_all(&self) -> Result<Vec<FileHash>, PeerError> {
         let request = Request::HashCheckall(HashCheckall { unless: None });
+        let limits = &self.local.limits;
         exchange!(self, &request, |connection| {
-            listing::receive(connection).await
+            listing::receive(connection, limits).await
         })
     }
 
@@ -371,8 +414,9 @@ impl Peer {
         let request = Request::HashCheckall(HashCheckall {
             unless: Some(unless.to_string()),
         });
+        let limits = &self.local.limits;
         exchange!(self, &request, |connection| {
-            listing::receive_conditional(connection).await
+            listing::receive_conditional(connection, limits).await
         })
     }
 
@@ -396,9 +440,10 @@ impl Peer {
         let download = Download::new(name, landing);
         let request = Request::Download(download.clone());
         let share = &self.local.share;
+        let stall = self.local.limits.stall;
         exchange!(self, &request, |connection| {
             download
-                .read_answer(connection, share, landing, &mut *progress)
+                .read_answer(connection, share, landing, &mut *progress, stall)
                 .await
         })
     }
@@ -421,10 +466,11 @@ impl Peer {
         };
         let request = Request::DownloadMany(many.clone());
         let share = &self.local.share;
+        let stall = self.local.limits.stall;
         // Files a broken attempt had already verified: installed all the same.
         let mut salvaged = None;
         let result = exchange!(self, &request, |connection| {
-            let receipt = many.read_answer(connection, share).await;
+            let receipt = many.read_answer(connection, share, stall).await;
             match receipt.broken {
                 None => Ok(receipt.files),
                 Some(e) => {

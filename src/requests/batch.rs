@@ -3,6 +3,7 @@
 //! `download`, or an `error`), then `batch_end` (see [`crate::transfer::batch`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::protocol::Link;
 use serde::{Deserialize, Serialize};
@@ -12,7 +13,7 @@ use super::{Handled, MAX_BATCH_NAMES, ServeContext, refuse, too_many};
 use crate::protocol::{Connection, ErrorKind, Response};
 use crate::share::{DigestSet, RelPath, Share};
 use crate::transfer::batch::{self, BatchReceipt};
-use crate::transfer::tcp;
+use crate::transfer::{send_within, tcp};
 
 /// The request's fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,12 +36,20 @@ impl DownloadMany {
     pub async fn serve(self, cx: &ServeContext<'_>, connection: &mut Connection<Link>) -> Handled {
         let count = self.names.len();
         if count > MAX_BATCH_NAMES {
-            return refuse(connection, ErrorKind::BadRequest, too_many(count)).await;
+            return refuse(
+                connection,
+                ErrorKind::BadRequest,
+                too_many(count),
+                cx.stall(),
+            )
+            .await;
         }
         let share = &cx.local.share;
         let mut failures = 0;
         let mut first_failure = None;
-        for outcome in tcp::send_files(connection, share, self.names, DigestSet::Blake3).await? {
+        let stall = cx.stall();
+        let sent = tcp::send_files(connection, share, self.names, DigestSet::Blake3, stall).await?;
+        for outcome in sent {
             match outcome {
                 Ok(served) => cx.notices.note_served(cx.peer_id, served),
                 Err(e) => {
@@ -49,7 +58,7 @@ impl DownloadMany {
                 }
             }
         }
-        connection.write_message(&Response::BatchEnd).await?;
+        send_within(stall, connection.write_message(&Response::BatchEnd)).await?;
         share.persist_cache();
         Ok(match first_failure {
             None => Ok(()),
@@ -60,12 +69,13 @@ impl DownloadMany {
     }
 
     /// Client, once the request is sent: receives the files into verified staged files
-    /// of `share`, one slot per name.
+    /// of `share`, one slot per name, each frame within `stall` of the one before.
     pub async fn read_answer<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         connection: &mut Connection<S>,
         share: &Arc<Share>,
+        stall: Duration,
     ) -> BatchReceipt {
-        batch::receive_batch(connection, share, &self.names).await
+        batch::receive_batch(connection, share, &self.names, stall).await
     }
 }

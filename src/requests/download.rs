@@ -2,6 +2,7 @@
 //! installed atomically (see [`crate::transfer::tcp`] for how the bytes move).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::protocol::Link;
 use serde::{Deserialize, Serialize};
@@ -36,22 +37,24 @@ impl Download {
     pub async fn serve(self, cx: &ServeContext<'_>, connection: &mut Connection<Link>) -> Handled {
         let share = &cx.local.share;
         let digests = DigestSet::from_blake3_only(self.blake3_only);
-        let outcome = tcp::send_file(connection, share, &self.name, digests).await?;
+        let outcome = tcp::send_file(connection, share, &self.name, digests, cx.stall()).await?;
         share.persist_cache();
         Ok(outcome
             .map(|served| cx.notices.note_served(cx.peer_id, served))
             .map_err(|e| e.to_string()))
     }
 
-    /// Client, once the request is sent: receives the file into `share`, verified.
+    /// Client, once the request is sent: receives the file into `share`, verified, each
+    /// frame within `stall` of the one before.
     pub async fn read_answer<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         connection: &mut Connection<S>,
         share: &Arc<Share>,
         landing: &Landing,
         progress: Progress<'_>,
+        stall: Duration,
     ) -> Result<Downloaded, CallError> {
-        tcp::receive_file(connection, share, &self.name, landing, progress)
+        tcp::receive_file(connection, share, &self.name, landing, progress, stall)
             .await
             .map_err(CallError::Transfer)
     }

@@ -4,11 +4,13 @@
 //! [`listing::receive`] or [`listing::receive_conditional`].
 
 use crate::protocol::Link;
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::listing;
 use super::{CallError, Handled, ServeContext, report};
+use crate::local::Limits;
 use crate::protocol::Connection;
 use crate::share::{FileHash, RelPath};
 
@@ -24,10 +26,10 @@ impl HashVerify {
     pub async fn serve(self, cx: &ServeContext<'_>, connection: &mut Connection<Link>) -> Handled {
         match cx.local.share.hash(&self.name).await {
             Ok(hash) => {
-                listing::send(connection, [hash].into_iter(), None).await?;
+                listing::send(connection, [&hash].into_iter(), None, cx.stall()).await?;
                 Ok(Ok(()))
             }
-            Err(e) => report(connection, &e).await,
+            Err(e) => report(connection, &e, cx.stall()).await,
         }
     }
 
@@ -35,8 +37,9 @@ impl HashVerify {
     pub async fn read_answer<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         connection: &mut Connection<S>,
+        limits: &Limits,
     ) -> Result<FileHash, CallError> {
-        let mut hashes: Vec<FileHash> = listing::receive(connection).await?;
+        let mut hashes: Vec<FileHash> = listing::receive(connection, limits).await?;
         match hashes.pop() {
             Some(hash) if hashes.is_empty() && hash.name == self.name => Ok(hash),
             _ => Err(CallError::Protocol("hash answer for another file".into())),
@@ -57,13 +60,8 @@ impl HashCheckall {
     /// snapshot when conditional).
     pub async fn serve(self, cx: &ServeContext<'_>, connection: &mut Connection<Link>) -> Handled {
         let share = &cx.local.share;
-        listing::answer(
-            connection,
-            share,
-            self.unless,
-            share.hash_all(),
-            |snapshot| snapshot.hashes().cloned().collect::<Vec<FileHash>>(),
-        )
-        .await
+        let fresh = || -> BoxFuture<'_, _> { Box::pin(share.hash_all()) };
+        let keep = |_: &FileHash| true;
+        listing::answer(connection, share, self.unless, cx.stall(), &fresh, &keep).await
     }
 }

@@ -4,6 +4,7 @@
 //! the answer with [`listing::receive`] or [`listing::receive_conditional`].
 
 use crate::protocol::Link;
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::listing;
@@ -30,16 +31,13 @@ impl Index {
         let share = &cx.local.share;
         let matcher = match self.filter.compile() {
             Ok(matcher) => matcher,
-            Err(e) => return refuse(connection, ErrorKind::BadRequest, e.to_string()).await,
+            Err(e) => {
+                let message = e.to_string();
+                return refuse(connection, ErrorKind::BadRequest, message, cx.stall()).await;
+            }
         };
-        let fresh = async {
-            let entries = share.index().await?;
-            Ok(entries.into_iter().filter(|e| matcher.matches(e)).collect())
-        };
-        listing::answer(connection, share, self.unless, fresh, |snapshot| {
-            let listed = snapshot.entries().filter(|e| matcher.matches(e));
-            listed.cloned().collect::<Vec<Entry>>()
-        })
-        .await
+        let fresh = || -> BoxFuture<'_, _> { Box::pin(share.index()) };
+        let keep = |entry: &Entry| matcher.matches(entry);
+        listing::answer(connection, share, self.unless, cx.stall(), &fresh, &keep).await
     }
 }

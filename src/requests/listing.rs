@@ -3,14 +3,18 @@
 //! requests (`unless`) end with the folder's version, or are answered `unchanged`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{CallError, Handled, report};
+use super::{CallError, Handled, receive_within, refuse, report};
+use crate::local::Limits;
 use crate::protocol::message::{Entries, Hashes};
-use crate::protocol::{Connection, ConnectionError, Response};
+use crate::protocol::{Connection, ConnectionError, ErrorKind, Response};
 use crate::share::{Entry, FileHash, Share, ShareError, Snapshot};
+use crate::transfer::send_within;
 
 /// Serialized size at which a batch of entries or hashes is sent and a new one begun.
 const BATCH_BYTES: usize = 256 * 1024;
@@ -33,7 +37,7 @@ pub enum Listing<T> {
 }
 
 /// An item of a listing: how it travels in a batch, and an upper bound of its JSON size.
-pub trait Listed: Serialize + Sized {
+pub trait Listed: Serialize + Clone + Send + Sync + Sized + 'static {
     /// The response carrying one batch of these.
     fn batch(items: Vec<Self>, more: bool, version: Option<String>) -> Response;
     /// The batch in `response`, or the response itself if it carries none of these.
@@ -42,6 +46,11 @@ pub trait Listed: Serialize + Sized {
     /// every sync round, and serializing each item twice (once to measure) doubled their
     /// cost.
     fn max_wire_len(&self) -> usize;
+    /// About how many bytes of memory the item holds, for the budget of answers waiting
+    /// for slow clients ([`crate::share::AnswerBudget`]).
+    fn held_len(&self) -> usize;
+    /// The items of this kind in a snapshot, as conditional requests list them.
+    fn in_snapshot(snapshot: &Snapshot) -> impl Iterator<Item = &Self> + Send + '_;
 }
 
 /// A response of a listing, taken apart.
@@ -61,6 +70,11 @@ pub struct Batch<T> {
     /// On the last batch of a conditional answer: the folder's version.
     version: Option<String>,
 }
+
+/// What the allocator adds to each string an item holds (its header and rounding), and
+/// the listing's own copies while it is read and sorted: measured, a listing of 100,000
+/// entries held about twice the bytes of its strings and structs.
+const ALLOCATION_OVERHEAD: usize = 48;
 
 /// JSON escapes a byte in at most six (`\u001f`); everything else in these items is short.
 const FIXED_FIELDS: usize = 256;
@@ -92,6 +106,17 @@ impl Listed for Entry {
     fn max_wire_len(&self) -> usize {
         6 * (self.name.as_str().len() + self.file_type.len()) + FIXED_FIELDS
     }
+
+    fn held_len(&self) -> usize {
+        std::mem::size_of::<Entry>()
+            + self.name.as_str().len()
+            + self.file_type.len()
+            + 2 * ALLOCATION_OVERHEAD
+    }
+
+    fn in_snapshot(snapshot: &Snapshot) -> impl Iterator<Item = &Entry> + Send + '_ {
+        snapshot.items.iter().map(|(entry, _)| entry)
+    }
 }
 
 impl Listed for FileHash {
@@ -121,14 +146,31 @@ impl Listed for FileHash {
     fn max_wire_len(&self) -> usize {
         6 * self.name.as_str().len() + 64 + 32 + FIXED_FIELDS
     }
+
+    fn held_len(&self) -> usize {
+        let digests = [&self.sha256, &self.md5].map(|d| d.as_ref().map_or(0, String::len));
+        std::mem::size_of::<FileHash>()
+            + self.name.as_str().len()
+            + self.blake3.len()
+            + digests.iter().sum::<usize>()
+            + 4 * ALLOCATION_OVERHEAD
+    }
+
+    fn in_snapshot(snapshot: &Snapshot) -> impl Iterator<Item = &FileHash> + Send + '_ {
+        snapshot.items.iter().filter_map(|(_, hash)| hash.as_ref())
+    }
 }
 
 /// Sends `items` as a series of responses, each under [`BATCH_BYTES`] serialized, the last
 /// one marked `more: false` and carrying `version` (an empty list is one empty batch).
-pub async fn send<S, T>(
+/// Items are taken from the iterator (and copied) only as batches go out, so a listing
+/// drawn from a shared snapshot costs one batch per client; each batch must be taken by
+/// the client within `stall`, or the send fails (a `TimedOut` connection error).
+pub async fn send<'s, S, T>(
     connection: &mut Connection<S>,
-    items: impl Iterator<Item = T>,
+    items: impl Iterator<Item = &'s T> + Send,
     version: Option<String>,
+    stall: Duration,
 ) -> Result<(), ConnectionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -139,64 +181,124 @@ where
     let mut items = items.peekable();
     while let Some(item) = items.next() {
         batch_bytes += item.max_wire_len() + 1;
-        batch.push(item);
+        batch.push(item.clone());
         if batch_bytes >= BATCH_BYTES && items.peek().is_some() {
-            connection
-                .write_message(&T::batch(std::mem::take(&mut batch), true, None))
-                .await?;
+            let response = T::batch(std::mem::take(&mut batch), true, None);
+            send_within(stall, connection.write_message(&response)).await?;
             batch_bytes = 0;
         }
     }
-    connection
-        .write_message(&T::batch(batch, false, version))
-        .await
+    let last = T::batch(batch, false, version);
+    send_within(stall, connection.write_message(&last)).await
 }
 
-/// Server: answers a listing request. Plain (`unless` absent), with `fresh`: the folder
-/// read afresh. Conditional: `unchanged` while the recent snapshot is still at `unless`,
-/// otherwise `from_snapshot` of it, ending with its version.
+/// How a plain listing is read afresh: a future per call (it may be read twice).
+pub type Fresh<'a, T> = dyn Fn() -> BoxFuture<'a, Result<Vec<T>, ShareError>> + Send + Sync + 'a;
+
+/// Which items of a listing a request wants.
+pub type Keep<'a, T> = dyn Fn(&T) -> bool + Send + Sync + 'a;
+
+/// The items of `inner` that `keep` wants (a named type, not a closure: the future that
+/// holds it across its sends must be `Send` for every lifetime).
+struct Kept<'k, I, T: 'static> {
+    /// All the items.
+    inner: I,
+    /// The filter.
+    keep: &'k Keep<'k, T>,
+}
+
+impl<'s, I: Iterator<Item = &'s T>, T: 'static> Iterator for Kept<'_, I, T> {
+    type Item = &'s T;
+
+    fn next(&mut self) -> Option<&'s T> {
+        self.inner.by_ref().find(|item| (self.keep)(item))
+    }
+}
+
+/// Server: answers a listing request. Plain (`unless` absent), with `fresh()`: the folder
+/// read afresh, those of its items that pass `keep`. Conditional: `unchanged` while the
+/// recent snapshot is still at `unless`, otherwise the snapshot's items that pass `keep`,
+/// ending with its version.
+///
+/// Memory for clients that do not read stays bounded: a conditional answer is drawn from
+/// the shared snapshot one batch at a time; a plain one, which must hold its own listing
+/// until it is sent, is charged to the box's [`crate::share::AnswerBudget`] before it is
+/// read (the size of the last such listing, or the whole budget while none is known;
+/// settled at its real size once read: a listing that does not fit then is dropped and
+/// read again once it fits). When the budget
+/// stays full for `stall` (other clients are not reading theirs), the request is answered
+/// `unavailable`. Every write must be taken by the client within `stall`.
 pub async fn answer<S, T>(
     connection: &mut Connection<S>,
     share: &Arc<Share>,
     unless: Option<String>,
-    fresh: impl Future<Output = Result<Vec<T>, ShareError>>,
-    from_snapshot: impl FnOnce(&Snapshot) -> Vec<T>,
+    stall: Duration,
+    fresh: &Fresh<'_, T>,
+    keep: &Keep<'_, T>,
 ) -> Handled
 where
     S: AsyncRead + AsyncWrite + Unpin,
     T: Listed,
 {
     let Some(unless) = unless else {
-        return match fresh.await {
-            Ok(items) => {
-                send(connection, items.into_iter(), None).await?;
-                Ok(Ok(()))
+        let budget = share.answers();
+        let busy = format!(
+            "this box is holding {} MiB of listings for clients that do not read them; try again later",
+            budget.pending() >> 20
+        );
+        let mut wanted = budget.guess();
+        // At most twice: a listing bigger than the guess and than what is free now is
+        // dropped, and read again once the budget has room for all of it.
+        for _ in 0..2 {
+            let Some(mut charge) = budget.charge(wanted, stall).await else {
+                return refuse(connection, ErrorKind::Unavailable, busy, stall).await;
+            };
+            let mut items = match fresh().await {
+                Ok(items) => items,
+                Err(e) => return report(connection, &e, stall).await,
+            };
+            items.retain(|item| keep(item));
+            let held: usize = items.iter().map(Listed::held_len).sum();
+            if !charge.settle(held) {
+                wanted = held;
+                continue;
             }
-            Err(e) => report(connection, &e).await,
-        };
+            send(connection, items.iter(), None, stall).await?;
+            drop(charge);
+            return Ok(Ok(()));
+        }
+        return refuse(connection, ErrorKind::Unavailable, busy, stall).await;
     };
     match share.recent_snapshot().await {
         Ok(snapshot) if snapshot.version == unless => {
-            connection.write_message(&Response::Unchanged).await?;
+            send_within(stall, connection.write_message(&Response::Unchanged)).await?;
             Ok(Ok(()))
         }
         Ok(snapshot) => {
-            let items = from_snapshot(&snapshot);
             let version = Some(snapshot.version.clone());
-            send(connection, items.into_iter(), version).await?;
+            let items = Kept {
+                inner: T::in_snapshot(&snapshot),
+                keep,
+            };
+            send(connection, items, version, stall).await?;
             Ok(Ok(()))
         }
-        Err(e) => report(connection, &e).await,
+        Err(e) => report(connection, &e, stall).await,
     }
 }
 
-/// Reads the batches of a listing that must not be conditional.
-pub async fn receive<S, T>(connection: &mut Connection<S>) -> Result<Vec<T>, CallError>
+/// Reads the batches of a listing that must not be conditional. The first batch must
+/// arrive within `limits.think` of the request (the peer may have a folder to hash), each
+/// further one within `limits.stall`: else [`CallError::Stalled`].
+pub async fn receive<S, T>(
+    connection: &mut Connection<S>,
+    limits: &Limits,
+) -> Result<Vec<T>, CallError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     T: Listed,
 {
-    match receive_any(connection).await? {
+    match receive_any(connection, limits).await? {
         (Ending::Plain | Ending::Version(_), items) => Ok(items),
         (Ending::Unchanged, _) => Err(CallError::Protocol(
             "'unchanged' answers a listing that named no version".into(),
@@ -204,15 +306,17 @@ where
     }
 }
 
-/// Reads the batches of a conditional listing: `unchanged`, or items and a version.
+/// Reads the batches of a conditional listing: `unchanged`, or items and a version; with
+/// the deadlines of [`receive`].
 pub async fn receive_conditional<S, T>(
     connection: &mut Connection<S>,
+    limits: &Limits,
 ) -> Result<Listing<T>, CallError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     T: Listed,
 {
-    match receive_any(connection).await? {
+    match receive_any(connection, limits).await? {
         (Ending::Unchanged, _) => Ok(Listing::Unchanged),
         (Ending::Version(version), items) => Ok(Listing::Listed { items, version }),
         (Ending::Plain, _) => Err(CallError::Protocol("listing without a version".into())),
@@ -229,14 +333,19 @@ enum Ending {
     Version(String),
 }
 
-async fn receive_any<S, T>(connection: &mut Connection<S>) -> Result<(Ending, Vec<T>), CallError>
+async fn receive_any<S, T>(
+    connection: &mut Connection<S>,
+    limits: &Limits,
+) -> Result<(Ending, Vec<T>), CallError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     T: Listed,
 {
     let mut all = Vec::new();
+    let mut wait = limits.think;
     loop {
-        let response = connection.expect_message::<Response>().await?;
+        let response = receive_within(wait, connection.expect_message::<Response>()).await?;
+        wait = limits.stall;
         match T::unbatch(response) {
             Unbatched::Batch(batch) => {
                 all.extend(batch.items);

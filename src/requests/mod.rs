@@ -20,8 +20,10 @@ pub mod listing;
 pub mod notices;
 pub mod udp;
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::protocol::Link;
 use serde::{Deserialize, Serialize};
@@ -32,9 +34,9 @@ use crate::local::LocalBox;
 use crate::protocol::decode::{Message, leading_tag};
 use crate::protocol::{Connection, ConnectionError, ErrorKind, Response};
 use crate::share::ShareError;
-use crate::transfer::TransferError;
 use crate::transfer::udp::UdpError;
 use crate::transfer::udp::hub::UdpHub;
+use crate::transfer::{TransferError, send_within};
 use crate::types::BoxId;
 
 /// Most names in one `download_many` or versions in one `installed_many`: a server refuses
@@ -120,6 +122,10 @@ impl Message for Request {
 }
 
 /// What the server knows while it answers one request.
+///
+/// Every answer's writes go through [`send_within`] with the box's stall limit
+/// ([`ServeContext::stall`]): a client that takes nothing for that long fails its request,
+/// and the server closes its connection.
 pub struct ServeContext<'a> {
     /// This box.
     pub local: &'a Arc<LocalBox>,
@@ -131,6 +137,13 @@ pub struct ServeContext<'a> {
     pub peer_id: &'a BoxId,
     /// Where sync's notices (and what was served) are noted.
     pub notices: &'a notices::Notices,
+}
+
+impl ServeContext<'_> {
+    /// How long a client may take nothing before its request fails.
+    pub fn stall(&self) -> Duration {
+        self.local.limits.stall
+    }
 }
 
 /// How serving a request ended: the outer `Err` means the connection failed (and is
@@ -150,7 +163,7 @@ pub async fn serve(
         Request::Download(download) => download.serve(cx, connection).await,
         Request::DownloadMany(many) => many.serve(cx, connection).await,
         Request::DownloadUdp(udp) => udp.serve(cx, connection).await,
-        Request::UdpFinish(_) => udp::serve_finish(connection).await,
+        Request::UdpFinish(_) => udp::serve_finish(cx, connection).await,
         Request::Changed => notices::serve_changed(cx, connection).await,
         Request::Installed(version) => notices::serve_installed(version, cx, connection).await,
         Request::InstalledMany(many) => many.serve(cx, connection).await,
@@ -181,6 +194,21 @@ pub enum CallError {
     /// A UDP download failed in a way only UDP can.
     #[error(transparent)]
     Udp(UdpError),
+    /// The peer stopped answering: nothing arrived for this long.
+    #[error("the peer stopped answering: nothing arrived for {}", crate::transfer::seconds(*.0))]
+    Stalled(Duration),
+}
+
+/// Receives with a deadline: `read` (one frame of an answer) must complete within `limit`,
+/// else [`CallError::Stalled`].
+pub async fn receive_within<T>(
+    limit: Duration,
+    read: impl Future<Output = Result<T, ConnectionError>>,
+) -> Result<T, CallError> {
+    match tokio::time::timeout(limit, read).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(CallError::Stalled(limit)),
+    }
 }
 
 impl CallError {
@@ -190,29 +218,30 @@ impl CallError {
     }
 }
 
-/// Refuses a request with an error answer; the connection stays usable.
+/// Refuses a request with an error answer, which the client must take within `stall`;
+/// the connection stays usable.
 async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
     kind: ErrorKind,
     message: String,
+    stall: Duration,
 ) -> Handled {
-    connection
-        .write_message(&Response::Error {
-            kind,
-            message: message.clone(),
-        })
-        .await?;
+    let refusal = Response::Error {
+        kind,
+        message: message.clone(),
+    };
+    send_within(stall, connection.write_message(&refusal)).await?;
     Ok(Err(message))
 }
 
-/// Reports a share error as the request's answer.
+/// Reports a share error as the request's answer, within `stall`.
 async fn report<S: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
     error: &ShareError,
+    stall: Duration,
 ) -> Handled {
-    connection
-        .write_message(&Response::from_share_error(error))
-        .await?;
+    let answer = Response::from_share_error(error);
+    send_within(stall, connection.write_message(&answer)).await?;
     Ok(Err(error.to_string()))
 }
 

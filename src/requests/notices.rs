@@ -6,14 +6,16 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use crate::protocol::Link;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 
-use super::{CallError, Handled, MAX_BATCH_NAMES, ServeContext, refuse, too_many};
+use super::{CallError, Handled, MAX_BATCH_NAMES, ServeContext, receive_within, refuse, too_many};
 use crate::protocol::{Connection, ErrorKind, Response};
+use crate::transfer::send_within;
 use crate::types::{BoxId, FileVersion};
 
 /// Most versions remembered per peer between two sync rounds.
@@ -99,7 +101,7 @@ fn take(map: &Mutex<HashMap<BoxId, Vec<FileVersion>>>, peer: &BoxId) -> Vec<File
 /// Server side of `changed`: wakes this box's sync, which pulls from the sender soon.
 pub async fn serve_changed(cx: &ServeContext<'_>, connection: &mut Connection<Link>) -> Handled {
     cx.notices.wake_sync();
-    ack(connection).await
+    ack(cx, connection).await
 }
 
 /// Server side of `installed` (whose fields are the [`FileVersion`] installed): noted for
@@ -110,7 +112,7 @@ pub async fn serve_installed(
     connection: &mut Connection<Link>,
 ) -> Handled {
     cx.notices.note_installed(cx.peer_id, version);
-    ack(connection).await
+    ack(cx, connection).await
 }
 
 /// The fields of `installed_many`: many `installed` notices in one message, oldest
@@ -129,26 +131,29 @@ impl InstalledMany {
                 connection,
                 ErrorKind::BadRequest,
                 too_many(self.versions.len()),
+                cx.stall(),
             )
             .await;
         }
         for version in self.versions {
             cx.notices.note_installed(cx.peer_id, version);
         }
-        ack(connection).await
+        ack(cx, connection).await
     }
 }
 
-async fn ack(connection: &mut Connection<Link>) -> Handled {
-    connection.write_message(&Response::Ack).await?;
+/// Answers a notice with `ack`, which the client must take within the stall limit.
+async fn ack(cx: &ServeContext<'_>, connection: &mut Connection<Link>) -> Handled {
+    send_within(cx.stall(), connection.write_message(&Response::Ack)).await?;
     Ok(Ok(()))
 }
 
-/// Client, once a notice is sent: its `ack`.
+/// Client, once a notice is sent: its `ack`, which must arrive within `stall`.
 pub async fn read_ack<S: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
+    stall: Duration,
 ) -> Result<(), CallError> {
-    match connection.expect_message::<Response>().await? {
+    match receive_within(stall, connection.expect_message::<Response>()).await? {
         Response::Ack => Ok(()),
         Response::Error { kind, message } => Err(CallError::Remote { kind, message }),
         other => Err(CallError::unexpected(&other)),

@@ -98,11 +98,12 @@ pub use crate::transfer::udp::UdpFinish;
 
 /// Server side of `udp_finish` outside a transfer: there is nothing to finish (within one,
 /// the transfer reads it: see [`udp::serve`]).
-pub async fn serve_finish(connection: &mut Connection<Link>) -> Handled {
+pub async fn serve_finish(cx: &ServeContext<'_>, connection: &mut Connection<Link>) -> Handled {
     refuse(
         connection,
         ErrorKind::BadRequest,
         "no UDP transfer is running on this connection".to_string(),
+        cx.stall(),
     )
     .await
 }

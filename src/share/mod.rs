@@ -1,6 +1,7 @@
-//! The shared folder of a box: its index, hashes, per-file locks, trash and the atomic
-//! installation of downloaded files.
+//! The shared folder of a box: its index, hashes, per-file locks, the budget of answers
+//! waiting for slow clients, trash and the atomic installation of downloaded files.
 
+pub mod budget;
 pub mod dirs;
 pub mod filter;
 pub mod folder;
@@ -21,6 +22,7 @@ use std::sync::{Arc, OnceLock};
 
 use thiserror::Error;
 
+pub use budget::{AnswerBudget, Charge};
 pub use dirs::{Dirs, PlaceNewError};
 pub use folder::{DIRECTORY_TYPE, Entry, Fingerprint};
 pub use hash::{ContentHasher, DigestSet, Digests, FileHash, HashCache};
@@ -98,6 +100,8 @@ pub struct Share {
     cache: HashCache,
     /// Per-path locks between serving and replacing.
     locks: PathLocks,
+    /// The memory held by listings read afresh for clients and not yet sent.
+    answers: AnswerBudget,
     /// Counter that makes temporary file names unique within this process.
     next_tmp: AtomicU64,
     /// Where temporary files go, with this process's id to start their names (asked once,
@@ -123,6 +127,7 @@ impl Share {
             root,
             cache,
             locks: PathLocks::new(),
+            answers: AnswerBudget::new(),
             next_tmp: AtomicU64::new(0),
             tmp_prefix: state.join(TMP_DIR).join(std::process::id().to_string()),
             view: SnapshotCache::new(),
@@ -143,6 +148,11 @@ impl Share {
     /// The per-path locks shared by serving and replacing.
     pub fn locks(&self) -> &PathLocks {
         &self.locks
+    }
+
+    /// The bound on memory held by listings waiting for slow clients.
+    pub fn answers(&self) -> &AnswerBudget {
+        &self.answers
     }
 
     /// The hash cache (for its statistics).
@@ -331,7 +341,7 @@ impl Share {
         digests: Digests,
         expect: &Expect,
     ) -> Result<Option<PathBuf>, ShareError> {
-        let _guard = self.locks.write(rel).await;
+        let _guard = self.locks.write(rel).await?;
         let share = Arc::clone(self);
         let rel = rel.clone();
         let expect = expect.clone();
@@ -447,6 +457,7 @@ impl Share {
                     }
                     placed
                 });
+                let placed = placed.and_then(|placed| placed);
                 if placed.is_ok() {
                     item.staged.installed();
                     if let Some(parent) = item.rel.under(&self.root).parent() {
@@ -477,7 +488,7 @@ impl Share {
         rel: &RelPath,
         expect: &Expect,
     ) -> Result<PathBuf, ShareError> {
-        let _guard = self.locks.write(rel).await;
+        let _guard = self.locks.write(rel).await?;
         let share = Arc::clone(self);
         let (rel, expect) = (rel.clone(), expect.clone());
         self.changing(move || {
@@ -540,8 +551,8 @@ impl Share {
         to: &RelPath,
         expect: &Expect,
     ) -> Result<(), ShareError> {
-        let _from_guard = self.locks.write(from).await;
-        let _to_guard = self.locks.write(to).await;
+        let _from_guard = self.locks.write(from).await?;
+        let _to_guard = self.locks.write(to).await?;
         let share = Arc::clone(self);
         let (from, to, expect) = (from.clone(), to.clone(), expect.clone());
         self.changing(move || {
@@ -562,7 +573,7 @@ impl Share {
         expect: &Expect,
         meta: InstallMeta,
     ) -> Result<(), ShareError> {
-        let _guard = self.locks.write(rel).await;
+        let _guard = self.locks.write(rel).await?;
         let share = Arc::clone(self);
         let (rel, expect) = (rel.clone(), expect.clone());
         self.changing(move || {

@@ -273,8 +273,9 @@ pub fn start(
         events: broadcast::channel(256).0,
     };
     let engine = Engine {
-        records: std::collections::HashMap::new(),
-        views: peers.iter().map(|_| round::PeerView::default()).collect(),
+        slots: peers.iter().map(|_| Slot::Idle(Box::default())).collect(),
+        failed: peers.iter().map(|_| false).collect(),
+        done: tokio::sync::mpsc::unbounded_channel(),
         here: None,
         local,
         notices,
@@ -288,10 +289,17 @@ pub fn start(
 
 /// The running engine.
 struct Engine {
-    /// Sync records by peer box id, loaded once and saved when they change.
-    records: std::collections::HashMap<BoxId, record::Record>,
-    /// What each peer's folder looked like at its last answers (same order as `peers`).
-    views: Vec<round::PeerView>,
+    /// Each peer's state between its rounds, or the round it is out on (same order as
+    /// `peers`).
+    slots: Vec<Slot>,
+    /// Whether each peer's last round failed (same order as `peers`).
+    failed: Vec<bool>,
+    /// Where a peer's round, run as a task of its own, reports its end; and where the
+    /// tasks get their sender from.
+    done: (
+        tokio::sync::mpsc::UnboundedSender<Finished>,
+        tokio::sync::mpsc::UnboundedReceiver<Finished>,
+    ),
     /// This box's side as last read, reused while the folder is unchanged.
     here: Option<Arc<round::LocalState>>,
     local: Arc<LocalBox>,
@@ -300,6 +308,98 @@ struct Engine {
     peers: Vec<(Arc<Peer>, Transport)>,
     config: SyncConfig,
     handle: SyncHandle,
+}
+
+/// What one peer's rounds carry from one to the next.
+#[derive(Default)]
+struct PeerState {
+    /// Sync records by peer box id, loaded once and saved when they change.
+    records: std::collections::HashMap<BoxId, record::Record>,
+    /// What the peer's folder looked like at its last answers.
+    view: round::PeerView,
+}
+
+/// A peer between rounds, or out on one.
+enum Slot {
+    /// At rest: the next round starts one with it.
+    Idle(Box<PeerState>),
+    /// Its round runs as a task of its own, which reports through [`Engine::done`]; the
+    /// handle stops it at shutdown.
+    Busy(tokio::task::AbortHandle),
+}
+
+/// A peer's round that ended: which peer, its state, and how it went.
+struct Finished {
+    /// The peer's place in `peers`.
+    index: usize,
+    /// Its state, back from the round.
+    state: Box<PeerState>,
+    /// The round's report or failure.
+    outcome: Result<round::RoundReport, Arc<SyncError>>,
+}
+
+/// What a peer's round, run as a task of its own, owns.
+struct PeerRound {
+    /// This box.
+    local: Arc<LocalBox>,
+    /// What the box's server learnt for sync.
+    notices: Arc<Notices>,
+    /// The peer.
+    peer: Arc<Peer>,
+    /// How sync fetches from it.
+    transport: Transport,
+    /// This box's side, as read at the start of the round.
+    here: Arc<round::LocalState>,
+    /// The ignore rules of this round.
+    ignore: Arc<ignore::Ignore>,
+    /// The peer's place in the engine's list.
+    index: usize,
+    /// What the peer's rounds carry from one to the next.
+    state: Box<PeerState>,
+    /// Where the round's end is reported (status, activity feed).
+    handle: SyncHandle,
+}
+
+/// Runs one round with one peer, reports it (status, activity feed) and hands its state
+/// back on `done`.
+async fn peer_round(job: PeerRound, done: tokio::sync::mpsc::UnboundedSender<Finished>) {
+    let PeerRound {
+        local,
+        notices,
+        peer,
+        transport,
+        here,
+        ignore,
+        index,
+        mut state,
+        handle,
+    } = job;
+    let this = round::ThisBox {
+        local: &local,
+        notices: &notices,
+    };
+    let outcome = round::sync_with(
+        this,
+        &here,
+        &peer,
+        transport,
+        &ignore,
+        &mut state.records,
+        &mut state.view,
+    )
+    .await
+    .map_err(Arc::new);
+    if outcome.is_err() {
+        // At once, not at the end of the round: the peer may connect meanwhile.
+        notices.set_peer_missing(true);
+    }
+    handle.report(peer.addr(), index, &outcome, &here);
+    // The engine has stopped if nobody listens: nothing left to report to.
+    let _ = done.send(Finished {
+        index,
+        state,
+        outcome,
+    });
 }
 
 /// A round that changed more paths than this is shown above the prompt as counts (each
@@ -383,6 +483,7 @@ impl Engine {
             tokio::select! {
                 _ = &mut shutdown => {
                     share.view().set_trust(None);
+                    self.stop_rounds();
                     return;
                 }
                 _ = rescan.tick() => full = true,
@@ -447,65 +548,83 @@ impl Engine {
                 return;
             }
         };
-        let mut missing = false;
-        for (index, (peer, transport)) in self.peers.iter().enumerate() {
-            let Some(view) = self.views.get_mut(index) else {
+        // Every peer's round runs at the same time, as a task of its own, each bounded by
+        // the box's deadlines (`Limits`). They all compare with this box's side as read
+        // now; what one installs meanwhile, another sees at its next round (each change
+        // re-checks the disk under its file's lock, so a round working from the older read
+        // fails that file rather than undo the other's change).
+        let ignore = Arc::new(ignore);
+        let mut started = Vec::new();
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let state = match slot {
+                Slot::Idle(state) => std::mem::take(state),
+                // Still out on an earlier round (a slow peer): it goes on; this round
+                // does not wait for it.
+                Slot::Busy(_) => continue,
+            };
+            let Some((peer, transport)) = self.peers.get(index) else {
+                continue;
+            };
+            let task = tokio::spawn(peer_round(
+                PeerRound {
+                    local: Arc::clone(&self.local),
+                    notices: Arc::clone(&self.notices),
+                    peer: Arc::clone(peer),
+                    transport: *transport,
+                    here: Arc::clone(&here),
+                    ignore: Arc::clone(&ignore),
+                    index,
+                    state,
+                    handle: self.handle.clone(),
+                },
+                self.done.0.clone(),
+            ));
+            *slot = Slot::Busy(task.abort_handle());
+            started.push(index);
+        }
+        // The round ends when every peer it started with is done, except that once one is,
+        // the others get `stall` more: a peer slower than that is left to finish on its
+        // own, and the next rounds go on with the rest meanwhile.
+        let grace = self.local.limits.stall;
+        let mut outstanding = started.len();
+        let mut deadline = None;
+        let mut changed_here = false;
+        while outstanding > 0 {
+            let next = match deadline {
+                None => self.done.1.recv().await,
+                Some(deadline) => match tokio::time::timeout_at(deadline, self.done.1.recv()).await
+                {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            let Some(finished) = next else {
                 break;
             };
-            let this = round::ThisBox {
-                local: &self.local,
-                notices: &self.notices,
-            };
-            let outcome = round::sync_with(
-                this,
-                &here,
-                peer,
-                *transport,
-                &ignore,
-                &mut self.records,
-                view,
-            )
-            .await
-            .map_err(Arc::new);
-            let mut changed_here = false;
-            if outcome.is_err() {
-                // At once, not at the end of the round: the peer may connect meanwhile.
-                missing = true;
-                self.notices.set_peer_missing(true);
+            if started.contains(&finished.index) {
+                outstanding -= 1;
+                deadline.get_or_insert_with(|| tokio::time::Instant::now() + grace);
             }
-            match &outcome {
-                Ok(report) => {
-                    changed_here = report.done > 0;
-                    if report.changes.len() <= LISTED_CHANGES {
-                        for line in &report.changes {
-                            self.emit(peer.addr(), line);
-                        }
-                    } else {
-                        for line in &report.changes {
-                            tracing::info!(peer = peer.addr(), "{}", crate::text::for_log(line));
-                        }
-                        self.emit(peer.addr(), &summary(report));
-                    }
-                    for error in &report.errors {
-                        self.emit(peer.addr(), &format!("error: {error}"));
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(peer = peer.addr(), error = %crate::text::for_log(&e), "sync round failed");
-                }
+            changed_here |= self.finish(finished);
+        }
+        for index in 0..self.slots.len() {
+            if matches!(self.slots.get(index), Some(Slot::Busy(_))) && started.contains(&index) {
+                let addr = self.peers.get(index).map_or("", |(peer, _)| peer.addr());
+                tracing::warn!(
+                    peer = addr,
+                    "sync with this peer is slow; the other peers' rounds go on without it"
+                );
             }
-            self.update(|s| {
-                if let Some(status) = s.peers.get_mut(index) {
-                    round::fold(status, &outcome, &here);
-                }
-            });
-            // What we just took from one peer changes what we compare with the next.
-            if changed_here {
-                match round::LocalState::read(&self.local, &ignore, true, None).await {
-                    Ok(fresh) => here = fresh,
-                    Err(_) => break,
-                }
-            }
+        }
+        let missing = self.failed.iter().any(|failed| *failed);
+        if missing {
+            self.notices.set_peer_missing(true);
+        }
+        // What was just taken from the peers is this box's side for the next round.
+        if changed_here
+            && let Ok(fresh) = round::LocalState::read(&self.local, &ignore, true, None).await
+        {
+            here = fresh;
         }
         if !missing {
             self.notices.set_peer_missing(false);
@@ -514,15 +633,87 @@ impl Engine {
         self.update(|s| s.rounds += 1);
     }
 
+    /// Takes in a peer's finished round (already reported by [`SyncHandle::report`]): its
+    /// state goes back to its slot. Returns whether it changed this box's folder.
+    fn finish(&mut self, finished: Finished) -> bool {
+        let Finished {
+            index,
+            state,
+            outcome,
+        } = finished;
+        if let Some(slot) = self.slots.get_mut(index) {
+            *slot = Slot::Idle(state);
+        }
+        if let Some(failed) = self.failed.get_mut(index) {
+            *failed = outcome.is_err();
+        }
+        matches!(&outcome, Ok(report) if report.done > 0)
+    }
+
+    /// Stops the rounds still out (at shutdown).
+    fn stop_rounds(&mut self) {
+        for slot in &self.slots {
+            if let Slot::Busy(task) = slot {
+                task.abort();
+            }
+        }
+    }
+
     fn update(&self, change: impl FnOnce(&mut SyncStatus)) {
-        change(&mut self.handle.status.lock().unwrap_or_else(|e| e.into_inner()));
+        self.handle.update(change);
+    }
+
+    fn emit(&self, peer: &str, message: &str) {
+        self.handle.emit(peer, message);
+    }
+}
+
+impl SyncHandle {
+    fn update(&self, change: impl FnOnce(&mut SyncStatus)) {
+        change(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
     fn emit(&self, peer: &str, message: &str) {
         tracing::info!(peer, "{}", crate::text::for_log(message));
-        let _ = self.handle.events.send(SyncEvent {
+        let _ = self.events.send(SyncEvent {
             peer: peer.to_string(),
             message: message.to_string(),
+        });
+    }
+
+    /// Reports the end of the round with the peer at `addr` (number `index`): the
+    /// activity feed, the log and the status, as soon as it ends.
+    fn report(
+        &self,
+        addr: &str,
+        index: usize,
+        outcome: &Result<round::RoundReport, Arc<SyncError>>,
+        here: &round::LocalState,
+    ) {
+        match outcome {
+            Ok(report) => {
+                if report.changes.len() <= LISTED_CHANGES {
+                    for line in &report.changes {
+                        self.emit(addr, line);
+                    }
+                } else {
+                    for line in &report.changes {
+                        tracing::info!(peer = addr, "{}", crate::text::for_log(line));
+                    }
+                    self.emit(addr, &summary(report));
+                }
+                for error in &report.errors {
+                    self.emit(addr, &format!("error: {error}"));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(peer = addr, error = %crate::text::for_log(&e), "sync round failed");
+            }
+        }
+        self.update(|s| {
+            if let Some(status) = s.peers.get_mut(index) {
+                round::fold(status, outcome, here);
+            }
         });
     }
 }

@@ -588,8 +588,21 @@ async fn apply(
                 Transport::Tcp => peer.download_tcp_to(remote, &landing, &mut progress).await,
                 Transport::Udp => {
                     let rate = local.settings.max_udp_rate;
-                    peer.download_udp_to(remote, &landing, rate, &mut progress)
+                    match peer
+                        .download_udp_to(remote, &landing, rate, &mut progress)
                         .await
+                    {
+                        Err(e) if udp_failed(&e) => {
+                            tracing::warn!(
+                                peer = peer.addr(),
+                                path = %remote,
+                                error = %e,
+                                "UDP download failed; downloading this file over TCP instead"
+                            );
+                            peer.download_tcp_to(remote, &landing, &mut progress).await
+                        }
+                        other => other,
+                    }
                 }
             }
             .map_err(|source| SyncError::Transfer {
@@ -641,6 +654,25 @@ async fn apply(
             Ok(removed.then(|| (path.clone(), None)))
         }
     }
+}
+
+/// Whether a UDP download failed for a reason of UDP's own, so that the same file over TCP
+/// may well succeed: the peer has no UDP session free (`unavailable`), or the UDP exchange
+/// itself failed. A file the peer refused or that changed fails the same way over TCP, and
+/// a peer that stopped answering would only make the fallback wait again.
+fn udp_failed(error: &PeerError) -> bool {
+    matches!(
+        error,
+        PeerError::Udp(_)
+            | PeerError::Remote {
+                kind: ErrorKind::Unavailable,
+                ..
+            }
+            | PeerError::Transfer(TransferError::Remote {
+                kind: ErrorKind::Unavailable,
+                ..
+            })
+    )
 }
 
 /// What a completed download means for the record: both boxes now hold what was just

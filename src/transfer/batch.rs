@@ -12,6 +12,7 @@
 
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -19,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::body::{Body, BodyEnd, Next, unexpected};
 use super::tcp::start_write_back;
-use super::{Landing, TransferError};
+use super::{Landing, TransferError, receive_within};
 use crate::protocol::{Connection, Response, message};
 use crate::share::install::{set_meta, set_mtime};
 use crate::share::{
@@ -72,11 +73,15 @@ pub struct BatchReceipt {
 /// Receives the answers to a `download_many` request for `names`, already sent on
 /// `connection`, into verified staged files of `share`.
 ///
+/// Every frame must arrive within `stall` of the one before (the first, of the request):
+/// else the batch ends there, broken by [`TransferError::Stalled`].
+///
 /// Dropping the future cancels the batch and removes every temporary file.
 pub async fn receive_batch<S: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
     share: &Arc<Share>,
     names: &[RelPath],
+    stall: Duration,
 ) -> BatchReceipt {
     let mut files: Vec<Option<Result<Received, TransferError>>> =
         names.iter().map(|_| None).collect();
@@ -85,7 +90,7 @@ pub async fn receive_batch<S: AsyncRead + AsyncWrite + Unpin>(
         let share = Arc::clone(share);
         tokio::task::spawn_blocking(move || write_files(&share, pieces_rx))
     };
-    let broken = exchange(connection, names, &pieces_tx, &mut files)
+    let broken = exchange(connection, names, &pieces_tx, &mut files, stall)
         .await
         .err();
     drop(pieces_tx);
@@ -116,9 +121,11 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     names: &[RelPath],
     pieces: &mpsc::Sender<Piece>,
     files: &mut [Option<Result<Received, TransferError>>],
+    stall: Duration,
 ) -> Result<(), TransferError> {
     for (index, (name, slot)) in names.iter().zip(files.iter_mut()).enumerate() {
-        let (size, mtime, mode) = match connection.expect_message::<Response>().await? {
+        let start = receive_within(stall, connection.expect_message::<Response>()).await?;
+        let (size, mtime, mode) = match start {
             Response::FileStart(message::FileStart {
                 name: announced,
                 size,
@@ -139,7 +146,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         // A file that fits in one data frame (most of a batch) goes to the writer in one
         // piece, not three: a third of the hand-offs and wake-ups.
         let mut held = Some((start, None));
-        let mut body = Body::new(name, size);
+        let mut body = Body::new(name, size, stall);
         let end = loop {
             match body.next(connection).await? {
                 Next::Data(bytes) => match held.take() {
@@ -179,7 +186,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         }
         *slot = Some(Err(failure));
     }
-    match connection.expect_message::<Response>().await? {
+    match receive_within(stall, connection.expect_message::<Response>()).await? {
         Response::BatchEnd => Ok(()),
         other => Err(unexpected(&other)),
     }

@@ -2,10 +2,12 @@
 //! to the announced size, then the sender's `file_end` (or its `error`). Single downloads
 //! and batches share it, so that both enforce the size the same way.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::TransferError;
+use super::{TransferError, receive_within};
 use crate::protocol::connection::decode;
 use crate::protocol::message::FileEnd;
 use crate::protocol::{Connection, ErrorKind, Frame, Response};
@@ -42,15 +44,19 @@ pub struct Body<'a> {
     size: u64,
     /// Bytes received so far.
     received: u64,
+    /// Longest wait for the next frame.
+    stall: Duration,
 }
 
 impl<'a> Body<'a> {
-    /// The body of `name`, announced as `size` bytes by its `file_start`.
-    pub fn new(name: &'a RelPath, size: u64) -> Body<'a> {
+    /// The body of `name`, announced as `size` bytes by its `file_start`, each frame of
+    /// which must arrive within `stall` of the one before.
+    pub fn new(name: &'a RelPath, size: u64, stall: Duration) -> Body<'a> {
         Body {
             name,
             size,
             received: 0,
+            stall,
         }
     }
 
@@ -61,12 +67,12 @@ impl<'a> Body<'a> {
 
     /// The next data frame or the end. More bytes than announced, or anything but data,
     /// `file_end` or `error`, is an `Err`: the connection is then not at a message
-    /// boundary.
+    /// boundary. So is nothing at all within the stall limit ([`TransferError::Stalled`]).
     pub async fn next<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         connection: &mut Connection<S>,
     ) -> Result<Next, TransferError> {
-        match connection.expect_frame().await? {
+        match receive_within(self.stall, connection.expect_frame()).await? {
             Frame::Data(bytes) => {
                 self.received += bytes.len() as u64;
                 if self.received > self.size {

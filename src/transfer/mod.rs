@@ -9,7 +9,10 @@ pub mod partial;
 pub mod tcp;
 pub mod udp;
 
+use std::future::Future;
+use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -121,6 +124,48 @@ pub enum TransferError {
     /// Writing or installing locally failed.
     #[error(transparent)]
     Local(#[from] ShareError),
+    /// The peer stopped answering: nothing arrived for this long in the middle of the
+    /// exchange.
+    #[error("the peer stopped answering: nothing arrived for {}", seconds(*.0))]
+    Stalled(Duration),
+}
+
+/// A duration as people read it in these errors: `1.5s`.
+pub fn seconds(duration: Duration) -> String {
+    format!("{:.1}s", duration.as_secs_f64())
+}
+
+/// Sends with a deadline: `write` (one frame or a few, to a peer) must complete within
+/// `limit`, or the send fails with a `TimedOut` error that says the peer stopped reading.
+/// What the server's writes go through: a connection that fails is closed, and whatever
+/// its request held is released.
+pub async fn send_within<T>(
+    limit: Duration,
+    write: impl Future<Output = Result<T, ConnectionError>>,
+) -> Result<T, ConnectionError> {
+    tokio::time::timeout(limit, write)
+        .await
+        .unwrap_or_else(|_| Err(ConnectionError::Io(stopped_reading(limit))))
+}
+
+/// The error of a send that waited `limit` for the peer to take anything.
+pub fn stopped_reading(limit: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("the peer took nothing for {}", seconds(limit)),
+    )
+}
+
+/// Receives with a deadline: `read` (one frame from a peer) must complete within `limit`,
+/// else [`TransferError::Stalled`].
+pub async fn receive_within<T>(
+    limit: Duration,
+    read: impl Future<Output = Result<T, ConnectionError>>,
+) -> Result<T, TransferError> {
+    match tokio::time::timeout(limit, read).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(TransferError::Stalled(limit)),
+    }
 }
 
 impl TransferError {

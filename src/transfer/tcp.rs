@@ -11,7 +11,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::protocol::Link;
 use bytes::Bytes;
@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::body::{Body, BodyEnd, Next, unexpected};
 use super::partial::PartialFile;
-use super::{Downloaded, Landing, Progress, TransferError};
+use super::{Downloaded, Landing, Progress, TransferError, receive_within, send_within};
 use crate::protocol::message::{FileEnd, FileStart};
 use crate::protocol::{Connection, ConnectionError, Response};
 use crate::share::dirs::Dirs;
@@ -46,16 +46,23 @@ const PIPELINE_DEPTH: usize = 8;
 
 /// Serves `rel` on `connection`: the sender side of a TCP download.
 ///
-/// Holds the shared lock on `rel` for the whole transfer. Returns `Ok` once the response is
-/// complete (including an `Error` response for a refused or changed file); `Err` only when
-/// the connection itself failed.
+/// Holds the shared lock on `rel` only while opening it (and reading it, if small): the
+/// bytes are then read from the open file, whose fingerprint is checked at the end, so a
+/// version replaced meanwhile (sync renames the new one in) is still sent whole, and a
+/// client that stops reading holds up no one who wants to replace the file.
+///
+/// Every write must be taken by the client within `stall`; if not, the send fails with a
+/// `TimedOut` connection error (the server then closes the connection). Returns `Ok` once
+/// the response is complete (including an `Error` response for a refused or changed file);
+/// `Err` only when the connection itself failed.
 pub async fn send_file(
     connection: &mut Connection<Link>,
     share: &Arc<Share>,
     rel: &RelPath,
     wanted: DigestSet,
+    stall: Duration,
 ) -> Result<Result<FileVersion, ShareError>, ConnectionError> {
-    let _guard = share.locks().read(rel).await;
+    let guard = share.locks().read(rel).await;
     let opened = {
         let share = Arc::clone(share);
         let rel = rel.clone();
@@ -65,25 +72,36 @@ pub async fn send_file(
         .await
         .unwrap_or_else(|e| Err(ShareError::io("<worker>", io::Error::other(e))))
     };
+    drop(guard);
     let (file, meta, fingerprint, cached) = match opened {
         Ok(Opened::Streamed(file, meta, fingerprint, cached)) => (file, meta, fingerprint, cached),
         Ok(Opened::Whole(meta, (bytes, digests))) => {
-            let served = queue_whole(connection, rel, &meta, &bytes, digests).await?;
-            connection.flush().await?;
+            let served = send_within(stall, async {
+                let served = queue_whole(connection, rel, &meta, &bytes, digests).await?;
+                connection.flush().await?;
+                Ok(served)
+            })
+            .await?;
             return Ok(Ok(served));
         }
         Err(e) => {
-            send_error(connection, &e).await?;
+            send_error(connection, &e, stall).await?;
             return Ok(Err(e));
         }
     };
     let size = meta.len();
-    queue_start(connection, rel, &meta).await?;
+    send_within(stall, queue_start(connection, rel, &meta)).await?;
     // Digests known without reading the bytes here (cached, or being computed by another
     // reader): the bytes go from the page cache to the socket without a copy.
     if cached.is_some() || share.hash_cache().is_hashing(rel, wanted) {
-        let outcome = send_known(connection, share, rel, file, fingerprint, cached, wanted).await?;
-        return finish(connection, rel, &meta, outcome).await;
+        let known = Known {
+            file,
+            fingerprint,
+            cached,
+            wanted,
+        };
+        let outcome = send_known(connection, share, rel, known, stall).await?;
+        return finish(connection, rel, &meta, outcome, stall).await;
     }
 
     let (chunks_tx, mut chunks) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
@@ -104,12 +122,12 @@ pub async fn send_file(
         })
     };
     while let Some(chunk) = chunks.recv().await {
-        connection.write_data(&chunk).await?;
+        send_within(stall, connection.write_data(&chunk)).await?;
     }
     let outcome = reader
         .await
         .unwrap_or_else(|e| Err(ShareError::io("<worker>", io::Error::other(e))));
-    finish(connection, rel, &meta, outcome).await
+    finish(connection, rel, &meta, outcome, stall).await
 }
 
 /// Ends a sent file: `file_end` with its digests, or the error that replaces it.
@@ -118,18 +136,35 @@ async fn finish(
     rel: &RelPath,
     meta: &std::fs::Metadata,
     outcome: Result<Digests, ShareError>,
+    stall: Duration,
 ) -> Result<Result<FileVersion, ShareError>, ConnectionError> {
     match outcome {
         Ok(digests) => {
-            let served = queue_end(connection, rel, meta, digests).await?;
-            connection.flush().await?;
+            let served = send_within(stall, async {
+                let served = queue_end(connection, rel, meta, digests).await?;
+                connection.flush().await?;
+                Ok(served)
+            })
+            .await?;
             Ok(Ok(served))
         }
         Err(e) => {
-            send_error(connection, &e).await?;
+            send_error(connection, &e, stall).await?;
             Ok(Err(e))
         }
     }
+}
+
+/// A file opened for sending whose digests need not be computed while it is sent.
+struct Known {
+    /// The open file.
+    file: File,
+    /// Its fingerprint when opened.
+    fingerprint: Fingerprint,
+    /// Its digests, if the cache knew them (else another reader is computing them).
+    cached: Option<Digests>,
+    /// Which digests are wanted.
+    wanted: DigestSet,
 }
 
 /// Sends the body of a file whose digests need not be computed here (cached, or being
@@ -137,15 +172,20 @@ async fn finish(
 /// had when opened and returns its digests. The bytes are read but not hashed: on a
 /// gigabyte, hashing is most of the sender's work. (They cannot go from the page cache to
 /// the socket with `sendfile`: the link encrypts them in this process.)
+/// Every chunk must be taken by the receiver within `stall`.
 async fn send_known(
     connection: &mut Connection<Link>,
     share: &Arc<Share>,
     rel: &RelPath,
-    file: File,
-    fingerprint: Fingerprint,
-    cached: Option<Digests>,
-    wanted: DigestSet,
+    known: Known,
+    stall: Duration,
 ) -> Result<Result<Digests, ShareError>, ConnectionError> {
+    let Known {
+        file,
+        fingerprint,
+        cached,
+        wanted,
+    } = known;
     let size = fingerprint.size;
     let (chunks_tx, mut chunks) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
     let reader = {
@@ -164,7 +204,7 @@ async fn send_known(
         })
     };
     while let Some(chunk) = chunks.recv().await {
-        connection.write_data(&chunk).await?;
+        send_within(stall, connection.write_data(&chunk)).await?;
     }
     Ok(reader
         .await
@@ -229,12 +269,14 @@ enum Prepared {
 /// Small files are opened, read, hashed and checked by one blocking thread that stays a
 /// few files ahead of the socket, each under its shared lock while it is read, and their
 /// answers go out many to a send: thousands of small files cost no thread hop and no
-/// system call each. A bigger file is sent as by [`send_file`].
+/// system call each. A bigger file is sent as by [`send_file`]. Every write must be taken
+/// by the client within `stall`, as for [`send_file`].
 pub async fn send_files(
     connection: &mut Connection<Link>,
     share: &Arc<Share>,
     names: Vec<RelPath>,
     wanted: DigestSet,
+    stall: Duration,
 ) -> Result<Vec<Result<FileVersion, ShareError>>, ConnectionError> {
     let (prepared_tx, mut prepared) = mpsc::channel::<Prepared>(READ_AHEAD);
     {
@@ -269,20 +311,20 @@ pub async fn send_files(
         let outcome = match one {
             Prepared::Whole(whole) => {
                 let (name, meta, bytes, digests) = *whole;
-                Ok(queue_whole(connection, &name, &meta, &bytes, digests).await?)
+                let queued = queue_whole(connection, &name, &meta, &bytes, digests);
+                Ok(send_within(stall, queued).await?)
             }
-            Prepared::Large(name) => send_file(connection, share, &name, wanted).await?,
+            Prepared::Large(name) => send_file(connection, share, &name, wanted, stall).await?,
             Prepared::Failed(e) => {
-                connection
-                    .queue_message(&Response::from_share_error(&e))
-                    .await?;
+                let refusal = Response::from_share_error(&e);
+                send_within(stall, connection.queue_message(&refusal)).await?;
                 Err(e)
             }
         };
         outcomes.push(outcome);
         // Send what is queued whenever the reader has nothing more ready.
         if prepared.is_empty() {
-            connection.flush().await?;
+            send_within(stall, connection.flush()).await?;
         }
     }
     Ok(outcomes)
@@ -443,13 +485,14 @@ fn read_stable(
     Ok(Some(digests))
 }
 
+/// Answers with `error` in place of a file, within `stall`.
 async fn send_error<S: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
     error: &ShareError,
+    stall: Duration,
 ) -> Result<(), ConnectionError> {
-    connection
-        .write_message(&Response::from_share_error(error))
-        .await
+    let refusal = Response::from_share_error(error);
+    send_within(stall, connection.write_message(&refusal)).await
 }
 
 /// Downloads `rel` over `connection` into `share`, once its request is sent: the receiver
@@ -457,16 +500,20 @@ async fn send_error<S: AsyncRead + AsyncWrite + Unpin>(
 ///
 /// The file is written to a partial file, verified against the sender's BLAKE3 and only
 /// then installed (atomically, with mtime and mode, the old version kept in the trash).
-/// Dropping the future cancels the download and removes the partial file.
+/// Dropping the future cancels the download and removes the partial file. Every frame must
+/// arrive within `stall` of the one before (the first, of the request): else
+/// [`TransferError::Stalled`].
 pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
     share: &Arc<Share>,
     rel: &RelPath,
     landing: &Landing,
     progress: Progress<'_>,
+    stall: Duration,
 ) -> Result<Downloaded, TransferError> {
     let started = Instant::now();
-    let (size, mtime, mode) = match connection.expect_message::<Response>().await? {
+    let start = receive_within(stall, connection.expect_message::<Response>()).await?;
+    let (size, mtime, mode) = match start {
         Response::FileStart(FileStart {
             name,
             size,
@@ -484,7 +531,7 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
         let path = partial.path().to_path_buf();
         tokio::task::spawn_blocking(move || write_and_hash(file, chunks_rx, &path))
     };
-    let mut body = Body::new(rel, size);
+    let mut body = Body::new(rel, size, stall);
     let end = loop {
         match body.next(connection).await? {
             Next::Data(bytes) => {

@@ -10,6 +10,7 @@ mod failures;
 mod relay;
 mod shell;
 mod snapshots;
+mod stalls;
 mod sync;
 mod trust;
 mod udp;

@@ -350,8 +350,14 @@ async fn a_conflict_reports_no_error() {
     .await;
     assert_eq!(all.len(), 2, "{:?}", all.keys());
     for (i, events) in events.iter_mut().enumerate() {
+        // The round's events may go out just after its files land: wait for them, with a
+        // deadline.
         let mut announced = false;
-        while let Ok(event) = events.try_recv() {
+        let deadline = tokio::time::Instant::now() + CONVERGE;
+        while !announced {
+            let Ok(Ok(event)) = tokio::time::timeout_at(deadline, events.recv()).await else {
+                break;
+            };
             assert!(
                 !event.message.starts_with("error"),
                 "box {i} reported: {}",
@@ -362,6 +368,13 @@ async fn a_conflict_reports_no_error() {
                 || event.message.starts_with("received conflict copy");
         }
         assert!(announced, "box {i} did not announce the conflict");
+        while let Ok(event) = events.try_recv() {
+            assert!(
+                !event.message.starts_with("error"),
+                "box {i} reported: {}",
+                event.message
+            );
+        }
     }
 }
 

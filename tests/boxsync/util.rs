@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boxsync::identity::Identity;
-use boxsync::local::LocalBox;
+use boxsync::local::{Limits, LocalBox, Settings};
 use boxsync::peer::{Peer, PeerError};
 use boxsync::protocol::ErrorKind;
 use boxsync::protocol::Link;
@@ -50,7 +50,20 @@ impl TestBox {
 
     /// A box serving the shared folder `<temp>/shared`.
     pub async fn start_in(temp: TempDir) -> TestBox {
-        let local = LocalBox::open(&temp.path().join("shared")).expect("open box");
+        TestBox::start_in_limited(temp, Limits::default()).await
+    }
+
+    /// A new box with an empty shared folder, serving on 127.0.0.1:0, with the deadlines
+    /// and bounds `limits` (tests lower them to seconds).
+    pub async fn start_limited(limits: Limits) -> TestBox {
+        let temp = tempfile::tempdir().expect("temporary folder");
+        TestBox::start_in_limited(temp, limits).await
+    }
+
+    /// A box serving the shared folder `<temp>/shared`, with `limits`.
+    pub async fn start_in_limited(temp: TempDir, limits: Limits) -> TestBox {
+        let shared = temp.path().join("shared");
+        let local = LocalBox::open_limited(&shared, Settings::default(), limits).expect("open box");
         let server = Server::bind(Arc::clone(&local), "127.0.0.1:0".parse().unwrap())
             .await
             .expect("bind");
