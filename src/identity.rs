@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -143,7 +143,12 @@ fn write_private(state: &Path, path: &Path, der: &[u8]) -> Result<(), IdentityEr
         path: path.to_path_buf(),
         source,
     };
-    fs::create_dir_all(state).map_err(|e| failed("create the folder of", e))?;
+    // The state folder is the owner's only (the share makes it so too, for an older one).
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state)
+        .map_err(|e| failed("create the folder of", e))?;
     let temporary = state.join(format!("{KEY_FILE}.new"));
     let _ = fs::remove_file(&temporary);
     let mut file = fs::OpenOptions::new()

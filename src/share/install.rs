@@ -12,12 +12,17 @@ use super::path::RelPath;
 use super::trash::keep_in_trash;
 use crate::time::Timestamp;
 
+/// The permission bits a file installed from a peer may get: read, write and execute for
+/// owner, group and others, never set-user-ID, set-group-ID or sticky, so that a peer
+/// cannot plant a set-ID program owned by this box's user.
+pub const PEER_MODE_BITS: u32 = 0o777;
+
 /// What a file should look like once installed.
 #[derive(Debug, Clone, Copy)]
 pub struct InstallMeta {
     /// Modification time to give it.
     pub mtime: Timestamp,
-    /// Permission bits to give it (masked to `0o7777`).
+    /// Permission bits to give it (masked to [`PEER_MODE_BITS`]).
     pub mode: u32,
 }
 
@@ -51,7 +56,7 @@ pub fn install(
 
 /// Gives the open temporary file at `tmp` the mode and mtime it must have once installed.
 pub fn set_meta(file: &File, tmp: &Path, meta: InstallMeta) -> Result<(), ShareError> {
-    file.set_permissions(Permissions::from_mode(meta.mode & 0o7777))
+    file.set_permissions(Permissions::from_mode(meta.mode & PEER_MODE_BITS))
         .map_err(|e| ShareError::io(tmp, e))?;
     set_mtime(file, tmp, meta)
 }
@@ -90,7 +95,7 @@ pub fn set_meta_in_place(path: &Path, meta: InstallMeta) -> Result<(), ShareErro
         FileType::Directory => return Err(fail(rustix::io::Errno::ISDIR)),
         _ => {}
     }
-    let mode = Mode::from_raw_mode(meta.mode & 0o7777);
+    let mode = Mode::from_raw_mode(meta.mode & PEER_MODE_BITS);
     let times = Timestamps {
         last_access: rustix::fs::Timespec {
             tv_sec: 0,

@@ -16,6 +16,7 @@ pub mod view;
 use std::fs;
 use std::io;
 use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -121,6 +122,9 @@ impl Share {
         let root = root.canonicalize().map_err(|e| ShareError::io(root, e))?;
         let state = root.join(STATE_DIR);
         fs::create_dir_all(state.join(TMP_DIR)).map_err(|e| ShareError::io(&state, e))?;
+        // The state (key, history, records, trash, partial downloads) is the owner's only.
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o700))
+            .map_err(|e| ShareError::io(&state, e))?;
         remove_stale_partials(&state.join(TMP_DIR));
         let cache = HashCache::load(state.join(HASH_CACHE_FILE));
         Ok(Arc::new(Share {

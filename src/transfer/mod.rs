@@ -128,6 +128,38 @@ pub enum TransferError {
     /// exchange.
     #[error("the peer stopped answering: nothing arrived for {}", seconds(*.0))]
     Stalled(Duration),
+    /// The peer announced a file larger than the free space here.
+    #[error("'{name}' does not fit: the peer announces {size} bytes, {free} bytes are free here")]
+    NoRoom {
+        /// The file.
+        name: RelPath,
+        /// The size the peer announced.
+        size: u64,
+        /// The free space of the shared folder's file system.
+        free: u64,
+    },
+}
+
+/// Fails unless a file of `size` bytes, as a peer announced it, fits in the free space of
+/// the shared folder's file system: checked before anything is created or allocated for
+/// it, so that a hostile size cannot fill the disk or memory (a bitset sized from it).
+pub fn check_room(
+    share: &crate::share::Share,
+    name: &RelPath,
+    size: u64,
+) -> Result<(), TransferError> {
+    let state = share.state_dir();
+    let stats =
+        rustix::fs::statvfs(&state).map_err(|e| ShareError::io(&state, std::io::Error::from(e)))?;
+    let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+    if size > free {
+        return Err(TransferError::NoRoom {
+            name: name.clone(),
+            size,
+            free,
+        });
+    }
+    Ok(())
 }
 
 /// A duration as people read it in these errors: `1.5s`.

@@ -308,6 +308,11 @@ async fn the_key_is_private_and_typos_are_caught() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+    let state = fs::metadata(dir.path().join(".boxsync"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(state & 0o777, 0o700, "the state folder is the owner's only");
     let (_, json, _) = boxsync(vec!["id".into(), "-d".into(), d.clone(), "--json".into()]).await;
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&json).unwrap()["id"],
@@ -409,4 +414,98 @@ async fn untrusting_closes_live_connections() {
         peer.index(&IndexFilter::Longlist).await,
         Err(PeerError::NotTrusted { .. })
     ));
+}
+
+/// A size a peer announces that does not fit in the free space is refused before anything
+/// is created for it, over TCP and over UDP.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_sizes_are_refused_before_anything_is_created() {
+    use boxsync::protocol::Response;
+    use boxsync::protocol::message::FileStart;
+    use boxsync::share::Digests;
+    use boxsync::transfer::TransferError;
+    // Over TCP: a file of 2^60 bytes.
+    let (addr, _script) = crate::util::scripted_peer(|mut connection| async move {
+        let _request = connection.expect_frame().await;
+        let start = Response::FileStart(FileStart {
+            name: rel("huge.bin"),
+            size: 1 << 60,
+            mtime: boxsync::time::Timestamp::now(),
+            mode: 0o644,
+        });
+        let _ = connection.write_message(&start).await;
+        let _ = connection.read_frame().await;
+    })
+    .await;
+    let (_t, me) = TestBox::client();
+    let mut progress = |_, _| {};
+    let error = Peer::new(&addr, Arc::clone(&me))
+        .download_tcp(&rel("huge.bin"), &mut progress)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, PeerError::Transfer(TransferError::NoRoom { .. })),
+        "{error:?}"
+    );
+    assert!(
+        files_under(&me.share.root())
+            .iter()
+            .all(|p| !p.starts_with(".boxsync/tmp"))
+    );
+
+    // Over UDP: 512 GiB, within the protocol's bound but beyond this disk.
+    let (addr, _script) = crate::util::scripted_peer(|mut connection| async move {
+        let _request = connection.expect_frame().await;
+        let ready = Response::UdpReady {
+            name: rel("huge.bin"),
+            session: "00000000000000aa".into(),
+            token: "00".repeat(16),
+            size: 512 << 30,
+            mtime: boxsync::time::Timestamp::now(),
+            mode: 0o644,
+            chunk_len: boxsync::transfer::udp::wire::CHUNK_LEN as u32,
+            digests: Digests {
+                blake3: "00".repeat(32),
+                sha256: None,
+                md5: None,
+            },
+        };
+        let _ = connection.write_message(&ready).await;
+        let _ = connection.read_frame().await;
+    })
+    .await;
+    let error = Peer::new(&addr, Arc::clone(&me))
+        .download_udp(&rel("huge.bin"), None, &mut progress)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, PeerError::Transfer(TransferError::NoRoom { .. })),
+        "{error:?}"
+    );
+    assert!(
+        files_under(&me.share.root())
+            .iter()
+            .all(|p| !p.starts_with(".boxsync/tmp"))
+    );
+}
+
+/// A file a peer serves with set-ID bits arrives without them: a peer cannot plant a
+/// set-user-ID program owned by this box's user.
+#[tokio::test(flavor = "multi_thread")]
+async fn set_id_bits_from_a_peer_are_dropped() {
+    use std::os::unix::fs::PermissionsExt;
+    let b = TestBox::start().await;
+    let path = b.write("tool", b"#!/bin/sh\n");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o6755)).unwrap();
+    let (_t, me) = TestBox::client();
+    let mut progress = |_, _| {};
+    b.peer_for(&me)
+        .download_tcp(&rel("tool"), &mut progress)
+        .await
+        .unwrap();
+    let mode = fs::metadata(me.share.root().join("tool"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o755);
 }

@@ -99,6 +99,7 @@ pub async fn receive_file(
     };
     // Bounded before anything (the partial file, the bitset) is sized from it.
     announced.check().map_err(|e| protocol(&e.to_string()))?;
+    crate::transfer::check_room(share, rel, ready.size)?;
     let secret = connection
         .export_secret(&seal::exporter_context(ready.session, &ready.token))
         .map_err(TransferError::from)?;
