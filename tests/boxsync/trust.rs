@@ -448,7 +448,7 @@ async fn hostile_sizes_are_refused_before_anything_is_created() {
         "{error:?}"
     );
     assert!(
-        files_under(&me.share.root())
+        files_under(me.share.root())
             .iter()
             .all(|p| !p.starts_with(".boxsync/tmp"))
     );
@@ -483,7 +483,7 @@ async fn hostile_sizes_are_refused_before_anything_is_created() {
         "{error:?}"
     );
     assert!(
-        files_under(&me.share.root())
+        files_under(me.share.root())
             .iter()
             .all(|p| !p.starts_with(".boxsync/tmp"))
     );
