@@ -29,6 +29,10 @@ use crate::transfer::partial::PartialFile;
 use crate::transfer::{Downloaded, Landing, Progress, TransferError};
 use crate::types::{FileVersion, Transport};
 
+/// Longest wait for `udp_ready`: the serving box may hash the file first, so as long as a
+/// listing may take to start (the box's default `think`).
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 pub use super::proto::receiver::{FIRST_DATA_TIMEOUT, STALL_TIMEOUT};
 
 /// Receive buffer asked of the kernel, so that bursts are queued (and seen as delay by
@@ -64,10 +68,11 @@ pub async fn receive_file(
     progress: Progress<'_>,
 ) -> Result<(Downloaded, DropCounts), UdpError> {
     let started = Instant::now();
-    let ready = match connection
-        .expect_message::<Response>()
-        .await
-        .map_err(TransferError::from)?
+    let ready = match crate::transfer::receive_within(
+        READY_TIMEOUT,
+        connection.expect_message::<Response>(),
+    )
+    .await?
     {
         Response::UdpReady {
             name,

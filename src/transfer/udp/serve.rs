@@ -19,7 +19,12 @@ use super::{DuringTransfer, UdpFinish};
 use crate::protocol::{Connection, ConnectionError, ErrorKind, Link, Response};
 use crate::share::folder::{self, Fingerprint};
 use crate::share::{DigestSet, RelPath, Share, ShareError};
+use crate::transfer::send_within;
 use crate::types::FileVersion;
+
+/// Longest wait for the client to take one of the session's control messages
+/// (`udp_ready`, `udp_end`, an error) on the TCP connection.
+const CONTROL_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long the client has to send `udp_finish` once its receiver reported having
 /// everything (it sends it at once).
@@ -119,7 +124,7 @@ pub async fn serve_download(
         mtime: folder::modified(&meta),
         mode: folder::mode(&meta),
     };
-    if let Err(e) = connection.write_message(&ready).await {
+    if let Err(e) = send_within(CONTROL_SEND_TIMEOUT, connection.write_message(&ready)).await {
         session.finish().await;
         return Err(e);
     }
@@ -196,17 +201,15 @@ pub async fn serve_download(
     };
     if now.as_ref().map(Fingerprint::of) != Some(fingerprint) {
         let error = ShareError::Changed(rel.clone());
-        connection
-            .write_message(&Response::from_share_error(&error))
-            .await?;
+        let refusal = Response::from_share_error(&error);
+        send_within(CONTROL_SEND_TIMEOUT, connection.write_message(&refusal)).await?;
         return Ok(Err(error.to_string()));
     }
-    connection
-        .write_message(&Response::UdpEnd {
-            sent: stats.sent,
-            resent: stats.resent,
-        })
-        .await?;
+    let end = Response::UdpEnd {
+        sent: stats.sent,
+        resent: stats.resent,
+    };
+    send_within(CONTROL_SEND_TIMEOUT, connection.write_message(&end)).await?;
     Ok(if stats.complete {
         Ok(served)
     } else {
