@@ -224,6 +224,15 @@ fn identity_command(config: &Config) -> Result<ScriptStatus> {
             let invitation =
                 boxsync::invite::create(&state, identity.id(), &addr, boxsync::invite::LIFETIME)?;
             say(&invitation.to_string());
+            let serving = addr.parse::<SocketAddr>().is_ok_and(|a| {
+                std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(1)).is_ok()
+            });
+            if !serving {
+                output::print_error_line(&format!(
+                    "note: no box answers on {addr} now: start this box (boxsync serve -d {}) before the other box joins",
+                    config.dir.display()
+                ));
+            }
             output::print_error_line(&format!(
                 "valid once, for {} minutes, while this box serves on {addr}; on the other box run: boxsync join 'LINE' -d DIR",
                 boxsync::invite::LIFETIME.as_secs() / 60

@@ -195,6 +195,8 @@ impl Server {
         let _ = hub_task.await;
         drop(hub);
         self.local.share.flush_cache();
+        // No longer listening: `boxsync invite` falls back to `--listen`.
+        let _ = std::fs::remove_file(self.local.share.state_dir().join(invite::LISTEN_FILE));
     }
 }
 
@@ -358,33 +360,13 @@ async fn handle_connection(
         }
     };
     drop(pending);
-    if !local.trust.is_trusted(&peer_id)
-        && let Some(secret) = invite
-    {
-        let state = local.share.state_dir();
-        if invite::redeem(&state, &secret) {
-            match local.trust.add(&peer_id, None) {
-                Ok(_) => {
-                    tracing::info!(%peer, box_id = %peer_id, "box joined with an invitation: trusted for good")
-                }
-                Err(e) => {
-                    tracing::warn!(%peer, box_id = %peer_id, error = %e, "box joined with an invitation, but its trust could not be kept")
-                }
-            }
-            local.trust.allow_for_this_run(&peer_id);
-        } else {
-            if let Some(left_out) = limits.refusals.admit() {
-                tracing::warn!(%peer, box_id = %peer_id, left_out, "refused an invitation that is used, expired or unknown");
-            }
-            let message = format!(
-                "box {} refused the invitation: it is used, expired or unknown; ask for a new one with `boxsync invite`",
-                local.id
-            );
-            protocol::refuse(&mut connection, ErrorKind::NotTrusted, message).await;
-            return;
-        }
-    }
-    if !local.trust.is_trusted(&peer_id) {
+    // A caller with an invitation is let in once it is redeemed, after it has a slot (so
+    // that a busy box does not spend the invitation on a caller it then turns away).
+    let joining = match invite {
+        Some(secret) if !local.trust.is_trusted(&peer_id) => Some(secret),
+        _ => None,
+    };
+    if joining.is_none() && !local.trust.is_trusted(&peer_id) {
         if let Some(left_out) = limits.refusals.admit() {
             tracing::warn!(
                 %peer,
@@ -419,6 +401,27 @@ async fn handle_connection(
         protocol::refuse(&mut connection, ErrorKind::Unavailable, message).await;
         return;
     };
+    if let Some(secret) = joining {
+        let state = local.share.state_dir();
+        if !invite::redeem(&state, &secret) {
+            if let Some(left_out) = limits.refusals.admit() {
+                tracing::warn!(%peer, box_id = %peer_id, left_out, "refused an invitation that is used, expired or unknown");
+            }
+            let message = format!(
+                "box {} refused the invitation: it is used, expired or unknown; ask for a new one with `boxsync invite`",
+                local.id
+            );
+            protocol::refuse(&mut connection, ErrorKind::NotTrusted, message).await;
+            return;
+        }
+        if let Err(e) = local.trust.add(&peer_id, None) {
+            tracing::warn!(%peer, box_id = %peer_id, error = %e, "box joined with an invitation, but its trust could not be kept");
+            let message = format!("box {} cannot keep its trust in this box: {e}", local.id);
+            protocol::refuse(&mut connection, ErrorKind::Internal, message).await;
+            return;
+        }
+        tracing::info!(%peer, box_id = %peer_id, "box joined with an invitation: trusted for good");
+    }
     if protocol::welcome(&mut connection).await.is_err() {
         return;
     }
