@@ -25,7 +25,8 @@
 //! - [`local`]: this box: its identity, trust, shared folder and log.
 //! - [`transfer`]: moving file bytes and landing them verified, over TCP and UDP, once a
 //!   request is sent; UDP's protocol is a pure state machine pair (`transfer::udp::proto`)
-//!   that thin tokio drivers run.
+//!   that thin tokio drivers run, every datagram sealed with keys from the TLS session
+//!   (`transfer::udp::seal`).
 //! - [`requests`]: one module per request: its wire form, the server's handling and the
 //!   client's reading of the answer; sync's notices are noted there for sync to take.
 //! - [`server`]: accept loop, per-connection handler (dispatching to [`requests`]),

@@ -509,3 +509,37 @@ async fn set_id_bits_from_a_peer_are_dropped() {
         .mode();
     assert_eq!(mode & 0o7777, 0o755);
 }
+
+/// The shell's `peers` lists the session's peers with their trust, and `peer` takes only
+/// `ID@HOST:PORT` (a bare address says the ID is missing).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shell_lists_peers_and_wants_ids() {
+    let b = TestBox::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = b.cli_target(dir.path());
+    let d = dir.path().display().to_string();
+    let (code, out, err) = boxsync(vec![
+        "-d".into(),
+        d.clone(),
+        "-p".into(),
+        target,
+        "-c".into(),
+        "peers".into(),
+        "--json".into(),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows[0]["id"], b.local.id.as_str());
+    assert_eq!(rows[0]["current"], true);
+    assert_eq!(rows[0]["trust"], "this run");
+    let (code, _, err) = boxsync(vec![
+        "-d".into(),
+        d,
+        "-c".into(),
+        format!("peer {}", b.addr),
+    ])
+    .await;
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no box ID"), "{err}");
+}
