@@ -77,6 +77,12 @@ pub enum PeerError {
         /// This box's ID, which the peer must trust.
         this: BoxId,
     },
+    /// The peer's trust was withdrawn (`boxsync untrust`): it is not dialed any more.
+    #[error("box {peer} is no longer trusted here: `boxsync trust {peer}` to talk to it again")]
+    Revoked {
+        /// The peer's ID.
+        peer: BoxId,
+    },
     /// The connection failed during the request.
     #[error("connection to peer {addr} lost: {source}")]
     Connection {
@@ -152,6 +158,7 @@ impl PeerError {
                 | PeerError::Handshake { .. }
                 | PeerError::WrongBox { .. }
                 | PeerError::NotTrusted { .. }
+                | PeerError::Revoked { .. }
                 | PeerError::Connection { .. }
                 | PeerError::Stalled { .. }
                 | PeerError::Transfer(TransferError::Connection(_))
@@ -637,6 +644,13 @@ impl Peer {
     }
 
     async fn connect(&self) -> Result<PeerConnection, PeerError> {
+        // Trust withdrawn meanwhile (`boxsync untrust`): this box no longer talks to it,
+        // in either direction.
+        if !self.local.trust.is_trusted(&self.id) {
+            return Err(PeerError::Revoked {
+                peer: self.id.clone(),
+            });
+        }
         let unreachable = |reason: String| PeerError::Unreachable {
             addr: self.addr.clone(),
             reason,

@@ -482,7 +482,11 @@ async fn serve_requests(
                         kind: ErrorKind::BadRequest,
                         message: format!("request not understood: {e}"),
                     };
-                    let _ = connection.write_message(&refusal).await;
+                    let _ = tokio::time::timeout(
+                        protocol::HANDSHAKE_TIMEOUT,
+                        connection.write_message(&refusal),
+                    )
+                    .await;
                 }
                 return;
             }

@@ -67,8 +67,10 @@ struct TrustFile {
     trusted: Vec<TrustedBox>,
     /// Boxes whose trust was withdrawn (`boxsync untrust`): a running box that trusts one
     /// for its run only (`--peer`, `--trust`) stops trusting it too when it sees it here.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    revoked: BTreeSet<BoxId>,
+    /// Each with when (nanoseconds since the epoch): untrusting again renews it, so a
+    /// running box notices even a second `untrust` of the same box.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    revoked: BTreeMap<BoxId, i64>,
 }
 
 /// One box in [`Trust::list`]: kept in the file, or for this run only.
@@ -90,10 +92,10 @@ struct State {
     /// The file's modification time, length and inode when last read, to notice a change
     /// (it is replaced by rename, so the inode changes with every write).
     seen: Option<(SystemTime, u64, u64)>,
-    /// Boxes trusted for this run only.
-    session: BTreeSet<BoxId>,
-    /// The boxes the file said were revoked when last read.
-    revoked: BTreeSet<BoxId>,
+    /// Boxes trusted for this run only, each with when (nanoseconds since the epoch).
+    session: BTreeMap<BoxId, i64>,
+    /// The boxes the file said were revoked when last read, and when.
+    revoked: BTreeMap<BoxId, i64>,
 }
 
 /// The boxes this box trusts. Shared by the server (every connection and request asks)
@@ -127,7 +129,9 @@ impl Trust {
 
     /// Trusts `id` for as long as this process runs (`--trust`, `--peer`).
     pub fn allow_for_this_run(&self, id: &BoxId) {
-        self.lock().session.insert(id.clone());
+        self.lock()
+            .session
+            .insert(id.clone(), Timestamp::now().unix_nanos());
     }
 
     /// Whether `id` is trusted now. The file is read again if it changed since; a file
@@ -139,7 +143,7 @@ impl Trust {
             state.stored.clear();
             state.seen = None;
         }
-        state.session.contains(id) || state.stored.contains_key(id)
+        state.session.contains_key(id) || state.stored.contains_key(id)
     }
 
     /// Trusts `id` for good, under `name`. Returns whether it was new (a name given again
@@ -173,11 +177,12 @@ impl Trust {
         let mut state = self.lock();
         self.refresh(&mut state)?;
         let stored = state.stored.remove(id).is_some();
-        let session = state.session.remove(id);
-        let newly_revoked = state.revoked.insert(id.clone());
-        if stored || newly_revoked {
-            self.save(&mut state)?;
-        }
+        let session = state.session.remove(id).is_some();
+        // Always written: a running box that trusts it for its run only must hear of it.
+        state
+            .revoked
+            .insert(id.clone(), Timestamp::now().unix_nanos());
+        self.save(&mut state)?;
         Ok(stored || session)
     }
 
@@ -192,7 +197,7 @@ impl Trust {
         });
         let this_run = state
             .session
-            .iter()
+            .keys()
             .filter(|id| !state.stored.contains_key(*id))
             .map(|id| Trusted {
                 id: id.clone(),
@@ -242,11 +247,17 @@ impl Trust {
             .into_iter()
             .map(|b| (b.id.clone(), b))
             .collect();
-        // Revoked since last read (by another process): no longer trusted for this run
-        // either. (One revoked before this run may be trusted again by this run's own
-        // `--peer` or `--trust`, which came later.)
-        for id in file.revoked.difference(&state.revoked) {
-            state.session.remove(id);
+        // Revoked after it was trusted for this run (by another process, `boxsync
+        // untrust`): no longer trusted for this run either. (Trust given for this run after
+        // the revocation, by a later `--peer` or `--trust`, stands.)
+        for (id, revoked_at) in &file.revoked {
+            if state
+                .session
+                .get(id)
+                .is_some_and(|granted_at| granted_at < revoked_at)
+            {
+                state.session.remove(id);
+            }
         }
         state.revoked = file.revoked;
         state.seen = Some(stamp);
@@ -324,6 +335,13 @@ mod tests {
         assert!(trust.is_trusted(&id(2)), "a later --peer trusts it again");
         reopened.add(&id(2), None).unwrap();
         assert!(Trust::open(dir.path()).unwrap().is_trusted(&id(2)));
+
+        // Untrusting a box already revoked before this run still reaches this run.
+        reopened.remove(&id(2)).unwrap();
+        trust.allow_for_this_run(&id(2));
+        assert!(trust.is_trusted(&id(2)));
+        reopened.remove(&id(2)).unwrap();
+        assert!(!trust.is_trusted(&id(2)), "a second untrust went unnoticed");
     }
 
     /// A damaged trust file trusts nobody from it, and says so when asked to change it.

@@ -212,7 +212,9 @@ impl fmt::Display for PeerAddress {
 pub struct FileVersion {
     /// The file.
     pub name: RelPath,
-    /// BLAKE3 of the content, hex.
+    /// BLAKE3 of the content, hex: exactly 64 lowercase hex digits when read from a peer,
+    /// so that a notice cannot carry a megabyte in its place.
+    #[serde(deserialize_with = "blake3_hex")]
     pub blake3: String,
     /// Its size in bytes.
     pub size: u64,
@@ -220,6 +222,18 @@ pub struct FileVersion {
     pub mtime: Timestamp,
     /// Its permission bits.
     pub mode: u32,
+}
+
+/// Reads a BLAKE3 digest as 64 lowercase hex digits, refusing anything else.
+fn blake3_hex<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(text)
+    } else {
+        Err(serde::de::Error::custom(
+            "a BLAKE3 digest is 64 lowercase hex digits",
+        ))
+    }
 }
 
 /// How a file's bytes travel: chosen by a person for `download`, by a peer's address

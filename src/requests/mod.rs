@@ -264,7 +264,7 @@ mod tests {
         let mtime = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         let version = crate::types::FileVersion {
             name: name.clone(),
-            blake3: "bb".into(),
+            blake3: "bb".repeat(32),
             size: 3,
             mtime: crate::time::Timestamp(mtime),
             mode: 0o644,
@@ -310,13 +310,13 @@ mod tests {
             ),
             (
                 Request::Installed(version.clone()),
-                r#"{"request":"installed","name":"a b.txt","blake3":"bb","size":3,"mtime":"2023-11-14T22:13:20.000000000Z","mode":420}"#,
+                r#"{"request":"installed","name":"a b.txt","blake3":"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","size":3,"mtime":"2023-11-14T22:13:20.000000000Z","mode":420}"#,
             ),
             (
                 Request::InstalledMany(notices::InstalledMany {
                     versions: vec![version],
                 }),
-                r#"{"request":"installed_many","versions":[{"name":"a b.txt","blake3":"bb","size":3,"mtime":"2023-11-14T22:13:20.000000000Z","mode":420}]}"#,
+                r#"{"request":"installed_many","versions":[{"name":"a b.txt","blake3":"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","size":3,"mtime":"2023-11-14T22:13:20.000000000Z","mode":420}]}"#,
             ),
             (
                 Request::DownloadMany(batch::DownloadMany {

@@ -397,7 +397,14 @@ async fn a_resolved_conflict_leaves_the_status() {
     converged_on(&boxes, |all| !all.contains_key(&copy)).await;
     rounds_on_every_box(&boxes, 2).await;
     for (i, b) in boxes.iter().enumerate() {
-        assert!(listed(b).is_empty(), "box {i} still lists {:?}", listed(b));
+        assert!(
+            listed(b).is_empty(),
+            "box {i} still lists {:?} (deleted: {copy}, converged: {:?}); its files: {:?}; rounds {}",
+            listed(b),
+            all.keys().collect::<Vec<_>>(),
+            contents(&b.root()).keys().collect::<Vec<_>>(),
+            b.handle.status().rounds
+        );
     }
 }
 

@@ -69,9 +69,8 @@ pub async fn serve_download(
     let (hash, file, meta) = match prepared {
         Ok(prepared) => prepared,
         Err(e) => {
-            connection
-                .write_message(&Response::from_share_error(&e))
-                .await?;
+            let refusal = Response::from_share_error(&e);
+            send_within(CONTROL_SEND_TIMEOUT, connection.write_message(&refusal)).await?;
             return Ok(Err(e.to_string()));
         }
     };
@@ -93,12 +92,11 @@ pub async fn serve_download(
         Ok(session) => session,
         Err(e) => {
             let message = e.to_string();
-            connection
-                .write_message(&Response::Error {
-                    kind: ErrorKind::Unavailable,
-                    message: message.clone(),
-                })
-                .await?;
+            let refusal = Response::Error {
+                kind: ErrorKind::Unavailable,
+                message: message.clone(),
+            };
+            send_within(CONTROL_SEND_TIMEOUT, connection.write_message(&refusal)).await?;
             return Ok(Err(message));
         }
     };
@@ -146,12 +144,11 @@ pub async fn serve_download(
                     _ => format!("UDP session {session_hex} ended: the server could not go on"),
                 };
                 session.finish().await;
-                connection
-                    .write_message(&Response::Error {
-                        kind: ErrorKind::Unavailable,
-                        message: message.clone(),
-                    })
-                    .await?;
+                let refusal = Response::Error {
+                    kind: ErrorKind::Unavailable,
+                    message: message.clone(),
+                };
+                send_within(CONTROL_SEND_TIMEOUT, connection.write_message(&refusal)).await?;
                 return Ok(Err(message));
             }
         },
@@ -183,7 +180,7 @@ pub async fn serve_download(
                 kind: ErrorKind::BadRequest,
                 message: "expected udp_finish for the running transfer".to_string(),
             };
-            connection.write_message(&refusal).await?;
+            send_within(CONTROL_SEND_TIMEOUT, connection.write_message(&refusal)).await?;
             return Ok(Err("client broke the UDP protocol".to_string()));
         }
         Ok(None) => return Err(ConnectionError::Closed),
