@@ -3,7 +3,7 @@
 //! those trusted for this run only (`--trust`, `--peer`). A running box sees a change to
 //! the file at the next connection or request, without a restart.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
