@@ -588,6 +588,14 @@ impl Peer {
 
     /// A connection for one request: an idle one (`true`: reused) or a new one.
     async fn lease(&self) -> Result<(PeerConnection, bool), PeerError> {
+        // Trust withdrawn meanwhile (`boxsync untrust`): this box no longer talks to it, in
+        // either direction, on a pooled connection or a new one.
+        if !self.local.trust.is_trusted(&self.id) {
+            self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            return Err(PeerError::Revoked {
+                peer: self.id.clone(),
+            });
+        }
         match self.take_idle() {
             Some(connection) => Ok((connection, true)),
             None => self.connect().await.map(|connection| (connection, false)),
@@ -644,13 +652,6 @@ impl Peer {
     }
 
     async fn connect(&self) -> Result<PeerConnection, PeerError> {
-        // Trust withdrawn meanwhile (`boxsync untrust`): this box no longer talks to it,
-        // in either direction.
-        if !self.local.trust.is_trusted(&self.id) {
-            return Err(PeerError::Revoked {
-                peer: self.id.clone(),
-            });
-        }
         let unreachable = |reason: String| PeerError::Unreachable {
             addr: self.addr.clone(),
             reason,

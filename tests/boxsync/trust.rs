@@ -543,3 +543,19 @@ async fn the_shell_lists_peers_and_wants_ids() {
     assert_eq!(code, Some(2));
     assert!(err.contains("no box ID"), "{err}");
 }
+
+/// A box whose peer's trust is withdrawn stops talking to it, pooled connection or not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_peer_is_not_dialed() {
+    let b = TestBox::start().await;
+    let (_t, me) = TestBox::client();
+    let peer = b.peer_for(&me);
+    assert!(peer.index(&IndexFilter::Longlist).await.is_ok());
+    me.trust.remove(&b.local.id).unwrap();
+    match peer.index(&IndexFilter::Longlist).await {
+        Err(e @ PeerError::Revoked { .. }) => {
+            assert!(e.to_string().contains("no longer trusted here"), "{e}")
+        }
+        other => panic!("expected a refusal to dial, got {:?}", other.map(drop)),
+    }
+}
