@@ -165,15 +165,17 @@ listens ('boxsync box <id> serving <dir> on <addr>'); logs go to stderr.",
     /// LINE` on another box makes the two trust each other. This box must be running
     /// (serving) for the other to join.
     #[command(
-        after_help = "Example:\n  boxsync invite -d ~/shared      then, on the other box: boxsync join 'LINE' -d ~/shared"
+        after_help = "Example:\n  boxsync invite -d ~/shared      then, on the other box: boxsync join - -d ~/shared (and paste the line)"
     )]
     Invite,
     /// Join the box that printed LINE (`boxsync invite`): the two boxes trust each other.
     #[command(
-        after_help = "Example:\n  boxsync join 'boxsync-invite:ID@192.0.2.7:7001#SECRET' -d ~/shared"
+        after_help = "Examples:\n  boxsync join - -d ~/shared      then paste the line and press Enter (kept out of the process list)\n  boxsync join 'boxsync-invite:ID@192.0.2.7:7001#SECRET' -d ~/shared"
     )]
     Join {
-        /// The line `boxsync invite` printed on the other box.
+        /// The line `boxsync invite` printed on the other box, or `-` to read it from
+        /// standard input (which keeps the secret out of the process list, where other
+        /// users of this machine could read it).
         line: String,
     },
     /// List the boxes this box trusts for good.
@@ -268,7 +270,18 @@ impl Config {
             Some(Mode::Untrust { id }) => Run::Untrust(BoxId::parse(&id)?),
             Some(Mode::Peers) => Run::Peers,
             Some(Mode::Invite) => Run::Invite,
-            Some(Mode::Join { line }) => Run::Join(boxsync::invite::Invitation::parse(&line)?),
+            Some(Mode::Join { line }) => {
+                let line = if line == "-" {
+                    let mut read = String::new();
+                    std::io::stdin()
+                        .read_line(&mut read)
+                        .context("cannot read the invitation from standard input")?;
+                    read
+                } else {
+                    line
+                };
+                Run::Join(boxsync::invite::Invitation::parse(&line)?)
+            }
             None if !cli.commands.is_empty() => Run::Commands(cli.commands),
             None if stdin_is_terminal => Run::Interactive,
             None => Run::Stdin,

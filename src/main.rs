@@ -234,7 +234,7 @@ fn identity_command(config: &Config) -> Result<ScriptStatus> {
                 ));
             }
             output::print_error_line(&format!(
-                "valid once, for {} minutes, while this box serves on {addr}; on the other box run: boxsync join 'LINE' -d DIR",
+                "valid once, for {} minutes, while this box serves on {addr}; on the other box run: boxsync join - -d DIR, and paste the line",
                 boxsync::invite::LIFETIME.as_secs() / 60
             ));
         }

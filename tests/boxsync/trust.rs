@@ -276,6 +276,33 @@ async fn an_invitation_works_once_and_not_after_it_expires() {
     let (_, trusted, _) = boxsync(vec!["peers".into(), "-d".into(), dir]).await;
     assert!(trusted.contains(b.local.id.as_str()), "{trusted}");
 
+    // Read from standard input (`join -`), the line never shows in the process list: a
+    // used line is refused there too.
+    let via_stdin = tempfile::tempdir().unwrap();
+    let out = {
+        let dir = via_stdin.path().display().to_string();
+        let line = line.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut child = Command::new(binary())
+                .args(["join", "-", "-d", &dir])
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            writeln!(child.stdin.take().unwrap(), "{line}").unwrap();
+            child.wait_with_output().unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("used, expired or unknown"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let second = tempfile::tempdir().unwrap();
     let dir = second.path().display().to_string();
     let (code, _, err) = boxsync(vec!["join".into(), line, "-d".into(), dir.clone()]).await;
