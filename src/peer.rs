@@ -325,12 +325,6 @@ impl Peer {
         &self.id
     }
 
-    /// The peer's box ID, as an option for callers that once had to wait for a handshake
-    /// to learn it: it is pinned now, so always known.
-    pub fn remote_id(&self) -> Option<BoxId> {
-        Some(self.id.clone())
-    }
-
     /// Tells the peer this box's folder changed, so that its sync pulls soon.
     pub async fn notify_changed(&self) -> Result<(), PeerError> {
         self.notice(&Request::Changed).await

@@ -226,6 +226,24 @@ fn tls_error(error: impl std::fmt::Display) -> HandshakeError {
     HandshakeError::Tls(error.to_string())
 }
 
+/// Both sides refuse TLS 1.2 (only 1.3 is configured; this is never reached).
+fn no_tls12() -> rustls::Error {
+    rustls::Error::General("TLS 1.2 is not spoken".into())
+}
+
+/// Whether `dss` is a valid TLS 1.3 signature of `message` by the raw public key `cert`
+/// (RFC 7250: the "certificate" is the key's SubjectPublicKeyInfo): the proof that the
+/// other side holds the key its ID is the hash of.
+fn proves_key(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+    algorithms: &WebPkiSupportedAlgorithms,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    let key = SubjectPublicKeyInfoDer::from(cert.as_ref());
+    rustls::crypto::verify_tls13_signature_with_raw_key(message, &key, dss, algorithms)
+}
+
 /// The client's check of the server: its key must be the pinned box's. It remembers the key
 /// it saw, so that a mismatch can name the box that answered instead.
 #[derive(Debug)]
@@ -271,7 +289,7 @@ impl ServerCertVerifier for PinnedBox {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not spoken".into()))
+        Err(no_tls12())
     }
 
     fn verify_tls13_signature(
@@ -280,8 +298,7 @@ impl ServerCertVerifier for PinnedBox {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let key = SubjectPublicKeyInfoDer::from(cert.as_ref());
-        rustls::crypto::verify_tls13_signature_with_raw_key(message, &key, dss, &self.algorithms)
+        proves_key(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -325,7 +342,7 @@ impl ClientCertVerifier for AnyBoxKey {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not spoken".into()))
+        Err(no_tls12())
     }
 
     fn verify_tls13_signature(
@@ -334,8 +351,7 @@ impl ClientCertVerifier for AnyBoxKey {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let key = SubjectPublicKeyInfoDer::from(cert.as_ref());
-        rustls::crypto::verify_tls13_signature_with_raw_key(message, &key, dss, &self.algorithms)
+        proves_key(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -114,6 +114,16 @@ impl AnswerBudget {
     }
 }
 
+impl AnswerBudget {
+    /// Gives back `bytes` of charges and wakes the requests waiting for room.
+    fn give_back(&self, bytes: usize) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        *pending = pending.saturating_sub(bytes);
+        drop(pending);
+        self.freed.notify_waiters();
+    }
+}
+
 impl Charge<'_> {
     /// Bytes charged.
     pub fn bytes(&self) -> usize {
@@ -126,15 +136,8 @@ impl Charge<'_> {
     pub fn settle(&mut self, bytes: usize) -> bool {
         self.budget.last.store(bytes.max(1), Ordering::Relaxed);
         if bytes <= self.bytes {
-            let mut pending = self
-                .budget
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            *pending = pending.saturating_sub(self.bytes - bytes);
-            drop(pending);
+            self.budget.give_back(self.bytes - bytes);
             self.bytes = bytes;
-            self.budget.freed.notify_waiters();
             return true;
         }
         let more = bytes - self.bytes;
@@ -155,14 +158,7 @@ impl Charge<'_> {
 
 impl Drop for Charge<'_> {
     fn drop(&mut self) {
-        let mut pending = self
-            .budget
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        *pending = pending.saturating_sub(self.bytes);
-        drop(pending);
-        self.budget.freed.notify_waiters();
+        self.budget.give_back(self.bytes);
     }
 }
 

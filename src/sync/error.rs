@@ -20,9 +20,6 @@ pub enum SyncError {
     /// A request to the peer failed (unreachable, connection lost, a broken answer).
     #[error(transparent)]
     Peer(#[from] PeerError),
-    /// The peer did not say who it is, so its record cannot be found.
-    #[error("the peer's box id is unknown")]
-    UnknownPeerId,
     /// The peer is this box: syncing with itself would compare a folder with itself.
     #[error("that address is this box itself")]
     SelfPeer,

@@ -274,10 +274,14 @@ pub async fn sync_with(
     let ThisBox { local, notices } = this;
     // Notices from the peer are taken before its folder is read, so that the folder as read
     // is at least as new as every notice applied this round.
-    let (installed, served) = match peer.remote_id() {
-        Some(id) => (notices.take_installed(&id), notices.take_served(&id)),
-        None => (Vec::new(), Vec::new()),
-    };
+    let peer_id = peer.id();
+    if peer_id == &local.id {
+        return Err(SyncError::SelfPeer);
+    }
+    let (installed, served) = (
+        notices.take_installed(peer_id),
+        notices.take_served(peer_id),
+    );
     // What the peer installed from us, both boxes held: agreed (oldest first, so that the
     // latest wins).
     let installed: Vec<(RelPath, Option<Version>)> = installed
@@ -293,14 +297,10 @@ pub async fn sync_with(
         true => Some(peer.index(&IndexFilter::Longlist).await?),
         false => None,
     };
-    let peer_id = peer.remote_id().ok_or(SyncError::UnknownPeerId)?;
-    if peer_id == local.id {
-        return Err(SyncError::SelfPeer);
-    }
     let record = match records.entry(peer_id.clone()) {
         Entry::Occupied(cached) => cached.into_mut(),
         Entry::Vacant(slot) => slot.insert(
-            Record::load(&local.share.state_dir(), &peer_id).map_err(SyncError::LoadRecord)?,
+            Record::load(&local.share.state_dir(), peer_id).map_err(SyncError::LoadRecord)?,
         ),
     };
     record.update(installed);
