@@ -394,7 +394,15 @@ async fn a_resolved_conflict_leaves_the_status() {
         "the conflict is not in sync status"
     );
     fs::remove_file(boxes[0].root().join(&copy)).unwrap();
-    converged_on(&boxes, |all| !all.contains_key(&copy)).await;
+    // Gone from every box (`converged_on` looks at box 0 only, where it was deleted), and
+    // then two more rounds everywhere.
+    assert!(
+        eventually(CONVERGE, || boxes
+            .iter()
+            .all(|b| !b.root().join(&copy).exists()))
+        .await,
+        "the deleted copy did not leave every box"
+    );
     rounds_on_every_box(&boxes, 2).await;
     for (i, b) in boxes.iter().enumerate() {
         assert!(
