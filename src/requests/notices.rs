@@ -1,6 +1,7 @@
 //! Sync's notices, each answered by `ack`: `changed` ("my folder changed: pull from me
 //! soon"), `installed` and `installed_many` ("I installed this version of your file under
-//! the same name": the receiving box's sync records that both held it). A notice is taken
+//! the name given": the same name, or that of the conflict copy made of it; the receiving
+//! box's sync records that both held it, a copy once it holds it too). A notice is taken
 //! for the box that sent it, under the id its handshake proved.
 
 use std::collections::HashMap;

@@ -145,8 +145,8 @@ pub enum Action {
         path: RelPath,
         /// Its conflict name.
         to: RelPath,
-        /// What must be here.
-        expect: Expect,
+        /// Our version, which must be here, and which the conflict name then holds.
+        version: Version,
     },
     /// Move a file to the trash (the peer deleted it).
     DeleteFile {
@@ -431,7 +431,7 @@ fn conflict(
                 steps.set_aside.push(Action::SetAside {
                     path: path.clone(),
                     to,
-                    expect: l.expect(),
+                    version: l.clone(),
                 });
                 steps.downloads.push(download_over(path, r, Expect::Absent));
             }
@@ -484,23 +484,35 @@ pub fn conflict_name(path: &RelPath, loser: &Version, owner: &str) -> RelPath {
 /// Whether `path` is named as [`conflict_name`] names a conflict copy: so that a box that
 /// receives one under that name (the peer set it aside first) says it is a conflict.
 pub fn is_conflict_copy(path: &RelPath) -> bool {
+    conflict_copy_owner(path).is_some()
+}
+
+/// Whether `path` is a conflict copy of a version of the box `owner`'s: the copy that the
+/// peer makes of this box's losing version carries this box's id.
+pub fn is_conflict_copy_of(path: &RelPath, owner: &str) -> bool {
+    let owner = owner.get(..SHORT_OWNER).unwrap_or(owner);
+    conflict_copy_owner(path) == Some(owner)
+}
+
+/// The owner's ID (its first group) in a name that [`conflict_name`] made.
+fn conflict_copy_owner(path: &RelPath) -> Option<&str> {
     let name = path.file_name();
-    let Some(at) = name.find(".sync-conflict-") else {
-        return false;
-    };
-    let rest = &name.as_bytes()[at + ".sync-conflict-".len()..];
+    let at = name.find(".sync-conflict-")?;
+    let rest = &name[at + ".sync-conflict-".len()..];
     let digits = |range: std::ops::Range<usize>| {
-        rest.get(range)
+        rest.as_bytes()
+            .get(range)
             .is_some_and(|part| part.iter().all(u8::is_ascii_digit))
     };
-    digits(0..8)
-        && rest.get(8) == Some(&b'-')
+    let owner = rest.get(16..16 + SHORT_OWNER)?;
+    (digits(0..8)
+        && rest.as_bytes().get(8) == Some(&b'-')
         && digits(9..15)
-        && rest.get(15) == Some(&b'-')
-        && rest.get(16..16 + SHORT_OWNER).is_some_and(|id| {
-            id.iter()
-                .all(|c| c.is_ascii_uppercase() || (b'2'..=b'7').contains(c))
-        })
+        && rest.as_bytes().get(15) == Some(&b'-')
+        && owner
+            .bytes()
+            .all(|c| c.is_ascii_uppercase() || (b'2'..=b'7').contains(&c)))
+    .then_some(owner)
 }
 
 /// What to do about the entries in the peer's `entries` that this box has never seen:
@@ -774,6 +786,59 @@ mod tests {
             "{:?}",
             other.actions
         );
+    }
+
+    /// The copy of a conflict, made on each box by its own action (one set its version
+    /// aside, the other downloaded it under that name), was once held by both although no
+    /// round saw both hold it, and then deleted on one box. Planning on the other box with
+    /// no record of it took the copy for a file new here ("the peer will take ours") and
+    /// kept it forever; with the record the notices now give, the deletion is taken.
+    #[test]
+    fn a_deleted_conflict_copy_leaves_the_box_that_knows_both_held_it() {
+        let copy = "a.sync-conflict-20261202-062559-CCCCCCC.txt";
+        let v = file("theirs", 1);
+        let p = run(&[(copy, v.clone())], &[], &[]);
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+        let p = run(&[(copy, v.clone())], &[], &[(copy, v.clone())]);
+        assert_eq!(
+            p.actions,
+            vec![Action::DeleteFile {
+                path: rel(copy),
+                expect: v.expect()
+            }]
+        );
+    }
+
+    /// The box that downloaded the peer's losing version under its conflict name and then
+    /// deleted that copy, before any round saw both hold it, took the peer's copy for a new
+    /// file and downloaded it back; remembered as held here, it is the peer lagging.
+    #[test]
+    fn a_conflict_copy_deleted_here_is_not_taken_back() {
+        let copy = "a.sync-conflict-20261202-062559-CCCCCCC.txt";
+        let v = file("theirs", 1);
+        let p = run(&[], &[(copy, v.clone())], &[]);
+        assert!(matches!(&p.actions[..], [Action::Download { .. }]));
+        let ours = [(rel(copy), vec![v.clone()])].into();
+        let p = plan(
+            &BTreeMap::new(),
+            &map(&[(copy, v)]),
+            &BTreeMap::new(),
+            &ours,
+            &BTreeSet::new(),
+            &SIDES,
+        );
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+    }
+
+    /// A folder created here for the peer's, then removed there before a round saw both
+    /// hold it: without a record it stays (or comes back on the peer); recorded as agreed
+    /// when it was created, its removal is taken.
+    #[test]
+    fn a_folder_removed_there_goes_once_recorded() {
+        let p = run(&[("empty", dir())], &[], &[]);
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+        let p = run(&[("empty", dir())], &[], &[("empty", dir())]);
+        assert_eq!(p.actions, vec![Action::DeleteDir(rel("empty"))]);
     }
 
     /// Metadata-only changes travel without content.
@@ -1053,6 +1118,12 @@ mod tests {
             assert!(is_conflict_copy(&copy), "{copy}");
             assert!(!is_conflict_copy(&path), "{path}");
         }
+        let owner = crate::types::BoxId::from_public_key(b"owner");
+        let other = crate::types::BoxId::from_public_key(b"other");
+        let copy = conflict_name(&rel("a.txt"), &version, owner.as_str());
+        assert!(is_conflict_copy_of(&copy, owner.as_str()), "{copy}");
+        assert!(!is_conflict_copy_of(&copy, other.as_str()), "{copy}");
+        assert!(!is_conflict_copy_of(&rel("a.txt"), owner.as_str()));
         for name in [
             "a.sync-conflict-.txt",
             "a.sync-conflict-2023111-221320-0123456789abcdef.txt",

@@ -29,6 +29,10 @@ pub struct Record {
     pub entries: BTreeMap<RelPath, Version>,
     /// Path to the versions this box held (or sent to the peer) since that agreement.
     pub ours: BTreeMap<RelPath, Vec<Version>>,
+    /// Conflict copies the peer made of this box's losing versions (its `installed` notice
+    /// named them) before this box set the same version aside under that name: agreed once
+    /// it has.
+    pub copies: BTreeMap<RelPath, Version>,
     /// Whether it changed since it was loaded or saved.
     dirty: bool,
     /// Counts changes since it was loaded.
@@ -49,6 +53,8 @@ struct Stored {
     agreed: Vec<(RelPath, Version)>,
     #[serde(default)]
     ours: Vec<(RelPath, Vec<Version>)>,
+    #[serde(default)]
+    copies: Vec<(RelPath, Version)>,
 }
 
 impl Record {
@@ -73,6 +79,7 @@ impl Record {
             file,
             entries: stored.agreed.into_iter().collect(),
             ours: stored.ours.into_iter().collect(),
+            copies: stored.copies.into_iter().collect(),
             dirty: false,
             revision: 0,
         })
@@ -111,10 +118,20 @@ impl Record {
         }
     }
 
+    /// Remembers that the peer made `path`, a conflict copy of this box's `version`, which
+    /// this box has not set aside there yet.
+    pub fn add_copy(&mut self, path: RelPath, version: Version) {
+        if self.copies.get(&path) != Some(&version) {
+            self.copies.insert(path, version);
+            self.dirty = true;
+            self.revision += 1;
+        }
+    }
+
     /// Applies what both boxes now agree on (`None`: both lack the path).
     pub fn update(&mut self, agreed: impl IntoIterator<Item = (RelPath, Option<Version>)>) {
         for (path, version) in agreed {
-            let had_ours = self.ours.remove(&path).is_some();
+            let forgot = self.ours.remove(&path).is_some() | self.copies.remove(&path).is_some();
             let before = match version {
                 Some(version) => {
                     let unchanged = self.entries.get(&path).is_some_and(|v| *v == version);
@@ -125,7 +142,7 @@ impl Record {
                 }
                 None => self.entries.remove(&path).is_none(),
             };
-            if had_ours || !before {
+            if forgot || !before {
                 self.dirty = true;
                 self.revision += 1;
             }
@@ -144,6 +161,7 @@ impl Record {
             hash: CONTENT_HASH.to_string(),
             agreed: self.entries.clone().into_iter().collect(),
             ours: self.ours.clone().into_iter().collect(),
+            copies: self.copies.clone().into_iter().collect(),
         };
         let bytes = serde_json::to_vec(&stored).map_err(io::Error::other)?;
         let tmp = self.file.with_extension("json.tmp");
@@ -191,6 +209,25 @@ mod tests {
         .unwrap();
         let loaded = Record::load(dir.path(), &peer()).unwrap();
         assert!(loaded.entries.is_empty());
+    }
+
+    /// A conflict copy the peer made of our version waits, saved, until both hold it; the
+    /// agreement then takes its place.
+    #[test]
+    fn a_copy_the_peer_made_waits_for_the_agreement() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = RelPath::parse("a.sync-conflict-20231114-221320-CCCCCCC.txt").unwrap();
+        let mut record = Record::load(dir.path(), &peer()).unwrap();
+        record.add_copy(copy.clone(), version("v"));
+        assert!(record.entries.is_empty());
+        record.save().unwrap();
+        let mut record = Record::load(dir.path(), &peer()).unwrap();
+        assert_eq!(record.copies.get(&copy), Some(&version("v")));
+        let before = record.revision();
+        record.update([(copy.clone(), Some(version("v")))]);
+        assert!(record.copies.is_empty());
+        assert_eq!(record.entries.get(&copy), Some(&version("v")));
+        assert!(record.revision() > before);
     }
 
     /// A version held here is remembered as ours unless the plan found both agreeing on the

@@ -246,9 +246,18 @@ fn unexpected_unchanged(peer: &Peer) -> PeerError {
     }
 }
 
-/// A successful action's effect on the record: the path's new agreed state, when the
-/// action made both sides agree.
-type Settled = Option<(RelPath, Option<Version>)>;
+/// A successful action's effect on the record.
+#[derive(Debug, PartialEq, Eq)]
+enum Settled {
+    /// None: the boxes do not hold the same yet.
+    Nothing,
+    /// Both boxes now hold this state of the path (`None`: both lack it).
+    Agreed(RelPath, Option<Version>),
+    /// This box now holds this version under a conflict copy's name, which the peer holds
+    /// or is about to hold too: ours since the record (so that the peer found holding it
+    /// lags behind), not yet agreed (the peer may not have made its copy yet).
+    Held(RelPath, Version),
+}
 
 /// Each action of a group with its outcome.
 type Outcomes = Vec<(Action, Result<Settled, SyncError>)>;
@@ -282,12 +291,6 @@ pub async fn sync_with(
         notices.take_installed(peer_id),
         notices.take_served(peer_id),
     );
-    // What the peer installed from us, both boxes held: agreed (oldest first, so that the
-    // latest wins).
-    let installed: Vec<(RelPath, Option<Version>)> = installed
-        .into_iter()
-        .map(|v| (v.name.clone(), Some(Version::from(&v))))
-        .collect();
     // On first contact (this process has no listing of the peer yet), the folders and files
     // the peer has and this box has never seen are taken at once, from a plain index that
     // costs the peer no hashing: a box joining a big folder starts receiving at once instead
@@ -303,7 +306,22 @@ pub async fn sync_with(
             Record::load(&local.share.state_dir(), peer_id).map_err(SyncError::LoadRecord)?,
         ),
     };
-    record.update(installed);
+    // What the peer installed from us, both boxes held: agreed (oldest first, so that the
+    // latest wins). A conflict copy the peer made of our version, though, both hold only
+    // once this box holds it too (set it aside, now or later): then agreed, and confirmed
+    // back, for the peer, which made it under a name not its own, records no agreement.
+    let mut confirm = Vec::new();
+    for copy in installed {
+        let version = Version::from(&copy);
+        if !plan::is_conflict_copy_of(&copy.name, local.id.as_str()) {
+            record.update([(copy.name, Some(version))]);
+        } else if holds(&copy.name, &version, &here.versions, record) {
+            record.update([(copy.name.clone(), Some(version))]);
+            confirm.push(copy);
+        } else {
+            record.add_copy(copy.name, version);
+        }
+    }
     for served in served {
         let name = served.name.clone();
         record.add_ours(&name, Version::from(&served));
@@ -379,18 +397,40 @@ pub async fn sync_with(
         });
     }
     let quiet = plan.is_quiet(&unknown);
-    let mut agreed = plan.agreed;
+    let mut settled = Settlement {
+        agreed: plan.agreed,
+        held: Vec::new(),
+    };
     carry_out_plan(
         local,
         peer,
         transport,
         plan.actions,
-        &mut agreed,
+        &there,
+        &mut settled,
         &mut report,
     )
     .await;
-    record.update(agreed);
+    // A version just set aside under a conflict name where the peer said it holds it
+    // already: both hold it now (agreed, and confirmed back, as above).
+    for (path, version) in &settled.held {
+        if record.copies.get(path).is_some_and(|c| c.same(version))
+            && let Some(copy) = file_version(path, version)
+        {
+            settled.agreed.insert(path.clone(), Some(version.clone()));
+            confirm.push(copy);
+        }
+    }
+    record.update(settled.agreed);
+    for (path, version) in settled.held {
+        record.add_ours(&path, version);
+    }
     record.save().map_err(SyncError::SaveRecord)?;
+    if !confirm.is_empty()
+        && let Err(e) = peer.confirm_installed_many(confirm).await
+    {
+        tracing::debug!(error = %crate::text::for_log(&e), "conflict copy confirmations not delivered");
+    }
     if quiet {
         view.quiet = Some(Seen {
             record: record.revision(),
@@ -400,14 +440,69 @@ pub async fn sync_with(
     Ok(report)
 }
 
-/// Carries out a plan's `actions` in their order, adding to `agreed` what each made both
-/// sides agree on; a failed action fails alone (it is retried next round).
+/// Whether this box holds `version` of `path` (`here`, as the round read the folder) or
+/// held it since the record (set it aside there, say, and deleted it since).
+fn holds(
+    path: &RelPath,
+    version: &Version,
+    here: &BTreeMap<RelPath, Version>,
+    record: &Record,
+) -> bool {
+    here.get(path).is_some_and(|h| h.same(version))
+        || record
+            .ours
+            .get(path)
+            .is_some_and(|ours| ours.iter().any(|h| h.same(version)))
+}
+
+/// A file's version as the `installed` notice names it (`None` for a directory).
+fn file_version(path: &RelPath, version: &Version) -> Option<FileVersion> {
+    Some(FileVersion {
+        name: path.clone(),
+        blake3: version.blake3.clone()?,
+        size: version.size,
+        mtime: version.mtime,
+        mode: version.mode,
+    })
+}
+
+/// What the actions of a round did to the record.
+#[derive(Debug, Default)]
+struct Settlement {
+    /// Paths both boxes now agree on (the plan's, and those the actions settled).
+    agreed: BTreeMap<RelPath, Option<Version>>,
+    /// Versions this box now holds under a conflict copy's name, not yet agreed.
+    held: Vec<(RelPath, Version)>,
+}
+
+impl Settlement {
+    /// Adds a successful action's effect; a folder created here, `folder` on the peer, is
+    /// then agreed (both boxes hold it: a removal on either is then the other's to take).
+    fn add(&mut self, action: &Action, settled: Settled, folder: Option<&Version>) {
+        match settled {
+            Settled::Agreed(path, version) => {
+                self.agreed.insert(path, version);
+            }
+            Settled::Held(path, version) => self.held.push((path, version)),
+            Settled::Nothing => {
+                if let (Action::CreateDir(path), Some(folder)) = (action, folder) {
+                    self.agreed.insert(path.clone(), Some(folder.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Carries out a plan's `actions` in their order, adding to `settled` what each did (the
+/// peer's versions `there` name the folders created); a failed action fails alone (it is
+/// retried next round).
 async fn carry_out_plan(
     local: &Arc<LocalBox>,
     peer: &Peer,
     transport: Transport,
     actions: Vec<Action>,
-    agreed: &mut BTreeMap<RelPath, Option<Version>>,
+    there: &BTreeMap<RelPath, Version>,
+    settled: &mut Settlement,
     report: &mut RoundReport,
 ) {
     let mut actions = actions.into_iter().peekable();
@@ -422,10 +517,14 @@ async fn carry_out_plan(
         }
         for (action, result) in carry_out(local, peer, transport, group).await {
             match result {
-                Ok(settled) => {
+                Ok(outcome) => {
                     report.done += 1;
                     describe(&action, report);
-                    agreed.extend(settled);
+                    let folder = match &action {
+                        Action::CreateDir(path) => there.get(path).filter(|v| v.dir),
+                        _ => None,
+                    };
+                    settled.add(&action, outcome, folder);
                 }
                 // Not a failure: the copy comes next round, under its conflict name.
                 Err(e) if set_aside_meanwhile(&action, &e) => {
@@ -471,7 +570,7 @@ async fn pull_early(
     early: Vec<Action>,
     report: &mut RoundReport,
 ) -> BTreeMap<RelPath, Option<Version>> {
-    let mut pulled = BTreeMap::new();
+    let mut pulled = Settlement::default();
     let (folders, files): (Vec<Action>, Vec<Action>) = early
         .into_iter()
         .partition(|action| matches!(action, Action::CreateDir(_)));
@@ -483,22 +582,22 @@ async fn pull_early(
     for group in [folders, files] {
         for (action, result) in carry_out(local, peer, transport, group).await {
             match result {
-                Ok(settled) => {
+                Ok(outcome) => {
                     report.done += 1;
                     describe(&action, report);
-                    if let Action::CreateDir(path) = &action
-                        && let Some(version) = folder_versions.get(path)
-                    {
-                        pulled.insert(path.clone(), Some(version.clone()));
-                    }
-                    pulled.extend(settled);
+                    let folder = match &action {
+                        Action::CreateDir(path) => folder_versions.get(path),
+                        _ => None,
+                    };
+                    pulled.add(&action, outcome, folder);
                 }
                 // Left to the plan, which tries again and reports what still fails.
                 Err(e) => tracing::debug!(error = %crate::text::for_log(&e), "early action failed"),
             }
         }
     }
-    pulled
+    // The early pull takes files under their own names only: nothing is merely held.
+    pulled.agreed
 }
 
 /// Carries out a group of actions: a few units at a time, small-file downloads (over TCP)
@@ -571,7 +670,7 @@ async fn apply(
         Action::CreateDir(path) => create_folders(local, vec![path.clone()])
             .await
             .pop()
-            .map_or(Ok(None), |(_, outcome)| outcome),
+            .map_or(Ok(Settled::Nothing), |(_, outcome)| outcome),
         Action::Download {
             remote,
             local: name,
@@ -610,9 +709,7 @@ async fn apply(
                 source,
             })?;
             let (settled, confirmation) = settle(remote, name, downloaded);
-            if let Some(confirmation) = confirmation
-                && let Err(e) = peer.confirm_installed(confirmation).await
-            {
+            if let Err(e) = peer.confirm_installed(confirmation).await {
                 tracing::debug!(error = %crate::text::for_log(&e), "install confirmation not delivered");
             }
             Ok(settled)
@@ -630,28 +727,31 @@ async fn apply(
                 .set_metadata(path, expect, meta)
                 .await
                 .map_err(|source| disk(path, source))?;
-            Ok(Some((path.clone(), Some(version.clone()))))
+            Ok(Settled::Agreed(path.clone(), Some(version.clone())))
         }
-        Action::SetAside { path, to, expect } => {
+        Action::SetAside { path, to, version } => {
             share
-                .rename_file(path, to, expect)
+                .rename_file(path, to, &version.expect())
                 .await
                 .map_err(|source| disk(path, source))?;
-            Ok(None)
+            Ok(Settled::Held(to.clone(), version.clone()))
         }
         Action::DeleteFile { path, expect } => {
             share
                 .remove_file(path, expect)
                 .await
                 .map_err(|source| disk(path, source))?;
-            Ok(Some((path.clone(), None)))
+            Ok(Settled::Agreed(path.clone(), None))
         }
         Action::DeleteDir(path) => {
             let removed = share
                 .remove_empty_dir(path)
                 .await
                 .map_err(|source| disk(path, source))?;
-            Ok(removed.then(|| (path.clone(), None)))
+            Ok(match removed {
+                true => Settled::Agreed(path.clone(), None),
+                false => Settled::Nothing,
+            })
         }
     }
 }
@@ -675,20 +775,23 @@ fn udp_failed(error: &PeerError) -> bool {
     )
 }
 
-/// What a completed download means for the record: both boxes now hold what was just
-/// transferred (the peer may have moved on from the version planned; then this one is what
-/// they agree on), and, if it landed under the peer's own name, the notice that tells the
-/// peer so.
-fn settle(
-    remote: &RelPath,
-    name: &RelPath,
-    downloaded: Downloaded,
-) -> (Option<(RelPath, Option<Version>)>, Option<FileVersion>) {
-    if name != remote {
-        return (None, None);
-    }
+/// What a completed download means for the record, and the notice that tells the peer.
+/// Under the peer's own name, both boxes now hold what was just transferred (the peer may
+/// have moved on from the version planned; then this one is what they agree on). Under a
+/// conflict copy's name, this box holds the peer's losing version there, which the peer
+/// sets aside under the same name: not agreed yet, but the peer is told, so that it records
+/// the agreement once it holds the copy too; else a deletion of the copy on either box
+/// would be taken by neither (each would take it for the other's new file).
+fn settle(remote: &RelPath, name: &RelPath, downloaded: Downloaded) -> (Settled, FileVersion) {
     let got = Version::from(&downloaded.version);
-    (Some((name.clone(), Some(got))), Some(downloaded.version))
+    let notice = FileVersion {
+        name: name.clone(),
+        ..downloaded.version
+    };
+    match name == remote {
+        true => (Settled::Agreed(name.clone(), Some(got)), notice),
+        false => (Settled::Held(name.clone(), got), notice),
+    }
 }
 
 /// Creates the folders `paths` in one blocking call, each an `Action::CreateDir` done or
@@ -700,7 +803,9 @@ async fn create_folders(local: &Arc<LocalBox>, paths: Vec<RelPath>) -> Outcomes 
         .into_iter()
         .zip(results)
         .map(|(path, result)| {
-            let outcome = result.map(|()| None).map_err(|source| disk(&path, source));
+            let outcome = result
+                .map(|()| Settled::Nothing)
+                .map_err(|source| disk(&path, source));
             (Action::CreateDir(path), outcome)
         })
         .collect()
@@ -738,7 +843,7 @@ async fn apply_batch(local: &Arc<LocalBox>, peer: &Peer, batch: Vec<(Action, Wan
             let outcome = result
                 .map(|downloaded| {
                     let (settled, confirmation) = settle(&want.name, name, downloaded);
-                    confirmations.extend(confirmation);
+                    confirmations.push(confirmation);
                     settled
                 })
                 .map_err(|source| SyncError::Transfer {
@@ -848,6 +953,62 @@ mod tests {
             serde_json::to_string(&conflict).unwrap(),
             format!("\"{text}\"")
         );
+    }
+
+    fn downloaded(name: &str) -> Downloaded {
+        let v = version();
+        Downloaded {
+            version: FileVersion {
+                name: rel(name),
+                blake3: v.blake3.clone().unwrap(),
+                size: v.size,
+                mtime: v.mtime,
+                mode: v.mode,
+            },
+            sha256: None,
+            md5: None,
+            transport: Transport::Tcp,
+            path: std::path::PathBuf::from(name),
+            seconds: 0.0,
+            replaced: None,
+            resent: None,
+            note: None,
+        }
+    }
+
+    /// A download under the peer's name is agreed and confirmed under that name; one under
+    /// a conflict copy's name is only held here, and confirmed to the peer under the copy's
+    /// name, so that the peer, which sets the same version aside there, records both hold it.
+    #[test]
+    fn a_conflict_copy_download_is_held_and_confirmed_under_its_name() {
+        let (settled, notice) = settle(&rel("a.txt"), &rel("a.txt"), downloaded("a.txt"));
+        assert_eq!(settled, Settled::Agreed(rel("a.txt"), Some(version())));
+        assert_eq!(notice.name, rel("a.txt"));
+        let copy = rel("a.sync-conflict-19700101-000001-CCCCCCC.txt");
+        let (settled, notice) = settle(&rel("a.txt"), &copy, downloaded("a.txt"));
+        assert_eq!(settled, Settled::Held(copy.clone(), version()));
+        assert_eq!(notice.name, copy);
+    }
+
+    /// A folder created here is agreed with the peer's version of it; a copy set aside is
+    /// held, not agreed.
+    #[test]
+    fn created_folders_are_agreed_and_set_aside_copies_held() {
+        let mut dir = version();
+        dir.dir = true;
+        dir.blake3 = None;
+        let mut settled = Settlement::default();
+        let create = Action::CreateDir(rel("d"));
+        settled.add(&create, Settled::Nothing, Some(&dir));
+        let copy = rel("a.sync-conflict-19700101-000001-CCCCCCC.txt");
+        let set_aside = Action::SetAside {
+            path: rel("a.txt"),
+            to: copy.clone(),
+            version: version(),
+        };
+        settled.add(&set_aside, Settled::Held(copy.clone(), version()), None);
+        assert_eq!(settled.agreed, [(rel("d"), Some(dir))].into());
+        assert_eq!(settled.held, vec![(copy, version())]);
     }
 
     /// Folders to create are listed first, all in one unit; small downloads in batches;
