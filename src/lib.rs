@@ -12,6 +12,9 @@
 //!   budget of answers waiting for slow clients.
 //! - [`types`]: the shared nouns: a box's ID (the hash of its key, with check characters)
 //!   and where to reach one, one version of a file, a transport.
+//! - [`discovery`]: local discovery: boxes announce their ID and port by broadcast, so
+//!   that a peer named by ID alone can be found on the local network (only proposed: the
+//!   handshake still proves the ID).
 //! - [`identity`]: this box's key pair, kept owner-only in `.boxsync/`, and its ID.
 //! - [`trust`]: the boxes this box talks to: kept in `.boxsync/trusted.json`, or for this
 //!   run only; read again when the file changes.
@@ -44,6 +47,7 @@
 //! The library never prints: the shell and the CLI (`src/main.rs`) render.
 
 pub mod demo;
+pub mod discovery;
 pub mod history;
 pub mod identity;
 pub mod invite;
