@@ -51,8 +51,10 @@ pub struct Cli {
 
     /// TCP and UDP address of this box's server.
     ///
-    /// Port 0 picks a free port (the shell's first line and 'serve' print it).
-    /// Examples: -l 0.0.0.0:7001 (reachable from other machines), -l 127.0.0.1:0
+    /// Port 0 picks a free port (the shell's first line and 'serve' print it). 'none'
+    /// listens nowhere: the box only dials out (a laptop behind NAT), and its peers reach
+    /// it over the sessions it opens. Examples: -l 0.0.0.0:7001 (reachable from other
+    /// machines), -l 127.0.0.1:0, -l none
     #[arg(
         short = 'l',
         long = "listen",
@@ -71,6 +73,14 @@ pub struct Cli {
     #[arg(short = 'p', long = "peer", value_name = "ID@ADDR", global = true)]
     peers: Vec<String>,
 
+    /// Do not announce this box on the local network, nor look for peers there.
+    ///
+    /// By default a listening box broadcasts its ID and port on UDP 21025 every 30 s, and
+    /// a peer given by ID alone (-p ID) is dialed where it announced itself. Announcements
+    /// carry nothing secret; the box that answers must still prove its ID.
+    #[arg(long, global = true)]
+    no_discovery: bool,
+
     /// Trust box ID for this run without dialing it (may repeat): it may connect to this
     /// box and sync with it. `boxsync trust ID` trusts it for good.
     #[arg(long = "trust", value_name = "ID", global = true)]
@@ -78,7 +88,7 @@ pub struct Cli {
 
     /// Auto-sync with every peer: the period of the full rescan in seconds (changes are
     /// also picked up within about a second by a file-system watcher); 0 turns it off.
-    /// [default: 10 when a peer is given]
+    /// Boxes that dial in are synced with too. [default: 10]
     #[arg(long = "sync", value_name = "SECS", global = true)]
     sync: Option<u64>,
 
@@ -189,8 +199,8 @@ pub struct Config {
     pub run: Run,
     /// The shared folder.
     pub dir: PathBuf,
-    /// The server address.
-    pub listen: SocketAddr,
+    /// The server address; `None` listens nowhere (`-l none`).
+    pub listen: Option<SocketAddr>,
     /// Peers, validated.
     pub peers: Vec<PeerSpec>,
     /// Boxes trusted for this run (`--trust`).
@@ -203,6 +213,8 @@ pub struct Config {
     pub verbose: u8,
     /// Socket tunables.
     pub settings: Settings,
+    /// Whether local discovery runs.
+    pub discovery: bool,
 }
 
 /// The ways the program runs.
@@ -240,14 +252,18 @@ impl Config {
     /// Checks every option; `stdin_is_terminal` tells an interactive start from piped
     /// commands.
     pub fn from_cli(cli: Cli, stdin_is_terminal: bool) -> Result<Config> {
-        let listen = resolve(&cli.listen)?;
+        let listen = match cli.listen.as_str() {
+            "none" => None,
+            addr => Some(resolve(addr)?),
+        };
         let peers = cli
             .peers
             .iter()
             .map(|p| PeerSpec::parse(p))
             .collect::<Result<Vec<_>, _>>()?;
-        let period = cli.sync.unwrap_or(if peers.is_empty() { 0 } else { 10 });
-        let sync = (period > 0 && !peers.is_empty()).then(|| SyncConfig {
+        // Sync runs with no peer given too: boxes that dial in are synced with.
+        let period = cli.sync.unwrap_or(10);
+        let sync = (period > 0).then(|| SyncConfig {
             period: std::time::Duration::from_secs(period),
             trash_retention: std::time::Duration::from_secs(cli.trash_days * 86_400),
         });
@@ -308,6 +324,7 @@ impl Config {
                 Format::Human
             },
             verbose: cli.verbose,
+            discovery: !cli.no_discovery,
         })
     }
 }

@@ -22,8 +22,11 @@
 //!   line `boxsync invite` prints.
 //! - [`protocol`]: the TCP wire protocol below the requests: the TLS 1.3 channel with both
 //!   sides' keys pinned, frames, the framed connection, the greeting and the answers, the
-//!   handshake.
+//!   handshake, and the session that carries many streams in both directions over one
+//!   connection (`protocol::mux`).
 //! - [`net`]: socket options (TCP congestion control).
+//! - [`links`]: the sessions this box holds with its peers, one per peer whoever dialed
+//!   (the tie rule when both dial at once), and where each peer was last reached.
 //! - [`history`]: the persistent log of requests made and served.
 //! - [`local`]: this box: its identity, trust, shared folder and log.
 //! - [`transfer`]: moving file bytes and landing them verified, over TCP and UDP, once a
@@ -51,6 +54,7 @@ pub mod discovery;
 pub mod history;
 pub mod identity;
 pub mod invite;
+pub mod links;
 pub mod local;
 pub mod net;
 pub mod parse;

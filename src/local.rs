@@ -9,6 +9,7 @@ use thiserror::Error;
 
 use crate::history::History;
 use crate::identity::{Identity, IdentityError};
+use crate::links::Links;
 use crate::share::{Share, ShareError};
 use crate::trust::{Trust, TrustError};
 use crate::types::BoxId;
@@ -97,6 +98,8 @@ pub struct LocalBox {
     pub settings: Settings,
     /// Deadlines and bounds toward peers.
     pub limits: Limits,
+    /// Its sessions with peers, whoever dialed, and where peers were last reached.
+    pub links: Links,
 }
 
 impl LocalBox {
@@ -152,7 +155,9 @@ impl LocalBox {
         share.locks().set_wait(limits.lock_wait);
         share.answers().set_limit(limits.answer_bytes);
         let history = History::new(share.state_dir().join(HISTORY_FILE));
+        let links = Links::open(identity.id().clone(), Some(&share.state_dir()));
         Arc::new(LocalBox {
+            links,
             id: identity.id().clone(),
             identity,
             trust,

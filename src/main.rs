@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 use tokio::runtime::{Handle, Runtime};
 
@@ -100,7 +100,13 @@ fn run(config: Config) -> Result<ScriptStatus> {
             let local = LocalBox::open_with(&config.dir, config.settings.clone())?;
             apply_trust(&local, &config);
             return handle
-                .block_on(serve(local, config.listen, &config.peers, config.sync))
+                .block_on(serve(
+                    local,
+                    config.listen,
+                    config.discovery,
+                    &config.peers,
+                    config.sync,
+                ))
                 .map(|()| ScriptStatus::Succeeded);
         }
         _ => {}
@@ -108,8 +114,12 @@ fn run(config: Config) -> Result<ScriptStatus> {
     let (local, _scratch) = open_client_box(&config)?;
     apply_trust(&local, &config);
     let _log = init_logging(Some(&local.share.state_dir()), config.verbose);
-    let targets: Vec<PeerAddress> = config.peers.iter().map(|p| p.target.clone()).collect();
-    let mut session = Session::new(Arc::clone(&local), &targets);
+    let clients = config
+        .peers
+        .iter()
+        .map(|spec| Arc::new(spec.client(Arc::clone(&local))))
+        .collect();
+    let mut session = Session::with_peers(Arc::clone(&local), clients);
     match config.run {
         Run::Commands(commands) => Ok(repl::run_script(
             &handle,
@@ -119,12 +129,12 @@ fn run(config: Config) -> Result<ScriptStatus> {
         )),
         Run::Stdin => Ok(repl::run_stdin(&handle, &mut session, config.format)),
         _ => {
-            let server = handle.block_on(Server::bind(Arc::clone(&local), config.listen))?;
+            let server = handle.block_on(bind(&local, config.listen, config.discovery))?;
             say(&format!(
                 "boxsync box {} serving {} on {}; type 'help' for commands",
                 local.id,
                 local.share.root().display(),
-                server.local_addr()
+                listening(&server)
             ));
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let notices = server.notices();
@@ -154,7 +164,7 @@ fn apply_trust(local: &LocalBox, config: &Config) {
     for id in config
         .trust
         .iter()
-        .chain(config.peers.iter().map(|p| &p.target.id))
+        .chain(config.peers.iter().map(|p| &p.id))
     {
         local.trust.allow_for_this_run(id);
     }
@@ -220,7 +230,12 @@ fn identity_command(config: &Config) -> Result<ScriptStatus> {
         }
         Run::Invite => {
             let identity = Identity::load_or_create(&state)?;
-            let addr = invite_address(&state, config.listen);
+            let Some(listen) = config.listen else {
+                bail!(
+                    "a box started with -l none cannot invite: nobody can dial it; invite from the box it dials"
+                );
+            };
+            let addr = invite_address(&state, listen);
             let invitation =
                 boxsync::invite::create(&state, identity.id(), &addr, boxsync::invite::LIFETIME)?;
             say(&invitation.to_string());
@@ -287,15 +302,17 @@ fn join(
                 )
             })?
             .with_context(|| format!("cannot reach box {} at {}", inviter.id, inviter.addr))?;
-        let mut connection = boxsync::protocol::dial_invited(
+        let dialed = boxsync::protocol::dial_session(
             stream,
             &identity,
             &inviter.id,
             Some(&invitation.secret),
+            boxsync::protocol::Greeting::default(),
+            None,
         )
         .await
         .with_context(|| format!("box {} at {}", inviter.id, inviter.addr))?;
-        let _ = connection.close().await;
+        dialed.mux.close();
         anyhow::Ok(())
     })?;
     trust.add(&inviter.id, None)?;
@@ -375,24 +392,58 @@ fn sync_peers(session: &Session, specs: &[PeerSpec]) -> Vec<(Arc<Peer>, Transpor
         .collect()
 }
 
+/// The box's server on `listen`, or one that listens nowhere (`-l none`); with
+/// `discovery`, local discovery too (announcing the port it listens on, if any). Call
+/// within the runtime.
+async fn bind(
+    local: &Arc<LocalBox>,
+    listen: Option<SocketAddr>,
+    discovery: bool,
+) -> Result<Server> {
+    let server = match listen {
+        Some(addr) => Server::bind(Arc::clone(local), addr).await?,
+        None => Server::unlistening(Arc::clone(local)).await?,
+    };
+    if discovery {
+        let port = if server.listens() {
+            server.local_addr().port()
+        } else {
+            0
+        };
+        let config = boxsync::discovery::DiscoveryConfig::default();
+        match boxsync::discovery::Discovery::start(config, local.id.clone(), port) {
+            Ok(found) => local.links.set_discovery(Some(found)),
+            Err(e) => {
+                tracing::warn!(error = %e, "local discovery is off: peers given by ID alone are found only at the address they were last reached at")
+            }
+        }
+    }
+    Ok(server)
+}
+
+/// Where the box listens, for its banner.
+fn listening(server: &Server) -> String {
+    if server.listens() {
+        server.local_addr().to_string()
+    } else {
+        "no port (-l none: it only dials out)".to_string()
+    }
+}
+
 /// `boxsync serve`: the server (and sync, with peers) until SIGINT or SIGTERM.
 async fn serve(
     local: Arc<LocalBox>,
-    listen: SocketAddr,
+    listen: Option<SocketAddr>,
+    discovery: bool,
     peers: &[PeerSpec],
     sync: Option<SyncConfig>,
 ) -> Result<()> {
-    let server = Server::bind(Arc::clone(&local), listen).await?;
+    let server = bind(&local, listen, discovery).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     if let Some(sync) = sync {
         let peers = peers
             .iter()
-            .map(|spec| {
-                (
-                    Arc::new(Peer::new(&spec.target, Arc::clone(&local))),
-                    spec.transport,
-                )
-            })
+            .map(|spec| (Arc::new(spec.client(Arc::clone(&local))), spec.transport))
             .collect();
         let notices = server.notices();
         boxsync::sync::start(Arc::clone(&local), notices, peers, sync, wait_for(stopped));
@@ -408,7 +459,7 @@ async fn serve(
         "boxsync box {} serving {} on {}",
         local.id,
         local.share.root().display(),
-        server.local_addr()
+        listening(&server)
     ));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch for SIGTERM")?;

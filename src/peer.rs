@@ -14,6 +14,7 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 
 use crate::history::Direction;
+use crate::links::PeerLink;
 use crate::local::LocalBox;
 use crate::protocol::{self, Connection, ConnectionError, ErrorKind, HandshakeError, Link};
 use crate::requests::batch::DownloadMany;
@@ -35,8 +36,12 @@ pub use crate::requests::listing::Listing;
 /// How long connecting to a peer may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Most idle connections kept per peer.
-const MAX_IDLE: usize = 4;
+/// The first wait before dialing a peer again after a failed dial; it doubles with each
+/// failure in a row, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The longest wait between two dials of a peer that keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Why a request to a peer failed.
 #[derive(Debug, Error)]
@@ -76,6 +81,14 @@ pub enum PeerError {
         peer: BoxId,
         /// This box's ID, which the peer must trust.
         this: BoxId,
+    },
+    /// No session with the peer, and no address to dial it at: it must dial this box.
+    #[error(
+        "box {peer} is not connected, and no address is known for it: it must dial this box, or give -p {peer}@HOST:PORT"
+    )]
+    NotConnected {
+        /// The peer's ID.
+        peer: BoxId,
     },
     /// The peer's trust was withdrawn (`boxsync untrust`): it is not dialed any more.
     #[error("box {peer} is no longer trusted here: `boxsync trust {peer}` to talk to it again")]
@@ -155,6 +168,7 @@ impl PeerError {
         matches!(
             self,
             PeerError::Unreachable { .. }
+                | PeerError::NotConnected { .. }
                 | PeerError::Handshake { .. }
                 | PeerError::WrongBox { .. }
                 | PeerError::NotTrusted { .. }
@@ -163,15 +177,6 @@ impl PeerError {
                 | PeerError::Stalled { .. }
                 | PeerError::Transfer(TransferError::Connection(_))
         )
-    }
-
-    /// Whether the connection can carry further requests after this error.
-    fn leaves_connection_usable(&self) -> bool {
-        match self {
-            PeerError::Remote { .. } => true,
-            PeerError::Transfer(e) => e.leaves_connection_usable(),
-            _ => false,
-        }
     }
 
     /// Whether a stale pooled connection could explain this error (worth one retry).
@@ -253,11 +258,11 @@ macro_rules! exchange {
                     $body
                 }
                 .await
-                .map_err(|e| PeerError::from_call(&peer.addr, e))
+                .map_err(|e| PeerError::from_call(&peer.label, e))
             };
             if let Err(PeerError::Stalled { waited, .. }) = &outcome {
                 tracing::warn!(
-                    peer = %peer.addr,
+                    peer = %peer.label,
                     request = %request.describe(),
                     waited = %seconds(*waited),
                     "peer stopped answering; request failed"
@@ -275,17 +280,34 @@ macro_rules! exchange {
 
 /// A client for one peer box.
 pub struct Peer {
-    /// The address as the user gave it (`127.0.0.1:7002`, `host:port`).
-    addr: String,
-    /// The box that must answer there (its key is pinned).
+    /// How the peer is named in logs and status: the address as the user gave it
+    /// (`127.0.0.1:7002`, `host:port`), else the peer's name or short ID.
+    label: String,
+    /// The box that must answer (its key is pinned).
     id: BoxId,
-    /// This box (for its id, its shared folder and its request log).
+    /// This box (for its id, its shared folder, its sessions and its request log).
     local: Arc<LocalBox>,
-    /// Idle connections ready for the next request.
-    idle: Mutex<Vec<PeerConnection>>,
+    /// The address given for it, if any; else the one last reached (remembered).
+    given: Option<String>,
+    /// Held while dialing, so that requests that find no session make one, not several.
+    dialing: tokio::sync::Mutex<()>,
     /// The [`Reachability`] seen by the last finished request, as its `u8` code (an atomic,
     /// because requests finish on any task).
     reachability: AtomicU8,
+    /// Dials that failed in a row, and when the next may be tried. A std `Mutex`: never
+    /// held across `.await`.
+    failures: Mutex<Failures>,
+}
+
+/// A run of failed dials.
+#[derive(Debug, Default)]
+struct Failures {
+    /// How many in a row.
+    count: u32,
+    /// When sync may dial again.
+    retry_at: Option<Instant>,
+    /// The last reason, reported once (a new reason is reported again).
+    reason: Option<String>,
 }
 
 impl Peer {
@@ -293,13 +315,65 @@ impl Peer {
     /// first request. Dialing it trusts it for this run (it may call back).
     pub fn new(target: &PeerAddress, local: Arc<LocalBox>) -> Peer {
         local.trust.allow_for_this_run(&target.id);
-        Peer {
-            addr: target.addr.clone(),
-            id: target.id.clone(),
+        Peer::assemble(
+            target.id.clone(),
+            Some(target.addr.clone()),
+            target.addr.clone(),
             local,
-            idle: Mutex::new(Vec::new()),
+        )
+    }
+
+    /// A client for the box `id`, reached over the session it opens to this box, or at the
+    /// address it was last reached at (or found at, on the local network). Trusts it for
+    /// this run.
+    pub fn by_id(id: &BoxId, local: Arc<LocalBox>) -> Peer {
+        local.trust.allow_for_this_run(id);
+        Peer::assemble(id.clone(), None, id.short().to_string(), local)
+    }
+
+    /// A client for the box `id`, which dialed this box: it is trusted already, and named
+    /// as the trust file names it.
+    pub fn dialed_in(id: &BoxId, name: Option<String>, local: Arc<LocalBox>) -> Peer {
+        let label = name.unwrap_or_else(|| id.short().to_string());
+        Peer::assemble(id.clone(), None, label, local)
+    }
+
+    fn assemble(id: BoxId, given: Option<String>, label: String, local: Arc<LocalBox>) -> Peer {
+        Peer {
+            label,
+            id,
+            local,
+            given,
+            dialing: tokio::sync::Mutex::new(()),
             reachability: AtomicU8::new(Reachability::Unknown.to_u8()),
+            failures: Mutex::default(),
         }
+    }
+
+    /// The address this box dials the peer at: the one given, else where it announced
+    /// itself on the local network lately, else the one it was last reached at.
+    pub fn dial_address(&self) -> Option<String> {
+        let links = &self.local.links;
+        self.given
+            .clone()
+            .or_else(|| links.found(&self.id))
+            .or_else(|| links.address(&self.id).map(|r| r.addr))
+    }
+
+    /// The live session with the peer, if any (whoever dialed).
+    pub fn link(&self) -> Option<Arc<PeerLink>> {
+        self.local.links.get(&self.id)
+    }
+
+    /// How long sync should wait before dialing again (dials failed lately), if at all.
+    /// A live session needs no dial.
+    pub fn dial_backoff(&self) -> Option<Duration> {
+        if self.link().is_some() {
+            return None;
+        }
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let retry_at = failures.retry_at?;
+        retry_at.checked_duration_since(Instant::now())
     }
 
     /// Whether the last finished request reached the peer.
@@ -307,16 +381,18 @@ impl Peer {
         Reachability::from_u8(self.reachability.load(Ordering::Relaxed))
     }
 
-    /// The peer's address as given.
+    /// How the peer is named in logs and status: its address as given, else its name or
+    /// short ID.
     pub fn addr(&self) -> &str {
-        &self.addr
+        &self.label
     }
 
-    /// Where the peer is and which box it is: `ID@HOST:PORT`.
+    /// Where the peer is and which box it is: `ID@HOST:PORT` (the address given, else the
+    /// one last reached, else the label).
     pub fn target(&self) -> PeerAddress {
         PeerAddress {
             id: self.id.clone(),
-            addr: self.addr.clone(),
+            addr: self.dial_address().unwrap_or_else(|| self.label.clone()),
         }
     }
 
@@ -580,20 +656,35 @@ impl Peer {
         }
     }
 
-    /// A connection for one request: an idle one (`true`: reused) or a new one.
+    /// A stream for one request, on the session held with the peer (`true`: it was
+    /// already up) or on a new one this box dials.
     async fn lease(&self) -> Result<(PeerConnection, bool), PeerError> {
         // Trust withdrawn meanwhile (`boxsync untrust`): this box no longer talks to it, in
-        // either direction, on a pooled connection or a new one.
+        // either direction, on a session held or a new one.
         if !self.local.trust.is_trusted(&self.id) {
-            self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            self.local.links.close(&self.id);
             return Err(PeerError::Revoked {
                 peer: self.id.clone(),
             });
         }
-        match self.take_idle() {
-            Some(connection) => Ok((connection, true)),
-            None => self.connect().await.map(|connection| (connection, false)),
+        if let Some(link) = self.link()
+            && let Ok(stream) = link.mux.open().await
+        {
+            return Ok((Connection::new(stream), true));
         }
+        let _dialing = self.dialing.lock().await;
+        // Another request may have made the session while this one waited.
+        if let Some(link) = self.link()
+            && let Ok(stream) = link.mux.open().await
+        {
+            return Ok((Connection::new(stream), true));
+        }
+        let link = self.connect().await?;
+        let stream = link.mux.open().await.map_err(|e| PeerError::Connection {
+            addr: self.label.clone(),
+            source: ConnectionError::Io(io::Error::other(e)),
+        })?;
+        Ok((Connection::new(stream), false))
     }
 
     /// Returns a connection after a request; says whether the request should be retried on
@@ -604,11 +695,8 @@ impl Peer {
         reused: bool,
         outcome: &Result<T, PeerError>,
     ) -> bool {
-        match outcome {
-            Ok(_) => self.put_idle(connection),
-            Err(e) if e.leaves_connection_usable() => self.put_idle(connection),
-            Err(_) => {}
-        }
+        // Each request has a stream of its own: dropping it ends it (the session lives on).
+        drop(connection);
         matches!(outcome, Err(e) if reused && e.may_be_stale())
     }
 
@@ -618,7 +706,7 @@ impl Peer {
         request: &Request,
         result: Option<Result<T, PeerError>>,
     ) -> Result<T, PeerError> {
-        let result = result.unwrap_or_else(|| Err(protocol_error(&self.addr, "no attempt made")));
+        let result = result.unwrap_or_else(|| Err(protocol_error(&self.label, "no attempt made")));
         let reached = match &result {
             Err(e) if e.means_unreachable() => Reachability::Unreachable,
             _ => Reachability::Reachable,
@@ -629,52 +717,87 @@ impl Peer {
             let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
             self.local
                 .history
-                .record(Direction::Made, &self.addr, &request.describe(), outcome);
+                .record(Direction::Made, &self.label, &request.describe(), outcome);
         }
         result
     }
 
-    fn take_idle(&self) -> Option<PeerConnection> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
-    }
-
-    fn put_idle(&self, connection: PeerConnection) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push(connection);
+    /// Dials the peer and holds the session (or the one the peer dialed meanwhile, if the
+    /// tie rule keeps that one). A failure is logged once per reason, and sync waits longer
+    /// before each new try.
+    async fn connect(&self) -> Result<Arc<PeerLink>, PeerError> {
+        let Some(addr) = self.dial_address() else {
+            return Err(PeerError::NotConnected {
+                peer: self.id.clone(),
+            });
+        };
+        let result = self.dial(&addr).await;
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        match &result {
+            Ok(_) => {
+                if failures.count > 0 {
+                    tracing::info!(peer = %self.label, %addr, "peer reached again");
+                }
+                *failures = Failures::default();
+                drop(failures);
+                self.local.links.remember(&self.id, &addr);
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                if failures.reason.as_deref() != Some(reason.as_str()) {
+                    tracing::warn!(peer = %self.label, %addr, error = %crate::text::for_log(&reason), "cannot reach peer; trying again later, with growing waits (reported once)");
+                } else {
+                    tracing::debug!(peer = %self.label, %addr, error = %crate::text::for_log(&reason), "peer still unreachable");
+                }
+                let wait = FIRST_BACKOFF
+                    .saturating_mul(1 << failures.count.min(6))
+                    .min(MAX_BACKOFF);
+                failures.count = failures.count.saturating_add(1);
+                failures.retry_at = Some(Instant::now() + wait);
+                failures.reason = Some(reason);
+            }
         }
+        result
     }
 
-    async fn connect(&self) -> Result<PeerConnection, PeerError> {
+    async fn dial(&self, addr: &str) -> Result<Arc<PeerLink>, PeerError> {
         let unreachable = |reason: String| PeerError::Unreachable {
-            addr: self.addr.clone(),
+            addr: addr.to_string(),
             reason,
         };
-        let stream =
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr)).await {
-                Err(_) => return Err(unreachable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
-                Ok(Err(e)) => return Err(unreachable(describe_io(&e))),
-                Ok(Ok(stream)) => stream,
-            };
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Err(_) => return Err(unreachable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
+            Ok(Err(e)) => return Err(unreachable(describe_io(&e))),
+            Ok(Ok(stream)) => stream,
+        };
         self.local.tune(&stream);
-        protocol::dial(stream, &self.local.identity, &self.id)
-            .await
-            .map_err(|source| match source {
-                HandshakeError::WrongBox { expected, seen } => PeerError::WrongBox {
-                    addr: self.addr.clone(),
-                    expected,
-                    seen,
-                },
-                HandshakeError::NotTrusted(_) => PeerError::NotTrusted {
-                    addr: self.addr.clone(),
-                    peer: self.id.clone(),
-                    this: self.local.id.clone(),
-                },
-                source => PeerError::Handshake {
-                    addr: self.addr.clone(),
-                    source,
-                },
-            })
+        let links = &self.local.links;
+        let dialed = protocol::dial_session(
+            stream,
+            &self.local.identity,
+            &self.id,
+            None,
+            links.greeting(),
+            links.inbound(),
+        )
+        .await
+        .map_err(|source| match source {
+            HandshakeError::WrongBox { expected, seen } => PeerError::WrongBox {
+                addr: addr.to_string(),
+                expected,
+                seen,
+            },
+            HandshakeError::NotTrusted(_) => PeerError::NotTrusted {
+                addr: addr.to_string(),
+                peer: self.id.clone(),
+                this: self.local.id.clone(),
+            },
+            source => PeerError::Handshake {
+                addr: addr.to_string(),
+                source,
+            },
+        })?;
+        Ok(links.keep(PeerLink::new(dialed.mux, dialed.theirs)))
     }
 }
 

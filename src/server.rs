@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::history::Direction;
 use crate::invite;
+use crate::links::PeerLink;
 use crate::local::LocalBox;
 use crate::protocol::{
     self, Connection, ConnectionError, ErrorKind, HandshakeError, Link, Response,
@@ -76,8 +77,9 @@ pub enum ServerError {
 pub struct Server {
     /// This box.
     local: Arc<LocalBox>,
-    /// The TCP listener.
-    listener: TcpListener,
+    /// The TCP listener; `None` for a box that only dials out (nobody can connect to it:
+    /// it serves its peers over the sessions it dials).
+    listener: Option<TcpListener>,
     /// The address bound (as the kernel reports it: the port chosen for port 0).
     addr: SocketAddr,
     /// The UDP socket on the same port, shared by all UDP transfers.
@@ -111,9 +113,10 @@ impl Server {
                         local.share.state_dir().join(invite::LISTEN_FILE),
                         format!("{bound}\n"),
                     );
+                    local.links.set_listen(Some(bound.port()));
                     return Ok(Server {
                         local,
-                        listener,
+                        listener: Some(listener),
                         addr: bound,
                         hub,
                         notices: Arc::default(),
@@ -126,6 +129,38 @@ impl Server {
         Err(bind_error(
             last_error.unwrap_or_else(|| io::ErrorKind::AddrInUse.into()),
         ))
+    }
+
+    /// A server that listens nowhere: it serves peers only over the sessions this box
+    /// dials (a laptop behind NAT). UDP transfers, which go to where a session came from,
+    /// are never served from it.
+    pub async fn unlistening(local: Arc<LocalBox>) -> Result<Server, ServerError> {
+        let tls = protocol::tls::server_config(&local.identity)?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let udp = UdpSocket::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let bound = udp
+            .local_addr()
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let hub = UdpHub::new(udp, None).map_err(|source| ServerError::Udp {
+            addr: bound,
+            source,
+        })?;
+        local.links.set_listen(None);
+        Ok(Server {
+            local,
+            listener: None,
+            addr: bound,
+            hub,
+            notices: Arc::default(),
+            tls,
+        })
+    }
+
+    /// Whether this server accepts connections (else it serves only sessions it dialed).
+    pub fn listens(&self) -> bool {
+        self.listener.is_some()
     }
 
     /// Where this server notes what peers tell the box's sync ([`crate::sync::start`]
@@ -152,10 +187,26 @@ impl Server {
             per_box: Counts::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_BOX),
         });
         let mut handlers = JoinSet::new();
+        let mut inbound = self.local.links.serve_inbound();
+        // However the server ends (shut down, or its task aborted), its sessions end with it:
+        // a peer must not keep a session whose streams nobody serves any more.
+        let _sessions = EndSessions(Arc::clone(&self.local));
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
-                accepted = self.listener.accept() => accepted,
+                accepted = accept(self.listener.as_ref()) => accepted,
+                Some(stream) = inbound.recv() => {
+                    while handlers.try_join_next().is_some() {}
+                    let served = Served {
+                        local: Arc::clone(&self.local),
+                        notices: Arc::clone(&self.notices),
+                        hub: Arc::clone(&hub),
+                        tls: Arc::clone(&self.tls),
+                        limits: Arc::clone(&limits),
+                    };
+                    handlers.spawn(handle_stream(served, stream, stop_rx.clone()));
+                    continue;
+                }
                 _ = &mut shutdown => break,
             };
             // Reap finished handlers so the set does not grow without bound.
@@ -196,7 +247,28 @@ impl Server {
         drop(hub);
         self.local.share.flush_cache();
         // No longer listening: `boxsync invite` falls back to `--listen`.
-        let _ = std::fs::remove_file(self.local.share.state_dir().join(invite::LISTEN_FILE));
+        if self.listener.is_some() {
+            let _ = std::fs::remove_file(self.local.share.state_dir().join(invite::LISTEN_FILE));
+        }
+    }
+}
+
+/// Ends a box's sessions when dropped (the server stopped): peers see them end at once,
+/// not at their next keepalive, and dial again.
+struct EndSessions(Arc<LocalBox>);
+
+impl Drop for EndSessions {
+    fn drop(&mut self) {
+        self.0.links.stop_inbound();
+        self.0.links.close_all();
+    }
+}
+
+/// The next caller, or never when there is no listener.
+async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -334,7 +406,7 @@ async fn handle_connection(
     let Served {
         local,
         notices,
-        hub,
+        hub: _,
         tls,
         limits,
     } = served;
@@ -343,6 +415,7 @@ async fn handle_connection(
         mut connection,
         id: peer_id,
         invite,
+        theirs: caller_greeting,
     } = match protocol::accept(stream, tls).await {
         Ok(caller) => caller,
         Err(e) => {
@@ -379,28 +452,6 @@ async fn handle_connection(
         protocol::refuse(&mut connection, ErrorKind::NotTrusted, message).await;
         return;
     }
-    let Ok(_slot) = Arc::clone(&limits.slots).try_acquire_owned() else {
-        if let Some(left_out) = limits.refusals.admit() {
-            tracing::warn!(%peer, box_id = %peer_id, left_out, "all {MAX_CONNECTIONS} connection slots taken: caller turned away");
-        }
-        let message = format!(
-            "box {} is serving its most connections ({MAX_CONNECTIONS}): try again later",
-            local.id
-        );
-        protocol::refuse(&mut connection, ErrorKind::Unavailable, message).await;
-        return;
-    };
-    let Some(_share) = Counts::admit(&limits.per_box, peer_id.clone()) else {
-        if let Some(left_out) = limits.refusals.admit() {
-            tracing::warn!(%peer, box_id = %peer_id, left_out, "box holds {MAX_CONNECTIONS_PER_BOX} connections already: caller turned away");
-        }
-        let message = format!(
-            "box {} already serves {MAX_CONNECTIONS_PER_BOX} connections of box {peer_id}: close some first",
-            local.id
-        );
-        protocol::refuse(&mut connection, ErrorKind::Unavailable, message).await;
-        return;
-    };
     if let Some(secret) = joining {
         let state = local.share.state_dir();
         if !invite::redeem(&state, &secret) {
@@ -422,11 +473,81 @@ async fn handle_connection(
         }
         tracing::info!(%peer, box_id = %peer_id, "box joined with an invitation: trusted for good");
     }
-    if protocol::welcome(&mut connection).await.is_err() {
+    let theirs = caller_greeting;
+    let mux = match protocol::welcome(
+        protocol::Caller {
+            connection,
+            id: peer_id.clone(),
+            invite: None,
+            theirs,
+        },
+        local.links.greeting(),
+        local.links.inbound(),
+    )
+    .await
+    {
+        Ok(mux) => mux,
+        Err(e) => {
+            tracing::debug!(%peer, reason = %e, "session not started");
+            return;
+        }
+    };
+    tracing::debug!(%peer, %peer_id, "peer connected");
+    let link = local.links.keep(PeerLink::new(mux, theirs));
+    if let Some(addr) = link.peer_listens_at() {
+        local.links.remember(&peer_id, &addr);
+    }
+    notices.peer_connected();
+    // The session lives on in the table; its streams come through the server's inbound
+    // channel. This handler waits for it to end only so that shutdown sees it.
+    tokio::select! {
+        _ = link.mux.wait_closed() => {}
+        _ = stop.changed() => {}
+    }
+}
+
+/// Serves one stream a peer opened on its session: the same limits as a connection of its
+/// own, then requests until it ends.
+async fn handle_stream(served: Served, link: Link, mut stop: watch::Receiver<bool>) {
+    let Served {
+        local,
+        notices,
+        hub,
+        limits,
+        ..
+    } = served;
+    let peer_id = link.info().peer.clone();
+    let peer = link.info().peer_addr;
+    let mut connection = Connection::new(link);
+    if !local.trust.is_trusted(&peer_id) {
+        tracing::warn!(%peer, box_id = %peer_id, "box is no longer trusted: session closed");
+        let message = not_trusted(&local.id, &peer_id);
+        refuse_stream(&mut connection, ErrorKind::NotTrusted, message).await;
+        local.links.close(&peer_id);
         return;
     }
-    tracing::debug!(%peer, %peer_id, "peer connected");
-    notices.peer_connected();
+    let Ok(_slot) = Arc::clone(&limits.slots).try_acquire_owned() else {
+        if let Some(left_out) = limits.refusals.admit() {
+            tracing::warn!(%peer, box_id = %peer_id, left_out, "all {MAX_CONNECTIONS} connection slots taken: request turned away");
+        }
+        let message = format!(
+            "box {} is serving its most connections ({MAX_CONNECTIONS}): try again later",
+            local.id
+        );
+        refuse_stream(&mut connection, ErrorKind::Unavailable, message).await;
+        return;
+    };
+    let Some(_share) = Counts::admit(&limits.per_box, peer_id.clone()) else {
+        if let Some(left_out) = limits.refusals.admit() {
+            tracing::warn!(%peer, box_id = %peer_id, left_out, "box holds {MAX_CONNECTIONS_PER_BOX} streams already: request turned away");
+        }
+        let message = format!(
+            "box {} already serves {MAX_CONNECTIONS_PER_BOX} streams of box {peer_id}: close some first",
+            local.id
+        );
+        refuse_stream(&mut connection, ErrorKind::Unavailable, message).await;
+        return;
+    };
     serve_requests(
         &local,
         &notices,
@@ -436,6 +557,16 @@ async fn handle_connection(
         &peer_id,
         &mut stop,
     )
+    .await;
+}
+
+/// Turns one stream away with a reason its request shows.
+async fn refuse_stream(connection: &mut Connection<Link>, kind: ErrorKind, message: String) {
+    let refusal = Response::Error { kind, message };
+    let _ = tokio::time::timeout(protocol::HANDSHAKE_TIMEOUT, async {
+        let _ = connection.write_message(&refusal).await;
+        let _ = connection.close().await;
+    })
     .await;
 }
 
@@ -472,6 +603,11 @@ async fn serve_requests(
                 return;
             }
             Ok(Ok(Some(request))) => request,
+            // A client ends each exchange by dropping its stream, which yamux resets.
+            Ok(Err(ConnectionError::Io(e))) if e.kind() == io::ErrorKind::ConnectionReset => {
+                tracing::debug!(%peer, "peer closed the stream");
+                return;
+            }
             Ok(Err(e)) => {
                 tracing::warn!(%peer, reason = %crate::text::for_log(&e), "closing connection");
                 if matches!(
@@ -495,11 +631,17 @@ async fn serve_requests(
         if !local.trust.is_trusted(peer_id) {
             tracing::warn!(%peer, box_id = %peer_id, "box is no longer trusted: connection closed");
             let message = not_trusted(&local.id, peer_id);
-            protocol::refuse(connection, ErrorKind::NotTrusted, message).await;
+            refuse_stream(connection, ErrorKind::NotTrusted, message).await;
+            local.links.close(peer_id);
             return;
         }
         let description = request.describe();
+        tracing::debug!(%peer, request = %crate::text::for_log(&description), "request");
         let routine = request.is_routine();
+        if matches!(&request, Request::HashCheckall(c) if c.unless.is_some()) {
+            // A sync round of the peer's reads the folder's hashes last: it is pulling.
+            notices.note_pulled(peer_id);
+        }
         let notice = request.is_notice();
         let cx = ServeContext {
             local,

@@ -70,6 +70,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.stream.get_ref()
     }
 
+    /// The stream back, with the bytes already read from it and not yet parsed: for a
+    /// protocol that takes over the stream once the framed greetings are done. Writes must
+    /// have been flushed.
+    pub fn into_parts(self) -> (S, BytesMut) {
+        (self.stream.into_inner(), self.buffer)
+    }
+
     /// Reads the next frame; `Ok(None)` when the other side closed cleanly between frames.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, ConnectionError> {
         loop {

@@ -11,7 +11,7 @@ use crate::time::Timestamp;
 pub const MAGIC: &str = "boxsync";
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The first message on a connection, in both directions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +24,14 @@ pub struct Hello {
     /// after the server's key matched the invitation's ID).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invite: Option<String>,
+    /// The port the sender's server listens on (on the connection's address), if it
+    /// listens: the other side may dial it back there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<u16>,
+    /// Whether the sender's auto-sync runs, so that the other side can tell a two-way sync
+    /// from a one-way one.
+    #[serde(default)]
+    pub syncs: bool,
 }
 
 impl Hello {
@@ -33,6 +41,8 @@ impl Hello {
             magic: MAGIC.to_string(),
             version: PROTOCOL_VERSION,
             invite: None,
+            listen: None,
+            syncs: false,
         }
     }
 }

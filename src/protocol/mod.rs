@@ -6,6 +6,7 @@ pub mod connection;
 pub mod decode;
 pub mod frame;
 pub mod message;
+pub mod mux;
 pub mod tls;
 
 use std::io;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 use crate::identity::Identity;
 use crate::types::BoxId;
@@ -21,23 +23,57 @@ use crate::types::BoxId;
 pub use connection::{Connection, ConnectionError};
 pub use frame::Frame;
 pub use message::{ErrorKind, Hello, MAGIC, PROTOCOL_VERSION, Response};
-pub use tls::Link;
+pub use mux::{Link, Mux, Role, SessionInfo};
+use tls::TlsLink;
 
 impl Connection<Link> {
-    /// The TCP socket under the connection (for addresses, socket options and the
-    /// descriptor).
-    pub fn socket(&self) -> &TcpStream {
-        self.get_ref().get_ref().0
+    /// The facts of the session the stream belongs to: the other box, both ends' addresses.
+    pub fn session(&self) -> &SessionInfo {
+        self.get_ref().info()
     }
 
     /// 32 bytes of keying material bound to this connection's TLS session and to
     /// `context`, for keys of a side channel (a UDP transfer) that must be as authentic as
-    /// the connection itself. Both ends of one connection get the same bytes for the same
-    /// context; any other connection, or context, gets unrelated bytes (the TLS exporter,
-    /// RFC 8446 §7.5).
+    /// the connection itself (see [`SessionInfo::export_secret`]).
     pub fn export_secret(&self, context: &[u8]) -> Result<[u8; 32], ConnectionError> {
-        tls::export(self.get_ref(), context).map_err(|e| ConnectionError::Io(io::Error::other(e)))
+        self.session().export_secret(context)
     }
+}
+
+/// What a box tells the other in its greeting besides who it is: where it listens and
+/// whether it syncs, so that the other side can dial it back and report one-way sync.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Greeting {
+    /// The port its server listens on, if any (the address is the connection's).
+    pub listen: Option<u16>,
+    /// Whether its auto-sync runs (it will pull from the other side).
+    pub syncs: bool,
+}
+
+impl Greeting {
+    fn hello(self, invite: Option<String>) -> Hello {
+        Hello {
+            invite,
+            listen: self.listen,
+            syncs: self.syncs,
+            ..Hello::new()
+        }
+    }
+
+    fn of(hello: &Hello) -> Greeting {
+        Greeting {
+            listen: hello.listen,
+            syncs: hello.syncs,
+        }
+    }
+}
+
+/// A session this box dialed, and what the other box said of itself.
+pub struct Dialed {
+    /// The session.
+    pub mux: Mux,
+    /// The other box's greeting.
+    pub theirs: Greeting,
 }
 
 /// How long a connection may take from its first byte to the end of the greetings (TLS
@@ -99,31 +135,40 @@ pub enum HandshakeError {
 }
 
 /// Client side: TLS as `identity` to the box `expected` (no other key is accepted), then
-/// the greetings. The connection returned is authenticated both ways.
+/// the greetings, then one stream of the session: a connection authenticated both ways,
+/// for one-off exchanges (tests, tools). The session lasts as long as the stream.
 pub async fn dial(
     stream: TcpStream,
     identity: &Identity,
     expected: &BoxId,
 ) -> Result<Connection<Link>, HandshakeError> {
-    dial_invited(stream, identity, expected, None).await
+    let dialed = dial_session(stream, identity, expected, None, Greeting::default(), None).await?;
+    let link = dialed
+        .mux
+        .open()
+        .await
+        .map_err(|e| HandshakeError::Io(io::Error::other(e)))?;
+    Ok(Connection::new(link))
 }
 
-/// [`dial`], presenting an invitation's secret (`boxsync join`): a box that does not trust
-/// this one yet does once it has redeemed the secret.
-pub async fn dial_invited(
+/// Client side: TLS as `identity` to the box `expected`, presenting an invitation's secret
+/// if joining (`boxsync join`: a box that does not trust this one yet does once it has
+/// redeemed the secret), the greetings with `ours`, then the session. Streams the other box
+/// opens go to `inbound` (none: they are refused).
+pub async fn dial_session(
     stream: TcpStream,
     identity: &Identity,
     expected: &BoxId,
     invite: Option<&str>,
-) -> Result<Connection<Link>, HandshakeError> {
+    ours: Greeting,
+    inbound: Option<mpsc::Sender<Link>>,
+) -> Result<Dialed, HandshakeError> {
     let exchange = async {
         let link = tls::connect(stream, identity, expected).await?;
         let mut connection = Connection::new(link);
-        let hello = Hello {
-            invite: invite.map(str::to_string),
-            ..Hello::new()
-        };
-        connection.write_message(&hello).await?;
+        connection
+            .write_message(&ours.hello(invite.map(str::to_string)))
+            .await?;
         let frame = connection.expect_frame().await?;
         if let Ok(Response::Error { kind, message }) = connection::decode::<Response>(frame.clone())
         {
@@ -134,21 +179,26 @@ pub async fn dial_invited(
         }
         let hello: Hello = connection::decode(frame)?;
         check(&hello)?;
-        Ok(connection)
+        Ok((connection, Greeting::of(&hello)))
     };
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+    let (connection, theirs) = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await
-        .unwrap_or(Err(HandshakeError::Timeout))
+        .unwrap_or(Err(HandshakeError::Timeout))?;
+    let (tls, early) = connection.into_parts();
+    let mux = mux::start(tls, early, expected.clone(), Role::Dialer, inbound)?;
+    Ok(Dialed { mux, theirs })
 }
 
 /// A caller that has authenticated, not yet admitted.
 pub struct Caller {
     /// Its connection, greetings read.
-    pub connection: Connection<Link>,
+    pub connection: Connection<TlsLink>,
     /// Its ID, proven by its key.
     pub id: BoxId,
     /// The invitation secret it presented, if it is joining.
     pub invite: Option<String>,
+    /// What it said of itself.
+    pub theirs: Greeting,
 }
 
 /// Server side: TLS, then the caller's greeting. Returns the authenticated caller; the
@@ -168,6 +218,7 @@ pub async fn accept(
         Ok(Caller {
             connection,
             id,
+            theirs: Greeting::of(&hello),
             invite: hello.invite,
         })
     };
@@ -176,13 +227,28 @@ pub async fn accept(
         .unwrap_or(Err(HandshakeError::Timeout))
 }
 
-/// Server side: admits an accepted caller (answers its greeting).
-pub async fn welcome(connection: &mut Connection<Link>) -> Result<(), ConnectionError> {
-    connection.write_message(&Hello::new()).await
+/// Server side: admits an accepted caller (answers its greeting with `ours`) and starts
+/// the session; streams the caller opens go to `inbound`.
+pub async fn welcome(
+    caller: Caller,
+    ours: Greeting,
+    inbound: Option<mpsc::Sender<Link>>,
+) -> Result<Mux, ConnectionError> {
+    let Caller {
+        mut connection, id, ..
+    } = caller;
+    tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        connection.write_message(&ours.hello(None)),
+    )
+    .await
+    .map_err(|_| ConnectionError::Io(io::ErrorKind::TimedOut.into()))??;
+    let (tls, early) = connection.into_parts();
+    mux::start(tls, early, id, Role::Accepter, inbound)
 }
 
 /// Server side: turns an accepted caller away with a reason it can show, and closes.
-pub async fn refuse(connection: &mut Connection<Link>, kind: ErrorKind, message: String) {
+pub async fn refuse(connection: &mut Connection<TlsLink>, kind: ErrorKind, message: String) {
     let refusal = Response::Error { kind, message };
     let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         let _ = connection.write_message(&refusal).await;

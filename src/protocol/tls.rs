@@ -32,7 +32,7 @@ use super::frame::{Frame, HEADER_LEN, MAX_CONTROL_LEN};
 use super::message::{ErrorKind, Response};
 
 /// The encrypted, mutually authenticated stream a peer connection runs over.
-pub type Link = tokio_rustls::TlsStream<TcpStream>;
+pub type TlsLink = tokio_rustls::TlsStream<TcpStream>;
 
 /// The first byte of every TLS connection (a handshake record): a connection that opens
 /// with anything else is a client of the old plaintext protocol, or not boxsync at all.
@@ -85,7 +85,7 @@ pub async fn connect(
     stream: TcpStream,
     identity: &Identity,
     expected: &BoxId,
-) -> Result<Link, HandshakeError> {
+) -> Result<TlsLink, HandshakeError> {
     let provider = provider();
     let pinned = Arc::new(PinnedBox {
         expected: expected.clone(),
@@ -124,7 +124,7 @@ pub async fn connect(
 pub async fn accept(
     mut stream: TcpStream,
     config: Arc<ServerConfig>,
-) -> Result<(Link, BoxId), HandshakeError> {
+) -> Result<(TlsLink, BoxId), HandshakeError> {
     let mut first = [0u8; 1];
     let peeked = stream.peek(&mut first).await?;
     if peeked == 1 && first[0] != TLS_HANDSHAKE_RECORD {
@@ -182,7 +182,7 @@ pub async fn accept(
 
 /// 32 bytes of keying material for `context` exported from `link`'s TLS session: equal at
 /// both ends, unrelated to any other session or context (RFC 8446 §7.5).
-pub fn export(link: &Link, context: &[u8]) -> Result<[u8; 32], rustls::Error> {
+pub fn export(link: &TlsLink, context: &[u8]) -> Result<[u8; 32], rustls::Error> {
     let mut out = [0u8; 32];
     match link {
         tokio_rustls::TlsStream::Client(stream) => {

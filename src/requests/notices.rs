@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 
 use super::{CallError, Handled, MAX_BATCH_NAMES, ServeContext, receive_within, refuse, too_many};
 use crate::protocol::{Connection, ErrorKind, Response};
+use crate::time::Timestamp;
 use crate::transfer::send_within;
 use crate::types::{BoxId, FileVersion};
 
@@ -38,6 +39,9 @@ pub struct Notices {
     /// Versions each peer said it installed from this box since sync last looked, oldest
     /// first. A std `Mutex`, as above.
     installed: Mutex<HashMap<BoxId, Vec<FileVersion>>>,
+    /// When each peer's sync last read this box's folder (its round toward this box), for
+    /// `sync status`. A std `Mutex`, as above.
+    pulled: Mutex<HashMap<BoxId, Timestamp>>,
 }
 
 impl Notices {
@@ -63,6 +67,18 @@ impl Notices {
         if self.peer_missing.swap(false, Ordering::Relaxed) {
             self.wake_sync();
         }
+    }
+
+    /// Remembers that `peer`'s sync read this box's folder just now.
+    pub fn note_pulled(&self, peer: &BoxId) {
+        let mut pulled = self.pulled.lock().unwrap_or_else(|e| e.into_inner());
+        pulled.insert(peer.clone(), Timestamp::now());
+    }
+
+    /// When `peer`'s sync last read this box's folder, if it did since this box started.
+    pub fn last_pulled(&self, peer: &BoxId) -> Option<Timestamp> {
+        let pulled = self.pulled.lock().unwrap_or_else(|e| e.into_inner());
+        pulled.get(peer).copied()
     }
 
     /// Remembers that `version` went to the peer `peer`.

@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use crate::protocol::Link;
+use crate::protocol::{Link, Role};
 use serde::{Deserialize, Serialize};
 
 use super::{CallError, Handled, ServeContext, refuse};
-use crate::protocol::{Connection, ConnectionError, ErrorKind};
+use crate::protocol::{Connection, ErrorKind};
 use crate::share::{DigestSet, RelPath, Share};
 use crate::transfer::udp::seal::DropCounts;
 use crate::transfer::udp::{self, UdpError};
@@ -39,6 +39,15 @@ impl DownloadUdp {
 
     /// Server: starts a sending session to the client's address and waits for its end.
     pub async fn serve(self, cx: &ServeContext<'_>, connection: &mut Connection<Link>) -> Handled {
+        // Datagrams go to where the session came from: only a box that dialed this one can
+        // be sent them (one that this box dialed may sit behind NAT, its port unknown).
+        if connection.session().role == Role::Dialer {
+            let message = format!(
+                "box {} serves UDP transfers only to boxes that dial it: use TCP",
+                cx.local.id
+            );
+            return refuse(connection, ErrorKind::Unavailable, message, cx.stall()).await;
+        }
         let wanted = udp::serve::Wanted {
             max_rate: self.max_rate,
             digests: DigestSet::from_blake3_only(self.blake3_only),
@@ -59,11 +68,8 @@ impl DownloadUdp {
         landing: &Landing,
         progress: Progress<'_>,
     ) -> Result<Downloaded, CallError> {
-        let stream = connection.socket();
-        let (local, remote) = match (stream.local_addr(), stream.peer_addr()) {
-            (Ok(local), Ok(remote)) => (local, remote),
-            (Err(e), _) | (_, Err(e)) => return Err(ConnectionError::Io(e).into()),
-        };
+        let session = connection.session();
+        let (local, remote) = (session.local_addr, session.peer_addr);
         let path = udp::receiver::UdpPath {
             local_ip: local.ip(),
             server: remote,

@@ -348,6 +348,12 @@ fn sync_status(status: &crate::sync::SyncStatus, layout: Layout) -> String {
         .map(|p| {
             vec![
                 p.peer.clone(),
+                p.state.clone(),
+                match p.dialed_by {
+                    Some("peer") => "dialed in".to_string(),
+                    Some(_) => "dialed out".to_string(),
+                    None => "none".to_string(),
+                },
                 p.transport.name().to_string(),
                 p.last_sync
                     .map(|t| t.to_local_string())
@@ -361,6 +367,8 @@ fn sync_status(status: &crate::sync::SyncStatus, layout: Layout) -> String {
     lines.push(table::render(
         &[
             Column::keep("PEER"),
+            Column::keep("STATE"),
+            Column::keep("SESSION"),
             Column::keep("VIA"),
             Column::keep("LAST SYNC"),
             Column::right("PENDING"),
@@ -373,6 +381,17 @@ fn sync_status(status: &crate::sync::SyncStatus, layout: Layout) -> String {
     ));
     for peer in &status.peers {
         let addr = escape(&peer.peer);
+        let seen = peer
+            .address
+            .as_deref()
+            .map_or("no address known".to_string(), |a| {
+                format!("at {}", escape(a))
+            });
+        let pulled = peer.last_pulled_by_peer.map_or(
+            "it has not pulled from this box since it started".to_string(),
+            |t| format!("it last pulled from this box at {}", t.to_local_string()),
+        );
+        lines.push(format!("{addr}: {seen}; {pulled}"));
         for conflict in &peer.conflicts {
             lines.push(format!(
                 "conflict ({addr}): {}",
@@ -585,6 +604,9 @@ mod tests {
                 }],
                 errors: vec![HOSTILE.to_string()],
                 failure: None,
+                address: Some(HOSTILE.to_string()),
+                state: HOSTILE.to_string(),
+                ..Default::default()
             }],
             ..Default::default()
         };

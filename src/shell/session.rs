@@ -114,6 +114,11 @@ impl Session {
             .iter()
             .map(|target| Arc::new(Peer::new(target, Arc::clone(&local))))
             .collect();
+        Session::with_peers(local, peers)
+    }
+
+    /// A session for `local` with peer clients made already (the first is current).
+    pub fn with_peers(local: Arc<LocalBox>, peers: Vec<Arc<Peer>>) -> Session {
         Session {
             current: if peers.is_empty() { None } else { Some(0) },
             local,

@@ -42,29 +42,61 @@ use crate::types::{BadPeerAddress, BoxId, PeerAddress, Transport};
 /// How long local changes must settle before a round starts.
 const SETTLE: Duration = Duration::from_millis(300);
 
-/// A peer as given on the command line: `HOST:PORT`, `tcp://HOST:PORT` or
-/// `udp://HOST:PORT` (sync fetches from it over UDP).
+/// A peer as given on the command line: `ID@HOST:PORT`, or `ID` alone (reached over the
+/// session it dials, at the address it was last reached at, or found on the local
+/// network), each optionally behind `tcp://` or `udp://` (sync fetches from it over UDP).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerSpec {
-    /// `ID@HOST:PORT`.
-    pub target: PeerAddress,
+    /// The peer's box ID.
+    pub id: BoxId,
+    /// Where to dial it, if given.
+    pub addr: Option<String>,
     /// How sync fetches from it.
     pub transport: Transport,
 }
 
 impl PeerSpec {
     /// Splits an optional `tcp://` or `udp://` prefix off `text` and reads the
-    /// `ID@HOST:PORT` that follows.
+    /// `ID@HOST:PORT` or `ID` that follows.
     pub fn parse(text: &str) -> Result<PeerSpec, BadPeerAddress> {
-        let (transport, addr) = if let Some(rest) = text.strip_prefix("udp://") {
+        let (transport, rest) = if let Some(rest) = text.strip_prefix("udp://") {
             (Transport::Udp, rest)
         } else {
             (Transport::Tcp, text.strip_prefix("tcp://").unwrap_or(text))
         };
-        Ok(PeerSpec {
-            target: PeerAddress::parse(addr)?,
-            transport,
-        })
+        if rest.contains('@') {
+            let target = PeerAddress::parse(rest)?;
+            return Ok(PeerSpec {
+                id: target.id,
+                addr: Some(target.addr),
+                transport,
+            });
+        }
+        match BoxId::parse(rest) {
+            Ok(id) => Ok(PeerSpec {
+                id,
+                addr: None,
+                transport,
+            }),
+            // Something like an ID, mistyped: say what is wrong with it.
+            Err(e) if rest.len() > 40 && rest.contains('-') => Err(e.into()),
+            // `HOST:PORT`, or a word: say the ID is missing.
+            Err(_) => Err(BadPeerAddress::NoId(rest.chars().take(80).collect())),
+        }
+    }
+
+    /// A client for this peer.
+    pub fn client(&self, local: Arc<LocalBox>) -> Peer {
+        match &self.addr {
+            Some(addr) => Peer::new(
+                &PeerAddress {
+                    id: self.id.clone(),
+                    addr: addr.clone(),
+                },
+                local,
+            ),
+            None => Peer::by_id(&self.id, local),
+        }
     }
 }
 
@@ -102,8 +134,24 @@ pub struct SyncConfig {
 /// What `sync status` shows for one peer.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PeerStatus {
-    /// The peer's address.
+    /// The peer's address as given, else its name or short ID.
     pub peer: String,
+    /// The peer's box ID.
+    pub id: String,
+    /// In a few words, how sync with it stands: `in sync`, `syncing`, `not connected: it
+    /// dials this box`, `one-way: it does not sync back`, `does not trust this box`,
+    /// `unreachable`, `never synced`. Only `in sync` means both directions are.
+    pub state: String,
+    /// Whether a session with it is up.
+    pub connected: bool,
+    /// Who dialed the session up: `this box` or `peer`.
+    pub dialed_by: Option<&'static str>,
+    /// The address it was last seen at (the session's, else the one last reached).
+    pub address: Option<String>,
+    /// Whether its own sync runs (it pulls from this box), as its greeting said.
+    pub syncs_back: Option<bool>,
+    /// When its sync last read this box's folder (its last round toward this box).
+    pub last_pulled_by_peer: Option<Timestamp>,
     /// The transport sync uses with it.
     pub transport: Transport,
     /// When a round with it last completed.
@@ -163,6 +211,10 @@ struct Rounds {
 /// The shell's handle on a running sync engine.
 #[derive(Clone)]
 pub struct SyncHandle {
+    /// The peers sync works with, in the status's order (peers that dial in are added).
+    peers: Arc<Mutex<Vec<Arc<Peer>>>>,
+    /// What the box's server learnt (when each peer last pulled).
+    notices: Arc<Notices>,
     /// The status, updated after every round. A std `Mutex`: never held across `.await`.
     status: Arc<Mutex<SyncStatus>>,
     /// Starts a round now.
@@ -174,12 +226,18 @@ pub struct SyncHandle {
 }
 
 impl SyncHandle {
-    /// A copy of the current status.
+    /// A copy of the current status, with each peer's session as it is now.
     pub fn status(&self) -> SyncStatus {
-        self.status
+        let mut status = self
+            .status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (row, peer) in status.peers.iter_mut().zip(&peers) {
+            live(row, peer, &self.notices);
+        }
+        status
     }
 
     /// Starts a round as soon as possible.
@@ -229,15 +287,49 @@ impl SyncHandle {
         self.events.subscribe()
     }
 
-    /// Whether the last round with every peer succeeded (for the prompt).
+    /// Whether sync with every peer stands `in sync`, both ways (for the prompt).
     pub fn healthy(&self) -> bool {
-        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        status.enabled
-            && status
-                .peers
-                .iter()
-                .all(|p| p.errors.is_empty() && p.last_sync.is_some())
+        let status = self.status();
+        status.enabled && status.peers.iter().all(|p| p.state == IN_SYNC)
     }
+}
+
+/// The one state that means both directions are synced.
+const IN_SYNC: &str = "in sync";
+
+/// Fills in a peer's row what its session says now.
+fn live(row: &mut PeerStatus, peer: &Peer, notices: &Notices) {
+    let link = peer.link();
+    row.id = peer.id().to_string();
+    row.connected = link.is_some();
+    row.dialed_by = link
+        .as_ref()
+        .map(|l| if l.dialed_here() { "this box" } else { "peer" });
+    row.address = match &link {
+        Some(link) => Some(link.mux.info().peer_addr.to_string()),
+        None => peer.dial_address(),
+    };
+    row.syncs_back = link.as_ref().map(|l| l.theirs.syncs);
+    row.last_pulled_by_peer = notices.last_pulled(peer.id());
+    let not_trusted = matches!(
+        row.failure.as_deref(),
+        Some(SyncError::Peer(crate::peer::PeerError::NotTrusted { .. }))
+    );
+    row.state = if not_trusted {
+        "does not trust this box".to_string()
+    } else if link.is_none() && peer.dial_address().is_none() {
+        "not connected: it dials this box".to_string()
+    } else if row.failure.is_some() {
+        "unreachable".to_string()
+    } else if row.last_sync.is_none() {
+        "never synced".to_string()
+    } else if row.syncs_back == Some(false) {
+        "one-way: it does not sync back".to_string()
+    } else if !row.errors.is_empty() || row.pending > 0 {
+        "syncing".to_string()
+    } else {
+        IN_SYNC.to_string()
+    };
 }
 
 /// Starts sync for `local` with `peers`; it runs until `shutdown` completes.
@@ -255,6 +347,7 @@ pub fn start(
             .iter()
             .map(|(peer, transport)| PeerStatus {
                 peer: peer.addr().to_string(),
+                id: peer.id().to_string(),
                 transport: *transport,
                 ..PeerStatus::default()
             })
@@ -266,7 +359,12 @@ pub fn start(
         begun: 0,
         ended: 0,
     };
+    local.links.set_syncs(true);
     let handle = SyncHandle {
+        peers: Arc::new(Mutex::new(
+            peers.iter().map(|(peer, _)| Arc::clone(peer)).collect(),
+        )),
+        notices: Arc::clone(&notices),
         status: Arc::new(Mutex::new(status)),
         trigger: Arc::new(Notify::new()),
         rounds: Arc::new(signal::channel(rounds).0),
@@ -477,6 +575,11 @@ impl Engine {
             }
         };
         let mut rescan = tokio::time::interval(self.config.period);
+        let mut connected = self.local.links.subscribe();
+        // Peers whose sessions began before sync started (a box that dialed in at once).
+        for id in self.local.links.connected() {
+            self.admit(&id);
+        }
         loop {
             let mut announce = false;
             let mut full = false;
@@ -486,6 +589,15 @@ impl Engine {
                     self.stop_rounds();
                     return;
                 }
+                news = connected.recv() => match news {
+                    Ok(id) => self.admit(&id),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        for id in self.local.links.connected() {
+                            self.admit(&id);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {}
+                },
                 _ = rescan.tick() => full = true,
                 _ = self.handle.trigger.notified() => {}
                 _ = self.notices.sync_woken() => {}
@@ -517,9 +629,51 @@ impl Engine {
         }
     }
 
+    /// A session with `id` began: a peer sync does not know yet (it dialed in) is added,
+    /// if this box trusts it; either way, a round runs now.
+    fn admit(&mut self, id: &BoxId) {
+        if id == &self.local.id {
+            return;
+        }
+        if !self.peers.iter().any(|(peer, _)| peer.id() == id) {
+            if !self.local.trust.is_trusted(id) {
+                return;
+            }
+            let name = self
+                .local
+                .trust
+                .list()
+                .ok()
+                .and_then(|list| list.into_iter().find(|t| &t.id == id))
+                .and_then(|t| t.name);
+            let peer = Arc::new(Peer::dialed_in(id, name, Arc::clone(&self.local)));
+            tracing::info!(peer = peer.addr(), box_id = %id, "a trusted box dialed in: syncing with it over its session");
+            self.handle
+                .peers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Arc::clone(&peer));
+            self.update(|s| {
+                s.peers.push(PeerStatus {
+                    peer: peer.addr().to_string(),
+                    id: id.to_string(),
+                    transport: Transport::Tcp,
+                    ..PeerStatus::default()
+                })
+            });
+            self.slots.push(Slot::Idle(Box::default()));
+            self.failed.push(false);
+            self.peers.push((peer, Transport::Tcp));
+        }
+        self.handle.trigger.notify_one();
+    }
+
     /// Tells every peer our folder changed, without waiting for them.
     fn announce(&self) {
         for (peer, _) in &self.peers {
+            if peer.link().is_none() && peer.dial_address().is_none() {
+                continue;
+            }
             let peer = Arc::clone(peer);
             tokio::spawn(async move {
                 if let Err(e) = peer.notify_changed().await {
@@ -563,8 +717,17 @@ impl Engine {
                 Slot::Busy(_) => continue,
             };
             let Some((peer, transport)) = self.peers.get(index) else {
+                *slot = Slot::Idle(state);
                 continue;
             };
+            // A peer with no session that cannot be dialed now (it dials this box, or its
+            // dials failed lately) is waited for, not tried and failed every round.
+            if peer.link().is_none()
+                && (peer.dial_address().is_none() || peer.dial_backoff().is_some())
+            {
+                *slot = Slot::Idle(state);
+                continue;
+            }
             let task = tokio::spawn(peer_round(
                 PeerRound {
                     local: Arc::clone(&self.local),

@@ -104,6 +104,8 @@ async fn drive<T: Send + 'static>(
 #[tokio::test(flavor = "multi_thread")]
 async fn prompt_shows_sync_state() {
     let b = TestBox::start().await;
+    // The peer syncs back (with whoever dials it): only then is the sync two-way, ✓.
+    let (_sync, _stop) = crate::util::start_sync(&b, &[], boxsync::types::Transport::Tcp);
     b.write("arrives.txt", b"by itself");
     let dir = tempfile::tempdir().unwrap();
     let peer = b.cli_target(dir.path());

@@ -6,15 +6,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use boxsync::peer::Peer;
-use boxsync::sync::{self, SyncConfig, SyncError, SyncHandle};
+use boxsync::sync::{SyncError, SyncHandle};
 use boxsync::types::{PeerAddress, Transport};
 use tokio::sync::watch;
 
-use crate::util::{TestBox, bytes, eventually, write_file};
+use crate::util::{TestBox, bytes, eventually, start_sync, start_sync_every, write_file};
 
 /// How long a change may take to converge in these tests (the target is about a second).
 const CONVERGE: Duration = Duration::from_secs(20);
@@ -36,37 +34,6 @@ impl Drop for SyncBox {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
     }
-}
-
-fn start_sync(
-    b: &TestBox,
-    peers: &[PeerAddress],
-    transport: Transport,
-) -> (SyncHandle, watch::Sender<bool>) {
-    start_sync_every(b, peers, transport, Duration::from_secs(1))
-}
-
-/// [`start_sync`] with another rescan period.
-fn start_sync_every(
-    b: &TestBox,
-    peers: &[PeerAddress],
-    transport: Transport,
-    period: Duration,
-) -> (SyncHandle, watch::Sender<bool>) {
-    let (stop, mut stopped) = watch::channel(false);
-    let peers = peers
-        .iter()
-        .map(|target| (Arc::new(Peer::new(target, Arc::clone(&b.local))), transport))
-        .collect();
-    let config = SyncConfig {
-        period,
-        trash_retention: Duration::from_secs(30 * 86_400),
-    };
-    let notices = Arc::clone(&b.notices);
-    let handle = sync::start(Arc::clone(&b.local), notices, peers, config, async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    });
-    (handle, stop)
 }
 
 /// Starts `n` boxes, each syncing with all the others; `prepare` fills folders first.

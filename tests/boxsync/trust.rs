@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use boxsync::identity::Identity;
 use boxsync::peer::{Peer, PeerError};
-use boxsync::protocol::{self, ErrorKind, HandshakeError};
+use boxsync::protocol::{self, ErrorKind, Response};
+use boxsync::requests::Request;
 use boxsync::share::filter::IndexFilter;
 use boxsync::types::{FileVersion, PeerAddress};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -399,17 +400,35 @@ async fn one_box_cannot_take_every_slot() {
     let b = TestBox::start().await;
     let hog = Identity::generate().unwrap();
     b.local.trust.allow_for_this_run(hog.id());
+    // One session per box: its streams are what it can hold, each busy with a notice
+    // answered and the next request awaited.
+    let stream = TcpStream::connect(b.addr).await.unwrap();
+    let session = protocol::dial_session(
+        stream,
+        &hog,
+        &b.local.id,
+        None,
+        protocol::Greeting::default(),
+        None,
+    )
+    .await
+    .unwrap();
     let mut held = Vec::new();
     for _ in 0..boxsync::server::MAX_CONNECTIONS_PER_BOX {
-        let stream = TcpStream::connect(b.addr).await.unwrap();
-        held.push(protocol::dial(stream, &hog, &b.local.id).await.unwrap());
+        let mut connection = protocol::Connection::new(session.mux.open().await.unwrap());
+        connection.write_message(&Request::Changed).await.unwrap();
+        let ack: Response = connection.expect_message().await.unwrap();
+        assert!(matches!(ack, Response::Ack), "{ack:?}");
+        held.push(connection);
     }
-    let stream = TcpStream::connect(b.addr).await.unwrap();
-    match protocol::dial(stream, &hog, &b.local.id).await {
-        Err(HandshakeError::Refused(message)) => {
+    let mut one_more = protocol::Connection::new(session.mux.open().await.unwrap());
+    one_more.write_message(&Request::Changed).await.unwrap();
+    match one_more.expect_message::<Response>().await {
+        Ok(Response::Error { kind, message }) => {
+            assert_eq!(kind, ErrorKind::Unavailable);
             assert!(message.contains("already serves"), "{message}")
         }
-        other => panic!("expected a refusal, got {:?}", other.map(drop)),
+        other => panic!("expected a refusal, got {other:?}"),
     }
     let (_t, other) = TestBox::client();
     assert!(

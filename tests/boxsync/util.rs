@@ -18,11 +18,12 @@ use boxsync::protocol::{self, Connection};
 use boxsync::requests::notices::Notices;
 use boxsync::server::Server;
 use boxsync::share::RelPath;
+use boxsync::sync::{self, SyncConfig, SyncHandle};
 use boxsync::transfer::TransferError;
-use boxsync::types::PeerAddress;
+use boxsync::types::{PeerAddress, Transport};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// A box with a running server, in a temporary folder that disappears with it.
@@ -297,7 +298,8 @@ pub fn as_pty_bytes(text: &str) -> String {
 
 /// A scripted peer, for tests of broken or lying answers: listens on a free loopback port
 /// and, once a client connects, completes the handshake (TLS with a key of its own, then
-/// the greetings, trusting any caller) and hands the connection to `script`. Returns where
+/// the greetings, trusting any caller) and hands the first stream the client opens on the
+/// session to `script`. Returns where
 /// to dial it and the script's task.
 pub async fn scripted_peer<Script, Run>(script: Script) -> (PeerAddress, JoinHandle<()>)
 where
@@ -313,9 +315,15 @@ where
     };
     let task = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
-        let mut caller = protocol::accept(stream, config).await.unwrap();
-        protocol::welcome(&mut caller.connection).await.unwrap();
-        script(caller.connection).await;
+        let caller = protocol::accept(stream, config).await.unwrap();
+        // The script answers the first stream the client opens on the session.
+        let (streams, mut opened) = tokio::sync::mpsc::channel(8);
+        let _session = protocol::welcome(caller, protocol::Greeting::default(), Some(streams))
+            .await
+            .unwrap();
+        if let Some(link) = opened.recv().await {
+            script(Connection::new(link)).await;
+        }
     });
     (target, task)
 }
@@ -359,4 +367,35 @@ pub fn is_changed_on_peer(error: &PeerError) -> bool {
             ..
         })
     )
+}
+
+pub fn start_sync(
+    b: &TestBox,
+    peers: &[PeerAddress],
+    transport: Transport,
+) -> (SyncHandle, watch::Sender<bool>) {
+    start_sync_every(b, peers, transport, Duration::from_secs(1))
+}
+
+/// [`start_sync`] with another rescan period.
+pub fn start_sync_every(
+    b: &TestBox,
+    peers: &[PeerAddress],
+    transport: Transport,
+    period: Duration,
+) -> (SyncHandle, watch::Sender<bool>) {
+    let (stop, mut stopped) = watch::channel(false);
+    let peers = peers
+        .iter()
+        .map(|target| (Arc::new(Peer::new(target, Arc::clone(&b.local))), transport))
+        .collect();
+    let config = SyncConfig {
+        period,
+        trash_retention: Duration::from_secs(30 * 86_400),
+    };
+    let notices = Arc::clone(&b.notices);
+    let handle = sync::start(Arc::clone(&b.local), notices, peers, config, async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    });
+    (handle, stop)
 }
