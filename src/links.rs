@@ -96,8 +96,11 @@ pub struct Links {
     own: BoxId,
     /// The live sessions. A std `Mutex`: never held across `.await`.
     table: Mutex<HashMap<BoxId, Arc<PeerLink>>>,
-    /// Where streams peers open go (the server takes them); `None` until a server runs.
+    /// Where streams peers open go; `None` once no server will take them.
     inbound: Mutex<Option<mpsc::Sender<Link>>>,
+    /// The other end, until the server takes it: streams that arrive on a session dialed
+    /// before the server runs wait there rather than be refused.
+    waiting: Mutex<Option<mpsc::Receiver<Link>>>,
     /// What this box says of itself in its greetings.
     greeting: Mutex<Greeting>,
     /// Announces each peer whose session began.
@@ -120,10 +123,12 @@ impl Links {
             .and_then(|f| fs::read(f).ok())
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default();
+        let (sender, receiver) = mpsc::channel(INBOUND_BACKLOG);
         Links {
             own,
             table: Mutex::default(),
-            inbound: Mutex::default(),
+            inbound: Mutex::new(Some(sender)),
+            waiting: Mutex::new(Some(receiver)),
             greeting: Mutex::default(),
             connected: broadcast::channel(64).0,
             file,
@@ -218,16 +223,30 @@ impl Links {
         self.connected.subscribe()
     }
 
-    /// Where streams peers open are to go: the server takes them from the receiver.
+    /// Where streams peers open are to go: the server takes them from the receiver
+    /// (with those that arrived before it ran).
     pub fn serve_inbound(&self) -> mpsc::Receiver<Link> {
+        if let Some(receiver) = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            return receiver;
+        }
         let (sender, receiver) = mpsc::channel(INBOUND_BACKLOG);
         *self.inbound.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
         receiver
     }
 
-    /// Stops taking streams peers open (the server stopped).
+    /// Stops taking streams peers open (the server stopped, or none will run: a one-off
+    /// `-c` box): sessions made from now on refuse them at once.
     pub fn stop_inbound(&self) {
         *self.inbound.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 
     /// Where a new session sends the streams its peer opens (`None`: no server runs, they

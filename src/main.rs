@@ -120,6 +120,10 @@ fn run(config: Config) -> Result<ScriptStatus> {
         .map(|spec| Arc::new(spec.client(Arc::clone(&local))))
         .collect();
     let mut session = Session::with_peers(Arc::clone(&local), clients);
+    if matches!(config.run, Run::Commands(_) | Run::Stdin) {
+        // No server runs: what a peer asks over this box's sessions is refused at once.
+        local.links.stop_inbound();
+    }
     match config.run {
         Run::Commands(commands) => Ok(repl::run_script(
             &handle,

@@ -36,6 +36,10 @@ pub use crate::requests::listing::Listing;
 /// How long connecting to a peer may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a request that failed on a session waits for that session to end before
+/// trying once more.
+const SESSION_END_WAIT: Duration = Duration::from_millis(300);
+
 /// The first wait before dialing a peer again after a failed dial; it doubles with each
 /// failure in a row, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -273,6 +277,11 @@ macro_rules! exchange {
             if !retry {
                 break;
             }
+            // The session may be ending (the peer closed it): let it, so that the retry
+            // dials afresh instead of opening a stream on it again.
+            if let Some(link) = peer.link() {
+                let _ = tokio::time::timeout(SESSION_END_WAIT, link.mux.wait_closed()).await;
+            }
         }
         peer.finish_request(request, result)
     }};
@@ -350,14 +359,14 @@ impl Peer {
         }
     }
 
-    /// The address this box dials the peer at: the one given, else where it announced
-    /// itself on the local network lately, else the one it was last reached at.
+    /// The address this box dials the peer at first: the one given, else the one it was
+    /// last reached at, else where it announced itself on the local network lately.
     pub fn dial_address(&self) -> Option<String> {
         let links = &self.local.links;
         self.given
             .clone()
-            .or_else(|| links.found(&self.id))
             .or_else(|| links.address(&self.id).map(|r| r.addr))
+            .or_else(|| links.found(&self.id))
     }
 
     /// The live session with the peer, if any (whoever dialed).
@@ -726,28 +735,66 @@ impl Peer {
     /// tie rule keeps that one). A failure is logged once per reason, and sync waits longer
     /// before each new try.
     async fn connect(&self) -> Result<Arc<PeerLink>, PeerError> {
-        let Some(addr) = self.dial_address() else {
+        // The address given, where it was last reached (or said it listens, when it dialed
+        // in), and where it announced itself on the LAN (unauthenticated, so last): tried
+        // in that order, each once.
+        let links = &self.local.links;
+        let mut candidates: Vec<String> = Vec::new();
+        let known = [
+            self.given.clone(),
+            links.address(&self.id).map(|r| r.addr),
+            links.found(&self.id),
+        ];
+        for addr in known.into_iter().flatten() {
+            if !candidates.contains(&addr) {
+                candidates.push(addr);
+            }
+        }
+        if candidates.is_empty() {
             return Err(PeerError::NotConnected {
                 peer: self.id.clone(),
             });
-        };
-        let result = self.dial(&addr).await;
+        }
+        let mut result = None;
+        for addr in &candidates {
+            let attempt = self.dial(addr).await.map(|link| (link, addr.clone()));
+            // The box at the address given that answered and refused (wrong box, not
+            // trusted) is not tried elsewhere: its answer stands. Elsewhere (a hint, an
+            // announcement anyone can forge) the next address is tried.
+            let answered = self.given.as_deref() == Some(addr.as_str())
+                && matches!(
+                    &attempt,
+                    Err(PeerError::WrongBox { .. } | PeerError::NotTrusted { .. })
+                );
+            let done = attempt.is_ok() || answered;
+            result = Some(attempt);
+            if done {
+                break;
+            }
+        }
+        let result = result.unwrap_or_else(|| {
+            Err(PeerError::NotConnected {
+                peer: self.id.clone(),
+            })
+        });
+        let shown = candidates.join(", ");
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        match &result {
-            Ok(_) => {
+        match result {
+            Ok((link, addr)) => {
                 if failures.count > 0 {
                     tracing::info!(peer = %self.label, %addr, "peer reached again");
                 }
                 *failures = Failures::default();
                 drop(failures);
-                self.local.links.remember(&self.id, &addr);
+                links.remember(&self.id, &addr);
+                Ok(link)
             }
             Err(e) => {
                 let reason = e.to_string();
                 if failures.reason.as_deref() != Some(reason.as_str()) {
-                    tracing::warn!(peer = %self.label, %addr, error = %crate::text::for_log(&reason), "cannot reach peer; trying again later, with growing waits (reported once)");
+                    tracing::warn!(peer = %self.label, addr = %shown, error = %crate::text::for_log(&reason), "cannot reach peer; trying again later, with growing waits (reported once)");
                 } else {
-                    tracing::debug!(peer = %self.label, %addr, error = %crate::text::for_log(&reason), "peer still unreachable");
+                    tracing::debug!(peer = %self.label, addr = %shown, error = %crate::text::for_log(&reason), "peer still unreachable");
                 }
                 let wait = FIRST_BACKOFF
                     .saturating_mul(1 << failures.count.min(6))
@@ -755,9 +802,9 @@ impl Peer {
                 failures.count = failures.count.saturating_add(1);
                 failures.retry_at = Some(Instant::now() + wait);
                 failures.reason = Some(reason);
+                Err(e)
             }
         }
-        result
     }
 
     async fn dial(&self, addr: &str) -> Result<Arc<PeerLink>, PeerError> {

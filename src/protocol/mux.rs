@@ -11,9 +11,10 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use futures_util::StreamExt;
@@ -43,7 +44,7 @@ const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// its pings closes (a machine that vanished without closing its sockets).
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
-/// A write to the socket that makes no progress for this long closes the session.
+/// A socket that takes nothing for this long (the peer does not read) ends the session.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long an ending session may take to send what its streams wrote.
@@ -74,7 +75,77 @@ pub struct SessionInfo {
     pub role: Role,
     /// Keying material exported from the TLS session once, for side channels' keys.
     secret: [u8; 32],
+    /// What bounds the session's memory and time against a peer that misbehaves.
+    guard: Guard,
 }
+
+/// Bounds on what one session may cost this box, whatever the peer does: yamux itself
+/// queues without bound what it sends (answers to pings, bytes a peer let through with a
+/// window it granted beyond reason), so the bytes streams hand over and the socket has not
+/// yet taken are counted here and writers wait above [`SEND_BUDGET`]; a socket that takes
+/// nothing for [`WRITE_TIMEOUT`] ends the session; a peer that pings or opens streams
+/// faster than any honest box ends it too.
+#[derive(Default)]
+struct Guard {
+    /// Bytes handed to yamux by this side's streams, not yet taken by the socket.
+    queued: AtomicUsize,
+    /// Writers waiting for the queue to drain below the budget. A std `Mutex`: held only
+    /// to push or take.
+    waiting: Mutex<Vec<Waker>>,
+    /// Since when the socket has refused to take bytes (ms since `epoch`; 0: it takes).
+    blocked_since: AtomicU64,
+    /// The session's start, for `blocked_since`.
+    epoch: OnceLock<Instant>,
+}
+
+impl Guard {
+    fn now_ms(&self) -> u64 {
+        let epoch = self.epoch.get_or_init(Instant::now);
+        (epoch.elapsed().as_millis() as u64).max(1)
+    }
+
+    /// The socket took `n` bytes (frames: payload and headers).
+    fn sent(&self, n: usize) {
+        self.blocked_since.store(0, Ordering::Relaxed);
+        let before = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                Some(q.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        if before.saturating_sub(n) < SEND_BUDGET {
+            let waiting =
+                std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+            for waker in waiting {
+                waker.wake();
+            }
+        }
+    }
+
+    /// The socket would not take bytes just now.
+    fn blocked(&self) {
+        let now = self.now_ms();
+        let _ = self
+            .blocked_since
+            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// Whether the socket has taken nothing for longer than `limit`.
+    fn stuck(&self, limit: Duration) -> bool {
+        let since = self.blocked_since.load(Ordering::Relaxed);
+        since != 0 && self.now_ms().saturating_sub(since) > limit.as_millis() as u64
+    }
+}
+
+/// Bytes this side's streams may have handed to the session and the socket not yet taken.
+const SEND_BUDGET: usize = 8 * 1024 * 1024;
+
+/// Most pings (needing an answer) a peer may send per second; an honest box sends one per
+/// [`KEEPALIVE`].
+const MAX_PINGS_PER_SECOND: u32 = 8;
+
+/// Most streams a peer may open per second (sync opens a few per round).
+const MAX_OPENS_PER_SECOND: u32 = 512;
 
 /// A running session: opens streams to the other box, and tells whether it is still up.
 pub struct Mux {
@@ -122,19 +193,25 @@ pub fn start(
         max_stream_count: MAX_STREAMS,
         max_stream_window_size: STREAM_WINDOW,
     };
-    let raw = Prefixed { early, inner: tls };
-    let mut session = match role {
-        Role::Dialer => Session::new_client(raw, config),
-        Role::Accepter => Session::new_server(raw, config),
-    };
-    let control = session.control();
     let info = Arc::new(SessionInfo {
         peer,
         local_addr,
         peer_addr,
         role,
         secret,
+        guard: Guard::default(),
     });
+    let raw = Prefixed {
+        early,
+        inner: tls,
+        info: Arc::clone(&info),
+        frames: FrameWatch::default(),
+    };
+    let mut session = match role {
+        Role::Dialer => Session::new_client(raw, config),
+        Role::Accepter => Session::new_server(raw, config),
+    };
+    let control = session.control();
     let (closed_tx, closed) = watch::channel(false);
     let (stop, mut stopped) = watch::channel(false);
     let stop = Arc::new(stop);
@@ -144,11 +221,20 @@ pub fn start(
     let keep = Arc::downgrade(&stop);
     let mut closer = control.clone();
     tokio::spawn(async move {
+        let mut watchdog = tokio::time::interval(Duration::from_secs(1));
         loop {
             let next = tokio::select! {
                 next = session.next() => next,
                 // Told to stop, or nothing holds the session any more.
                 _ = stopped.wait_for(|stop| *stop) => break,
+                _ = watchdog.tick() => {
+                    if shared.guard.stuck(WRITE_TIMEOUT) {
+                        tracing::warn!(peer = %shared.peer, "the peer took nothing for {WRITE_TIMEOUT:?}: session closed");
+                        let _ = closed_tx.send(true);
+                        return;
+                    }
+                    continue;
+                }
             };
             match next {
                 Some(Ok(stream)) => {
@@ -179,9 +265,18 @@ pub fn start(
             }
         }
         // Ending: no new stream is taken, but what the streams wrote is still sent (an
-        // answer's last frames), then the other side is told (go-away), within a bound.
+        // answer's last frames; yamux drops them once told to close), then the other side
+        // is told (go-away), within a bound.
         let _ = closed_tx.send(true);
+        let guard = &shared.guard;
         let drain = async {
+            let mut flushed = tokio::time::interval(Duration::from_millis(10));
+            loop {
+                tokio::select! {
+                    next = session.next() => if !matches!(next, Some(Ok(_))) { return },
+                    _ = flushed.tick() => if guard.queued.load(Ordering::Acquire) == 0 { break },
+                }
+            }
             let close = closer.close();
             tokio::pin!(close);
             let mut closing = true;
@@ -312,8 +407,23 @@ impl AsyncWrite for Link {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        let guard = &self.info.guard;
+        if guard.queued.load(Ordering::Acquire) >= SEND_BUDGET {
+            guard
+                .waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(cx.waker().clone());
+            // Drained meanwhile: go on rather than wait for a wake-up already given.
+            if guard.queued.load(Ordering::Acquire) >= SEND_BUDGET {
+                return Poll::Pending;
+            }
+        }
         for _ in 0..2 {
             if let Poll::Ready(written) = Pin::new(&mut self.stream).poll_write(cx, buf) {
+                if let Ok(n) = &written {
+                    self.info.guard.queued.fetch_add(*n, Ordering::AcqRel);
+                }
                 return Poll::Ready(written);
             }
             if self.stash.len() >= STREAM_WINDOW as usize {
@@ -327,9 +437,9 @@ impl AsyncWrite for Link {
                     let filled = read.filled().to_vec();
                     self.stash.extend_from_slice(&filled);
                 }
-                // The end of the other side's sending, or a failure: the next read sees it
-                // again; the write itself can only wait (or fail) on its own terms.
-                Poll::Ready(_) => return Poll::Pending,
+                // The other side's sending ended, or the stream failed: no window update
+                // can come any more, so the write fails rather than wait for one.
+                Poll::Ready(_) => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
                 Poll::Pending => {}
             }
         }
@@ -351,6 +461,83 @@ struct Prefixed {
     early: BytesMut,
     /// The connection.
     inner: TlsLink,
+    /// The session's guard (what the socket took, whether it is stuck).
+    info: Arc<SessionInfo>,
+    /// The peer's frames as they arrive, for the guard's rate limits.
+    frames: FrameWatch,
+}
+
+/// Follows the frame headers of what the peer sends (yamux: 12-byte headers, data frames'
+/// payloads skipped) and counts the pings and stream openings it asks for per second.
+#[derive(Default)]
+struct FrameWatch {
+    /// The header being read, and how much of it has arrived.
+    header: [u8; 12],
+    have: usize,
+    /// Payload bytes of the current data frame still to skip.
+    skip: u64,
+    /// The current one-second window, and what was counted in it.
+    window: Option<Instant>,
+    pings: u32,
+    opens: u32,
+}
+
+impl FrameWatch {
+    /// Takes in `bytes` the peer sent; an error when it asks for more than an honest box.
+    fn feed(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = (self.skip.min(bytes.len() as u64)) as usize;
+                self.skip -= n as u64;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (12 - self.have).min(bytes.len());
+            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have < 12 {
+                break;
+            }
+            self.have = 0;
+            let kind = self.header[1];
+            let flags = u16::from_be_bytes([self.header[2], self.header[3]]);
+            let length = u32::from_be_bytes([
+                self.header[8],
+                self.header[9],
+                self.header[10],
+                self.header[11],
+            ]);
+            const DATA: u8 = 0;
+            const WINDOW_UPDATE: u8 = 1;
+            const PING: u8 = 2;
+            const SYN: u16 = 1;
+            if kind == DATA {
+                self.skip = u64::from(length);
+            }
+            let now = Instant::now();
+            if self
+                .window
+                .is_none_or(|start| now.duration_since(start) >= Duration::from_secs(1))
+            {
+                self.window = Some(now);
+                self.pings = 0;
+                self.opens = 0;
+            }
+            if kind == PING && flags & SYN != 0 {
+                self.pings += 1;
+            }
+            if (kind == DATA || kind == WINDOW_UPDATE) && flags & SYN != 0 {
+                self.opens += 1;
+            }
+            if self.pings > MAX_PINGS_PER_SECOND || self.opens > MAX_OPENS_PER_SECOND {
+                return Err(io::Error::other(
+                    "the peer pings or opens streams faster than any box does",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl AsyncRead for Prefixed {
@@ -359,13 +546,31 @@ impl AsyncRead for Prefixed {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.early.is_empty() {
-            let n = self.early.len().min(buf.remaining());
-            buf.put_slice(&self.early[..n]);
-            self.early.advance(n);
+        let this = &mut *self;
+        if !this.early.is_empty() {
+            let n = this.early.len().min(buf.remaining());
+            this.frames.feed(&this.early[..n])?;
+            buf.put_slice(&this.early[..n]);
+            this.early.advance(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &read {
+            this.frames.feed(&buf.filled()[before..])?;
+        }
+        read
+    }
+}
+
+impl Prefixed {
+    /// Notes what a write to the socket did, for the guard.
+    fn note(&self, written: &Poll<io::Result<usize>>) {
+        match written {
+            Poll::Ready(Ok(n)) => self.info.guard.sent(*n),
+            Poll::Pending => self.info.guard.blocked(),
+            Poll::Ready(Err(_)) => {}
+        }
     }
 }
 
@@ -375,7 +580,9 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(&written);
+        written
     }
 
     fn poll_write_vectored(
@@ -383,7 +590,9 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -391,10 +600,64 @@ impl AsyncWrite for Prefixed {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+        match &flushed {
+            Poll::Pending => self.info.guard.blocked(),
+            Poll::Ready(_) => self.info.guard.sent(0),
+        }
+        flushed
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(kind: u8, flags: u16, stream: u32, length: u32) -> Vec<u8> {
+        let mut h = vec![0, kind];
+        h.extend_from_slice(&flags.to_be_bytes());
+        h.extend_from_slice(&stream.to_be_bytes());
+        h.extend_from_slice(&length.to_be_bytes());
+        h
+    }
+
+    /// Data payloads are skipped, headers split across reads are put together, and an
+    /// honest pace of pings and stream openings passes.
+    #[test]
+    fn an_honest_peer_passes_the_watch() {
+        let mut watch = FrameWatch::default();
+        let mut bytes = header(0, 1, 1, 5);
+        bytes.extend_from_slice(b"\x02\x02\x02\x02\x02");
+        bytes.extend(header(2, 1, 0, 7));
+        for chunk in bytes.chunks(5) {
+            watch.feed(chunk).unwrap();
+        }
+        assert_eq!((watch.pings, watch.opens), (1, 1));
+    }
+
+    /// A ping flood ends the session; pongs (ACK) are not counted.
+    #[test]
+    fn a_ping_flood_is_refused() {
+        let mut watch = FrameWatch::default();
+        for id in 0..MAX_PINGS_PER_SECOND {
+            watch.feed(&header(2, 1, 0, id)).unwrap();
+        }
+        for id in 0..100 {
+            watch.feed(&header(2, 2, 0, id)).unwrap();
+        }
+        assert!(watch.feed(&header(2, 1, 0, 99)).is_err());
+    }
+
+    /// Opening streams faster than any box does ends the session.
+    #[test]
+    fn a_stream_flood_is_refused() {
+        let mut watch = FrameWatch::default();
+        let result: io::Result<()> =
+            (0..=MAX_OPENS_PER_SECOND).try_for_each(|id| watch.feed(&header(1, 1, id * 2 + 1, 0)));
+        assert!(result.is_err());
     }
 }

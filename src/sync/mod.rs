@@ -578,6 +578,7 @@ impl Engine {
         let mut connected = self.local.links.subscribe();
         // Peers whose sessions began before sync started (a box that dialed in at once).
         for id in self.local.links.connected() {
+            tracing::debug!(box_id = %id, "session up before sync started");
             self.admit(&id);
         }
         loop {
@@ -590,7 +591,10 @@ impl Engine {
                     return;
                 }
                 news = connected.recv() => match news {
-                    Ok(id) => self.admit(&id),
+                    Ok(id) => {
+                        tracing::debug!(box_id = %id, "session up");
+                        self.admit(&id)
+                    }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         for id in self.local.links.connected() {
                             self.admit(&id);
@@ -637,6 +641,7 @@ impl Engine {
         }
         if !self.peers.iter().any(|(peer, _)| peer.id() == id) {
             if !self.local.trust.is_trusted(id) {
+                tracing::debug!(box_id = %id, "a box that is not trusted here dialed in: not synced with");
                 return;
             }
             let name = self
@@ -870,7 +875,20 @@ impl SyncHandle {
                 }
             }
             Err(e) => {
-                tracing::warn!(peer = addr, error = %crate::text::for_log(&e), "sync round failed");
+                // Reported once per reason: a peer that stays away is not a new line every
+                // round (its dials back off, and say so once too).
+                let again = {
+                    let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+                    status
+                        .peers
+                        .get(index)
+                        .is_some_and(|p| p.errors.first() == Some(&e.to_string()))
+                };
+                if again {
+                    tracing::debug!(peer = addr, error = %crate::text::for_log(&e), "sync round failed again");
+                } else {
+                    tracing::warn!(peer = addr, error = %crate::text::for_log(&e), "sync round failed");
+                }
             }
         }
         self.update(|s| {

@@ -21,7 +21,7 @@
 //! as pure functions.
 //!
 //! In a conflict the version of the box with the smaller id keeps the name and the other
-//! becomes `name.sync-conflict-YYYYMMDD-HHMMSS-<box id>.ext` (that version's mtime, in
+//! becomes `name.sync-conflict-YYYYMMDD-HHMMSS-<box id>-<hash>.ext` (that version's mtime, in
 //! UTC), so that both boxes arrive at the same two files.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -458,9 +458,11 @@ fn conflict(
 /// [`crate::types::BoxId::short`]).
 const SHORT_OWNER: usize = 7;
 
-/// `dir/name.sync-conflict-YYYYMMDD-HHMMSS-<box id>.ext` for the version `loser` of `path`
+/// `dir/name.sync-conflict-YYYYMMDD-HHMMSS-<box id>-<hash>.ext` for the version `loser` of `path`
 /// held by box `owner`.
 pub fn conflict_name(path: &RelPath, loser: &Version, owner: &str) -> RelPath {
+    /// Hex digits of the losing content in the name.
+    const CONTENT_DIGITS: usize = 6;
     // The owner's ID by its first group, as people see boxes told apart in a list.
     let owner = owner.get(..SHORT_OWNER).unwrap_or(owner);
     let stamp = loser.mtime.0.format("%Y%m%d-%H%M%S");
@@ -469,7 +471,18 @@ pub fn conflict_name(path: &RelPath, loser: &Version, owner: &str) -> RelPath {
         Some(dot) if dot > 0 => (&name[..dot], &name[dot..]),
         _ => (name, ""),
     };
-    let file = format!("{stem}.sync-conflict-{stamp}-{owner}{ext}");
+    // The content's first hex digits too: two different versions that lost in the same
+    // second on the same box (a hub between two laptops) never share a name, and the same
+    // version set aside on two boxes gets the same one.
+    let content = match loser
+        .blake3
+        .as_deref()
+        .and_then(|h| h.get(..CONTENT_DIGITS))
+    {
+        Some(digits) => format!("-{digits}"),
+        None => String::new(),
+    };
+    let file = format!("{stem}.sync-conflict-{stamp}-{owner}{content}{ext}");
     let full = match path.parent() {
         Some(dir) => format!("{dir}/{file}"),
         None => file,
@@ -723,7 +736,7 @@ mod tests {
             &[("d/a.txt", theirs.clone())],
             &[("d/a.txt", old.clone())],
         );
-        let copy = rel("d/a.sync-conflict-20251121-100140-cccc.txt");
+        let copy = rel("d/a.sync-conflict-20251121-100140-cccc-theirs.txt");
         assert_eq!(p.conflicts, vec![(rel("d/a.txt"), copy.clone())]);
         assert!(matches!(&p.actions[..], [Action::Download { local, .. }] if local == &copy));
         // On the other box the roles swap: its version is set aside under the same name.

@@ -36,6 +36,43 @@ impl Drop for SyncBox {
     }
 }
 
+/// A hub (box 0: it listens, dials nobody, trusts the others) and `n - 1` laptops that
+/// listen nowhere and dial only the hub: every change between laptops goes through the
+/// hub, over the sessions the laptops opened. `prepare` fills folders first.
+async fn hub(n: usize, period: Duration, prepare: impl Fn(usize, &Path)) -> Vec<SyncBox> {
+    let hub = TestBox::start().await;
+    prepare(0, &hub.root());
+    let mut laptops = Vec::new();
+    for i in 1..n {
+        let laptop = TestBox::start_unlistening().await;
+        prepare(i, &laptop.root());
+        hub.trust(&laptop);
+        laptop.trust(&hub);
+        laptops.push(laptop);
+    }
+    let target = hub.target();
+    let (handle, stop) = start_sync_every(&hub, &[], Transport::Tcp, period);
+    let mut boxes = vec![SyncBox {
+        b: hub,
+        handle,
+        stop,
+    }];
+    for laptop in laptops {
+        let (handle, stop) = start_sync_every(
+            &laptop,
+            std::slice::from_ref(&target),
+            Transport::Tcp,
+            period,
+        );
+        boxes.push(SyncBox {
+            b: laptop,
+            handle,
+            stop,
+        });
+    }
+    boxes
+}
+
 /// Starts `n` boxes, each syncing with all the others; `prepare` fills folders first.
 async fn mesh(n: usize, transport: Transport, prepare: impl Fn(usize, &Path)) -> Vec<SyncBox> {
     let mut boxes = Vec::new();
@@ -112,11 +149,19 @@ async fn converged(boxes: &[SyncBox]) -> BTreeMap<String, Option<Vec<u8>>> {
 /// the boxes agree on (converged contents can still differ in metadata for a round).
 async fn settle(boxes: &[SyncBox]) {
     let start: Vec<u64> = boxes.iter().map(|b| b.handle.status().rounds).collect();
+    let since = boxsync::time::Timestamp::now();
+    // Two rounds more on every box, and a completed round with each of its peers since
+    // (a hub learns of a laptop only once it dials in).
     let ok = eventually(CONVERGE, || {
-        boxes
-            .iter()
-            .zip(&start)
-            .all(|(b, s)| b.handle.status().rounds >= s + 2)
+        boxes.iter().zip(&start).all(|(b, s)| {
+            let status = b.handle.status();
+            status.rounds >= s + 2
+                && !status.peers.is_empty()
+                && status
+                    .peers
+                    .iter()
+                    .all(|p| p.last_sync.is_some_and(|t| t > since))
+        })
     })
     .await;
     assert!(ok, "sync rounds stalled");
@@ -153,13 +198,19 @@ fn text(content: &str) -> Option<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_kind_of_change_in_both_directions() {
     let boxes = mesh(2, Transport::Tcp, |_, _| {}).await;
-    for (from, to) in [(0, 1), (1, 0)] {
+    every_kind_of_change(&boxes, &[(0, 1), (1, 0)]).await;
+}
+
+/// Creates, edits, renames and deletes files and folders, and changes a file's mode and
+/// time, on box `from` of each pair; each change must reach every box, `to` checked first.
+async fn every_kind_of_change(boxes: &[SyncBox], directions: &[(usize, usize)]) {
+    for &(from, to) in directions {
         let (src, dst) = (boxes[from].root(), boxes[to].root());
         let tag = format!("from{from}");
         write_file(&src, &format!("{tag}/new.txt"), b"new");
         write_file(&src, &format!("{tag}/deep/er/file ü.txt"), b"deep");
         fs::create_dir_all(src.join(format!("{tag}/empty dir"))).unwrap();
-        let all = converged(&boxes).await;
+        let all = converged(boxes).await;
         assert_eq!(all.get(&format!("{tag}/new.txt")), Some(&text("new")));
         assert_eq!(all.get(&format!("{tag}/empty dir")), Some(&None));
         assert!(dst.join(format!("{tag}/deep/er/file ü.txt")).exists());
@@ -178,7 +229,7 @@ async fn every_kind_of_change_in_both_directions() {
         .unwrap();
         fs::remove_dir(src.join(format!("{tag}/empty dir"))).unwrap();
         fs::remove_file(src.join(format!("{tag}/deep/er/file ü.txt"))).unwrap();
-        let all = converged(&boxes).await;
+        let all = converged(boxes).await;
         assert_eq!(
             all.get(&format!("{tag}/renamed.txt")),
             Some(&text("edited"))
@@ -188,8 +239,9 @@ async fn every_kind_of_change_in_both_directions() {
         assert!(!all.contains_key(&format!("{tag}/deep/er/file ü.txt")));
     }
     // Modification times and permission bits travel too.
-    let src = boxes[0].root().join("from0/renamed.txt");
-    let dst = boxes[1].root().join("from0/renamed.txt");
+    let (from, to) = directions[0];
+    let src = boxes[from].root().join(format!("from{from}/renamed.txt"));
+    let dst = boxes[to].root().join(format!("from{from}/renamed.txt"));
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&src, fs::Permissions::from_mode(0o600)).unwrap();
     assert!(
@@ -202,6 +254,26 @@ async fn every_kind_of_change_in_both_directions() {
         fs::metadata(&src).unwrap().modified().unwrap(),
         fs::metadata(&dst).unwrap().modified().unwrap()
     );
+    // A time set on its own (`touch -d`), once both records hold the new mode: not a
+    // concurrent change of the same file's metadata, which the later time would win.
+    settle(boxes).await;
+    let earlier = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    fs::File::options()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .set_modified(earlier)
+        .unwrap();
+    for b in boxes {
+        let there = b.root().join(format!("from{from}/renamed.txt"));
+        assert!(
+            eventually(CONVERGE, || fs::metadata(&there)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t == earlier))
+            .await,
+            "a new modification time did not travel"
+        );
+    }
 }
 
 /// A deleted file is kept in the trash of the box that deleted it on sync's behalf.
@@ -788,13 +860,22 @@ async fn sync_over_udp() {
 #[tokio::test(flavor = "multi_thread")]
 async fn three_box_mesh_under_random_operations() {
     for seed in [0x5eed_u64, 0xbeef, 0xcafe] {
-        random_mesh(seed).await;
+        let boxes = mesh(3, Transport::Tcp, |_, _| {}).await;
+        random_mesh(seed, boxes).await;
     }
 }
 
-/// One seeded run of the random-operations mesh.
-async fn random_mesh(seed: u64) {
-    let boxes = mesh(3, Transport::Tcp, |_, _| {}).await;
+/// The same with only one box dialable: a hub the two others dial, which dials nobody.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_boxes_with_only_the_hub_dialable_under_random_operations() {
+    for seed in [0x5eed_u64, 0xbeef] {
+        let boxes = hub(3, Duration::from_secs(1), |_, _| {}).await;
+        random_mesh(seed, boxes).await;
+    }
+}
+
+/// One seeded run of random operations on `boxes`, which sync with each other.
+async fn random_mesh(seed: u64, boxes: Vec<SyncBox>) {
     let mut rng = seed;
     let mut next = move |n: u64| {
         rng ^= rng << 13;
@@ -878,4 +959,213 @@ async fn random_mesh(seed: u64) {
         .map(|c| String::from_utf8_lossy(c).to_string())
         .collect();
     assert!(lost.is_empty(), "contents lost: {lost:?}");
+}
+
+/// Every kind of change between two laptops that only the hub's sessions connect, in
+/// both directions, and from the hub to a laptop and back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hub_carries_every_kind_of_change_between_laptops() {
+    let boxes = hub(3, Duration::from_secs(1), |_, _| {}).await;
+    every_kind_of_change(&boxes, &[(1, 2), (2, 1), (0, 1), (1, 0)]).await;
+}
+
+/// With the rescan an hour away, changes still travel within seconds, both ways: each box
+/// announces its changes over the session, whoever dialed it.
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_travel_over_the_session_without_a_rescan() {
+    let hour = Duration::from_secs(3600);
+    let boxes = hub(3, hour, |_, _| {}).await;
+    let soon = Duration::from_secs(10);
+    // First contact: every laptop has had its first round with the hub.
+    rounds_on_every_box(&boxes, 1).await;
+    for (from, name) in [(0, "from-hub.txt"), (1, "from-laptop1.txt"), (2, "l2.txt")] {
+        write_file(&boxes[from].root(), name, name.as_bytes());
+        for (i, b) in boxes.iter().enumerate() {
+            let there = b.root().join(name);
+            assert!(
+                eventually(soon, || fs::read(&there).ok().as_deref()
+                    == Some(name.as_bytes()))
+                .await,
+                "{name} written on box {from} did not reach box {i} within {soon:?}"
+            );
+        }
+    }
+}
+
+/// Different edits on the two laptops: both versions survive, under the same names on all
+/// three boxes.
+#[tokio::test(flavor = "multi_thread")]
+async fn laptops_editing_one_file_make_a_conflict_through_the_hub() {
+    let boxes = hub(3, Duration::from_secs(1), |_, root| {
+        write_file(root, "notes/a.txt", b"base");
+    })
+    .await;
+    converged(&boxes).await;
+    let edits = [&boxes[1], &boxes[2]];
+    for (i, b) in edits.iter().enumerate() {
+        write_file(&b.root(), "notes/a.txt", format!("edit {i}").as_bytes());
+    }
+    let all = converged(&boxes).await;
+    let versions: BTreeSet<Vec<u8>> = all
+        .iter()
+        .filter(|(k, _)| k.starts_with("notes/"))
+        .filter_map(|(_, v)| v.clone())
+        .collect();
+    assert!(versions.contains(b"edit 0".as_slice()), "{versions:?}");
+    assert!(versions.contains(b"edit 1".as_slice()), "{versions:?}");
+}
+
+/// An edit on one laptop against a delete on the other: the edit wins everywhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn edit_wins_over_delete_through_the_hub() {
+    let boxes = hub(3, Duration::from_secs(1), |_, root| {
+        write_file(root, "a.txt", b"base");
+    })
+    .await;
+    converged(&boxes).await;
+    settle(&boxes).await;
+    pause(&boxes).await;
+    write_file(&boxes[1].root(), "a.txt", b"edited");
+    fs::remove_file(boxes[2].root().join("a.txt")).unwrap();
+    for b in &boxes {
+        b.handle.set_enabled(true);
+    }
+    let all = converged(&boxes).await;
+    assert_eq!(all.get("a.txt"), Some(&text("edited")));
+}
+
+/// A file deleted on one laptop while the other is offline stays deleted when the other
+/// comes back (it dials the hub again; nobody can dial it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delete_while_a_laptop_is_offline_does_not_resurrect() {
+    let mut boxes = hub(3, Duration::from_secs(1), |_, root| {
+        write_file(root, "gone.txt", b"x");
+        write_file(root, "kept.txt", b"y");
+    })
+    .await;
+    converged(&boxes).await;
+    // The three copies were written apart: they agree once their times do (the hub
+    // passes one box's time on to the other), and the records say so a round later.
+    let mtime = |b: &SyncBox| {
+        fs::metadata(b.root().join("gone.txt"))
+            .and_then(|m| m.modified())
+            .ok()
+    };
+    let agreed = eventually(CONVERGE, || {
+        let first = mtime(&boxes[0]);
+        first.is_some() && boxes.iter().all(|b| mtime(b) == first)
+    })
+    .await;
+    assert!(agreed, "the boxes never agreed on gone.txt's time");
+    settle(&boxes).await;
+    let offline = boxes.pop().unwrap();
+    let _ = offline.stop.send(true);
+    let mut laptop = offline;
+    laptop.b.stop().await;
+    fs::remove_file(boxes[1].root().join("gone.txt")).unwrap();
+    converged(&boxes).await;
+    let temp = std::mem::replace(&mut laptop.b.temp, tempfile::tempdir().unwrap());
+    drop(laptop);
+    let back = TestBox::restart_unlistening(temp).await;
+    let (handle, stop) = start_sync(&back, &[boxes[0].b.target()], Transport::Tcp);
+    boxes.push(SyncBox {
+        b: back,
+        handle,
+        stop,
+    });
+    let all = converged(&boxes).await;
+    assert!(!all.contains_key("gone.txt"), "a deleted file came back");
+    assert!(all.contains_key("kept.txt"));
+}
+
+/// A box that comes back on another port keeps syncing: the box it dials takes its new
+/// session as the same peer (one row in its status, connected, dialed by the peer), and
+/// changes flow both ways again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_box_restarted_on_a_new_port_keeps_syncing() {
+    let boxes = hub(2, Duration::from_secs(1), |_, _| {}).await;
+    let mut boxes = boxes;
+    let laptop = boxes.pop().unwrap();
+    let _ = laptop.stop.send(true);
+    let mut laptop = laptop;
+    laptop.b.stop().await;
+    let temp = std::mem::replace(&mut laptop.b.temp, tempfile::tempdir().unwrap());
+    drop(laptop);
+    // Back, listening this time, on a port of its own.
+    let back = TestBox::start_in(temp).await;
+    let (handle, stop) = start_sync(&back, &[boxes[0].b.target()], Transport::Tcp);
+    boxes.push(SyncBox {
+        b: back,
+        handle,
+        stop,
+    });
+    write_file(&boxes[0].root(), "to-laptop.txt", b"down");
+    write_file(&boxes[1].root(), "to-hub.txt", b"up");
+    let all = converged(&boxes).await;
+    assert!(all.contains_key("to-laptop.txt") && all.contains_key("to-hub.txt"));
+    let laptop_id = boxes[1].b.local.id.to_string();
+    let status = boxes[0].handle.status();
+    let rows: Vec<_> = status.peers.iter().filter(|p| p.id == laptop_id).collect();
+    assert_eq!(rows.len(), 1, "{status:?}");
+    assert!(rows[0].connected, "{status:?}");
+    assert_eq!(rows[0].dialed_by, Some("peer"), "{status:?}");
+}
+
+/// Two boxes that dial each other at once end up with one session, the same one on both
+/// sides.
+#[tokio::test(flavor = "multi_thread")]
+async fn both_boxes_dialing_at_once_keep_one_session() {
+    let boxes = mesh(2, Transport::Tcp, |i, root| {
+        write_file(root, &format!("from{i}.txt"), b"x");
+    })
+    .await;
+    converged(&boxes).await;
+    settle(&boxes).await;
+    let (a, b) = (&boxes[0].b.local, &boxes[1].b.local);
+    let one_session = eventually(CONVERGE, || {
+        match (a.links.get(&b.id), b.links.get(&a.id)) {
+            (Some(ab), Some(ba)) => {
+                ab.dialed_here() != ba.dialed_here()
+                    && ab.mux.info().local_addr == ba.mux.info().peer_addr
+                    && ab.mux.info().peer_addr == ba.mux.info().local_addr
+            }
+            _ => false,
+        }
+    })
+    .await;
+    assert!(one_session, "the boxes did not settle on one session");
+    assert_eq!(a.links.connected().len(), 1);
+    assert_eq!(b.links.connected().len(), 1);
+}
+
+/// A peer that does not trust this box, and one that does not sync back, are reported as
+/// such, never as in sync, and the prompt's mark is not ✓.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_does_not_trust_or_sync_back_is_reported() {
+    let distrustful = TestBox::start().await;
+    let a = TestBox::start().await;
+    let (handle, _stop) = start_sync(&a, &[distrustful.target()], Transport::Tcp);
+    let reported = eventually(CONVERGE, || {
+        handle
+            .status()
+            .peers
+            .first()
+            .is_some_and(|p| p.state == "does not trust this box")
+    })
+    .await;
+    assert!(reported, "{:?}", handle.status());
+    assert!(!handle.healthy());
+
+    // It trusts this box now, but runs no sync: one-way.
+    distrustful.trust(&a);
+    let one_way = eventually(CONVERGE, || {
+        handle
+            .status()
+            .peers
+            .first()
+            .is_some_and(|p| p.state == "one-way: it does not sync back")
+    })
+    .await;
+    assert!(one_way, "{:?}", handle.status());
+    assert!(!handle.healthy());
 }

@@ -116,6 +116,35 @@ impl TestBox {
         }
     }
 
+    /// A box whose server listens nowhere (`-l none`, a laptop behind NAT): it serves its
+    /// peers only over the sessions it dials. `addr` is a placeholder nobody can dial.
+    pub async fn start_unlistening() -> TestBox {
+        let temp = tempfile::tempdir().expect("temporary folder");
+        TestBox::restart_unlistening(temp).await
+    }
+
+    /// The unlistening box whose folder lives in `temp`, started (again).
+    pub async fn restart_unlistening(temp: TempDir) -> TestBox {
+        let shared = temp.path().join("shared");
+        let local = LocalBox::open(&shared).expect("open box");
+        let server = Server::unlistening(Arc::clone(&local))
+            .await
+            .expect("server");
+        let notices = server.notices();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        TestBox {
+            temp,
+            local,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            notices,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
     /// A second box with its own folder, not serving (a client only).
     pub fn client() -> (TempDir, Arc<LocalBox>) {
         let temp = tempfile::tempdir().expect("temporary folder");
