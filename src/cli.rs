@@ -2,16 +2,27 @@
 //! starts, so that the rest of the program never sees a half-checked option.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+use boxsync::config::BoxConfig;
 use boxsync::local::Settings;
 use boxsync::parse::parse_rate;
+use boxsync::share::STATE_DIR;
 use boxsync::shell::Format;
 use boxsync::sync::{PeerSpec, SyncConfig};
 use boxsync::types::BoxId;
+
+/// The shared folder when neither -d nor a --config file names one.
+const DEFAULT_DIR: &str = "./shared";
+/// The server address when neither -l nor the settings file gives one.
+const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
+/// The auto-sync period, in seconds, when neither --sync nor the settings file gives one.
+pub const DEFAULT_SYNC: u64 = 10;
+/// How many days sync keeps old versions when neither --trash-days nor the file says.
+const DEFAULT_TRASH_DAYS: u64 = 30;
 
 /// Exit status when a command failed.
 pub const EXIT_FAILED: u8 = 1;
@@ -36,33 +47,31 @@ pub struct Cli {
     #[command(subcommand)]
     mode: Option<Mode>,
 
-    /// The shared folder (created if missing).
+    /// The shared folder (created if missing). [default: ./shared]
     ///
-    /// Its subfolder .boxsync/ keeps the box's own state (id, hash cache, request log,
-    /// shell history, logs) and is never shared. Example: -d ~/shared
-    #[arg(
-        short = 'd',
-        long = "dir",
-        value_name = "DIR",
-        default_value = "./shared",
-        global = true
-    )]
-    dir: PathBuf,
+    /// Its subfolder .boxsync/ keeps the box's own state (id, settings, hash cache, request
+    /// log, shell history, logs) and is never shared. Example: -d ~/shared
+    #[arg(short = 'd', long = "dir", value_name = "DIR", global = true)]
+    dir: Option<PathBuf>,
 
-    /// TCP and UDP address of this box's server.
+    /// Read the box's settings from FILE instead of DIR/.boxsync/config.toml.
+    ///
+    /// The settings (listen, peers, trust, sync, max_rate, trash_days, discovery,
+    /// tcp_congestion; TOML) are written back to DIR/.boxsync/config.toml when a box
+    /// starts, so that a plain `boxsync serve -d DIR` resumes it. Flags given on the
+    /// command line override the file. FILE may also name the shared folder (folder =
+    /// "..."), used when -d is not given. Example: --config ~/laptop.toml
+    #[arg(long = "config", value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+
+    /// TCP and UDP address of this box's server. [default: 127.0.0.1:7878]
     ///
     /// Port 0 picks a free port (the shell's first line and 'serve' print it). 'none'
     /// listens nowhere: the box only dials out (a laptop behind NAT), and its peers reach
     /// it over the sessions it opens. Examples: -l 0.0.0.0:7001 (reachable from other
     /// machines), -l 127.0.0.1:0, -l none
-    #[arg(
-        short = 'l',
-        long = "listen",
-        value_name = "ADDR",
-        default_value = "127.0.0.1:7878",
-        global = true
-    )]
-    listen: String,
+    #[arg(short = 'l', long = "listen", value_name = "ADDR", global = true)]
+    listen: Option<String>,
 
     /// A peer box, ID@HOST:PORT (may repeat; the first is the shell's current peer).
     ///
@@ -92,9 +101,9 @@ pub struct Cli {
     #[arg(long = "sync", value_name = "SECS", global = true)]
     sync: Option<u64>,
 
-    /// How long sync keeps replaced and deleted versions in .boxsync/trash/.
-    #[arg(long, value_name = "DAYS", default_value_t = 30, global = true)]
-    trash_days: u64,
+    /// How long sync keeps replaced and deleted versions in .boxsync/trash/. [default: 30]
+    #[arg(long, value_name = "DAYS", global = true)]
+    trash_days: Option<u64>,
 
     /// Run one shell command against the current peer, print the result, exit (may
     /// repeat; no server is started).
@@ -124,8 +133,8 @@ pub struct Cli {
     ///
     /// Example: --max-rate 50M (50 Mbit/s). A download's own --max-rate takes precedence
     /// for that download.
-    #[arg(long, value_name = "RATE", global = true, value_parser = parse_rate_arg)]
-    max_rate: Option<u64>,
+    #[arg(long, value_name = "RATE", global = true, value_parser = check_rate_arg)]
+    max_rate: Option<String>,
 
     /// More detailed logs (-v: debug, -vv: trace); RUST_LOG overrides.
     ///
@@ -188,7 +197,11 @@ listens ('boxsync box <id> serving <dir> on <addr>'); logs go to stderr.",
         /// users of this machine could read it).
         line: String,
     },
-    /// List the boxes this box trusts for good.
+    /// Show the box's peers and trusted boxes, as it would start with these flags.
+    ///
+    /// Its settings file with the flags given over it: the listen address and sync period
+    /// first, then each peer's ID, address (or "by ID"), transport, trust (kept or this
+    /// run) and name, then the boxes it trusts that are not peers (they may dial in).
     #[command(after_help = "Examples:\n  boxsync peers -d ~/shared\n  boxsync peers --json")]
     Peers,
 }
@@ -215,6 +228,12 @@ pub struct Config {
     pub settings: Settings,
     /// Whether local discovery runs.
     pub discovery: bool,
+    /// The settings file that was read (DIR/.boxsync/config.toml, or --config's).
+    pub config_file: PathBuf,
+    /// The settings to write back to DIR/.boxsync/config.toml when a box starts: the file
+    /// read, with the flags given over it (never the built-in defaults, so that a later
+    /// version's defaults still apply to what nobody chose).
+    pub saved: BoxConfig,
 }
 
 /// The ways the program runs.
@@ -240,7 +259,7 @@ pub enum Run {
     },
     /// Stop trusting a box.
     Untrust(BoxId),
-    /// List the trusted boxes.
+    /// Show the peers and the trusted boxes.
     Peers,
     /// Print an invitation.
     Invite,
@@ -252,26 +271,41 @@ impl Config {
     /// Checks every option; `stdin_is_terminal` tells an interactive start from piped
     /// commands.
     pub fn from_cli(cli: Cli, stdin_is_terminal: bool) -> Result<Config> {
-        let listen = match cli.listen.as_str() {
+        let flags = BoxConfig {
+            folder: None,
+            listen: cli.listen.clone(),
+            peers: cli.peers.clone(),
+            trust: cli.trust.clone(),
+            sync: cli.sync,
+            max_rate: cli.max_rate.clone(),
+            trash_days: cli.trash_days,
+            discovery: cli.no_discovery.then_some(false),
+            tcp_congestion: cli.tcp_congestion.clone(),
+        };
+        let (file, config_file, dir) = read_settings(&cli)?;
+        let merged = file.merged_with(&flags);
+        let listen = match merged.listen.as_deref().unwrap_or(DEFAULT_LISTEN) {
             "none" => None,
             addr => Some(resolve(addr)?),
         };
-        let peers = cli
+        let peers = merged
             .peers
             .iter()
             .map(|p| PeerSpec::parse(p))
             .collect::<Result<Vec<_>, _>>()?;
         // Sync runs with no peer given too: boxes that dial in are synced with.
-        let period = cli.sync.unwrap_or(10);
+        let period = merged.sync.unwrap_or(DEFAULT_SYNC);
+        let trash_days = merged.trash_days.unwrap_or(DEFAULT_TRASH_DAYS);
         let sync = (period > 0).then(|| SyncConfig {
             period: std::time::Duration::from_secs(period),
-            trash_retention: std::time::Duration::from_secs(cli.trash_days * 86_400),
+            trash_retention: std::time::Duration::from_secs(trash_days.saturating_mul(86_400)),
         });
-        let trust = cli
+        let trust = merged
             .trust
             .iter()
             .map(|id| BoxId::parse(id))
             .collect::<Result<Vec<_>, _>>()?;
+        let max_rate = merged.max_rate.as_deref().map(parse_rate).transpose()?;
         let run = match cli.mode {
             Some(_) if !cli.commands.is_empty() => {
                 bail!("-c cannot be combined with a subcommand")
@@ -302,18 +336,18 @@ impl Config {
             None if stdin_is_terminal => Run::Interactive,
             None => Run::Stdin,
         };
-        if let Some(algorithm) = &cli.tcp_congestion
+        if let Some(algorithm) = &merged.tcp_congestion
             && !boxsync::net::tcp_congestion_available(algorithm)
         {
             bail!("TCP congestion control '{algorithm}' is not available on this system");
         }
         Ok(Config {
             settings: Settings {
-                tcp_congestion: cli.tcp_congestion,
-                max_udp_rate: cli.max_rate,
+                tcp_congestion: merged.tcp_congestion.clone(),
+                max_udp_rate: max_rate,
             },
             run,
-            dir: cli.dir,
+            dir,
             listen,
             peers,
             trust,
@@ -324,13 +358,59 @@ impl Config {
                 Format::Human
             },
             verbose: cli.verbose,
-            discovery: !cli.no_discovery,
+            discovery: merged.discovery.unwrap_or(true),
+            config_file,
+            saved: BoxConfig {
+                folder: None,
+                ..merged
+            },
         })
     }
 }
 
-fn parse_rate_arg(text: &str) -> Result<u64, String> {
-    parse_rate(text).map_err(|e| e.to_string())
+/// Checks `--max-rate` as clap reads it, keeping the text (the settings file keeps it so).
+fn check_rate_arg(text: &str) -> Result<String, String> {
+    parse_rate(text)
+        .map(|_| text.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// The settings file to read, what it says, and the shared folder: `-d`, else the
+/// `--config` file's `folder` (relative to that file's folder), else ./shared. Without
+/// `--config` the file is DIR/.boxsync/config.toml, and one not there yet says nothing.
+fn read_settings(cli: &Cli) -> Result<(BoxConfig, PathBuf, PathBuf)> {
+    let demo = matches!(cli.mode, Some(Mode::Demo));
+    match &cli.config {
+        Some(file) => {
+            let settings = BoxConfig::read(file, false)?;
+            let dir = match (&cli.dir, &settings.folder) {
+                (Some(dir), _) => dir.clone(),
+                (None, Some(folder)) => file.parent().unwrap_or(Path::new(".")).join(folder),
+                (None, None) => PathBuf::from(DEFAULT_DIR),
+            };
+            Ok((settings, file.clone(), dir))
+        }
+        None => {
+            let dir = cli
+                .dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR));
+            let file = BoxConfig::path_in(&dir.join(STATE_DIR));
+            // The demo's boxes live in a temporary folder, not in DIR.
+            let settings = if demo {
+                BoxConfig::default()
+            } else {
+                BoxConfig::read(&file, true)?
+            };
+            if let Some(folder) = &settings.folder {
+                bail!(
+                    "{}: folder = {folder:?} belongs only in a file given with --config (this file lives in its folder)",
+                    file.display()
+                );
+            }
+            Ok((settings, file, dir))
+        }
+    }
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr> {

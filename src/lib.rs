@@ -40,6 +40,9 @@
 //! - [`peer`]: the typed async client for one peer box: connection pool, retries, log.
 //! - [`sync`]: auto-sync: a pure planner (each side classified against the last agreed
 //!   state, one match over the rules), rounds that carry the plan out, watching.
+//! - [`config`]: a box's settings kept in `.boxsync/config.toml` (listen address, peers and
+//!   trust, sync period, rate cap, trash days...), in the flags' own texts, checked when
+//!   read; the command line's flags merged over them; written back atomically.
 //! - [`shell`]: command parsing, execution, background jobs and rendering, and the
 //!   interactive loop with completion, history, progress bars and a prompt.
 //! - [`demo`]: sample folders for `boxsync demo`.
@@ -49,6 +52,7 @@
 //!
 //! The library never prints: the shell and the CLI (`src/main.rs`) render.
 
+pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod history;

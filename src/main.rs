@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use tokio::runtime::{Handle, Runtime};
 
+use boxsync::config::BoxConfig;
 use boxsync::identity::Identity;
 use boxsync::local::LocalBox;
 use boxsync::peer::Peer;
@@ -99,6 +100,7 @@ fn run(config: Config) -> Result<ScriptStatus> {
             let _log = init_logging(None, config.verbose);
             let local = LocalBox::open_with(&config.dir, config.settings.clone())?;
             apply_trust(&local, &config);
+            save_settings(&local, &config);
             return handle
                 .block_on(serve(
                     local,
@@ -133,6 +135,7 @@ fn run(config: Config) -> Result<ScriptStatus> {
         )),
         Run::Stdin => Ok(repl::run_stdin(&handle, &mut session, config.format)),
         _ => {
+            save_settings(&local, &config);
             let server = handle.block_on(bind(&local, config.listen, config.discovery))?;
             say(&format!(
                 "boxsync box {} serving {} on {}; type 'help' for commands",
@@ -174,6 +177,115 @@ fn apply_trust(local: &LocalBox, config: &Config) {
     }
 }
 
+/// Writes the settings this box starts with (its file, with the flags given over it) back
+/// to `.boxsync/config.toml`, so that a start without flags resumes them. A box whose
+/// settings cannot be written still starts; a note says why.
+fn save_settings(local: &LocalBox, config: &Config) {
+    let path = BoxConfig::path_in(&local.share.state_dir());
+    if let Err(e) = config.saved.write_if_changed(&path) {
+        output::print_error_line(&format!(
+            "note: {}; the next start will not resume these settings",
+            one_line(&anyhow::Error::new(e))
+        ));
+    }
+}
+
+/// `boxsync peers`: the box's peers as it would start, each with its address (or "by
+/// ID"), transport, trust and name; the boxes trusted that are not peers; the listen
+/// address and sync period.
+fn peers_command(config: &Config, trust: &Trust) -> Result<()> {
+    let listed = trust.list()?;
+    let name_of = |id: &boxsync::types::BoxId| {
+        listed
+            .iter()
+            .find(|t| t.id == *id)
+            .and_then(|t| t.name.clone())
+    };
+    let kept = |id: &boxsync::types::BoxId| listed.iter().any(|t| t.id == *id && t.kept);
+    let peers: Vec<serde_json::Value> = config
+        .peers
+        .iter()
+        .map(|spec| {
+            serde_json::json!({
+                "id": spec.id,
+                "addr": spec.addr,
+                "transport": match spec.transport {
+                    Transport::Tcp => "tcp",
+                    Transport::Udp => "udp",
+                },
+                // A peer is trusted for the run at least (as -p does).
+                "trust": if kept(&spec.id) { "kept" } else { "this run" },
+                "name": name_of(&spec.id),
+            })
+        })
+        .collect();
+    let is_peer = |id: &boxsync::types::BoxId| config.peers.iter().any(|p| p.id == *id);
+    let mut others: Vec<boxsync::trust::Trusted> =
+        listed.iter().filter(|t| !is_peer(&t.id)).cloned().collect();
+    for id in &config.trust {
+        if !is_peer(id) && !others.iter().any(|t| t.id == *id) {
+            others.push(boxsync::trust::Trusted {
+                id: id.clone(),
+                name: None,
+                kept: false,
+            });
+        }
+    }
+    let listen = config.listen.map(|a| a.to_string());
+    let period = config.sync.as_ref().map_or(0, |s| s.period.as_secs());
+    if config.format == boxsync::shell::Format::Json {
+        say(&serde_json::json!({
+            "listen": listen,
+            "sync": period,
+            "config": config.config_file.display().to_string(),
+            "peers": peers,
+            "trusted": others,
+        })
+        .to_string());
+        return Ok(());
+    }
+    let sync = if period == 0 {
+        "sync off".to_string()
+    } else {
+        format!("sync every {period} s")
+    };
+    say(&format!(
+        "listen {}, {sync} (settings: {})",
+        listen.as_deref().unwrap_or("none"),
+        boxsync::text::escape(&config.config_file.display().to_string())
+    ));
+    let shown = |name: Option<&str>| -> String {
+        name.unwrap_or_default()
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect()
+    };
+    for peer in &peers {
+        say(format!(
+            "peer     {}  {}  {}  trust: {}  {}",
+            peer["id"].as_str().unwrap_or_default(),
+            peer["addr"].as_str().unwrap_or("by ID"),
+            peer["transport"].as_str().unwrap_or_default(),
+            peer["trust"].as_str().unwrap_or_default(),
+            shown(peer["name"].as_str()),
+        )
+        .trim_end());
+    }
+    for box_ in &others {
+        let trust = if box_.kept { "kept" } else { "this run" };
+        say(format!(
+            "trusted  {}  may dial in  trust: {trust}  {}",
+            box_.id,
+            shown(box_.name.as_deref())
+        )
+        .trim_end());
+    }
+    if peers.is_empty() && others.is_empty() {
+        say("no peers and no trusted boxes: `boxsync trust ID` adds one, -p ID@HOST:PORT a peer");
+    }
+    Ok(())
+}
+
 /// `boxsync id`, `trust`, `untrust` and `peers`: the box's identity and trust, without
 /// opening its folder for sharing.
 fn identity_command(config: &Config) -> Result<ScriptStatus> {
@@ -213,25 +325,7 @@ fn identity_command(config: &Config) -> Result<ScriptStatus> {
                 say(&format!("box {id} was not trusted"));
             }
         }
-        Run::Peers => {
-            let trust = Trust::open(&state)?;
-            let listed = trust.list()?;
-            if json {
-                say(&serde_json::to_string(&listed).unwrap_or_default());
-            } else if listed.is_empty() {
-                say("no trusted boxes: `boxsync trust ID` adds one");
-            } else {
-                for box_ in listed {
-                    let name: String = box_
-                        .name
-                        .unwrap_or_default()
-                        .chars()
-                        .filter(|c| !c.is_control())
-                        .collect();
-                    say(&format!("{}  {name}", box_.id));
-                }
-            }
-        }
+        Run::Peers => peers_command(config, &Trust::open(&state)?)?,
         Run::Invite => {
             let identity = Identity::load_or_create(&state)?;
             let Some(listen) = config.listen else {
@@ -458,6 +552,12 @@ async fn serve(
         box_id = %local.id,
         "serving"
     );
+    // Watched before the banner: a script that stops the box as soon as it has read the
+    // line must not kill it before it can shut down cleanly.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch for SIGTERM")?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot watch for SIGINT")?;
     // Scripts (and tests) started with port 0 read the bound address from this line.
     say(&format!(
         "boxsync box {} serving {} on {}",
@@ -465,12 +565,10 @@ async fn serve(
         local.share.root().display(),
         listening(&server)
     ));
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot watch for SIGTERM")?;
     server
         .run(async move {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
+                _ = interrupt.recv() => {}
                 _ = terminate.recv() => {}
             }
         })

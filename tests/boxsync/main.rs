@@ -5,6 +5,7 @@ mod attacks;
 mod batch;
 mod cli;
 mod commands;
+mod config;
 mod discovery;
 mod escapes;
 mod failures;
