@@ -522,7 +522,7 @@ async fn handle_stream(served: Served, link: Link, mut stop: watch::Receiver<boo
     if !local.trust.is_trusted(&peer_id) {
         tracing::warn!(%peer, box_id = %peer_id, "box is no longer trusted: session closed");
         let message = not_trusted(&local.id, &peer_id);
-        refuse_stream(&mut connection, ErrorKind::NotTrusted, message).await;
+        protocol::refuse(&mut connection, ErrorKind::NotTrusted, message).await;
         local.links.close(&peer_id);
         return;
     }
@@ -534,7 +534,7 @@ async fn handle_stream(served: Served, link: Link, mut stop: watch::Receiver<boo
             "box {} is serving its most connections ({MAX_CONNECTIONS}): try again later",
             local.id
         );
-        refuse_stream(&mut connection, ErrorKind::Unavailable, message).await;
+        protocol::refuse(&mut connection, ErrorKind::Unavailable, message).await;
         return;
     };
     let Some(_share) = Counts::admit(&limits.per_box, peer_id.clone()) else {
@@ -545,7 +545,7 @@ async fn handle_stream(served: Served, link: Link, mut stop: watch::Receiver<boo
             "box {} already serves {MAX_CONNECTIONS_PER_BOX} streams of box {peer_id}: close some first",
             local.id
         );
-        refuse_stream(&mut connection, ErrorKind::Unavailable, message).await;
+        protocol::refuse(&mut connection, ErrorKind::Unavailable, message).await;
         return;
     };
     serve_requests(
@@ -557,16 +557,6 @@ async fn handle_stream(served: Served, link: Link, mut stop: watch::Receiver<boo
         &peer_id,
         &mut stop,
     )
-    .await;
-}
-
-/// Turns one stream away with a reason its request shows.
-async fn refuse_stream(connection: &mut Connection<Link>, kind: ErrorKind, message: String) {
-    let refusal = Response::Error { kind, message };
-    let _ = tokio::time::timeout(protocol::HANDSHAKE_TIMEOUT, async {
-        let _ = connection.write_message(&refusal).await;
-        let _ = connection.close().await;
-    })
     .await;
 }
 
@@ -631,7 +621,7 @@ async fn serve_requests(
         if !local.trust.is_trusted(peer_id) {
             tracing::warn!(%peer, box_id = %peer_id, "box is no longer trusted: connection closed");
             let message = not_trusted(&local.id, peer_id);
-            refuse_stream(connection, ErrorKind::NotTrusted, message).await;
+            protocol::refuse(connection, ErrorKind::NotTrusted, message).await;
             local.links.close(peer_id);
             return;
         }

@@ -247,8 +247,13 @@ pub async fn welcome(
     mux::start(tls, early, id, Role::Accepter, inbound)
 }
 
-/// Server side: turns an accepted caller away with a reason it can show, and closes.
-pub async fn refuse(connection: &mut Connection<TlsLink>, kind: ErrorKind, message: String) {
+/// Server side: turns an accepted caller (or one of its streams) away with a reason it
+/// can show, and closes.
+pub async fn refuse<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    kind: ErrorKind,
+    message: String,
+) {
     let refusal = Response::Error { kind, message };
     let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         let _ = connection.write_message(&refusal).await;

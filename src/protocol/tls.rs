@@ -46,7 +46,7 @@ const PLAINTEXT_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 const EXPORTER_LABEL: &[u8] = b"EXPORTER-boxsync-side-channel-v1";
 
 /// What this box says to a client of the old plaintext protocol, in that protocol.
-const PLAINTEXT_REFUSAL: &str = "this box speaks boxsync protocol 2 only (TLS 1.3 with box IDs): \
+const PLAINTEXT_REFUSAL: &str = "this box speaks boxsync protocol 3 only (TLS 1.3 with box IDs): \
 upgrade boxsync on the connecting box, then trust each other's IDs (`boxsync id`, `boxsync trust ID`)";
 
 /// ring's primitives, with AES-128-GCM preferred: the fastest suite with AES-NI, and

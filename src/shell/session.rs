@@ -77,7 +77,9 @@ pub enum SessionError {
     #[error(transparent)]
     Peer(#[from] PeerError),
     /// A sync command without sync running.
-    #[error("auto-sync is not running: start the box with --peer (and --sync SECS, not 0)")]
+    #[error(
+        "auto-sync is not running: it runs in a box with a shell or `serve` (not in a -c run), unless started with --sync 0"
+    )]
     NoSync,
     /// The local request log could not be read.
     #[error("cannot read the request log: {0}")]

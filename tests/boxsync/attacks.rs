@@ -205,7 +205,7 @@ async fn an_old_plaintext_client_is_told_to_upgrade() {
     match answer {
         Ok(Some(Response::Error { kind, message })) => {
             assert_eq!(kind, ErrorKind::Handshake);
-            assert!(message.contains("protocol 2"), "{message}");
+            assert!(message.contains("protocol 3"), "{message}");
         }
         other => panic!("expected a refusal, got {other:?}"),
     }

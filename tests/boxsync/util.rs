@@ -69,19 +69,7 @@ impl TestBox {
             .await
             .expect("bind");
         let addr = server.local_addr();
-        let notices = server.notices();
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(server.run(async {
-            let _ = stopped.await;
-        }));
-        TestBox {
-            temp,
-            local,
-            addr,
-            notices,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        TestBox::run(temp, local, server, addr)
     }
 
     /// The box whose folder lives in `temp`, serving again on `addr`: a box that was
@@ -130,6 +118,11 @@ impl TestBox {
         let server = Server::unlistening(Arc::clone(&local))
             .await
             .expect("server");
+        TestBox::run(temp, local, server, "127.0.0.1:1".parse().unwrap())
+    }
+
+    /// Runs `server` for `local` until [`TestBox::stop`] or [`TestBox::kill`].
+    fn run(temp: TempDir, local: Arc<LocalBox>, server: Server, addr: SocketAddr) -> TestBox {
         let notices = server.notices();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(server.run(async {
@@ -138,7 +131,7 @@ impl TestBox {
         TestBox {
             temp,
             local,
-            addr: "127.0.0.1:1".parse().unwrap(),
+            addr,
             notices,
             stop: Some(stop),
             task: Some(task),
