@@ -47,6 +47,8 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from need import need
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release" / "boxsync"
 
@@ -273,8 +275,7 @@ class SyncthingHub:
         return sum(1 for c in conns.values() if c.get("connected")) >= count
 
     def start(self):
-        if shutil.which("syncthing") is None:
-            sys.exit("bench: --syncthing needs syncthing: apt-get install -y syncthing")
+        need("syncthing")
         names = ["hub"] + [f"laptop{i + 1}" for i in range(len(self.laptop_dirs))]
         dirs = [self.hub_dir, *self.laptop_dirs]
         homes = [self.work / f"home-{n}" for n in names]

@@ -11,7 +11,7 @@
                                 [--repeat 5] [--parts latency,small,big,idle]
                                 [--bin PATH [--bin PATH]] [--work DIR]
 
-Needs rsync (apt-get install rsync) and builds boxsync in release mode unless given --bin.
+Installs rsync if it is missing (as root) and builds boxsync in release mode unless given --bin.
 With two --bin (old first, new second), the initial syncs alternate rsync, the old and the
 new build in every round (rsync first, the two builds' order flipping every round), and the
 line gives the ratio new/old of the medians; latency and idle CPU run for each build in turn.
@@ -43,6 +43,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from need import need
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release" / "boxsync"
@@ -298,8 +300,7 @@ def main():
     unknown = parts - {"latency", "small", "big", "idle"}
     if unknown:
         sys.exit(f"bench: unknown part(s): {', '.join(sorted(unknown))}")
-    if shutil.which("rsync") is None:
-        sys.exit("bench: rsync is missing: apt-get install rsync")
+    need("rsync")
     global BIN
     if args.bin is None:
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import sync_bench as sb
+from need import need
 
 
 def machine_cpu():
@@ -87,8 +88,7 @@ def main():
     ap.add_argument("--work", type=Path, default=None,
                     help="folder to work in; a fresh file system gives repeatable numbers")
     args = ap.parse_args()
-    if shutil.which("rsync") is None:
-        raise SystemExit("bench: rsync is missing: apt-get install rsync")
+    need("rsync")
     for binary in args.bins:
         print(f"bench: {sb.describe(binary.resolve())}", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="boxsync-synccpu-", dir=args.work))

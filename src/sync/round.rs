@@ -397,6 +397,16 @@ pub async fn sync_with(
         });
     }
     let quiet = plan.is_quiet(&unknown);
+    // Downloads confirm themselves to the peer as they land; every other agreement this
+    // round reaches (identical files found, metadata taken) is confirmed at its end.
+    let downloaded: BTreeSet<RelPath> = plan
+        .actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Download { local, .. } => Some(local.clone()),
+            _ => None,
+        })
+        .collect();
     let mut settled = Settlement {
         agreed: plan.agreed,
         held: Vec::new(),
@@ -411,6 +421,20 @@ pub async fn sync_with(
         &mut report,
     )
     .await;
+    // Agreements are symmetric: the peer records what this box found both hold, so that a
+    // later change on either side is read as that side's change, not as a version the
+    // other box never saw (a metadata tie lost to the smaller ID, a deletion undone).
+    confirm.extend(
+        settled
+            .agreed
+            .iter()
+            .filter(|(path, _)| !downloaded.contains(*path))
+            .filter_map(|(path, version)| {
+                let version = version.as_ref()?;
+                let known = record.entries.get(path).is_some_and(|s| s == version);
+                (!known).then(|| file_version(path, version)).flatten()
+            }),
+    );
     // A version just set aside under a conflict name where the peer said it holds it
     // already: both hold it now (agreed, and confirmed back, as above).
     for (path, version) in &settled.held {

@@ -1169,3 +1169,44 @@ async fn a_peer_that_does_not_trust_or_sync_back_is_reported() {
     assert!(one_way, "{:?}", handle.status());
     assert!(!handle.healthy());
 }
+
+/// A file both boxes held before they first met is agreed on both, whichever box pulled
+/// first: deleted on the first box before the other ran a round, it is deleted there too,
+/// not left on one box while each waits for the other.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_found_identical_is_agreed_on_both_boxes() {
+    let a = TestBox::start().await;
+    let b = TestBox::start().await;
+    let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    for root in [a.root(), b.root()] {
+        write_file(&root, "both.txt", b"the same bytes");
+        fs::File::options()
+            .write(true)
+            .open(root.join("both.txt"))
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+    a.trust(&b);
+    b.trust(&a);
+    let hour = Duration::from_secs(3600);
+    let (ha, stop_a) = start_sync_every(&a, &[b.target()], Transport::Tcp, hour);
+    assert!(
+        eventually(CONVERGE, || ha.status().rounds >= 1).await,
+        "no first round on a"
+    );
+    fs::remove_file(a.root().join("both.txt")).unwrap();
+    let (hb, stop_b) = start_sync_every(&b, &[a.target()], Transport::Tcp, hour);
+    assert!(
+        eventually(CONVERGE, || !b.root().join("both.txt").exists()).await,
+        "the deletion never reached b: {:?}",
+        hb.status().peers
+    );
+    assert!(
+        !a.root().join("both.txt").exists(),
+        "the file came back on a"
+    );
+    drop((ha, hb));
+    let _ = stop_a.send(true);
+    let _ = stop_b.send(true);
+}
