@@ -194,6 +194,10 @@ run_boxsync() {
 rsync_port=$(free_port)
 cat > "$work/rsyncd.conf" <<EOF
 use chroot = no
+# As whoever runs the bench (a root daemon would otherwise drop to nobody, who cannot read
+# the private work folder).
+uid = $(id -u)
+gid = $(id -g)
 [src]
   path = $work/data
   read only = yes
