@@ -34,7 +34,8 @@
 //!   that thin tokio drivers run, every datagram sealed with keys from the TLS session
 //!   (`transfer::udp::seal`).
 //! - [`requests`]: one module per request: its wire form, the server's handling and the
-//!   client's reading of the answer; sync's notices are noted there for sync to take.
+//!   client's reading of the answer; sync's notices are noted there for sync to take (the
+//!   `installed` ones in an inbox on disk until sync has recorded them).
 //! - [`server`]: accept loop, per-connection handler (dispatching to [`requests`]),
 //!   shutdown.
 //! - [`peer`]: the typed async client for one peer box: connection pool, retries, log.

@@ -63,6 +63,14 @@ pub enum ServerError {
     /// The box's key could not be set up for TLS.
     #[error("cannot set up TLS with this box's key: {0}")]
     Tls(#[from] rustls::Error),
+    /// The notices kept for sync (`.boxsync/inbox/`) could not be read.
+    #[error("cannot read sync's inbox {path}")]
+    Inbox {
+        /// The inbox folder.
+        path: std::path::PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
     /// The UDP socket could not be set up for transfers.
     #[error("cannot set up UDP on {addr}")]
     Udp {
@@ -71,6 +79,18 @@ pub enum ServerError {
         /// What the operating system said.
         source: io::Error,
     },
+}
+
+/// Folder under the state folder where acknowledged `installed` notices wait for sync.
+pub const INBOX_DIR: &str = "inbox";
+
+/// The box's notices, with those a crash left in its inbox pending again.
+fn durable_notices(local: &LocalBox) -> Result<Arc<Notices>, ServerError> {
+    let path = local.share.state_dir().join(INBOX_DIR);
+    match Notices::durable(&path) {
+        Ok(notices) => Ok(Arc::new(notices)),
+        Err(source) => Err(ServerError::Inbox { path, source }),
+    }
 }
 
 /// A bound, not yet running server.
@@ -94,6 +114,7 @@ impl Server {
     /// Binds TCP and UDP on `addr`. With port 0 both get the same, free port number.
     pub async fn bind(local: Arc<LocalBox>, addr: SocketAddr) -> Result<Server, ServerError> {
         let tls = protocol::tls::server_config(&local.identity)?;
+        let notices = durable_notices(&local)?;
         let bind_error = |source| ServerError::Bind { addr, source };
         // With port 0, the TCP port the kernel picks may be taken for UDP: try a few.
         let attempts = if addr.port() == 0 { 16 } else { 1 };
@@ -119,7 +140,7 @@ impl Server {
                         listener: Some(listener),
                         addr: bound,
                         hub,
-                        notices: Arc::default(),
+                        notices: Arc::clone(&notices),
                         tls,
                     });
                 }
@@ -136,6 +157,7 @@ impl Server {
     /// are never served from it.
     pub async fn unlistening(local: Arc<LocalBox>) -> Result<Server, ServerError> {
         let tls = protocol::tls::server_config(&local.identity)?;
+        let notices = durable_notices(&local)?;
         let addr = SocketAddr::from(([127, 0, 0, 1], 0));
         let udp = UdpSocket::bind(addr)
             .await
@@ -153,7 +175,7 @@ impl Server {
             listener: None,
             addr: bound,
             hub,
-            notices: Arc::default(),
+            notices,
             tls,
         })
     }

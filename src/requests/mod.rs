@@ -7,6 +7,7 @@
 //! - [`batch`]: `download_many`, many small files in one exchange;
 //! - [`udp`]: `download_udp` and `udp_finish`, a file over UDP;
 //! - [`notices`]: sync's notices `changed`, `installed` and `installed_many`;
+//! - [`inbox`]: the `installed` notices acknowledged, on disk until sync records them;
 //! - [`listing`]: answers in batches, both ends (shared by index and hash).
 //!
 //! The server ([`crate::server`]) reads a [`Request`] and hands it to [`serve`]; the peer
@@ -15,6 +16,7 @@
 pub mod batch;
 pub mod download;
 pub mod hash;
+pub mod inbox;
 pub mod index;
 pub mod listing;
 pub mod notices;
@@ -136,7 +138,7 @@ pub struct ServeContext<'a> {
     /// The client's box id, as its handshake proved.
     pub peer_id: &'a BoxId,
     /// Where sync's notices (and what was served) are noted.
-    pub notices: &'a notices::Notices,
+    pub notices: &'a Arc<notices::Notices>,
 }
 
 impl ServeContext<'_> {

@@ -5,8 +5,10 @@
 //! for the box that sent it, under the id its handshake proved.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::io;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::protocol::Link;
@@ -14,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 
+use super::inbox::{Inbox, Noted};
 use super::{CallError, Handled, MAX_BATCH_NAMES, ServeContext, receive_within, refuse, too_many};
 use crate::protocol::{Connection, ErrorKind, Response};
 use crate::time::Timestamp;
@@ -37,14 +40,24 @@ pub struct Notices {
     /// or take, never across an `.await`.
     served: Mutex<HashMap<BoxId, Vec<FileVersion>>>,
     /// Versions each peer said it installed from this box since sync last looked, oldest
-    /// first. A std `Mutex`, as above.
-    installed: Mutex<HashMap<BoxId, Vec<FileVersion>>>,
+    /// first, on disk until sync has recorded them. A std `Mutex`, held only by blocking
+    /// threads when the inbox writes to disk.
+    installed: Mutex<Inbox>,
     /// When each peer's sync last read this box's folder (its round toward this box), for
     /// `sync status`. A std `Mutex`, as above.
     pulled: Mutex<HashMap<BoxId, Timestamp>>,
 }
 
 impl Notices {
+    /// Notices whose `installed` ones are kept on disk under `inbox` (see
+    /// [`super::inbox`]): those a crash left there are pending again.
+    pub fn durable(inbox: &Path) -> io::Result<Notices> {
+        Ok(Notices {
+            installed: Mutex::new(Inbox::open(inbox)?),
+            ..Notices::default()
+        })
+    }
+
     /// A peer's folder changed (or a peer may be back): sync should run soon.
     pub fn wake_sync(&self) {
         self.changed.notify_one();
@@ -91,14 +104,24 @@ impl Notices {
         take(&self.served, peer)
     }
 
-    /// Remembers that `peer` installed `version` of one of this box's files.
-    pub fn note_installed(&self, peer: &BoxId, version: FileVersion) {
-        push(&self.installed, peer, version);
+    /// Remembers, on disk before it returns, that `peer` installed `versions` of this
+    /// box's files (oldest first). Blocking: call it off the async runtime's threads.
+    pub fn note_installed(&self, peer: &BoxId, versions: Vec<FileVersion>) -> io::Result<()> {
+        let mut inbox = self.installed.lock().unwrap_or_else(|e| e.into_inner());
+        inbox.note(peer, versions)
     }
 
     /// Takes what `peer` said it installed since the last call, oldest first.
-    pub fn take_installed(&self, peer: &BoxId) -> Vec<FileVersion> {
-        take(&self.installed, peer)
+    pub fn take_installed(&self, peer: &BoxId) -> Vec<Noted> {
+        let mut inbox = self.installed.lock().unwrap_or_else(|e| e.into_inner());
+        inbox.take(peer)
+    }
+
+    /// Sync saved a record holding `peer`'s notices up to `n` of journal `epoch`: the
+    /// journal goes if that was all of it. Blocking, like [`Notices::note_installed`].
+    pub fn installed_recorded(&self, peer: &BoxId, epoch: u64, n: u64) -> io::Result<()> {
+        let mut inbox = self.installed.lock().unwrap_or_else(|e| e.into_inner());
+        inbox.recorded(peer, epoch, n)
     }
 }
 
@@ -128,7 +151,29 @@ pub async fn serve_installed(
     cx: &ServeContext<'_>,
     connection: &mut Connection<Link>,
 ) -> Handled {
-    cx.notices.note_installed(cx.peer_id, version);
+    note_installed(cx, connection, vec![version]).await
+}
+
+/// Notes `versions` as installed by the sender, on disk, then acknowledges them; a note
+/// that cannot be kept is refused, so that the sender keeps the notice to send again.
+async fn note_installed(
+    cx: &ServeContext<'_>,
+    connection: &mut Connection<Link>,
+    versions: Vec<FileVersion>,
+) -> Handled {
+    let notices = Arc::clone(cx.notices);
+    let peer = cx.peer_id.clone();
+    let noted = tokio::task::spawn_blocking(move || notices.note_installed(&peer, versions))
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)));
+    if let Err(e) = noted {
+        tracing::warn!(peer = %cx.peer_id, error = %e, "cannot keep an installed notice");
+        let kind = match e.kind() {
+            io::ErrorKind::QuotaExceeded => ErrorKind::Unavailable,
+            _ => ErrorKind::Internal,
+        };
+        return refuse(connection, kind, format!("cannot note it: {e}"), cx.stall()).await;
+    }
     ack(cx, connection).await
 }
 
@@ -152,10 +197,7 @@ impl InstalledMany {
             )
             .await;
         }
-        for version in self.versions {
-            cx.notices.note_installed(cx.peer_id, version);
-        }
-        ack(cx, connection).await
+        note_installed(cx, connection, self.versions).await
     }
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::plan::Version;
 use crate::share::RelPath;
-use crate::types::BoxId;
+use crate::types::{BoxId, FileVersion};
 
 /// Folder under the state folder that holds the records.
 pub const RECORD_DIR: &str = "sync";
@@ -33,6 +33,12 @@ pub struct Record {
     /// named them) before this box set the same version aside under that name: agreed once
     /// it has.
     pub copies: BTreeMap<RelPath, Version>,
+    /// The last `installed` notice from the peer's inbox journal applied here (epoch, number):
+    /// a journal replayed after a crash applies nothing twice.
+    pub inbox: Option<(u64, u64)>,
+    /// Confirmations to the peer (this box holds these versions of its files) that did not
+    /// reach it: sent again at the start of the next round, until the peer acknowledges.
+    pub unconfirmed: Vec<FileVersion>,
     /// Whether it changed since it was loaded or saved.
     dirty: bool,
     /// Counts changes since it was loaded.
@@ -55,6 +61,10 @@ struct Stored {
     ours: Vec<(RelPath, Vec<Version>)>,
     #[serde(default)]
     copies: Vec<(RelPath, Version)>,
+    #[serde(default)]
+    inbox: Option<(u64, u64)>,
+    #[serde(default)]
+    unconfirmed: Vec<FileVersion>,
 }
 
 impl Record {
@@ -80,6 +90,8 @@ impl Record {
             entries: stored.agreed.into_iter().collect(),
             ours: stored.ours.into_iter().collect(),
             copies: stored.copies.into_iter().collect(),
+            inbox: stored.inbox,
+            unconfirmed: stored.unconfirmed,
             dirty: false,
             revision: 0,
         })
@@ -115,6 +127,35 @@ impl Record {
             {
                 self.add_ours(path, version.clone());
             }
+        }
+    }
+
+    /// Whether the notice numbered `n` in the peer's journal `epoch` was applied already.
+    pub fn applied(&self, epoch: u64, n: u64) -> bool {
+        self.inbox.is_some_and(|(e, last)| e == epoch && n <= last)
+    }
+
+    /// Notes that the notice numbered `n` in journal `epoch` is applied.
+    pub fn mark_applied(&mut self, epoch: u64, n: u64) {
+        self.inbox = Some((epoch, n));
+        self.dirty = true;
+        self.revision += 1;
+    }
+
+    /// Keeps confirmations that did not reach the peer, to send again.
+    pub fn owe(&mut self, versions: impl IntoIterator<Item = FileVersion>) {
+        let before = self.unconfirmed.len();
+        self.unconfirmed.extend(versions);
+        if self.unconfirmed.len() != before {
+            self.dirty = true;
+        }
+    }
+
+    /// The peer acknowledged the confirmations owed: they go.
+    pub fn paid(&mut self) {
+        if !self.unconfirmed.is_empty() {
+            self.unconfirmed.clear();
+            self.dirty = true;
         }
     }
 
@@ -162,6 +203,8 @@ impl Record {
             agreed: self.entries.clone().into_iter().collect(),
             ours: self.ours.clone().into_iter().collect(),
             copies: self.copies.clone().into_iter().collect(),
+            inbox: self.inbox,
+            unconfirmed: self.unconfirmed.clone(),
         };
         let bytes = serde_json::to_vec(&stored).map_err(io::Error::other)?;
         let tmp = self.file.with_extension("json.tmp");
@@ -169,6 +212,10 @@ impl Record {
         file.write_all(&bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, &self.file)?;
+        // The rename itself durable too: what the record holds lets the inbox journal go.
+        if let Some(dir) = self.file.parent() {
+            fs::File::open(dir)?.sync_all()?;
+        }
         self.dirty = false;
         Ok(())
     }
@@ -209,6 +256,37 @@ mod tests {
         .unwrap();
         let loaded = Record::load(dir.path(), &peer()).unwrap();
         assert!(loaded.entries.is_empty());
+    }
+
+    /// What a crash must not lose is saved with the record: the last inbox notice applied
+    /// (so that a replayed journal applies nothing twice) and the confirmations owed to
+    /// the peer, until it acknowledged them.
+    #[test]
+    fn keeps_the_inbox_mark_and_the_confirmations_owed() {
+        let dir = tempfile::tempdir().unwrap();
+        let owed = FileVersion {
+            name: RelPath::parse("f.txt").unwrap(),
+            blake3: "0".repeat(64),
+            size: 1,
+            mtime: crate::time::Timestamp::now(),
+            mode: 0o644,
+        };
+        let mut record = Record::load(dir.path(), &peer()).unwrap();
+        record.mark_applied(7, 3);
+        record.owe([owed.clone()]);
+        record.save().unwrap();
+        let mut loaded = Record::load(dir.path(), &peer()).unwrap();
+        assert!(loaded.applied(7, 3) && loaded.applied(7, 1));
+        assert!(!loaded.applied(7, 4) && !loaded.applied(8, 1));
+        assert_eq!(loaded.unconfirmed, [owed]);
+        loaded.paid();
+        loaded.save().unwrap();
+        assert!(
+            Record::load(dir.path(), &peer())
+                .unwrap()
+                .unconfirmed
+                .is_empty()
+        );
     }
 
     /// A conflict copy the peer made of our version waits, saved, until both hold it; the

@@ -310,14 +310,19 @@ pub async fn sync_with(
     // latest wins). A conflict copy the peer made of our version, though, both hold only
     // once this box holds it too (set it aside, now or later): then agreed, and confirmed
     // back, for the peer, which made it under a name not its own, records no agreement.
-    let mut confirm = Vec::new();
-    for copy in installed {
+    let mut confirmations = Vec::new();
+    for noted in installed {
+        if record.applied(noted.epoch, noted.n) {
+            continue;
+        }
+        record.mark_applied(noted.epoch, noted.n);
+        let copy = noted.version;
         let version = Version::from(&copy);
         if !plan::is_conflict_copy_of(&copy.name, local.id.as_str()) {
             record.update([(copy.name, Some(version))]);
         } else if holds(&copy.name, &version, &here.versions, record) {
             record.update([(copy.name.clone(), Some(version))]);
-            confirm.push(copy);
+            confirmations.push(copy);
         } else {
             record.add_copy(copy.name, version);
         }
@@ -326,18 +331,35 @@ pub async fn sync_with(
         let name = served.name.clone();
         record.add_ours(&name, Version::from(&served));
     }
+    // Confirmations a failure kept from the peer go first.
+    if !record.unconfirmed.is_empty() {
+        match peer
+            .confirm_installed_many(record.unconfirmed.clone())
+            .await
+        {
+            Ok(()) => record.paid(),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let owed = Owed::default();
+    let pull = Pull {
+        local,
+        peer,
+        transport,
+        owed: &owed,
+    };
     let in_sync = record.entries.len();
     plan::guard_here(here.versions.len() + here.unknown.len(), in_sync)?;
     let mut report = RoundReport::default();
     let mut pulled = BTreeMap::new();
     if let Some(entries) = early_index {
         let early = plan::plan_early_pull(&entries, &here.versions, &here.unknown, record, ignore);
-        pulled = pull_early(local, peer, transport, &entries, early, &mut report).await;
+        pulled = pull_early(pull, &entries, early, &mut report).await;
         // What both now hold is agreed before the plan looks: a file the peer changed
         // meanwhile is then its edit to take, not a conflict. Saved at once, should the
         // rest of the round fail.
         record.update(pulled.clone());
-        if let Err(e) = record.save() {
+        if let Err(e) = save(record, notices, peer_id).await {
             tracing::warn!(error = %e, "cannot save the sync record");
         }
     }
@@ -411,20 +433,11 @@ pub async fn sync_with(
         agreed: plan.agreed,
         held: Vec::new(),
     };
-    carry_out_plan(
-        local,
-        peer,
-        transport,
-        plan.actions,
-        &there,
-        &mut settled,
-        &mut report,
-    )
-    .await;
+    carry_out_plan(pull, plan.actions, &there, &mut settled, &mut report).await;
     // Agreements are symmetric: the peer records what this box found both hold, so that a
     // later change on either side is read as that side's change, not as a version the
     // other box never saw (a metadata tie lost to the smaller ID, a deletion undone).
-    confirm.extend(
+    confirmations.extend(
         settled
             .agreed
             .iter()
@@ -442,19 +455,16 @@ pub async fn sync_with(
             && let Some(copy) = file_version(path, version)
         {
             settled.agreed.insert(path.clone(), Some(version.clone()));
-            confirm.push(copy);
+            confirmations.push(copy);
         }
     }
     record.update(settled.agreed);
     for (path, version) in settled.held {
         record.add_ours(&path, version);
     }
-    record.save().map_err(SyncError::SaveRecord)?;
-    if !confirm.is_empty()
-        && let Err(e) = peer.confirm_installed_many(confirm).await
-    {
-        tracing::debug!(error = %crate::text::for_log(&e), "conflict copy confirmations not delivered");
-    }
+    confirm(peer, &owed, confirmations).await;
+    record.owe(owed.into_inner().unwrap_or_else(|e| e.into_inner()));
+    save(record, notices, peer_id).await?;
     if quiet {
         view.quiet = Some(Seen {
             record: record.revision(),
@@ -521,9 +531,7 @@ impl Settlement {
 /// peer's versions `there` name the folders created); a failed action fails alone (it is
 /// retried next round).
 async fn carry_out_plan(
-    local: &Arc<LocalBox>,
-    peer: &Peer,
-    transport: Transport,
+    pull: Pull<'_>,
     actions: Vec<Action>,
     there: &BTreeMap<RelPath, Version>,
     settled: &mut Settlement,
@@ -539,7 +547,7 @@ async fn carry_out_plan(
                 group.push(next);
             }
         }
-        for (action, result) in carry_out(local, peer, transport, group).await {
+        for (action, result) in carry_out(pull, group).await {
             match result {
                 Ok(outcome) => {
                     report.done += 1;
@@ -587,9 +595,7 @@ fn set_aside_meanwhile(action: &Action, error: &SyncError) -> bool {
 /// land in folders that exist and the watcher, which reads each new folder to watch it,
 /// finds them empty. Returns what both boxes now hold.
 async fn pull_early(
-    local: &Arc<LocalBox>,
-    peer: &Peer,
-    transport: Transport,
+    pull: Pull<'_>,
     entries: &[ShareEntry],
     early: Vec<Action>,
     report: &mut RoundReport,
@@ -604,7 +610,7 @@ async fn pull_early(
         .filter_map(|entry| Some((&entry.name, version(entry, None)?)))
         .collect();
     for group in [folders, files] {
-        for (action, result) in carry_out(local, peer, transport, group).await {
+        for (action, result) in carry_out(pull, group).await {
             match result {
                 Ok(outcome) => {
                     report.done += 1;
@@ -626,21 +632,19 @@ async fn pull_early(
 
 /// Carries out a group of actions: a few units at a time, small-file downloads (over TCP)
 /// many to a request. Returns each action with its outcome.
-async fn carry_out(
-    local: &Arc<LocalBox>,
-    peer: &Peer,
-    transport: Transport,
-    group: Vec<Action>,
-) -> Outcomes {
+async fn carry_out(pull: Pull<'_>, group: Vec<Action>) -> Outcomes {
+    let Pull {
+        local, transport, ..
+    } = pull;
     let results: Vec<Vec<_>> = stream::iter(units(group, transport))
         .map(|unit| async move {
             match unit {
                 Unit::One(action) => {
                     tracing::debug!(box_id = %local.id, ?action, "sync action");
-                    let result = apply(local, peer, transport, &action).await;
+                    let result = apply(pull, &action).await;
                     vec![(action, result)]
                 }
-                Unit::Batch(batch) => apply_batch(local, peer, batch).await,
+                Unit::Batch(batch) => apply_batch(pull, batch).await,
                 Unit::Folders(paths) => create_folders(local, paths).await,
             }
         })
@@ -682,12 +686,13 @@ fn remote_state(
 
 /// Carries out one action. On success, returns the path's new agreed state when the action
 /// made both sides agree.
-async fn apply(
-    local: &Arc<LocalBox>,
-    peer: &Peer,
-    transport: Transport,
-    action: &Action,
-) -> Result<Settled, SyncError> {
+async fn apply(pull: Pull<'_>, action: &Action) -> Result<Settled, SyncError> {
+    let Pull {
+        local,
+        peer,
+        transport,
+        owed,
+    } = pull;
     let share = &local.share;
     match action {
         // Folders normally go together (`Unit::Folders`); one on its own the same way.
@@ -733,9 +738,7 @@ async fn apply(
                 source,
             })?;
             let (settled, confirmation) = settle(remote, name, downloaded);
-            if let Err(e) = peer.confirm_installed(confirmation).await {
-                tracing::debug!(error = %crate::text::for_log(&e), "install confirmation not delivered");
-            }
+            confirm(peer, owed, vec![confirmation]).await;
             Ok(settled)
         }
         Action::SetMetadata {
@@ -837,7 +840,10 @@ async fn create_folders(local: &Arc<LocalBox>, paths: Vec<RelPath>) -> Outcomes 
 
 /// Carries out a batch of small-file downloads in one request, then confirms to the peer,
 /// in one notice, the files installed under its names.
-async fn apply_batch(local: &Arc<LocalBox>, peer: &Peer, batch: Vec<(Action, Wanted)>) -> Outcomes {
+async fn apply_batch(pull: Pull<'_>, batch: Vec<(Action, Wanted)>) -> Outcomes {
+    let Pull {
+        local, peer, owed, ..
+    } = pull;
     tracing::debug!(box_id = %local.id, files = batch.len(), "sync batch download");
     let (actions, wanted): (Vec<Action>, Vec<Wanted>) = batch.into_iter().unzip();
     let results = match peer.download_batch(&wanted).await {
@@ -877,12 +883,46 @@ async fn apply_batch(local: &Arc<LocalBox>, peer: &Peer, batch: Vec<(Action, Wan
             (action, outcome)
         })
         .collect();
-    if !confirmations.is_empty()
-        && let Err(e) = peer.confirm_installed_many(confirmations).await
-    {
-        tracing::debug!(error = %crate::text::for_log(&e), "install confirmations not delivered");
-    }
+    confirm(peer, owed, confirmations).await;
     outcomes
+}
+
+/// Saves `record` (the peer's `peer_id`), then lets go of the inbox journal it now holds.
+async fn save(record: &mut Record, notices: &Notices, peer_id: &BoxId) -> Result<(), SyncError> {
+    record.save().map_err(SyncError::SaveRecord)?;
+    if let Some((epoch, n)) = record.inbox
+        && let Err(e) = notices.installed_recorded(peer_id, epoch, n)
+    {
+        tracing::warn!(error = %e, "cannot remove a recorded inbox journal");
+    }
+    Ok(())
+}
+
+/// Confirmations to a peer that did not reach it, kept for the record to send again.
+type Owed = std::sync::Mutex<Vec<FileVersion>>;
+
+/// What carrying out a round's actions needs: this box, the peer and how to fetch from it,
+/// and where confirmations that did not reach the peer are kept.
+#[derive(Clone, Copy)]
+struct Pull<'a> {
+    local: &'a Arc<LocalBox>,
+    peer: &'a Peer,
+    transport: Transport,
+    owed: &'a Owed,
+}
+
+/// Tells the peer this box now holds `versions` of its files; what does not reach it is
+/// owed, and sent again next round.
+async fn confirm(peer: &Peer, owed: &Owed, versions: Vec<FileVersion>) {
+    if versions.is_empty() {
+        return;
+    }
+    if let Err(e) = peer.confirm_installed_many(versions.clone()).await {
+        tracing::debug!(error = %crate::text::for_log(&e), "install confirmations not delivered: kept to send again");
+        owed.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(versions);
+    }
 }
 
 fn disk(path: &RelPath, source: ShareError) -> SyncError {

@@ -332,7 +332,7 @@ async fn a_batch_cut_short_keeps_what_arrived_whole() {
 }
 
 /// One `installed_many` notice carries many confirmations, in order, exactly as that many
-/// `installed` notices would.
+/// `installed` notices would, and they are kept on disk once acknowledged.
 #[tokio::test(flavor = "multi_thread")]
 async fn installed_many_is_noted_like_single_notices() {
     let b = TestBox::start().await;
@@ -347,6 +347,18 @@ async fn installed_many_is_noted_like_single_notices() {
     };
     let versions = vec![version("a", 'a'), version("b/c", 'b'), version("a", 'c')];
     peer.confirm_installed_many(versions.clone()).await.unwrap();
-    assert_eq!(b.notices.take_installed(&me.id), versions);
-    assert!(b.notices.take_installed(&me.id).is_empty());
+    let taken = |b: &TestBox| -> Vec<FileVersion> {
+        let noted = b.notices.take_installed(&me.id);
+        noted.into_iter().map(|n| n.version).collect()
+    };
+    assert_eq!(taken(&b), versions);
+    assert!(taken(&b).is_empty());
+    // Acknowledged is kept: a box killed before its sync recorded them has them again.
+    let mut b = b;
+    let addr = b.addr;
+    b.kill().await;
+    let temp = std::mem::replace(&mut b.temp, tempfile::tempdir().unwrap());
+    drop(b);
+    let b = TestBox::restart_at(temp, addr).await;
+    assert_eq!(taken(&b), versions, "acknowledged notices lost in a crash");
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
-use crate::util::{binary, poll};
+use crate::util::{binary, box_id, poll};
 
 /// From B's start to a file reaching B: A's start-up announcement comes at once (B is
 /// listening by then), B's next round dials; should that datagram be lost, the next
@@ -143,17 +143,6 @@ impl Drop for NamespacedBox {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The ID of the box in `dir` (its identity made now).
-fn box_id(dir: &Path) -> String {
-    let out = Command::new(binary())
-        .args(["id", "-d"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 fn holds(path: &Path, content: &[u8]) -> bool {

@@ -6,6 +6,7 @@ mod batch;
 mod cli;
 mod commands;
 mod config;
+mod crash;
 mod discovery;
 mod escapes;
 mod failures;

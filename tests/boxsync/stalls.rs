@@ -212,21 +212,22 @@ async fn a_silent_udp_download_of_a_tiny_file_holds_up_that_file_only() {
 /// still gets the whole index.
 #[tokio::test]
 async fn stalled_index_clients_stay_within_the_answer_budget() {
-    let limit = 10 << 20;
+    let limit = 32 << 20;
     let a = TestBox::start_limited(Limits {
         answer_bytes: limit,
         ..fast()
     })
     .await;
-    // 25,000 entries with long names: about 7 MB of JSON, more than loopback buffers
-    // take from a client that does not read, and about as much held per listing.
+    // 80,000 entries with long names: about 22 MB of JSON, more than a stream's 8 MiB
+    // window and loopback's buffers take from a client that does not read, and about as
+    // much held per listing (so that the budget holds one at a time).
     let long = "n".repeat(190);
     let root = a.root();
     tokio::task::spawn_blocking(move || {
         for folder in 0..100 {
             let dir = root.join(format!("d{folder:03}"));
             std::fs::create_dir_all(&dir).unwrap();
-            for file in 0..250 {
+            for file in 0..800 {
                 std::fs::write(dir.join(format!("{long}{file:04}")), b"").unwrap();
             }
         }
@@ -268,7 +269,7 @@ async fn stalled_index_clients_stay_within_the_answer_budget() {
 
     let (_temp, client) = TestBox::client();
     let entries = a.peer_for(&client).index(&IndexFilter::Longlist).await;
-    assert_eq!(entries.map(|e| e.len()).ok(), Some(100 + 100 * 250));
+    assert_eq!(entries.map(|e| e.len()).ok(), Some(100 + 100 * 800));
 }
 
 /// A download from a peer that stops answering mid-file fails within the stall limit with

@@ -312,6 +312,17 @@ pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_boxsync"))
 }
 
+/// The ID of the box in `dir`, as `boxsync id` prints it (its identity made if new).
+pub fn box_id(dir: &Path) -> String {
+    let out = std::process::Command::new(binary())
+        .args(["id", "-d"])
+        .arg(dir)
+        .output()
+        .expect("run boxsync id");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// `text` as rexpect sees it on a pseudo-terminal: it turns each byte into one `char`, so a
 /// needle with non-ASCII characters (`✓`) must be spelled byte by byte to match.
 pub fn as_pty_bytes(text: &str) -> String {
