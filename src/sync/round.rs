@@ -359,7 +359,7 @@ pub async fn sync_with(
         // meanwhile is then its edit to take, not a conflict. Saved at once, should the
         // rest of the round fail.
         record.update(pulled.clone());
-        if let Err(e) = save(record, notices, peer_id).await {
+        if let Err(e) = save(record, &owed, notices, peer_id).await {
             tracing::warn!(error = %e, "cannot save the sync record");
         }
     }
@@ -463,8 +463,7 @@ pub async fn sync_with(
         record.add_ours(&path, version);
     }
     confirm(peer, &owed, confirmations).await;
-    record.owe(owed.into_inner().unwrap_or_else(|e| e.into_inner()));
-    save(record, notices, peer_id).await?;
+    save(record, &owed, notices, peer_id).await?;
     if quiet {
         view.quiet = Some(Seen {
             record: record.revision(),
@@ -887,8 +886,19 @@ async fn apply_batch(pull: Pull<'_>, batch: Vec<(Action, Wanted)>) -> Outcomes {
     outcomes
 }
 
-/// Saves `record` (the peer's `peer_id`), then lets go of the inbox journal it now holds.
-async fn save(record: &mut Record, notices: &Notices, peer_id: &BoxId) -> Result<(), SyncError> {
+/// Saves `record` (the peer's `peer_id`) with the confirmations `owed` to the peer so far,
+/// then lets go of the inbox journal it now holds. Whatever the record agrees on is then
+/// saved with what the peer has not been told of it: a round that fails later loses
+/// neither.
+async fn save(
+    record: &mut Record,
+    owed: &Owed,
+    notices: &Notices,
+    peer_id: &BoxId,
+) -> Result<(), SyncError> {
+    record.owe(std::mem::take(
+        &mut *owed.lock().unwrap_or_else(|e| e.into_inner()),
+    ));
     record.save().map_err(SyncError::SaveRecord)?;
     if let Some((epoch, n)) = record.inbox
         && let Err(e) = notices.installed_recorded(peer_id, epoch, n)
