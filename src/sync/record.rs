@@ -39,6 +39,10 @@ pub struct Record {
     /// Confirmations to the peer (this box holds these versions of its files) that did not
     /// reach it: sent again at the start of the next round, until the peer acknowledges.
     pub unconfirmed: Vec<FileVersion>,
+    /// The peer's versions a round is about to install under their own names, saved before
+    /// the first lands: found in the folder at the next round (after a crash between the
+    /// landing and the record's save, say), each is agreed, as it would have been.
+    pub landing: Vec<(RelPath, Version)>,
     /// Whether it changed since it was loaded or saved.
     dirty: bool,
     /// Counts changes since it was loaded.
@@ -65,6 +69,8 @@ struct Stored {
     inbox: Option<(u64, u64)>,
     #[serde(default)]
     unconfirmed: Vec<FileVersion>,
+    #[serde(default)]
+    landing: Vec<(RelPath, Version)>,
 }
 
 impl Record {
@@ -92,6 +98,7 @@ impl Record {
             copies: stored.copies.into_iter().collect(),
             inbox: stored.inbox,
             unconfirmed: stored.unconfirmed,
+            landing: stored.landing,
             dirty: false,
             revision: 0,
         })
@@ -140,6 +147,26 @@ impl Record {
         self.inbox = Some((epoch, n));
         self.dirty = true;
         self.revision += 1;
+    }
+
+    /// Notes the peer's versions about to be installed under their own names.
+    pub fn expect_landing(&mut self, versions: Vec<(RelPath, Version)>) {
+        if !versions.is_empty() || !self.landing.is_empty() {
+            self.landing = versions;
+            self.dirty = true;
+        }
+    }
+
+    /// Settles the landings noted by an earlier round: each one the folder holds (`here`)
+    /// is agreed, and returned, for the peer to be told; the others are forgotten.
+    pub fn settle_landing(&mut self, here: &BTreeMap<RelPath, Version>) -> Vec<(RelPath, Version)> {
+        let landed: Vec<(RelPath, Version)> = std::mem::take(&mut self.landing)
+            .into_iter()
+            .filter(|(path, version)| here.get(path).is_some_and(|h| h.same(version)))
+            .collect();
+        self.dirty = true;
+        self.update(landed.iter().cloned().map(|(p, v)| (p, Some(v))));
+        landed
     }
 
     /// Keeps confirmations that did not reach the peer, to send again.
@@ -205,6 +232,7 @@ impl Record {
             copies: self.copies.clone().into_iter().collect(),
             inbox: self.inbox,
             unconfirmed: self.unconfirmed.clone(),
+            landing: self.landing.clone(),
         };
         let bytes = serde_json::to_vec(&stored).map_err(io::Error::other)?;
         let tmp = self.file.with_extension("json.tmp");
@@ -287,6 +315,25 @@ mod tests {
                 .unconfirmed
                 .is_empty()
         );
+    }
+
+    /// A landing noted before a crash is agreed at the next round if the folder holds that
+    /// version, and forgotten if it does not.
+    #[test]
+    fn a_landing_the_folder_holds_is_agreed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (RelPath::parse("a").unwrap(), RelPath::parse("b").unwrap());
+        let mut record = Record::load(dir.path(), &peer()).unwrap();
+        record.expect_landing(vec![(a.clone(), version("new")), (b.clone(), version("x"))]);
+        record.save().unwrap();
+        let mut loaded = Record::load(dir.path(), &peer()).unwrap();
+        let here: BTreeMap<RelPath, Version> =
+            [(a.clone(), version("new")), (b.clone(), version("other"))].into();
+        let landed = loaded.settle_landing(&here);
+        assert_eq!(landed, [(a.clone(), version("new"))]);
+        assert_eq!(loaded.entries.get(&a), Some(&version("new")));
+        assert!(!loaded.entries.contains_key(&b));
+        assert!(loaded.landing.is_empty());
     }
 
     /// A conflict copy the peer made of our version waits, saved, until both hold it; the

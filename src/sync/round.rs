@@ -331,6 +331,16 @@ pub async fn sync_with(
         let name = served.name.clone();
         record.add_ours(&name, Version::from(&served));
     }
+    // What an earlier round was installing when it stopped short of saving the record (a
+    // crash) and the folder holds: agreed, as it would have been, and owed to the peer.
+    if !record.landing.is_empty() {
+        let landed = record.settle_landing(&here.versions);
+        let owed: Vec<FileVersion> = landed
+            .iter()
+            .filter_map(|(path, version)| file_version(path, version))
+            .collect();
+        record.owe(owed);
+    }
     // Confirmations a failure kept from the peer go first.
     if !record.unconfirmed.is_empty() {
         match peer
@@ -429,6 +439,24 @@ pub async fn sync_with(
             _ => None,
         })
         .collect();
+    // Noted in the record before the first lands (see `Record::landing`).
+    let landing: Vec<(RelPath, Version)> = plan
+        .actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Download {
+                remote,
+                local,
+                version,
+                ..
+            } if remote == local => Some((local.clone(), version.clone())),
+            _ => None,
+        })
+        .collect();
+    if !landing.is_empty() {
+        record.expect_landing(landing);
+        save(record, &owed, notices, peer_id).await?;
+    }
     let mut settled = Settlement {
         agreed: plan.agreed,
         held: Vec::new(),
@@ -463,6 +491,7 @@ pub async fn sync_with(
         record.add_ours(&path, version);
     }
     confirm(peer, &owed, confirmations).await;
+    record.expect_landing(Vec::new());
     save(record, &owed, notices, peer_id).await?;
     if quiet {
         view.quiet = Some(Seen {

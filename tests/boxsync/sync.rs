@@ -876,62 +876,11 @@ async fn three_boxes_with_only_the_hub_dialable_under_random_operations() {
 
 /// One seeded run of random operations on `boxes`, which sync with each other.
 async fn random_mesh(seed: u64, boxes: Vec<SyncBox>) {
-    let mut rng = seed;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
-    let mut written: BTreeSet<Vec<u8>> = BTreeSet::new();
-    // Versions the test itself overwrote or deleted: a person's own choice, not sync's.
-    let mut discarded: BTreeSet<Vec<u8>> = BTreeSet::new();
-    let mut serial = 0;
+    let mut person = crate::util::Person::new(seed);
     for _round in 0..12 {
         for (i, b) in boxes.iter().enumerate() {
-            let root = b.root();
-            let existing: Vec<String> = contents(&root)
-                .into_iter()
-                .filter(|(_, v)| v.is_some())
-                .map(|(k, _)| k)
-                .collect();
             for _ in 0..3 {
-                serial += 1;
-                let content = format!("box {i} write {serial}").into_bytes();
-                match (next(4), existing.is_empty()) {
-                    (0, _) | (_, true) => {
-                        let name = format!("d{}/f{}.txt", next(3), next(20));
-                        if let Ok(old) = fs::read(root.join(&name)) {
-                            discarded.insert(old);
-                        }
-                        write_file(&root, &name, &content);
-                        written.insert(content);
-                    }
-                    (1, false) => {
-                        let victim = &existing[next(existing.len() as u64) as usize];
-                        if let Ok(old) = fs::read(root.join(victim)) {
-                            discarded.insert(old);
-                        }
-                        write_file(&root, victim, &content);
-                        written.insert(content);
-                    }
-                    (2, false) => {
-                        let victim = &existing[next(existing.len() as u64) as usize];
-                        if let Ok(old) = fs::read(root.join(victim)) {
-                            discarded.insert(old);
-                        }
-                        let _ = fs::remove_file(root.join(victim));
-                    }
-                    _ => {
-                        let victim = &existing[next(existing.len() as u64) as usize];
-                        let to = root.join(format!("d{}/r{}.txt", next(3), next(20)));
-                        if let Ok(old) = fs::read(&to) {
-                            discarded.insert(old);
-                        }
-                        let _ = fs::create_dir_all(to.parent().unwrap());
-                        let _ = fs::rename(root.join(victim), to);
-                    }
-                }
+                person.change(&b.root(), i);
             }
         }
         // Some sync between two bursts of operations: a round that began after them ends
@@ -943,21 +892,9 @@ async fn random_mesh(seed: u64, boxes: Vec<SyncBox>) {
             "sync rounds stalled"
         );
     }
-    let all = converged(&boxes).await;
-    let mut surviving: BTreeSet<Vec<u8>> = all.values().flatten().cloned().collect();
-    for b in &boxes {
-        let trash = b.root().join(".boxsync/trash");
-        for file in crate::util::files_under(&trash) {
-            if let Ok(content) = fs::read(trash.join(file)) {
-                surviving.insert(content);
-            }
-        }
-    }
-    let lost: Vec<String> = written
-        .difference(&discarded)
-        .filter(|c| !surviving.contains(*c))
-        .map(|c| String::from_utf8_lossy(c).to_string())
-        .collect();
+    converged(&boxes).await;
+    let roots: Vec<PathBuf> = boxes.iter().map(|b| b.root()).collect();
+    let lost = person.lost(&roots);
     assert!(lost.is_empty(), "contents lost: {lost:?}");
 }
 

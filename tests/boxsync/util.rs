@@ -432,3 +432,108 @@ pub fn start_sync_every(
     });
     (handle, stop)
 }
+
+/// A person making seeded random changes to folders: creates, edits, deletes and renames
+/// of files under `d0/`..`d2/`, each written content unique. It keeps what it wrote, and
+/// what it overwrote or deleted itself (a person's own choice, not sync's), so that a test
+/// can tell whether sync lost anything.
+pub struct Person {
+    rng: u64,
+    serial: u64,
+    /// Every content written.
+    pub written: std::collections::BTreeSet<Vec<u8>>,
+    /// Contents this person overwrote or deleted.
+    pub discarded: std::collections::BTreeSet<Vec<u8>>,
+}
+
+impl Person {
+    /// A person whose choices follow `seed`.
+    pub fn new(seed: u64) -> Person {
+        Person {
+            rng: seed.max(1),
+            serial: 0,
+            written: Default::default(),
+            discarded: Default::default(),
+        }
+    }
+
+    /// A pseudo-random number below `n` (xorshift).
+    pub fn next(&mut self, n: u64) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng % n
+    }
+
+    /// One random change to the folder at `root` (box `label`): a new file, an edit, a
+    /// deletion or a rename, in equal parts (a new file when there is none).
+    pub fn change(&mut self, root: &Path, label: usize) {
+        self.serial += 1;
+        let existing: Vec<PathBuf> = files_under(root)
+            .into_iter()
+            .filter(|p| !p.starts_with(".boxsync"))
+            .collect();
+        let content = format!("box {label} write {}", self.serial).into_bytes();
+        let choice = self.next(4);
+        let mut victim = || root.join(&existing[self.next(existing.len() as u64) as usize]);
+        match choice {
+            _ if existing.is_empty() => self.write(root, content),
+            0 => self.write(root, content),
+            1 => {
+                let path = victim();
+                self.discard(&path);
+                if let Some(parent) = path.parent() {
+                    let _ = fs::create_dir_all(parent);
+                }
+                let _ = fs::write(&path, &content);
+                self.written.insert(content);
+            }
+            2 => {
+                let path = victim();
+                self.discard(&path);
+                let _ = fs::remove_file(&path);
+            }
+            _ => {
+                let from = victim();
+                let to = root.join(format!("d{}/r{}.txt", self.next(3), self.next(12)));
+                self.discard(&to);
+                let _ = fs::create_dir_all(to.parent().unwrap_or(root));
+                let _ = fs::rename(from, to);
+            }
+        }
+    }
+
+    /// Writes `content` to a random new or existing name.
+    fn write(&mut self, root: &Path, content: Vec<u8>) {
+        let name = format!("d{}/f{}.txt", self.next(3), self.next(12));
+        self.discard(&root.join(&name));
+        write_file(root, &name, &content);
+        self.written.insert(content);
+    }
+
+    /// What stands at `path` is the person's to lose.
+    fn discard(&mut self, path: &Path) {
+        if let Ok(old) = fs::read(path) {
+            self.discarded.insert(old);
+        }
+    }
+
+    /// The contents this person wrote and did not discard that are in none of `folders`
+    /// and in no trash of theirs: what sync lost.
+    pub fn lost(&self, folders: &[PathBuf]) -> Vec<String> {
+        let mut surviving = std::collections::BTreeSet::new();
+        for root in folders {
+            let kept = |p: &PathBuf| !p.starts_with(".boxsync") || p.starts_with(".boxsync/trash");
+            for file in files_under(root).into_iter().filter(kept) {
+                if let Ok(content) = fs::read(root.join(file)) {
+                    surviving.insert(content);
+                }
+            }
+        }
+        self.written
+            .difference(&self.discarded)
+            .filter(|c| !surviving.contains(*c))
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect()
+    }
+}
