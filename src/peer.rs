@@ -28,7 +28,7 @@ use crate::share::filter::IndexFilter;
 use crate::share::{Entry, FileHash, RelPath};
 use crate::transfer::udp::UdpError;
 use crate::transfer::{Downloaded, Landing, Progress, TransferError, Wanted, seconds};
-use crate::types::{BoxId, FileVersion, PeerAddress, Transport};
+use crate::types::{Agreement, BoxId, FileVersion, PeerAddress, Transport};
 
 use crate::requests::listing;
 pub use crate::requests::listing::Listing;
@@ -427,11 +427,25 @@ impl Peer {
         &self,
         versions: Vec<FileVersion>,
     ) -> Result<(), PeerError> {
-        for chunk in versions.chunks(MAX_BATCH_NAMES) {
-            let request = Request::InstalledMany(InstalledMany {
-                versions: chunk.to_vec(),
-            });
-            self.notice(&request).await?;
+        self.confirm(versions.into_iter().map(Agreement::Holds).collect())
+            .await
+    }
+
+    /// Tells the peer what this box now agrees on with it (`installed_many`, oldest
+    /// first): versions of its files it holds, paths both lack.
+    pub async fn confirm(&self, agreements: Vec<Agreement>) -> Result<(), PeerError> {
+        for chunk in agreements.chunks(MAX_BATCH_NAMES) {
+            let mut many = InstalledMany {
+                versions: Vec::new(),
+                removed: Vec::new(),
+            };
+            for agreement in chunk.iter().cloned() {
+                match agreement {
+                    Agreement::Holds(version) => many.versions.push(version),
+                    Agreement::Lacks { removed } => many.removed.push(removed),
+                }
+            }
+            self.notice(&Request::InstalledMany(many)).await?;
         }
         Ok(())
     }

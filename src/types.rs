@@ -224,6 +224,21 @@ pub struct FileVersion {
     pub mode: u32,
 }
 
+/// What a box tells a peer it now agrees on with it, so that both records hold the same:
+/// it holds this version of one of the peer's files (`installed`), or it lacks a path the
+/// peer lacks too (`removed`). Untagged: an installed version reads as itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Agreement {
+    /// This box now holds this version of the peer's file, under that name.
+    Holds(FileVersion),
+    /// This box, like the peer, no longer holds this path.
+    Lacks {
+        /// The path both lack.
+        removed: RelPath,
+    },
+}
+
 /// Reads a BLAKE3 digest as 64 lowercase hex digits, refusing anything else.
 fn blake3_hex<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     let text = String::deserialize(deserializer)?;

@@ -16,22 +16,22 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{BoxId, FileVersion};
+use crate::types::{Agreement, BoxId};
 
 /// Most notices kept per peer before sync takes them: beyond this, notices are refused
 /// (`unavailable`), and the peer keeps them to send again.
 pub const MAX_PENDING: usize = 100_000;
 
-/// One acknowledged notice: the version the peer installed, and where it stands in the
-/// peer's journal.
+/// One acknowledged notice: what the peer agrees on with this box (a version it installed,
+/// a path it removed), and where it stands in the peer's journal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Noted {
     /// The journal it was written to.
     pub epoch: u64,
     /// Its number in that journal, from 1.
     pub n: u64,
-    /// What the peer said it installed.
-    pub version: FileVersion,
+    /// What the peer said.
+    pub version: Agreement,
 }
 
 /// One peer's journal: its epoch, the next number, the notices not yet taken, and the open
@@ -99,9 +99,10 @@ impl Inbox {
         Ok(inbox)
     }
 
-    /// Writes `versions` to `peer`'s journal and flushes it to disk; then they are pending.
+    /// Writes `versions` (the agreements `peer` told) to its journal and flushes it to disk;
+    /// then they are pending.
     /// Refused whole, with nothing written, if it would hold more than [`MAX_PENDING`].
-    pub fn note(&mut self, peer: &BoxId, versions: Vec<FileVersion>) -> io::Result<()> {
+    pub fn note(&mut self, peer: &BoxId, versions: Vec<Agreement>) -> io::Result<()> {
         let dir = self.dir.clone();
         let journal = self
             .journals
@@ -210,14 +211,14 @@ mod tests {
         BoxId::from_public_key(b"peer")
     }
 
-    fn version(name: &str) -> FileVersion {
-        FileVersion {
+    fn version(name: &str) -> Agreement {
+        Agreement::Holds(crate::types::FileVersion {
             name: RelPath::parse(name).expect("path"),
             blake3: "0".repeat(64),
             size: 1,
             mtime: Timestamp::now(),
             mode: 0o644,
-        }
+        })
     }
 
     /// What was acknowledged is there again after a restart (a crash), in order, with the

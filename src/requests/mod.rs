@@ -108,7 +108,14 @@ impl Request {
             Request::UdpFinish(finish) => format!("udp finish {}", finish.session),
             Request::Changed => "changed".to_string(),
             Request::Installed(installed) => format!("installed {}", installed.name),
-            Request::InstalledMany(many) => format!("installed {} files", many.versions.len()),
+            Request::InstalledMany(many) if many.removed.is_empty() => {
+                format!("installed {} files", many.versions.len())
+            }
+            Request::InstalledMany(many) => format!(
+                "installed {} files, removed {}",
+                many.versions.len(),
+                many.removed.len()
+            ),
         }
     }
 }
@@ -317,6 +324,7 @@ mod tests {
             (
                 Request::InstalledMany(notices::InstalledMany {
                     versions: vec![version],
+                    removed: Vec::new(),
                 }),
                 r#"{"request":"installed_many","versions":[{"name":"a b.txt","blake3":"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","size":3,"mtime":"2023-11-14T22:13:20.000000000Z","mode":420}]}"#,
             ),

@@ -1,7 +1,8 @@
 //! Sync's notices, each answered by `ack`: `changed` ("my folder changed: pull from me
 //! soon"), `installed` and `installed_many` ("I installed this version of your file under
 //! the name given": the same name, or that of the conflict copy made of it; the receiving
-//! box's sync records that both held it, a copy once it holds it too). A notice is taken
+//! box's sync records that both held it, a copy once it holds it too; and, in
+//! `installed_many`, "I removed these paths, as you had": both lack them). A notice is taken
 //! for the box that sent it, under the id its handshake proved.
 
 use std::collections::HashMap;
@@ -19,9 +20,10 @@ use tokio::sync::Notify;
 use super::inbox::{Inbox, Noted};
 use super::{CallError, Handled, MAX_BATCH_NAMES, ServeContext, receive_within, refuse, too_many};
 use crate::protocol::{Connection, ErrorKind, Response};
+use crate::share::RelPath;
 use crate::time::Timestamp;
 use crate::transfer::send_within;
-use crate::types::{BoxId, FileVersion};
+use crate::types::{Agreement, BoxId, FileVersion};
 
 /// Most versions remembered per peer between two sync rounds.
 const MAX_NOTED: usize = 100_000;
@@ -106,7 +108,7 @@ impl Notices {
 
     /// Remembers, on disk before it returns, that `peer` installed `versions` of this
     /// box's files (oldest first). Blocking: call it off the async runtime's threads.
-    pub fn note_installed(&self, peer: &BoxId, versions: Vec<FileVersion>) -> io::Result<()> {
+    pub fn note_installed(&self, peer: &BoxId, versions: Vec<Agreement>) -> io::Result<()> {
         let mut inbox = self.installed.lock().unwrap_or_else(|e| e.into_inner());
         inbox.note(peer, versions)
     }
@@ -151,7 +153,7 @@ pub async fn serve_installed(
     cx: &ServeContext<'_>,
     connection: &mut Connection<Link>,
 ) -> Handled {
-    note_installed(cx, connection, vec![version]).await
+    note_installed(cx, connection, vec![Agreement::Holds(version)]).await
 }
 
 /// Notes `versions` as installed by the sender, on disk, then acknowledges them; a note
@@ -159,7 +161,7 @@ pub async fn serve_installed(
 async fn note_installed(
     cx: &ServeContext<'_>,
     connection: &mut Connection<Link>,
-    versions: Vec<FileVersion>,
+    versions: Vec<Agreement>,
 ) -> Handled {
     let notices = Arc::clone(cx.notices);
     let peer = cx.peer_id.clone();
@@ -181,23 +183,33 @@ async fn note_installed(
 /// first, so that a batch of downloads is confirmed in one round trip.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstalledMany {
-    /// The versions installed, at most [`MAX_BATCH_NAMES`].
+    /// The versions installed.
     pub versions: Vec<FileVersion>,
+    /// Paths this box removed because the peer had (both now lack them); with `versions`,
+    /// at most [`MAX_BATCH_NAMES`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<RelPath>,
 }
 
 impl InstalledMany {
     /// Server: noted, oldest first; a list over the limit is refused whole.
     pub async fn serve(self, cx: &ServeContext<'_>, connection: &mut Connection<Link>) -> Handled {
-        if self.versions.len() > MAX_BATCH_NAMES {
+        let count = self.versions.len() + self.removed.len();
+        if count > MAX_BATCH_NAMES {
             return refuse(
                 connection,
                 ErrorKind::BadRequest,
-                too_many(self.versions.len()),
+                too_many(count),
                 cx.stall(),
             )
             .await;
         }
-        note_installed(cx, connection, self.versions).await
+        let agreements = self.versions.into_iter().map(Agreement::Holds);
+        let removed = self
+            .removed
+            .into_iter()
+            .map(|removed| Agreement::Lacks { removed });
+        note_installed(cx, connection, agreements.chain(removed).collect()).await
     }
 }
 

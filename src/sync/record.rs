@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::plan::Version;
 use crate::share::RelPath;
-use crate::types::{BoxId, FileVersion};
+use crate::types::{Agreement, BoxId};
 
 /// Folder under the state folder that holds the records.
 pub const RECORD_DIR: &str = "sync";
@@ -38,7 +38,7 @@ pub struct Record {
     pub inbox: Option<(u64, u64)>,
     /// Confirmations to the peer (this box holds these versions of its files) that did not
     /// reach it: sent again at the start of the next round, until the peer acknowledges.
-    pub unconfirmed: Vec<FileVersion>,
+    pub unconfirmed: Vec<Agreement>,
     /// The peer's versions a round is about to install under their own names, saved before
     /// the first lands: found in the folder at the next round (after a crash between the
     /// landing and the record's save, say), each is agreed, as it would have been.
@@ -68,7 +68,7 @@ struct Stored {
     #[serde(default)]
     inbox: Option<(u64, u64)>,
     #[serde(default)]
-    unconfirmed: Vec<FileVersion>,
+    unconfirmed: Vec<Agreement>,
     #[serde(default)]
     landing: Vec<(RelPath, Version)>,
 }
@@ -160,9 +160,18 @@ impl Record {
     /// Settles the landings noted by an earlier round: each one the folder holds (`here`)
     /// is agreed, and returned, for the peer to be told; the others are forgotten.
     pub fn settle_landing(&mut self, here: &BTreeMap<RelPath, Version>) -> Vec<(RelPath, Version)> {
+        // A version from a plain index (first contact) names no hash: its size, time and
+        // mode must match, and the agreement is on what the folder holds.
         let landed: Vec<(RelPath, Version)> = std::mem::take(&mut self.landing)
             .into_iter()
-            .filter(|(path, version)| here.get(path).is_some_and(|h| h.same(version)))
+            .filter_map(|(path, version)| {
+                let held = here.get(&path)?;
+                let unhashed = version.blake3.is_none()
+                    && !version.dir
+                    && (held.size, held.mtime, held.mode)
+                        == (version.size, version.mtime, version.mode);
+                (held.same(&version) || unhashed).then(|| (path, held.clone()))
+            })
             .collect();
         self.dirty = true;
         self.update(landed.iter().cloned().map(|(p, v)| (p, Some(v))));
@@ -170,7 +179,7 @@ impl Record {
     }
 
     /// Keeps confirmations that did not reach the peer, to send again.
-    pub fn owe(&mut self, versions: impl IntoIterator<Item = FileVersion>) {
+    pub fn owe(&mut self, versions: impl IntoIterator<Item = Agreement>) {
         let before = self.unconfirmed.len();
         self.unconfirmed.extend(versions);
         if self.unconfirmed.len() != before {
@@ -292,21 +301,24 @@ mod tests {
     #[test]
     fn keeps_the_inbox_mark_and_the_confirmations_owed() {
         let dir = tempfile::tempdir().unwrap();
-        let owed = FileVersion {
+        let held = Agreement::Holds(crate::types::FileVersion {
             name: RelPath::parse("f.txt").unwrap(),
             blake3: "0".repeat(64),
             size: 1,
             mtime: crate::time::Timestamp::now(),
             mode: 0o644,
+        });
+        let lacked = Agreement::Lacks {
+            removed: RelPath::parse("g.txt").unwrap(),
         };
         let mut record = Record::load(dir.path(), &peer()).unwrap();
         record.mark_applied(7, 3);
-        record.owe([owed.clone()]);
+        record.owe([held.clone(), lacked.clone()]);
         record.save().unwrap();
         let mut loaded = Record::load(dir.path(), &peer()).unwrap();
         assert!(loaded.applied(7, 3) && loaded.applied(7, 1));
         assert!(!loaded.applied(7, 4) && !loaded.applied(8, 1));
-        assert_eq!(loaded.unconfirmed, [owed]);
+        assert_eq!(loaded.unconfirmed, [held, lacked]);
         loaded.paid();
         loaded.save().unwrap();
         assert!(

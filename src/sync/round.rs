@@ -22,7 +22,7 @@ use crate::share::filter::IndexFilter;
 use crate::share::{DigestSet, Entry as ShareEntry, FileHash, InstallMeta, RelPath, ShareError};
 use crate::time::Timestamp;
 use crate::transfer::{Downloaded, Landing, TransferError, Wanted};
-use crate::types::{BoxId, FileVersion, Transport};
+use crate::types::{Agreement, BoxId, FileVersion, Transport};
 
 /// Downloads (single files or batches) in flight at once within a round.
 const PARALLEL_DOWNLOADS: usize = 4;
@@ -310,13 +310,20 @@ pub async fn sync_with(
     // latest wins). A conflict copy the peer made of our version, though, both hold only
     // once this box holds it too (set it aside, now or later): then agreed, and confirmed
     // back, for the peer, which made it under a name not its own, records no agreement.
-    let mut confirmations = Vec::new();
+    let mut confirmations: Vec<FileVersion> = Vec::new();
     for noted in installed {
         if record.applied(noted.epoch, noted.n) {
             continue;
         }
         record.mark_applied(noted.epoch, noted.n);
-        let copy = noted.version;
+        let copy = match noted.version {
+            Agreement::Holds(copy) => copy,
+            // The peer removed what this box had removed: both lack it.
+            Agreement::Lacks { removed } => {
+                record.update([(removed, None)]);
+                continue;
+            }
+        };
         let version = Version::from(&copy);
         if !plan::is_conflict_copy_of(&copy.name, local.id.as_str()) {
             record.update([(copy.name, Some(version))]);
@@ -335,18 +342,16 @@ pub async fn sync_with(
     // crash) and the folder holds: agreed, as it would have been, and owed to the peer.
     if !record.landing.is_empty() {
         let landed = record.settle_landing(&here.versions);
-        let owed: Vec<FileVersion> = landed
+        let owed: Vec<Agreement> = landed
             .iter()
             .filter_map(|(path, version)| file_version(path, version))
+            .map(Agreement::Holds)
             .collect();
         record.owe(owed);
     }
     // Confirmations a failure kept from the peer go first.
     if !record.unconfirmed.is_empty() {
-        match peer
-            .confirm_installed_many(record.unconfirmed.clone())
-            .await
-        {
+        match peer.confirm(record.unconfirmed.clone()).await {
             Ok(()) => record.paid(),
             Err(e) => return Err(e.into()),
         }
@@ -364,6 +369,11 @@ pub async fn sync_with(
     let mut pulled = BTreeMap::new();
     if let Some(entries) = early_index {
         let early = plan::plan_early_pull(&entries, &here.versions, &here.unknown, record, ignore);
+        let landing = landings(&early);
+        if !landing.is_empty() {
+            record.expect_landing(landing);
+            save(record, &owed, notices, peer_id).await?;
+        }
         pulled = pull_early(pull, &entries, early, &mut report).await;
         // What both now hold is agreed before the plan looks: a file the peer changed
         // meanwhile is then its edit to take, not a conflict. Saved at once, should the
@@ -440,19 +450,7 @@ pub async fn sync_with(
         })
         .collect();
     // Noted in the record before the first lands (see `Record::landing`).
-    let landing: Vec<(RelPath, Version)> = plan
-        .actions
-        .iter()
-        .filter_map(|action| match action {
-            Action::Download {
-                remote,
-                local,
-                version,
-                ..
-            } if remote == local => Some((local.clone(), version.clone())),
-            _ => None,
-        })
-        .collect();
+    let landing = landings(&plan.actions);
     if !landing.is_empty() {
         record.expect_landing(landing);
         save(record, &owed, notices, peer_id).await?;
@@ -462,20 +460,27 @@ pub async fn sync_with(
         held: Vec::new(),
     };
     carry_out_plan(pull, plan.actions, &there, &mut settled, &mut report).await;
-    // Agreements are symmetric: the peer records what this box found both hold, so that a
-    // later change on either side is read as that side's change, not as a version the
-    // other box never saw (a metadata tie lost to the smaller ID, a deletion undone).
-    confirmations.extend(
-        settled
-            .agreed
-            .iter()
-            .filter(|(path, _)| !downloaded.contains(*path))
-            .filter_map(|(path, version)| {
-                let version = version.as_ref()?;
+    // Agreements are symmetric: the peer records what this box found both hold, or both
+    // lack, so that a later change on either side is read as that side's change, not as a
+    // version the other box never saw (a metadata tie lost to the smaller ID, a deletion
+    // undone, a removal each box waits for the other to take).
+    let mut agreements: Vec<Agreement> = settled
+        .agreed
+        .iter()
+        .filter(|(path, _)| !downloaded.contains(*path))
+        .filter_map(|(path, version)| match version {
+            Some(version) => {
                 let known = record.entries.get(path).is_some_and(|s| s == version);
-                (!known).then(|| file_version(path, version)).flatten()
+                (!known)
+                    .then(|| file_version(path, version))
+                    .flatten()
+                    .map(Agreement::Holds)
+            }
+            None => record.entries.contains_key(path).then(|| Agreement::Lacks {
+                removed: path.clone(),
             }),
-    );
+        })
+        .collect();
     // A version just set aside under a conflict name where the peer said it holds it
     // already: both hold it now (agreed, and confirmed back, as above).
     for (path, version) in &settled.held {
@@ -490,7 +495,8 @@ pub async fn sync_with(
     for (path, version) in settled.held {
         record.add_ours(&path, version);
     }
-    confirm(peer, &owed, confirmations).await;
+    agreements.extend(confirmations.into_iter().map(Agreement::Holds));
+    confirm(peer, &owed, agreements).await;
     record.expect_landing(Vec::new());
     save(record, &owed, notices, peer_id).await?;
     if quiet {
@@ -766,7 +772,7 @@ async fn apply(pull: Pull<'_>, action: &Action) -> Result<Settled, SyncError> {
                 source,
             })?;
             let (settled, confirmation) = settle(remote, name, downloaded);
-            confirm(peer, owed, vec![confirmation]).await;
+            confirm(peer, owed, vec![Agreement::Holds(confirmation)]).await;
             Ok(settled)
         }
         Action::SetMetadata {
@@ -911,7 +917,8 @@ async fn apply_batch(pull: Pull<'_>, batch: Vec<(Action, Wanted)>) -> Outcomes {
             (action, outcome)
         })
         .collect();
-    confirm(peer, owed, confirmations).await;
+    let agreements = confirmations.into_iter().map(Agreement::Holds).collect();
+    confirm(peer, owed, agreements).await;
     outcomes
 }
 
@@ -937,8 +944,24 @@ async fn save(
     Ok(())
 }
 
+/// The peer's versions `actions` install under their own names.
+fn landings(actions: &[Action]) -> Vec<(RelPath, Version)> {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Download {
+                remote,
+                local,
+                version,
+                ..
+            } if remote == local => Some((local.clone(), version.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Confirmations to a peer that did not reach it, kept for the record to send again.
-type Owed = std::sync::Mutex<Vec<FileVersion>>;
+type Owed = std::sync::Mutex<Vec<Agreement>>;
 
 /// What carrying out a round's actions needs: this box, the peer and how to fetch from it,
 /// and where confirmations that did not reach the peer are kept.
@@ -950,13 +973,13 @@ struct Pull<'a> {
     owed: &'a Owed,
 }
 
-/// Tells the peer this box now holds `versions` of its files; what does not reach it is
-/// owed, and sent again next round.
-async fn confirm(peer: &Peer, owed: &Owed, versions: Vec<FileVersion>) {
+/// Tells the peer what this box now agrees on with it; what does not reach it is owed,
+/// and sent again next round.
+async fn confirm(peer: &Peer, owed: &Owed, versions: Vec<Agreement>) {
     if versions.is_empty() {
         return;
     }
-    if let Err(e) = peer.confirm_installed_many(versions.clone()).await {
+    if let Err(e) = peer.confirm(versions.clone()).await {
         tracing::debug!(error = %crate::text::for_log(&e), "install confirmations not delivered: kept to send again");
         owed.lock()
             .unwrap_or_else(|e| e.into_inner())

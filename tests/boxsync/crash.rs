@@ -247,10 +247,6 @@ async fn two_boxes_converge_and_lose_nothing_under_kill_9() {
 
 /// Three boxes (a hub and two laptops) under chaos.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "known bug (issue 20): about 1 run in 6 leaves a conflict copy on two of three \
-            boxes: the hub takes laptop 1's deletion of the copy (only the hub records it), \
-            then takes the copy back from laptop 2, whose agreement on it was still pending \
-            under the conflict-copy rule; laptop 1 then waits for the hub, and the hub for it"]
 async fn three_boxes_converge_and_lose_nothing_under_kill_9() {
     chaos(0x5eed_0002, 2).await;
 }
