@@ -157,7 +157,10 @@ def make_small_tree(folder, n, seed=1):
 def rsync_daemon(module_path):
     port = free_port()
     conf = Path(tempfile.mkdtemp(prefix="rsyncd-")) / "rsyncd.conf"
-    conf.write_text(f"use chroot = no\n[src]\n  path = {module_path}\n  read only = yes\n  exclude = .boxsync/\n")
+    # As whoever runs the bench: a root daemon would drop to nobody, who cannot read a
+    # private work folder.
+    conf.write_text(f"use chroot = no\nuid = {os.getuid()}\ngid = {os.getgid()}\n[src]\n"
+                    f"  path = {module_path}\n  read only = yes\n  exclude = .boxsync/\n")
     proc = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={conf}",
                              f"--port={port}", "--address=127.0.0.1"])
     wait_until(lambda: subprocess.run(["rsync", f"rsync://127.0.0.1:{port}/"],
