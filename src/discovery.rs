@@ -397,8 +397,9 @@ pub struct Discovery {
 
 impl Discovery {
     /// Starts announcing `own` with its server's `port`, and listening, in a task on the
-    /// current tokio runtime (which must be running). It stops when the returned `Arc`'s
-    /// last clone is dropped.
+    /// current tokio runtime (which must be running). Port 0 (a box that listens nowhere,
+    /// `-l none`) only listens: there is nowhere to dial it. It stops when the returned
+    /// `Arc`'s last clone is dropped.
     pub fn start(
         config: DiscoveryConfig,
         own: BoxId,
@@ -424,11 +425,15 @@ impl Discovery {
             .checked_mul(LIFETIMES)
             .unwrap_or(Duration::MAX);
         let shared = Arc::new(Shared::new(own, lifetime));
+        let targets = match port {
+            0 => Vec::new(),
+            _ => config.targets,
+        };
         let task = tokio::spawn(run(
             socket,
             Arc::clone(&shared),
             announcement,
-            config.targets,
+            targets,
             config.interval,
         ));
         Ok(Arc::new(Discovery {
@@ -719,7 +724,8 @@ mod tests {
     }
 
     /// Two boxes on one machine share the discovery port, broadcast on loopback, and find
-    /// each other by ID, each at the other's announced port; neither records itself.
+    /// each other by ID, each at the other's announced port; neither records itself. A
+    /// third that listens nowhere finds them and is not found.
     #[tokio::test]
     async fn two_boxes_on_one_machine_find_each_other() {
         // A free port, held (shared, as discovery shares it) while both boxes bind it;
@@ -732,7 +738,9 @@ mod tests {
             targets: vec![SocketAddr::from(([127, 255, 255, 255], port))],
         };
         let first = Discovery::start(config.clone(), id(1), 7001).unwrap();
-        let second = Discovery::start(config, id(2), 7002).unwrap();
+        let second = Discovery::start(config.clone(), id(2), 7002).unwrap();
+        // A box that listens nowhere looks, but announces nothing.
+        let third = Discovery::start(config, id(3), 0).unwrap();
         drop(held);
         assert_eq!(second.local_port(), port);
         assert_eq!(first.local_port(), port);
@@ -744,6 +752,16 @@ mod tests {
         );
         assert_eq!(seen_by_first, Some(addr("127.0.0.1:7002")));
         assert_eq!(seen_by_second, Some(addr("127.0.0.1:7001")));
+        assert_eq!(
+            third.wait_for(&first_id, deadline).await,
+            Some(addr("127.0.0.1:7001"))
+        );
+        assert_eq!(first.lookup(&id(3)), None, "a box without a port announced");
+        assert_eq!(
+            second.lookup(&id(3)),
+            None,
+            "a box without a port announced"
+        );
         assert_eq!(first.lookup(&id(1)), None);
         assert_eq!(second.lookup(&id(2)), None);
     }

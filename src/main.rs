@@ -503,6 +503,7 @@ async fn bind(
         None => Server::unlistening(Arc::clone(local)).await?,
     };
     if discovery {
+        // Port 0: a box that listens nowhere looks for its peers but announces nothing.
         let port = if server.listens() {
             server.local_addr().port()
         } else {
