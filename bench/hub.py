@@ -37,7 +37,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,78 +47,12 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from need import need
+from procs import cpu_seconds, free_port, kill_all, on_signal, spawn, steal_seconds, stop, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release" / "boxsync"
 
 # Every process started by this script: killed at exit, whatever the reason.
-PROCS = []
-
-
-def kill_all():
-    for p in PROCS:
-        if p.poll() is None:
-            p.terminate()
-    for p in PROCS:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    PROCS.clear()
-
-
-def on_signal(signum, _frame):
-    sys.exit(f"bench: stopped by signal {signum}")
-
-
-def spawn(cmd, **kw):
-    proc = subprocess.Popen(cmd, **kw)
-    PROCS.append(proc)
-    return proc
-
-
-def stop(*procs):
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        if p in PROCS:
-            PROCS.remove(p)
-
-
-def wait_until(condition, timeout, step=0.002):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(step)
-    return condition()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid):
-    """utime + stime of `pid` from /proc/PID/stat, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def steal_seconds():
-    """CPU time the host took from this machine, all CPUs, from /proc/stat."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()
-    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
-
-
 def holds(path, content):
     """Whether `path` holds exactly `content` (the size first: cheap while it is absent)."""
     try:

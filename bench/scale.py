@@ -60,77 +60,10 @@ import time
 from pathlib import Path
 
 from need import need
+from procs import cpu_seconds, free_port, kill_all, on_signal, spawn, steal_seconds, stop, wait_until
 from scale_tree import make_tree
 
 ROOT = Path(__file__).resolve().parent.parent
-PROCS = []
-
-
-# --- processes and /proc ---------------------------------------------------------------
-
-
-def kill_all():
-    for p in PROCS:
-        if p.poll() is None:
-            p.terminate()
-    for p in PROCS:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    PROCS.clear()
-
-
-def on_signal(signum, _frame):
-    sys.exit(f"bench: stopped by signal {signum}")
-
-
-def spawn(cmd, **kw):
-    proc = subprocess.Popen(cmd, **kw)
-    PROCS.append(proc)
-    return proc
-
-
-def stop(*procs):
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        if p in PROCS:
-            PROCS.remove(p)
-
-
-def wait_until(condition, timeout, step=0.002):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(step)
-    return condition()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def steal_seconds():
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()
-    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
-
-
 def mem(pid):
     """(VmRSS, VmHWM) of `pid` in bytes."""
     vals = {}
@@ -314,7 +247,7 @@ class References:
         p = spawn(["rsync", "-a", *extra, f"rsync://127.0.0.1:{self.port}/src/", f"{dest}/"])
         peak = wait_child(p)
         t = time.monotonic() - t0
-        PROCS.remove(p)
+        stop(p)  # exited: only forgotten
         if p.returncode != 0:
             sys.exit(f"bench: rsync {extra} exited {p.returncode}")
         shutil.rmtree(dest, ignore_errors=True)
@@ -347,7 +280,7 @@ class References:
         t = time.monotonic() - t0
         _, srv_peak = mem(srv.pid)
         stop(srv)
-        PROCS.remove(cli)
+        stop(cli)  # exited: only forgotten
         # cli was reaped by wait(): its own peak is not available then; the server's is.
         if cli.returncode != 0:
             sys.exit(f"bench: unison exited {cli.returncode}; see logs/unison-client.log")
