@@ -8,8 +8,9 @@
 //! - [`time`]: instants on the wire and on screen (RFC 3339 UTC, nanoseconds).
 //! - [`parse`]: values people type (rates, peer addresses), checked one way everywhere.
 //! - [`share`]: the shared folder: safe relative paths, the index and its filters, hashes
-//!   and their cache, per-file locks, the trash and atomic installation of downloads, the
-//!   budget of answers waiting for slow clients.
+//!   and their cache, the index database (`share::index`, SQLite) and the folder's change
+//!   numbers (`share::numbering`), per-file locks, the trash and atomic installation of
+//!   downloads, the budget of answers waiting for slow clients.
 //! - [`types`]: the shared nouns: a box's ID (the hash of its key, with check characters)
 //!   and where to reach one, one version of a file, a transport.
 //! - [`discovery`]: local discovery: boxes announce their ID and port by broadcast, so

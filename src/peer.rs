@@ -18,6 +18,7 @@ use crate::links::PeerLink;
 use crate::local::LocalBox;
 use crate::protocol::{self, Connection, ConnectionError, ErrorKind, HandshakeError, Link};
 use crate::requests::batch::DownloadMany;
+use crate::requests::changes::{Changes, ChangesAnswer};
 use crate::requests::download::Download;
 use crate::requests::hash::{HashCheckall, HashVerify};
 use crate::requests::index::Index;
@@ -25,7 +26,7 @@ use crate::requests::notices::{self, InstalledMany};
 use crate::requests::udp::DownloadUdp;
 use crate::requests::{CallError, MAX_BATCH_NAMES, Request};
 use crate::share::filter::IndexFilter;
-use crate::share::{Entry, FileHash, RelPath};
+use crate::share::{ChangeMark, Entry, FileHash, RelPath};
 use crate::transfer::udp::UdpError;
 use crate::transfer::{Downloaded, Landing, Progress, TransferError, Wanted, seconds};
 use crate::types::{Agreement, BoxId, FileVersion, PeerAddress, Transport};
@@ -488,6 +489,17 @@ impl Peer {
         exchange!(self, &request, |connection| {
             listing::receive_conditional(connection, limits).await
         })
+    }
+
+    /// What changed in the peer's folder since `since`, the mark of the last answer read
+    /// (`None`: everything): sync's listing of the peer.
+    pub async fn changes(&self, since: Option<ChangeMark>) -> Result<ChangesAnswer, PeerError> {
+        let changes = Changes { since };
+        let request = Request::Changes(changes.clone());
+        let limits = &self.local.limits;
+        exchange!(self, &request, |connection| changes
+            .read_answer(connection, limits)
+            .await)
     }
 
     /// MD5, SHA-256 and mtime of one file on the peer.

@@ -61,6 +61,8 @@ pub enum Response {
     Entries(Entries),
     /// A batch of file hashes; `more` says whether another batch follows.
     Hashes(Hashes),
+    /// A batch of an answer to `changes`; `more` says whether another batch follows.
+    Changes(crate::requests::changes::ChangesBatch),
     /// Answers a conditional request whose folder version is still the current one: the
     /// previous answer still holds.
     Unchanged,

@@ -20,7 +20,7 @@ use crate::transfer::send_within;
 const BATCH_BYTES: usize = 256 * 1024;
 
 /// Most entries accepted in one listing, so a hostile peer cannot exhaust memory.
-const MAX_LISTED: usize = 10_000_000;
+pub const MAX_LISTED: usize = 10_000_000;
 
 /// The answer to a conditional listing request.
 #[derive(Debug)]

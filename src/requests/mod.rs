@@ -2,6 +2,7 @@
 //! and the server's handling live together, in the spirit of mini-redis's `cmd/`.
 //!
 //! - [`index`]: `index`, the entries of the folder (plain and conditional);
+//! - [`changes`]: `changes`, what changed in the folder since a mark (sync's listing);
 //! - [`hash`]: `hash_verify` and `hash_checkall`;
 //! - [`download`]: `download`, one file over TCP;
 //! - [`batch`]: `download_many`, many small files in one exchange;
@@ -14,6 +15,7 @@
 //! client ([`crate::peer`]) builds one request, logs it, and calls it.
 
 pub mod batch;
+pub mod changes;
 pub mod download;
 pub mod hash;
 pub mod inbox;
@@ -52,6 +54,8 @@ pub const MAX_BATCH_NAMES: usize = 4096;
 pub enum Request {
     /// See [`index::Index`].
     Index(index::Index),
+    /// See [`changes::Changes`].
+    Changes(changes::Changes),
     /// See [`hash::HashVerify`].
     HashVerify(hash::HashVerify),
     /// See [`hash::HashCheckall`].
@@ -77,7 +81,10 @@ impl Request {
     /// sent too often to be worth a line each in the request log.
     pub fn is_routine(&self) -> bool {
         match self {
-            Request::Changed | Request::Installed(_) | Request::InstalledMany(_) => true,
+            Request::Changed
+            | Request::Installed(_)
+            | Request::InstalledMany(_)
+            | Request::Changes(_) => true,
             Request::Index(index) => index.unless.is_some(),
             Request::HashCheckall(checkall) => checkall.unless.is_some(),
             Request::HashVerify(_)
@@ -100,6 +107,10 @@ impl Request {
     pub fn describe(&self) -> String {
         match self {
             Request::Index(index) => format!("index {}", index.filter.describe()),
+            Request::Changes(changes) => match changes.since {
+                Some(mark) => format!("changes since {}", mark.seq),
+                None => "changes".to_string(),
+            },
             Request::HashVerify(verify) => format!("hash verify {}", verify.name),
             Request::HashCheckall(_) => "hash checkall".to_string(),
             Request::Download(download) => format!("download tcp {}", download.name),
@@ -167,6 +178,7 @@ pub async fn serve(
 ) -> Handled {
     match request {
         Request::Index(index) => index.serve(cx, connection).await,
+        Request::Changes(changes) => changes.serve(cx, connection).await,
         Request::HashVerify(verify) => verify.serve(cx, connection).await,
         Request::HashCheckall(checkall) => checkall.serve(cx, connection).await,
         Request::Download(download) => download.serve(cx, connection).await,
@@ -295,6 +307,16 @@ mod tests {
                 r#"{"request":"hash_checkall"}"#,
             ),
             (Request::Changed, r#"{"request":"changed"}"#),
+            (
+                Request::Changes(changes::Changes { since: None }),
+                r#"{"request":"changes"}"#,
+            ),
+            (
+                Request::Changes(changes::Changes {
+                    since: Some(crate::share::ChangeMark { epoch: 7, seq: 42 }),
+                }),
+                r#"{"request":"changes","since":{"epoch":7,"seq":42}}"#,
+            ),
             (
                 Request::Index(index::Index {
                     filter: IndexFilter::Longlist,

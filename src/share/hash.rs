@@ -2,12 +2,12 @@
 //! and the persistent cache that lets a box answer hash requests for unchanged files without
 //! reading them again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use md5::Md5;
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,7 @@ use thiserror::Error;
 use super::ShareError;
 use super::dirs::Dirs;
 use super::folder::{self, Fingerprint};
+use super::index::{IndexDb, IndexError};
 use super::path::RelPath;
 use crate::time::Timestamp;
 
@@ -283,18 +284,20 @@ struct CachedHash {
     digests: Digests,
 }
 
-/// Hashes of files keyed by path and fingerprint (size, mtime, inode, ctime), persisted as
-/// JSON under `.boxsync/` so that a restart does not mean rehashing everything.
+/// Hashes of files keyed by path and fingerprint (size, mtime, inode, ctime), persisted in
+/// the index database ([`super::index`]), row by row as they change, so that a restart
+/// does not mean rehashing everything.
 ///
 /// The map sits behind a std `Mutex`: it is only held for lookups and inserts, never across
 /// an `.await` or a file read.
 pub struct HashCache {
-    /// Where the cache is persisted.
-    file: PathBuf,
+    /// Where the cache is persisted (`None`: nowhere, for tests and for a box whose
+    /// database could not be opened).
+    db: Option<Arc<IndexDb>>,
     /// The remembered hashes.
     entries: Mutex<HashMap<RelPath, CachedHash>>,
-    /// Whether `entries` holds something not yet persisted.
-    dirty: AtomicBool,
+    /// The paths whose entry changed (or went) since the last save.
+    dirty: Mutex<HashSet<RelPath>>,
     /// Bytes of file content read for hashing since start: lets tests and benchmarks prove
     /// that cached answers read nothing.
     bytes_hashed: AtomicU64,
@@ -351,21 +354,62 @@ impl Drop for Claim<'_> {
 const SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl HashCache {
-    /// Loads the cache persisted at `file`; a missing or damaged cache starts empty.
-    pub fn load(file: PathBuf) -> HashCache {
-        let entries = fs::read(&file)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<Vec<(RelPath, CachedHash)>>(&bytes).ok())
-            .map(|list| list.into_iter().collect())
-            .unwrap_or_default();
+    /// A cache kept in memory only.
+    pub fn in_memory() -> HashCache {
+        HashCache::with(None, HashMap::new())
+    }
+
+    /// The cache persisted in `db`, as stored.
+    pub fn persistent(db: Arc<IndexDb>) -> Result<HashCache, IndexError> {
+        let entries = db
+            .hashes()?
+            .into_iter()
+            .map(|(rel, fingerprint, digests)| {
+                (
+                    rel,
+                    CachedHash {
+                        fingerprint,
+                        digests,
+                    },
+                )
+            })
+            .collect();
+        Ok(HashCache::with(Some(db), entries))
+    }
+
+    fn with(db: Option<Arc<IndexDb>>, entries: HashMap<RelPath, CachedHash>) -> HashCache {
         HashCache {
-            file,
+            db,
             entries: Mutex::new(entries),
-            dirty: AtomicBool::new(false),
+            dirty: Mutex::new(HashSet::new()),
             bytes_hashed: AtomicU64::new(0),
             saving: Mutex::new(None),
             in_flight: InFlight::default(),
         }
+    }
+
+    /// Takes in the hashes of `file`, the JSON cache of an older boxsync, and removes it:
+    /// done once, so that an upgraded box rehashes nothing. A damaged file is removed
+    /// too (it only costs rehashing). Returns how many hashes it held.
+    pub fn import_json(&self, file: &Path) -> Result<usize, ShareError> {
+        let bytes = match fs::read(file) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(ShareError::io(file, e)),
+        };
+        let list = serde_json::from_slice::<Vec<(RelPath, CachedHash)>>(&bytes).unwrap_or_default();
+        let count = list.len();
+        {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+            for (rel, cached) in list {
+                dirty.insert(rel.clone());
+                entries.insert(rel, cached);
+            }
+        }
+        self.save()?;
+        fs::remove_file(file).map_err(|e| ShareError::io(file, e))?;
+        Ok(count)
     }
 
     /// Bytes of file content this box has read for hashing since it started.
@@ -408,7 +452,17 @@ impl HashCache {
                 digests,
             },
         );
-        self.dirty.store(true, Ordering::Relaxed);
+        drop(entries);
+        self.mark_dirty([rel.clone()]);
+    }
+
+    fn mark_dirty(&self, paths: impl IntoIterator<Item = RelPath>) {
+        if self.db.is_some() {
+            self.dirty
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(paths);
+        }
     }
 
     /// Whether some thread is hashing `rel` right now and will know the digests of `set`: a
@@ -447,46 +501,57 @@ impl HashCache {
     /// Forgets every path for which `keep` says no (files that no longer exist).
     pub fn retain(&self, mut keep: impl FnMut(&RelPath) -> bool) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let before = entries.len();
-        entries.retain(|rel, _| keep(rel));
-        if entries.len() != before {
-            self.dirty.store(true, Ordering::Relaxed);
-        }
+        let mut gone = Vec::new();
+        entries.retain(|rel, _| {
+            let kept = keep(rel);
+            if !kept {
+                gone.push(rel.clone());
+            }
+            kept
+        });
+        drop(entries);
+        self.mark_dirty(gone);
     }
 
-    /// Writes the cache to disk if it changed and the last save is at least a couple of
-    /// seconds old (a cache that lags only costs rehashing after a crash).
+    /// Writes what changed in the cache to the database if the last save is at least a
+    /// couple of seconds old (a cache that lags only costs rehashing after a crash).
     pub fn save_if_due(&self) -> Result<(), ShareError> {
         self.save_inner(false)
     }
 
-    /// Writes the cache to disk if it changed, atomically (temporary file, then rename).
+    /// Writes what changed in the cache to the database, in one transaction.
     pub fn save(&self) -> Result<(), ShareError> {
         self.save_inner(true)
     }
 
     fn save_inner(&self, now: bool) -> Result<(), ShareError> {
+        let Some(db) = &self.db else {
+            return Ok(());
+        };
         let mut last = self.saving.lock().unwrap_or_else(|e| e.into_inner());
         if !now && last.is_some_and(|t| t.elapsed() < SAVE_INTERVAL) {
             return Ok(());
         }
-        if !self.dirty.swap(false, Ordering::Relaxed) {
+        let dirty = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()));
+        if dirty.is_empty() {
             return Ok(());
         }
         *last = Some(std::time::Instant::now());
-        let bytes = {
+        let (mut set, mut forget) = (Vec::new(), Vec::new());
+        {
             let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            let list: Vec<(&RelPath, &CachedHash)> = entries.iter().collect();
-            serde_json::to_vec(&list)
-                .map_err(|e| ShareError::io(&self.file, io::Error::other(e)))?
-        };
-        let tmp = self.file.with_extension("json.tmp");
-        let result = fs::File::create(&tmp)
-            .and_then(|mut f| f.write_all(&bytes).and_then(|_| f.sync_all()))
-            .and_then(|_| fs::rename(&tmp, &self.file));
-        if let Err(e) = result {
-            self.dirty.store(true, Ordering::Relaxed);
-            return Err(ShareError::io(&self.file, e));
+            for rel in &dirty {
+                match entries.get(rel) {
+                    Some(cached) => {
+                        set.push((rel.clone(), cached.fingerprint, cached.digests.clone()))
+                    }
+                    None => forget.push(rel.clone()),
+                }
+            }
+        }
+        if let Err(e) = db.write_hashes(&set, &forget) {
+            self.mark_dirty(dirty);
+            return Err(ShareError::io(db.file(), io::Error::other(e)));
         }
         Ok(())
     }
@@ -621,7 +686,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let content = vec![7u8; 32 << 20];
         fs::write(dir.path().join("big.bin"), &content).unwrap();
-        let cache = HashCache::load(dir.path().join("cache.json"));
+        let cache = HashCache::in_memory();
         let rel = RelPath::parse("big.bin").unwrap();
         let start = std::sync::Barrier::new(2);
         let hashes: Vec<FileHash> = std::thread::scope(|scope| {
@@ -654,7 +719,7 @@ mod tests {
     fn a_sender_takes_the_answer_of_the_reader_hashing_the_file() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("big.bin"), b"content").unwrap();
-        let cache = HashCache::load(dir.path().join("cache.json"));
+        let cache = HashCache::in_memory();
         let rel = RelPath::parse("big.bin").unwrap();
         let meta = fs::metadata(dir.path().join("big.bin")).unwrap();
         let fingerprint = Fingerprint::of(&meta);
@@ -680,12 +745,59 @@ mod tests {
 
         // Nobody knows the version sent, and the file has moved on from it.
         fs::write(dir.path().join("big.bin"), b"changed meanwhile").unwrap();
-        let cache = HashCache::load(dir.path().join("other.json"));
+        let cache = HashCache::in_memory();
         let outcome = cache.digests_once_hashed(dir.path(), &rel, &fingerprint, DigestSet::Blake3);
         assert!(
             matches!(outcome, Err(ShareError::Changed(_))),
             "{outcome:?}"
         );
+    }
+
+    /// The JSON cache of an older boxsync is imported once into the database (so a box
+    /// upgraded rehashes nothing), then removed; the hashes are there after a reopen.
+    #[test]
+    fn an_older_json_cache_is_imported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let rel = RelPath::parse("a.txt").unwrap();
+        let fingerprint = Fingerprint {
+            size: 3,
+            mtime_ns: 1,
+            ino: 2,
+            ctime_ns: 3,
+        };
+        let digests = Digests {
+            blake3: "b3".into(),
+            sha256: Some("s".into()),
+            md5: None,
+        };
+        let json = dir.path().join("hash-cache.json");
+        let old = vec![(
+            rel.clone(),
+            CachedHash {
+                fingerprint,
+                digests: digests.clone(),
+            },
+        )];
+        fs::write(&json, serde_json::to_vec(&old).unwrap()).unwrap();
+        let open = || {
+            let (db, _) = IndexDb::open(dir.path()).unwrap();
+            HashCache::persistent(Arc::new(db)).unwrap()
+        };
+        let cache = open();
+        assert_eq!(cache.import_json(&json).unwrap(), 1);
+        assert!(!json.exists());
+        assert_eq!(cache.import_json(&json).unwrap(), 0);
+        drop(cache);
+        let cache = open();
+        assert_eq!(
+            cache.lookup(&rel, &fingerprint, DigestSet::Blake3),
+            Some(digests)
+        );
+        // A hash forgotten (its file went) is forgotten in the database too.
+        cache.retain(|_| false);
+        cache.save().unwrap();
+        drop(cache);
+        assert_eq!(open().lookup(&rel, &fingerprint, DigestSet::Blake3), None);
     }
 
     /// A big file's digests, computed while it is read, for a person (all three), equal
@@ -695,7 +807,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let content: Vec<u8> = (0..(9u32 << 20)).map(|i| (i * 7 % 251) as u8).collect();
         fs::write(dir.path().join("big.bin"), &content).unwrap();
-        let cache = HashCache::load(dir.path().join("cache.json"));
+        let cache = HashCache::in_memory();
         let rel = RelPath::parse("big.bin").unwrap();
         let hash = cache.hash_file(dir.path(), &rel, DigestSet::All).unwrap();
         let mut one_pass = ContentHasher::new(DigestSet::All);

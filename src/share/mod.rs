@@ -6,8 +6,10 @@ pub mod dirs;
 pub mod filter;
 pub mod folder;
 pub mod hash;
+pub mod index;
 pub mod install;
 pub mod locks;
+pub mod numbering;
 pub mod path;
 pub mod staged;
 pub mod trash;
@@ -27,17 +29,20 @@ pub use budget::{AnswerBudget, Charge};
 pub use dirs::{Dirs, PlaceNewError};
 pub use folder::{DIRECTORY_TYPE, Entry, Fingerprint};
 pub use hash::{ContentHasher, DigestSet, Digests, FileHash, HashCache};
+pub use index::{ChangeMark, IndexDb, IndexError, Opened};
 pub use install::{Expect, InstallMeta};
 pub use locks::PathLocks;
+pub use numbering::{Item, Numbering};
 pub use path::{PathError, RelPath, STATE_DIR};
 pub use staged::{LinkMethod, StagedFile, Stager};
-pub use view::{Snapshot, SnapshotCache};
+pub use view::{ChangesSince, Snapshot, SnapshotCache};
 
 /// Folder under the state folder for partial downloads.
 const TMP_DIR: &str = "tmp";
 
-/// File under the state folder that persists the hash cache.
-const HASH_CACHE_FILE: &str = "hash-cache.json";
+/// File under the state folder where boxsync before the index database kept its hash
+/// cache: imported once, then removed.
+const HASH_CACHE_JSON: &str = "hash-cache.json";
 
 /// What can go wrong with the shared folder.
 #[derive(Debug, Error)]
@@ -86,6 +91,40 @@ impl ShareError {
     }
 }
 
+/// Opens the index database under `state` and what it keeps: the hash cache (with the
+/// JSON cache of an older boxsync imported once) and the change numbering. A database that
+/// cannot be opened at all leaves both in memory, with a warning: the box still works, at
+/// the cost of rehashing after a restart and of whole listings to its peers.
+fn open_index(state: &Path) -> Result<(HashCache, Numbering), ShareError> {
+    let db = match IndexDb::open(state) {
+        Ok((db, opened)) => {
+            if let Opened::SetAside { moved_to, reason } = &opened {
+                tracing::warn!(moved_to = %moved_to.display(), %reason, "the index database could not be used; it was set aside and a new one begun");
+            }
+            Arc::new(db)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open the index database; hashes and change numbers are kept in memory only");
+            return Ok((HashCache::in_memory(), Numbering::in_memory()));
+        }
+    };
+    let loaded = HashCache::persistent(Arc::clone(&db))
+        .and_then(|cache| Ok((cache, Numbering::persistent(Arc::clone(&db))?)));
+    let (cache, numbering) = match loaded {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the index database; hashes and change numbers are kept in memory only");
+            return Ok((HashCache::in_memory(), Numbering::in_memory()));
+        }
+    };
+    match cache.import_json(&state.join(HASH_CACHE_JSON)) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(hashes = n, "imported the hash cache of an older boxsync"),
+        Err(e) => tracing::warn!(error = %e, "cannot import the hash cache of an older boxsync"),
+    }
+    Ok((cache, numbering))
+}
+
 /// Receiving folders from which one flush of the whole file system makes a batch's renames
 /// durable more cheaply than a flush of each folder (each one a journal commit of its own).
 const ONE_FLUSH_FOLDERS: usize = 3;
@@ -110,6 +149,9 @@ pub struct Share {
     tmp_prefix: PathBuf,
     /// The latest snapshot and whether the watcher vouches for it.
     view: SnapshotCache,
+    /// Serializes fresh reads of the folder: each is numbered against the one before
+    /// (and a reader that waited takes the answer of the one it waited for).
+    reading: tokio::sync::Mutex<()>,
     /// How files staged under `.boxsync/tmp/` can be left unnamed until installed (found
     /// out at the first batch whose probe gets an answer; `None`: they cannot).
     link_method: OnceLock<Option<LinkMethod>>,
@@ -126,7 +168,7 @@ impl Share {
         fs::set_permissions(&state, fs::Permissions::from_mode(0o700))
             .map_err(|e| ShareError::io(&state, e))?;
         remove_stale_partials(&state.join(TMP_DIR));
-        let cache = HashCache::load(state.join(HASH_CACHE_FILE));
+        let (cache, numbering) = open_index(&state)?;
         Ok(Arc::new(Share {
             root,
             cache,
@@ -134,7 +176,8 @@ impl Share {
             answers: AnswerBudget::new(),
             next_tmp: AtomicU64::new(0),
             tmp_prefix: state.join(TMP_DIR).join(std::process::id().to_string()),
-            view: SnapshotCache::new(),
+            view: SnapshotCache::new(numbering),
+            reading: tokio::sync::Mutex::new(()),
             link_method: OnceLock::new(),
         }))
     }
@@ -250,16 +293,21 @@ impl Share {
     /// comes with `None`, so that sync leaves it alone this round instead of taking it as
     /// absent. The read becomes the latest snapshot (see [`Share::recent_snapshot`]).
     pub async fn snapshot(self: &Arc<Self>) -> Result<Arc<Snapshot>, ShareError> {
+        let asked = std::time::Instant::now();
+        let _reading = self.reading.lock().await;
+        if let Some(snapshot) = self.view.read_since(asked) {
+            return Ok(snapshot);
+        }
         let share = Arc::clone(self);
         let generation = self.view.generation();
         let taken = std::time::Instant::now();
-        let items = blocking(move || {
+        let snapshot = blocking(move || {
             let entries = folder::list_detailed(&share.root)?;
             let names: std::collections::HashSet<&RelPath> =
                 entries.iter().map(|(e, _)| &e.name).collect();
             share.cache.retain(|rel| names.contains(rel));
             let mut dirs = Dirs::open(&share.root)?;
-            Ok(entries
+            let items = entries
                 .into_iter()
                 .map(|(entry, fingerprint)| {
                     let hash = if entry.is_dir() {
@@ -272,11 +320,12 @@ impl Share {
                     };
                     (entry, hash)
                 })
-                .collect())
+                .collect();
+            Ok(share.view.store(generation, taken, items))
         })
         .await;
         self.persist_cache();
-        Ok(self.view.store(generation, taken, items?))
+        snapshot
     }
 
     /// The latest snapshot while the watcher vouches that nothing changed since it was

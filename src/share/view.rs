@@ -6,24 +6,50 @@
 //! snapshot is never trusted longer than the age the sync engine allows (which bounds what a
 //! missed event can cost), and without a running watcher nothing is trusted at all.
 
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use rand::RngExt;
 
 use super::folder::Entry;
 use super::hash::FileHash;
+use super::index::ChangeMark;
+use super::numbering::{Item, Numbering};
+use super::path::RelPath;
 
-/// The folder read at one moment: every entry with, for files, its hashes.
+/// The folder read at one moment: every entry with, for files, its hashes, and the
+/// change numbers of each ([`super::numbering`]).
 #[derive(Debug)]
 pub struct Snapshot {
-    /// Names this content: equal versions from one process mean equal content. Changes
-    /// whenever a fresh read finds anything different; never reused across restarts.
+    /// Names this content: equal versions mean equal content (the epoch and the last
+    /// change number, so it survives restarts). Changes whenever a fresh read finds
+    /// anything different.
     pub version: String,
     /// Every entry, sorted by name; files come with their hashes, or `None` when they could
     /// not be hashed (vanished, or still being written).
-    pub items: Vec<(Entry, Option<FileHash>)>,
+    pub items: Arc<Vec<Item>>,
+    /// The change number of each item, in the same order.
+    pub numbers: Vec<u64>,
+    /// Paths removed (those still remembered), with the number of their removal.
+    pub removed: Arc<BTreeMap<RelPath, u64>>,
+    /// Where the folder's numbering stands at this read.
+    pub mark: ChangeMark,
+    /// Changes numbered at or below this may have been forgotten.
+    pub floor: u64,
+}
+
+/// What changed in a folder after a peer's mark.
+pub enum ChangesSince<'a> {
+    /// The peer must take the whole listing: it has no mark, or one of another epoch,
+    /// older than what is remembered, or ahead of this folder's numbering.
+    Whole,
+    /// What changed after the mark: the items numbered after it, and the paths removed.
+    Later {
+        /// Items changed or new since the mark.
+        present: Vec<&'a Item>,
+        /// Paths removed since the mark.
+        removed: Vec<&'a RelPath>,
+    },
 }
 
 impl Snapshot {
@@ -36,6 +62,29 @@ impl Snapshot {
     /// lists them: a listed file without one is left alone this round.
     pub fn hashes(&self) -> impl Iterator<Item = &FileHash> {
         self.items.iter().filter_map(|(_, hash)| hash.as_ref())
+    }
+
+    /// What changed after `since`, the mark of the last answer a peer read.
+    pub fn changes_since(&self, since: Option<ChangeMark>) -> ChangesSince<'_> {
+        let Some(since) = since.filter(|since| {
+            since.epoch == self.mark.epoch && since.seq <= self.mark.seq && since.seq >= self.floor
+        }) else {
+            return ChangesSince::Whole;
+        };
+        let present = self
+            .items
+            .iter()
+            .zip(&self.numbers)
+            .filter(|(_, n)| **n > since.seq)
+            .map(|(item, _)| item)
+            .collect();
+        let removed = self
+            .removed
+            .iter()
+            .filter(|(_, n)| **n > since.seq)
+            .map(|(path, _)| path)
+            .collect();
+        ChangesSince::Later { present, removed }
     }
 }
 
@@ -51,8 +100,8 @@ struct Latest {
 /// The latest snapshot of a folder and whether it may still be served without reading the
 /// folder again. Std mutexes: held only to swap or clone an `Arc`, never across `.await`.
 pub struct SnapshotCache {
-    /// Random per process, so that a version from before a restart never matches.
-    nonce: String,
+    /// Numbers the changes between reads.
+    numbering: Mutex<Numbering>,
     /// Counts the changes the watcher reported.
     generation: AtomicU64,
     /// How long a snapshot may be trusted while nothing is reported; `None` while no
@@ -60,25 +109,22 @@ pub struct SnapshotCache {
     trust: Mutex<Option<Duration>>,
     /// The latest snapshot.
     latest: Mutex<Option<Latest>>,
-    /// Numbers the versions of this process.
-    next_version: AtomicU64,
 }
 
 impl Default for SnapshotCache {
     fn default() -> Self {
-        SnapshotCache::new()
+        SnapshotCache::new(Numbering::in_memory())
     }
 }
 
 impl SnapshotCache {
-    /// A cache holding nothing and trusting nothing.
-    pub fn new() -> SnapshotCache {
+    /// A cache holding nothing and trusting nothing, numbering reads with `numbering`.
+    pub fn new(numbering: Numbering) -> SnapshotCache {
         SnapshotCache {
-            nonce: format!("{:08x}", rand::rng().random::<u32>()),
+            numbering: Mutex::new(numbering),
             generation: AtomicU64::new(0),
             trust: Mutex::new(None),
             latest: Mutex::new(None),
-            next_version: AtomicU64::new(1),
         }
     }
 
@@ -110,33 +156,53 @@ impl SnapshotCache {
             .then(|| std::sync::Arc::clone(&latest.snapshot))
     }
 
-    /// Keeps a fresh read that began at `generation` and `taken`, naming it with the latest
-    /// version when the content is the same.
+    /// Numbers a fresh read that began at `generation` and `taken` (storing its numbers
+    /// before it is published) and keeps it as the latest. Reads must be stored in the
+    /// order they began (the share serializes them). Blocks on the database: call it off
+    /// the async threads.
     pub fn store(
         &self,
         generation: u64,
         taken: Instant,
-        items: Vec<(Entry, Option<FileHash>)>,
+        items: Vec<Item>,
     ) -> std::sync::Arc<Snapshot> {
+        let items = Arc::new(items);
+        let (numbered, lost) = self
+            .numbering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .number(Arc::clone(&items));
+        if let Some(lost) = lost {
+            tracing::warn!(error = %lost.error, "cannot store the folder's change numbers; peers will compare whole folders once");
+        }
+        let snapshot = Arc::new(Snapshot {
+            version: format!("{:016x}-{}", numbered.mark.epoch, numbered.mark.seq),
+            items,
+            numbers: numbered.numbers,
+            removed: numbered.removed,
+            mark: numbered.mark,
+            floor: numbered.floor,
+        });
         let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-        let version = match latest.as_ref() {
-            Some(previous) if previous.snapshot.items == items => previous.snapshot.version.clone(),
-            _ => format!(
-                "{}-{}",
-                self.nonce,
-                self.next_version.fetch_add(1, Ordering::Relaxed)
-            ),
-        };
-        let snapshot = std::sync::Arc::new(Snapshot { version, items });
         // A slower read that began earlier never replaces a newer one.
         if latest.as_ref().is_none_or(|l| l.generation <= generation) {
             *latest = Some(Latest {
-                snapshot: std::sync::Arc::clone(&snapshot),
+                snapshot: Arc::clone(&snapshot),
                 generation,
                 taken,
             });
         }
         snapshot
+    }
+
+    /// The latest snapshot, trusted or not, if it was read at or after `since` and no
+    /// change was reported since it was: a reader that waited for another one to finish
+    /// takes that one's answer instead of reading the folder again.
+    pub fn read_since(&self, since: Instant) -> Option<Arc<Snapshot>> {
+        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let latest = latest.as_ref()?;
+        (latest.taken >= since && latest.generation == self.generation())
+            .then(|| Arc::clone(&latest.snapshot))
     }
 }
 
@@ -163,7 +229,7 @@ mod tests {
     /// The same content read twice keeps its version; different content gets a new one.
     #[test]
     fn versions_follow_content() {
-        let cache = SnapshotCache::new();
+        let cache = SnapshotCache::default();
         let a = cache.store(cache.generation(), Instant::now(), vec![entry("a", 1)]);
         let again = cache.store(cache.generation(), Instant::now(), vec![entry("a", 1)]);
         let other = cache.store(cache.generation(), Instant::now(), vec![entry("a", 2)]);
@@ -171,10 +237,83 @@ mod tests {
         assert_ne!(a.version, other.version);
     }
 
+    /// A peer gets what was numbered after its mark, whatever the gaps between numbers (a
+    /// path changed twice keeps only its latest); the whole listing for a mark of another
+    /// epoch, one ahead of the numbering, or one older than the removals remembered.
+    #[test]
+    fn changes_since_a_mark_are_what_was_numbered_after_it() {
+        let cache = SnapshotCache::default();
+        let first = cache.store(
+            cache.generation(),
+            Instant::now(),
+            vec![entry("a", 1), entry("b", 1), entry("c", 1)],
+        );
+        cache.store(
+            cache.generation(),
+            Instant::now(),
+            vec![entry("a", 2), entry("b", 1), entry("c", 1)],
+        );
+        let now = cache.store(
+            cache.generation(),
+            Instant::now(),
+            vec![entry("a", 3), entry("b", 1)],
+        );
+        // "a" was numbered 4 then 5 (4 is a gap now), "c" removed as 6.
+        assert_eq!(now.numbers, vec![5, 2]);
+        let names = |since| match now.changes_since(Some(since)) {
+            ChangesSince::Whole => None,
+            ChangesSince::Later { present, removed } => Some((
+                present
+                    .iter()
+                    .map(|(e, _)| e.name.to_string())
+                    .collect::<Vec<_>>(),
+                removed.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            )),
+        };
+        let at = |seq| ChangeMark {
+            epoch: first.mark.epoch,
+            seq,
+        };
+        assert_eq!(names(at(3)), Some((vec!["a".into()], vec!["c".into()])));
+        assert_eq!(names(at(4)), Some((vec!["a".into()], vec!["c".into()])));
+        assert_eq!(names(at(5)), Some((vec![], vec!["c".into()])));
+        assert_eq!(names(at(6)), Some((vec![], vec![])));
+        assert_eq!(names(at(7)), None, "a mark ahead of the numbering");
+        let other = ChangeMark {
+            epoch: first.mark.epoch ^ 1,
+            seq: 6,
+        };
+        assert_eq!(names(other), None, "another epoch");
+        assert!(matches!(now.changes_since(None), ChangesSince::Whole));
+        let forgotten = Snapshot {
+            floor: 4,
+            ..clone_of(&now)
+        };
+        assert!(matches!(
+            forgotten.changes_since(Some(at(3))),
+            ChangesSince::Whole
+        ));
+        assert!(matches!(
+            forgotten.changes_since(Some(at(4))),
+            ChangesSince::Later { .. }
+        ));
+    }
+
+    fn clone_of(snapshot: &Snapshot) -> Snapshot {
+        Snapshot {
+            version: snapshot.version.clone(),
+            items: Arc::clone(&snapshot.items),
+            numbers: snapshot.numbers.clone(),
+            removed: Arc::clone(&snapshot.removed),
+            mark: snapshot.mark,
+            floor: snapshot.floor,
+        }
+    }
+
     /// Nothing is trusted without a watcher, after a reported change, or past its age.
     #[test]
     fn trust_needs_a_quiet_watcher() {
-        let cache = SnapshotCache::new();
+        let cache = SnapshotCache::default();
         cache.store(cache.generation(), Instant::now(), vec![entry("a", 1)]);
         assert!(cache.trusted().is_none(), "no watcher yet");
         cache.set_trust(Some(Duration::from_secs(60)));
@@ -191,7 +330,7 @@ mod tests {
     /// A read that began before a change is not trusted, even when it finishes after it.
     #[test]
     fn a_read_overtaken_by_a_change_is_not_trusted() {
-        let cache = SnapshotCache::new();
+        let cache = SnapshotCache::default();
         cache.set_trust(Some(Duration::from_secs(60)));
         let began = cache.generation();
         cache.changed();

@@ -47,9 +47,6 @@ pub enum SyncError {
         /// Paths in the record.
         in_sync: usize,
     },
-    /// The peer's listing was lost between asking and planning.
-    #[error("the peer's listing is missing")]
-    MissingListing,
     /// Fetching one path from the peer failed.
     #[error("{path}: {source}")]
     Transfer {

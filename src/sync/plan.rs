@@ -577,10 +577,8 @@ pub fn plan_early_pull(
 pub struct Seen {
     /// The version of this box's snapshot.
     pub here: String,
-    /// The version of the peer's folder its index describes.
-    pub index: String,
-    /// The version of the peer's folder its hashes describe.
-    pub hashes: String,
+    /// The mark of the peer's last answer ([`crate::share::ChangeMark`]).
+    pub peer: Option<crate::share::ChangeMark>,
     /// The record's revision.
     pub record: u64,
 }
@@ -1008,13 +1006,12 @@ mod tests {
     }
 
     /// A round may skip planning only when it sees exactly what a quiet round saw: the
-    /// same folder here, the same listings there and the same record.
+    /// same folder here, the same changes there and the same record.
     #[test]
     fn the_quiet_check_needs_everything_unchanged() {
         let seen = Seen {
             here: "h1".into(),
-            index: "i1".into(),
-            hashes: "x1".into(),
+            peer: Some(crate::share::ChangeMark { epoch: 1, seq: 9 }),
             record: 4,
         };
         assert!(seen.repeats(Some(&seen.clone())));
@@ -1025,11 +1022,11 @@ mod tests {
                 ..seen.clone()
             },
             Seen {
-                index: "i2".into(),
+                peer: Some(crate::share::ChangeMark { epoch: 1, seq: 10 }),
                 ..seen.clone()
             },
             Seen {
-                hashes: "x2".into(),
+                peer: Some(crate::share::ChangeMark { epoch: 2, seq: 9 }),
                 ..seen.clone()
             },
             Seen {

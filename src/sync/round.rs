@@ -15,11 +15,14 @@ use super::plan::{self, Action, Seen, Sides, Version};
 use super::record::Record;
 use super::{Conflict, PeerStatus, SyncError};
 use crate::local::LocalBox;
-use crate::peer::{Listing, Peer, PeerError};
+use crate::peer::{Peer, PeerError};
 use crate::protocol::ErrorKind;
+use crate::requests::changes::{Change, ChangesAnswer};
 use crate::requests::notices::Notices;
 use crate::share::filter::IndexFilter;
-use crate::share::{DigestSet, Entry as ShareEntry, FileHash, InstallMeta, RelPath, ShareError};
+use crate::share::{
+    ChangeMark, DigestSet, Entry as ShareEntry, FileHash, InstallMeta, RelPath, ShareError,
+};
 use crate::time::Timestamp;
 use crate::transfer::{Downloaded, Landing, TransferError, Wanted};
 use crate::types::{Agreement, BoxId, FileVersion, Transport};
@@ -194,56 +197,65 @@ pub struct RoundReport {
     pub changes: Vec<String>,
 }
 
-/// What a peer's folder looked like at its last answers, so that a rescan in which nothing
-/// changed moves no listing and plans nothing.
+/// The peer's folder as its answers to `changes` describe it: the first answer lists it
+/// whole, each later one only what changed since, so a round in which nothing changed
+/// moves almost nothing and plans nothing.
 #[derive(Debug, Default)]
 pub struct PeerView {
-    /// The peer's index and the version of its folder it describes.
-    index: Option<(String, Vec<ShareEntry>)>,
-    /// The peer's hashes and the version of its folder they describe.
-    hashes: Option<(String, Vec<FileHash>)>,
+    /// The mark of the last answer applied (`None`: none yet, or the view was lost).
+    mark: Option<ChangeMark>,
+    /// Every path of the peer's folder with its version (`None`: a file the peer could
+    /// not hash, unknown this round), before the ignore rules.
+    entries: BTreeMap<RelPath, Option<Version>>,
     /// What a round that found nothing to do saw, the record's revision after it.
     quiet: Option<Seen>,
 }
 
 impl PeerView {
-    /// The versions to send as `unless` (empty when nothing is known yet).
-    fn versions(&self) -> (String, String) {
-        let version = |v: &Option<(String, _)>| v.as_ref().map(|(v, _)| v.clone());
-        (
-            version(&self.index).unwrap_or_default(),
-            self.hashes
-                .as_ref()
-                .map(|(v, _)| v.clone())
-                .unwrap_or_default(),
-        )
+    /// Takes in one answer to `changes`.
+    fn apply(&mut self, answer: ChangesAnswer) -> Result<(), &'static str> {
+        if answer.whole {
+            self.entries.clear();
+        } else if self.mark.is_none() {
+            return Err("changes since a mark this box never sent");
+        }
+        for change in answer.changes {
+            match change {
+                Change::Present { entry, blake3 } => {
+                    let version = remote_version(&entry, blake3);
+                    self.entries.insert(entry.name, version);
+                }
+                Change::Removed { removed } => {
+                    self.entries.remove(&removed);
+                }
+            }
+        }
+        self.mark = Some(answer.mark);
+        Ok(())
     }
 }
 
-/// Asks the peer for its index and hashes unless they are still those in `view`.
+/// Asks the peer what changed in its folder since `view` last heard, and takes it in.
 async fn refresh_view(peer: &Peer, view: &mut PeerView) -> Result<(), PeerError> {
-    let (index_version, hash_version) = view.versions();
-    match peer
-        .index_unless(&IndexFilter::Longlist, &index_version)
-        .await?
-    {
-        Listing::Listed { items, version } => view.index = Some((version, items)),
-        Listing::Unchanged if view.index.is_some() => {}
-        Listing::Unchanged => return Err(unexpected_unchanged(peer)),
-    }
-    match peer.hash_all_unless(&hash_version).await? {
-        Listing::Listed { items, version } => view.hashes = Some((version, items)),
-        Listing::Unchanged if view.hashes.is_some() => {}
-        Listing::Unchanged => return Err(unexpected_unchanged(peer)),
-    }
-    Ok(())
+    let answer = peer.changes(view.mark).await?;
+    view.apply(answer).map_err(|detail| PeerError::Protocol {
+        addr: peer.addr().to_string(),
+        detail: detail.to_string(),
+    })
 }
 
-fn unexpected_unchanged(peer: &Peer) -> PeerError {
-    PeerError::Protocol {
-        addr: peer.addr().to_string(),
-        detail: "'unchanged' without an earlier listing".to_string(),
+/// The version of an entry of a peer's answer (`None` for a file without its hash).
+fn remote_version(entry: &ShareEntry, blake3: Option<String>) -> Option<Version> {
+    if entry.is_dir() {
+        return version(entry, None);
     }
+    Some(Version {
+        dir: false,
+        blake3: Some(blake3?),
+        size: entry.size,
+        mtime: entry.mtime,
+        mode: entry.mode,
+    })
 }
 
 /// A successful action's effect on the record.
@@ -296,7 +308,7 @@ pub async fn sync_with(
     // costs the peer no hashing: a box joining a big folder starts receiving at once instead
     // of waiting for the peer to hash everything. The sender hashes each file as it sends it
     // (or takes the hash its own rescan is computing).
-    let early_index = match view.index.is_none() {
+    let early_index = match view.mark.is_none() {
         true => Some(peer.index(&IndexFilter::Longlist).await?),
         false => None,
     };
@@ -387,22 +399,16 @@ pub async fn sync_with(
         *view = PeerView::default();
         return Err(e.into());
     }
-    let (index_version, hash_version) = view.versions();
     let seen = Seen {
         here: here.snapshot_version.clone(),
-        index: index_version,
-        hashes: hash_version,
+        peer: view.mark,
         record: record.revision(),
     };
     if seen.repeats(view.quiet.as_ref()) {
         return Ok(report);
     }
     view.quiet = None;
-    let (entries, hashes) = match (&view.index, &view.hashes) {
-        (Some((_, entries)), Some((_, hashes))) => (entries, hashes),
-        _ => return Err(SyncError::MissingListing),
-    };
-    let (there, unknown_there) = remote_state(entries, hashes, ignore);
+    let (there, unknown_there) = remote_state(&view.entries, ignore);
     plan::guard_peer(there.len() + unknown_there.len(), in_sync)?;
     // This box's side as read at the start of the round, with what it pulled since.
     let here_versions: Cow<BTreeMap<RelPath, Version>> = if pulled.is_empty() {
@@ -688,30 +694,25 @@ async fn carry_out(pull: Pull<'_>, group: Vec<Action>) -> Outcomes {
     results.into_iter().flatten().collect()
 }
 
-/// The peer's side: its index joined with its hashes. Files listed without a hash (they
-/// were changing on the peer) are unknown this round.
+/// The peer's side as sync compares it: its paths that the ignore rules let through, with
+/// their versions; files listed without a hash (they were changing on the peer) are
+/// unknown this round.
 fn remote_state(
-    entries: &[ShareEntry],
-    hashes: &[FileHash],
+    entries: &BTreeMap<RelPath, Option<Version>>,
     ignore: &Ignore,
 ) -> (BTreeMap<RelPath, Version>, BTreeSet<RelPath>) {
-    let hashes: BTreeMap<&RelPath, &FileHash> = hashes.iter().map(|h| (&h.name, h)).collect();
     let mut versions = BTreeMap::new();
     let mut unknown = BTreeSet::new();
-    for entry in entries {
-        if ignore.ignores(&entry.name) {
+    for (path, version) in entries {
+        if ignore.ignores(path) {
             continue;
         }
-        let hash = hashes
-            .get(&entry.name)
-            .copied()
-            .filter(|h| h.size == entry.size && h.mtime == entry.mtime);
-        match version(entry, hash) {
+        match version {
             Some(version) => {
-                versions.insert(entry.name.clone(), version);
+                versions.insert(path.clone(), version.clone());
             }
             None => {
-                unknown.insert(entry.name.clone());
+                unknown.insert(path.clone());
             }
         }
     }

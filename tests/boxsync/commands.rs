@@ -9,7 +9,7 @@ use boxsync::share::DIRECTORY_TYPE;
 use boxsync::share::filter::IndexFilter;
 use boxsync::time::Timestamp;
 
-use crate::util::{TestBox, bytes, coreutils_hashes, eventually, files_under, rel};
+use crate::util::{TestBox, bytes, coreutils_hashes, eventually, files_under, rel, write_file};
 
 /// A peer folder with subfolders, spaces, non-ASCII names, an empty file and an empty folder.
 async fn sample_box() -> TestBox {
@@ -437,6 +437,69 @@ async fn conditional_listings_answer_unchanged_until_something_changes() {
         logged.is_empty(),
         "routine requests were logged: {logged:?}"
     );
+}
+
+/// `changes` (sync's listing): the first answer is the whole folder; later ones list only
+/// what changed since the mark sent, nothing when nothing did; a removal is listed as one.
+/// The marks survive a restart: a box back up answers a mark from before with only what
+/// changed while it was down, and a mark it cannot honour with the whole folder.
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_list_only_what_changed_since_a_mark_even_across_a_restart() {
+    use boxsync::requests::changes::Change;
+    let names = |changes: &[Change]| -> Vec<String> {
+        let mut names: Vec<String> = changes
+            .iter()
+            .map(|c| match c {
+                Change::Present { entry, .. } => entry.name.as_str().to_string(),
+                Change::Removed { removed } => format!("-{removed}"),
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    let b = sample_box().await;
+    let (_t, me) = TestBox::client();
+    let peer = b.peer_for(&me);
+    let first = peer.changes(None).await.unwrap();
+    assert!(first.whole);
+    assert_eq!(first.changes.len(), 10, "{:?}", names(&first.changes));
+    let same = peer.changes(Some(first.mark)).await.unwrap();
+    assert!(!same.whole && same.changes.is_empty(), "{same:?}");
+    assert_eq!(same.mark, first.mark);
+    b.write("docs/readme.md", b"# readme, edited\n");
+    fs::remove_file(b.root().join("hello.txt")).unwrap();
+    let later = peer.changes(Some(first.mark)).await.unwrap();
+    assert!(!later.whole);
+    assert_eq!(names(&later.changes), vec!["-hello.txt", "docs/readme.md"]);
+    assert!(later.mark.seq > first.mark.seq);
+    // Down and up again, with one more change made meanwhile.
+    let mut b = b;
+    let addr = b.addr;
+    b.stop().await;
+    let temp = std::mem::replace(&mut b.temp, tempfile::tempdir().unwrap());
+    drop(b);
+    write_file(&temp.path().join("shared"), "while-down.txt", b"new\n");
+    let b = TestBox::restart_at(temp, addr).await;
+    let peer = b.peer_for(&me);
+    let after = peer.changes(Some(later.mark)).await.unwrap();
+    assert!(!after.whole, "a restart cost a whole listing");
+    assert_eq!(names(&after.changes), vec!["while-down.txt"]);
+    assert_eq!(after.mark.epoch, first.mark.epoch);
+    // A mark from another epoch, or ahead of the numbering, gets the whole folder.
+    for odd in [
+        boxsync::share::ChangeMark {
+            epoch: after.mark.epoch ^ 1,
+            seq: after.mark.seq,
+        },
+        boxsync::share::ChangeMark {
+            epoch: after.mark.epoch,
+            seq: after.mark.seq + 1,
+        },
+    ] {
+        let whole = peer.changes(Some(odd)).await.unwrap();
+        assert!(whole.whole, "{odd:?}");
+        assert_eq!(whole.changes.len(), 10);
+    }
 }
 
 /// Sync's listings leave MD5 out (it is the slower digest and sync compares SHA-256), yet a
