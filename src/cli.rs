@@ -136,6 +136,14 @@ pub struct Cli {
     #[arg(long, value_name = "RATE", global = true, value_parser = check_rate_arg)]
     max_rate: Option<String>,
 
+    /// The interactive shell asks before it shows more than N entries of one listing
+    /// (index, hash checkall); no stops the listing. 0 never asks. [default: 10000]
+    ///
+    /// Only at the prompt: -c commands, piped commands and --json never ask. Example:
+    /// --ask-over 0
+    #[arg(long, value_name = "N", global = true)]
+    ask_over: Option<usize>,
+
     /// More detailed logs (-v: debug, -vv: trace); RUST_LOG overrides.
     ///
     /// Logs go to DIR/.boxsync/log/ (rotated daily), or to stderr for 'serve', never onto
@@ -224,6 +232,9 @@ pub struct Config {
     pub format: Format,
     /// Log verbosity.
     pub verbose: u8,
+    /// The interactive shell asks before showing more than this many entries of a
+    /// listing; `None`: never.
+    pub ask_over: Option<usize>,
     /// Socket tunables.
     pub settings: Settings,
     /// Whether local discovery runs.
@@ -358,6 +369,8 @@ impl Config {
                 Format::Human
             },
             verbose: cli.verbose,
+            ask_over: Some(cli.ask_over.unwrap_or(boxsync::shell::listing::ASK_OVER))
+                .filter(|&n| n > 0),
             discovery: merged.discovery.unwrap_or(true),
             config_file,
             saved: BoxConfig {

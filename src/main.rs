@@ -91,7 +91,7 @@ fn run(config: Config) -> Result<ScriptStatus> {
     let runtime = Runtime::new().context("cannot start the async runtime")?;
     let handle = runtime.handle().clone();
     match &config.run {
-        Run::Demo => return demo(&handle, config.verbose),
+        Run::Demo => return demo(&handle, config.verbose, config.ask_over),
         Run::Id | Run::Trust { .. } | Run::Untrust(_) | Run::Peers | Run::Invite => {
             return identity_command(&config);
         }
@@ -157,7 +157,12 @@ fn run(config: Config) -> Result<ScriptStatus> {
                     wait_for(stopped),
                 ));
             }
-            let result = repl::run_interactive(&handle, &mut session, shell_history(&local));
+            let result = repl::run_interactive(
+                &handle,
+                &mut session,
+                shell_history(&local),
+                config.ask_over,
+            );
             let _ = stop.send(true);
             let _ = handle.block_on(serving);
             result.context("the shell failed")?;
@@ -580,7 +585,7 @@ async fn serve(
 }
 
 /// `boxsync demo`: two boxes in a temporary folder, the shell on the first.
-fn demo(handle: &Handle, verbose: u8) -> Result<ScriptStatus> {
+fn demo(handle: &Handle, verbose: u8, ask_over: Option<usize>) -> Result<ScriptStatus> {
     let temp = tempfile::Builder::new()
         .prefix("boxsync-demo-")
         .tempdir()
@@ -637,7 +642,7 @@ fn demo(handle: &Handle, verbose: u8) -> Result<ScriptStatus> {
         addr: addr_b.to_string(),
     };
     let mut session = Session::new(Arc::clone(&box_a), &[target_b]);
-    let result = repl::run_interactive(handle, &mut session, shell_history(&box_a));
+    let result = repl::run_interactive(handle, &mut session, shell_history(&box_a), ask_over);
     let _ = stop.send(true);
     result.context("the shell failed")?;
     Ok(ScriptStatus::Succeeded)

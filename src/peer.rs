@@ -6,6 +6,7 @@
 //! pooled connection had gone stale (the peer restarted) is retried once on a fresh one.
 
 use std::io;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,7 +33,7 @@ use crate::transfer::{Downloaded, Landing, Progress, TransferError, Wanted, seco
 use crate::types::{Agreement, BoxId, FileVersion, PeerAddress, Transport};
 
 use crate::requests::listing;
-pub use crate::requests::listing::Listing;
+pub use crate::requests::listing::{Listing, Streamed};
 
 /// How long connecting to a peer may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -239,8 +240,14 @@ type PeerConnection = Connection<Link>;
 /// connection is dropped, not retried. A macro rather
 /// than a function taking an async closure, so that the futures stay `Send` (the sync loop
 /// and background jobs spawn them).
+///
+/// With `retry_if: $again`, the retry also needs `$again` to hold after the failed attempt:
+/// a streamed listing that already handed batches on must not start over.
 macro_rules! exchange {
-    ($peer:expr, $request:expr, |$connection:ident| $body:expr) => {{
+    ($peer:expr, $request:expr, |$connection:ident| $body:expr) => {
+        exchange!($peer, $request, retry_if: true, |$connection| $body)
+    };
+    ($peer:expr, $request:expr, retry_if: $again:expr, |$connection:ident| $body:expr) => {{
         let peer: &Peer = $peer;
         let request: &Request = $request;
         let mut result = None;
@@ -273,7 +280,7 @@ macro_rules! exchange {
                     "peer stopped answering; request failed"
                 );
             }
-            let retry = peer.release(leased, reused, &outcome);
+            let retry = peer.release(leased, reused, &outcome) && $again;
             result = Some(outcome);
             if !retry {
                 break;
@@ -471,6 +478,52 @@ impl Peer {
             connection, limits
         )
         .await)
+    }
+
+    /// The entries of the peer's folder that pass `filter`, sorted by name, handed to
+    /// `each` one batch at a time as they arrive (a few hundred KiB of the answer each),
+    /// so that a listing of any length is shown in bounded memory. `each` returning
+    /// `Break` stops the listing ([`Streamed::Stopped`]): the request's stream is dropped,
+    /// which ends the peer's answer, and the session lives on. Each wait on the peer has
+    /// the deadline of [`Peer::index`]; a stale pooled connection is retried only while no
+    /// batch was handed on.
+    pub async fn index_each(
+        &self,
+        filter: &IndexFilter,
+        each: impl FnMut(Vec<Entry>) -> ControlFlow<()>,
+    ) -> Result<Streamed, PeerError> {
+        let request = Request::Index(Index {
+            filter: filter.clone(),
+            unless: None,
+        });
+        self.stream_listing(&request, each).await
+    }
+
+    /// Every file's hashes on the peer, as [`Peer::hash_all`], handed to `each` one batch
+    /// at a time as [`Peer::index_each`] does.
+    pub async fn hash_all_each(
+        &self,
+        each: impl FnMut(Vec<FileHash>) -> ControlFlow<()>,
+    ) -> Result<Streamed, PeerError> {
+        let request = Request::HashCheckall(HashCheckall { unless: None });
+        self.stream_listing(&request, each).await
+    }
+
+    /// Sends a plain listing request and hands its batches to `each`.
+    async fn stream_listing<T: listing::Listed>(
+        &self,
+        request: &Request,
+        mut each: impl FnMut(Vec<T>) -> ControlFlow<()>,
+    ) -> Result<Streamed, PeerError> {
+        let limits = &self.local.limits;
+        let mut handed = false;
+        exchange!(self, request, retry_if: !handed, |connection| {
+            listing::receive_each(connection, limits, |batch| {
+                handed = true;
+                each(batch)
+            })
+            .await
+        })
     }
 
     /// Like [`Peer::index`], unless the peer's folder is still at version `unless` (from an

@@ -1,7 +1,9 @@
 //! Answers that come in batches (`entries`, `hashes`), both ends: the server cuts a listing
-//! into responses of bounded size, the client collects them, bounded in count. Conditional
-//! requests (`unless`) end with the folder's version, or are answered `unchanged`.
+//! into responses of bounded size; the client collects them, bounded in count, or takes
+//! them batch by batch ([`receive_each`], in bounded memory). Conditional requests
+//! (`unless`) end with the folder's version, or are answered `unchanged`.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -300,9 +302,7 @@ where
 {
     match receive_any(connection, limits).await? {
         (Ending::Plain | Ending::Version(_), items) => Ok(items),
-        (Ending::Unchanged, _) => Err(CallError::Protocol(
-            "'unchanged' answers a listing that named no version".into(),
-        )),
+        (Ending::Unchanged, _) => Err(unchanged_unasked()),
     }
 }
 
@@ -323,6 +323,42 @@ where
     }
 }
 
+/// How a listing read batch by batch ([`receive_each`]) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streamed {
+    /// Every batch arrived and was taken.
+    Complete,
+    /// The reader stopped it (its callback returned `Break`); the rest was not read.
+    Stopped,
+}
+
+/// Reads a listing that must not be conditional batch by batch, handing each batch to
+/// `each` as it arrives, so that the caller holds one batch at a time (a listing of a
+/// million entries is shown, not kept). `each` returning `Break` stops the listing:
+/// nothing more is read, and the caller drops the connection (its stream), which ends the
+/// peer's answer (its next write fails). The deadlines of [`receive`] apply to each wait on
+/// the peer; the time `each` takes is not counted against them.
+pub async fn receive_each<S, T, F>(
+    connection: &mut Connection<S>,
+    limits: &Limits,
+    mut each: F,
+) -> Result<Streamed, CallError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: Listed,
+    F: FnMut(Vec<T>) -> ControlFlow<()>,
+{
+    match read_batches(connection, limits, &mut each).await? {
+        None => Ok(Streamed::Stopped),
+        Some(Ending::Plain | Ending::Version(_)) => Ok(Streamed::Complete),
+        Some(Ending::Unchanged) => Err(unchanged_unasked()),
+    }
+}
+
+fn unchanged_unasked() -> CallError {
+    CallError::Protocol("'unchanged' answers a listing that named no version".into())
+}
+
 /// How a listing ended, beyond its items.
 enum Ending {
     /// A last batch without a version.
@@ -333,6 +369,7 @@ enum Ending {
     Version(String),
 }
 
+/// Collects a whole listing, bounded in count ([`MAX_LISTED`]).
 async fn receive_any<S, T>(
     connection: &mut Connection<S>,
     limits: &Limits,
@@ -342,23 +379,52 @@ where
     T: Listed,
 {
     let mut all = Vec::new();
+    let mut too_long = false;
+    let ending = read_batches(connection, limits, &mut |items: Vec<T>| {
+        all.extend(items);
+        too_long = all.len() > MAX_LISTED;
+        if too_long {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .await?;
+    match ending {
+        Some(ending) => Ok((ending, all)),
+        None => Err(CallError::Protocol("listing too long".into())),
+    }
+}
+
+/// Reads the batches of a listing, each handed to `each`; `None` when `each` stopped it.
+/// `unchanged` is accepted only before any item.
+async fn read_batches<S, T, F>(
+    connection: &mut Connection<S>,
+    limits: &Limits,
+    each: &mut F,
+) -> Result<Option<Ending>, CallError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: Listed,
+    F: FnMut(Vec<T>) -> ControlFlow<()>,
+{
     let mut wait = limits.think;
+    let mut none_yet = true;
     loop {
         let response = receive_within(wait, connection.expect_message::<Response>()).await?;
         wait = limits.stall;
         match T::unbatch(response) {
             Unbatched::Batch(batch) => {
-                all.extend(batch.items);
-                if all.len() > MAX_LISTED {
-                    return Err(CallError::Protocol("listing too long".into()));
+                none_yet &= batch.items.is_empty();
+                if each(batch.items).is_break() {
+                    return Ok(None);
                 }
                 if !batch.more {
-                    let ending = batch.version.map_or(Ending::Plain, Ending::Version);
-                    return Ok((ending, all));
+                    return Ok(Some(batch.version.map_or(Ending::Plain, Ending::Version)));
                 }
             }
-            Unbatched::Other(Response::Unchanged) if all.is_empty() => {
-                return Ok((Ending::Unchanged, all));
+            Unbatched::Other(Response::Unchanged) if none_yet => {
+                return Ok(Some(Ending::Unchanged));
             }
             Unbatched::Other(Response::Error { kind, message }) => {
                 return Err(CallError::Remote { kind, message });

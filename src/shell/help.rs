@@ -46,6 +46,8 @@ index regex <pattern>
 index glob <pattern>
     Entries whose relative path matches the glob; without a '/', the pattern matches
     the file name at any depth.
+Rows show as they arrive. Past 10,000 entries the shell asks once whether to show
+the rest; no stops the listing there (--ask-over N changes the threshold).
 examples:
     index longlist
     index shortlist '2026-11-21 09:00' '2026-11-21 18:00'
@@ -57,7 +59,7 @@ hash verify <file>
     MD5, SHA-256 and last-modified time of one file on the peer.
 hash checkall
     The same for every file on the peer. Unchanged files are answered from the
-    peer's hash cache without reading them again.
+    peer's hash cache without reading them again. Long listings ask as index does.
 examples:
     hash verify notes/todo.md
     hash verify \"music/song one.mp3\"

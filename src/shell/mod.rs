@@ -1,6 +1,6 @@
 //! The shell: command parsing ([`command`], [`timestamp`]), execution against a peer
 //! ([`session`], with background [`jobs`]), rendering ([`render`], [`table`], [`help`],
-//! [`prompt`]) and the loops that read commands from a person ([`repl`], with
+//! [`prompt`], and [`listing`] for listings shown while they arrive) and the loops that read commands from a person ([`repl`], with
 //! [`helper`], [`complete`], [`names`], [`screen`], [`terminal`]) or a script.
 //!
 //! This module is the renderer: the only part of the library that writes to the terminal.
@@ -10,6 +10,7 @@ pub mod complete;
 pub mod help;
 pub mod helper;
 pub mod jobs;
+pub mod listing;
 pub mod names;
 pub mod output;
 pub mod prompt;

@@ -89,13 +89,20 @@ impl RemoteNames {
     /// Replaces the cache with a complete listing of `addr` that a command just fetched
     /// (`index longlist`), saving a request.
     pub fn offer(&self, addr: &str, entries: &[Entry]) {
+        self.offer_names(addr, file_names(entries));
+    }
+
+    /// Replaces the cache with the files of a complete listing of `addr`, given as their
+    /// relative paths (in any order), as a streamed `index longlist` gathers them.
+    pub fn offer_names(&self, addr: &str, mut files: Vec<String>) {
+        files.sort();
         let mut state = self.state();
         if state.addr.as_deref() != Some(addr) {
             state.addr = Some(addr.to_string());
             state.generation += 1;
             state.refreshing = false;
         }
-        state.files = Arc::new(file_names(entries));
+        state.files = Arc::new(files);
         state.fetched = Some(Instant::now());
     }
 

@@ -30,3 +30,18 @@ pub fn print_line(text: &str) -> Result<(), OutputError> {
 pub fn print_error_line(text: &str) {
     let _ = writeln!(io::stderr().lock(), "{text}");
 }
+
+/// Writes `text` as it is (its own newlines, or none yet: a JSON array written piece by
+/// piece) to standard output and flushes it, so that a listing shows as it arrives.
+pub fn print_text(text: &str) -> Result<(), OutputError> {
+    if text.is_empty() {
+        return Ok(());
+    }
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::BrokenPipe => OutputError::Closed,
+            _ => OutputError::Failed(e),
+        })
+}

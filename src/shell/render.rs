@@ -120,7 +120,7 @@ fn outcome_json(outcome: &Outcome) -> Option<Value> {
     })
 }
 
-fn entry_json(entry: &Entry) -> Value {
+pub(super) fn entry_json(entry: &Entry) -> Value {
     json!({
         "name": entry.name,
         "size": entry.size,
@@ -139,7 +139,7 @@ fn job_json(job: &JobStatus) -> Value {
     })
 }
 
-fn hash_json(hash: &FileHash) -> Value {
+pub(super) fn hash_json(hash: &FileHash) -> Value {
     json!({
         "name": hash.name,
         "md5": hash.md5,
@@ -170,41 +170,21 @@ fn download_json(d: &Downloaded) -> Value {
     value
 }
 
+/// What an empty index listing shows.
+pub(super) const NO_ENTRIES: &str = "no matching entries";
+
+/// What an empty `hash checkall` shows.
+pub(super) const NO_FILES: &str = "no files";
+
 fn outcome_human(outcome: &Outcome, layout: Layout) -> String {
     let table = |columns: &[Column], rows: Vec<Vec<String>>| {
         table::render(columns, &rows, layout.width, layout.colour)
     };
     match outcome {
-        Outcome::Entries(entries) if entries.is_empty() => "no matching entries".to_string(),
-        Outcome::Entries(entries) => table(
-            &[
-                Column::shrink("NAME", Fit::Path),
-                Column::right("SIZE"),
-                Column::keep("MODIFIED"),
-                Column::shrink("TYPE", Fit::End),
-            ],
-            entries
-                .iter()
-                .map(|e| {
-                    vec![
-                        if e.is_dir() {
-                            format!("{}/", e.name)
-                        } else {
-                            e.name.to_string()
-                        },
-                        if e.is_dir() {
-                            "-".to_string()
-                        } else {
-                            human_size(e.size)
-                        },
-                        e.mtime.to_local_string(),
-                        e.file_type.clone(),
-                    ]
-                })
-                .collect(),
-        ),
+        Outcome::Entries(entries) if entries.is_empty() => NO_ENTRIES.to_string(),
+        Outcome::Entries(entries) => table(ENTRY_COLUMNS, entries.iter().map(entry_row).collect()),
         Outcome::Hash(hash) => hash_table(std::slice::from_ref(hash), layout),
-        Outcome::Hashes(hashes) if hashes.is_empty() => "no files".to_string(),
+        Outcome::Hashes(hashes) if hashes.is_empty() => NO_FILES.to_string(),
         Outcome::Hashes(hashes) => hash_table(hashes, layout),
         Outcome::Downloaded(d) => {
             let mut lines = vec![format!(
@@ -435,26 +415,55 @@ fn job_row(job: &JobStatus) -> Vec<String> {
 
 fn hash_table(hashes: &[FileHash], layout: Layout) -> String {
     table::render(
-        &[
-            Column::shrink("NAME", Fit::Path),
-            Column::keep("MD5"),
-            Column::keep("SHA-256"),
-            Column::keep("MODIFIED"),
-        ],
-        &hashes
-            .iter()
-            .map(|h| {
-                vec![
-                    h.name.to_string(),
-                    h.md5.clone().unwrap_or_else(|| "-".to_string()),
-                    h.sha256.clone().unwrap_or_else(|| "-".to_string()),
-                    h.mtime.to_local_string(),
-                ]
-            })
-            .collect::<Vec<_>>(),
+        HASH_COLUMNS,
+        &hashes.iter().map(hash_row).collect::<Vec<_>>(),
         layout.width,
         layout.colour,
     )
+}
+
+/// The columns of an index listing.
+pub(super) const ENTRY_COLUMNS: &[Column] = &[
+    Column::shrink("NAME", Fit::Path),
+    Column::right("SIZE"),
+    Column::keep("MODIFIED"),
+    Column::shrink("TYPE", Fit::End),
+];
+
+/// An entry's row: folders end with `/` and have no size.
+pub(super) fn entry_row(e: &Entry) -> Vec<String> {
+    vec![
+        if e.is_dir() {
+            format!("{}/", e.name)
+        } else {
+            e.name.to_string()
+        },
+        if e.is_dir() {
+            "-".to_string()
+        } else {
+            human_size(e.size)
+        },
+        e.mtime.to_local_string(),
+        e.file_type.clone(),
+    ]
+}
+
+/// The columns of `hash verify` and `hash checkall`.
+pub(super) const HASH_COLUMNS: &[Column] = &[
+    Column::shrink("NAME", Fit::Path),
+    Column::keep("MD5"),
+    Column::keep("SHA-256"),
+    Column::keep("MODIFIED"),
+];
+
+/// A file's row of hashes.
+pub(super) fn hash_row(h: &FileHash) -> Vec<String> {
+    vec![
+        h.name.to_string(),
+        h.md5.clone().unwrap_or_else(|| "-".to_string()),
+        h.sha256.clone().unwrap_or_else(|| "-".to_string()),
+        h.mtime.to_local_string(),
+    ]
 }
 
 /// Sizes as people read them: `512 B`, `1.5 KiB`, `3.0 GiB`.

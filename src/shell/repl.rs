@@ -9,6 +9,7 @@
 //! and Ctrl-D or `quit` leave, asking first when background downloads are in flight.
 
 use std::io::BufRead;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,18 +20,24 @@ use tokio::runtime::Handle;
 
 use super::command::{self, Command};
 use super::helper::ShellHelper;
+use super::listing::{Gate, ListingView};
 use super::names::RemoteNames;
 use super::output::{self, OutputError};
 use super::prompt;
 use super::render::{self, Format, Layout};
 use super::screen::Screen;
-use super::session::{Outcome, Session};
+use super::session::{Batch, ListingKind, Outcome, Session};
 use super::terminal::Terminal;
+use crate::peer::Streamed;
 use crate::share::filter::IndexFilter;
 use crate::text::escape;
 
 /// Lines of typed history kept in `.boxsync/shell-history`.
 const HISTORY_LINES: usize = 10_000;
+
+/// Most file names an `index longlist` at the prompt keeps for Tab completion; a longer
+/// listing is shown without keeping them (Tab then fetches its own list).
+const NAMES_KEPT: usize = 100_000;
 
 /// Result of one command line.
 enum LineResult {
@@ -64,6 +71,9 @@ struct Runner<'a> {
     /// Interactive only: the completion cache (a full listing refreshes it), and the sign
     /// that `&` starts a job rather than running the download in the foreground.
     names: Option<RemoteNames>,
+    /// Interactive only: how many entries of a listing are shown before the shell asks
+    /// whether to show the rest (`None`: never asks).
+    ask_over: Option<usize>,
 }
 
 impl Runner<'_> {
@@ -78,7 +88,8 @@ impl Runner<'_> {
     }
 
     /// Runs one line: parse, execute (cancelled by Ctrl-C), print the outcome or the error.
-    fn run_line(&mut self, line: &str) -> LineResult {
+    /// `ask` puts a yes/no question to the person at the prompt (none in scripts).
+    fn run_line(&mut self, line: &str, ask: Option<&mut dyn FnMut(&str) -> bool>) -> LineResult {
         let command = match command::parse(line) {
             Ok(Some(command)) => command,
             Ok(None) => return LineResult::Done,
@@ -95,9 +106,11 @@ impl Runner<'_> {
             Command::Background(inner) => return self.start_job(*inner),
             other => other,
         };
+        if let Some(kind) = ListingKind::of(&command) {
+            return self.run_listing(&kind, ask);
+        }
         let draws_bars = matches!(command, Command::Download { .. } | Command::Wait);
         let waits = matches!(command, Command::Wait);
-        let lists_all = matches!(command, Command::Index(IndexFilter::Longlist));
         let bar = match &command {
             Command::Download { name, .. } => Some(self.screen.transfer_bar("", name.as_str())),
             _ => None,
@@ -128,16 +141,107 @@ impl Runner<'_> {
             }
             None => self.fail("cancelled"),
             Some(Ok(Outcome::Quit)) => LineResult::Quit,
-            Some(Ok(outcome)) => {
-                if let (Some(names), Outcome::Entries(entries), true) =
-                    (&self.names, &outcome, lists_all)
+            Some(Ok(outcome)) => self.show(&outcome),
+            Some(Err(e)) => self.fail(&e.to_string()),
+        }
+    }
+
+    /// Runs a listing command, writing each batch as it arrives ([`ListingView`]): the
+    /// shell holds one batch at a time. With `ask` (the interactive prompt, human output)
+    /// and a threshold, it asks once before showing more than [`Runner::ask_over`]
+    /// entries; no (or Enter, Ctrl-C, Ctrl-D) stops the listing: the request's stream is
+    /// dropped, which ends the peer's answer, and the count shown is said. Ctrl-C while
+    /// the listing streams cancels it, as any command.
+    fn run_listing(
+        &mut self,
+        kind: &ListingKind,
+        mut ask: Option<&mut dyn FnMut(&str) -> bool>,
+    ) -> LineResult {
+        let mut view = ListingView::new(kind, self.format, self.layout());
+        let limit = match (self.format, &ask) {
+            (Format::Human, Some(_)) => self.ask_over,
+            _ => None,
+        };
+        let mut gate = Gate::new(limit);
+        // A complete `index longlist` at the prompt refreshes Tab's names, as long as it
+        // is not so long that keeping its names would defeat the bounded memory.
+        let mut names = match (&self.names, kind) {
+            (Some(_), ListingKind::Entries(IndexFilter::Longlist)) => Some(Vec::new()),
+            _ => None,
+        };
+        let mut output = Ok(());
+        let mut show = |part: Batch| {
+            if let (Some(kept), Batch::Entries(entries)) = (&mut names, &part) {
+                kept.extend(
+                    entries
+                        .iter()
+                        .filter(|e| !e.is_dir())
+                        .map(|e| e.name.as_str().to_string()),
+                );
+                if kept.len() > NAMES_KEPT {
+                    names = None;
+                }
+            }
+            match output::print_text(&view.batch(&part)) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(e) => {
+                    output = Err(e);
+                    ControlFlow::Break(())
+                }
+            }
+        };
+        let each = |mut batch: Batch| {
+            let room = gate.room(batch.len());
+            let rest = (room < batch.len()).then(|| batch.split_off(room));
+            if show(batch).is_break() {
+                return ControlFlow::Break(());
+            }
+            let Some(rest) = rest else {
+                return ControlFlow::Continue(());
+            };
+            // The prompt's thread waits for the answer; the peer's next batches wait in
+            // the stream's window meanwhile (the peer gives up after its stall limit).
+            let yes = ask.as_mut().is_some_and(|ask| ask(&gate.question()));
+            if !yes {
+                return ControlFlow::Break(());
+            }
+            gate.open();
+            show(rest)
+        };
+        let session = &*self.session;
+        let result = self.handle.block_on(async {
+            tokio::select! {
+                result = session.list(kind, each) => Some(result),
+                _ = tokio::signal::ctrl_c() => None,
+            }
+        });
+        let complete = matches!(result, Some(Ok(Streamed::Complete)));
+        let shown = view.shown();
+        if let Err(e) = output {
+            return written(Err(e), LineResult::Done);
+        }
+        let ended = written(output::print_text(&view.finish(complete)), LineResult::Done);
+        if !matches!(ended, LineResult::Done) {
+            return ended;
+        }
+        match result {
+            None => self.fail("cancelled"),
+            Some(Err(e)) => self.fail(&e.to_string()),
+            // Only the person's no stops it here (a closed output returned above).
+            Some(Ok(Streamed::Stopped)) => written(
+                output::print_line(&format!(
+                    "stopped: showed {shown} entries of the peer's listing; the rest was not fetched"
+                )),
+                LineResult::Done,
+            ),
+            Some(Ok(Streamed::Complete)) => {
+                if let (Some(cache), Some(files)) = (&self.names, names)
                     && let Some(peer) = self.session.current_peer()
                 {
-                    names.offer(peer.addr(), entries);
+                    cache.offer_names(peer.addr(), files);
                 }
-                self.show(&outcome)
+                LineResult::Done
             }
-            Some(Err(e)) => self.fail(&e.to_string()),
         }
     }
 
@@ -246,10 +350,11 @@ fn run_lines(
         terminal,
         screen: Screen::new(bars && terminal.bars, terminal.colour),
         names: None,
+        ask_over: None,
     };
     let mut status = ScriptStatus::Succeeded;
     for line in lines {
-        let line_status = match runner.run_line(&line) {
+        let line_status = match runner.run_line(&line, None) {
             LineResult::Done => ScriptStatus::Succeeded,
             LineResult::Failed => ScriptStatus::Failed,
             LineResult::Refused => ScriptStatus::Refused,
@@ -262,12 +367,14 @@ fn run_lines(
 }
 
 /// The interactive prompt; returns when the user quits or presses Ctrl-D. Typed lines are
-/// kept in `history_file` across runs. Background downloads still in flight when it
+/// kept in `history_file` across runs. A listing longer than `ask_over` entries asks
+/// before it shows the rest (`None` or 0: never; [`super::listing::ASK_OVER`] by default). Background downloads still in flight when it
 /// returns are cancelled.
 pub fn run_interactive(
     handle: &Handle,
     session: &mut Session,
     history_file: PathBuf,
+    ask_over: Option<usize>,
 ) -> Result<(), ReadlineError> {
     let terminal = Terminal::detect();
     let screen = Screen::new(terminal.bars, terminal.colour);
@@ -287,6 +394,7 @@ pub fn run_interactive(
         terminal,
         screen,
         names: Some(names),
+        ask_over,
     };
     loop {
         let session = &*runner.session;
@@ -305,7 +413,8 @@ pub fn run_interactive(
         match editor.readline(&(prompt.plain, prompt.styled)) {
             Ok(line) => {
                 remember(&mut editor, &line, &history_file);
-                match runner.run_line(&line) {
+                let mut ask = |question: &str| ask_yes(&mut editor, question);
+                match runner.run_line(&line, Some(&mut ask)) {
                     LineResult::Quit if confirm_quit(&mut editor, runner.session) => break,
                     LineResult::OutputClosed | LineResult::OutputFailed => break,
                     _ => {}
@@ -378,6 +487,15 @@ fn confirm_quit(editor: &mut Editor<ShellHelper, FileHistory>, session: &Session
     match editor.readline(&question) {
         Ok(answer) => matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"),
         Err(ReadlineError::Eof) => true,
+        Err(_) => false,
+    }
+}
+
+/// Puts a yes/no question to the person at the prompt; only `y` or `yes` is yes (Enter,
+/// Ctrl-C and Ctrl-D are no).
+fn ask_yes(editor: &mut Editor<ShellHelper, FileHistory>, question: &str) -> bool {
+    match editor.readline(question) {
+        Ok(answer) => matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"),
         Err(_) => false,
     }
 }

@@ -1,6 +1,7 @@
 //! A shell session: this box, its peers, the current peer, and the execution of commands
 //! against them. Returns typed outcomes; rendering is [`super::render`]'s job.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -11,7 +12,8 @@ use super::jobs::{JobProgress, JobStatus, Jobs, Waited};
 use super::prompt;
 use crate::history::HistoryRecord;
 use crate::local::LocalBox;
-use crate::peer::{Peer, PeerError};
+use crate::peer::{Peer, PeerError, Streamed};
+use crate::share::filter::IndexFilter;
 use crate::share::{Entry, FileHash};
 use crate::sync::{SyncHandle, SyncStatus};
 use crate::transfer::{Downloaded, Progress};
@@ -49,6 +51,59 @@ pub enum Outcome {
     /// `wait` returned: how many jobs were in flight, and how those that ended meanwhile
     /// ended.
     Waited(Waited),
+}
+
+/// A command that answers with a listing, which [`Session::list`] hands on batch by batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListingKind {
+    /// `index ...`: entries.
+    Entries(IndexFilter),
+    /// `hash checkall`: every file's hashes.
+    Hashes,
+}
+
+impl ListingKind {
+    /// The listing `command` asks for, if it asks for one.
+    pub fn of(command: &Command) -> Option<ListingKind> {
+        match command {
+            Command::Index(filter) => Some(ListingKind::Entries(filter.clone())),
+            Command::HashCheckall => Some(ListingKind::Hashes),
+            _ => None,
+        }
+    }
+}
+
+/// One batch of a listing, as it arrived.
+#[derive(Debug)]
+pub enum Batch {
+    /// Index entries.
+    Entries(Vec<Entry>),
+    /// Files' hashes.
+    Hashes(Vec<FileHash>),
+}
+
+impl Batch {
+    /// How many items it holds.
+    pub fn len(&self) -> usize {
+        match self {
+            Batch::Entries(items) => items.len(),
+            Batch::Hashes(items) => items.len(),
+        }
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps the first `at` items and returns the others.
+    pub fn split_off(&mut self, at: usize) -> Batch {
+        let at = at.min(self.len());
+        match self {
+            Batch::Entries(items) => Batch::Entries(items.split_off(at)),
+            Batch::Hashes(items) => Batch::Hashes(items.split_off(at)),
+        }
+    }
 }
 
 /// One line of `peers`.
@@ -241,6 +296,28 @@ impl Session {
 
     fn peer(&self) -> Result<Arc<Peer>, SessionError> {
         self.current_peer().cloned().ok_or(SessionError::NoPeer)
+    }
+
+    /// Runs a listing command against the current peer, handing its batches to `each` as
+    /// they arrive (bounded memory, however long the listing); `each` returning `Break`
+    /// stops it ([`Streamed::Stopped`]). [`Session::execute`] collects the same listings
+    /// whole.
+    pub async fn list(
+        &self,
+        kind: &ListingKind,
+        mut each: impl FnMut(Batch) -> ControlFlow<()>,
+    ) -> Result<Streamed, SessionError> {
+        let peer = self.peer()?;
+        Ok(match kind {
+            ListingKind::Entries(filter) => {
+                peer.index_each(filter, |items| each(Batch::Entries(items)))
+                    .await?
+            }
+            ListingKind::Hashes => {
+                peer.hash_all_each(|items| each(Batch::Hashes(items)))
+                    .await?
+            }
+        })
     }
 
     /// Runs one command. Downloads report progress through `progress`. A `Background`

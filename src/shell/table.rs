@@ -92,23 +92,76 @@ pub fn render(
     width: Option<usize>,
     bold_header: bool,
 ) -> String {
-    let rows: Vec<Vec<Cow<'_, str>>> = rows
-        .iter()
-        .map(|row| row.iter().map(|cell| text::escape(cell)).collect())
-        .collect();
-    let widths = fit_widths(columns, &rows, width);
-    let header: Vec<Cow<'_, str>> = columns.iter().map(|c| Cow::Borrowed(c.header)).collect();
-    let mut lines = Vec::with_capacity(rows.len() + 1);
-    let header_line = line(columns, &widths, &header);
-    lines.push(if bold_header && !header_line.is_empty() {
-        format!("\x1b[1m{header_line}\x1b[0m")
-    } else {
-        header_line
-    });
-    for row in &rows {
-        lines.push(line(columns, &widths, row));
+    TableStream::new(columns, width, bold_header).rows(rows)
+}
+
+/// A table written while its rows arrive, batch by batch, holding no row once written: a
+/// listing of a million entries is shown in the memory of one batch.
+///
+/// Columns are as wide as the widest cell seen so far (then fitted to `width` as
+/// [`render`] fits them): the first batch sizes them and the header, and a wider cell in a
+/// later batch widens its column from that batch on, rows already written staying as they
+/// were. On a terminal the table still fits its width (names lose their middle); in a pipe
+/// nothing is shortened, so a later long name only pushes its row's other cells right. A
+/// table given all its rows at once is exactly [`render`]'s.
+pub struct TableStream {
+    /// The columns.
+    columns: Vec<Column>,
+    /// Each column's widest cell (or header) so far, in terminal columns.
+    widest: Vec<usize>,
+    /// The terminal's width (`None`: no limit).
+    width: Option<usize>,
+    /// Whether the header is written in bold.
+    bold_header: bool,
+    /// Whether the header was written (with the first batch).
+    started: bool,
+}
+
+impl TableStream {
+    /// A table with these columns, nothing written yet.
+    pub fn new(columns: &[Column], width: Option<usize>, bold_header: bool) -> TableStream {
+        TableStream {
+            columns: columns.to_vec(),
+            widest: columns.iter().map(|c| c.header.width()).collect(),
+            width,
+            bold_header,
+            started: false,
+        }
     }
-    lines.join("\n")
+
+    /// The lines that show `rows` (the header first, on the first call), without a
+    /// trailing newline; cells are escaped. Empty when there is nothing to write.
+    pub fn rows(&mut self, rows: &[Vec<String>]) -> String {
+        let rows: Vec<Vec<Cow<'_, str>>> = rows
+            .iter()
+            .map(|row| row.iter().map(|cell| text::escape(cell)).collect())
+            .collect();
+        for row in &rows {
+            for (w, cell) in self.widest.iter_mut().zip(row) {
+                *w = (*w).max(cell.width());
+            }
+        }
+        let widths = fit_widths(&self.columns, self.widest.clone(), self.width);
+        let mut lines = Vec::with_capacity(rows.len() + 1);
+        if !self.started {
+            self.started = true;
+            let header: Vec<Cow<'_, str>> = self
+                .columns
+                .iter()
+                .map(|c| Cow::Borrowed(c.header))
+                .collect();
+            let header_line = line(&self.columns, &widths, &header);
+            lines.push(if self.bold_header && !header_line.is_empty() {
+                format!("\x1b[1m{header_line}\x1b[0m")
+            } else {
+                header_line
+            });
+        }
+        for row in &rows {
+            lines.push(line(&self.columns, &widths, row));
+        }
+        lines.join("\n")
+    }
 }
 
 /// One line: each cell shortened to its column's width if needed, then padded.
@@ -129,18 +182,12 @@ fn line(columns: &[Column], widths: &[usize], cells: &[Cow<'_, str>]) -> String 
     cells.join(GAP).trim_end().to_string()
 }
 
-/// Column widths: each column's widest cell, then, while the table is wider than `width`,
+/// Column widths: each column's widest cell (`widths`), then, while the table is wider than `width`,
 /// columns lose width one at a time: first those cut at the end (least telling), then
 /// those shortened in the middle, then paths (names are what people look for); within a
 /// kind, the widest first. None goes below [`MIN_SHRUNK`] or its header. A table that
 /// cannot fit even so is left wider than the terminal (it wraps).
-fn fit_widths(columns: &[Column], rows: &[Vec<Cow<'_, str>>], width: Option<usize>) -> Vec<usize> {
-    let mut widths: Vec<usize> = columns.iter().map(|c| c.header.width()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.width());
-        }
-    }
+fn fit_widths(columns: &[Column], mut widths: Vec<usize>, width: Option<usize>) -> Vec<usize> {
     let Some(limit) = width else {
         return widths;
     };

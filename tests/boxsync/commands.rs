@@ -2,9 +2,11 @@
 //! against coreutils, TCP downloads that keep mtime and mode and never lose a replaced file.
 
 use std::fs;
+use std::ops::ControlFlow;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, SystemTime};
 
+use boxsync::peer::Streamed;
 use boxsync::share::DIRECTORY_TYPE;
 use boxsync::share::filter::IndexFilter;
 use boxsync::time::Timestamp;
@@ -524,4 +526,41 @@ async fn md5_is_computed_when_a_person_asks() {
             hash.name
         );
     }
+}
+
+/// A listing taken batch by batch is the collected listing, in several batches; stopping
+/// it after the first batch reads no more, and the peer answers the next request at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn listings_stream_batch_by_batch() {
+    let b = TestBox::start().await;
+    // Long names: a few hundred per batch.
+    for i in 0..2000 {
+        b.write(&format!("{:0>100}.txt", i), b"x");
+    }
+    let (_t, me) = TestBox::client();
+    let peer = b.peer_for(&me);
+    let whole = peer.index(&IndexFilter::Longlist).await.unwrap();
+    let mut batches = Vec::new();
+    let ended = peer
+        .index_each(&IndexFilter::Longlist, |batch| {
+            batches.push(batch);
+            ControlFlow::Continue(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(ended, Streamed::Complete);
+    assert!(batches.len() > 2, "{} batches", batches.len());
+    assert_eq!(batches.concat(), whole);
+    let mut seen = 0;
+    let ended = peer
+        .hash_all_each(|batch| {
+            seen += batch.len();
+            ControlFlow::Break(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(ended, Streamed::Stopped);
+    assert!(seen > 0 && seen < 2000, "{seen}");
+    let hashes = peer.hash_all().await.unwrap();
+    assert_eq!(hashes.len(), 2000);
 }

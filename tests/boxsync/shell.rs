@@ -386,3 +386,72 @@ async fn wait_reports_each_outcome() {
         coreutils_hashes(&file)
     );
 }
+
+/// A peer folder of `count` files named `f000000.txt`, `f000001.txt`...
+fn numbered_files(b: &TestBox, count: usize) {
+    for i in 0..count {
+        b.write(&format!("f{i:06}.txt"), b"x");
+    }
+}
+
+/// A listing longer than the threshold (`--ask-over 1000`, crossed in the second batch)
+/// shows its first 1000 entries, asks once, and on "no" stops there: no later entry is
+/// shown, the count shown is said, and the session goes on with the next command.
+#[tokio::test(flavor = "multi_thread")]
+async fn long_listing_asks_and_stops_on_no() {
+    let b = TestBox::start().await;
+    numbered_files(&b, 1500);
+    let dir = tempfile::tempdir().unwrap();
+    let peer = b.cli_target(dir.path());
+    let addr = b.addr.to_string();
+    let dir_path = dir.path().to_path_buf();
+    drive(move || {
+        let mut sh = shell(&dir_path, &peer, &["--ask-over", "1000"])?;
+        sh.exp_string(&format!("boxsync [{addr}]> "))?;
+        sh.send_line("index longlist")?;
+        let shown =
+            sh.exp_string("the peer's listing has more than 1000 entries; show them all? [y/N] ")?;
+        assert!(shown.contains("f000000.txt") && shown.contains("f000999.txt"));
+        assert!(!shown.contains("f001000.txt"), "shown before the answer");
+        sh.send_line("n")?;
+        let after = sh.exp_string("stopped: showed 1000 entries")?;
+        assert!(!after.contains("f001"), "shown after no: {after}");
+        sh.exp_string(&reached(&addr))?;
+        sh.send_line("index glob 'f001499*'")?;
+        sh.exp_string("f001499.txt")?;
+        sh.exp_string(&reached(&addr))?;
+        sh.send_line("quit")?;
+        sh.exp_eof()?;
+        Ok(())
+    })
+    .await;
+}
+
+/// Answering yes shows the whole listing, every entry once, and asks only once.
+#[tokio::test(flavor = "multi_thread")]
+async fn long_listing_shows_all_on_yes() {
+    let b = TestBox::start().await;
+    numbered_files(&b, 1500);
+    let dir = tempfile::tempdir().unwrap();
+    let peer = b.cli_target(dir.path());
+    let addr = b.addr.to_string();
+    let dir_path = dir.path().to_path_buf();
+    drive(move || {
+        let mut sh = shell(&dir_path, &peer, &["--ask-over", "1000"])?;
+        sh.exp_string(&format!("boxsync [{addr}]> "))?;
+        sh.send_line("hash checkall")?;
+        sh.exp_string("show them all? [y/N] ")?;
+        sh.send_line("y")?;
+        let rest = sh.exp_string(&reached(&addr))?;
+        for i in 1000..1500 {
+            let name = format!("f{i:06}.txt");
+            assert_eq!(rest.matches(&name).count(), 1, "{name} in:\n{rest}");
+        }
+        assert!(!rest.contains("show them all"), "asked twice");
+        assert!(!rest.contains("stopped"), "{rest}");
+        sh.send_line("quit")?;
+        sh.exp_eof()?;
+        Ok(())
+    })
+    .await;
+}
