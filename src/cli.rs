@@ -21,6 +21,9 @@ const DEFAULT_DIR: &str = "./shared";
 const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
 /// The auto-sync period, in seconds, when neither --sync nor the settings file gives one.
 pub const DEFAULT_SYNC: u64 = 10;
+/// The period of the full rescan, in seconds, when neither --rescan nor the settings file
+/// gives one: an hour, as Syncthing's (the watcher reports changes meanwhile).
+pub const DEFAULT_RESCAN: u64 = 3600;
 /// How many days sync keeps old versions when neither --trash-days nor the file says.
 const DEFAULT_TRASH_DAYS: u64 = 30;
 
@@ -95,11 +98,18 @@ pub struct Cli {
     #[arg(long = "trust", value_name = "ID", global = true)]
     trust: Vec<String>,
 
-    /// Auto-sync with every peer: the period of the full rescan in seconds (changes are
-    /// also picked up within about a second by a file-system watcher); 0 turns it off.
-    /// Boxes that dial in are synced with too. [default: 10]
+    /// Auto-sync with every peer: a round with each every SECS seconds (changes are also
+    /// picked up within about a second by a file-system watcher); 0 turns it off. Boxes
+    /// that dial in are synced with too. Without a watcher, each round reads the whole
+    /// folder. [default: 10]
     #[arg(long = "sync", value_name = "SECS", global = true)]
     sync: Option<u64>,
+
+    /// While the file-system watcher runs, read the whole folder afresh every SECS seconds
+    /// (a walk that only stats, hashing what changed), to catch what the watcher missed;
+    /// between rescans only the parts it reported are read. [default: 3600]
+    #[arg(long = "rescan", value_name = "SECS", global = true, value_parser = clap::value_parser!(u64).range(1..))]
+    rescan: Option<u64>,
 
     /// How long sync keeps replaced and deleted versions in .boxsync/trash/. [default: 30]
     #[arg(long, value_name = "DAYS", global = true)]
@@ -288,6 +298,7 @@ impl Config {
             peers: cli.peers.clone(),
             trust: cli.trust.clone(),
             sync: cli.sync,
+            rescan: cli.rescan,
             max_rate: cli.max_rate.clone(),
             trash_days: cli.trash_days,
             discovery: cli.no_discovery.then_some(false),
@@ -307,8 +318,10 @@ impl Config {
         // Sync runs with no peer given too: boxes that dial in are synced with.
         let period = merged.sync.unwrap_or(DEFAULT_SYNC);
         let trash_days = merged.trash_days.unwrap_or(DEFAULT_TRASH_DAYS);
+        let rescan = merged.rescan.unwrap_or(DEFAULT_RESCAN);
         let sync = (period > 0).then(|| SyncConfig {
             period: std::time::Duration::from_secs(period),
+            rescan: std::time::Duration::from_secs(rescan.max(1)),
             trash_retention: std::time::Duration::from_secs(trash_days.saturating_mul(86_400)),
         });
         let trust = merged

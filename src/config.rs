@@ -95,6 +95,9 @@ pub struct BoxConfig {
     /// The auto-sync period in seconds; 0 turns it off (as `--sync`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<u64>,
+    /// The period of the full rescan in seconds while the watcher runs (as `--rescan`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescan: Option<u64>,
     /// The UDP rate cap, as `--max-rate` takes it (`50M`, `10MB`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rate: Option<String>,
@@ -221,6 +224,7 @@ impl BoxConfig {
             peers,
             trust,
             sync: flags.sync.or(self.sync),
+            rescan: flags.rescan.or(self.rescan),
             max_rate: flags.max_rate.clone().or_else(|| self.max_rate.clone()),
             trash_days: flags.trash_days.or(self.trash_days),
             discovery: flags.discovery.or(self.discovery),

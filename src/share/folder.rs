@@ -89,8 +89,79 @@ pub fn list(root: &Path) -> Result<Vec<Entry>, ShareError> {
 /// Like [`list`], with each entry's fingerprint (from the same `lstat`), so that hashes can
 /// be looked up in the cache without touching the files again.
 pub fn list_detailed(root: &Path) -> Result<Vec<(Entry, Fingerprint)>, ShareError> {
+    let mut entries = walk(root, PathBuf::new(), true)?;
+    entries.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    Ok(entries)
+}
+
+/// What part of the folder a partial read lists afresh (see [`list_scope`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// The folder (`""`: the shared folder itself) and its direct children.
+    Children(String),
+    /// The folder and everything below it.
+    Subtree(String),
+}
+
+impl Scope {
+    /// The folder the scope is about, relative (`""`: the shared folder).
+    pub fn folder(&self) -> &str {
+        match self {
+            Scope::Children(folder) | Scope::Subtree(folder) => folder,
+        }
+    }
+}
+
+/// The entries of `scope`, unsorted: the folder's own entry (unless it is the shared
+/// folder), then its children, recursively for a subtree. A folder that is gone, or is now
+/// a symlink or a file, or lies under one, has nothing (its removal is the caller's to see).
+pub fn list_scope(root: &Path, scope: &Scope) -> Result<Vec<(Entry, Fingerprint)>, ShareError> {
+    let folder = scope.folder();
     let mut entries = Vec::new();
-    let mut pending = vec![PathBuf::new()];
+    if !folder.is_empty() {
+        let Ok(rel) = RelPath::parse(folder) else {
+            return Ok(entries);
+        };
+        match check_ancestors(root, &rel) {
+            Ok(()) => {}
+            Err(
+                ShareError::Symlink(_) | ShareError::NotFound(_) | ShareError::NotADirectory(_),
+            ) => {
+                return Ok(entries);
+            }
+            Err(e) => return Err(e),
+        }
+        let meta = match fs::symlink_metadata(rel.under(root)) {
+            Ok(meta) => meta,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(entries);
+            }
+            Err(e) => return Err(ShareError::io(rel.under(root), e)),
+        };
+        if !meta.is_dir() {
+            return Ok(entries);
+        }
+        entries.push((Entry::from_metadata(rel, &meta), Fingerprint::of(&meta)));
+    }
+    let recursive = matches!(scope, Scope::Subtree(_));
+    entries.extend(walk(root, PathBuf::from(folder), recursive)?);
+    Ok(entries)
+}
+
+/// The entries below `start` (relative to `root`), unsorted: its children, and theirs
+/// when `recursive`.
+fn walk(
+    root: &Path,
+    start: PathBuf,
+    recursive: bool,
+) -> Result<Vec<(Entry, Fingerprint)>, ShareError> {
+    let mut entries = Vec::new();
+    let mut pending = vec![start];
     while let Some(dir) = pending.pop() {
         let read = match fs::read_dir(root.join(&dir)) {
             Ok(read) => read,
@@ -118,14 +189,15 @@ pub fn list_detailed(root: &Path) -> Result<Vec<(Entry, Fingerprint)>, ShareErro
                 Err(e) => return Err(ShareError::io(root.join(&relative), e)),
             };
             if meta.is_dir() {
-                pending.push(relative);
+                if recursive {
+                    pending.push(relative);
+                }
             } else if !meta.is_file() {
                 continue;
             }
             entries.push((Entry::from_metadata(name, &meta), Fingerprint::of(&meta)));
         }
     }
-    entries.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     Ok(entries)
 }
 

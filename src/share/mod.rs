@@ -27,7 +27,7 @@ use thiserror::Error;
 
 pub use budget::{AnswerBudget, Charge};
 pub use dirs::{Dirs, PlaceNewError};
-pub use folder::{DIRECTORY_TYPE, Entry, Fingerprint};
+pub use folder::{DIRECTORY_TYPE, Entry, Fingerprint, Scope};
 pub use hash::{ContentHasher, DigestSet, Digests, FileHash, HashCache};
 pub use index::{ChangeMark, IndexDb, IndexError, Opened};
 pub use install::{Expect, InstallMeta};
@@ -35,7 +35,7 @@ pub use locks::PathLocks;
 pub use numbering::{Item, Numbering};
 pub use path::{PathError, RelPath, STATE_DIR};
 pub use staged::{LinkMethod, StagedFile, Stager};
-pub use view::{ChangesSince, Snapshot, SnapshotCache};
+pub use view::{ChangesSince, ReadPlan, Snapshot, SnapshotCache};
 
 /// Folder under the state folder for partial downloads.
 const TMP_DIR: &str = "tmp";
@@ -89,6 +89,20 @@ impl ShareError {
             source,
         }
     }
+}
+
+/// The folder holding `name`, relative (`""`: the shared folder).
+fn parent_of(name: &RelPath) -> &str {
+    parent_of_str(name.as_str())
+}
+
+fn parent_of_str(name: &str) -> &str {
+    name.rsplit_once('/').map_or("", |(parent, _)| parent)
+}
+
+/// `name` and each folder above it, up to the top (`a/b/c`, `a/b`, `a`).
+fn ancestors_or_self(name: &str) -> impl Iterator<Item = &str> {
+    std::iter::successors(Some(name), |n| n.rsplit_once('/').map(|(parent, _)| parent))
 }
 
 /// Opens the index database under `state` and what it keeps: the hash cache (with the
@@ -289,43 +303,131 @@ impl Share {
     }
 
     /// Every entry with, for files, its hashes, read now in one pass off the async threads:
-    /// what sync compares. A file that could not be hashed (it vanished or keeps changing)
-    /// comes with `None`, so that sync leaves it alone this round instead of taking it as
-    /// absent. The read becomes the latest snapshot (see [`Share::recent_snapshot`]).
+    /// what sync compares (the rescan: the whole folder, whatever the watcher said). A file
+    /// that could not be hashed (it vanished or keeps changing) comes with `None`, so that
+    /// sync leaves it alone this round instead of taking it as absent. The read becomes the
+    /// latest snapshot (see [`Share::recent_snapshot`]).
     pub async fn snapshot(self: &Arc<Self>) -> Result<Arc<Snapshot>, ShareError> {
+        self.read(true).await
+    }
+
+    /// A fresh snapshot: of the whole folder when `whole`, else, when the watcher placed
+    /// every change since the latest one, of the changed parts only, the rest taken from
+    /// it. Reads are one at a time; one that waited for another takes its answer when
+    /// nothing changed since.
+    async fn read(self: &Arc<Self>, whole: bool) -> Result<Arc<Snapshot>, ShareError> {
         let asked = std::time::Instant::now();
         let _reading = self.reading.lock().await;
-        if let Some(snapshot) = self.view.read_since(asked) {
+        if !whole && let Some(snapshot) = self.view.read_since(asked) {
             return Ok(snapshot);
         }
         let share = Arc::clone(self);
-        let generation = self.view.generation();
         let taken = std::time::Instant::now();
+        let (generation, plan) = self.view.begin_read(whole);
         let snapshot = blocking(move || {
-            let entries = folder::list_detailed(&share.root)?;
-            let names: std::collections::HashSet<&RelPath> =
-                entries.iter().map(|(e, _)| &e.name).collect();
-            share.cache.retain(|rel| names.contains(rel));
-            let mut dirs = Dirs::open(&share.root)?;
-            let items = entries
-                .into_iter()
-                .map(|(entry, fingerprint)| {
-                    let hash = if entry.is_dir() {
-                        None
-                    } else {
-                        // Sync compares BLAKE3 alone; MD5 and SHA-256 wait until a person asks.
-                        share
-                            .cached_or_hashed(&mut dirs, &entry, &fingerprint, DigestSet::Blake3)
-                            .ok()
-                    };
-                    (entry, hash)
-                })
-                .collect();
+            let items = match plan {
+                ReadPlan::Whole => share.read_whole()?,
+                ReadPlan::Partial { base, scopes } => share.read_partial(&base, scopes)?,
+            };
             Ok(share.view.store(generation, taken, items))
         })
         .await;
+        if snapshot.is_err() {
+            // What the watcher reported was taken by this read: the next reads it all.
+            self.view.changed();
+        }
         self.persist_cache();
         snapshot
+    }
+
+    /// Every entry of the folder with, for files, their hashes (from the cache when
+    /// unchanged); forgets the cached hashes of files no longer there.
+    fn read_whole(&self) -> Result<Vec<Item>, ShareError> {
+        let entries = folder::list_detailed(&self.root)?;
+        let names: std::collections::HashSet<&RelPath> =
+            entries.iter().map(|(e, _)| &e.name).collect();
+        self.cache.retain(|rel| names.contains(rel));
+        self.hashed(entries)
+    }
+
+    /// The entries with, for files, their hashes; sync compares BLAKE3 alone (MD5 and
+    /// SHA-256 wait until a person asks).
+    fn hashed(&self, entries: Vec<(Entry, Fingerprint)>) -> Result<Vec<Item>, ShareError> {
+        let mut dirs = Dirs::open(&self.root)?;
+        Ok(entries
+            .into_iter()
+            .map(|(entry, fingerprint)| {
+                let hash = match entry.is_dir() {
+                    true => None,
+                    false => self
+                        .cached_or_hashed(&mut dirs, &entry, &fingerprint, DigestSet::Blake3)
+                        .ok(),
+                };
+                (entry, hash)
+            })
+            .collect())
+    }
+
+    /// `base` with the parts of the folder in `scopes` read afresh: a folder's children
+    /// (with, as a subtree, every child folder that appeared or went since `base`), or a
+    /// whole subtree. Paths outside them are taken from `base` unchanged.
+    fn read_partial(&self, base: &Snapshot, scopes: Vec<Scope>) -> Result<Vec<Item>, ShareError> {
+        let mut children = std::collections::HashSet::new();
+        let mut subtrees = std::collections::HashSet::new();
+        for scope in scopes {
+            match scope {
+                Scope::Children(folder) => children.insert(folder),
+                Scope::Subtree(folder) => subtrees.insert(folder),
+            };
+        }
+        let mut fresh = Vec::new();
+        for folder in &children {
+            let listed = folder::list_scope(&self.root, &Scope::Children(folder.clone()))?;
+            // A child folder that appeared (or turned from a file into a folder) is read
+            // whole; one that went (or became a file) takes what was below it with it.
+            let dirs_now: std::collections::HashSet<&str> = listed
+                .iter()
+                .filter(|(entry, _)| entry.is_dir() && parent_of(&entry.name) == folder)
+                .map(|(entry, _)| entry.name.as_str())
+                .collect();
+            let dirs_before: std::collections::HashSet<&str> = base
+                .items
+                .iter()
+                .filter(|(entry, _)| entry.is_dir() && parent_of(&entry.name) == folder)
+                .map(|(entry, _)| entry.name.as_str())
+                .collect();
+            let changed: Vec<String> = dirs_now
+                .symmetric_difference(&dirs_before)
+                .map(|name| name.to_string())
+                .collect();
+            subtrees.extend(changed);
+            fresh.extend(listed);
+        }
+        for folder in &subtrees {
+            fresh.extend(folder::list_scope(
+                &self.root,
+                &Scope::Subtree(folder.clone()),
+            )?);
+        }
+        fresh.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        fresh.dedup_by(|a, b| a.0.name == b.0.name);
+        let covered = |name: &RelPath| {
+            let name = name.as_str();
+            children.contains(parent_of_str(name))
+                || children.contains(name)
+                || ancestors_or_self(name).any(|a| subtrees.contains(a))
+        };
+        let fresh = self.hashed(fresh)?;
+        let mut items = Vec::with_capacity(base.items.len() + fresh.len());
+        let mut fresh = fresh.into_iter().peekable();
+        for item in base.items.iter().filter(|(entry, _)| !covered(&entry.name)) {
+            while let Some(next) = fresh.next_if(|(entry, _)| entry.name < item.0.name) {
+                items.push(next);
+            }
+            items.push(item.clone());
+        }
+        items.extend(fresh);
+        Ok(items)
     }
 
     /// The latest snapshot while the watcher vouches that nothing changed since it was
@@ -333,7 +435,7 @@ impl Share {
     pub async fn recent_snapshot(self: &Arc<Self>) -> Result<Arc<Snapshot>, ShareError> {
         match self.view.trusted() {
             Some(snapshot) => Ok(snapshot),
-            None => self.snapshot().await,
+            None => self.read(false).await,
         }
     }
 

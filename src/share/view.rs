@@ -6,12 +6,12 @@
 //! snapshot is never trusted longer than the age the sync engine allows (which bounds what a
 //! missed event can cost), and without a running watcher nothing is trusted at all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::folder::Entry;
+use super::folder::{Entry, Scope};
 use super::hash::FileHash;
 use super::index::ChangeMark;
 use super::numbering::{Item, Numbering};
@@ -109,6 +109,35 @@ pub struct SnapshotCache {
     trust: Mutex<Option<Duration>>,
     /// The latest snapshot.
     latest: Mutex<Option<Latest>>,
+    /// What the watcher reported changed since the last read began.
+    dirty: Mutex<Dirty>,
+}
+
+/// What changed since a read began, as the watcher reported it.
+#[derive(Debug, Default)]
+struct Dirty {
+    /// Something changed that the watcher could not place (or no watcher vouches): the next
+    /// read must read the whole folder.
+    whole: bool,
+    /// The parts of the folder that changed.
+    scopes: BTreeSet<Scope>,
+}
+
+/// More changed parts than this, and a read takes the whole folder instead.
+const MAX_SCOPES: usize = 10_000;
+
+/// How a read of the folder goes, as [`SnapshotCache::begin_read`] decides.
+pub enum ReadPlan {
+    /// Read the whole folder.
+    Whole,
+    /// Read only `scopes` afresh and take the rest from `base`, the latest snapshot,
+    /// which the watcher vouches for outside them.
+    Partial {
+        /// The latest snapshot.
+        base: Arc<Snapshot>,
+        /// What changed since it was read.
+        scopes: Vec<Scope>,
+    },
 }
 
 impl Default for SnapshotCache {
@@ -125,13 +154,61 @@ impl SnapshotCache {
             generation: AtomicU64::new(0),
             trust: Mutex::new(None),
             latest: Mutex::new(None),
+            dirty: Mutex::new(Dirty::default()),
         }
     }
 
     /// Called by the watcher for every change in the folder (and for its own errors): the
     /// latest snapshot is no longer trusted.
     pub fn changed(&self) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        dirty.whole = true;
         self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Called by the watcher with the parts of the folder where something changed: the
+    /// latest snapshot is no longer trusted, and the next read may read only those.
+    pub fn changed_in(&self, scopes: impl IntoIterator<Item = Scope>) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        dirty.scopes.extend(scopes);
+        if dirty.scopes.len() > MAX_SCOPES {
+            dirty.whole = true;
+            dirty.scopes.clear();
+        }
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Begins a read of the folder: its generation, and whether reading the parts the
+    /// watcher reported will do (a watcher vouches, the latest snapshot is still the base,
+    /// nothing unplaced changed) or the whole folder must be read (`whole`: the rescan
+    /// asks so). What was reported is taken: a read that fails must call
+    /// [`SnapshotCache::changed`], so the next one reads the whole folder.
+    pub fn begin_read(&self, whole: bool) -> (u64, ReadPlan) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = self.generation();
+        let taken = std::mem::take(&mut *dirty);
+        drop(dirty);
+        let watched = self
+            .trust
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        let base = self
+            .latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|latest| Arc::clone(&latest.snapshot));
+        match base {
+            Some(base) if watched && !whole && !taken.whole => (
+                generation,
+                ReadPlan::Partial {
+                    base,
+                    scopes: taken.scopes.into_iter().collect(),
+                },
+            ),
+            _ => (generation, ReadPlan::Whole),
+        }
     }
 
     /// Starts (`Some(max_age)`) or stops (`None`) trusting snapshots while the watcher

@@ -309,13 +309,16 @@ fn outcome_human(outcome: &Outcome, layout: Layout) -> String {
 /// `sync status` as text: the engine's state, a table of peers, then conflicts and errors.
 fn sync_status(status: &crate::sync::SyncStatus, layout: Layout) -> String {
     let mut lines = vec![format!(
-        "auto-sync {} (rescan every {}s, {}; {})",
+        "auto-sync {} (a round every {}s, {}; {})",
         if status.enabled { "on" } else { "off" },
         status.period_seconds,
         if status.watching {
-            "watching for changes"
+            format!(
+                "watching for changes, full rescan every {}s",
+                status.rescan_seconds
+            )
         } else {
-            "not watching: changes wait for the rescan"
+            "not watching: each round reads the whole folder".to_string()
         },
         counted(status.rounds, "round")
     )];
@@ -502,13 +505,16 @@ mod tests {
         let status = crate::sync::SyncStatus {
             enabled: true,
             period_seconds: 10,
+            rescan_seconds: 3600,
             watching: true,
             rounds: 1,
             ..Default::default()
         };
         let text = sync_status(&status, Layout::default());
         assert!(
-            text.starts_with("auto-sync on (rescan every 10s, watching for changes; 1 round)"),
+            text.starts_with(
+                "auto-sync on (a round every 10s, watching for changes, full rescan every 3600s; 1 round)"
+            ),
             "{text}"
         );
     }

@@ -4,8 +4,11 @@
 //! Each box only changes itself: every round it pulls, from each peer, what that peer
 //! changed since they last agreed ([`plan`] decides, [`round`] acts), using the same
 //! operations the shell offers (index, hash, download) through the same peer client.
-//! Rounds start at a fixed period (a full rescan), shortly after local changes settle (a
-//! file-system watcher, [`watch`]), and when a peer announces a change. What sync
+//! Rounds start at a fixed period, shortly after local changes settle (a file-system
+//! watcher, [`watch`], which also says where they happened, so that a round reads only
+//! those parts of the folder), and when a peer announces a change. While the watcher runs,
+//! the whole folder is read afresh only at the rescan period (an hour by default), to
+//! catch what the watcher missed; without it, every round reads the whole folder. What sync
 //! replaces or deletes goes to the trash first; the trash is emptied of versions older
 //! than the retention period.
 //!
@@ -125,8 +128,12 @@ impl Serialize for Conflict {
 /// How sync runs.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
-    /// Period of the full rescan.
+    /// Period of the rounds (each reads only what the watcher reported changed, or the
+    /// whole folder when no watcher runs).
     pub period: Duration,
+    /// Period of the full rescan while the watcher runs: the whole folder read afresh, to
+    /// catch whatever the watcher missed.
+    pub rescan: Duration,
     /// How long replaced and deleted versions stay in the trash.
     pub trash_retention: Duration,
 }
@@ -175,8 +182,10 @@ pub struct PeerStatus {
 pub struct SyncStatus {
     /// Whether sync runs (`sync on` / `sync off`).
     pub enabled: bool,
-    /// The period of the full rescan, seconds.
+    /// The period of the rounds, seconds.
     pub period_seconds: u64,
+    /// The period of the full rescan while the watcher runs, seconds.
+    pub rescan_seconds: u64,
     /// Whether the file-system watcher runs (else changes wait for the rescan).
     pub watching: bool,
     /// A problem with sync as a whole (the watcher could not start...).
@@ -343,6 +352,7 @@ pub fn start(
     let status = SyncStatus {
         enabled: true,
         period_seconds: config.period.as_secs(),
+        rescan_seconds: config.rescan.as_secs(),
         peers: peers
             .iter()
             .map(|(peer, transport)| PeerStatus {
@@ -548,24 +558,25 @@ impl Engine {
         let share = Arc::clone(&self.local.share);
         let _watcher = match watch::watch(share.root(), Arc::clone(&local_change), {
             let share = Arc::clone(&share);
-            move |error| match error {
-                None => share.view().changed(),
-                Some(e) => {
+            move |report| match report {
+                watch::WatchReport::Changed(Some(scopes)) => share.view().changed_in(scopes),
+                watch::WatchReport::Changed(None) => share.view().changed(),
+                watch::WatchReport::Lost(e) => {
                     // Part of the folder is not watched: vouch for no snapshot any more.
-                    tracing::warn!(error = %e, "not all of the folder is watched; changes there wait for the rescan");
+                    tracing::warn!(error = %e, "not all of the folder is watched; every round reads the whole folder from now on");
                     share.view().set_trust(None);
                 }
             }
         }) {
             Ok(watcher) => {
                 // Between two rescans, what the watcher vouches for needs no new walk.
-                share.view().set_trust(Some(self.config.period));
+                share.view().set_trust(Some(self.config.rescan));
                 self.update(|s| s.watching = true);
                 Some(watcher)
             }
             Err(e) => {
                 let notice = format!(
-                    "cannot watch the folder for changes ({e}); changes are picked up by the rescan every {}s",
+                    "cannot watch the folder for changes ({e}); each round, every {}s, reads the whole folder instead",
                     self.config.period.as_secs()
                 );
                 tracing::warn!("{notice}");
@@ -574,7 +585,15 @@ impl Engine {
                 None
             }
         };
-        let mut rescan = tokio::time::interval(self.config.period);
+        // Without a watcher every round reads the whole folder: the rescan is the round.
+        let watching = _watcher.is_some();
+        let mut rescan = tokio::time::interval(match watching {
+            true => self.config.rescan,
+            false => self.config.period,
+        });
+        let period = self.config.period;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut connected = self.local.links.subscribe();
         // Peers whose sessions began before sync started (a box that dialed in at once).
         for id in self.local.links.connected() {
@@ -603,6 +622,7 @@ impl Engine {
                     Err(broadcast::error::RecvError::Closed) => {}
                 },
                 _ = rescan.tick() => full = true,
+                _ = tick.tick(), if watching => {}
                 _ = self.handle.trigger.notified() => {}
                 _ = self.notices.sync_woken() => {}
                 _ = local_change.notified() => {

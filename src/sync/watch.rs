@@ -1,14 +1,16 @@
 //! Watching the shared folder for changes with Linux's inotify, so that a change starts a
 //! sync round within moments instead of at the next periodic rescan.
 //!
-//! Sync only needs to know *that* something changed (a round rescans the folder itself), so
-//! the watcher asks the kernel for the events that mean a change and nothing else: never
+//! The watcher reports *where* something changed: the folders whose children changed, and
+//! the folders that appeared or went whole (or that it could not tell, after the kernel
+//! dropped events), so that the next read of the folder reads only those parts. It asks
+//! the kernel for the events that mean a change and nothing else: never
 //! `IN_OPEN`, which the `notify` crate (8.x) always asks for, and which made every read of
 //! the box's own files (hashing, serving a peer) wake the watcher. It reads its events in
 //! bursts at most every [`COALESCE`], so thousands of files landing cost a few wake-ups,
 //! not one each.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,7 @@ use inotify::{EventMask, EventOwned, Inotify, WatchMask, Watches};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::share::STATE_DIR;
+use crate::share::{STATE_DIR, Scope};
 
 /// What is asked of the kernel for every watched folder: the events that change something
 /// in it (content, metadata, names), and the folder's own removal. `DONT_FOLLOW` and
@@ -42,6 +44,16 @@ const WANTED: WatchMask = WatchMask::CREATE
 /// period.
 pub const COALESCE: Duration = Duration::from_millis(10);
 
+/// What the watcher reports to its caller for each burst of events.
+#[derive(Debug)]
+pub enum WatchReport {
+    /// Something changed in these parts of the folder (`None`: somewhere, the kernel
+    /// dropped events or a name was not placed).
+    Changed(Option<Vec<Scope>>),
+    /// Part of the folder is not watched any more (see [`watch`]).
+    Lost(io::Error),
+}
+
 /// A running watcher; watching stops when it is dropped.
 pub struct Watcher {
     /// The task that reads the events.
@@ -56,15 +68,15 @@ impl Drop for Watcher {
 
 /// Starts watching `root` and every folder below it, except the box's state folder (and
 /// folders created later, as they appear). For every burst of changes, `on_change` is
-/// called and then `changed` signalled. `on_change` is also called with an error when part
-/// of the folder goes unwatched: a new folder could not be watched (inotify limits), the
+/// called with where they happened and then `changed` signalled. `on_change` is also
+/// called with [`WatchReport::Lost`] when part of the folder goes unwatched: a new folder could not be watched (inotify limits), the
 /// shared folder itself went away, or reading the events failed (the watcher then stops);
 /// changes there are then seen only by the rescans. Must be called within a tokio runtime.
 /// Fails when the kernel refuses (inotify limits, say).
 pub fn watch(
     root: &Path,
     changed: Arc<Notify>,
-    on_change: impl Fn(Option<io::Error>) + Send + 'static,
+    on_change: impl Fn(WatchReport) + Send + 'static,
 ) -> io::Result<Watcher> {
     let inotify = Inotify::init().map_err(explain)?;
     let mut stream = inotify.into_event_stream(vec![0u8; 64 * 1024])?;
@@ -85,19 +97,20 @@ pub fn watch(
                 read = next.map(|event| tree.take(event, &mut burst));
             }
             for error in burst.errors {
-                on_change(Some(error));
+                on_change(WatchReport::Lost(error));
             }
             if let Err(e) = read {
                 // Events may be lost from here on: say so once, and leave it to the rescans.
-                on_change(Some(e));
+                on_change(WatchReport::Lost(e));
                 changed.notify_one();
                 return;
             }
-            if burst.changed {
+            if burst.unplaced || !burst.scopes.is_empty() {
                 // Reported after the new folders are watched: a read of the folder that
                 // began before this point is stale, one that begins after sees every
                 // later change reported.
-                on_change(None);
+                let scopes = (!burst.unplaced).then(|| burst.scopes.into_iter().collect());
+                on_change(WatchReport::Changed(scopes));
                 changed.notify_one();
             }
             tokio::time::sleep(COALESCE).await;
@@ -123,8 +136,10 @@ fn explain(error: io::Error) -> io::Error {
 /// What one burst of events amounted to.
 #[derive(Default)]
 struct Burst {
-    /// Something in the shared folder changed.
-    changed: bool,
+    /// Where something changed.
+    scopes: BTreeSet<Scope>,
+    /// Something changed that could not be placed: the whole folder must be read.
+    unplaced: bool,
     /// Why part of the folder is not watched (a new folder refused, the folder gone).
     errors: Vec<io::Error>,
 }
@@ -193,11 +208,45 @@ impl Tree {
             && path.file_name() == Some(OsStr::new(STATE_DIR))
     }
 
+    /// Notes where an event on `path` (in the watched `folder`) changed something: the
+    /// folder's children, and a child folder that came or went, whole. An event on the
+    /// watched folder itself (its mode, say) changed its entry among its parent's children.
+    fn place(&self, folder: &Path, path: &Path, event: &EventOwned, burst: &mut Burst) {
+        let relative = |p: &Path| -> Option<String> {
+            p.strip_prefix(&self.root)
+                .ok()
+                .and_then(|r| r.to_str())
+                .map(str::to_string)
+        };
+        let placed = match &event.name {
+            Some(_) => relative(folder).map(|f| {
+                burst.scopes.insert(Scope::Children(f));
+                let whole = EventMask::CREATE
+                    | EventMask::MOVED_TO
+                    | EventMask::MOVED_FROM
+                    | EventMask::DELETE;
+                if event.mask.contains(EventMask::ISDIR)
+                    && event.mask.intersects(whole)
+                    && let Some(p) = relative(path)
+                {
+                    burst.scopes.insert(Scope::Subtree(p));
+                }
+            }),
+            None if folder == self.root => Some(()),
+            None => folder.parent().and_then(relative).map(|parent| {
+                burst.scopes.insert(Scope::Children(parent));
+            }),
+        };
+        if placed.is_none() {
+            burst.unplaced = true;
+        }
+    }
+
     /// Takes one event into `burst`.
     fn take(&mut self, event: EventOwned, burst: &mut Burst) {
         if event.mask.contains(EventMask::Q_OVERFLOW) {
             // Events were lost, new folders among them perhaps: watch whatever is not.
-            burst.changed = true;
+            burst.unplaced = true;
             if let Err(e) = self.add_all(&self.root.clone()) {
                 burst.errors.push(explain(e));
             }
@@ -208,7 +257,7 @@ impl Tree {
             if self.folders.remove(&id).as_deref() == Some(self.root.as_path()) {
                 // The shared folder itself was removed or unmounted: nothing is watched any
                 // more, even if it comes back.
-                burst.changed = true;
+                burst.unplaced = true;
                 burst.errors.push(io::Error::other(
                     "the shared folder itself went away; it is no longer watched",
                 ));
@@ -225,7 +274,8 @@ impl Tree {
         if self.is_state_dir(&path) {
             return;
         }
-        burst.changed = true;
+        let folder = folder.clone();
+        self.place(&folder, &path, &event, burst);
         if event.mask.contains(EventMask::ISDIR) {
             if event.mask.contains(EventMask::MOVED_FROM) {
                 self.remove_all(&path);
@@ -347,6 +397,132 @@ mod tests {
         assert_eq!(*w.calls.lock().expect("count"), before);
     }
 
+    /// The watcher says where changes happened: the folder whose children changed, and a
+    /// folder that came or went, whole; a change to a folder's own mode, among its
+    /// parent's children.
+    #[tokio::test]
+    async fn changes_are_placed() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        fs::create_dir_all(dir.path().join("a/b")).expect("folders");
+        let reported = Arc::new(Mutex::new(BTreeSet::new()));
+        let seen = Arc::clone(&reported);
+        let changed = Arc::new(Notify::new());
+        let _watcher = watch(dir.path(), Arc::clone(&changed), move |report| {
+            if let WatchReport::Changed(Some(scopes)) = report {
+                seen.lock().expect("scopes").extend(scopes);
+            }
+        })
+        .expect("watcher");
+        let until = |wanted: Scope| {
+            let reported = Arc::clone(&reported);
+            let changed = Arc::clone(&changed);
+            async move {
+                let deadline = Instant::now() + DEADLINE;
+                while !reported.lock().expect("scopes").contains(&wanted) {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    assert!(!left.is_zero(), "{wanted:?} not reported");
+                    let _ = tokio::time::timeout(left, changed.notified()).await;
+                }
+            }
+        };
+        fs::write(dir.path().join("a/b/f.txt"), b"x").expect("write");
+        until(Scope::Children("a/b".into())).await;
+        fs::create_dir(dir.path().join("a/new")).expect("mkdir");
+        until(Scope::Subtree("a/new".into())).await;
+        until(Scope::Children("a".into())).await;
+        reported.lock().expect("scopes").clear();
+        fs::set_permissions(
+            dir.path().join("a/b"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .expect("chmod");
+        until(Scope::Children("a".into())).await;
+        fs::write(dir.path().join("top.txt"), b"x").expect("write");
+        until(Scope::Children(String::new())).await;
+    }
+
+    /// What a read of only the parts the watcher reported finds is what a read of the
+    /// whole folder finds, through seeded random creations, edits, deletions, renames and
+    /// mode changes of files and folders at any depth.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn partial_reads_find_what_whole_reads_find() {
+        use rand::{RngExt, SeedableRng};
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let share = crate::share::Share::open(dir.path()).expect("share");
+        let root = share.root().to_path_buf();
+        let changed = Arc::new(Notify::new());
+        let _watcher = watch(&root, Arc::clone(&changed), {
+            let share = Arc::clone(&share);
+            move |report| match report {
+                WatchReport::Changed(Some(scopes)) => share.view().changed_in(scopes),
+                _ => share.view().changed(),
+            }
+        })
+        .expect("watcher");
+        share.view().set_trust(Some(Duration::from_secs(3600)));
+        share.snapshot().await.expect("first read");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5ca1e);
+        let folders = ["a", "a/b", "a/b/c", "d", "d/e"];
+        for round in 0..25 {
+            for step in 0..4 {
+                let folder = folders[rng.random_range(0..folders.len())];
+                let path = root.join(folder);
+                match rng.random_range(0..7) {
+                    0 | 1 => {
+                        let _ = fs::create_dir_all(&path);
+                        let name = format!("f{}.txt", rng.random_range(0..4));
+                        let _ = fs::write(path.join(name), format!("{round} {step}"));
+                    }
+                    2 => {
+                        let _ = fs::remove_dir_all(&path);
+                    }
+                    3 => {
+                        let to = root.join(folders[rng.random_range(0..folders.len())]);
+                        let _ = fs::rename(&path, to.with_extension("moved"));
+                    }
+                    4 => {
+                        let mode = if rng.random_bool(0.5) { 0o700 } else { 0o755 };
+                        let _ = fs::set_permissions(
+                            &path,
+                            std::os::unix::fs::PermissionsExt::from_mode(mode),
+                        );
+                    }
+                    5 => {
+                        if let Ok(list) = fs::read_dir(&path) {
+                            for entry in list.flatten().take(1) {
+                                let _ = fs::remove_file(entry.path());
+                            }
+                        }
+                    }
+                    _ => {
+                        // A file where a folder was, or the other way round.
+                        let _ = fs::remove_dir_all(&path);
+                        let _ = fs::write(&path, b"now a file");
+                    }
+                }
+            }
+            // Something surely changed (the steps may all have found nothing to do); every
+            // event of the burst reported: a notice, then quiet for a while.
+            fs::write(root.join("tick.txt"), round.to_string()).expect("tick");
+            assert!(
+                tokio::time::timeout(DEADLINE, changed.notified())
+                    .await
+                    .is_ok()
+            );
+            while tokio::time::timeout(QUIET, changed.notified())
+                .await
+                .is_ok()
+            {}
+            let partial = share.recent_snapshot().await.expect("partial read");
+            let whole = share.snapshot().await.expect("whole read");
+            assert_eq!(
+                partial.items, whole.items,
+                "round {round}: a partial read differs from the whole folder"
+            );
+            assert_eq!(partial.version, whole.version, "round {round}");
+        }
+    }
+
     /// When the shared folder itself goes away, the watcher says it no longer watches it.
     #[tokio::test]
     async fn losing_the_folder_is_reported() {
@@ -356,8 +532,8 @@ mod tests {
         let errors = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&errors);
         let changed = Arc::new(Notify::new());
-        let _watcher = watch(&root, Arc::clone(&changed), move |error| {
-            if let Some(e) = error {
+        let _watcher = watch(&root, Arc::clone(&changed), move |report| {
+            if let WatchReport::Lost(e) = report {
                 seen.lock().expect("errors").push(e.to_string());
             }
         })

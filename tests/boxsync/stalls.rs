@@ -60,6 +60,7 @@ fn start_sync(
         .collect();
     let config = SyncConfig {
         period: Duration::from_millis(500),
+        rescan: Duration::from_millis(500),
         trash_retention: Duration::from_secs(86_400),
     };
     let notices = Arc::clone(&b.notices);

@@ -422,8 +422,11 @@ pub fn start_sync_every(
         .iter()
         .map(|target| (Arc::new(Peer::new(target, Arc::clone(&b.local))), transport))
         .collect();
+    // The rescan an hour away, as by default: between rescans, what the watcher reports
+    // is all a round reads.
     let config = SyncConfig {
         period,
+        rescan: Duration::from_secs(3600),
         trash_retention: Duration::from_secs(30 * 86_400),
     };
     let notices = Arc::clone(&b.notices);
