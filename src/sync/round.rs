@@ -18,6 +18,7 @@ use crate::local::LocalBox;
 use crate::peer::{Peer, PeerError};
 use crate::protocol::ErrorKind;
 use crate::requests::changes::{Change, ChangesAnswer};
+use crate::requests::inbox::Noted;
 use crate::requests::notices::Notices;
 use crate::share::filter::IndexFilter;
 use crate::share::{
@@ -319,33 +320,28 @@ pub async fn sync_with(
         ),
     };
     // What the peer installed from us, both boxes held: agreed (oldest first, so that the
-    // latest wins). A conflict copy the peer made of our version, though, both hold only
-    // once this box holds it too (set it aside, now or later): then agreed, and confirmed
-    // back, for the peer, which made it under a name not its own, records no agreement.
+    // latest wins); what it removed as this box had, both lack (see `take_notice`). A
+    // conflict copy the peer made of our version, though, both hold only once this box
+    // holds it too (set it aside, now or later): then agreed, and confirmed back, for the
+    // peer, which made it under a name not its own, records no agreement. Confirmed before
+    // anything else this round: the peer takes notices in the order they come, and what
+    // this round agrees on later about the same path (a download of the peer's edit of the
+    // copy, say) must come after, not be undone by it.
+    let held = held_since(record, &installed, &served);
     let mut confirmations: Vec<FileVersion> = Vec::new();
     for noted in installed {
         if record.applied(noted.epoch, noted.n) {
             continue;
         }
         record.mark_applied(noted.epoch, noted.n);
-        let copy = match noted.version {
-            Agreement::Holds(copy) => copy,
-            // The peer removed what this box had removed: both lack it.
-            Agreement::Lacks { removed } => {
-                record.update([(removed, None)]);
-                continue;
-            }
+        let this = Holding {
+            id: local.id.as_str(),
+            here,
+            held: &held,
         };
-        let version = Version::from(&copy);
-        if !plan::is_conflict_copy_of(&copy.name, local.id.as_str()) {
-            record.update([(copy.name, Some(version))]);
-        } else if holds(&copy.name, &version, &here.versions, record) {
-            record.update([(copy.name.clone(), Some(version))]);
-            confirmations.push(copy);
-        } else {
-            record.add_copy(copy.name, version);
-        }
+        confirmations.extend(take_notice(record, noted.version, &this));
     }
+    record.owe(confirmations.into_iter().map(Agreement::Holds));
     for served in served {
         let name = served.name.clone();
         record.add_ours(&name, Version::from(&served));
@@ -489,6 +485,7 @@ pub async fn sync_with(
         .collect();
     // A version just set aside under a conflict name where the peer said it holds it
     // already: both hold it now (agreed, and confirmed back, as above).
+    let mut confirmations: Vec<FileVersion> = Vec::new();
     for (path, version) in &settled.held {
         if record.copies.get(path).is_some_and(|c| c.same(version))
             && let Some(copy) = file_version(path, version)
@@ -512,6 +509,96 @@ pub async fn sync_with(
         });
     }
     Ok(report)
+}
+
+/// What this box holds, as a round takes the peer's notices.
+struct Holding<'a> {
+    /// This box's ID.
+    id: &'a str,
+    /// Its folder as the round read it.
+    here: &'a LocalState,
+    /// The versions it held since the record's agreements, and those it served to the
+    /// peer since the last round (see [`held_since`]).
+    held: &'a BTreeMap<RelPath, Vec<Version>>,
+}
+
+/// The versions this box held (or served to the peer) since the record's agreement on each
+/// path that the peer's notices name, as they stood before the first notice is applied:
+/// an agreement a notice brings forgets them, and a later notice may still name one.
+fn held_since(
+    record: &Record,
+    installed: &[Noted],
+    served: &[FileVersion],
+) -> BTreeMap<RelPath, Vec<Version>> {
+    let mut held: BTreeMap<RelPath, Vec<Version>> = BTreeMap::new();
+    for noted in installed {
+        if let Agreement::Holds(copy) = &noted.version
+            && let Some(ours) = record.ours.get(&copy.name)
+        {
+            held.entry(copy.name.clone())
+                .or_insert_with(|| ours.clone());
+        }
+    }
+    for version in served {
+        held.entry(version.name.clone())
+            .or_default()
+            .push(Version::from(version));
+    }
+    held
+}
+
+/// Applies to `record` what the peer told in one notice of its journal (`this`: what this
+/// box holds). Returns the confirmation owed back for a conflict copy the peer made of our
+/// version, once both hold it.
+///
+/// A notice is as old as the peer's reading of this box, and this box may have reached a
+/// later agreement on the path meanwhile (it downloaded the peer's new version after the
+/// peer looked, say), which stands: a notice taken over it would make this box take its
+/// copy for a change of its own, while the peer, holding that agreement, waits for this box
+/// to take the peer's next change (a deletion left on this box alone). So a removal ("both
+/// lack it") is taken only while this box lacks the path too, and a version the peer holds
+/// over another the record agreed on only if this box holds it, held it since that
+/// agreement, or served it to the peer. What both still agree on, the next round records.
+fn take_notice(
+    record: &mut Record,
+    agreement: Agreement,
+    this: &Holding<'_>,
+) -> Option<FileVersion> {
+    let here = this.here;
+    let copy = match agreement {
+        Agreement::Holds(copy) => copy,
+        Agreement::Lacks { removed } => {
+            if !here.versions.contains_key(&removed) && !here.unknown.contains(&removed) {
+                record.update([(removed, None)]);
+            }
+            return None;
+        }
+    };
+    let version = Version::from(&copy);
+    if !plan::is_conflict_copy_of(&copy.name, this.id) {
+        let ours = |v: &Version| v.same(&version);
+        let current = match record.entries.get(&copy.name) {
+            None => true,
+            Some(agreed) => {
+                agreed.same(&version)
+                    || here.versions.get(&copy.name).is_some_and(ours)
+                    || this
+                        .held
+                        .get(&copy.name)
+                        .is_some_and(|h| h.iter().any(ours))
+            }
+        };
+        if current {
+            record.update([(copy.name, Some(version))]);
+        }
+        None
+    } else if holds(&copy.name, &version, &here.versions, record) {
+        record.update([(copy.name.clone(), Some(version))]);
+        Some(copy)
+    } else {
+        record.add_copy(copy.name, version);
+        None
+    }
 }
 
 /// Whether this box holds `version` of `path` (`here`, as the round read the folder) or
@@ -1164,5 +1251,125 @@ mod tests {
             matches!(&units[1], Unit::One(Action::Download { remote, .. }) if remote == &rel("big.bin"))
         );
         assert!(matches!(&units[2], Unit::Batch(batch) if batch.len() == 2));
+    }
+
+    /// A removal the peer told before a later agreement does not undo it (the hub test's
+    /// flake): a laptop and the hub agreed on `f`, then both lack it, and the hub's round,
+    /// which read the laptop then, tells it so; the hub writes `f` anew, and the laptop
+    /// downloads it before it takes the hub's notice. Taken then, the removal would forget
+    /// that agreement: the laptop would take `f` for its own new file, and once the hub
+    /// deletes `f` each box would wait for the other. Not taken, the hub's deletion
+    /// reaches the laptop. A removal of a path this box lacks too is taken.
+    #[test]
+    fn a_removal_told_before_a_later_agreement_does_not_undo_it() {
+        let (old, new) = (Version::test_file("old", 1), Version::test_file("new", 2));
+        let state = |versions: &[(&str, &Version)]| LocalState {
+            versions: versions
+                .iter()
+                .map(|(path, version)| (rel(path), (*version).clone()))
+                .collect(),
+            unknown: BTreeSet::new(),
+            snapshot_version: String::new(),
+        };
+        let removed = Agreement::Lacks {
+            removed: rel("f.txt"),
+        };
+        let mut record = Record::default();
+        record.update([(rel("f.txt"), Some(old))]);
+        // The laptop downloads the hub's new `f` (the hub's removal is in its inbox).
+        record.update([(rel("f.txt"), Some(new.clone()))]);
+        let here = state(&[("f.txt", &new)]);
+        let held = BTreeMap::new();
+        let this = |here| Holding {
+            id: "LAPTOPX",
+            here,
+            held: &held,
+        };
+        let owed = take_notice(&mut record, removed.clone(), &this(&here));
+        assert_eq!(owed, None);
+        assert_eq!(record.entries.get(&rel("f.txt")), Some(&new));
+        // The hub deletes `f`: the laptop deletes its copy of the version both agreed on.
+        let sides = Sides {
+            local_id: "LAPTOPX",
+            remote_id: "HUBXXXX",
+        };
+        let empty = BTreeMap::new();
+        let plan = plan::plan(
+            &here.versions,
+            &empty,
+            &record.entries,
+            &record.ours,
+            &BTreeSet::new(),
+            &sides,
+        );
+        assert_eq!(
+            plan.actions,
+            [Action::DeleteFile {
+                path: rel("f.txt"),
+                expect: new.expect(),
+            }]
+        );
+        // Lacking `f` here too, the removal is taken: both lack it.
+        take_notice(&mut record, removed, &this(&state(&[])));
+        assert!(record.entries.is_empty());
+    }
+
+    /// The same for a version the peer says it holds (the other flake of the hub test): a
+    /// laptop and the hub both hold `v1`, and the hub's notice of it waits in the laptop's
+    /// inbox while the laptop downloads the hub's `v2`. Taken after, it would bring back
+    /// `v1` for the record, and the hub's deletion of `v2` would look like the laptop's edit
+    /// against the hub's deletion, each box waiting for the other. A version this box held
+    /// since the record (the peer downloaded it, and this box edited it since) is taken.
+    #[test]
+    fn a_version_told_before_a_later_agreement_does_not_undo_it() {
+        let (v1, v2, v3) = (
+            Version::test_file("v1", 1),
+            Version::test_file("v2", 2),
+            Version::test_file("v3", 3),
+        );
+        let notice = |version: &Version| {
+            Agreement::Holds(file_version(&rel("f.txt"), version).expect("a file"))
+        };
+        let here = LocalState {
+            versions: [(rel("f.txt"), v2.clone())].into(),
+            unknown: BTreeSet::new(),
+            snapshot_version: String::new(),
+        };
+        let this = |held| Holding {
+            id: "LAPTOPX",
+            here: &here,
+            held,
+        };
+        let mut record = Record::default();
+        record.update([(rel("f.txt"), Some(v2.clone()))]);
+        let nothing = BTreeMap::new();
+        assert_eq!(take_notice(&mut record, notice(&v1), &this(&nothing)), None);
+        assert_eq!(record.entries.get(&rel("f.txt")), Some(&v2));
+        let sides = Sides {
+            local_id: "LAPTOPX",
+            remote_id: "HUBXXXX",
+        };
+        let empty = BTreeMap::new();
+        let plan = plan::plan(
+            &here.versions,
+            &empty,
+            &record.entries,
+            &record.ours,
+            &BTreeSet::new(),
+            &sides,
+        );
+        assert_eq!(
+            plan.actions,
+            [Action::DeleteFile {
+                path: rel("f.txt"),
+                expect: v2.expect(),
+            }]
+        );
+        // Served to the peer since the record (`v3`, edited here since into `v2`): the
+        // peer's notice of it is the later agreement.
+        record.update([(rel("f.txt"), Some(v1))]);
+        let served = [(rel("f.txt"), vec![v3.clone()])].into();
+        take_notice(&mut record, notice(&v3), &this(&served));
+        assert_eq!(record.entries.get(&rel("f.txt")), Some(&v3));
     }
 }
