@@ -132,7 +132,9 @@ impl IndexDb {
                     Opened::Created
                 },
             )),
-            Err(reason) if existed => {
+            // Only a file that is not a database of this layout is set aside: a full disk or
+            // a permission problem leaves it as it is, for the next start.
+            Err(reason) if existed && reason.unusable() => {
                 let moved_to = set_aside(&file);
                 let db = Self::open_file(&file).map_err(|e| IndexError::Db {
                     path: file.clone(),
@@ -157,6 +159,9 @@ impl IndexDb {
     /// schema) is the caller's to handle.
     fn open_file(file: &Path) -> Result<IndexDb, OpenFailure> {
         let conn = Connection::open(file).map_err(OpenFailure::Sqlite)?;
+        // Another process of this box (a one-shot `-c` shell) may write hashes meanwhile.
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(OpenFailure::Sqlite)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(OpenFailure::Sqlite)?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -319,14 +324,23 @@ impl IndexDb {
                     self.bad_row(format!("the version of '{path}' is not 16 bytes"))
                 })?),
             };
-            paths.push((path, number as u64, version));
+            let number = u64::try_from(number)
+                .map_err(|_| self.bad_row(format!("the change number of '{path}' is negative")))?;
+            paths.push((path, number, version));
+        }
+        let (Ok(epoch), Ok(seq), Ok(floor)) = (
+            u64::try_from(epoch),
+            u64::try_from(seq),
+            u64::try_from(floor),
+        ) else {
+            return Err(self.bad_row("the epoch or a change number is negative".into()));
+        };
+        if paths.iter().any(|(_, number, _)| *number > seq) {
+            return Err(self.bad_row("a path's change number is above the last one given".into()));
         }
         Ok(StoredChanges {
-            mark: Some(ChangeMark {
-                epoch: epoch as u64,
-                seq: seq as u64,
-            }),
-            floor: floor as u64,
+            mark: Some(ChangeMark { epoch, seq }),
+            floor,
             paths,
         })
     }
@@ -376,6 +390,18 @@ enum OpenFailure {
 }
 
 impl OpenFailure {
+    /// Whether the file is no database of this layout (damaged, something else, another
+    /// layout), as opposed to one that could not be opened now (a full disk, permissions).
+    fn unusable(&self) -> bool {
+        match self {
+            OpenFailure::Schema(_) => true,
+            OpenFailure::Sqlite(e) => matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+            ),
+        }
+    }
+
     fn into_sqlite(self) -> rusqlite::Error {
         match self {
             OpenFailure::Sqlite(e) => e,
@@ -397,8 +423,9 @@ impl std::fmt::Display for OpenFailure {
     }
 }
 
-/// Moves a database that cannot be used (and its WAL files) out of the way, under a name
-/// that says when; returns the new name. A failure to move leaves it to be overwritten.
+/// Moves a database that cannot be used (and its WAL files with it) out of the way, under
+/// a name that says when; returns the new name. A failure to move leaves it to be
+/// overwritten.
 fn set_aside(file: &Path) -> PathBuf {
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S");
     let moved_to = file.with_extension(format!("db.unusable-{stamp}"));
@@ -406,9 +433,14 @@ fn set_aside(file: &Path) -> PathBuf {
         let _ = std::fs::remove_file(file);
     }
     for suffix in ["-wal", "-shm"] {
-        let mut side = file.as_os_str().to_os_string();
-        side.push(suffix);
-        let _ = std::fs::remove_file(PathBuf::from(side));
+        let with = |path: &Path| {
+            let mut side = path.as_os_str().to_os_string();
+            side.push(suffix);
+            PathBuf::from(side)
+        };
+        if std::fs::rename(with(file), with(&moved_to)).is_err() {
+            let _ = std::fs::remove_file(with(file));
+        }
     }
     moved_to
 }

@@ -44,6 +44,10 @@ const TMP_DIR: &str = "tmp";
 /// cache: imported once, then removed.
 const HASH_CACHE_JSON: &str = "hash-cache.json";
 
+/// File under the state folder whose exclusive lock the process numbering the folder's
+/// changes holds (see [`Numbering::deferred`]).
+const INDEX_LOCK: &str = "index.lock";
+
 /// What can go wrong with the shared folder.
 #[derive(Debug, Error)]
 pub enum ShareError {
@@ -122,15 +126,14 @@ fn open_index(state: &Path) -> Result<(HashCache, Numbering), ShareError> {
             return Ok((HashCache::in_memory(), Numbering::in_memory()));
         }
     };
-    let loaded = HashCache::persistent(Arc::clone(&db))
-        .and_then(|cache| Ok((cache, Numbering::persistent(Arc::clone(&db))?)));
-    let (cache, numbering) = match loaded {
-        Ok(both) => both,
+    let cache = match HashCache::persistent(Arc::clone(&db)) {
+        Ok(cache) => cache,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the index database; hashes and change numbers are kept in memory only");
             return Ok((HashCache::in_memory(), Numbering::in_memory()));
         }
     };
+    let numbering = Numbering::deferred(db, state.join(INDEX_LOCK));
     match cache.import_json(&state.join(HASH_CACHE_JSON)) {
         Ok(0) => {}
         Ok(n) => tracing::info!(hashes = n, "imported the hash cache of an older boxsync"),
@@ -324,20 +327,24 @@ impl Share {
         let share = Arc::clone(self);
         let taken = std::time::Instant::now();
         let (generation, plan) = self.view.begin_read(whole);
-        let snapshot = blocking(move || {
+        blocking(move || {
             let items = match plan {
-                ReadPlan::Whole => share.read_whole()?,
-                ReadPlan::Partial { base, scopes } => share.read_partial(&base, scopes)?,
+                ReadPlan::Whole => share.read_whole(),
+                ReadPlan::Partial { base, scopes } => share.read_partial(&base, scopes),
             };
-            Ok(share.view.store(generation, taken, items))
+            let snapshot = match items {
+                Ok(items) => Ok(share.view.store(generation, taken, items)),
+                // What the watcher reported was taken by this read: the next reads it all
+                // (noted here, not by the caller, who may have gone meanwhile).
+                Err(e) => {
+                    share.view.changed();
+                    Err(e)
+                }
+            };
+            share.persist_cache_now();
+            snapshot
         })
-        .await;
-        if snapshot.is_err() {
-            // What the watcher reported was taken by this read: the next reads it all.
-            self.view.changed();
-        }
-        self.persist_cache();
-        snapshot
+        .await
     }
 
     /// Every entry of the folder with, for files, their hashes (from the cache when
@@ -380,6 +387,16 @@ impl Share {
                 Scope::Subtree(folder) => subtrees.insert(folder),
             };
         }
+        // The folders directly in each folder of `base`, looked up for each scope.
+        let mut folders_in: std::collections::HashMap<&str, std::collections::HashSet<&str>> =
+            std::collections::HashMap::new();
+        for (entry, _) in base.items.iter().filter(|(entry, _)| entry.is_dir()) {
+            let name = entry.name.as_str();
+            folders_in
+                .entry(parent_of_str(name))
+                .or_default()
+                .insert(name);
+        }
         let mut fresh = Vec::new();
         for folder in &children {
             let listed = folder::list_scope(&self.root, &Scope::Children(folder.clone()))?;
@@ -390,14 +407,10 @@ impl Share {
                 .filter(|(entry, _)| entry.is_dir() && parent_of(&entry.name) == folder)
                 .map(|(entry, _)| entry.name.as_str())
                 .collect();
-            let dirs_before: std::collections::HashSet<&str> = base
-                .items
-                .iter()
-                .filter(|(entry, _)| entry.is_dir() && parent_of(&entry.name) == folder)
-                .map(|(entry, _)| entry.name.as_str())
-                .collect();
+            let none = std::collections::HashSet::new();
+            let dirs_before = folders_in.get(folder.as_str()).unwrap_or(&none);
             let changed: Vec<String> = dirs_now
-                .symmetric_difference(&dirs_before)
+                .symmetric_difference(dirs_before)
                 .map(|name| name.to_string())
                 .collect();
             subtrees.extend(changed);
@@ -453,9 +466,19 @@ impl Share {
         }
     }
 
-    /// Writes the hash cache if it changed and was not written in the last seconds; a
-    /// failure only costs rehashing later.
-    pub fn persist_cache(&self) {
+    /// Writes the hash cache if it changed and was not written in the last seconds, off
+    /// the async threads (it is a flushed database transaction); a failure only costs
+    /// rehashing later.
+    pub fn persist_cache(self: &Arc<Self>) {
+        let share = Arc::clone(self);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || share.persist_cache_now())),
+            Err(_) => share.persist_cache_now(),
+        }
+    }
+
+    /// [`Share::persist_cache`] on this thread.
+    fn persist_cache_now(&self) {
         if let Err(e) = self.cache.save_if_due() {
             tracing::warn!(error = %e, "could not persist the hash cache");
         }
@@ -633,7 +656,7 @@ impl Share {
                 install::sync_dir(folder);
             }
         }
-        self.persist_cache();
+        self.persist_cache_now();
         results
     }
 

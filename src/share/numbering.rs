@@ -11,6 +11,8 @@
 //! listing instead.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use rand::RngExt;
@@ -55,13 +57,17 @@ pub struct Numbering {
     last: Option<(Arc<Vec<Item>>, Vec<u64>)>,
     /// Removed paths remembered, with the number of their removal.
     removed: Arc<BTreeMap<RelPath, u64>>,
+    /// The stored numbering to take up at the first read numbered, with its lock file.
+    deferred: Option<(Arc<IndexDb>, PathBuf)>,
+    /// The exclusive lock on the stored numbering, held while this process numbers it.
+    _lock: Option<File>,
 }
 
-/// What became of a write to the database that failed.
+/// Why the stored numbering is not used (any more): the numbering goes on in memory.
 #[derive(Debug)]
 pub struct NumberingLost {
-    /// Why it failed.
-    pub error: IndexError,
+    /// Why, in a few words.
+    pub reason: String,
 }
 
 impl Numbering {
@@ -77,6 +83,54 @@ impl Numbering {
             stored: None,
             last: None,
             removed: Arc::default(),
+            deferred: None,
+            _lock: None,
+        }
+    }
+
+    /// The numbering stored in `db`, taken up at the first read numbered by the process
+    /// that then holds the exclusive lock on the file `lock`: the box's server, which
+    /// numbers its reads; a one-shot shell on the same folder never reads it, so it neither
+    /// loads it nor competes for it. Two processes never number one database.
+    pub fn deferred(db: Arc<IndexDb>, lock: PathBuf) -> Numbering {
+        Numbering {
+            deferred: Some((db, lock)),
+            ..Numbering::in_memory()
+        }
+    }
+
+    /// Takes up the deferred numbering, if any: locks it and loads it.
+    fn take_up(&mut self) -> Option<NumberingLost> {
+        let (db, lock) = self.deferred.take()?;
+        let file = match File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+        {
+            Ok(file) => file,
+            Err(e) => {
+                return Some(NumberingLost {
+                    reason: format!("cannot open {}: {e}", lock.display()),
+                });
+            }
+        };
+        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            return Some(NumberingLost {
+                reason: "another process of this box numbers the folder's changes".into(),
+            });
+        }
+        match Numbering::persistent(db) {
+            Ok(loaded) => {
+                *self = Numbering {
+                    _lock: Some(file),
+                    ..loaded
+                };
+                None
+            }
+            Err(e) => Some(NumberingLost {
+                reason: e.to_string(),
+            }),
         }
     }
 
@@ -105,6 +159,8 @@ impl Numbering {
             stored: Some(present),
             last: None,
             removed: Arc::new(removed),
+            deferred: None,
+            _lock: None,
         })
     }
 
@@ -118,6 +174,7 @@ impl Numbering {
     /// beside them: the numbering then goes on in memory under a new epoch (peers compare
     /// whole folders once), as the stored one can no longer be kept true.
     pub fn number(&mut self, items: Arc<Vec<Item>>) -> (Numbered, Option<NumberingLost>) {
+        let mut lost = self.take_up();
         let mut writes = Vec::new();
         let mut numbers = Vec::with_capacity(items.len());
         let mut removed = Arc::clone(&self.removed);
@@ -189,14 +246,16 @@ impl Numbering {
             }
         }
         self.mark.seq = seq;
-        let mut lost = None;
         if !writes.is_empty()
             && let Some(db) = &self.db
             && let Err(error) = db.write_changes(seq, self.floor, &writes)
         {
             self.db = None;
+            self._lock = None;
             self.mark.epoch = random_epoch();
-            lost = Some(NumberingLost { error });
+            lost = Some(NumberingLost {
+                reason: error.to_string(),
+            });
         }
         self.removed = Arc::clone(&removed);
         self.last = Some((items, numbers.clone()));

@@ -250,7 +250,7 @@ impl SnapshotCache {
             .unwrap_or_else(|e| e.into_inner())
             .number(Arc::clone(&items));
         if let Some(lost) = lost {
-            tracing::warn!(error = %lost.error, "cannot store the folder's change numbers; peers will compare whole folders once");
+            tracing::warn!(reason = %lost.reason, "the folder's change numbers are kept in memory only; peers will compare whole folders once, and after each restart");
         }
         let snapshot = Arc::new(Snapshot {
             version: format!("{:016x}-{}", numbered.mark.epoch, numbered.mark.seq),

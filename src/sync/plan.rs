@@ -417,7 +417,7 @@ fn conflict(
     out: &mut Plan,
 ) {
     if sides.remote_wins() {
-        let to = conflict_name(path, l, sides.local_id);
+        let to = free_conflict_name(path, l, sides.local_id, local);
         out.conflicts.push((path.clone(), to.clone()));
         match local.get(&to) {
             // Our version is already here under its conflict name (the peer's copy of it
@@ -439,7 +439,7 @@ fn conflict(
     } else {
         // Ours keeps the name; fetch theirs as the conflict copy (unless we already have it
         // from an earlier round).
-        let to = conflict_name(path, r, sides.remote_id);
+        let to = free_conflict_name(path, r, sides.remote_id, local);
         out.conflicts.push((path.clone(), to.clone()));
         match local.get(&to) {
             Some(copy) if copy.same_content(r) => {}
@@ -461,8 +461,32 @@ const SHORT_OWNER: usize = 7;
 /// `dir/name.sync-conflict-YYYYMMDD-HHMMSS-<box id>-<hash>.ext` for the version `loser` of `path`
 /// held by box `owner`.
 pub fn conflict_name(path: &RelPath, loser: &Version, owner: &str) -> RelPath {
-    /// Hex digits of the losing content in the name.
-    const CONTENT_DIGITS: usize = 6;
+    conflict_name_with(path, loser, owner, CONTENT_DIGITS[0])
+}
+
+/// Hex digits of the losing content in a conflict copy's name: a few, or, when a different
+/// file already has that name (a person edited the copy, and the same version lost again),
+/// more: the name is still the same on every box, and a copy is never written over.
+const CONTENT_DIGITS: [usize; 2] = [6, 16];
+
+/// The conflict name of `loser` that is free here or already holds it ([`conflict_name`],
+/// else the one with more of the content's digits); the first, when neither is (the plan
+/// then skips the path).
+fn free_conflict_name(
+    path: &RelPath,
+    loser: &Version,
+    owner: &str,
+    local: &BTreeMap<RelPath, Version>,
+) -> RelPath {
+    let names = CONTENT_DIGITS.map(|digits| conflict_name_with(path, loser, owner, digits));
+    let usable = |name: &RelPath| local.get(name).is_none_or(|held| held.same_content(loser));
+    match names.iter().find(|name| usable(name)) {
+        Some(name) => name.clone(),
+        None => names[0].clone(),
+    }
+}
+
+fn conflict_name_with(path: &RelPath, loser: &Version, owner: &str, digits: usize) -> RelPath {
     // The owner's ID by its first group, as people see boxes told apart in a list.
     let owner = owner.get(..SHORT_OWNER).unwrap_or(owner);
     let stamp = loser.mtime.0.format("%Y%m%d-%H%M%S");
@@ -474,11 +498,7 @@ pub fn conflict_name(path: &RelPath, loser: &Version, owner: &str) -> RelPath {
     // The content's first hex digits too: two different versions that lost in the same
     // second on the same box (a hub between two laptops) never share a name, and the same
     // version set aside on two boxes gets the same one.
-    let content = match loser
-        .blake3
-        .as_deref()
-        .and_then(|h| h.get(..CONTENT_DIGITS))
-    {
+    let content = match loser.blake3.as_deref().and_then(|h| h.get(..digits)) {
         Some(digits) => format!("-{digits}"),
         None => String::new(),
     };
@@ -510,7 +530,8 @@ pub fn is_conflict_copy_of(path: &RelPath, owner: &str) -> bool {
 /// The owner's ID (its first group) in a name that [`conflict_name`] made.
 fn conflict_copy_owner(path: &RelPath) -> Option<&str> {
     let name = path.file_name();
-    let at = name.find(".sync-conflict-")?;
+    // The last marker: a copy of a copy is the copy of the box that made it last.
+    let at = name.rfind(".sync-conflict-")?;
     let rest = &name[at + ".sync-conflict-".len()..];
     let digits = |range: std::ops::Range<usize>| {
         rest.as_bytes()
@@ -776,11 +797,33 @@ mod tests {
                 expect: theirs.expect(),
             }]
         );
-        // A different file under that name is left alone, and said so.
+        // A different file under that name is left alone: the longer name is taken.
+        let longer = conflict_name_with(&rel("d/a.txt"), &theirs, "cccc", CONTENT_DIGITS[1]);
         let other = plan(
             &map(&[
                 ("d/a.txt", theirs.clone()),
                 (copy.as_str(), file("else", 7)),
+            ]),
+            &map(&[("d/a.txt", ours.clone())]),
+            &map(&[("d/a.txt", old.clone())]),
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+            &cccc,
+        );
+        assert!(
+            other
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::SetAside { to, .. } if to == &longer)),
+            "{:?}",
+            other.actions
+        );
+        // With that one taken too, the path is left alone, and said so.
+        let other = plan(
+            &map(&[
+                ("d/a.txt", theirs.clone()),
+                (copy.as_str(), file("else", 7)),
+                (longer.as_str(), file("else again", 8)),
             ]),
             &map(&[("d/a.txt", ours)]),
             &map(&[("d/a.txt", old)]),
@@ -1100,6 +1143,29 @@ mod tests {
     }
 
     /// Conflict names keep the extension and work without one.
+    /// A conflict copy's name held by another content (a person edited the copy, and the
+    /// same version lost again) is never written over: the name with more of the content's
+    /// digits is taken instead, the same on every box.
+    #[test]
+    fn a_taken_conflict_name_gives_way_to_a_longer_one() {
+        let loser = Version {
+            blake3: Some("0123456789abcdef0123".into()),
+            ..file("x", 0)
+        };
+        let path = rel("a.txt");
+        let short = conflict_name(&path, &loser, "ABCDEFG");
+        let mut local = BTreeMap::new();
+        assert_eq!(free_conflict_name(&path, &loser, "ABCDEFG", &local), short);
+        local.insert(short.clone(), loser.clone());
+        assert_eq!(free_conflict_name(&path, &loser, "ABCDEFG", &local), short);
+        local.insert(short.clone(), file("edited", 0));
+        let long = free_conflict_name(&path, &loser, "ABCDEFG", &local);
+        assert_ne!(long, short);
+        assert!(is_conflict_copy_of(&long, "ABCDEFG"), "{long}");
+        local.insert(long.clone(), file("edited too", 0));
+        assert_eq!(free_conflict_name(&path, &loser, "ABCDEFG", &local), short);
+    }
+
     #[test]
     fn conflict_names() {
         let v = file("x", 0);

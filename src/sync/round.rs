@@ -19,6 +19,7 @@ use crate::peer::{Peer, PeerError};
 use crate::protocol::ErrorKind;
 use crate::requests::changes::{Change, ChangesAnswer};
 use crate::requests::inbox::Noted;
+use crate::requests::listing::MAX_LISTED;
 use crate::requests::notices::Notices;
 use crate::share::filter::IndexFilter;
 use crate::share::{
@@ -230,6 +231,10 @@ impl PeerView {
                     self.entries.remove(&removed);
                 }
             }
+        }
+        // Each answer is bounded; so is what they add up to.
+        if self.entries.len() > MAX_LISTED {
+            return Err("the peer's changes add up to more paths than a folder may hold");
         }
         self.mark = Some(answer.mark);
         Ok(())

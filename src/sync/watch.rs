@@ -253,6 +253,12 @@ impl Tree {
             return;
         }
         let id = event.wd.get_watch_descriptor_id();
+        if event.mask.contains(EventMask::UNMOUNT) {
+            // A file system mounted below the folder went: what was under it is back in
+            // view, unreported. The next read takes the whole folder.
+            burst.unplaced = true;
+            return;
+        }
         if event.mask.contains(EventMask::IGNORED) {
             if self.folders.remove(&id).as_deref() == Some(self.root.as_path()) {
                 // The shared folder itself was removed or unmounted: nothing is watched any
