@@ -442,6 +442,16 @@ impl Peer {
     /// Tells the peer what this box now agrees on with it (`installed_many`, oldest
     /// first): versions of its files it holds, paths both lack.
     pub async fn confirm(&self, agreements: Vec<Agreement>) -> Result<(), PeerError> {
+        match self.confirm_counted(agreements).await {
+            (_, None) => Ok(()),
+            (_, Some(e)) => Err(e),
+        }
+    }
+
+    /// [`Peer::confirm`], saying how many of `agreements` (the first ones) the peer took
+    /// before a failure, if one stopped it.
+    pub async fn confirm_counted(&self, agreements: Vec<Agreement>) -> (usize, Option<PeerError>) {
+        let mut taken = 0;
         for chunk in agreements.chunks(MAX_BATCH_NAMES) {
             let mut many = InstalledMany {
                 versions: Vec::new(),
@@ -453,9 +463,12 @@ impl Peer {
                     Agreement::Lacks { removed } => many.removed.push(removed),
                 }
             }
-            self.notice(&Request::InstalledMany(many)).await?;
+            if let Err(e) = self.notice(&Request::InstalledMany(many)).await {
+                return (taken, Some(e));
+            }
+            taken += chunk.len();
         }
-        Ok(())
+        (taken, None)
     }
 
     /// Sends a notice that is answered by `ack`.

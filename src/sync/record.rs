@@ -189,8 +189,14 @@ impl Record {
 
     /// The peer acknowledged the confirmations owed: they go.
     pub fn paid(&mut self) {
-        if !self.unconfirmed.is_empty() {
-            self.unconfirmed.clear();
+        self.paid_first(self.unconfirmed.len());
+    }
+
+    /// The peer acknowledged the first `n` confirmations owed: those go.
+    pub fn paid_first(&mut self, n: usize) {
+        let n = n.min(self.unconfirmed.len());
+        if n > 0 {
+            self.unconfirmed.drain(..n);
             self.dirty = true;
         }
     }
@@ -318,7 +324,10 @@ mod tests {
         let mut loaded = Record::load(dir.path(), &peer()).unwrap();
         assert!(loaded.applied(7, 3) && loaded.applied(7, 1));
         assert!(!loaded.applied(7, 4) && !loaded.applied(8, 1));
-        assert_eq!(loaded.unconfirmed, [held, lacked]);
+        assert_eq!(loaded.unconfirmed, [held, lacked.clone()]);
+        // The peer took the first before refusing more: only the rest stay owed.
+        loaded.paid_first(1);
+        assert_eq!(loaded.unconfirmed, [lacked]);
         loaded.paid();
         loaded.save().unwrap();
         assert!(

@@ -364,9 +364,21 @@ pub async fn sync_with(
     }
     // Confirmations a failure kept from the peer go first.
     if !record.unconfirmed.is_empty() {
-        match peer.confirm(record.unconfirmed.clone()).await {
-            Ok(()) => record.paid(),
-            Err(e) => return Err(e.into()),
+        let (taken, failed) = peer.confirm_counted(record.unconfirmed.clone()).await;
+        record.paid_first(taken);
+        match failed {
+            None => {}
+            // The peer cannot keep more now (its inbox is full of this box's notices until
+            // its own round with this box applies them, which may be waiting on this
+            // round's): the rest stay owed, and the round goes on, so that this box applies
+            // and clears its own inbox. Two boxes that stopped here both waited for good.
+            Some(PeerError::Remote {
+                kind: ErrorKind::Unavailable | ErrorKind::Internal,
+                message,
+            }) => {
+                tracing::debug!(peer = peer.addr(), owed = record.unconfirmed.len(), %message, "the peer keeps no more confirmations now; the rest wait");
+            }
+            Some(e) => return Err(e.into()),
         }
     }
     let owed = Owed::default();
