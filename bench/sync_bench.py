@@ -42,6 +42,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from procs import wait_until
 from pathlib import Path
 
 from need import need
@@ -120,15 +122,6 @@ def stop(*procs):
             p.wait(timeout=10)
         except subprocess.TimeoutExpired:
             p.kill()
-
-
-def wait_until(condition, timeout, step=0.005):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(step)
-    return condition()
 
 
 def cpu_seconds(pid):

@@ -272,12 +272,12 @@ where
         return refuse(connection, ErrorKind::Unavailable, busy, stall).await;
     };
     match share.recent_snapshot().await {
-        Ok(snapshot) if snapshot.version == unless => {
+        Ok(snapshot) if snapshot.version() == unless => {
             send_within(stall, connection.write_message(&Response::Unchanged)).await?;
             Ok(Ok(()))
         }
         Ok(snapshot) => {
-            let version = Some(snapshot.version.clone());
+            let version = Some(snapshot.version());
             let items = Kept {
                 inner: T::in_snapshot(&snapshot),
                 keep,

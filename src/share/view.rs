@@ -21,10 +21,6 @@ use super::path::RelPath;
 /// change numbers of each ([`super::numbering`]).
 #[derive(Debug)]
 pub struct Snapshot {
-    /// Names this content: equal versions mean equal content (the epoch and the last
-    /// change number, so it survives restarts). Changes whenever a fresh read finds
-    /// anything different.
-    pub version: String,
     /// Every entry, sorted by name; files come with their hashes, or `None` when they could
     /// not be hashed (vanished, or still being written).
     pub items: Arc<Vec<Item>>,
@@ -53,6 +49,13 @@ pub enum ChangesSince<'a> {
 }
 
 impl Snapshot {
+    /// Names this content: equal versions mean equal content (the epoch and the last
+    /// change number, so it survives restarts). Changes whenever a fresh read finds
+    /// anything different.
+    pub fn version(&self) -> String {
+        format!("{:016x}-{}", self.mark.epoch, self.mark.seq)
+    }
+
     /// The entries alone, as `index` lists them.
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.items.iter().map(|(entry, _)| entry)
@@ -253,7 +256,6 @@ impl SnapshotCache {
             tracing::warn!(reason = %lost.reason, "the folder's change numbers are kept in memory only; peers will compare whole folders once, and after each restart");
         }
         let snapshot = Arc::new(Snapshot {
-            version: format!("{:016x}-{}", numbered.mark.epoch, numbered.mark.seq),
             items,
             numbers: numbered.numbers,
             removed: numbered.removed,
@@ -310,8 +312,8 @@ mod tests {
         let a = cache.store(cache.generation(), Instant::now(), vec![entry("a", 1)]);
         let again = cache.store(cache.generation(), Instant::now(), vec![entry("a", 1)]);
         let other = cache.store(cache.generation(), Instant::now(), vec![entry("a", 2)]);
-        assert_eq!(a.version, again.version);
-        assert_ne!(a.version, other.version);
+        assert_eq!(a.version(), again.version());
+        assert_ne!(a.version(), other.version());
     }
 
     /// A peer gets what was numbered after its mark, whatever the gaps between numbers (a
@@ -378,7 +380,6 @@ mod tests {
 
     fn clone_of(snapshot: &Snapshot) -> Snapshot {
         Snapshot {
-            version: snapshot.version.clone(),
             items: Arc::clone(&snapshot.items),
             numbers: snapshot.numbers.clone(),
             removed: Arc::clone(&snapshot.removed),

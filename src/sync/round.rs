@@ -134,13 +134,13 @@ impl LocalState {
             local.share.recent_snapshot().await
         }
         .map_err(SyncError::ReadFolder)?;
-        if let Some(previous) = previous.filter(|p| p.snapshot_version == snapshot.version) {
+        if let Some(previous) = previous.filter(|p| p.snapshot_version == snapshot.version()) {
             return Ok(previous);
         }
         let mut state = LocalState {
             versions: BTreeMap::new(),
             unknown: BTreeSet::new(),
-            snapshot_version: snapshot.version.clone(),
+            snapshot_version: snapshot.version(),
         };
         for (entry, hash) in snapshot.items.iter().cloned() {
             if ignore.ignores(&entry.name) {
@@ -1306,21 +1306,8 @@ mod tests {
         assert_eq!(owed, None);
         assert_eq!(record.entries.get(&rel("f.txt")), Some(&new));
         // The hub deletes `f`: the laptop deletes its copy of the version both agreed on.
-        let sides = Sides {
-            local_id: "LAPTOPX",
-            remote_id: "HUBXXXX",
-        };
-        let empty = BTreeMap::new();
-        let plan = plan::plan(
-            &here.versions,
-            &empty,
-            &record.entries,
-            &record.ours,
-            &BTreeSet::new(),
-            &sides,
-        );
         assert_eq!(
-            plan.actions,
+            laptop_plan_after_hub_deleted_all(&here, &record),
             [Action::DeleteFile {
                 path: rel("f.txt"),
                 expect: new.expect(),
@@ -1329,6 +1316,23 @@ mod tests {
         // Lacking `f` here too, the removal is taken: both lack it.
         take_notice(&mut record, removed, &this(&state(&[])));
         assert!(record.entries.is_empty());
+    }
+
+    /// What the laptop plans against a hub whose folder is now empty.
+    fn laptop_plan_after_hub_deleted_all(here: &LocalState, record: &Record) -> Vec<Action> {
+        let sides = Sides {
+            local_id: "LAPTOPX",
+            remote_id: "HUBXXXX",
+        };
+        plan::plan(
+            &here.versions,
+            &BTreeMap::new(),
+            &record.entries,
+            &record.ours,
+            &BTreeSet::new(),
+            &sides,
+        )
+        .actions
     }
 
     /// The same for a version the peer says it holds (the other flake of the hub test): a
@@ -1362,21 +1366,8 @@ mod tests {
         let nothing = BTreeMap::new();
         assert_eq!(take_notice(&mut record, notice(&v1), &this(&nothing)), None);
         assert_eq!(record.entries.get(&rel("f.txt")), Some(&v2));
-        let sides = Sides {
-            local_id: "LAPTOPX",
-            remote_id: "HUBXXXX",
-        };
-        let empty = BTreeMap::new();
-        let plan = plan::plan(
-            &here.versions,
-            &empty,
-            &record.entries,
-            &record.ours,
-            &BTreeSet::new(),
-            &sides,
-        );
         assert_eq!(
-            plan.actions,
+            laptop_plan_after_hub_deleted_all(&here, &record),
             [Action::DeleteFile {
                 path: rel("f.txt"),
                 expect: v2.expect(),

@@ -525,7 +525,7 @@ mod tests {
                 partial.items, whole.items,
                 "round {round}: a partial read differs from the whole folder"
             );
-            assert_eq!(partial.version, whole.version, "round {round}");
+            assert_eq!(partial.version(), whole.version(), "round {round}");
         }
     }
 
