@@ -8,9 +8,11 @@
 //! - [`time`]: instants on the wire and on screen (RFC 3339 UTC, nanoseconds).
 //! - [`parse`]: values people type (rates, peer addresses), checked one way everywhere.
 //! - [`share`]: the shared folder: safe relative paths, the index and its filters, hashes
-//!   and their cache, the index database (`share::index`, SQLite) and the folder's change
-//!   numbers (`share::numbering`), per-file locks, the trash and atomic installation of
-//!   downloads, the budget of answers waiting for slow clients.
+//!   and their cache, files as block lists (`share::blocks`, BLAKE3 chaining values), the
+//!   index database (`share::index`, SQLite) and the folder's change numbers
+//!   (`share::numbering`), per-file locks, the trash and atomic installation of downloads,
+//!   the parts kept to resume downloads (`share::resume`), the budget of answers waiting
+//!   for slow clients.
 //! - [`types`]: the shared nouns: a box's ID (the hash of its key, with check characters)
 //!   and where to reach one, one version of a file, a transport.
 //! - [`discovery`]: local discovery: boxes announce their ID and port by broadcast, so
@@ -31,7 +33,8 @@
 //! - [`history`]: the persistent log of requests made and served.
 //! - [`local`]: this box: its identity, trust, shared folder and log.
 //! - [`transfer`]: moving file bytes and landing them verified, over TCP and UDP, once a
-//!   request is sent; UDP's protocol is a pure state machine pair (`transfer::udp::proto`)
+//!   request is sent; a download made from the peer's block list fetches only the blocks
+//!   no local file has (`transfer::delta`); UDP's protocol is a pure state machine pair (`transfer::udp::proto`)
 //!   that thin tokio drivers run, every datagram sealed with keys from the TLS session
 //!   (`transfer::udp::seal`).
 //! - [`requests`]: one module per request: its wire form, the server's handling and the

@@ -19,6 +19,7 @@ use crate::links::PeerLink;
 use crate::local::LocalBox;
 use crate::protocol::{self, Connection, ConnectionError, ErrorKind, HandshakeError, Link};
 use crate::requests::batch::DownloadMany;
+use crate::requests::blocks::Blocks;
 use crate::requests::changes::{Changes, ChangesAnswer};
 use crate::requests::download::Download;
 use crate::requests::hash::{HashCheckall, HashVerify};
@@ -28,6 +29,7 @@ use crate::requests::udp::DownloadUdp;
 use crate::requests::{CallError, MAX_BATCH_NAMES, Request};
 use crate::share::filter::IndexFilter;
 use crate::share::{ChangeMark, Entry, FileHash, RelPath};
+use crate::transfer::delta::{self, Prepared};
 use crate::transfer::udp::UdpError;
 use crate::transfer::{Downloaded, Landing, Progress, TransferError, Wanted, seconds};
 use crate::types::{Agreement, BoxId, FileVersion, PeerAddress, Transport};
@@ -608,8 +610,79 @@ impl Peer {
             .await
     }
 
-    /// Downloads `name` over TCP, landing it as `landing` says.
+    /// Downloads `name` over TCP, landing it as `landing` says, moving only what this box
+    /// lacks: the peer's block list first, then the blocks found in no local file (see
+    /// [`delta`]). A local file that already is the version makes it a no-op.
     pub async fn download_tcp_to(
+        &self,
+        name: &RelPath,
+        landing: &Landing,
+        progress: Progress<'_>,
+    ) -> Result<Downloaded, PeerError> {
+        let share = &self.local.share;
+        let stall = self.local.limits.stall;
+        let prepared = self.prepare_download(name, landing).await?;
+        let mut assembly = match prepared {
+            Prepared::UpToDate(done) => return Ok(*done),
+            Prepared::Whole => return self.download_whole_tcp(name, landing, progress).await,
+            Prepared::Assembling(assembly) => assembly,
+        };
+        let sent = if assembly.complete() {
+            None
+        } else {
+            let download = Download {
+                ranges: Some(assembly.ranges()),
+                ..Download::new(name, landing)
+            };
+            let request = Request::Download(download);
+            let fetching = &mut *assembly;
+            // Not retried on a new connection: the session just answered `blocks`, so a
+            // failure is the peer's, mid-transfer (what arrived is kept to resume).
+            let fetched = exchange!(self, &request, retry_if: false, |connection| {
+                delta::receive_ranges(connection, fetching, &mut *progress, stall)
+                    .await
+                    .map_err(CallError::Transfer)
+            });
+            match fetched {
+                Ok(digests) => Some(digests),
+                // That version is gone on the peer: nothing will resume it.
+                Err(
+                    e @ PeerError::Transfer(TransferError::Remote {
+                        kind: ErrorKind::Changed | ErrorKind::NotFound,
+                        ..
+                    }),
+                ) => {
+                    assembly.discard();
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        delta::finish(share, landing, *assembly, sent)
+            .await
+            .map_err(PeerError::Transfer)
+    }
+
+    /// The first step of a download: the peer's block list of `name`, and what this box
+    /// already has of that version (see [`delta::prepare`]).
+    async fn prepare_download(
+        &self,
+        name: &RelPath,
+        landing: &Landing,
+    ) -> Result<Prepared, PeerError> {
+        let stall = self.local.limits.stall;
+        let blocks = Blocks { name: name.clone() };
+        let request = Request::Blocks(blocks.clone());
+        let remote = exchange!(self, &request, |connection| {
+            blocks.read_answer(connection, stall).await
+        })?;
+        delta::prepare(&self.local.share, landing, remote)
+            .await
+            .map_err(PeerError::Transfer)
+    }
+
+    /// Downloads `name` whole over TCP, landing it as `landing` says.
+    async fn download_whole_tcp(
         &self,
         name: &RelPath,
         landing: &Landing,
@@ -709,6 +782,9 @@ impl Peer {
                     replaced,
                     resent: None,
                     note: None,
+                    transferred: size,
+                    reused: 0,
+                    up_to_date: false,
                 })
                 .map_err(|e| PeerError::Transfer(TransferError::Local(e)));
         }
@@ -732,6 +808,89 @@ impl Peer {
     /// Downloads `name` over UDP (falling back to TCP if UDP is blocked), landing it as
     /// `landing` says.
     pub async fn download_udp_to(
+        &self,
+        name: &RelPath,
+        landing: &Landing,
+        max_rate: Option<u64>,
+        progress: Progress<'_>,
+    ) -> Result<Downloaded, PeerError> {
+        let share = &self.local.share;
+        let prepared = self.prepare_download(name, landing).await?;
+        let mut assembly = match prepared {
+            Prepared::UpToDate(done) => {
+                return Ok(Downloaded {
+                    transport: Transport::Udp,
+                    ..*done
+                });
+            }
+            Prepared::Whole => {
+                return self
+                    .download_whole_udp(name, landing, max_rate, progress)
+                    .await;
+            }
+            Prepared::Assembling(assembly) => assembly,
+        };
+        let (sent, resent) = if assembly.complete() {
+            (None, None)
+        } else {
+            let udp = DownloadUdp {
+                ranges: Some(assembly.ranges()),
+                ..DownloadUdp::new(name, landing, max_rate)
+            };
+            let request = Request::DownloadUdp(udp.clone());
+            let mut written = Vec::new();
+            let fetching = &*assembly;
+            // Not retried on a new connection, as for TCP: what arrived is kept.
+            let fetched = exchange!(self, &request, retry_if: false, |connection| {
+                let sink = fetching.sink().map_err(CallError::Transfer)?;
+                let (done, outcome) = udp.read_blocks(connection, share, sink, &mut *progress).await;
+                written.extend(done);
+                outcome
+            });
+            assembly.written(&written);
+            match fetched {
+                Ok(received) if received.digests.blake3 == assembly.remote_blake3() => {
+                    (Some(received.digests), Some(received.resent))
+                }
+                Ok(received) => {
+                    return Err(PeerError::Transfer(TransferError::Checksum {
+                        name: name.clone(),
+                        expected: assembly.remote_blake3().to_string(),
+                        got: received.digests.blake3,
+                    }));
+                }
+                Err(PeerError::Udp(UdpError::Blocked(waited))) => {
+                    drop(assembly);
+                    let mut downloaded = self.download_tcp_to(name, landing, progress).await?;
+                    downloaded.note = Some(format!(
+                        "no UDP datagram arrived within {waited:?} (UDP blocked?); downloaded over TCP instead"
+                    ));
+                    return Ok(downloaded);
+                }
+                Err(
+                    e @ PeerError::Transfer(TransferError::Remote {
+                        kind: ErrorKind::Changed | ErrorKind::NotFound,
+                        ..
+                    }),
+                ) => {
+                    assembly.discard();
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let downloaded = delta::finish(share, landing, *assembly, sent)
+            .await
+            .map_err(PeerError::Transfer)?;
+        Ok(Downloaded {
+            transport: Transport::Udp,
+            resent,
+            ..downloaded
+        })
+    }
+
+    /// Downloads `name` whole over UDP (falling back to TCP if UDP is blocked).
+    async fn download_whole_udp(
         &self,
         name: &RelPath,
         landing: &Landing,

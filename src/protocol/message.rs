@@ -63,6 +63,8 @@ pub enum Response {
     Hashes(Hashes),
     /// A batch of an answer to `changes`; `more` says whether another batch follows.
     Changes(crate::requests::changes::ChangesBatch),
+    /// A file's block list, answering `blocks`.
+    Blocks(crate::requests::blocks::BlocksAnswer),
     /// Answers a conditional request whose folder version is still the current one: the
     /// previous answer still holds.
     Unchanged,

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{CallError, Handled, ServeContext};
-use crate::protocol::Connection;
+use crate::protocol::{Connection, ErrorKind};
 use crate::share::{DigestSet, RelPath, Share};
+pub use crate::transfer::delta::BlockRanges;
 use crate::transfer::{Downloaded, Landing, Progress, tcp};
 
 /// The request's fields.
@@ -22,6 +23,10 @@ pub struct Download {
     /// would slow the sender down.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub blake3_only: bool,
+    /// Only these blocks of one version (a box that has the others): the answer's body is
+    /// the ranges' bytes in order, and its digests are those of the whole version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranges: Option<BlockRanges>,
 }
 
 impl Download {
@@ -30,6 +35,7 @@ impl Download {
         Download {
             name: name.clone(),
             blake3_only: landing.digests.blake3_only(),
+            ranges: None,
         }
     }
 
@@ -37,7 +43,16 @@ impl Download {
     pub async fn serve(self, cx: &ServeContext<'_>, connection: &mut Connection<Link>) -> Handled {
         let share = &cx.local.share;
         let digests = DigestSet::from_blake3_only(self.blake3_only);
-        let outcome = tcp::send_file(connection, share, &self.name, digests, cx.stall()).await?;
+        let outcome = match &self.ranges {
+            None => tcp::send_file(connection, share, &self.name, digests, cx.stall()).await?,
+            Some(ranges) => {
+                if let Some(fault) = ranges.fault() {
+                    return super::refuse(connection, ErrorKind::BadRequest, fault, cx.stall())
+                        .await;
+                }
+                tcp::send_ranges(connection, share, &self.name, digests, ranges, cx.stall()).await?
+            }
+        };
         share.persist_cache();
         Ok(outcome
             .map(|served| cx.notices.note_served(cx.peer_id, served))

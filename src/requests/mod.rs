@@ -15,6 +15,7 @@
 //! client ([`crate::peer`]) builds one request, logs it, and calls it.
 
 pub mod batch;
+pub mod blocks;
 pub mod changes;
 pub mod download;
 pub mod hash;
@@ -60,6 +61,8 @@ pub enum Request {
     HashVerify(hash::HashVerify),
     /// See [`hash::HashCheckall`].
     HashCheckall(hash::HashCheckall),
+    /// See [`blocks::Blocks`].
+    Blocks(blocks::Blocks),
     /// See [`download::Download`].
     Download(download::Download),
     /// See [`batch::DownloadMany`].
@@ -88,6 +91,7 @@ impl Request {
             Request::Index(index) => index.unless.is_some(),
             Request::HashCheckall(checkall) => checkall.unless.is_some(),
             Request::HashVerify(_)
+            | Request::Blocks(_)
             | Request::Download(_)
             | Request::DownloadMany(_)
             | Request::DownloadUdp(_)
@@ -113,6 +117,10 @@ impl Request {
             },
             Request::HashVerify(verify) => format!("hash verify {}", verify.name),
             Request::HashCheckall(_) => "hash checkall".to_string(),
+            Request::Blocks(blocks) => format!("blocks {}", blocks.name),
+            Request::Download(download) if download.ranges.is_some() => {
+                format!("download tcp {} (blocks)", download.name)
+            }
             Request::Download(download) => format!("download tcp {}", download.name),
             Request::DownloadMany(many) => many.describe(),
             Request::DownloadUdp(udp) => format!("download udp {}", udp.name),
@@ -181,6 +189,7 @@ pub async fn serve(
         Request::Changes(changes) => changes.serve(cx, connection).await,
         Request::HashVerify(verify) => verify.serve(cx, connection).await,
         Request::HashCheckall(checkall) => checkall.serve(cx, connection).await,
+        Request::Blocks(blocks) => blocks.serve(cx, connection).await,
         Request::Download(download) => download.serve(cx, connection).await,
         Request::DownloadMany(many) => many.serve(cx, connection).await,
         Request::DownloadUdp(udp) => udp.serve(cx, connection).await,
@@ -295,8 +304,24 @@ mod tests {
                 Request::Download(download::Download {
                     name: name.clone(),
                     blake3_only: true,
+                    ranges: None,
                 }),
                 r#"{"request":"download","name":"a b.txt","blake3_only":true}"#,
+            ),
+            (
+                Request::Download(download::Download {
+                    name: name.clone(),
+                    blake3_only: false,
+                    ranges: Some(download::BlockRanges {
+                        blake3: "bb".repeat(32),
+                        ranges: vec![[0, 131072], [262144, 5]],
+                    }),
+                }),
+                r#"{"request":"download","name":"a b.txt","ranges":{"blake3":"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","ranges":[[0,131072],[262144,5]]}}"#,
+            ),
+            (
+                Request::Blocks(blocks::Blocks { name: name.clone() }),
+                r#"{"request":"blocks","name":"a b.txt"}"#,
             ),
             (
                 Request::HashVerify(hash::HashVerify { name: name.clone() }),
@@ -336,6 +361,7 @@ mod tests {
                     name: name.clone(),
                     max_rate: None,
                     blake3_only: false,
+                    ranges: None,
                 }),
                 r#"{"request":"download_udp","name":"a b.txt","max_rate":null}"#,
             ),

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{CallError, Handled, ServeContext, refuse};
 use crate::protocol::{Connection, ErrorKind};
 use crate::share::{DigestSet, RelPath, Share};
+use crate::transfer::delta::BlockRanges;
 use crate::transfer::udp::seal::DropCounts;
 use crate::transfer::udp::{self, UdpError};
 use crate::transfer::{Downloaded, Landing, Progress};
@@ -25,6 +26,9 @@ pub struct DownloadUdp {
     /// As for [`super::download::Download`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub blake3_only: bool,
+    /// As for [`super::download::Download`]: only these blocks of one version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranges: Option<BlockRanges>,
 }
 
 impl DownloadUdp {
@@ -34,6 +38,7 @@ impl DownloadUdp {
             name: name.clone(),
             max_rate,
             blake3_only: landing.digests.blake3_only(),
+            ranges: None,
         }
     }
 
@@ -48,9 +53,13 @@ impl DownloadUdp {
             );
             return refuse(connection, ErrorKind::Unavailable, message, cx.stall()).await;
         }
+        if let Some(fault) = self.ranges.as_ref().and_then(BlockRanges::fault) {
+            return refuse(connection, ErrorKind::BadRequest, fault, cx.stall()).await;
+        }
         let wanted = udp::serve::Wanted {
             max_rate: self.max_rate,
             digests: DigestSet::from_blake3_only(self.blake3_only),
+            ranges: self.ranges,
         };
         let share = &cx.local.share;
         let outcome =
@@ -77,6 +86,31 @@ impl DownloadUdp {
         self.receive(connection, path, share, landing, progress)
             .await
             .map(|(downloaded, _)| downloaded)
+    }
+
+    /// Client, once a ranged request is sent: receives the blocks it asked for into
+    /// `sink` (see [`udp::receiver::receive_blocks`]). Returns the blocks written and
+    /// checked, even when it then failed.
+    pub async fn read_blocks(
+        &self,
+        connection: &mut Connection<Link>,
+        share: &Arc<Share>,
+        sink: udp::receiver::BlockSink,
+        progress: Progress<'_>,
+    ) -> (Vec<usize>, Result<udp::receiver::BlocksReceived, CallError>) {
+        let session = connection.session();
+        let path = udp::receiver::UdpPath {
+            local_ip: session.local_addr.ip(),
+            server: session.peer_addr,
+        };
+        let (written, outcome) =
+            udp::receiver::receive_blocks(connection, path, share, &self.name, sink, progress)
+                .await;
+        let outcome = outcome.map_err(|e| match e {
+            UdpError::Transfer(e) => CallError::Transfer(e),
+            other => CallError::Udp(other),
+        });
+        (written, outcome)
     }
 
     /// Client, once the request is sent: as [`DownloadUdp::read_answer`], with the

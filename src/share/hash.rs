@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use super::ShareError;
+use super::blocks::BlockList;
 use super::dirs::Dirs;
 use super::folder::{self, Fingerprint};
 use super::index::{IndexDb, IndexError};
@@ -23,6 +24,10 @@ use crate::time::Timestamp;
 
 /// How many times a file that keeps changing while it is hashed is tried before giving up.
 const STABLE_ATTEMPTS: usize = 3;
+
+/// Files at least this large are found by content ([`HashCache::with_content`]): a copy
+/// made from a local file instead of fetched saves the network only for those.
+pub const LARGE_CONTENT: u64 = 1024 * 1024;
 
 /// Size of the reads that feed the digests.
 const READ_CHUNK: usize = 1024 * 1024;
@@ -296,6 +301,10 @@ pub struct HashCache {
     db: Option<Arc<IndexDb>>,
     /// The remembered hashes.
     entries: Mutex<HashMap<RelPath, CachedHash>>,
+    /// The paths of large files (at least [`LARGE_CONTENT`]) by content: where a file
+    /// moved or copied on a peer may already be here. It may still name a path whose
+    /// content changed since; [`HashCache::with_content`] checks each against `entries`.
+    by_content: Mutex<HashMap<String, Vec<RelPath>>>,
     /// The paths whose entry changed (or went) since the last save.
     dirty: Mutex<HashSet<RelPath>>,
     /// Bytes of file content read for hashing since start: lets tests and benchmarks prove
@@ -378,9 +387,19 @@ impl HashCache {
     }
 
     fn with(db: Option<Arc<IndexDb>>, entries: HashMap<RelPath, CachedHash>) -> HashCache {
+        let mut by_content: HashMap<String, Vec<RelPath>> = HashMap::new();
+        for (rel, cached) in &entries {
+            if cached.fingerprint.size >= LARGE_CONTENT {
+                by_content
+                    .entry(cached.digests.blake3.clone())
+                    .or_default()
+                    .push(rel.clone());
+            }
+        }
         HashCache {
             db,
             entries: Mutex::new(entries),
+            by_content: Mutex::new(by_content),
             dirty: Mutex::new(HashSet::new()),
             bytes_hashed: AtomicU64::new(0),
             saving: Mutex::new(None),
@@ -404,6 +423,7 @@ impl HashCache {
             let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
             for (rel, cached) in list {
                 dirty.insert(rel.clone());
+                self.note_content(&rel, &cached);
                 entries.insert(rel, cached);
             }
         }
@@ -445,13 +465,12 @@ impl HashCache {
             digests.sha256 = digests.sha256.or_else(|| known.digests.sha256.clone());
             digests.md5 = digests.md5.or_else(|| known.digests.md5.clone());
         }
-        entries.insert(
-            rel.clone(),
-            CachedHash {
-                fingerprint,
-                digests,
-            },
-        );
+        let cached = CachedHash {
+            fingerprint,
+            digests,
+        };
+        self.note_content(rel, &cached);
+        entries.insert(rel.clone(), cached);
         drop(entries);
         self.mark_dirty([rel.clone()]);
     }
@@ -462,6 +481,66 @@ impl HashCache {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .extend(paths);
+        }
+    }
+
+    /// The stored block list of the version of `rel` with `fingerprint`, if any (a box
+    /// without a database keeps none, and a damaged row counts as none).
+    pub fn blocks(&self, rel: &RelPath, fingerprint: &Fingerprint) -> Option<BlockList> {
+        self.db.as_ref()?.blocks(rel, fingerprint).ok().flatten()
+    }
+
+    /// Stores the block list of the version of `rel` with `fingerprint` (a failure only
+    /// costs reading the file again next time).
+    pub fn store_blocks(&self, rel: &RelPath, fingerprint: &Fingerprint, list: &BlockList) {
+        if let Some(db) = &self.db
+            && let Err(e) = db.write_blocks(rel, fingerprint, list)
+        {
+            tracing::debug!(error = %e, "a block list was not stored");
+        }
+    }
+
+    /// The paths whose remembered content is `blake3` of `size` bytes (at least
+    /// [`LARGE_CONTENT`]), with the fingerprint it was seen with: where a file that moved
+    /// or was copied on a peer may already be here.
+    pub fn with_content(&self, blake3: &str, size: u64) -> Vec<(RelPath, Fingerprint)> {
+        if size < LARGE_CONTENT {
+            return Vec::new();
+        }
+        let candidates = {
+            let by_content = self.by_content.lock().unwrap_or_else(|e| e.into_inner());
+            by_content.get(blake3).cloned().unwrap_or_default()
+        };
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let found: Vec<_> = candidates
+            .iter()
+            .filter_map(|rel| Some((rel, entries.get(rel)?)))
+            .filter(|(_, c)| c.fingerprint.size == size && c.digests.blake3 == blake3)
+            .map(|(rel, c)| (rel.clone(), c.fingerprint))
+            .collect();
+        drop(entries);
+        if found.len() < candidates.len() {
+            // Forget the paths whose content is no longer this one.
+            let mut by_content = self.by_content.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(paths) = by_content.get_mut(blake3) {
+                paths.retain(|p| found.iter().any(|(f, _)| f == p));
+                if paths.is_empty() {
+                    by_content.remove(blake3);
+                }
+            }
+        }
+        found
+    }
+
+    /// Notes where a large content is (see `by_content`).
+    fn note_content(&self, rel: &RelPath, cached: &CachedHash) {
+        if cached.fingerprint.size < LARGE_CONTENT {
+            return;
+        }
+        let mut by_content = self.by_content.lock().unwrap_or_else(|e| e.into_inner());
+        let paths = by_content.entry(cached.digests.blake3.clone()).or_default();
+        if !paths.contains(rel) {
+            paths.push(rel.clone());
         }
     }
 

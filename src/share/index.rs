@@ -6,7 +6,9 @@
 //! - the folder's change numbers: every path's latest change has a number, increasing
 //!   within an epoch (a random number given when the database is created), so that a peer
 //!   asks for what changed since the last number it saw and gets only that (see
-//!   [`super::view`]).
+//!   [`super::view`]);
+//! - the block lists of large files with the fingerprint they were computed for (layout 2,
+//!   [`super::blocks`]), so that serving a file's list reads it once per version.
 //!
 //! Every write is one transaction, flushed (`synchronous = FULL`) before it returns: a
 //! change number a peer was told is never reused for another content after a crash. A
@@ -22,6 +24,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::blocks::{self, BlockList};
 use super::folder::Fingerprint;
 use super::hash::Digests;
 use super::path::RelPath;
@@ -29,9 +32,17 @@ use super::path::RelPath;
 /// The database's file under the state folder.
 pub const INDEX_FILE: &str = "index.db";
 
-/// The layout this build writes. A database with another one is set aside (none older
-/// exists: before it, the state was JSON, imported once).
-const SCHEMA: i64 = 1;
+/// The layout this build writes. Layout 1 (no block lists) is brought up to it in place;
+/// a database with another one is set aside (before layout 1, the state was JSON,
+/// imported once).
+const SCHEMA: i64 = 2;
+
+/// The table of layout 2: each large file's block list, with the fingerprint of the
+/// version it is of.
+const BLOCKS_TABLE: &str = "CREATE TABLE blocks (
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    ino INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, block_size INTEGER NOT NULL,
+    hashes BLOB NOT NULL) WITHOUT ROWID;";
 
 /// A short digest of one version of a path as listed (kind, size, mtime, mode, content
 /// hash), stored with its change number: after a restart, the first read of the folder
@@ -180,9 +191,15 @@ impl IndexDb {
                      blake3 TEXT NOT NULL, sha256 TEXT, md5 TEXT) WITHOUT ROWID;
                  CREATE TABLE changes (
                      path TEXT PRIMARY KEY, seq INTEGER NOT NULL, version BLOB) WITHOUT ROWID;
+                 {BLOCKS_TABLE}
                  INSERT INTO meta VALUES ('epoch', {epoch}), ('seq', 0), ('floor', 0);
                  PRAGMA user_version = {SCHEMA};
                  COMMIT;"
+            ))
+            .map_err(OpenFailure::Sqlite)?;
+        } else if schema == 1 {
+            conn.execute_batch(&format!(
+                "BEGIN; {BLOCKS_TABLE} PRAGMA user_version = {SCHEMA}; COMMIT;"
             ))
             .map_err(OpenFailure::Sqlite)?;
         } else if schema != SCHEMA {
@@ -281,9 +298,86 @@ impl IndexDb {
                 ])?;
             }
             let mut delete = tx.prepare_cached("DELETE FROM hashes WHERE path = ?1")?;
+            let mut blocks = tx.prepare_cached("DELETE FROM blocks WHERE path = ?1")?;
             for path in forget {
                 delete.execute([path.as_str()])?;
+                blocks.execute([path.as_str()])?;
             }
+            Ok(())
+        })
+    }
+
+    /// The block list of the version of `path` with this fingerprint, if it is stored.
+    pub fn blocks(
+        &self,
+        path: &RelPath,
+        fingerprint: &Fingerprint,
+    ) -> Result<Option<BlockList>, IndexError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let row = conn
+            .query_row(
+                "SELECT size, mtime_ns, ino, ctime_ns, block_size, hashes FROM blocks
+                 WHERE path = ?1",
+                [path.as_str()],
+                |row| {
+                    Ok((
+                        Fingerprint {
+                            size: row.get::<_, i64>(0)? as u64,
+                            mtime_ns: row.get(1)?,
+                            ino: row.get::<_, i64>(2)? as u64,
+                            ctime_ns: row.get(3)?,
+                        },
+                        row.get::<_, i64>(4)?,
+                        row.get::<_, Vec<u8>>(5)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(|e| self.error(e))?;
+        let Some((stored, block_size, bytes)) = row else {
+            return Ok(None);
+        };
+        if &stored != fingerprint {
+            return Ok(None);
+        }
+        let list = BlockList {
+            size: stored.size,
+            block_size: u64::try_from(block_size).unwrap_or(0),
+            hashes: bytes
+                .chunks_exact(32)
+                .filter_map(|hash| <[u8; 32]>::try_from(hash).ok())
+                .collect(),
+        };
+        let whole = list.block_size == blocks::block_size(list.size)
+            && bytes.len().is_multiple_of(32)
+            && list.count() == list.size.div_ceil(list.block_size) as usize;
+        if !whole {
+            return Err(self.bad_row(format!("the block list of '{path}' is damaged")));
+        }
+        Ok(Some(list))
+    }
+
+    /// Stores the block list of the version of `path` with this fingerprint.
+    pub fn write_blocks(
+        &self,
+        path: &RelPath,
+        fingerprint: &Fingerprint,
+        list: &BlockList,
+    ) -> Result<(), IndexError> {
+        let bytes: Vec<u8> = list.hashes.iter().flatten().copied().collect();
+        self.write(|tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO blocks VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    path.as_str(),
+                    fingerprint.size as i64,
+                    fingerprint.mtime_ns,
+                    fingerprint.ino as i64,
+                    fingerprint.ctime_ns,
+                    list.block_size as i64,
+                    bytes
+                ],
+            )?;
             Ok(())
         })
     }
@@ -468,6 +562,47 @@ mod tests {
             ino: u64::MAX,
             ctime_ns: 7,
         }
+    }
+
+    /// A database of layout 1 is brought up to layout 2 in place (its hashes kept); a
+    /// block list is found for the version it was stored with only, and forgotten with
+    /// the path's hash.
+    #[test]
+    fn keeps_block_lists_for_their_version_and_upgrades_layout_one() {
+        let dir = tempfile::tempdir().unwrap();
+        // A database of layout 1 (before block lists), with a hash in it.
+        {
+            let (db, _) = IndexDb::open(dir.path()).unwrap();
+            db.write_hashes(&[(rel("a"), fingerprint(1), digests("b1"))], &[])
+                .unwrap();
+            let conn = db.conn.lock().unwrap();
+            conn.execute_batch("DROP TABLE blocks; PRAGMA user_version = 1;")
+                .unwrap();
+        }
+        let (db, opened) = IndexDb::open(dir.path()).unwrap();
+        assert_eq!(opened, Opened::Existing, "upgraded in place, not set aside");
+        assert_eq!(db.hashes().unwrap().len(), 1, "its hashes kept");
+        let data = vec![7u8; 300_000];
+        let mut hasher = crate::share::blocks::BlockHasher::new(data.len() as u64);
+        hasher.update(&data);
+        let list = hasher.finish().unwrap();
+        let version = Fingerprint {
+            size: data.len() as u64,
+            ..fingerprint(1)
+        };
+        db.write_blocks(&rel("big"), &version, &list).unwrap();
+        assert_eq!(db.blocks(&rel("big"), &version).unwrap(), Some(list));
+        let other = Fingerprint {
+            mtime_ns: 5,
+            ..version
+        };
+        assert_eq!(
+            db.blocks(&rel("big"), &other).unwrap(),
+            None,
+            "another version"
+        );
+        db.write_hashes(&[], &[rel("big")]).unwrap();
+        assert_eq!(db.blocks(&rel("big"), &version).unwrap(), None, "forgotten");
     }
 
     /// Hashes and numbers survive a reopen; a new database has an epoch and no changes.

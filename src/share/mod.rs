@@ -1,6 +1,7 @@
 //! The shared folder of a box: its index, hashes, per-file locks, the budget of answers
 //! waiting for slow clients, trash and the atomic installation of downloaded files.
 
+pub mod blocks;
 pub mod budget;
 pub mod dirs;
 pub mod filter;
@@ -11,6 +12,7 @@ pub mod install;
 pub mod locks;
 pub mod numbering;
 pub mod path;
+pub mod resume;
 pub mod staged;
 pub mod trash;
 pub mod view;
@@ -185,6 +187,7 @@ impl Share {
         fs::set_permissions(&state, fs::Permissions::from_mode(0o700))
             .map_err(|e| ShareError::io(&state, e))?;
         remove_stale_partials(&state.join(TMP_DIR));
+        sweep_resume_parts(&state.join(TMP_DIR));
         let (cache, numbering) = open_index(&state)?;
         Ok(Arc::new(Share {
             root,
@@ -228,6 +231,20 @@ impl Share {
     pub async fn index(self: &Arc<Self>) -> Result<Vec<Entry>, ShareError> {
         let share = Arc::clone(self);
         blocking(move || folder::list(&share.root)).await
+    }
+
+    /// The block list of one file (read once per version, then stored), taking its
+    /// shared lock while reading it: what a peer asks for before it fetches only the
+    /// blocks it lacks.
+    pub async fn block_list(self: &Arc<Self>, rel: &RelPath) -> Result<blocks::Listed, ShareError> {
+        let _guard = self.locks.read(rel).await;
+        let share = Arc::clone(self);
+        let rel = rel.clone();
+        let result =
+            blocking(move || blocks::read_list(&mut Dirs::open(&share.root)?, &rel, &share.cache))
+                .await;
+        self.persist_cache();
+        result
     }
 
     /// The hashes of one file, taking its shared lock while reading it.
@@ -484,6 +501,11 @@ impl Share {
         }
     }
 
+    /// `.boxsync/tmp/`: downloads in progress.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.state_dir().join(TMP_DIR)
+    }
+
     /// A fresh path under `.boxsync/tmp/` for a download in progress.
     pub fn temp_path(&self) -> PathBuf {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
@@ -519,6 +541,22 @@ impl Share {
         digests: Digests,
         expect: &Expect,
     ) -> Result<Option<PathBuf>, ShareError> {
+        self.install_listed(tmp, rel, meta, digests, None, expect)
+            .await
+    }
+
+    /// [`Share::install`] of a file whose block list is known: it is stored with the
+    /// installed version, so that serving it later reads nothing to list it.
+    pub async fn install_listed(
+        self: &Arc<Self>,
+        tmp: PathBuf,
+        rel: &RelPath,
+        meta: InstallMeta,
+        digests: Digests,
+        list: Option<&blocks::BlockList>,
+        expect: &Expect,
+    ) -> Result<Option<PathBuf>, ShareError> {
+        let list = list.cloned();
         let _guard = self.locks.write(rel).await?;
         let share = Arc::clone(self);
         let rel = rel.clone();
@@ -531,7 +569,11 @@ impl Share {
             let trashed = trashed?;
             // The content is known; remember it so that hashing it later reads nothing.
             if let Ok(Some(meta)) = folder::stat(&share.root, &rel) {
-                share.cache.insert(&rel, Fingerprint::of(&meta), digests);
+                let fingerprint = Fingerprint::of(&meta);
+                share.cache.insert(&rel, fingerprint, digests);
+                if let Some(list) = &list {
+                    share.cache.store_blocks(&rel, &fingerprint, list);
+                }
             }
             share.persist_cache();
             Ok(trashed)
@@ -665,16 +707,45 @@ impl Share {
         self: &Arc<Self>,
         rel: &RelPath,
         expect: &Expect,
-    ) -> Result<PathBuf, ShareError> {
+    ) -> Result<Option<PathBuf>, ShareError> {
         let _guard = self.locks.write(rel).await?;
         let share = Arc::clone(self);
         let (rel, expect) = (rel.clone(), expect.clone());
         self.changing(move || {
             install::check(&share.root, &rel, &expect)?;
             folder::check_ancestors(&share.root, &rel)?;
-            trash::move_to_trash(&share.root, &rel)
+            if share.kept_elsewhere(&rel) {
+                let path = rel.under(&share.root);
+                fs::remove_file(&path).map_err(|e| ShareError::io(&path, e))?;
+                return Ok(None);
+            }
+            trash::move_to_trash(&share.root, &rel).map(Some)
         })
         .await
+    }
+
+    /// Whether the content of `rel` is, as far as the hash cache can vouch (fingerprints
+    /// that still match), also in another file of the folder: removing `rel` then loses
+    /// nothing, and a rename on a peer (a new name made from this content, then this
+    /// name removed) leaves no second copy in the trash.
+    fn kept_elsewhere(&self, rel: &RelPath) -> bool {
+        let current = |path: &RelPath| {
+            folder::stat(&self.root, path)
+                .ok()
+                .flatten()
+                .filter(|meta| meta.is_file())
+                .map(|meta| Fingerprint::of(&meta))
+        };
+        let Some(fingerprint) = current(rel) else {
+            return false;
+        };
+        let Some(digests) = self.cache.lookup(rel, &fingerprint, DigestSet::Blake3) else {
+            return false;
+        };
+        self.cache
+            .with_content(&digests.blake3, fingerprint.size)
+            .into_iter()
+            .any(|(other, seen)| &other != rel && current(&other) == Some(seen))
     }
 
     /// Removes the directory `rel` if it is empty; `Ok(false)` if it is not (or is gone).
@@ -795,6 +866,15 @@ impl Share {
 
 /// Removes partial downloads left by processes that no longer run. Names start with the
 /// owner's process id, so a `-c` run never deletes the partial files of a live box.
+/// Removes the parts kept to resume downloads that outlived their lifetime or their
+/// space (see [`resume`]).
+fn sweep_resume_parts(tmp_dir: &Path) {
+    let free = rustix::fs::statvfs(tmp_dir)
+        .map(|stats| stats.f_bavail.saturating_mul(stats.f_frsize))
+        .unwrap_or(0);
+    resume::ResumeStore::new(tmp_dir).sweep(std::time::SystemTime::now(), free);
+}
+
 fn remove_stale_partials(dir: &Path) {
     let Ok(items) = fs::read_dir(dir) else {
         return;

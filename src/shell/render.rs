@@ -161,6 +161,11 @@ fn download_json(d: &Downloaded) -> Value {
         "path": d.path,
         "seconds": (d.seconds * 1000.0).round() / 1000.0,
     });
+    value["transferred"] = json!(d.transferred);
+    value["reused"] = json!(d.reused);
+    if d.up_to_date {
+        value["up_to_date"] = json!(true);
+    }
     if let Some(resent) = d.resent {
         value["resent"] = json!(resent);
     }
@@ -186,6 +191,11 @@ fn outcome_human(outcome: &Outcome, layout: Layout) -> String {
         Outcome::Hash(hash) => hash_table(std::slice::from_ref(hash), layout),
         Outcome::Hashes(hashes) if hashes.is_empty() => NO_FILES.to_string(),
         Outcome::Hashes(hashes) => hash_table(hashes, layout),
+        Outcome::Downloaded(d) if d.up_to_date => format!(
+            "{} is up to date: this box already has the peer's version ({}); nothing changed",
+            escape(d.version.name.as_str()),
+            human_size(d.version.size),
+        ),
         Outcome::Downloaded(d) => {
             let mut lines = vec![format!(
                 "downloaded {} over {}: {} in {:.2}s ({}/s)",
@@ -212,6 +222,13 @@ fn outcome_human(outcome: &Outcome, layout: Layout) -> String {
                     d.md5.clone().unwrap_or_else(|| "-".to_string()),
                 ]],
             ));
+            if d.reused > 0 {
+                lines.push(format!(
+                    "fetched {}; {} found on this box (unchanged blocks, the same content elsewhere, or an interrupted download)",
+                    human_size(d.transferred),
+                    human_size(d.reused)
+                ));
+            }
             if let Some(resent) = d.resent {
                 lines.push(format!("{resent} datagrams resent"));
             }
@@ -375,6 +392,14 @@ fn sync_status(status: &crate::sync::SyncStatus, layout: Layout) -> String {
             |t| format!("it last pulled from this box at {}", t.to_local_string()),
         );
         lines.push(format!("{addr}: {seen}; {pulled}"));
+        if peer.fetched_bytes + peer.reused_bytes > 0 {
+            lines.push(format!(
+                "{addr}: received {} since start: {} fetched, {} found on this box",
+                human_size(peer.fetched_bytes + peer.reused_bytes),
+                human_size(peer.fetched_bytes),
+                human_size(peer.reused_bytes)
+            ));
+        }
         for conflict in &peer.conflicts {
             lines.push(format!(
                 "conflict ({addr}): {}",
@@ -591,6 +616,9 @@ mod tests {
             replaced: Some(std::path::PathBuf::from(HOSTILE)),
             resent: None,
             note: Some(HOSTILE.to_string()),
+            transferred: 3,
+            reused: 0,
+            up_to_date: false,
         }
     }
 

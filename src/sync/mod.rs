@@ -171,6 +171,11 @@ pub struct PeerStatus {
     pub conflicts: Vec<Conflict>,
     /// Errors of the last round.
     pub errors: Vec<String>,
+    /// Bytes of the files received from it since start that came over the network.
+    pub fetched_bytes: u64,
+    /// Bytes of those files found on this box instead (unchanged blocks, the same content
+    /// under another name, an interrupted download's verified blocks).
+    pub reused_bytes: u64,
     /// What stopped the last round short, if anything: its kind, for the engine and the
     /// tests (people read `errors`).
     #[serde(skip)]
@@ -892,6 +897,17 @@ impl SyncHandle {
                 }
                 for error in &report.errors {
                     self.emit(addr, &format!("error: {error}"));
+                }
+                if report.fetched + report.reused > 0 {
+                    tracing::info!(
+                        peer = addr,
+                        fetched = report.fetched,
+                        reused = report.reused,
+                        "round received {} bytes: {} fetched, {} found on this box",
+                        report.fetched + report.reused,
+                        report.fetched,
+                        report.reused
+                    );
                 }
             }
             Err(e) => {

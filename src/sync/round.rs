@@ -197,6 +197,11 @@ pub struct RoundReport {
     pub errors: Vec<SyncError>,
     /// Short descriptions of what changed here, for the activity feed.
     pub changes: Vec<String>,
+    /// Bytes of the files received that came over the network.
+    pub fetched: u64,
+    /// Bytes of the files received found on this box instead (unchanged blocks, the same
+    /// content under another name, an interrupted download's verified blocks).
+    pub reused: u64,
 }
 
 /// The peer's folder as its answers to `changes` describe it: the first answer lists it
@@ -382,11 +387,13 @@ pub async fn sync_with(
         }
     }
     let owed = Owed::default();
+    let moved = Moved::default();
     let pull = Pull {
         local,
         peer,
         transport,
         owed: &owed,
+        moved: &moved,
     };
     let in_sync = record.entries.len();
     plan::guard_here(here.versions.len() + here.unknown.len(), in_sync)?;
@@ -525,6 +532,7 @@ pub async fn sync_with(
             ..seen
         });
     }
+    moved.fill(&mut report);
     Ok(report)
 }
 
@@ -831,6 +839,7 @@ async fn apply(pull: Pull<'_>, action: &Action) -> Result<Settled, SyncError> {
         peer,
         transport,
         owed,
+        ..
     } = pull;
     let share = &local.share;
     match action {
@@ -876,6 +885,7 @@ async fn apply(pull: Pull<'_>, action: &Action) -> Result<Settled, SyncError> {
                 path: name.clone(),
                 source,
             })?;
+            pull.moved.add(&downloaded);
             let (settled, confirmation) = settle(remote, name, downloaded);
             confirm(peer, owed, vec![Agreement::Holds(confirmation)]).await;
             Ok(settled)
@@ -1011,6 +1021,7 @@ async fn apply_batch(pull: Pull<'_>, batch: Vec<(Action, Wanted)>) -> Outcomes {
             let name = &want.landing.name;
             let outcome = result
                 .map(|downloaded| {
+                    pull.moved.add(&downloaded);
                     let (settled, confirmation) = settle(&want.name, name, downloaded);
                     confirmations.push(confirmation);
                     settled
@@ -1076,6 +1087,30 @@ struct Pull<'a> {
     peer: &'a Peer,
     transport: Transport,
     owed: &'a Owed,
+    moved: &'a Moved,
+}
+
+/// The bytes a round's downloads fetched and found locally, added up as they complete.
+#[derive(Default)]
+struct Moved {
+    fetched: std::sync::atomic::AtomicU64,
+    reused: std::sync::atomic::AtomicU64,
+}
+
+impl Moved {
+    /// Counts one completed download.
+    fn add(&self, downloaded: &Downloaded) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.fetched.fetch_add(downloaded.transferred, Relaxed);
+        self.reused.fetch_add(downloaded.reused, Relaxed);
+    }
+
+    /// Puts the totals in `report`.
+    fn fill(&self, report: &mut RoundReport) {
+        use std::sync::atomic::Ordering::Relaxed;
+        report.fetched = self.fetched.load(Relaxed);
+        report.reused = self.reused.load(Relaxed);
+    }
 }
 
 /// Tells the peer what this box now agrees on with it; what does not reach it is owed,
@@ -1135,6 +1170,8 @@ pub fn fold(
         Ok(report) => {
             status.last_sync = Some(Timestamp::now());
             status.pending = report.failed;
+            status.fetched_bytes += report.fetched;
+            status.reused_bytes += report.reused;
             status.errors = report.errors.iter().map(ToString::to_string).collect();
             status.failure = None;
             status
@@ -1204,6 +1241,9 @@ mod tests {
             replaced: None,
             resent: None,
             note: None,
+            transferred: v.size,
+            reused: 0,
+            up_to_date: false,
         }
     }
 

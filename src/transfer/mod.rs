@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod body;
+pub mod delta;
 pub mod partial;
 pub mod tcp;
 pub mod udp;
@@ -79,6 +80,13 @@ pub struct Downloaded {
     pub resent: Option<u64>,
     /// Something the user should know, such as a fallback from UDP to TCP.
     pub note: Option<String>,
+    /// Bytes of the file that came over the network.
+    pub transferred: u64,
+    /// Bytes of the file found on this box instead: blocks of the version it replaced, of
+    /// a file with the same content, or kept from an interrupted attempt.
+    pub reused: u64,
+    /// The local file already was this version: nothing was fetched or changed.
+    pub up_to_date: bool,
 }
 
 /// Why a download did not complete. Whatever the reason, the shared folder is unchanged.
@@ -148,10 +156,7 @@ pub fn check_room(
     name: &RelPath,
     size: u64,
 ) -> Result<(), TransferError> {
-    let state = share.state_dir();
-    let stats =
-        rustix::fs::statvfs(&state).map_err(|e| ShareError::io(&state, std::io::Error::from(e)))?;
-    let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+    let free = free_space(share)?;
     if size > free {
         return Err(TransferError::NoRoom {
             name: name.clone(),
@@ -160,6 +165,14 @@ pub fn check_room(
         });
     }
     Ok(())
+}
+
+/// The free space of the shared folder's file system, in bytes.
+pub fn free_space(share: &crate::share::Share) -> Result<u64, TransferError> {
+    let state = share.state_dir();
+    let stats =
+        rustix::fs::statvfs(&state).map_err(|e| ShareError::io(&state, std::io::Error::from(e)))?;
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
 /// A duration as people read it in these errors: `1.5s`.

@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use super::body::{Body, BodyEnd, Next, unexpected};
+use super::delta::BlockRanges;
 use super::partial::PartialFile;
 use super::{Downloaded, Landing, Progress, TransferError, receive_within, send_within};
 use crate::protocol::message::{FileEnd, FileStart};
@@ -128,6 +129,124 @@ pub async fn send_file(
         .await
         .unwrap_or_else(|e| Err(ShareError::io("<worker>", io::Error::other(e))));
     finish(connection, rel, &meta, outcome, stall).await
+}
+
+/// Serves some blocks of one version of `rel` (a ranged `download`): `file_start`
+/// announcing the ranges' bytes, those bytes in order, then `file_end` with the digests of
+/// the whole version. Refused as changed unless the file is still the version `ranges`
+/// names (by BLAKE3), and checked after the last byte as [`send_file`] checks.
+pub async fn send_ranges(
+    connection: &mut Connection<Link>,
+    share: &Arc<Share>,
+    rel: &RelPath,
+    wanted: DigestSet,
+    ranges: &BlockRanges,
+    stall: Duration,
+) -> Result<Result<FileVersion, ShareError>, ConnectionError> {
+    let guard = share.locks().read(rel).await;
+    let opened = {
+        let share = Arc::clone(share);
+        let rel = rel.clone();
+        let ranges = ranges.clone();
+        tokio::task::spawn_blocking(move || open_version(&share, &rel, wanted, &ranges))
+            .await
+            .unwrap_or_else(|e| Err(ShareError::io("<worker>", io::Error::other(e))))
+    };
+    drop(guard);
+    let (file, meta, fingerprint, digests) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            send_error(connection, &e, stall).await?;
+            return Ok(Err(e));
+        }
+    };
+    let start = Response::FileStart(FileStart {
+        name: rel.clone(),
+        size: ranges.total(),
+        mtime: folder::modified(&meta),
+        mode: folder::mode(&meta),
+    });
+    send_within(stall, connection.queue_message(&start)).await?;
+    let (chunks_tx, mut chunks) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
+    let reader = {
+        let share = Arc::clone(share);
+        let rel = rel.clone();
+        let ranges = ranges.ranges.clone();
+        tokio::task::spawn_blocking(move || {
+            read_ranges(&file, &ranges, &chunks_tx, &share, &rel)?;
+            still_unchanged(&file, &share, &rel, fingerprint)?;
+            Ok(digests)
+        })
+    };
+    while let Some(chunk) = chunks.recv().await {
+        send_within(stall, connection.write_data(&chunk)).await?;
+    }
+    let outcome = reader
+        .await
+        .unwrap_or_else(|e| Err(ShareError::io("<worker>", io::Error::other(e))));
+    finish(connection, rel, &meta, outcome, stall).await
+}
+
+/// Opens `rel` for a ranged download: the file, its metadata, fingerprint and digests,
+/// if it is still the version `ranges` are of and holds them all.
+fn open_version(
+    share: &Share,
+    rel: &RelPath,
+    wanted: DigestSet,
+    ranges: &BlockRanges,
+) -> Result<(File, std::fs::Metadata, Fingerprint, Digests), ShareError> {
+    let mut dirs = Dirs::open(share.root())?;
+    let (file, meta) = dirs.open_regular(rel)?;
+    let fingerprint = Fingerprint::of(&meta);
+    let digests = match share.hash_cache().lookup(rel, &fingerprint, wanted) {
+        Some(digests) => digests,
+        None => {
+            share.hash_cache().hash_file_in(&mut dirs, rel, wanted)?;
+            share
+                .hash_cache()
+                .lookup(rel, &fingerprint, wanted)
+                .ok_or_else(|| ShareError::Changed(rel.clone()))?
+        }
+    };
+    let beyond = ranges
+        .ranges
+        .last()
+        .is_some_and(|[offset, len]| offset + len > meta.len());
+    if digests.blake3 != ranges.blake3 || beyond {
+        return Err(ShareError::Changed(rel.clone()));
+    }
+    Ok((file, meta, fingerprint, digests))
+}
+
+/// Reads the bytes of `ranges` of `file` in order into the channel, a chunk at a time.
+fn read_ranges(
+    file: &File,
+    ranges: &[[u64; 2]],
+    chunks: &mpsc::Sender<Bytes>,
+    share: &Share,
+    rel: &RelPath,
+) -> Result<(), ShareError> {
+    use std::os::unix::fs::FileExt;
+    for &[offset, len] in ranges {
+        let mut done = 0;
+        while done < len {
+            let want = (len - done).min(CHUNK as u64) as usize;
+            let mut buffer = vec![0; want];
+            file.read_exact_at(&mut buffer, offset + done)
+                .map_err(|e| match e.kind() {
+                    io::ErrorKind::UnexpectedEof => ShareError::Changed(rel.clone()),
+                    _ => ShareError::io(rel.under(share.root()), e),
+                })?;
+            done += want as u64;
+            if chunks.blocking_send(Bytes::from(buffer)).is_err() {
+                return Err(ShareError::io(
+                    rel.under(share.root()),
+                    io::ErrorKind::BrokenPipe.into(),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Ends a sent file: `file_end` with its digests, or the error that replaces it.
@@ -602,6 +721,9 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
         replaced,
         resent: None,
         note: None,
+        transferred: size,
+        reused: 0,
+        up_to_date: false,
     })
 }
 

@@ -131,7 +131,9 @@ async fn json_shapes() {
             "blake3",
             "transport",
             "path",
-            "seconds"
+            "seconds",
+            "transferred",
+            "reused"
         ]
     );
     assert_eq!(docs[3]["transport"], "tcp");

@@ -14,21 +14,28 @@ use boxsync::share::filter::IndexFilter;
 use boxsync::time::Timestamp;
 
 use crate::util::{
-    TestBox, bytes, files_under, is_changed_on_peer, is_connection_lost, rel, scripted_peer,
+    TestBox, bytes, files_under, is_changed_on_peer, is_connection_lost, rel, scripted_download,
 };
 
 /// Everything under the shared folder except the box's state, plus the partial files.
+/// The files a person sees in the folder, and how many partial files are left under
+/// `.boxsync/tmp/` besides the parts kept to resume a download (`tmp/resume/`).
 fn visible_and_partial(me: &boxsync::local::LocalBox) -> (Vec<std::path::PathBuf>, usize) {
     let visible = files_under(me.share.root())
         .into_iter()
         .filter(|p| !p.starts_with(".boxsync"))
         .collect();
-    let partial = files_under(&me.share.state_dir().join("tmp")).len();
+    let partial = files_under(&me.share.state_dir().join("tmp"))
+        .into_iter()
+        .filter(|p| !p.starts_with("resume"))
+        .count();
     (visible, partial)
 }
 
-/// The serving box dies in the middle of a download: an error, no partial file anywhere,
-/// and the previous local version intact.
+/// The serving box dies in the middle of a download: an error, no partial file in the
+/// folder or loose in `.boxsync/tmp/`, the previous local version intact, and what had
+/// arrived kept (verified block by block) in `.boxsync/tmp/resume/`: the next download
+/// resumes from it.
 #[tokio::test(flavor = "multi_thread")]
 async fn serving_box_dies_mid_download() {
     let mut b = TestBox::start().await;
@@ -59,6 +66,8 @@ async fn serving_box_dies_mid_download() {
     let (visible, partial) = visible_and_partial(&me);
     assert_eq!(visible, [std::path::PathBuf::from("big.bin")]);
     assert_eq!(partial, 0, "a partial file was left behind");
+    let kept = files_under(&me.share.state_dir().join("tmp/resume"));
+    assert_eq!(kept.len(), 1, "what arrived is kept to resume: {kept:?}");
 }
 
 /// A file that changes on the peer while it is being sent is never stored as a mix.
@@ -92,33 +101,37 @@ async fn file_changing_during_send_is_not_stored() {
 #[tokio::test(flavor = "multi_thread")]
 async fn lying_server_gets_nothing_stored() {
     for lie in ["digest", "extra", "name", "short"] {
-        let (addr, server) = scripted_peer(move |mut connection| async move {
-            let _: Request = connection.expect_message().await.unwrap();
-            let name = if lie == "name" { "other.txt" } else { "f.txt" };
-            let start = Response::FileStart(FileStart {
-                name: rel(name),
-                size: 5,
-                mtime: Timestamp::now(),
-                mode: 0o644,
-            });
-            connection.write_message(&start).await.unwrap();
-            let body: &[u8] = match lie {
-                "extra" => b"hello!!",
-                "short" => b"hel",
-                _ => b"hello",
-            };
-            connection.write_data(body).await.unwrap();
-            let digests = Digests {
-                blake3: "0".repeat(64),
-                sha256: Some("0".repeat(64)),
-                md5: Some("0".repeat(32)),
-            };
-            let _ = connection
-                .write_message(&Response::FileEnd(FileEnd { digests }))
-                .await;
-            // Hold the connection until the client is done with it.
-            let _ = connection.read_frame().await;
-        })
+        let (addr, server) = scripted_download(
+            "f.txt",
+            b"hello".to_vec(),
+            move |mut connection| async move {
+                let _: Request = connection.expect_message().await.unwrap();
+                let name = if lie == "name" { "other.txt" } else { "f.txt" };
+                let start = Response::FileStart(FileStart {
+                    name: rel(name),
+                    size: 5,
+                    mtime: Timestamp::now(),
+                    mode: 0o644,
+                });
+                connection.write_message(&start).await.unwrap();
+                let body: &[u8] = match lie {
+                    "extra" => b"hello!!",
+                    "short" => b"hel",
+                    _ => b"hello",
+                };
+                connection.write_data(body).await.unwrap();
+                let digests = Digests {
+                    blake3: "0".repeat(64),
+                    sha256: Some("0".repeat(64)),
+                    md5: Some("0".repeat(32)),
+                };
+                let _ = connection
+                    .write_message(&Response::FileEnd(FileEnd { digests }))
+                    .await;
+                // Hold the connection until the client is done with it.
+                let _ = connection.read_frame().await;
+            },
+        )
         .await;
         let (_t, me) = TestBox::client();
         let peer = boxsync::peer::Peer::new(&addr, Arc::clone(&me));

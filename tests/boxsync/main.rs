@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod config;
 mod crash;
+mod delta;
 mod discovery;
 mod escapes;
 mod failures;

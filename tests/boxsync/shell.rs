@@ -76,16 +76,24 @@ fn expect_both(sh: &mut PtySession, a: &str, b: &str) -> Result<(), rexpect::err
 }
 
 /// The partial downloads under a box's `.boxsync/tmp/`.
+/// The partial files under a box's `.boxsync/tmp/`, besides the parts kept there to
+/// resume a download (`tmp/resume/`, checked block by block when resumed).
 fn partials(dir: &Path) -> Vec<PathBuf> {
     files_under(&dir.join(".boxsync/tmp"))
+        .into_iter()
+        .filter(|p| !p.starts_with("resume"))
+        .collect()
 }
 
-/// Bytes in the partial downloads under a box's `.boxsync/tmp/`.
+/// Bytes written so far by the downloads under a box's `.boxsync/tmp/` (parts kept to
+/// resume included; they are sized to the whole file at once, so the space they take on
+/// disk is what counts).
 fn partial_bytes(dir: &Path) -> u64 {
-    partials(dir)
+    use std::os::unix::fs::MetadataExt;
+    files_under(&dir.join(".boxsync/tmp"))
         .iter()
         .filter_map(|p| std::fs::metadata(dir.join(".boxsync/tmp").join(p)).ok())
-        .map(|m| m.len())
+        .map(|m| m.blocks() * 512)
         .sum()
 }
 

@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::util::{TestBox, bytes, dial, eventually, rel, scripted_peer};
+use crate::util::{TestBox, bytes, dial, eventually, rel, scripted_download};
 
 /// How long anything here may take that the deadlines do not bound (a round, a small
 /// transfer): far more than it needs, far less than a stall would last without deadlines.
@@ -137,6 +137,7 @@ async fn a_client_that_never_reads_a_big_file_does_not_freeze_sync() {
     let request = Request::Download(Download {
         name: rel("big.bin"),
         blake3_only: false,
+        ranges: None,
     });
     stalled.write_message(&request).await.unwrap();
     let started = Instant::now();
@@ -182,6 +183,7 @@ async fn a_silent_udp_download_of_a_tiny_file_holds_up_that_file_only() {
         name: rel("tiny.txt"),
         max_rate: None,
         blake3_only: false,
+        ranges: None,
     });
     silent.write_message(&request).await.unwrap();
     let ready = silent.expect_message::<Response>().await.unwrap();
@@ -277,22 +279,23 @@ async fn stalled_index_clients_stay_within_the_answer_budget() {
 /// an error that names the peer and says it stopped answering.
 #[tokio::test]
 async fn a_peer_that_stops_mid_file_fails_the_download_within_the_deadline() {
-    let (addr, _script) = scripted_peer(|mut connection| async move {
-        let _request = connection.expect_frame().await;
-        let start = Response::FileStart(FileStart {
-            name: rel("f.bin"),
-            size: 1 << 20,
-            mtime: boxsync::time::Timestamp::now(),
-            mode: 0o644,
-        });
-        connection.queue_message(&start).await.unwrap();
-        connection.write_data(&[7u8; 4096]).await.unwrap();
-        connection.flush().await.unwrap();
-        // Hung: the connection stays open, and nothing more comes.
-        std::future::pending::<()>().await;
-        drop(connection);
-    })
-    .await;
+    let (addr, _script) =
+        scripted_download("f.bin", vec![7u8; 1 << 20], |mut connection| async move {
+            let _request = connection.expect_frame().await;
+            let start = Response::FileStart(FileStart {
+                name: rel("f.bin"),
+                size: 1 << 20,
+                mtime: boxsync::time::Timestamp::now(),
+                mode: 0o644,
+            });
+            connection.queue_message(&start).await.unwrap();
+            connection.write_data(&[7u8; 4096]).await.unwrap();
+            connection.flush().await.unwrap();
+            // Hung: the connection stays open, and nothing more comes.
+            std::future::pending::<()>().await;
+            drop(connection);
+        })
+        .await;
     let temp = tempfile::tempdir().unwrap();
     let local = LocalBox::open_limited(temp.path(), Settings::default(), fast()).unwrap();
     let peer = Peer::new(&addr, Arc::clone(&local));
@@ -534,6 +537,7 @@ async fn full_udp_slots_make_a_udp_peer_fall_back_to_tcp() {
             name: rel("slot.txt"),
             max_rate: None,
             blake3_only: false,
+            ranges: None,
         });
         connection.write_message(&request).await.unwrap();
         let ready = connection.expect_message::<Response>().await.unwrap();

@@ -622,7 +622,8 @@ async fn growing_file_is_never_torn() {
 }
 
 /// The serving box is killed in the middle of a transfer: no partial file on the other
-/// box, and the file arrives after the box restarts.
+/// box (what arrived, verified, waits in `.boxsync/tmp/resume/`), and the file arrives
+/// after the box restarts, resumed from what had arrived.
 #[tokio::test(flavor = "multi_thread")]
 async fn peer_killed_mid_transfer_then_restarted() {
     let a = TestBox::start().await;
@@ -632,11 +633,13 @@ async fn peer_killed_mid_transfer_then_restarted() {
     a.trust(&b);
     let (hb, stop_b) = start_sync(&b, &[a.target()], Transport::Tcp);
     let tmp = b.root().join(".boxsync/tmp");
+    let parts = tmp.join("resume");
     let started = eventually(CONVERGE, || {
-        fs::read_dir(&tmp)
+        use std::os::unix::fs::MetadataExt;
+        fs::read_dir(&parts)
             .map(|d| {
                 d.flatten()
-                    .any(|f| f.metadata().map(|m| m.len() > 0).unwrap_or(false))
+                    .any(|f| f.metadata().is_ok_and(|m| m.blocks() > 64))
             })
             .unwrap_or(false)
     })
@@ -648,7 +651,9 @@ async fn peer_killed_mid_transfer_then_restarted() {
     let temp = std::mem::replace(&mut a.temp, tempfile::tempdir().unwrap());
     drop(a);
     assert!(
-        eventually(CONVERGE, || crate::util::files_under(&tmp).is_empty()).await,
+        crate::util::files_under(&tmp)
+            .iter()
+            .all(|p| p.starts_with("resume")),
         "partial file left"
     );
     assert!(
@@ -664,6 +669,15 @@ async fn peer_killed_mid_transfer_then_restarted() {
         .as_deref()
             == Some(&content[..]))
         .await
+    );
+    let next = tokio::time::timeout(CONVERGE, hb.next_round()).await;
+    assert!(next.is_ok(), "sync rounds stalled");
+    let status = hb.status();
+    let reused: u64 = status.peers.iter().map(|p| p.reused_bytes).sum();
+    assert!(reused > 0, "nothing was resumed: {status:?}");
+    assert!(
+        crate::util::files_under(&parts).is_empty(),
+        "the part stayed"
     );
     drop(hb);
     let _ = stop_b.send(true);

@@ -222,11 +222,19 @@ async fn a_changed_byte_fails_the_transfer_cleanly() {
     let first = peer.download_tcp(&rel("f.bin"), &mut progress).await;
     assert!(first.is_err(), "a changed byte went unnoticed");
     assert!(!me.share.root().join("f.bin").exists());
-    assert!(files_under(&me.share.root().join(".boxsync/tmp")).is_empty());
-    peer.download_tcp(&rel("f.bin"), &mut progress)
+    // Nothing loose in tmp/: only the blocks verified before the changed one, kept to
+    // resume.
+    assert!(
+        files_under(&me.share.root().join(".boxsync/tmp"))
+            .iter()
+            .all(|p| p.starts_with("resume"))
+    );
+    let second = peer
+        .download_tcp(&rel("f.bin"), &mut progress)
         .await
         .unwrap();
     assert_eq!(fs::read(me.share.root().join("f.bin")).unwrap(), content);
+    assert_eq!(second.reused + second.transferred, content.len() as u64);
 }
 
 /// Runs the binary with `args`; its exit code, stdout and stderr.
@@ -470,8 +478,13 @@ async fn hostile_sizes_are_refused_before_anything_is_created() {
     use boxsync::protocol::message::FileStart;
     use boxsync::share::Digests;
     use boxsync::transfer::TransferError;
-    // Over TCP: a file of 2^60 bytes.
-    let (addr, _script) = crate::util::scripted_peer(|mut connection| async move {
+    // Over TCP: a file of 2^60 bytes (too many blocks to list: it comes whole).
+    let (addr, _script) = crate::util::scripted_peer_streams(|mut streams| async move {
+        let mut first = boxsync::protocol::Connection::new(streams.recv().await.unwrap());
+        let _request = first.expect_frame().await;
+        let listed = unlisted("huge.bin", 1 << 60);
+        let _ = first.write_message(&listed).await;
+        let mut connection = boxsync::protocol::Connection::new(streams.recv().await.unwrap());
         let _request = connection.expect_frame().await;
         let start = Response::FileStart(FileStart {
             name: rel("huge.bin"),
@@ -499,8 +512,14 @@ async fn hostile_sizes_are_refused_before_anything_is_created() {
             .all(|p| !p.starts_with(".boxsync/tmp"))
     );
 
-    // Over UDP: 512 GiB, within the protocol's bound but beyond this disk.
-    let (addr, _script) = crate::util::scripted_peer(|mut connection| async move {
+    // Over UDP: 512 GiB, within the protocol's bound but beyond this disk (listed without
+    // its blocks, so downloaded whole).
+    let (addr, _script) = crate::util::scripted_peer_streams(|mut streams| async move {
+        let mut first = boxsync::protocol::Connection::new(streams.recv().await.unwrap());
+        let _request = first.expect_frame().await;
+        let listed = unlisted("huge.bin", 512 << 30);
+        let _ = first.write_message(&listed).await;
+        let mut connection = boxsync::protocol::Connection::new(streams.recv().await.unwrap());
         let _request = connection.expect_frame().await;
         let ready = Response::UdpReady {
             name: rel("huge.bin"),
@@ -604,4 +623,18 @@ async fn a_revoked_peer_is_not_dialed() {
         }
         other => panic!("expected a refusal to dial, got {:?}", other.map(drop)),
     }
+}
+
+/// A `blocks` answer without the blocks (a file too big to list), for a file of `size`
+/// bytes: the download that follows is of the whole file.
+fn unlisted(name: &str, size: u64) -> Response {
+    Response::Blocks(boxsync::requests::blocks::BlocksAnswer {
+        name: rel(name),
+        size,
+        mtime: boxsync::time::Timestamp::now(),
+        mode: 0o644,
+        blake3: "00".repeat(32),
+        block_size: boxsync::share::blocks::MAX_BLOCK,
+        hashes: None,
+    })
 }

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use boxsync::identity::Identity;
 use boxsync::local::{Limits, LocalBox, Settings};
 use boxsync::peer::{Peer, PeerError};
-use boxsync::protocol::ErrorKind;
 use boxsync::protocol::Link;
 use boxsync::protocol::{self, Connection};
+use boxsync::protocol::{ErrorKind, Response};
 use boxsync::requests::notices::Notices;
 use boxsync::server::Server;
 use boxsync::share::RelPath;
@@ -339,6 +339,21 @@ where
     Script: FnOnce(Connection<Link>) -> Run + Send + 'static,
     Run: std::future::Future<Output = ()> + Send + 'static,
 {
+    scripted_peer_streams(move |mut opened| async move {
+        if let Some(link) = opened.recv().await {
+            script(Connection::new(link)).await;
+        }
+    })
+    .await
+}
+
+/// [`scripted_peer`] for exchanges of several requests: `script` gets every stream the
+/// client opens on the session, as it opens them.
+pub async fn scripted_peer_streams<Script, Run>(script: Script) -> (PeerAddress, JoinHandle<()>)
+where
+    Script: FnOnce(tokio::sync::mpsc::Receiver<Link>) -> Run + Send + 'static,
+    Run: std::future::Future<Output = ()> + Send + 'static,
+{
     let identity = Identity::generate().unwrap();
     let config = protocol::tls::server_config(&identity).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -349,16 +364,61 @@ where
     let task = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
         let caller = protocol::accept(stream, config).await.unwrap();
-        // The script answers the first stream the client opens on the session.
-        let (streams, mut opened) = tokio::sync::mpsc::channel(8);
+        let (streams, opened) = tokio::sync::mpsc::channel(8);
         let _session = protocol::welcome(caller, protocol::Greeting::default(), Some(streams))
             .await
             .unwrap();
-        if let Some(link) = opened.recv().await {
-            script(Connection::new(link)).await;
-        }
+        script(opened).await;
     });
     (target, task)
+}
+
+/// The honest answer to a `blocks` request for `content` named `name`: what a scripted
+/// peer sends before the download it means to test.
+pub fn blocks_answer(name: &str, content: &[u8]) -> Response {
+    use boxsync::share::blocks::{BlockHasher, block_size};
+    let mut hasher = BlockHasher::new(content.len() as u64);
+    hasher.update(content);
+    let list = hasher.finish().expect("all bytes fed");
+    Response::Blocks(boxsync::requests::blocks::BlocksAnswer {
+        name: rel(name),
+        size: content.len() as u64,
+        mtime: boxsync::time::Timestamp::now(),
+        mode: 0o644,
+        blake3: blake3::hash(content).to_hex().to_string(),
+        block_size: block_size(content.len() as u64),
+        hashes: Some(list.hex()),
+    })
+}
+
+/// A scripted peer for one download of `name`: answers its `blocks` request honestly for
+/// `content`, then hands the stream of the download that follows to `script`.
+pub async fn scripted_download<Script, Run>(
+    name: &'static str,
+    content: Vec<u8>,
+    script: Script,
+) -> (PeerAddress, JoinHandle<()>)
+where
+    Script: FnOnce(Connection<Link>) -> Run + Send + 'static,
+    Run: std::future::Future<Output = ()> + Send + 'static,
+{
+    scripted_peer_streams(move |mut streams| async move {
+        let Some(first) = streams.recv().await else {
+            return;
+        };
+        let mut first = Connection::new(first);
+        let Ok(boxsync::requests::Request::Blocks(_)) = first.expect_message().await else {
+            panic!("a download begins with `blocks`");
+        };
+        first
+            .write_message(&blocks_answer(name, &content))
+            .await
+            .unwrap();
+        if let Some(second) = streams.recv().await {
+            script(Connection::new(second)).await;
+        }
+    })
+    .await
 }
 
 /// Connects to `b` as a client box that `b` trusts and completes the handshake: the way

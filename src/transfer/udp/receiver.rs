@@ -23,6 +23,7 @@ use super::socket::{FastSocket, ReceiveBuffers};
 use super::wire::{self, Token};
 use super::{DuringTransfer, UdpError, UdpFinish, parse_token};
 use crate::protocol::{Connection, Frame, Link, Response};
+use crate::share::blocks::BlockList;
 use crate::share::hash::BackgroundHasher;
 use crate::share::{DigestSet, InstallMeta, RelPath, Share, ShareError};
 use crate::transfer::partial::PartialFile;
@@ -68,6 +69,147 @@ pub async fn receive_file(
     progress: Progress<'_>,
 ) -> Result<(Downloaded, DropCounts), UdpError> {
     let started = Instant::now();
+    let received = receive_stream(connection, path, share, rel, None, progress).await?;
+    let Received {
+        ready,
+        resent,
+        drops,
+        written,
+    } = received;
+    let Written::Whole(partial, blake3) = written else {
+        return Err(protocol("a whole download came back as blocks"));
+    };
+    if blake3 != ready.digests.blake3 {
+        return Err(TransferError::Checksum {
+            name: rel.clone(),
+            expected: ready.digests.blake3,
+            got: blake3,
+        }
+        .into());
+    }
+    let replaced = share
+        .install(
+            partial.keep(),
+            &landing.name,
+            ready.meta,
+            ready.digests.clone(),
+            &landing.expect,
+        )
+        .await?;
+    let downloaded = Downloaded {
+        version: FileVersion {
+            name: rel.clone(),
+            blake3,
+            size: ready.size,
+            mtime: ready.meta.mtime,
+            mode: ready.meta.mode,
+        },
+        sha256: ready.digests.sha256,
+        md5: ready.digests.md5,
+        transport: Transport::Udp,
+        path: landing.name.under(share.root()),
+        seconds: started.elapsed().as_secs_f64(),
+        replaced,
+        resent: Some(resent),
+        note: None,
+        transferred: ready.size,
+        reused: 0,
+        up_to_date: false,
+    };
+    Ok((downloaded, drops))
+}
+
+/// Where a ranged UDP download puts the blocks it receives: at their places in the part
+/// of a version being assembled ([`crate::transfer::delta`]), each checked against the
+/// version's list.
+pub struct BlockSink {
+    /// The part, open for writing.
+    pub file: File,
+    /// The version's blocks.
+    pub list: BlockList,
+    /// The blocks asked for, in order: the bytes sent are theirs, one after the other.
+    pub blocks: Vec<usize>,
+}
+
+/// What a ranged UDP download ended with.
+pub struct BlocksReceived {
+    /// The blocks written and checked.
+    pub written: Vec<usize>,
+    /// The sender's digests of the whole version.
+    pub digests: crate::share::Digests,
+    /// Datagrams sent again.
+    pub resent: u64,
+    /// Datagrams this side dropped.
+    pub drops: DropCounts,
+}
+
+/// Receives the blocks a ranged `download_udp` asked for (its request sent) into `sink`.
+/// The blocks written and checked before a failure stay written (a later download resumes
+/// from them); the error then says why it stopped.
+pub async fn receive_blocks(
+    connection: &mut Connection<Link>,
+    path: UdpPath,
+    share: &Arc<Share>,
+    rel: &RelPath,
+    sink: BlockSink,
+    progress: Progress<'_>,
+) -> (Vec<usize>, Result<BlocksReceived, UdpError>) {
+    let expected: u64 = sink.blocks.iter().map(|&i| sink.list.range(i).1).sum();
+    let sink_blocks = sink.blocks.len();
+    let mut written = Vec::new();
+    let received = receive_stream(
+        connection,
+        path,
+        share,
+        rel,
+        Some((sink, &mut written)),
+        progress,
+    )
+    .await;
+    let outcome = received.and_then(|received| {
+        if received.ready.size != expected {
+            return Err(protocol("the blocks sent are not those asked for"));
+        }
+        if written.len() != sink_blocks {
+            return Err(protocol("the transfer ended with blocks missing"));
+        }
+        Ok(BlocksReceived {
+            written: written.clone(),
+            digests: received.ready.digests,
+            resent: received.resent,
+            drops: received.drops,
+        })
+    });
+    (written, outcome)
+}
+
+/// What the stream of one UDP transfer left.
+enum Written {
+    /// A whole file in a partial file, and its BLAKE3.
+    Whole(PartialFile, String),
+    /// Blocks written into a sink.
+    Blocks,
+}
+
+/// One UDP transfer received: the announcement, the sender's statistics, what this side
+/// dropped, and what was written.
+struct Received {
+    ready: Ready,
+    resent: u64,
+    drops: DropCounts,
+    written: Written,
+}
+
+/// Receives one UDP transfer, once its request is sent: into a new partial file (`sink`
+/// `None`), or as blocks into `sink` (noting in its list each block written and checked).
+async fn receive_stream(
+    connection: &mut Connection<Link>,
+    path: UdpPath,
+    share: &Arc<Share>,
+    rel: &RelPath,
+    sink: Option<(BlockSink, &mut Vec<usize>)>,
+    progress: Progress<'_>,
+) -> Result<Received, UdpError> {
     let ready = match crate::transfer::receive_within(
         READY_TIMEOUT,
         connection.expect_message::<Response>(),
@@ -104,25 +246,48 @@ pub async fn receive_file(
     };
     // Bounded before anything (the partial file, the bitset) is sized from it.
     announced.check().map_err(|e| protocol(&e.to_string()))?;
-    crate::transfer::check_room(share, rel, ready.size)?;
+    if sink.is_none() {
+        crate::transfer::check_room(share, rel, ready.size)?;
+    }
     let secret = connection
         .export_secret(&seal::exporter_context(ready.session, &ready.token))
         .map_err(TransferError::from)?;
     let (mut sealer, mut opener) = TransferKeys::derive(&secret).for_client();
-    progress(0, ready.size);
 
     let socket = UdpSocket::bind(SocketAddr::new(path.local_ip, 0))
         .await
         .and_then(FastSocket::new)
         .map_err(|e| ShareError::io("<udp socket>", e))?;
     enlarge_receive_buffer(socket.socket());
-    let (partial, file) = PartialFile::create(share.temp_path())?;
-    file.set_len(ready.size)
-        .map_err(|e| ShareError::io(partial.path(), e))?;
     let (writes, write_queue) = mpsc::channel(WRITE_QUEUE);
-    let writer = {
-        let path = partial.path().to_path_buf();
-        tokio::task::spawn_blocking(move || write_and_hash(file, write_queue, &path))
+    let (writer, partial, noted) = match sink {
+        None => {
+            progress(0, ready.size);
+            let (partial, file) = PartialFile::create(share.temp_path())?;
+            file.set_len(ready.size)
+                .map_err(|e| ShareError::io(partial.path(), e))?;
+            let path = partial.path().to_path_buf();
+            let writer = tokio::task::spawn_blocking(move || {
+                write_and_hash(file, write_queue, &path).map(Some)
+            });
+            (writer, Some(partial), None)
+        }
+        Some((sink, noted)) => {
+            if ready.size
+                != sink
+                    .blocks
+                    .iter()
+                    .map(|&i| sink.list.range(i).1)
+                    .sum::<u64>()
+            {
+                return Err(protocol("the blocks sent are not those asked for"));
+            }
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let writer = tokio::task::spawn_blocking(move || {
+                write_blocks(sink, write_queue, &done_tx).map(|()| None)
+            });
+            (writer, None, Some((noted, done_rx)))
+        }
     };
 
     // The receiver's clock starts with its first HELLO.
@@ -146,47 +311,120 @@ pub async fn receive_file(
     } else {
         tracing::debug!(session = ready.session, "UDP download dropped no datagram");
     }
-    let finished = finish(connection, ready.session).await;
-    let blake3 = writer
+    // The peer's own account of a version that changed under it comes first: the blocks
+    // it sent then did not match, but that is why.
+    let finished = match finish(connection, ready.session).await {
+        Err(
+            e @ UdpError::Transfer(TransferError::Remote {
+                kind: crate::protocol::ErrorKind::Changed,
+                ..
+            }),
+        ) => return Err(e),
+        other => other,
+    };
+    let wrote = writer
         .await
-        .unwrap_or_else(|e| Err(ShareError::io(partial.path(), io::Error::other(e))))?;
+        .unwrap_or_else(|e| Err(ShareError::io("<udp writer>", io::Error::other(e))));
+    if let Some((noted, done)) = noted {
+        noted.extend(done.try_iter());
+    }
+    let blake3 = wrote?;
     outcome?;
     let resent = finished?;
-    if blake3 != ready.digests.blake3 {
-        return Err(TransferError::Checksum {
-            name: rel.clone(),
-            expected: ready.digests.blake3,
-            got: blake3,
-        }
-        .into());
-    }
-    let replaced = share
-        .install(
-            partial.keep(),
-            &landing.name,
-            ready.meta,
-            ready.digests.clone(),
-            &landing.expect,
-        )
-        .await?;
-    let downloaded = Downloaded {
-        version: FileVersion {
-            name: rel.clone(),
-            blake3,
-            size: ready.size,
-            mtime: ready.meta.mtime,
-            mode: ready.meta.mode,
-        },
-        sha256: ready.digests.sha256,
-        md5: ready.digests.md5,
-        transport: Transport::Udp,
-        path: landing.name.under(share.root()),
-        seconds: started.elapsed().as_secs_f64(),
-        replaced,
-        resent: Some(resent),
-        note: None,
+    let written = match (partial, blake3) {
+        (Some(partial), Some(blake3)) => Written::Whole(partial, blake3),
+        _ => Written::Blocks,
     };
-    Ok((downloaded, drops))
+    Ok(Received {
+        ready,
+        resent,
+        drops,
+        written,
+    })
+}
+
+/// Writes the bytes of a ranged transfer into `sink`'s part, each block at its place, and
+/// checks each block against the list once all its bytes are in (as the prefix that
+/// arrived grows, and at the end): the first that does not match fails the transfer.
+/// Sends the index of each block written and checked to `done`.
+fn write_blocks(
+    sink: BlockSink,
+    mut jobs: mpsc::Receiver<WriteJob>,
+    done: &std::sync::mpsc::Sender<usize>,
+) -> Result<(), ShareError> {
+    let BlockSink { file, list, blocks } = sink;
+    // Each block asked for: where its bytes start in the stream, and in the file.
+    let mut layout = Vec::with_capacity(blocks.len());
+    let mut sent = 0u64;
+    for &index in &blocks {
+        let (offset, len) = list.range(index);
+        layout.push((index, sent, offset, len));
+        sent += len;
+    }
+    let place = |stream: u64, bytes: &[u8]| -> Result<(), ShareError> {
+        let mut done = 0usize;
+        // The first block that holds this offset of the stream, then the next ones.
+        let first = layout.partition_point(|&(_, at, _, len)| at + len <= stream);
+        for &(_, at, offset, len) in &layout[first..] {
+            if done == bytes.len() {
+                break;
+            }
+            let from = stream + done as u64 - at;
+            let take = ((len - from) as usize).min(bytes.len() - done);
+            file.write_all_at(&bytes[done..done + take], offset + from)
+                .map_err(|e| ShareError::io("<part>", e))?;
+            done += take;
+        }
+        Ok(())
+    };
+    let mut checked = 0usize;
+    let mut check_up_to = |until: u64| -> Result<(), ShareError> {
+        let mut buffer = Vec::new();
+        while let Some(&(index, at, offset, len)) = layout.get(checked) {
+            if at + len > until {
+                break;
+            }
+            buffer.resize(len as usize, 0);
+            file.read_exact_at(&mut buffer, offset)
+                .map_err(|e| ShareError::io("<part>", e))?;
+            if !list.matches(index, &buffer) {
+                return Err(ShareError::io(
+                    "<part>",
+                    io::Error::other(format!(
+                        "block {index} as received does not match its hash in the list"
+                    )),
+                ));
+            }
+            let _ = done.send(index);
+            checked += 1;
+        }
+        Ok(())
+    };
+    let mut pending = Pending::default();
+    while let Some(job) = jobs.blocking_recv() {
+        match job {
+            WriteJob::Chunks(chunks) => {
+                for (stream, bytes) in chunks {
+                    if let Some((at, block)) = pending.gather(stream, &bytes) {
+                        place(at, &block)?;
+                    }
+                }
+            }
+            WriteJob::Prefix(until) => {
+                if let Some((at, block)) = pending.take() {
+                    place(at, &block)?;
+                }
+                check_up_to(until)?;
+            }
+        }
+    }
+    // Blocks are checked as far as the stream is known complete (the last `Prefix` of a
+    // complete transfer covers it all); the rest of a transfer cut short stay unchecked and
+    // missing.
+    if let Some((at, block)) = pending.take() {
+        place(at, &block)?;
+    }
+    Ok(())
 }
 
 /// The receiving side's keys: one seals reports, the other opens data.
@@ -301,6 +539,8 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
             let _ = socket.send(server, &datagram, datagram.len()).await;
         }
     }
+    // Everything is in: the disk thread may take the whole stream as complete.
+    let _ = writes.send(WriteJob::Prefix(size)).await;
     Ok(())
 }
 
@@ -376,6 +616,30 @@ struct Pending {
 }
 
 impl Pending {
+    /// Adds a chunk, without writing; returns the gathered bytes it could not join (with
+    /// their offset), for the caller to write.
+    fn gather(&mut self, offset: u64, bytes: &[u8]) -> Option<(u64, Vec<u8>)> {
+        let mut full = None;
+        if !self.bytes.is_empty() && offset != self.offset + self.bytes.len() as u64
+            || self.bytes.len() >= 1024 * 1024
+        {
+            full = self.take();
+        }
+        if self.bytes.is_empty() {
+            self.offset = offset;
+        }
+        self.bytes.extend_from_slice(bytes);
+        full
+    }
+
+    /// The gathered bytes and their offset, if any.
+    fn take(&mut self) -> Option<(u64, Vec<u8>)> {
+        if self.bytes.is_empty() {
+            return None;
+        }
+        Some((self.offset, std::mem::take(&mut self.bytes)))
+    }
+
     /// Adds a chunk; returns the block written to make room, if one was.
     fn add(
         &mut self,

@@ -30,8 +30,11 @@ pub struct SenderPlan {
     pub token: Token,
     /// The file, open for reading.
     pub file: File,
-    /// Its size.
+    /// The bytes sent: the file's size, or the ranges' total.
     pub size: u64,
+    /// Only these `[offset, length]` ranges of the file, one after the other (a box that
+    /// has the other blocks); empty: the whole file.
+    pub ranges: Vec<[u64; 2]>,
     /// File bytes per datagram.
     pub chunk_len: usize,
     /// Only a UDP endpoint at this IP (the TCP client's) may become the receiver.
@@ -56,6 +59,7 @@ pub async fn run(
         token,
         file,
         size,
+        ranges,
         chunk_len,
         client_ip,
         max_rate,
@@ -73,7 +77,7 @@ pub async fn run(
         Instant::now(),
     );
     let (mut sealer, mut opener) = keys.for_server();
-    let mut reader = ChunkReader::new(&file, size, chunk_len);
+    let mut reader = ChunkReader::new(&file, size, &ranges, chunk_len);
     let sent = drive(
         &mut sender,
         &mut sealer,
@@ -187,8 +191,10 @@ async fn drive(
 struct ChunkReader<'a> {
     /// The file.
     file: &'a File,
-    /// Its size.
+    /// The bytes sent.
     size: u64,
+    /// The file's ranges sent, one after the other (empty: the file itself).
+    ranges: &'a [[u64; 2]],
     /// Bytes per chunk.
     chunk_len: usize,
     /// First chunk in `block`.
@@ -199,10 +205,11 @@ struct ChunkReader<'a> {
 }
 
 impl<'a> ChunkReader<'a> {
-    fn new(file: &'a File, size: u64, chunk_len: usize) -> ChunkReader<'a> {
+    fn new(file: &'a File, size: u64, ranges: &'a [[u64; 2]], chunk_len: usize) -> ChunkReader<'a> {
         ChunkReader {
             file,
             size,
+            ranges,
             chunk_len,
             first: 0,
             count: 0,
@@ -216,12 +223,70 @@ impl<'a> ChunkReader<'a> {
         if chunk < self.first || chunk >= self.first + self.count {
             let offset = u64::from(chunk) * chunk_len;
             let len = (self.size - offset).min(self.block.len() as u64) as usize;
-            self.file.read_exact_at(&mut self.block[..len], offset)?;
+            read_sent(self.file, self.ranges, &mut self.block[..len], offset)?;
             self.first = chunk;
             self.count = len.div_ceil(self.chunk_len) as u32;
         }
         let start = u64::from(chunk - self.first) * chunk_len;
         let len = (self.size - u64::from(chunk) * chunk_len).min(chunk_len);
         Ok(&self.block[start as usize..(start + len) as usize])
+    }
+}
+
+/// Reads the bytes sent at `offset` into `buffer`: the file's own, or, when `ranges` are
+/// sent, those of the ranges one after the other.
+fn read_sent(
+    file: &File,
+    ranges: &[[u64; 2]],
+    buffer: &mut [u8],
+    offset: u64,
+) -> std::io::Result<()> {
+    if ranges.is_empty() {
+        return file.read_exact_at(buffer, offset);
+    }
+    let (mut done, mut start) = (0usize, 0u64);
+    for &[at, len] in ranges {
+        let end = start + len;
+        let wanted = offset + done as u64;
+        if done < buffer.len() && wanted < end {
+            let from = wanted - start;
+            let take = ((len - from) as usize).min(buffer.len() - done);
+            file.read_exact_at(&mut buffer[done..done + take], at + from)?;
+            done += take;
+        }
+        start = end;
+    }
+    if done < buffer.len() {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes sent from ranges are the ranges' bytes one after the other, whatever the
+    /// reads' boundaries.
+    #[test]
+    fn ranges_are_sent_one_after_the_other() {
+        use std::io::Write;
+        let mut file = tempfile::tempfile().unwrap();
+        let content: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        file.write_all(&content).unwrap();
+        let ranges = [[10, 5], [100, 20], [990, 10]];
+        let expected: Vec<u8> = ranges
+            .iter()
+            .flat_map(|[at, len]| content[*at as usize..(*at + *len) as usize].to_vec())
+            .collect();
+        for start in 0..expected.len() {
+            for len in 1..=expected.len() - start {
+                let mut buffer = vec![0; len];
+                read_sent(&file, &ranges, &mut buffer, start as u64).unwrap();
+                assert_eq!(buffer, expected[start..start + len]);
+            }
+        }
+        let mut beyond = vec![0; 2];
+        assert!(read_sent(&file, &ranges, &mut beyond, 34).is_err());
     }
 }

@@ -19,6 +19,7 @@ use super::{DuringTransfer, UdpFinish};
 use crate::protocol::{Connection, ConnectionError, ErrorKind, Link, Response};
 use crate::share::folder::{self, Fingerprint};
 use crate::share::{DigestSet, RelPath, Share, ShareError};
+use crate::transfer::delta::BlockRanges;
 use crate::transfer::send_within;
 use crate::types::FileVersion;
 
@@ -31,12 +32,14 @@ const CONTROL_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 pub const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the client asked of a UDP download beyond the file.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Wanted {
     /// The client's cap on the sending rate, bytes per second.
     pub max_rate: Option<u64>,
     /// Which digests the client wants.
     pub digests: DigestSet,
+    /// Only these blocks of this version (checked for order by the caller).
+    pub ranges: Option<BlockRanges>,
 }
 
 /// Serves one UDP download. The outer `Err` means the TCP connection failed; the inner
@@ -49,7 +52,11 @@ pub async fn serve_download(
     wanted: Wanted,
     client_ip: IpAddr,
 ) -> Result<Result<FileVersion, String>, ConnectionError> {
-    let Wanted { max_rate, digests } = wanted;
+    let Wanted {
+        max_rate,
+        digests,
+        ranges,
+    } = wanted;
     let _guard = share.locks().read(rel).await;
     let prepared = {
         let share = Arc::clone(share);
@@ -60,13 +67,23 @@ pub async fn serve_download(
             if meta.len() != hash.size || folder::modified(&meta) != hash.mtime {
                 return Err(ShareError::Changed(rel.clone()));
             }
-            Ok((hash, file, meta))
+            // Blocks of a version: still that version, and inside it.
+            if let Some(ranges) = &ranges {
+                let beyond = ranges
+                    .ranges
+                    .last()
+                    .is_some_and(|[offset, len]| offset + len > meta.len());
+                if ranges.blake3 != hash.blake3 || beyond {
+                    return Err(ShareError::Changed(rel.clone()));
+                }
+            }
+            Ok((hash, file, meta, ranges))
         })
         .await
         .unwrap_or_else(|e| Err(ShareError::io("<worker>", std::io::Error::other(e))))
     };
     share.persist_cache();
-    let (hash, file, meta) = match prepared {
+    let (hash, file, meta, ranges) = match prepared {
         Ok(prepared) => prepared,
         Err(e) => {
             let refusal = Response::from_share_error(&e);
@@ -78,11 +95,13 @@ pub async fn serve_download(
     let session_id: u64 = rand::rng().random();
     let token: Token = rand::rng().random();
     let secret = connection.export_secret(&seal::exporter_context(session_id, &token))?;
+    let sent_size = ranges.as_ref().map_or(meta.len(), BlockRanges::total);
     let plan = SenderPlan {
         session: session_id,
         token,
         file,
-        size: meta.len(),
+        size: sent_size,
+        ranges: ranges.map(|r| r.ranges).unwrap_or_default(),
         chunk_len: CHUNK_LEN,
         client_ip,
         max_rate: None,
@@ -105,7 +124,7 @@ pub async fn serve_download(
         name: rel.clone(),
         session: session_hex.clone(),
         token: super::format_token(&token),
-        size: meta.len(),
+        size: sent_size,
         mtime: folder::modified(&meta),
         mode: folder::mode(&meta),
         chunk_len: CHUNK_LEN as u32,
