@@ -714,38 +714,9 @@ impl Share {
         self.changing(move || {
             install::check(&share.root, &rel, &expect)?;
             folder::check_ancestors(&share.root, &rel)?;
-            if share.kept_elsewhere(&rel) {
-                let path = rel.under(&share.root);
-                fs::remove_file(&path).map_err(|e| ShareError::io(&path, e))?;
-                return Ok(None);
-            }
             trash::move_to_trash(&share.root, &rel).map(Some)
         })
         .await
-    }
-
-    /// Whether the content of `rel` is, as far as the hash cache can vouch (fingerprints
-    /// that still match), also in another file of the folder: removing `rel` then loses
-    /// nothing, and a rename on a peer (a new name made from this content, then this
-    /// name removed) leaves no second copy in the trash.
-    fn kept_elsewhere(&self, rel: &RelPath) -> bool {
-        let current = |path: &RelPath| {
-            folder::stat(&self.root, path)
-                .ok()
-                .flatten()
-                .filter(|meta| meta.is_file())
-                .map(|meta| Fingerprint::of(&meta))
-        };
-        let Some(fingerprint) = current(rel) else {
-            return false;
-        };
-        let Some(digests) = self.cache.lookup(rel, &fingerprint, DigestSet::Blake3) else {
-            return false;
-        };
-        self.cache
-            .with_content(&digests.blake3, fingerprint.size)
-            .into_iter()
-            .any(|(other, seen)| &other != rel && current(&other) == Some(seen))
     }
 
     /// Removes the directory `rel` if it is empty; `Ok(false)` if it is not (or is gone).

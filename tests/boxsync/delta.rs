@@ -197,9 +197,10 @@ async fn an_insert_near_the_start_arrives_right() {
 }
 
 /// A big file renamed on one box is renamed on the other from its own copy: no content
-/// travels, and the trash gains nothing (the content is still in the folder).
+/// travels. (The old name still goes to the trash: skipping it when the content seemed to
+/// be elsewhere in the folder raced with edits of that other copy, a review found.)
 #[tokio::test(flavor = "multi_thread")]
-async fn a_rename_moves_no_content_and_fills_no_trash() {
+async fn a_rename_moves_no_content() {
     let content = bytes(8 << 20, 7);
     let pair = Pair::holding("before.bin", &content).await;
     let trashed = trash(&pair.b).len();
@@ -216,7 +217,7 @@ async fn a_rename_moves_no_content_and_fills_no_trash() {
         eventually(CONVERGE, || !old.exists()).await,
         "the old name stayed"
     );
-    assert_eq!(trash(&pair.b).len(), trashed, "{:?}", trash(&pair.b));
+    assert_eq!(trash(&pair.b).len(), trashed + 1, "{:?}", trash(&pair.b));
 }
 
 /// A copy of a big file is made on the other box from its own copy: no content travels.
