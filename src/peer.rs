@@ -646,12 +646,7 @@ impl Peer {
             match fetched {
                 Ok(digests) => Some(digests),
                 // That version is gone on the peer: nothing will resume it.
-                Err(
-                    e @ PeerError::Transfer(TransferError::Remote {
-                        kind: ErrorKind::Changed | ErrorKind::NotFound,
-                        ..
-                    }),
-                ) => {
+                Err(e) if version_gone(&e) => {
                     assembly.discard();
                     return Err(e);
                 }
@@ -867,12 +862,7 @@ impl Peer {
                     ));
                     return Ok(downloaded);
                 }
-                Err(
-                    e @ PeerError::Transfer(TransferError::Remote {
-                        kind: ErrorKind::Changed | ErrorKind::NotFound,
-                        ..
-                    }),
-                ) => {
+                Err(e) if version_gone(&e) => {
                     assembly.discard();
                     return Err(e);
                 }
@@ -1114,4 +1104,16 @@ fn protocol_error(addr: &str, detail: &str) -> PeerError {
         addr: addr.to_string(),
         detail: detail.to_string(),
     }
+}
+
+/// Whether `error` says the version being downloaded is gone on the peer (it changed or
+/// went): no later download can resume it.
+fn version_gone(error: &PeerError) -> bool {
+    matches!(
+        error,
+        PeerError::Transfer(TransferError::Remote {
+            kind: ErrorKind::Changed | ErrorKind::NotFound,
+            ..
+        })
+    )
 }
