@@ -582,6 +582,20 @@ impl Share {
     }
 }
 
+/// One rename for [`Share::move_files`]: a file a peer renamed or moved, taken here the same
+/// way.
+#[derive(Debug, Clone)]
+pub struct FileMove {
+    /// Its name here now.
+    pub from: RelPath,
+    /// Its new name, which must be free.
+    pub to: RelPath,
+    /// What must be at `from`.
+    pub expect: Expect,
+    /// The peer's mtime and mode for it.
+    pub meta: InstallMeta,
+}
+
 /// One verified temporary file of a batch, and where it goes.
 #[derive(Debug)]
 pub struct BatchInstall {
@@ -783,6 +797,96 @@ impl Share {
                 .map_err(|e| ShareError::io(to.under(&share.root), e))
         })
         .await
+    }
+
+    /// Renames files here as a peer did (sync's [`FileMove`]s), in one blocking call: each
+    /// provided its old name still looks as expected and its new name is free (atomically,
+    /// `RENAME_NOREPLACE`). The file then takes the peer's mtime and mode, and keeps its
+    /// remembered hashes and block list under the new name, so nothing is read again. One
+    /// result per move, in order; the renames are made durable before this returns.
+    pub async fn move_files(self: &Arc<Self>, moves: Vec<FileMove>) -> Vec<Result<(), ShareError>> {
+        let share = Arc::clone(self);
+        self.changing_each(moves.len(), move || {
+            let mut folders = std::collections::BTreeSet::new();
+            let results = moves
+                .into_iter()
+                .map(|item| {
+                    let moved = share.locks.with_write_blocking(&item.from, || {
+                        share
+                            .locks
+                            .with_write_blocking(&item.to, || share.move_now(&item))
+                    });
+                    let moved = moved.and_then(|inner| inner).and_then(|inner| inner);
+                    if moved.is_ok() {
+                        for rel in [&item.from, &item.to] {
+                            if let Some(parent) = rel.under(&share.root).parent() {
+                                folders.insert(parent.to_path_buf());
+                            }
+                        }
+                    }
+                    moved
+                })
+                .collect();
+            if folders.len() >= ONE_FLUSH_FOLDERS {
+                let _ = install::sync_file_system(&share.root);
+            } else {
+                for folder in &folders {
+                    install::sync_dir(folder);
+                }
+            }
+            share.persist_cache_now();
+            results
+        })
+        .await
+    }
+
+    /// One move of [`Share::move_files`], holding both names' locks.
+    fn move_now(&self, item: &FileMove) -> Result<(), ShareError> {
+        let (from, to) = (item.from.under(&self.root), item.to.under(&self.root));
+        install::check(&self.root, &item.from, &item.expect)?;
+        folder::check_ancestors(&self.root, &item.from)?;
+        install::create_parents(&self.root, &item.to)?;
+        let before = fs::symlink_metadata(&from).map_err(|e| ShareError::io(&from, e))?;
+        let seen = Fingerprint::of(&before);
+        let digests = self.cache.lookup(&item.from, &seen, DigestSet::Blake3);
+        let blocks = self.cache.blocks(&item.from, &seen);
+        let cwd = rustix::fs::CWD;
+        match rustix::fs::renameat_with(cwd, &from, cwd, &to, rustix::fs::RenameFlags::NOREPLACE) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => return Err(ShareError::Changed(item.to.clone())),
+            Err(e) => return Err(ShareError::io(&to, e.into())),
+        }
+        // The file moved is the one checked (same inode, size and mtime): it takes the peer's
+        // metadata and keeps what is known of its content. Anything else (written to just
+        // now) is left for the next read of the folder to find.
+        let Ok(after) = fs::symlink_metadata(&to) else {
+            return Ok(());
+        };
+        let unchanged = |meta: &fs::Metadata| {
+            let now = Fingerprint::of(meta);
+            now.ino == seen.ino && now.size == seen.size && now.mtime_ns == seen.mtime_ns
+        };
+        if !unchanged(&after) {
+            return Ok(());
+        }
+        let mut after = after;
+        if folder::modified(&after) != item.meta.mtime
+            || after.permissions().mode() & install::PEER_MODE_BITS
+                != item.meta.mode & install::PEER_MODE_BITS
+        {
+            install::set_meta_in_place(&to, item.meta)?;
+            after = fs::symlink_metadata(&to).map_err(|e| ShareError::io(&to, e))?;
+        }
+        let now = Fingerprint::of(&after);
+        if now.ino == seen.ino && now.size == seen.size {
+            if let Some(digests) = digests {
+                self.cache.insert(&item.to, now, digests);
+            }
+            if let Some(blocks) = blocks {
+                self.cache.store_blocks(&item.to, &now, &blocks);
+            }
+        }
+        Ok(())
     }
 
     /// Sets the modification time and permission bits of the file `rel`, provided it still

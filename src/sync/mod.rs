@@ -536,13 +536,16 @@ fn summary(report: &round::RoundReport) -> String {
     let others = report
         .changes
         .len()
-        .saturating_sub(report.downloaded + report.deleted);
+        .saturating_sub(report.downloaded + report.deleted + report.moved);
     let mut parts = Vec::new();
     if report.downloaded > 0 {
         parts.push(format!(
             "received {}",
             counted(report.downloaded as u64, "file")
         ));
+    }
+    if report.moved > 0 {
+        parts.push(format!("moved {}", counted(report.moved as u64, "file")));
     }
     if report.deleted > 0 {
         parts.push(format!(

@@ -148,6 +148,19 @@ pub enum Action {
         /// Our version, which must be here, and which the conflict name then holds.
         version: Version,
     },
+    /// Rename the file `from` to `to` here, as the peer did: the peer deleted `from`, which
+    /// this box holds unchanged, and has `to` new with the same content. No content travels
+    /// and nothing goes to the trash (the file itself is the one kept).
+    Move {
+        /// The name the file has here, which the peer no longer has.
+        from: RelPath,
+        /// The peer's new name for it, which must be free here.
+        to: RelPath,
+        /// The peer's version of `to`: the same content, whose mtime and mode it takes.
+        version: Version,
+        /// What must be at `from` for the move to go ahead.
+        expect: Expect,
+    },
     /// Move a file to the trash (the peer deleted it).
     DeleteFile {
         /// The file.
@@ -259,6 +272,7 @@ impl<'a> Change<'a> {
 struct Steps {
     creates: Vec<RelPath>,
     set_aside: Vec<Action>,
+    moves: Vec<Action>,
     downloads: Vec<Action>,
     metadata: Vec<Action>,
     deletes_file: Vec<Action>,
@@ -276,6 +290,7 @@ impl Steps {
         let mut actions = Vec::new();
         actions.extend(self.creates.into_iter().map(Action::CreateDir));
         actions.extend(self.set_aside);
+        actions.extend(self.moves);
         actions.extend(self.downloads);
         actions.extend(self.metadata);
         actions.extend(self.deletes_file);
@@ -300,6 +315,76 @@ impl Steps {
             path: path.clone(),
             version: remote.clone(),
             expect: local.expect(),
+        });
+    }
+
+    /// Turns each download of a new name whose content is a file this box is to delete
+    /// into a move of that file (`local` gives the content of what is here): a rename or
+    /// move on the peer then costs a rename here. Pairs one to one; what is left stays a
+    /// download (which finds its blocks in the folder anyway) or a deletion.
+    fn pair_moves(&mut self, local: &BTreeMap<RelPath, Version>) {
+        let mut deleted: BTreeMap<(String, u64), Vec<usize>> = BTreeMap::new();
+        for (at, delete) in self.deletes_file.iter().enumerate().rev() {
+            if let Action::DeleteFile { path, .. } = delete
+                && let Some(Version {
+                    dir: false,
+                    blake3: Some(content),
+                    size,
+                    ..
+                }) = local.get(path)
+            {
+                deleted
+                    .entry((content.clone(), *size))
+                    .or_default()
+                    .push(at);
+            }
+        }
+        if deleted.is_empty() {
+            return;
+        }
+        let mut taken = BTreeSet::new();
+        let mut downloads = Vec::with_capacity(self.downloads.len());
+        for download in std::mem::take(&mut self.downloads) {
+            let source = match &download {
+                Action::Download {
+                    remote,
+                    local: name,
+                    version,
+                    expect: Expect::Absent,
+                } if remote == name => version
+                    .blake3
+                    .as_deref()
+                    .and_then(|content| deleted.get_mut(&(content.to_string(), version.size)))
+                    .and_then(Vec::pop),
+                _ => None,
+            };
+            let (
+                Some(at),
+                Action::Download {
+                    local: to, version, ..
+                },
+            ) = (source, &download)
+            else {
+                downloads.push(download);
+                continue;
+            };
+            let Action::DeleteFile { path, expect } = &self.deletes_file[at] else {
+                downloads.push(download);
+                continue;
+            };
+            taken.insert(at);
+            self.moves.push(Action::Move {
+                from: path.clone(),
+                to: to.clone(),
+                version: version.clone(),
+                expect: expect.clone(),
+            });
+        }
+        self.downloads = downloads;
+        let mut at = 0;
+        self.deletes_file.retain(|_| {
+            at += 1;
+            !taken.contains(&(at - 1))
         });
     }
 
@@ -390,6 +475,7 @@ pub fn plan(
             (Unchanged(None) | Deleted, Deleted, _) => {}
         }
     }
+    steps.pair_moves(local);
     out.actions = steps.finish();
     out
 }
@@ -699,6 +785,65 @@ mod tests {
         assert!(
             matches!(&p.actions[1], Action::Download { local, expect: Expect::Absent, .. } if local == &rel("theirs"))
         );
+    }
+
+    /// A rename on the peer (its old name deleted, a new name with the same content) is a
+    /// rename here: no download, no deletion. Pairs go one to one, a file edited here is
+    /// never moved, and a new name only moves onto a free name.
+    #[test]
+    fn a_rename_on_the_peer_is_a_move_here() {
+        let v = file("big", 1);
+        let p = run(
+            &[("old", v.clone())],
+            &[("d/new", v.clone())],
+            &[("old", v.clone())],
+        );
+        assert_eq!(
+            p.actions,
+            vec![Action::Move {
+                from: rel("old"),
+                to: rel("d/new"),
+                version: v.clone(),
+                expect: v.expect(),
+            }]
+        );
+        // Two copies deleted, one new name: one move, one deletion.
+        let p = run(
+            &[("a", v.clone()), ("b", v.clone())],
+            &[("c", v.clone())],
+            &[("a", v.clone()), ("b", v.clone())],
+        );
+        let moves = p
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::Move { .. }))
+            .count();
+        let deletes = p
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::DeleteFile { .. }))
+            .count();
+        assert_eq!((moves, deletes, p.actions.len()), (1, 1, 2));
+        // The old name edited here: the edit stays (the peer takes it), the new name is
+        // downloaded.
+        let p = run(
+            &[("old", file("edited", 2))],
+            &[("new", v.clone())],
+            &[("old", v.clone())],
+        );
+        assert!(matches!(&p.actions[..], [Action::Download { local, .. }] if local == &rel("new")));
+        // Another content under the new name: no move (the contents differ), a deletion and a
+        // download as before.
+        let w = file("other", 1);
+        let p = run(
+            &[("old", v.clone())],
+            &[("new", w.clone())],
+            &[("old", v.clone())],
+        );
+        assert!(matches!(
+            &p.actions[..],
+            [Action::Download { .. }, Action::DeleteFile { .. }]
+        ));
     }
 
     /// A deletion on the peer of a file unchanged here deletes it here; a file missing

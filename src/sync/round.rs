@@ -23,7 +23,8 @@ use crate::requests::listing::MAX_LISTED;
 use crate::requests::notices::Notices;
 use crate::share::filter::IndexFilter;
 use crate::share::{
-    ChangeMark, DigestSet, Entry as ShareEntry, FileHash, InstallMeta, RelPath, ShareError,
+    ChangeMark, DigestSet, Entry as ShareEntry, FileHash, FileMove, InstallMeta, RelPath,
+    ShareError,
 };
 use crate::time::Timestamp;
 use crate::transfer::{Downloaded, Landing, TransferError, Wanted};
@@ -49,6 +50,8 @@ enum Unit {
     Batch(Vec<(Action, Wanted)>),
     /// Folders to create (the paths of `Action::CreateDir`s), all in one blocking call.
     Folders(Vec<RelPath>),
+    /// Files to rename as the peer did (`Action::Move`s), all in one blocking call.
+    Moves(Vec<Action>),
 }
 
 /// Splits a group of actions into units: over TCP, small-file downloads go in batches;
@@ -58,10 +61,15 @@ fn units(group: Vec<Action>, transport: Transport) -> Vec<Unit> {
     let mut batch: Vec<(Action, Wanted)> = Vec::new();
     let mut batch_bytes = 0;
     let mut folders = Vec::new();
+    let mut moves = Vec::new();
     for action in group {
         let action = match action {
             Action::CreateDir(path) => {
                 folders.push(path);
+                continue;
+            }
+            action @ Action::Move { .. } => {
+                moves.push(action);
                 continue;
             }
             action => action,
@@ -98,6 +106,9 @@ fn units(group: Vec<Action>, transport: Transport) -> Vec<Unit> {
     }
     if !batch.is_empty() {
         units.push(Unit::Batch(batch));
+    }
+    if !moves.is_empty() {
+        units.insert(0, Unit::Moves(moves));
     }
     if !folders.is_empty() {
         // Listed first, so started first: files of the group usually land in folders that
@@ -189,6 +200,8 @@ pub struct RoundReport {
     pub downloaded: usize,
     /// Files deleted here.
     pub deleted: usize,
+    /// Files renamed or moved here as on the peer.
+    pub moved: usize,
     /// Actions that failed (they are retried next round).
     pub failed: usize,
     /// Conflicts found: the path and its conflict copy.
@@ -280,6 +293,16 @@ enum Settled {
     /// or is about to hold too: ours since the record (so that the peer found holding it
     /// lags behind), not yet agreed (the peer may not have made its copy yet).
     Held(RelPath, Version),
+    /// A file moved as on the peer: both boxes lack its old name and hold the version of
+    /// its new one.
+    Moved {
+        /// The old name, which both lack.
+        from: RelPath,
+        /// The new name.
+        to: RelPath,
+        /// The version both hold there.
+        version: Version,
+    },
 }
 
 /// Each action of a group with its outcome.
@@ -670,6 +693,10 @@ impl Settlement {
                 self.agreed.insert(path, version);
             }
             Settled::Held(path, version) => self.held.push((path, version)),
+            Settled::Moved { from, to, version } => {
+                self.agreed.insert(from, None);
+                self.agreed.insert(to, Some(version));
+            }
             Settled::Nothing => {
                 if let (Action::CreateDir(path), Some(folder)) = (action, folder) {
                     self.agreed.insert(path.clone(), Some(folder.clone()));
@@ -696,6 +723,10 @@ async fn carry_out_plan(
         let mut group = vec![action];
         if matches!(group[0], Action::Download { .. }) {
             while let Some(next) = actions.next_if(|a| matches!(a, Action::Download { .. })) {
+                group.push(next);
+            }
+        } else if matches!(group[0], Action::Move { .. }) {
+            while let Some(next) = actions.next_if(|a| matches!(a, Action::Move { .. })) {
                 group.push(next);
             }
         }
@@ -798,6 +829,7 @@ async fn carry_out(pull: Pull<'_>, group: Vec<Action>) -> Outcomes {
                 }
                 Unit::Batch(batch) => apply_batch(pull, batch).await,
                 Unit::Folders(paths) => create_folders(local, paths).await,
+                Unit::Moves(moves) => move_files(local, moves).await,
             }
         })
         .buffer_unordered(PARALLEL_DOWNLOADS)
@@ -905,6 +937,10 @@ async fn apply(pull: Pull<'_>, action: &Action) -> Result<Settled, SyncError> {
                 .map_err(|source| disk(path, source))?;
             Ok(Settled::Agreed(path.clone(), Some(version.clone())))
         }
+        Action::Move { .. } => move_files(local, vec![action.clone()])
+            .await
+            .pop()
+            .map_or(Ok(Settled::Nothing), |(_, outcome)| outcome),
         Action::SetAside { path, to, version } => {
             share
                 .rename_file(path, to, &version.expect())
@@ -983,6 +1019,55 @@ async fn create_folders(local: &Arc<LocalBox>, paths: Vec<RelPath>) -> Outcomes 
                 .map(|()| Settled::Nothing)
                 .map_err(|source| disk(&path, source));
             (Action::CreateDir(path), outcome)
+        })
+        .collect()
+}
+
+/// Renames files as the peer did (`Action::Move`s) in one blocking call, each done or
+/// failed.
+async fn move_files(local: &Arc<LocalBox>, actions: Vec<Action>) -> Outcomes {
+    tracing::debug!(box_id = %local.id, files = actions.len(), "sync moves");
+    let moves = actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Move {
+                from,
+                to,
+                version,
+                expect,
+            } => Some(FileMove {
+                from: from.clone(),
+                to: to.clone(),
+                expect: expect.clone(),
+                meta: InstallMeta {
+                    mtime: version.mtime,
+                    mode: version.mode,
+                },
+            }),
+            _ => None,
+        })
+        .collect();
+    let results = local.share.move_files(moves).await;
+    actions
+        .into_iter()
+        .zip(results)
+        .map(|(action, result)| {
+            let outcome = match (&action, result) {
+                (
+                    Action::Move {
+                        from, to, version, ..
+                    },
+                    Ok(()),
+                ) => Ok(Settled::Moved {
+                    from: from.clone(),
+                    to: to.clone(),
+                    version: version.clone(),
+                }),
+                (Action::Move { from, .. }, Err(source)) => Err(disk(from, source)),
+                // Only moves are given here.
+                (_, _) => Ok(Settled::Nothing),
+            };
+            (action, outcome)
         })
         .collect()
 }
@@ -1071,6 +1156,7 @@ fn landings(actions: &[Action]) -> Vec<(RelPath, Version)> {
                 version,
                 ..
             } if remote == local => Some((local.clone(), version.clone())),
+            Action::Move { to, version, .. } => Some((to.clone(), version.clone())),
             _ => None,
         })
         .collect()
@@ -1149,6 +1235,10 @@ fn describe(action: &Action, report: &mut RoundReport) {
         }
         Action::SetMetadata { path, .. } => format!("updated time and mode of {path}"),
         Action::SetAside { path, to, .. } => format!("conflict: kept this box's {path} as {to}"),
+        Action::Move { from, to, .. } => {
+            report.moved += 1;
+            format!("moved {from} to {to}")
+        }
         Action::DeleteFile { path, .. } => {
             report.deleted += 1;
             format!("deleted {path} (kept in .boxsync/trash)")
