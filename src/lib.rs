@@ -7,7 +7,8 @@
 //!   characters escaped (unambiguously), log copies bounded, JSON kept terminal-safe.
 //! - [`time`]: instants on the wire and on screen (RFC 3339 UTC, nanoseconds).
 //! - [`parse`]: values people type (rates, peer addresses), checked one way everywhere.
-//! - [`share`]: the shared folder: safe relative paths, the index and its filters, hashes
+//! - [`share`]: the shared folder: safe relative paths, what the box keeps to itself
+//!   (`share::ignore`, `.boxsyncignore`), the index and its filters, hashes
 //!   and their cache, files as block lists (`share::blocks`, BLAKE3 chaining values), the
 //!   index database (`share::index`, SQLite) and the folder's change numbers
 //!   (`share::numbering`), per-file locks, the trash and atomic installation of downloads,

@@ -90,6 +90,11 @@ pub struct ChangesBatch {
     /// On the last batch: the mark to send next time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mark: Option<ChangeMark>,
+    /// On the last batch: the serving box's own ignore rules (its `.boxsyncignore` lines),
+    /// so that the client leaves those paths alone on its side too: it neither sends them
+    /// nor takes their absence for a deletion. Absent from a box that sends none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignored: Option<Vec<String>>,
 }
 
 /// An answer, read whole.
@@ -101,6 +106,8 @@ pub struct ChangesAnswer {
     pub changes: Vec<Change>,
     /// The mark to send next time.
     pub mark: ChangeMark,
+    /// The serving box's own ignore rules (empty: none, or a box that sends none).
+    pub ignored: Vec<String>,
 }
 
 impl Changes {
@@ -112,6 +119,7 @@ impl Changes {
             Err(e) => return report(connection, &e, stall).await,
         };
         let mark = snapshot.mark;
+        let rules = cx.local.share.ignore().told();
         let (whole, answer) = match snapshot.changes_since(self.since) {
             ChangesSince::Whole => (
                 true,
@@ -128,7 +136,7 @@ impl Changes {
                 },
             ),
         };
-        send(connection, answer, whole, mark, stall).await?;
+        send(connection, answer, whole, (mark, rules), stall).await?;
         Ok(Ok(()))
     }
 
@@ -169,6 +177,7 @@ impl Changes {
                     whole: batch.whole,
                     changes,
                     mark,
+                    ignored: batch.ignored.unwrap_or_default(),
                 });
             }
         }
@@ -209,14 +218,16 @@ impl Iterator for Answer<'_> {
 }
 
 /// Sends `changes` in batches under [`BATCH_BYTES`], the last marked `more: false` with
-/// `mark` (an empty answer is one empty batch). Each batch must be taken within `stall`.
+/// the mark and the ignore rules of `end` (an empty answer is one empty batch). Each batch
+/// must be taken within `stall`.
 async fn send<S: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
     changes: impl Iterator<Item = Change>,
     whole: bool,
-    mark: ChangeMark,
+    end: (ChangeMark, Vec<String>),
     stall: std::time::Duration,
 ) -> Result<(), ConnectionError> {
+    let (mark, rules) = end;
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
     let mut changes = changes.peekable();
@@ -229,6 +240,7 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(
                 more: true,
                 whole,
                 mark: None,
+                ignored: None,
             });
             send_within(stall, connection.write_message(&response)).await?;
             batch_bytes = 0;
@@ -239,6 +251,7 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(
         more: false,
         whole,
         mark: Some(mark),
+        ignored: (!rules.is_empty()).then_some(rules),
     });
     send_within(stall, connection.write_message(&last)).await
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ShareError;
 use super::dirs::Dirs;
+use super::ignore::Ignore;
 use super::path::{RelPath, STATE_DIR};
 use crate::time::Timestamp;
 
@@ -77,10 +78,10 @@ pub fn modified(meta: &Metadata) -> Timestamp {
 
 /// Lists every file and directory below `root`, recursively, sorted by name.
 ///
-/// Symlinks, special files, names that are not UTF-8 and the root's `.boxsync/` are skipped:
-/// they can be neither served nor synced.
-pub fn list(root: &Path) -> Result<Vec<Entry>, ShareError> {
-    Ok(list_detailed(root)?
+/// Symlinks, special files, names that are not UTF-8, the root's `.boxsync/` and what
+/// `ignore` ignores are skipped: they can be neither served nor synced.
+pub fn list(root: &Path, ignore: &Ignore) -> Result<Vec<Entry>, ShareError> {
+    Ok(list_detailed(root, ignore)?
         .into_iter()
         .map(|(entry, _)| entry)
         .collect())
@@ -88,8 +89,11 @@ pub fn list(root: &Path) -> Result<Vec<Entry>, ShareError> {
 
 /// Like [`list`], with each entry's fingerprint (from the same `lstat`), so that hashes can
 /// be looked up in the cache without touching the files again.
-pub fn list_detailed(root: &Path) -> Result<Vec<(Entry, Fingerprint)>, ShareError> {
-    let mut entries = walk(root, PathBuf::new(), true)?;
+pub fn list_detailed(
+    root: &Path,
+    ignore: &Ignore,
+) -> Result<Vec<(Entry, Fingerprint)>, ShareError> {
+    let mut entries = walk(root, PathBuf::new(), true, ignore)?;
     entries.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     Ok(entries)
 }
@@ -114,14 +118,22 @@ impl Scope {
 
 /// The entries of `scope`, unsorted: the folder's own entry (unless it is the shared
 /// folder), then its children, recursively for a subtree. A folder that is gone, or is now
-/// a symlink or a file, or lies under one, has nothing (its removal is the caller's to see).
-pub fn list_scope(root: &Path, scope: &Scope) -> Result<Vec<(Entry, Fingerprint)>, ShareError> {
+/// a symlink or a file, or lies under one, or is ignored, has nothing (its removal is the
+/// caller's to see).
+pub fn list_scope(
+    root: &Path,
+    scope: &Scope,
+    ignore: &Ignore,
+) -> Result<Vec<(Entry, Fingerprint)>, ShareError> {
     let folder = scope.folder();
     let mut entries = Vec::new();
     if !folder.is_empty() {
         let Ok(rel) = RelPath::parse(folder) else {
             return Ok(entries);
         };
+        if ignore.ignores(&rel) {
+            return Ok(entries);
+        }
         match check_ancestors(root, &rel) {
             Ok(()) => {}
             Err(
@@ -149,16 +161,17 @@ pub fn list_scope(root: &Path, scope: &Scope) -> Result<Vec<(Entry, Fingerprint)
         entries.push((Entry::from_metadata(rel, &meta), Fingerprint::of(&meta)));
     }
     let recursive = matches!(scope, Scope::Subtree(_));
-    entries.extend(walk(root, PathBuf::from(folder), recursive)?);
+    entries.extend(walk(root, PathBuf::from(folder), recursive, ignore)?);
     Ok(entries)
 }
 
 /// The entries below `start` (relative to `root`), unsorted: its children, and theirs
-/// when `recursive`.
+/// when `recursive`; an ignored path is skipped (a folder with everything in it).
 fn walk(
     root: &Path,
     start: PathBuf,
     recursive: bool,
+    ignore: &Ignore,
 ) -> Result<Vec<(Entry, Fingerprint)>, ShareError> {
     let mut entries = Vec::new();
     let mut pending = vec![start];
@@ -181,6 +194,9 @@ fn walk(
                 tracing::warn!(path = %crate::text::for_log(relative.display()), "skipping a name that cannot be shared");
                 continue;
             };
+            if ignore.ignores(&name) {
+                continue;
+            }
             // Relative to the open directory (no walk of the whole path), never following
             // a symlink.
             let meta = match item.metadata() {

@@ -7,6 +7,7 @@ pub mod dirs;
 pub mod filter;
 pub mod folder;
 pub mod hash;
+pub mod ignore;
 pub mod index;
 pub mod install;
 pub mod locks;
@@ -23,7 +24,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use thiserror::Error;
 
@@ -31,6 +32,7 @@ pub use budget::{AnswerBudget, Charge};
 pub use dirs::{Dirs, PlaceNewError};
 pub use folder::{DIRECTORY_TYPE, Entry, Fingerprint, Scope};
 pub use hash::{ContentHasher, DigestSet, Digests, FileHash, HashCache};
+pub use ignore::{IGNORE_FILE, Ignore};
 pub use index::{ChangeMark, IndexDb, IndexError, Opened};
 pub use install::{Expect, InstallMeta};
 pub use locks::PathLocks;
@@ -174,6 +176,9 @@ pub struct Share {
     /// How files staged under `.boxsync/tmp/` can be left unnamed until installed (found
     /// out at the first batch whose probe gets an answer; `None`: they cannot).
     link_method: OnceLock<Option<LinkMethod>>,
+    /// The ignore rules in force, with the identity of the ignore file they were read from
+    /// (`None`: there was none). Behind a std mutex, never held across an await.
+    rules: Mutex<(Option<Fingerprint>, Arc<Ignore>)>,
 }
 
 impl Share {
@@ -189,6 +194,11 @@ impl Share {
         remove_stale_partials(&state.join(TMP_DIR));
         sweep_resume_parts(&state.join(TMP_DIR));
         let (cache, numbering) = open_index(&state)?;
+        let rules = ignore_file_identity(&root);
+        let ignore = match rules {
+            Some(_) => Ignore::load(&root),
+            None => Ignore::built_in(),
+        };
         Ok(Arc::new(Share {
             root,
             cache,
@@ -199,7 +209,37 @@ impl Share {
             view: SnapshotCache::new(numbering),
             reading: tokio::sync::Mutex::new(()),
             link_method: OnceLock::new(),
+            rules: Mutex::new((rules, Arc::new(ignore))),
         }))
+    }
+
+    /// The ignore rules in force (see [`ignore`]): read again when `.boxsyncignore`
+    /// changed, which costs a stat per call. A change makes the next read of the folder a
+    /// whole one: what it lists changed.
+    pub fn ignore(&self) -> Arc<Ignore> {
+        let now = ignore_file_identity(&self.root);
+        let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        if rules.0 != now {
+            let fresh = match now {
+                Some(_) => Ignore::load(&self.root),
+                None => Ignore::built_in(),
+            };
+            if !fresh.invalid.is_empty() {
+                tracing::warn!(lines = %crate::text::for_log(fresh.invalid.join(" | ")), "lines of {IGNORE_FILE} that are not valid patterns are left out");
+            }
+            *rules = (now, Arc::new(fresh));
+            self.view.changed();
+        }
+        Arc::clone(&rules.1)
+    }
+
+    /// Refuses a path the box keeps to itself, as if it were not there (a peer learns
+    /// nothing of it): what every request that names a file checks before touching it.
+    pub fn check_served(&self, rel: &RelPath) -> Result<(), ShareError> {
+        match self.ignore().ignores(rel) {
+            true => Err(ShareError::NotFound(rel.clone())),
+            false => Ok(()),
+        }
     }
 
     /// The folder's absolute path.
@@ -230,13 +270,14 @@ impl Share {
     /// Every entry of the folder, recursively, sorted by name.
     pub async fn index(self: &Arc<Self>) -> Result<Vec<Entry>, ShareError> {
         let share = Arc::clone(self);
-        blocking(move || folder::list(&share.root)).await
+        blocking(move || folder::list(&share.root, &share.ignore())).await
     }
 
     /// The block list of one file (read once per version, then stored), taking its
     /// shared lock while reading it: what a peer asks for before it fetches only the
     /// blocks it lacks.
     pub async fn block_list(self: &Arc<Self>, rel: &RelPath) -> Result<blocks::Listed, ShareError> {
+        self.check_served(rel)?;
         let _guard = self.locks.read(rel).await;
         let share = Arc::clone(self);
         let rel = rel.clone();
@@ -249,6 +290,7 @@ impl Share {
 
     /// The hashes of one file, taking its shared lock while reading it.
     pub async fn hash(self: &Arc<Self>, rel: &RelPath) -> Result<FileHash, ShareError> {
+        self.check_served(rel)?;
         let _guard = self.locks.read(rel).await;
         let share = Arc::clone(self);
         let rel = rel.clone();
@@ -268,7 +310,7 @@ impl Share {
     pub async fn hash_all(self: &Arc<Self>) -> Result<Vec<FileHash>, ShareError> {
         let share = Arc::clone(self);
         let hashes = blocking(move || {
-            let entries = folder::list_detailed(&share.root)?;
+            let entries = folder::list_detailed(&share.root, &share.ignore())?;
             share.hash_listed(&entries)
         })
         .await;
@@ -338,6 +380,8 @@ impl Share {
     async fn read(self: &Arc<Self>, whole: bool) -> Result<Arc<Snapshot>, ShareError> {
         let asked = std::time::Instant::now();
         let _reading = self.reading.lock().await;
+        // Taken before the plan: changed rules make it a whole read.
+        let ignore = self.ignore();
         if !whole && let Some(snapshot) = self.view.read_since(asked) {
             return Ok(snapshot);
         }
@@ -346,8 +390,8 @@ impl Share {
         let (generation, plan) = self.view.begin_read(whole);
         blocking(move || {
             let items = match plan {
-                ReadPlan::Whole => share.read_whole(),
-                ReadPlan::Partial { base, scopes } => share.read_partial(&base, scopes),
+                ReadPlan::Whole => share.read_whole(&ignore),
+                ReadPlan::Partial { base, scopes } => share.read_partial(&base, scopes, &ignore),
             };
             let snapshot = match items {
                 Ok(items) => Ok(share.view.store(generation, taken, items)),
@@ -366,8 +410,8 @@ impl Share {
 
     /// Every entry of the folder with, for files, their hashes (from the cache when
     /// unchanged); forgets the cached hashes of files no longer there.
-    fn read_whole(&self) -> Result<Vec<Item>, ShareError> {
-        let entries = folder::list_detailed(&self.root)?;
+    fn read_whole(&self, ignore: &Ignore) -> Result<Vec<Item>, ShareError> {
+        let entries = folder::list_detailed(&self.root, ignore)?;
         let names: std::collections::HashSet<&RelPath> =
             entries.iter().map(|(e, _)| &e.name).collect();
         self.cache.retain(|rel| names.contains(rel));
@@ -395,7 +439,12 @@ impl Share {
     /// `base` with the parts of the folder in `scopes` read afresh: a folder's children
     /// (with, as a subtree, every child folder that appeared or went since `base`), or a
     /// whole subtree. Paths outside them are taken from `base` unchanged.
-    fn read_partial(&self, base: &Snapshot, scopes: Vec<Scope>) -> Result<Vec<Item>, ShareError> {
+    fn read_partial(
+        &self,
+        base: &Snapshot,
+        scopes: Vec<Scope>,
+        ignore: &Ignore,
+    ) -> Result<Vec<Item>, ShareError> {
         let mut children = std::collections::HashSet::new();
         let mut subtrees = std::collections::HashSet::new();
         for scope in scopes {
@@ -416,7 +465,7 @@ impl Share {
         }
         let mut fresh = Vec::new();
         for folder in &children {
-            let listed = folder::list_scope(&self.root, &Scope::Children(folder.clone()))?;
+            let listed = folder::list_scope(&self.root, &Scope::Children(folder.clone()), ignore)?;
             // A child folder that appeared (or turned from a file into a folder) is read
             // whole; one that went (or became a file) takes what was below it with it.
             let dirs_now: std::collections::HashSet<&str> = listed
@@ -437,6 +486,7 @@ impl Share {
             fresh.extend(folder::list_scope(
                 &self.root,
                 &Scope::Subtree(folder.clone()),
+                ignore,
             )?);
         }
         fresh.sort_by(|a, b| a.0.name.cmp(&b.0.name));
@@ -976,6 +1026,15 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(ShareError::io("<worker>", io::Error::other(e))))
 }
 
+/// The identity of the ignore file at `root` (`None`: there is none, or it is not a
+/// regular file), to see when it changed.
+fn ignore_file_identity(root: &Path) -> Option<Fingerprint> {
+    fs::symlink_metadata(root.join(IGNORE_FILE))
+        .ok()
+        .filter(|meta| meta.is_file())
+        .map(|meta| Fingerprint::of(&meta))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1026,7 +1085,7 @@ mod tests {
         for name in ["a", "b", "c"] {
             fs::write(share.root().join(name), name).unwrap();
         }
-        let entries = folder::list_detailed(share.root()).unwrap();
+        let entries = folder::list_detailed(share.root(), &share.ignore()).unwrap();
         fs::remove_file(share.root().join("a")).unwrap();
         // Replaced since the listing by something that cannot be hashed (a symlink: a
         // failure that root meets too, as it would not an unreadable file).

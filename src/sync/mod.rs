@@ -15,12 +15,10 @@
 //! - [`plan`]: the decision rules and the guards, pure;
 //! - [`error`]: why a round or an action failed;
 //! - [`record`]: the persisted last-agreed state per peer;
-//! - [`ignore`]: `.boxsyncignore` and the built-in ignores;
 //! - [`round`]: one round with one peer;
 //! - [`watch`]: the file-system watcher.
 
 pub mod error;
-pub mod ignore;
 pub mod plan;
 pub mod record;
 pub mod round;
@@ -38,7 +36,7 @@ pub use error::SyncError;
 use crate::local::LocalBox;
 use crate::peer::Peer;
 use crate::requests::notices::Notices;
-use crate::share::RelPath;
+use crate::share::{Ignore, RelPath};
 use crate::time::Timestamp;
 use crate::types::{BadPeerAddress, BoxId, PeerAddress, Transport};
 
@@ -464,7 +462,7 @@ struct PeerRound {
     /// This box's side, as read at the start of the round.
     here: Arc<round::LocalState>,
     /// The ignore rules of this round.
-    ignore: Arc<ignore::Ignore>,
+    ignore: Arc<Ignore>,
     /// The peer's place in the engine's list.
     index: usize,
     /// What the peer's rounds carry from one to the next.
@@ -719,7 +717,7 @@ impl Engine {
     /// One round with every peer; `full` for the periodic rescan, which reads the folder
     /// afresh whatever the watcher says.
     async fn round(&mut self, full: bool) {
-        let ignore = ignore::Ignore::load(self.local.share.root());
+        let ignore = self.local.share.ignore();
         crate::share::trash::prune(self.local.share.root(), self.config.trash_retention);
         let previous = self.here.take();
         let mut here = match round::LocalState::read(&self.local, &ignore, full, previous).await {
@@ -740,7 +738,6 @@ impl Engine {
         // now; what one installs meanwhile, another sees at its next round (each change
         // re-checks the disk under its file's lock, so a round working from the older read
         // fails that file rather than undo the other's change).
-        let ignore = Arc::new(ignore);
         let mut started = Vec::new();
         for (index, slot) in self.slots.iter_mut().enumerate() {
             let state = match slot {

@@ -29,8 +29,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::SyncError;
-use super::ignore::Ignore;
 use super::record::Record;
+use crate::share::Ignore;
 use crate::share::{Entry as ShareEntry, Expect, RelPath};
 use crate::time::Timestamp;
 use crate::types::FileVersion;

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use futures_util::{StreamExt, stream};
 
-use super::ignore::Ignore;
 use super::plan::{self, Action, Seen, Sides, Version};
 use super::record::Record;
 use super::{Conflict, PeerStatus, SyncError};
@@ -21,6 +20,7 @@ use crate::requests::changes::{Change, ChangesAnswer};
 use crate::requests::inbox::Noted;
 use crate::requests::listing::MAX_LISTED;
 use crate::requests::notices::Notices;
+use crate::share::Ignore;
 use crate::share::filter::IndexFilter;
 use crate::share::{
     ChangeMark, DigestSet, Entry as ShareEntry, FileHash, FileMove, InstallMeta, RelPath,
@@ -229,6 +229,9 @@ pub struct PeerView {
     entries: BTreeMap<RelPath, Option<Version>>,
     /// What a round that found nothing to do saw, the record's revision after it.
     quiet: Option<Seen>,
+    /// The peer's own ignore rules, from its last answer (`None`: it sent none): paths it
+    /// keeps to itself, which this box leaves alone too.
+    rules: Option<Arc<Ignore>>,
 }
 
 impl PeerView {
@@ -255,7 +258,35 @@ impl PeerView {
             return Err("the peer's changes add up to more paths than a folder may hold");
         }
         self.mark = Some(answer.mark);
+        let same = self
+            .rules
+            .as_ref()
+            .is_some_and(|rules| rules.lines() == answer.ignored.as_slice());
+        if !same {
+            self.rules =
+                (!answer.ignored.is_empty()).then(|| Arc::new(Ignore::from_peer(&answer.ignored)));
+        }
         Ok(())
+    }
+
+    /// The paths of this box (`here`, with `unknown`) that the peer keeps to itself: left
+    /// alone, neither sent nor taken for deleted there; and how many of the record's paths
+    /// it keeps so (which its listing no longer shows).
+    fn withheld<'p>(
+        &self,
+        here: impl Iterator<Item = &'p RelPath>,
+        record: &Record,
+    ) -> (BTreeSet<RelPath>, usize) {
+        let Some(rules) = &self.rules else {
+            return (BTreeSet::new(), 0);
+        };
+        let paths = here.filter(|path| rules.ignores(path)).cloned().collect();
+        let in_record = record
+            .entries
+            .keys()
+            .filter(|path| rules.ignores(path))
+            .count();
+        (paths, in_record)
     }
 }
 
@@ -452,7 +483,12 @@ pub async fn sync_with(
     }
     view.quiet = None;
     let (there, unknown_there) = remote_state(&view.entries, ignore);
-    plan::guard_peer(there.len() + unknown_there.len(), in_sync)?;
+    let (withheld, withheld_in_sync) =
+        view.withheld(here.versions.keys().chain(here.unknown.iter()), record);
+    plan::guard_peer(
+        there.len() + unknown_there.len(),
+        in_sync.saturating_sub(withheld_in_sync),
+    )?;
     // This box's side as read at the start of the round, with what it pulled since.
     let here_versions: Cow<BTreeMap<RelPath, Version>> = if pulled.is_empty() {
         Cow::Borrowed(&here.versions)
@@ -467,6 +503,12 @@ pub async fn sync_with(
     };
     let mut unknown = here.unknown.clone();
     unknown.extend(unknown_there);
+    // What the peer keeps to itself is left alone like what cannot be read, but does not
+    // keep a round from being quiet: it stays so until the peer's rules change.
+    let left_alone: Cow<BTreeSet<RelPath>> = match withheld.is_empty() {
+        true => Cow::Borrowed(&unknown),
+        false => Cow::Owned(unknown.iter().chain(&withheld).cloned().collect()),
+    };
     let sides = Sides {
         local_id: local.id.as_str(),
         remote_id: peer_id.as_str(),
@@ -476,7 +518,7 @@ pub async fn sync_with(
         &there,
         &record.entries,
         &record.ours,
-        &unknown,
+        &left_alone,
         &sides,
     );
     record.hold_unagreed(&here_versions, &plan.agreed);

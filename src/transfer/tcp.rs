@@ -195,6 +195,7 @@ fn open_version(
     wanted: DigestSet,
     ranges: &BlockRanges,
 ) -> Result<(File, std::fs::Metadata, Fingerprint, Digests), ShareError> {
+    share.check_served(rel)?;
     let mut dirs = Dirs::open(share.root())?;
     let (file, meta) = dirs.open_regular(rel)?;
     let fingerprint = Fingerprint::of(&meta);
@@ -456,6 +457,7 @@ fn open_for_sending(
     rel: &RelPath,
     wanted: DigestSet,
 ) -> Result<Opened, ShareError> {
+    share.check_served(rel)?;
     let (file, meta) = dirs.open_regular(rel)?;
     let fingerprint = Fingerprint::of(&meta);
     let cached = share.hash_cache().lookup(rel, &fingerprint, wanted);

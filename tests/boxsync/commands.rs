@@ -564,3 +564,105 @@ async fn listings_stream_batch_by_batch() {
     let hashes = peer.hash_all().await.unwrap();
     assert_eq!(hashes.len(), 2000);
 }
+
+/// What `.boxsyncignore` names is never listed, hashed or served to a peer, over TCP or
+/// UDP: a `!` takes back a name but not a path inside an ignored folder, and `(?i)`
+/// ignores case. The refusal is the one for a file that is not there.
+#[tokio::test(flavor = "multi_thread")]
+async fn ignored_paths_are_never_served() {
+    let b = TestBox::start().await;
+    b.write(
+        ".boxsyncignore",
+        b"*.key\nbuild/\n!build/keep.txt\n(?i)*.env\n*.log\n!keep.log\n",
+    );
+    for name in [
+        "a.txt",
+        "secret.key",
+        "sub/deep.key",
+        "build/out.o",
+        "build/keep.txt",
+        "PROD.ENV",
+        "noise.log",
+        "keep.log",
+    ] {
+        b.write(name, name.as_bytes());
+    }
+    let (_t, me) = TestBox::client();
+    let peer = b.peer_for(&me);
+    let listed: Vec<String> = peer
+        .index(&IndexFilter::Longlist)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.name.to_string())
+        .collect();
+    assert_eq!(listed, ["a.txt", "keep.log", "sub"]);
+    let hashed: Vec<String> = peer
+        .hash_all()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|hash| hash.name.to_string())
+        .collect();
+    assert_eq!(hashed, ["a.txt", "keep.log"]);
+    let not_found = |e: &boxsync::peer::PeerError| {
+        matches!(
+            e,
+            boxsync::peer::PeerError::Remote {
+                kind: boxsync::protocol::ErrorKind::NotFound,
+                ..
+            }
+        ) || e.to_string().contains("no such file")
+    };
+    let mut progress = |_, _| {};
+    for name in [
+        "secret.key",
+        "sub/deep.key",
+        "build/keep.txt",
+        "PROD.ENV",
+        "noise.log",
+    ] {
+        let e = peer.hash(&rel(name)).await.unwrap_err();
+        assert!(not_found(&e), "hash {name}: {e}");
+        let e = peer
+            .download_tcp(&rel(name), &mut progress)
+            .await
+            .unwrap_err();
+        assert!(not_found(&e), "download tcp {name}: {e}");
+        let e = peer
+            .download_udp(&rel(name), None, &mut progress)
+            .await
+            .unwrap_err();
+        assert!(not_found(&e), "download udp {name}: {e}");
+    }
+    assert!(peer.hash(&rel("keep.log")).await.is_ok());
+    let landed: Vec<_> = files_under(me.share.root())
+        .into_iter()
+        .filter(|path| !path.starts_with(boxsync::share::STATE_DIR))
+        .collect();
+    assert!(landed.is_empty(), "{landed:?}");
+}
+
+/// A change to `.boxsyncignore` takes effect at once, without a restart: a file just
+/// ignored is no longer listed, and one no longer ignored is listed again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_ignore_file_applies_at_once() {
+    let b = TestBox::start().await;
+    b.write("a.txt", b"a");
+    b.write("b.key", b"b");
+    let (_t, me) = TestBox::client();
+    let peer = b.peer_for(&me);
+    let names = || async {
+        peer.index(&IndexFilter::Longlist)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|entry| entry.name.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names().await, ["a.txt", "b.key"]);
+    b.write(".boxsyncignore", b"*.key\n");
+    assert_eq!(names().await, ["a.txt"]);
+    b.write(".boxsyncignore", b"# the other way now\n*.txt\n");
+    assert_eq!(names().await, ["b.key"]);
+}

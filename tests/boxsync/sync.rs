@@ -792,6 +792,63 @@ async fn ignore_patterns() {
     assert!(!all.contains_key(".doc1.txt.swp"));
 }
 
+/// What one box ignores never leaves it, and the other box leaves alone its own files of
+/// those names: it neither sends them nor deletes them. A file synced before its name was
+/// ignored stays on both boxes, and later edits of it stay where they were made.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_box_keeps_to_itself_what_it_ignores() {
+    let boxes = mesh(2, Transport::Tcp, |i, root| match i {
+        0 => {
+            write_file(root, "mine.key", b"zero's key");
+            write_file(root, "shared0.txt", b"s0");
+            write_file(root, "later.txt", b"synced, then ignored by one");
+        }
+        _ => {
+            write_file(root, ".boxsyncignore", b"*.key\n(?i)*.ENV\n");
+            write_file(root, "private.key", b"one's key");
+            write_file(root, "dev.env", b"TOKEN=1");
+            write_file(root, "shared1.txt", b"s1");
+        }
+    })
+    .await;
+    let (zero, one) = (boxes[0].root(), boxes[1].root());
+    let all = converged_on(&boxes, |c| {
+        c.contains_key("shared1.txt") && c.contains_key("later.txt")
+    })
+    .await;
+    assert!(!all.contains_key("private.key"), "{:?}", all.keys());
+    assert!(!all.contains_key("dev.env"));
+    assert!(eventually(CONVERGE, || one.join("later.txt").exists()).await);
+    rounds_on_every_box(&boxes, 2).await;
+    assert!(
+        !one.join("mine.key").exists(),
+        "an ignored name was synced to the box ignoring it"
+    );
+    assert_eq!(fs::read(zero.join("mine.key")).unwrap(), b"zero's key");
+
+    // Box 1 now ignores a file both hold: box 0 keeps its copy, and neither edit crosses.
+    write_file(&one, ".boxsyncignore", b"*.key\n(?i)*.ENV\nlater.txt\n");
+    rounds_on_every_box(&boxes, 2).await;
+    write_file(&zero, "later.txt", b"edited on zero");
+    write_file(&one, "later.txt", b"edited on one, kept here");
+    write_file(&zero, "marker.txt", b"m");
+    assert!(eventually(CONVERGE, || one.join("marker.txt").exists()).await);
+    rounds_on_every_box(&boxes, 2).await;
+    assert_eq!(fs::read(zero.join("later.txt")).unwrap(), b"edited on zero");
+    assert_eq!(
+        fs::read(one.join("later.txt")).unwrap(),
+        b"edited on one, kept here"
+    );
+    for root in [&zero, &one] {
+        let trash = root.join(".boxsync/trash");
+        let trashed: Vec<_> = crate::util::files_under(&trash)
+            .into_iter()
+            .filter(|path| path.to_string_lossy().contains("later.txt"))
+            .collect();
+        assert!(trashed.is_empty(), "{trashed:?}");
+    }
+}
+
 /// Waits until box 0's contents satisfy `done`, and returns them.
 async fn converged_on(
     boxes: &[SyncBox],

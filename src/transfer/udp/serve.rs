@@ -62,6 +62,7 @@ pub async fn serve_download(
         let share = Arc::clone(share);
         let rel = rel.clone();
         tokio::task::spawn_blocking(move || {
+            share.check_served(&rel)?;
             let hash = share.hash_cache().hash_file(share.root(), &rel, digests)?;
             let (file, meta) = folder::open_regular(share.root(), &rel)?;
             if meta.len() != hash.size || folder::modified(&meta) != hash.mtime {
