@@ -95,6 +95,11 @@ pub struct ChangesBatch {
     /// nor takes their absence for a deletion. Absent from a box that sends none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignored: Option<Vec<String>>,
+    /// On the last batch: the token of the latest `sync allow-deletes` typed on the serving
+    /// box (for 10 minutes after): a person there means the deletions the mass-delete
+    /// guard stopped, and the client's guard lets them through once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletions_meant: Option<u64>,
 }
 
 /// An answer, read whole.
@@ -108,6 +113,8 @@ pub struct ChangesAnswer {
     pub mark: ChangeMark,
     /// The serving box's own ignore rules (empty: none, or a box that sends none).
     pub ignored: Vec<String>,
+    /// The serving box's latest `sync allow-deletes`, if recent.
+    pub deletions_meant: Option<u64>,
 }
 
 impl Changes {
@@ -118,8 +125,11 @@ impl Changes {
             Ok(snapshot) => snapshot,
             Err(e) => return report(connection, &e, stall).await,
         };
-        let mark = snapshot.mark;
-        let rules = cx.local.share.ignore().told();
+        let end = End {
+            mark: snapshot.mark,
+            rules: cx.local.share.ignore().told(),
+            deletions_meant: cx.notices.deletions_meant(),
+        };
         let (whole, answer) = match snapshot.changes_since(self.since) {
             ChangesSince::Whole => (
                 true,
@@ -136,7 +146,7 @@ impl Changes {
                 },
             ),
         };
-        send(connection, answer, whole, (mark, rules), stall).await?;
+        send(connection, answer, whole, end, stall).await?;
         Ok(Ok(()))
     }
 
@@ -178,6 +188,7 @@ impl Changes {
                     changes,
                     mark,
                     ignored: batch.ignored.unwrap_or_default(),
+                    deletions_meant: batch.deletions_meant,
                 });
             }
         }
@@ -217,17 +228,26 @@ impl Iterator for Answer<'_> {
     }
 }
 
+/// What the last batch of an answer carries besides its changes.
+struct End {
+    /// The mark to send next time.
+    mark: ChangeMark,
+    /// The serving box's ignore rules.
+    rules: Vec<String>,
+    /// Its latest `sync allow-deletes`, if recent.
+    deletions_meant: Option<u64>,
+}
+
 /// Sends `changes` in batches under [`BATCH_BYTES`], the last marked `more: false` with
-/// the mark and the ignore rules of `end` (an empty answer is one empty batch). Each batch
-/// must be taken within `stall`.
+/// what `end` carries (an empty answer is one empty batch). Each batch must be taken
+/// within `stall`.
 async fn send<S: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
     changes: impl Iterator<Item = Change>,
     whole: bool,
-    end: (ChangeMark, Vec<String>),
+    end: End,
     stall: std::time::Duration,
 ) -> Result<(), ConnectionError> {
-    let (mark, rules) = end;
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
     let mut changes = changes.peekable();
@@ -241,6 +261,7 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(
                 whole,
                 mark: None,
                 ignored: None,
+                deletions_meant: None,
             });
             send_within(stall, connection.write_message(&response)).await?;
             batch_bytes = 0;
@@ -250,8 +271,9 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(
         changes: batch,
         more: false,
         whole,
-        mark: Some(mark),
-        ignored: (!rules.is_empty()).then_some(rules),
+        mark: Some(end.mark),
+        ignored: (!end.rules.is_empty()).then_some(end.rules),
+        deletions_meant: end.deletions_meant,
     });
     send_within(stall, connection.write_message(&last)).await
 }

@@ -48,9 +48,38 @@ pub struct Notices {
     /// When each peer's sync last read this box's folder (its round toward this box), for
     /// `sync status`. A std `Mutex`, as above.
     pulled: Mutex<HashMap<BoxId, Timestamp>>,
+    /// The latest `sync allow-deletes` typed on this box, and when: peers are told (with
+    /// their listings of this box) so that their own mass-delete guard lets the same
+    /// deletions through once. A std `Mutex`, held only to set or read.
+    deletions_meant: Mutex<Option<(u64, std::time::Instant)>>,
 }
 
+/// How long a person's `sync allow-deletes` is told to peers: long enough for every peer's
+/// next round, short enough that a later wipe is not taken for meant.
+pub const DELETIONS_MEANT_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
 impl Notices {
+    /// Notes that a person means the deletions the mass-delete guard stopped: a new token,
+    /// told to peers for [`DELETIONS_MEANT_FOR`].
+    pub fn mean_deletions(&self) {
+        let token = rand::RngExt::random::<u64>(&mut rand::rng()) | 1;
+        *self
+            .deletions_meant
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((token, std::time::Instant::now()));
+    }
+
+    /// The token of the latest `sync allow-deletes`, while it is still told to peers.
+    pub fn deletions_meant(&self) -> Option<u64> {
+        let meant = *self
+            .deletions_meant
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        meant
+            .filter(|(_, at)| at.elapsed() < DELETIONS_MEANT_FOR)
+            .map(|(token, _)| token)
+    }
+
     /// Notices whose `installed` ones are kept on disk under `inbox` (see
     /// [`super::inbox`]): those a crash left there are pending again.
     pub fn durable(inbox: &Path) -> io::Result<Notices> {

@@ -20,6 +20,8 @@ pub enum SyncAction {
     On,
     /// Pause auto-sync.
     Off,
+    /// Carry out, in one round, the deletions the mass-delete guard stopped.
+    AllowDeletes,
 }
 
 /// A validated shell command.
@@ -118,7 +120,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("history", "history"),
     ("peer", "peer [ID@HOST:PORT]"),
     ("peers", "peers"),
-    ("sync", "sync status|now|on|off"),
+    ("sync", "sync status|now|on|off|allow-deletes"),
     ("jobs", "jobs"),
     ("kill", USAGE_KILL),
     ("wait", "wait"),
@@ -137,7 +139,7 @@ pub fn subcommands(command: &str) -> &'static [&'static str] {
         "index" => &["longlist", "shortlist", "regex", "glob"],
         "hash" => &["verify", "checkall"],
         "download" => &["tcp", "udp"],
-        "sync" => &["status", "now", "on", "off"],
+        "sync" => &["status", "now", "on", "off", "allow-deletes"],
         _ => &[],
     }
 }
@@ -220,9 +222,10 @@ fn parse_words(first: &str, rest: &[String]) -> Result<Command, CommandError> {
                 "now" => SyncAction::Now,
                 "on" => SyncAction::On,
                 "off" => SyncAction::Off,
-                _ => return Err(CommandError::Usage("sync status|now|on|off")),
+                "allow-deletes" => SyncAction::AllowDeletes,
+                _ => return Err(CommandError::Usage("sync status|now|on|off|allow-deletes")),
             },
-            _ => return Err(CommandError::Usage("sync status|now|on|off")),
+            _ => return Err(CommandError::Usage("sync status|now|on|off|allow-deletes")),
         }),
         "jobs" if args.is_empty() => Command::Jobs,
         "jobs" => return Err(CommandError::Usage("jobs")),

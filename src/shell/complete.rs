@@ -386,7 +386,7 @@ mod tests {
         assert_eq!(replacements("hash "), vec!["verify ", "checkall "]);
         assert_eq!(
             replacements("sync "),
-            vec!["status ", "now ", "on ", "off "]
+            vec!["status ", "now ", "on ", "off ", "allow-deletes "]
         );
         assert_eq!(replacements("sync o"), vec!["on ", "off "]);
         assert_eq!(replacements("SYNC n"), vec!["now "]);

@@ -374,6 +374,7 @@ impl Session {
                     SyncAction::Now => sync.sync_now(),
                     SyncAction::On => sync.set_enabled(true),
                     SyncAction::Off => sync.set_enabled(false),
+                    SyncAction::AllowDeletes => sync.allow_deletions(),
                 }
                 Outcome::Sync(sync.status())
             }

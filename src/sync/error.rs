@@ -29,21 +29,26 @@ pub enum SyncError {
     /// The record of what both now agree on could not be written.
     #[error("cannot save the sync record: {0}")]
     SaveRecord(#[source] io::Error),
-    /// The mass-delete guard: this box's folder is empty while the record lists many
-    /// paths (an unmounted disk); the round stops before the peer is told anything.
+    /// The mass-delete guard: this box's folder lost most of what was in sync at once (an
+    /// unmounted disk, a folder emptied by mistake); the round stops before the peer is
+    /// told anything, whatever else appeared in the folder meanwhile.
     #[error(
-        "this box's shared folder is empty but {in_sync} paths were in sync: sync paused (is the disk mounted?)"
+        "this box's shared folder lost {gone} of the {in_sync} paths in sync: sync paused, nothing deleted on the peer (is the disk mounted?); if the deletions are meant, type 'sync allow-deletes'"
     )]
-    EmptyHere {
+    WipedHere {
+        /// Paths of the record no longer here.
+        gone: usize,
         /// Paths in the record.
         in_sync: usize,
     },
-    /// The mass-delete guard: the peer's folder is empty while the record lists many paths;
+    /// The mass-delete guard: the peer's folder lost most of what was in sync at once;
     /// nothing is deleted here.
     #[error(
-        "the peer's shared folder is empty but {in_sync} paths were in sync: not deleting them here (is its disk mounted?)"
+        "the peer's shared folder lost {gone} of the {in_sync} paths in sync: not deleting them here (is its disk mounted?); if the deletions are meant, type 'sync allow-deletes'"
     )]
-    EmptyThere {
+    WipedThere {
+        /// Paths of the record no longer on the peer.
+        gone: usize,
         /// Paths in the record.
         in_sync: usize,
     },

@@ -25,6 +25,7 @@ pub mod round;
 pub mod watch;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -235,9 +236,21 @@ pub struct SyncHandle {
     rounds: Arc<signal::Sender<Rounds>>,
     /// Activity feed.
     events: broadcast::Sender<SyncEvent>,
+    /// Set by a person who means the deletions the mass-delete guard stopped: the next
+    /// round, with every peer, goes ahead without the guard (then it holds again).
+    deletions_allowed: Arc<AtomicBool>,
 }
 
 impl SyncHandle {
+    /// Lets the next round carry out the deletions the mass-delete guard stopped (`sync
+    /// allow-deletes`), and starts it now; peers are told, so that their guard lets the
+    /// same deletions through once. Only that round: the guard holds again after.
+    pub fn allow_deletions(&self) {
+        self.deletions_allowed.store(true, Ordering::SeqCst);
+        self.notices.mean_deletions();
+        self.trigger.notify_one();
+    }
+
     /// A copy of the current status, with each peer's session as it is now.
     pub fn status(&self) -> SyncStatus {
         let mut status = self
@@ -382,6 +395,7 @@ pub fn start(
         trigger: Arc::new(Notify::new()),
         rounds: Arc::new(signal::channel(rounds).0),
         events: broadcast::channel(256).0,
+        deletions_allowed: Arc::new(AtomicBool::new(false)),
     };
     let engine = Engine {
         slots: peers.iter().map(|_| Slot::Idle(Box::default())).collect(),
@@ -463,6 +477,8 @@ struct PeerRound {
     here: Arc<round::LocalState>,
     /// The ignore rules of this round.
     ignore: Arc<Ignore>,
+    /// Whether a person waived the mass-delete guards for this round.
+    waive_guard: bool,
     /// The peer's place in the engine's list.
     index: usize,
     /// What the peer's rounds carry from one to the next.
@@ -481,6 +497,7 @@ async fn peer_round(job: PeerRound, done: tokio::sync::mpsc::UnboundedSender<Fin
         transport,
         here,
         ignore,
+        waive_guard,
         index,
         mut state,
         handle,
@@ -488,6 +505,7 @@ async fn peer_round(job: PeerRound, done: tokio::sync::mpsc::UnboundedSender<Fin
     let this = round::ThisBox {
         local: &local,
         notices: &notices,
+        waive_guard,
     };
     let outcome = round::sync_with(
         this,
@@ -738,6 +756,7 @@ impl Engine {
         // now; what one installs meanwhile, another sees at its next round (each change
         // re-checks the disk under its file's lock, so a round working from the older read
         // fails that file rather than undo the other's change).
+        let waive_guard = self.handle.deletions_allowed.swap(false, Ordering::SeqCst);
         let mut started = Vec::new();
         for (index, slot) in self.slots.iter_mut().enumerate() {
             let state = match slot {
@@ -766,6 +785,7 @@ impl Engine {
                     transport: *transport,
                     here: Arc::clone(&here),
                     ignore: Arc::clone(&ignore),
+                    waive_guard,
                     index,
                     state,
                     handle: self.handle.clone(),

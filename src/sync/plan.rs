@@ -698,31 +698,71 @@ impl Seen {
     }
 }
 
-/// Whether a side whose folder lists `listed` paths (readable or
-/// not) looks like an unmounted disk rather than a person's deletions, while the record
-/// lists `in_sync` paths. Taking it for deletions would delete everything on the other box.
-fn looks_unmounted(listed: usize, in_sync: usize) -> bool {
-    listed == 0 && in_sync >= MASS_DELETE_GUARD
+/// How many of the record's paths one side still holds: `in_sync` the record's paths
+/// that sync may touch (those `left_out` leaves aside are not counted), `kept` those of
+/// them the side holds. What appeared on the side since is not counted: one new file in a
+/// folder that lost everything does not make it look whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Kept {
+    /// Record paths the side still holds.
+    pub kept: usize,
+    /// Record paths that count.
+    pub in_sync: usize,
 }
 
-/// The mass-delete guard on this box's side: `listed` paths here (readable or not).
-pub fn guard_here(listed: usize, in_sync: usize) -> Result<(), SyncError> {
-    match looks_unmounted(listed, in_sync) {
-        true => Err(SyncError::EmptyHere { in_sync }),
+impl Kept {
+    /// Counts the record's `paths` that a side `holds`, leaving out what `left_out` says.
+    pub fn count<'p>(
+        paths: impl Iterator<Item = &'p RelPath>,
+        holds: impl Fn(&RelPath) -> bool,
+        left_out: impl Fn(&RelPath) -> bool,
+    ) -> Kept {
+        let mut count = Kept::default();
+        for path in paths.filter(|path| !left_out(path)) {
+            count.in_sync += 1;
+            count.kept += usize::from(holds(path));
+        }
+        count
+    }
+
+    /// Whether the side looks wiped (an unmounted disk, a folder emptied by mistake)
+    /// rather than edited: it lost more than half of at least [`MASS_DELETE_GUARD`]
+    /// paths, as rclone's `--max-delete` default. Taking it for deletions would delete all
+    /// that on the other box.
+    fn looks_wiped(self) -> bool {
+        self.in_sync >= MASS_DELETE_GUARD && self.kept * 2 < self.in_sync
+    }
+
+    /// The paths lost.
+    fn gone(self) -> usize {
+        self.in_sync - self.kept
+    }
+}
+
+/// The mass-delete guard on this box's side.
+pub fn guard_here(count: Kept) -> Result<(), SyncError> {
+    match count.looks_wiped() {
+        true => Err(SyncError::WipedHere {
+            gone: count.gone(),
+            in_sync: count.in_sync,
+        }),
         false => Ok(()),
     }
 }
 
-/// The mass-delete guard on the peer's side: `listed` paths there (hashed or not).
-pub fn guard_peer(listed: usize, in_sync: usize) -> Result<(), SyncError> {
-    match looks_unmounted(listed, in_sync) {
-        true => Err(SyncError::EmptyThere { in_sync }),
+/// The mass-delete guard on the peer's side.
+pub fn guard_peer(count: Kept) -> Result<(), SyncError> {
+    match count.looks_wiped() {
+        true => Err(SyncError::WipedThere {
+            gone: count.gone(),
+            in_sync: count.in_sync,
+        }),
         false => Ok(()),
     }
 }
 
-/// A record with at least this many entries makes an empty folder suspicious: an
-/// unmounted disk, not a person who deleted everything.
+/// A record with at least this many paths makes a side that lost more than half of them
+/// suspicious: an unmounted disk, not a person who deleted them.
 pub const MASS_DELETE_GUARD: usize = 10;
 
 #[cfg(test)]
@@ -1176,21 +1216,39 @@ mod tests {
         assert_eq!(p.skipped, vec![(rel("a"), Skip::KindsDiffer)]);
     }
 
-    /// The mass-delete guards stop a round only for an empty side with a record of at
-    /// least [`MASS_DELETE_GUARD`] paths, each with its own kind.
+    /// The mass-delete guards stop a round for a side that lost more than half of at
+    /// least [`MASS_DELETE_GUARD`] record paths, each with its own kind; what appeared
+    /// since does not count, nor do paths left aside.
     #[test]
     fn mass_delete_guards() {
         let many = MASS_DELETE_GUARD;
-        assert!(
-            matches!(guard_here(0, many), Err(SyncError::EmptyHere { in_sync }) if in_sync == many)
+        let kept = |kept, in_sync| Kept { kept, in_sync };
+        assert!(matches!(
+            guard_here(kept(0, many)),
+            Err(SyncError::WipedHere { gone, in_sync }) if gone == many && in_sync == many
+        ));
+        assert!(matches!(
+            guard_peer(kept(4, many)),
+            Err(SyncError::WipedThere { gone: 6, .. })
+        ));
+        assert!(guard_here(kept(0, many - 1)).is_ok());
+        assert!(guard_peer(kept(0, many - 1)).is_ok());
+        assert!(guard_here(kept(5, many)).is_ok());
+        assert!(guard_peer(kept(500, 1000)).is_ok());
+        assert!(guard_peer(kept(499, 1000)).is_err());
+        // One new file in an emptied folder does not count; paths left aside do not either.
+        let record: Vec<RelPath> = (0..20).map(|n| rel(&format!("f{n}"))).collect();
+        let here: BTreeSet<RelPath> = [rel("new.txt")].into();
+        let count = Kept::count(record.iter(), |p| here.contains(p), |_| false);
+        assert_eq!(count, kept(0, 20));
+        assert!(guard_here(count).is_err());
+        let count = Kept::count(
+            record.iter(),
+            |_| false,
+            |p| !["f0", "f1", "f2"].contains(&p.as_str()),
         );
-        assert!(
-            matches!(guard_peer(0, many), Err(SyncError::EmptyThere { in_sync }) if in_sync == many)
-        );
-        assert!(guard_here(0, many - 1).is_ok());
-        assert!(guard_peer(0, many - 1).is_ok());
-        assert!(guard_here(1, many).is_ok());
-        assert!(guard_peer(1, 1000).is_ok());
+        assert_eq!(count, kept(0, 3));
+        assert!(guard_here(count).is_ok());
     }
 
     /// A round may skip planning only when it sees exactly what a quiet round saw: the

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use futures_util::{StreamExt, stream};
 
-use super::plan::{self, Action, Seen, Sides, Version};
+use super::plan::{self, Action, Kept, Seen, Sides, Version};
 use super::record::Record;
 use super::{Conflict, PeerStatus, SyncError};
 use crate::local::LocalBox;
@@ -232,6 +232,10 @@ pub struct PeerView {
     /// The peer's own ignore rules, from its last answer (`None`: it sent none): paths it
     /// keeps to itself, which this box leaves alone too.
     rules: Option<Arc<Ignore>>,
+    /// The token of the latest `sync allow-deletes` typed on the peer, from its last
+    /// answer, and the one this box last let through its guard (or found already there
+    /// when the view began: a confirmation older than this view is not taken).
+    deletions_meant: (Option<u64>, Option<u64>),
 }
 
 impl PeerView {
@@ -257,6 +261,10 @@ impl PeerView {
         if self.entries.len() > MAX_LISTED {
             return Err("the peer's changes add up to more paths than a folder may hold");
         }
+        if self.mark.is_none() {
+            self.deletions_meant.1 = answer.deletions_meant;
+        }
+        self.deletions_meant.0 = answer.deletions_meant;
         self.mark = Some(answer.mark);
         let same = self
             .rules
@@ -269,25 +277,28 @@ impl PeerView {
         Ok(())
     }
 
-    /// The paths of this box (`here`, with `unknown`) that the peer keeps to itself: left
-    /// alone, neither sent nor taken for deleted there; and how many of the record's paths
-    /// it keeps so (which its listing no longer shows).
-    fn withheld<'p>(
-        &self,
-        here: impl Iterator<Item = &'p RelPath>,
-        record: &Record,
-    ) -> (BTreeSet<RelPath>, usize) {
-        let Some(rules) = &self.rules else {
-            return (BTreeSet::new(), 0);
-        };
-        let paths = here.filter(|path| rules.ignores(path)).cloned().collect();
-        let in_record = record
-            .entries
-            .keys()
-            .filter(|path| rules.ignores(path))
-            .count();
-        (paths, in_record)
+    /// Whether a person on the peer meant the deletions since this box last looked: its
+    /// guard lets them through once.
+    fn take_deletions_meant(&mut self) -> bool {
+        let (told, taken) = self.deletions_meant;
+        self.deletions_meant.1 = told;
+        told.is_some() && told != taken
     }
+
+    /// Whether the peer keeps `path` to itself (its ignore rules match it).
+    fn peer_ignores(&self, path: &RelPath) -> bool {
+        self.rules.as_ref().is_some_and(|rules| rules.ignores(path))
+    }
+}
+
+/// The record's paths this box still holds, for the mass-delete guard: of those neither
+/// box keeps to itself.
+fn kept_here(record: &Record, here: &LocalState, ignore: &Ignore, view: &PeerView) -> Kept {
+    Kept::count(
+        record.entries.keys(),
+        |path| here.versions.contains_key(path) || here.unknown.contains(path),
+        |path| ignore.ignores(path) || view.peer_ignores(path),
+    )
 }
 
 /// Asks the peer what changed in its folder since `view` last heard, and takes it in.
@@ -345,6 +356,9 @@ pub struct ThisBox<'a> {
     pub local: &'a Arc<LocalBox>,
     /// Peers' notices and what was served to them.
     pub notices: &'a Notices,
+    /// Whether a person waived the mass-delete guards for this round (`sync
+    /// allow-deletes`): the deletions they stopped are meant.
+    pub waive_guard: bool,
 }
 
 /// Runs one round against `peer`: the decisions are [`plan`]'s; this carries them out.
@@ -357,7 +371,11 @@ pub async fn sync_with(
     records: &mut HashMap<BoxId, Record>,
     view: &mut PeerView,
 ) -> Result<RoundReport, SyncError> {
-    let ThisBox { local, notices } = this;
+    let ThisBox {
+        local,
+        notices,
+        waive_guard,
+    } = this;
     // Notices from the peer are taken before its folder is read, so that the folder as read
     // is at least as new as every notice applied this round.
     let peer_id = peer.id();
@@ -449,8 +467,11 @@ pub async fn sync_with(
         owed: &owed,
         moved: &moved,
     };
-    let in_sync = record.entries.len();
-    plan::guard_here(here.versions.len() + here.unknown.len(), in_sync)?;
+    // The mass-delete guards count the record's paths each side still holds, leaving out
+    // what either box keeps to itself. A person who means the deletions waives them once.
+    if early_index.is_some() && !waive_guard {
+        plan::guard_here(kept_here(record, here, ignore, view))?;
+    }
     let mut report = RoundReport::default();
     let mut pulled = BTreeMap::new();
     if let Some(entries) = early_index {
@@ -482,13 +503,26 @@ pub async fn sync_with(
         return Ok(report);
     }
     view.quiet = None;
+    let meant_there = view.take_deletions_meant();
+    if !waive_guard {
+        plan::guard_here(kept_here(record, here, ignore, view))?;
+    }
+    if !waive_guard && !meant_there {
+        plan::guard_peer(Kept::count(
+            record.entries.keys(),
+            |path| view.entries.contains_key(path),
+            |path| ignore.ignores(path) || view.peer_ignores(path),
+        ))?;
+    }
     let (there, unknown_there) = remote_state(&view.entries, ignore);
-    let (withheld, withheld_in_sync) =
-        view.withheld(here.versions.keys().chain(here.unknown.iter()), record);
-    plan::guard_peer(
-        there.len() + unknown_there.len(),
-        in_sync.saturating_sub(withheld_in_sync),
-    )?;
+    // What the peer keeps to itself, of this box's paths.
+    let withheld: BTreeSet<RelPath> = here
+        .versions
+        .keys()
+        .chain(here.unknown.iter())
+        .filter(|path| view.peer_ignores(path))
+        .cloned()
+        .collect();
     // This box's side as read at the start of the round, with what it pulled since.
     let here_versions: Cow<BTreeMap<RelPath, Version>> = if pulled.is_empty() {
         Cow::Borrowed(&here.versions)

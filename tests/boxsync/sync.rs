@@ -865,8 +865,11 @@ async fn converged_on(
     contents(&root)
 }
 
-/// A shared folder that comes back empty (an unmounted disk) pauses sync instead of
-/// deleting everything on the peer.
+/// A shared folder that loses most of what was in sync at once (an unmounted disk) pauses
+/// sync instead of deleting everything on the peer, and stays paused when a new file
+/// appears in it (an application writing to the empty mount point): the new file does not
+/// travel either. A person who means the deletions types `sync allow-deletes` on the box
+/// where they were made; the peer's guard then lets them through once.
 #[tokio::test(flavor = "multi_thread")]
 async fn mass_delete_guard() {
     let boxes = mesh(2, Transport::Tcp, |i, root| {
@@ -890,23 +893,55 @@ async fn mass_delete_guard() {
     // deletions a round may see halfway, and rightly pass on.
     let away = tempfile::tempdir().unwrap();
     fs::rename(boxes[0].root().join("data"), away.path().join("data")).unwrap();
+    let paused = |b: &SyncBox| {
+        matches!(
+            b.handle.status().peers[0].failure.as_deref(),
+            Some(SyncError::WipedThere { gone, .. }) if *gone >= 20
+        )
+    };
     assert!(
-        eventually(CONVERGE, || {
-            matches!(
-                boxes[1].handle.status().peers[0].failure.as_deref(),
-                Some(SyncError::EmptyThere { in_sync }) if *in_sync >= 20
-            )
-        })
-        .await,
+        eventually(CONVERGE, || paused(&boxes[1])).await,
         "no pause reported: {:?}",
         boxes[1].handle.status()
     );
+    assert!(matches!(
+        boxes[0].handle.status().peers[0].failure.as_deref(),
+        Some(SyncError::WipedHere { gone, .. }) if *gone >= 20
+    ));
+    // One file written into the emptied folder does not lift the pause.
+    write_file(&boxes[0].root(), "written-on-the-mount-point.txt", b"app");
+    rounds_on_every_box(&boxes, 2).await;
+    assert!(paused(&boxes[1]), "{:?}", boxes[1].handle.status());
     let kept = contents(&boxes[1].root());
     assert_eq!(
         kept.values().filter(|content| content.is_some()).count(),
         20,
         "files were deleted on the peer: {kept:?}"
     );
+    assert!(
+        !boxes[1]
+            .root()
+            .join("written-on-the-mount-point.txt")
+            .exists()
+    );
+    // The pause says how to resume; the person meant it: the deletions go through, once.
+    let message = boxes[0].handle.status().peers[0].errors.join(" ");
+    assert!(message.contains("sync allow-deletes"), "{message}");
+    boxes[0].handle.allow_deletions();
+    assert!(
+        eventually(CONVERGE, || {
+            !boxes[1].root().join("data/f00.txt").exists()
+                && boxes[1]
+                    .root()
+                    .join("written-on-the-mount-point.txt")
+                    .exists()
+        })
+        .await,
+        "{:?}",
+        contents(&boxes[1].root()).keys()
+    );
+    let trash = crate::util::files_under(&boxes[1].root().join(".boxsync/trash"));
+    assert_eq!(trash.len(), 20, "{trash:?}");
 }
 
 /// Sync over UDP (`udp://` peers) works too.
