@@ -185,7 +185,7 @@ impl Response {
     /// names no path of the serving box outside its folder.
     pub fn from_share_error(error: &ShareError) -> Response {
         let kind = match error {
-            ShareError::NotFound(_) => ErrorKind::NotFound,
+            ShareError::NotFound(_) | ShareError::NotInTrash { .. } => ErrorKind::NotFound,
             ShareError::Changed(_) | ShareError::Unstable(_) => ErrorKind::Changed,
             ShareError::Path(_)
             | ShareError::Symlink(_)

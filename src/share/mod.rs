@@ -61,6 +61,14 @@ pub enum ShareError {
     /// Nothing by that name.
     #[error("no such file: '{0}'")]
     NotFound(RelPath),
+    /// The trash holds no such version of the file.
+    #[error("the trash holds no version {version} of '{path}' (see 'trash list {path}')")]
+    NotInTrash {
+        /// The file.
+        path: RelPath,
+        /// The version asked for (1: the newest).
+        version: usize,
+    },
     /// The path is, or goes through, a symlink; symlinks are never followed.
     #[error("'{0}' is or goes through a symlink, which is never followed")]
     Symlink(RelPath),
@@ -781,6 +789,20 @@ impl Share {
             trash::move_to_trash(&share.root, &rel).map(Some)
         })
         .await
+    }
+
+    /// Puts version `version` (1: the newest) of `rel` back from the trash, under the
+    /// file's lock; what is at that name now goes to the trash first.
+    pub async fn restore_from_trash(
+        self: &Arc<Self>,
+        rel: &RelPath,
+        version: usize,
+    ) -> Result<trash::Trashed, ShareError> {
+        let _guard = self.locks.write(rel).await?;
+        let share = Arc::clone(self);
+        let rel = rel.clone();
+        self.changing(move || trash::restore(&share.root, &rel, version))
+            .await
     }
 
     /// Removes the directory `rel` if it is empty; `Ok(false)` if it is not (or is gone).
