@@ -838,13 +838,18 @@ fn set_aside_meanwhile(action: &Action, error: &SyncError) -> bool {
     let Action::Download { remote, local, .. } = action else {
         return false;
     };
+    // Gone from its name, or already replaced there by the version that keeps it: the
+    // answer to the block list (`Remote`) or to the download itself (`Transfer`).
     let gone = |source: &PeerError| {
         matches!(
             source,
             PeerError::Transfer(TransferError::Remote {
-                kind: ErrorKind::NotFound,
+                kind: ErrorKind::NotFound | ErrorKind::Changed,
                 ..
-            })
+            }) | PeerError::Remote {
+                kind: ErrorKind::NotFound | ErrorKind::Changed,
+                ..
+            }
         )
     };
     remote != local && matches!(error, SyncError::Transfer { source, .. } if gone(source))
