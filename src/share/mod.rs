@@ -11,6 +11,7 @@ pub mod index;
 pub mod install;
 pub mod locks;
 pub mod numbering;
+pub mod owner;
 pub mod path;
 pub mod resume;
 pub mod staged;
@@ -77,6 +78,19 @@ pub enum ShareError {
     /// The file kept changing and could not be hashed.
     #[error("'{0}' keeps changing; try again when it is no longer being written")]
     Unstable(RelPath),
+    /// Another process runs a box on this folder (see [`owner`]): two boxes would write
+    /// the same state under the same box ID.
+    #[error(
+        "another box is running on {}{}: stop it first, or use its shell",
+        folder.display(),
+        pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    Busy {
+        /// The shared folder.
+        folder: PathBuf,
+        /// The process holding it, when its lock file says.
+        pid: Option<u32>,
+    },
     /// An operating-system error on a specific path.
     #[error("{path}: {source}")]
     Io {
@@ -174,6 +188,8 @@ pub struct Share {
     /// How files staged under `.boxsync/tmp/` can be left unnamed until installed (found
     /// out at the first batch whose probe gets an answer; `None`: they cannot).
     link_method: OnceLock<Option<LinkMethod>>,
+    /// This process's lock on the folder: one box per folder.
+    _owner: Arc<owner::FolderLock>,
 }
 
 impl Share {
@@ -186,6 +202,8 @@ impl Share {
         // The state (key, history, records, trash, partial downloads) is the owner's only.
         fs::set_permissions(&state, fs::Permissions::from_mode(0o700))
             .map_err(|e| ShareError::io(&state, e))?;
+        // Before anything of the state is touched: a second box on the folder changes nothing.
+        let owner = owner::FolderLock::acquire(&root, &state)?;
         remove_stale_partials(&state.join(TMP_DIR));
         sweep_resume_parts(&state.join(TMP_DIR));
         let (cache, numbering) = open_index(&state)?;
@@ -199,6 +217,7 @@ impl Share {
             view: SnapshotCache::new(numbering),
             reading: tokio::sync::Mutex::new(()),
             link_method: OnceLock::new(),
+            _owner: owner,
         }))
     }
 
