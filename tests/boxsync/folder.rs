@@ -7,7 +7,10 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use crate::util::{binary, box_id};
+use boxsync::identity::Identity;
+use boxsync::local::LocalBox;
+
+use crate::util::{TestBox, binary, box_id, rel};
 
 /// A `boxsync serve` process, killed with SIGKILL when dropped.
 struct Process {
@@ -98,4 +101,63 @@ fn a_second_box_on_the_same_folder_is_refused() {
     drop(first);
     let _again = serve(&dir, &[]);
     assert_eq!(box_id(&dir), id);
+}
+
+/// Item 12: `.boxsync/` deleted under a running box. The next download recreates what is
+/// missing (the folder, owner-only, `tmp/`, the lock, the index database, the key and the
+/// trust file, from memory) and works without a restart; a second box is still refused;
+/// after a restart the box has the same ID and trusts the same boxes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_folder_deleted_under_a_running_box_is_recreated() {
+    use std::os::unix::fs::PermissionsExt;
+    let b = TestBox::start().await;
+    b.write("one.txt", b"first");
+    b.write("two.txt", b"second");
+    let temp = tempfile::tempdir().unwrap();
+    let shared = temp.path().join("shared");
+    let me = LocalBox::open(&shared).unwrap();
+    let friend = Identity::generate().unwrap();
+    me.trust.add(friend.id(), Some("friend")).unwrap();
+    let peer = b.peer_for(&me);
+    peer.download_tcp(&rel("one.txt"), &mut |_, _| {})
+        .await
+        .unwrap();
+    let state = me.share.state_dir();
+    fs::remove_dir_all(&state).unwrap();
+    assert!(
+        me.trust.is_trusted(friend.id()),
+        "trust given for good stays"
+    );
+
+    let downloaded = peer.download_tcp(&rel("two.txt"), &mut |_, _| {}).await;
+    downloaded.expect("a download after the state folder was deleted");
+    assert_eq!(fs::read(shared.join("two.txt")).unwrap(), b"second");
+    for kept in [
+        "tmp",
+        "box.lock",
+        "index.db",
+        "identity.key",
+        "box-id",
+        "trusted.json",
+    ] {
+        assert!(state.join(kept).exists(), "{kept} was not recreated");
+    }
+    let mode = fs::metadata(&state).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    let trusted = fs::read_to_string(state.join("trusted.json")).unwrap();
+    assert!(trusted.contains(friend.id().as_str()), "{trusted}");
+    let second = run(&["serve", "-l", "127.0.0.1:0", "--no-discovery"], &shared);
+    assert_eq!(second.status.code(), Some(1), "{second:?}");
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another box is running on"));
+
+    let id = me.id.clone();
+    drop((peer, me));
+    assert_eq!(
+        box_id(&shared),
+        id.as_str(),
+        "the same box id after a restart"
+    );
+    let again = LocalBox::open(&shared).unwrap();
+    assert_eq!(again.id, id);
+    assert!(again.trust.is_trusted(friend.id()));
 }
