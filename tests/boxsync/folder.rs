@@ -9,8 +9,11 @@ use std::process::{Child, Command, Output, Stdio};
 
 use boxsync::identity::Identity;
 use boxsync::local::LocalBox;
+use boxsync::share::Expect;
+use boxsync::share::path::STAGING_PREFIX;
+use boxsync::transfer::{Landing, Wanted};
 
-use crate::util::{TestBox, binary, box_id, rel};
+use crate::util::{TestBox, binary, box_id, bytes, files_under, rel, write_file};
 
 /// A `boxsync serve` process, killed with SIGKILL when dropped.
 struct Process {
@@ -160,4 +163,130 @@ async fn a_state_folder_deleted_under_a_running_box_is_recreated() {
     let again = LocalBox::open(&shared).unwrap();
     assert_eq!(again.id, id);
     assert!(again.trust.is_trusted(friend.id()));
+}
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct Tmpfs {
+    /// Where it is mounted.
+    at: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`mount -o size=`) at `at`, created if needed; `None`, with
+    /// the reason printed, where this test cannot mount one (not root, or refused).
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output();
+        match out {
+            Ok(out) if out.status.success() => Some(Tmpfs {
+                at: at.to_path_buf(),
+            }),
+            Ok(out) => {
+                let why = String::from_utf8_lossy(&out.stderr);
+                eprintln!("skipped: cannot mount a tmpfs: {}", why.trim());
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+    }
+}
+
+/// Names under `dir` that a box stages files under when copying them across file systems.
+fn staged_names(dir: &Path) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(STAGING_PREFIX))
+        .collect()
+}
+
+/// Item 10: a subfolder that is another file system (a tmpfs mounted inside the shared
+/// folder) receives files: a single download over TCP and over UDP (replacing a file, whose
+/// old version goes to the trash), a batch of small files, and a deletion to the trash; no
+/// hidden staging name is left or ever listed, and one a crash left is removed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subfolder_on_another_file_system_receives_files() {
+    let temp = tempfile::tempdir().unwrap();
+    let shared = temp.path().join("shared");
+    let Some(_mount) = Tmpfs::mount(&shared.join("mnt"), "64m") else {
+        return;
+    };
+    let me = LocalBox::open(&shared).unwrap();
+    let b = TestBox::start().await;
+    let big = bytes(3 * 1024 * 1024, 1);
+    b.write("mnt/big.bin", &big);
+    b.write("mnt/old.txt", b"new version");
+    for name in ["a", "b", "c"] {
+        b.write(&format!("mnt/small/{name}.txt"), name.as_bytes());
+    }
+    write_file(me.share.root(), "mnt/old.txt", b"old version");
+    let peer = b.peer_for(&me);
+
+    peer.download_tcp(&rel("mnt/big.bin"), &mut |_, _| {})
+        .await
+        .expect("a download into the mount point");
+    let replaced = peer
+        .download_udp(&rel("mnt/old.txt"), None, &mut |_, _| {})
+        .await
+        .expect("a download replacing a file on the mount point");
+    let wanted: Vec<Wanted> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            let name = rel(&format!("mnt/small/{name}.txt"));
+            Wanted {
+                landing: Landing::same_name(&name),
+                name,
+            }
+        })
+        .collect();
+    for result in peer.download_batch(&wanted).await.unwrap() {
+        result.expect("a batch into the mount point");
+    }
+
+    assert_eq!(fs::read(shared.join("mnt/big.bin")).unwrap(), big);
+    assert_eq!(
+        fs::read(shared.join("mnt/old.txt")).unwrap(),
+        b"new version"
+    );
+    assert_eq!(fs::read(shared.join("mnt/small/b.txt")).unwrap(), b"b");
+    let kept = replaced.replaced.expect("the old version kept");
+    assert_eq!(fs::read(kept).unwrap(), b"old version");
+    me.share
+        .remove_file(&rel("mnt/small/a.txt"), &Expect::Anything)
+        .await
+        .expect("a deletion on the mount point");
+    assert!(!shared.join("mnt/small/a.txt").exists());
+    let trash = files_under(&me.share.state_dir().join("trash"));
+    assert!(
+        trash.iter().any(|p| p.ends_with("mnt/small/a.txt")),
+        "{trash:?}"
+    );
+    assert_eq!(staged_names(&shared), Vec::<PathBuf>::new());
+
+    // Left by a crash (no process has that id): never listed, removed at the next walk.
+    let left = shared.join(format!("mnt/{STAGING_PREFIX}999999999-0"));
+    fs::write(&left, b"half").unwrap();
+    let listed = me.share.index().await.unwrap();
+    assert!(
+        listed
+            .iter()
+            .all(|e| !e.name.as_str().contains(STAGING_PREFIX)),
+        "{listed:?}"
+    );
+    assert!(!left.exists(), "a crash's staged file was not removed");
 }
