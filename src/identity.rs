@@ -51,6 +51,9 @@ pub struct Identity {
     /// The key, with its public half as the "certificate" TLS presents (a raw public key,
     /// RFC 7250).
     key: Arc<CertifiedKey>,
+    /// The private key as kept on disk (PKCS#8), to write it back should the state folder
+    /// be deleted while the box runs: the box keeps its ID.
+    der: Arc<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -83,19 +86,34 @@ impl Identity {
                 });
             }
         };
-        // For people: the ID as text next to the key (rewritten if it went stale).
+        identity.write_id(state)?;
+        Ok(identity)
+    }
+
+    /// For people: the ID as text next to the key (rewritten if it went stale).
+    fn write_id(&self, state: &Path) -> Result<(), IdentityError> {
         let id_file = state.join(ID_FILE);
-        if fs::read_to_string(&id_file).ok().as_deref().map(str::trim) != Some(identity.id.as_str())
-        {
-            fs::write(&id_file, format!("{}\n", identity.id)).map_err(|source| {
-                IdentityError::Io {
-                    action: "write",
-                    path: id_file,
-                    source,
-                }
+        if fs::read_to_string(&id_file).ok().as_deref().map(str::trim) != Some(self.id.as_str()) {
+            fs::write(&id_file, format!("{}\n", self.id)).map_err(|source| IdentityError::Io {
+                action: "write",
+                path: id_file,
+                source,
             })?;
         }
-        Ok(identity)
+        Ok(())
+    }
+
+    /// Writes this identity back into `state` when its key file is gone (the state folder
+    /// was deleted while the box ran), so that the box keeps its ID after a restart.
+    /// Returns whether it did; a key file there, whatever it holds, is left alone.
+    pub fn restore(&self, state: &Path) -> Result<bool, IdentityError> {
+        let path = state.join(KEY_FILE);
+        if fs::symlink_metadata(&path).is_ok() {
+            return Ok(false);
+        }
+        write_private(state, &path, &self.der)?;
+        self.write_id(state)?;
+        Ok(true)
     }
 
     /// A new identity kept nowhere: for a throwaway box, and for tests.
@@ -123,6 +141,7 @@ impl Identity {
         Some(Identity {
             id,
             key: Arc::new(CertifiedKey::new(vec![certificate], signing)),
+            der: Arc::new(private.secret_pkcs8_der().to_vec()),
         })
     }
 }

@@ -100,6 +100,9 @@ pub struct LocalBox {
     pub limits: Limits,
     /// Its sessions with peers, whoever dialed, and where peers were last reached.
     pub links: Links,
+    /// Whether its identity is kept in its own state folder (not borrowed by a throwaway
+    /// box): only then is it written back there should the folder be deleted.
+    keeps_identity: bool,
 }
 
 impl LocalBox {
@@ -124,7 +127,9 @@ impl LocalBox {
         let state = share.state_dir();
         let identity = Identity::load_or_create(&state)?;
         let trust = Trust::open(&state)?;
-        Ok(LocalBox::assemble(share, identity, trust, settings, limits))
+        Ok(LocalBox::assemble(
+            share, identity, trust, settings, limits, true,
+        ))
     }
 
     /// A box serving `dir` under an identity and trust kept elsewhere: a throwaway box in a
@@ -142,6 +147,7 @@ impl LocalBox {
             trust,
             settings,
             Limits::DEFAULT,
+            false,
         ))
     }
 
@@ -151,6 +157,7 @@ impl LocalBox {
         trust: Trust,
         settings: Settings,
         limits: Limits,
+        keeps_identity: bool,
     ) -> Arc<LocalBox> {
         share.locks().set_wait(limits.lock_wait);
         share.answers().set_limit(limits.answer_bytes);
@@ -165,7 +172,55 @@ impl LocalBox {
             history,
             settings,
             limits,
+            keeps_identity,
         })
+    }
+
+    /// Recreates what is missing of the state folder when it was deleted while the box
+    /// runs (see [`Share::restore_state`]), and writes back the identity and the trust
+    /// kept in memory, so that downloads go on without a restart and the box keeps its
+    /// ID. Called before each download and each sync round: a few lookups when all is
+    /// well. What happened is logged once, at WARN; a failure too (the download then
+    /// fails with its own error).
+    pub fn ensure_state(&self) {
+        if self.share.state_intact() && (!self.keeps_identity || self.key_file_present()) {
+            return;
+        }
+        let state = self.share.state_dir();
+        let mut restored = match self.share.restore_state() {
+            Ok(restored) => restored,
+            Err(e) => {
+                tracing::warn!(error = %e, "the state folder was deleted while the box ran, and cannot be recreated");
+                return;
+            }
+        };
+        if self.keeps_identity {
+            match self.identity.restore(&state) {
+                Ok(true) => restored.push(crate::identity::KEY_FILE),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot write the box's key back"),
+            }
+        }
+        match self.trust.restore() {
+            Ok(true) => restored.push(crate::trust::TRUST_FILE),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot write the trust file back"),
+        }
+        if !restored.is_empty() {
+            tracing::warn!(
+                state = %crate::text::for_log(&state.display().to_string()),
+                box_id = %self.id,
+                "the state folder was deleted while the box ran: recreated {} (same box id; the sync records, history and trash that were in it are gone)",
+                restored.join(", ")
+            );
+        }
+    }
+
+    fn key_file_present(&self) -> bool {
+        self.share
+            .state_dir()
+            .join(crate::identity::KEY_FILE)
+            .exists()
     }
 }
 

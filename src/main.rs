@@ -15,10 +15,10 @@ use tokio::runtime::{Handle, Runtime};
 
 use boxsync::config::BoxConfig;
 use boxsync::identity::Identity;
-use boxsync::local::LocalBox;
+use boxsync::local::{LocalBox, OpenError};
 use boxsync::peer::Peer;
 use boxsync::server::Server;
-use boxsync::share::STATE_DIR;
+use boxsync::share::{STATE_DIR, ShareError};
 use boxsync::shell::repl::ScriptStatus;
 use boxsync::shell::{Session, output, repl};
 use boxsync::sync::{PeerSpec, SyncConfig};
@@ -438,6 +438,8 @@ fn say(text: &str) {
 /// of the shared folder must not leave one behind: when no box lives in the folder yet (no
 /// `.boxsync/`) and no `-c` command downloads, it runs as a throwaway box in a temporary
 /// folder (a fresh id, this run's history only), returned with it to be removed at exit.
+/// Such a script also runs beside a box running on the folder (which holds the folder's
+/// lock), acting for it; anything else is refused there (one box per folder).
 /// Piped commands are not known in advance, so they may download and open the folder.
 fn open_client_box(config: &Config) -> Result<(Arc<LocalBox>, Option<tempfile::TempDir>)> {
     // Only the identity and trust (made by `boxsync id`, `trust`, or an earlier script)
@@ -459,10 +461,13 @@ fn open_client_box(config: &Config) -> Result<(Arc<LocalBox>, Option<tempfile::T
         _ => false,
     };
     if is_box || !reads_only {
-        return Ok((
-            LocalBox::open_with(&config.dir, config.settings.clone())?,
-            None,
-        ));
+        match LocalBox::open_with(&config.dir, config.settings.clone()) {
+            Ok(local) => return Ok((local, None)),
+            // A box runs on the folder: a script that only reads runs beside it, as a
+            // throwaway box acting for it; one that would write there is refused.
+            Err(OpenError::Share(ShareError::Busy { .. })) if reads_only => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     let scratch = tempfile::Builder::new()
         .prefix("boxsync-script-")

@@ -665,6 +665,8 @@ impl Peer {
         name: &RelPath,
         landing: &Landing,
     ) -> Result<Prepared, PeerError> {
+        // A state folder deleted meanwhile is recreated first: the download needs `tmp/`.
+        self.local.ensure_state();
         let stall = self.local.limits.stall;
         let blocks = Blocks { name: name.clone() };
         let request = Request::Blocks(blocks.clone());
@@ -706,6 +708,7 @@ impl Peer {
         &self,
         wanted: &[Wanted],
     ) -> Result<Vec<Result<Downloaded, PeerError>>, PeerError> {
+        self.local.ensure_state();
         let started = Instant::now();
         let many = DownloadMany {
             names: wanted.iter().map(|w| w.name.clone()).collect(),

@@ -96,6 +96,10 @@ struct State {
     session: BTreeMap<BoxId, i64>,
     /// The boxes the file said were revoked when last read, and when.
     revoked: BTreeMap<BoxId, i64>,
+    /// The device and inode of the file's folder (the state folder) when the trust was
+    /// opened or last written back: a file missing from another folder than this one was
+    /// deleted with the whole state folder, not by itself.
+    folder: Option<(u64, u64)>,
 }
 
 /// The boxes this box trusts. Shared by the server (every connection and request asks)
@@ -115,7 +119,11 @@ impl Trust {
             file: Some(state.join(TRUST_FILE)),
             state: Mutex::default(),
         };
-        trust.refresh(&mut trust.lock())?;
+        {
+            let mut held = trust.lock();
+            held.folder = folder_identity(state);
+            trust.refresh(&mut held)?;
+        }
         Ok(trust)
     }
 
@@ -207,6 +215,27 @@ impl Trust {
         Ok(kept.chain(this_run).collect())
     }
 
+    /// Writes the trust file back when it went with the whole state folder (deleted while
+    /// the box ran, then recreated), from what this box still knows, so that trust given
+    /// for good stays given. Returns whether it did.
+    pub fn restore(&self) -> Result<bool, TrustError> {
+        let Some(path) = &self.file else {
+            return Ok(false);
+        };
+        let mut state = self.lock();
+        if !folder_replaced(path, &state) {
+            return Ok(false);
+        }
+        let folder = path.parent().and_then(folder_identity);
+        let write = fs::symlink_metadata(path).is_err()
+            && (!state.stored.is_empty() || !state.revoked.is_empty());
+        if write {
+            self.save(&mut state)?;
+        }
+        state.folder = folder;
+        Ok(write)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -227,6 +256,12 @@ impl Trust {
                 meta.len(),
                 std::os::unix::fs::MetadataExt::ino(&meta),
             ),
+            // Deleted with the whole state folder, under the running box: what was trusted
+            // stays, to be written back ([`Trust::restore`]). A trust file removed by
+            // itself trusts nobody from it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && folder_replaced(path, state) => {
+                return Ok(());
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 state.stored.clear();
                 state.seen = None;
@@ -294,6 +329,20 @@ impl Trust {
         state.seen = None;
         self.refresh(state)
     }
+}
+
+/// The device and inode of the folder at `dir`, if it is there.
+fn folder_identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(dir).ok().map(|meta| (meta.dev(), meta.ino()))
+}
+
+/// Whether the folder of the trust file at `path` is gone or another than the one known.
+fn folder_replaced(path: &Path, state: &State) -> bool {
+    let Some(known) = state.folder else {
+        return false;
+    };
+    path.parent().and_then(folder_identity) != Some(known)
 }
 
 #[cfg(test)]

@@ -192,7 +192,7 @@ impl Response {
             | ShareError::IsDirectory(_)
             | ShareError::NotAFile(_)
             | ShareError::NotADirectory(_) => ErrorKind::Refused,
-            ShareError::Io { .. } => ErrorKind::Internal,
+            ShareError::Io { .. } | ShareError::Busy { .. } => ErrorKind::Internal,
         };
         let message = match error {
             // A file of the folder, named relative to it, is the peer's business; the
@@ -201,6 +201,7 @@ impl Response {
                 format!("read error on the peer for '{}': {source}", path.display())
             }
             ShareError::Io { source, .. } => format!("read error on the peer: {source}"),
+            ShareError::Busy { .. } => "the peer's folder is held by another process".into(),
             other => other.to_string(),
         };
         Response::Error { kind, message }

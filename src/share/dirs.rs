@@ -148,7 +148,11 @@ impl Dirs {
         match put(dir, name) {
             Ok(()) => Ok(stat(dir, name).ok().map(|stat| Fingerprint::of_stat(&stat))),
             Err(Errno::EXIST) => Err(PlaceNewError::Exists),
-            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => Err(PlaceNewError::Unsupported),
+            // Or the folder is on another file system than the temporary file (a mount
+            // point inside the shared folder): the general way copies it across.
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP | Errno::XDEV) => {
+                Err(PlaceNewError::Unsupported)
+            }
             Err(e) => Err(PlaceNewError::Failed(ShareError::io(
                 rel.under(&self.root),
                 e.into(),

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::ShareError;
 use super::dirs::Dirs;
 use super::ignore::Ignore;
-use super::path::{RelPath, STATE_DIR};
+use super::path::{RelPath, STAGING_PREFIX, STATE_DIR};
 use crate::time::Timestamp;
 
 /// The `type` of a directory entry; files carry a MIME type instead.
@@ -190,6 +190,14 @@ fn walk(
             if dir.as_os_str().is_empty() && item.file_name() == STATE_DIR {
                 continue;
             }
+            if let Some(staging) = item
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(STAGING_PREFIX))
+            {
+                remove_if_abandoned(staging, &item.path());
+                continue;
+            }
             let Ok(name) = RelPath::from_local(&relative) else {
                 tracing::warn!(path = %crate::text::for_log(relative.display()), "skipping a name that cannot be shared");
                 continue;
@@ -215,6 +223,20 @@ fn walk(
         }
     }
     Ok(entries)
+}
+
+/// Removes the staged file at `path` (named `.boxsync-part-<pid>-<n>`, `rest` being what
+/// follows the prefix) when the process that was receiving it no longer runs: a crash left
+/// it. One that a live box is writing is left alone.
+fn remove_if_abandoned(rest: &str, path: &Path) {
+    let owner = rest
+        .split('-')
+        .next()
+        .and_then(|pid| pid.parse::<u32>().ok());
+    let alive = owner.is_some_and(|pid| Path::new("/proc").join(pid.to_string()).exists());
+    if !alive {
+        let _ = fs::remove_file(path);
+    }
 }
 
 /// Checks that every folder on the way to `rel` is a real directory inside `root`, not a

@@ -216,6 +216,31 @@ impl IndexDb {
         &self.file
     }
 
+    /// Writes the database back to its file when the file was deleted (with the state
+    /// folder) while the box ran, and goes on there: `VACUUM INTO` copies all that the open
+    /// connection still reads (the deleted file and its WAL stay readable while open), then
+    /// the old connection closes and a new one opens the copy. Returns whether it did.
+    ///
+    /// The old connection closes before the new one opens: closing removes the WAL by name,
+    /// which must not be the new one's.
+    pub fn restore(&self) -> Result<bool, IndexError> {
+        if self.file.exists() {
+            return Ok(false);
+        }
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let target = self.file.to_string_lossy().into_owned();
+        conn.execute("VACUUM INTO ?1", [&target])
+            .map_err(|e| self.error(e))?;
+        let placeholder = Connection::open_in_memory().map_err(|e| self.error(e))?;
+        drop(std::mem::replace(&mut *conn, placeholder));
+        let reopened = Self::open_file(&self.file).map_err(|e| self.error(e.into_sqlite()))?;
+        *conn = reopened
+            .conn
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        Ok(true)
+    }
+
     fn error(&self, source: rusqlite::Error) -> IndexError {
         IndexError::Db {
             path: self.file.clone(),
@@ -603,6 +628,37 @@ mod tests {
         );
         db.write_hashes(&[], &[rel("big")]).unwrap();
         assert_eq!(db.blocks(&rel("big"), &version).unwrap(), None, "forgotten");
+    }
+
+    /// A database deleted while open (with the state folder) is written back whole from
+    /// the open connection, which goes on writing to the new file: what it held and what
+    /// it writes afterwards are there when the database is opened again.
+    #[test]
+    fn a_deleted_database_is_written_back_from_its_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = IndexDb::open(dir.path()).unwrap();
+        db.write_hashes(&[(rel("a"), fingerprint(1), digests("b1"))], &[])
+            .unwrap();
+        assert!(
+            !db.restore().unwrap(),
+            "nothing to do while the file is there"
+        );
+        for name in [INDEX_FILE, "index.db-wal", "index.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(name));
+        }
+        assert!(db.restore().unwrap());
+        db.write_hashes(&[(rel("b"), fingerprint(2), digests("b2"))], &[])
+            .unwrap();
+        drop(db);
+        let (db, opened) = IndexDb::open(dir.path()).unwrap();
+        assert_eq!(opened, Opened::Existing);
+        let names: Vec<String> = db
+            .hashes()
+            .unwrap()
+            .into_iter()
+            .map(|(path, _, _)| path.as_str().to_string())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
     }
 
     /// Hashes and numbers survive a reopen; a new database has an epoch and no changes.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::ShareError;
 use super::folder;
-use super::path::RelPath;
+use super::path::{RelPath, STAGING_PREFIX};
 use super::trash::keep_in_trash;
 use crate::time::Timestamp;
 
@@ -174,8 +174,56 @@ pub fn place(
         Some(_) => Some(keep_in_trash(root, rel)?),
         None => None,
     };
-    fs::rename(tmp, &target).map_err(|e| ShareError::io(&target, e))?;
+    rename_or_copy(tmp, &target)?;
     Ok(trashed)
+}
+
+/// Renames the flushed file `tmp` over `target`; when `target`'s folder is on another file
+/// system (a mount point inside the shared folder: `EXDEV`), copies it there under a hidden
+/// name ([`STAGING_PREFIX`]) first, flushed, with `tmp`'s mode and mtime, then renames that
+/// over `target` and flushes the folder: atomic and durable as a rename within one file
+/// system. `tmp` is removed once the copy is in place.
+///
+/// Copying at installation, not writing the download in the target's folder from the start,
+/// keeps one place for every kind of temporary file: parts kept to resume a download must
+/// stay in `.boxsync/tmp/resume/` to be found again.
+pub fn rename_or_copy(tmp: &Path, target: &Path) -> Result<(), ShareError> {
+    match fs::rename(tmp, target) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => copy_across(tmp, target),
+        Err(e) => Err(ShareError::io(target, e)),
+    }
+}
+
+/// The cross-device half of [`rename_or_copy`].
+fn copy_across(tmp: &Path, target: &Path) -> Result<(), ShareError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let folder = target.parent().unwrap_or(Path::new("."));
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let staged = folder.join(format!("{STAGING_PREFIX}{}-{n}", std::process::id()));
+    let copied = (|| {
+        let meta = fs::metadata(tmp).map_err(|e| ShareError::io(tmp, e))?;
+        fs::copy(tmp, &staged).map_err(|e| ShareError::io(&staged, e))?;
+        let file = File::options()
+            .write(true)
+            .open(&staged)
+            .map_err(|e| ShareError::io(&staged, e))?;
+        let mtime = meta.modified().map_err(|e| ShareError::io(tmp, e))?;
+        file.set_times(FileTimes::new().set_modified(mtime))
+            .map_err(|e| ShareError::io(&staged, e))?;
+        file.set_permissions(meta.permissions())
+            .map_err(|e| ShareError::io(&staged, e))?;
+        file.sync_all().map_err(|e| ShareError::io(&staged, e))?;
+        fs::rename(&staged, target).map_err(|e| ShareError::io(target, e))
+    })();
+    if copied.is_err() {
+        let _ = fs::remove_file(&staged);
+        return copied;
+    }
+    sync_dir(folder);
+    let _ = fs::remove_file(tmp);
+    Ok(())
 }
 
 /// Metadata of `path` itself (not following a symlink); `None` when nothing is there.

@@ -12,6 +12,7 @@ pub mod index;
 pub mod install;
 pub mod locks;
 pub mod numbering;
+pub mod owner;
 pub mod path;
 pub mod resume;
 pub mod staged;
@@ -87,6 +88,19 @@ pub enum ShareError {
     /// The file kept changing and could not be hashed.
     #[error("'{0}' keeps changing; try again when it is no longer being written")]
     Unstable(RelPath),
+    /// Another process runs a box on this folder (see [`owner`]): two boxes would write
+    /// the same state under the same box ID.
+    #[error(
+        "another box is running on {}{}: stop it first, or use its shell",
+        folder.display(),
+        pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    Busy {
+        /// The shared folder.
+        folder: PathBuf,
+        /// The process holding it, when its lock file says.
+        pid: Option<u32>,
+    },
     /// An operating-system error on a specific path.
     #[error("{path}: {source}")]
     Io {
@@ -125,7 +139,7 @@ fn ancestors_or_self(name: &str) -> impl Iterator<Item = &str> {
 /// JSON cache of an older boxsync imported once) and the change numbering. A database that
 /// cannot be opened at all leaves both in memory, with a warning: the box still works, at
 /// the cost of rehashing after a restart and of whole listings to its peers.
-fn open_index(state: &Path) -> Result<(HashCache, Numbering), ShareError> {
+fn open_index(state: &Path) -> Result<(HashCache, Numbering, Option<Arc<IndexDb>>), ShareError> {
     let db = match IndexDb::open(state) {
         Ok((db, opened)) => {
             if let Opened::SetAside { moved_to, reason } = &opened {
@@ -135,23 +149,23 @@ fn open_index(state: &Path) -> Result<(HashCache, Numbering), ShareError> {
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot open the index database; hashes and change numbers are kept in memory only");
-            return Ok((HashCache::in_memory(), Numbering::in_memory()));
+            return Ok((HashCache::in_memory(), Numbering::in_memory(), None));
         }
     };
     let cache = match HashCache::persistent(Arc::clone(&db)) {
         Ok(cache) => cache,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the index database; hashes and change numbers are kept in memory only");
-            return Ok((HashCache::in_memory(), Numbering::in_memory()));
+            return Ok((HashCache::in_memory(), Numbering::in_memory(), None));
         }
     };
-    let numbering = Numbering::deferred(db, state.join(INDEX_LOCK));
+    let numbering = Numbering::deferred(Arc::clone(&db), state.join(INDEX_LOCK));
     match cache.import_json(&state.join(HASH_CACHE_JSON)) {
         Ok(0) => {}
         Ok(n) => tracing::info!(hashes = n, "imported the hash cache of an older boxsync"),
         Err(e) => tracing::warn!(error = %e, "cannot import the hash cache of an older boxsync"),
     }
-    Ok((cache, numbering))
+    Ok((cache, numbering, Some(db)))
 }
 
 /// Receiving folders from which one flush of the whole file system makes a batch's renames
@@ -187,6 +201,10 @@ pub struct Share {
     /// The ignore rules in force, with the identity of the ignore file they were read from
     /// (`None`: there was none). Behind a std mutex, never held across an await.
     rules: Mutex<(Option<Fingerprint>, Arc<Ignore>)>,
+    /// This process's lock on the folder: one box per folder.
+    owner: Arc<owner::FolderLock>,
+    /// The index database, when there is one: written back should the state folder go.
+    db: Option<Arc<IndexDb>>,
 }
 
 impl Share {
@@ -199,9 +217,11 @@ impl Share {
         // The state (key, history, records, trash, partial downloads) is the owner's only.
         fs::set_permissions(&state, fs::Permissions::from_mode(0o700))
             .map_err(|e| ShareError::io(&state, e))?;
+        // Before anything of the state is touched: a second box on the folder changes nothing.
+        let owner = owner::FolderLock::acquire(&root, &state)?;
         remove_stale_partials(&state.join(TMP_DIR));
         sweep_resume_parts(&state.join(TMP_DIR));
-        let (cache, numbering) = open_index(&state)?;
+        let (cache, numbering, db) = open_index(&state)?;
         let rules = ignore_file_identity(&root);
         let ignore = match rules {
             Some(_) => Ignore::load(&root),
@@ -218,6 +238,8 @@ impl Share {
             reading: tokio::sync::Mutex::new(()),
             link_method: OnceLock::new(),
             rules: Mutex::new((rules, Arc::new(ignore))),
+            owner,
+            db,
         }))
     }
 
@@ -253,6 +275,48 @@ impl Share {
     /// The folder's absolute path.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Whether the state folder is as this box made it: its lock file is the one held and
+    /// `tmp/` is there (two lookups, cheap enough before each download).
+    pub fn state_intact(&self) -> bool {
+        self.owner.intact() && self.tmp_dir().is_dir()
+    }
+
+    /// Recreates what is missing of the state folder when it was deleted (in whole or in
+    /// part) while the box ran: the folder itself (owner-only), `tmp/`, the lock on the
+    /// folder, the index database (written back from the open connection). Returns what
+    /// was recreated, for the caller to say once; nothing when the state was intact.
+    /// Fails with [`ShareError::Busy`] when another box took the folder meanwhile.
+    pub fn restore_state(&self) -> Result<Vec<&'static str>, ShareError> {
+        if self.state_intact() {
+            return Ok(Vec::new());
+        }
+        let state = self.state_dir();
+        let mut restored = Vec::new();
+        if !state.is_dir() {
+            restored.push("the state folder");
+        }
+        let tmp = self.tmp_dir();
+        if !tmp.is_dir() {
+            fs::create_dir_all(&tmp).map_err(|e| ShareError::io(&tmp, e))?;
+            restored.push("tmp/");
+        }
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o700))
+            .map_err(|e| ShareError::io(&state, e))?;
+        if !self.owner.intact() {
+            self.owner.restore()?;
+            restored.push(owner::LOCK_FILE);
+        }
+        if let Some(db) = &self.db {
+            match db.restore() {
+                Ok(true) => restored.push(index::INDEX_FILE),
+                Ok(false) => {}
+                // The open connection goes on: what it holds is lost at the next start.
+                Err(e) => tracing::warn!(error = %e, "cannot write the index database back"),
+            }
+        }
+        Ok(restored)
     }
 
     /// The box's private state folder (`<root>/.boxsync`).

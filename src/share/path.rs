@@ -14,6 +14,12 @@ use thiserror::Error;
 /// The box's own state folder inside the shared folder; never listed, served or hashed.
 pub const STATE_DIR: &str = ".boxsync";
 
+/// How the name of a file being received starts when its folder is on another file system
+/// than `.boxsync/tmp/` (a mount point inside the shared folder): it is copied there under
+/// such a hidden name, then renamed over its own. Never listed, served or synced; left by a
+/// crash, it is removed at the next walk of its folder.
+pub const STAGING_PREFIX: &str = ".boxsync-part-";
+
 /// Longest accepted relative path, in bytes (Linux's PATH_MAX).
 pub const MAX_PATH_BYTES: usize = 4096;
 
@@ -47,6 +53,10 @@ pub enum PathError {
     /// Names the box's private state folder.
     #[error("path '{0}' refused: {STATE_DIR}/ is the box's private state")]
     StateDir(String),
+    /// Names a file a box is receiving into a folder on another file system (see
+    /// [`STAGING_PREFIX`]).
+    #[error("path '{0}' refused: names starting with {STAGING_PREFIX} are files being received")]
+    Staging(String),
     /// Not valid UTF-8 (only reachable from local file names).
     #[error("path refused: not valid UTF-8")]
     NotUtf8,
@@ -85,6 +95,9 @@ impl RelPath {
         }
         if parts[0] == STATE_DIR {
             return Err(PathError::StateDir(raw.to_string()));
+        }
+        if parts.iter().any(|part| part.starts_with(STAGING_PREFIX)) {
+            return Err(PathError::Staging(raw.to_string()));
         }
         Ok(RelPath(parts.join("/")))
     }

@@ -52,10 +52,23 @@ pub fn keep_in_trash(root: &Path, rel: &RelPath) -> Result<PathBuf, ShareError> 
     Ok(kept)
 }
 
-/// Moves `rel` into the trash (a rename: the name disappears from the folder at once).
+/// Moves `rel` into the trash (a rename: the name disappears from the folder at once). A
+/// file on another file system than the trash (a mount point inside the shared folder) is
+/// copied there, flushed, and only then removed.
 pub fn move_to_trash(root: &Path, rel: &RelPath) -> Result<PathBuf, ShareError> {
     let kept = destination(root, rel)?;
-    fs::rename(rel.under(root), &kept).map_err(|e| ShareError::io(&kept, e))?;
+    let source = rel.under(root);
+    match fs::rename(&source, &kept) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            fs::copy(&source, &kept).map_err(|e| ShareError::io(&kept, e))?;
+            fs::File::open(&kept)
+                .and_then(|copy| copy.sync_all())
+                .map_err(|e| ShareError::io(&kept, e))?;
+            fs::remove_file(&source).map_err(|e| ShareError::io(&source, e))?;
+        }
+        Err(e) => return Err(ShareError::io(&kept, e)),
+    }
     Ok(kept)
 }
 

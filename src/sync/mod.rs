@@ -735,6 +735,7 @@ impl Engine {
     /// One round with every peer; `full` for the periodic rescan, which reads the folder
     /// afresh whatever the watcher says.
     async fn round(&mut self, full: bool) {
+        self.local.ensure_state();
         let ignore = self.local.share.ignore();
         crate::share::trash::prune(self.local.share.root(), self.config.trash_retention);
         let previous = self.here.take();

@@ -11,6 +11,7 @@ mod delta;
 mod discovery;
 mod escapes;
 mod failures;
+mod folder;
 mod relay;
 mod shell;
 mod snapshots;
