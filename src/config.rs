@@ -33,12 +33,12 @@ pub const HEADER: &str = "# boxsync: this box's settings, written at each start;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// The file exists but cannot be read (a missing state file is no error).
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {cause}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// The operating system's reason.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Not TOML, or not the keys this file takes (a typo in a key is caught here).
     #[error("{}:{line}: {message}", path.display())]
@@ -61,12 +61,12 @@ pub enum ConfigError {
         message: String,
     },
     /// The settings cannot be written back.
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot write {}: {cause}", path.display())]
     Write {
         /// The file.
         path: PathBuf,
         /// The operating system's reason.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -135,9 +135,9 @@ impl BoxConfig {
             {
                 Ok(BoxConfig::default())
             }
-            Err(source) => Err(ConfigError::Read {
+            Err(cause) => Err(ConfigError::Read {
                 path: path.to_path_buf(),
-                source,
+                cause,
             }),
         }
     }
@@ -250,9 +250,9 @@ impl BoxConfig {
     /// A file that does not parse is not replaced: reading it (which a start does first)
     /// refuses the start.
     pub fn write_if_changed(&self, path: &Path) -> Result<bool, ConfigError> {
-        let write_error = |source| ConfigError::Write {
+        let write_error = |cause| ConfigError::Write {
             path: path.to_path_buf(),
-            source,
+            cause,
         };
         match fs::read_to_string(path) {
             Ok(text) => match BoxConfig::parse(path, &text) {
@@ -261,10 +261,10 @@ impl BoxConfig {
                 Err(e) => return Err(e),
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
+            Err(cause) => {
                 return Err(ConfigError::Read {
                     path: path.to_path_buf(),
-                    source,
+                    cause,
                 });
             }
         }

@@ -87,13 +87,12 @@ pub enum DiscoveryError {
     ZeroInterval,
     /// The discovery socket could not be made or bound (port taken without
     /// `SO_REUSEPORT`, no permission...).
-    #[error("cannot listen for local discovery on UDP port {port}: {source}")]
+    #[error("cannot listen for local discovery on UDP port {port}: {cause}")]
     Bind {
         /// The port asked for.
         port: u16,
         /// The system's error.
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -408,9 +407,9 @@ impl Discovery {
         if config.interval.is_zero() {
             return Err(DiscoveryError::ZeroInterval);
         }
-        let bind_error = |source| DiscoveryError::Bind {
+        let bind_error = |cause| DiscoveryError::Bind {
             port: config.port,
-            source,
+            cause,
         };
         let socket = bind(config.port).map_err(bind_error)?;
         let local_port = socket.local_addr().map_err(bind_error)?.port();

@@ -24,14 +24,14 @@ pub const ID_FILE: &str = "box-id";
 #[derive(Debug, Error)]
 pub enum IdentityError {
     /// The key file could not be read or written.
-    #[error("cannot {action} {path}: {source}")]
+    #[error("cannot {action} {path}: {cause}")]
     Io {
         /// What was being done (`read`, `write`).
         action: &'static str,
         /// The file.
         path: PathBuf,
         /// What the operating system said.
-        source: io::Error,
+        cause: io::Error,
     },
     /// The key file holds no usable key.
     #[error(
@@ -78,11 +78,11 @@ impl Identity {
                 write_private(state, &path, &der)?;
                 identity
             }
-            Err(source) => {
+            Err(cause) => {
                 return Err(IdentityError::Io {
                     action: "read",
                     path,
-                    source,
+                    cause,
                 });
             }
         };
@@ -94,10 +94,10 @@ impl Identity {
     fn write_id(&self, state: &Path) -> Result<(), IdentityError> {
         let id_file = state.join(ID_FILE);
         if fs::read_to_string(&id_file).ok().as_deref().map(str::trim) != Some(self.id.as_str()) {
-            fs::write(&id_file, format!("{}\n", self.id)).map_err(|source| IdentityError::Io {
+            fs::write(&id_file, format!("{}\n", self.id)).map_err(|cause| IdentityError::Io {
                 action: "write",
                 path: id_file,
-                source,
+                cause,
             })?;
         }
         Ok(())
@@ -157,10 +157,10 @@ fn generate_pkcs8() -> Result<Vec<u8>, IdentityError> {
 /// Writes `der` to `path` readable by its owner only, whole or not at all: a temporary
 /// file created with mode 0600, flushed to disk, then renamed over the name.
 fn write_private(state: &Path, path: &Path, der: &[u8]) -> Result<(), IdentityError> {
-    let failed = |action, source| IdentityError::Io {
+    let failed = |action, cause| IdentityError::Io {
         action,
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     // The state folder is the owner's only (the share makes it so too, for an older one).
     fs::DirBuilder::new()
@@ -189,20 +189,20 @@ fn write_private(state: &Path, path: &Path, der: &[u8]) -> Result<(), IdentityEr
 /// Makes the key file owner-only if it is not (copied with a permissive umask, say).
 fn tighten(path: &Path) -> Result<(), IdentityError> {
     let mode = fs::metadata(path)
-        .map_err(|source| IdentityError::Io {
+        .map_err(|cause| IdentityError::Io {
             action: "read",
             path: path.to_path_buf(),
-            source,
+            cause,
         })?
         .permissions()
         .mode();
     if mode & 0o077 != 0 {
         tracing::warn!(path = %path.display(), "the key file was readable by others: made owner-only");
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|source| {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|cause| {
             IdentityError::Io {
                 action: "protect",
                 path: path.to_path_buf(),
-                source,
+                cause,
             }
         })?;
     }

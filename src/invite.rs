@@ -49,14 +49,14 @@ pub enum BadInvitation {
 #[derive(Debug, Error)]
 pub enum InviteError {
     /// The state folder could not be read or written.
-    #[error("cannot {action} {path}: {source}")]
+    #[error("cannot {action} {path}: {cause}")]
     Io {
         /// What was being done.
         action: &'static str,
         /// The file or folder.
         path: PathBuf,
         /// What the operating system said.
-        source: io::Error,
+        cause: io::Error,
     },
     /// The system's random number generator failed.
     #[error("cannot make a secret: the system's random number generator failed")]
@@ -115,10 +115,10 @@ pub fn create(
         .map_err(|_| InviteError::Random)?;
     let secret = data_encoding::BASE32_NOPAD.encode(&bytes);
     let dir = state.join(INVITE_DIR);
-    let failed = |action, path: &Path, source| InviteError::Io {
+    let failed = |action, path: &Path, cause| InviteError::Io {
         action,
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     fs::create_dir_all(&dir).map_err(|e| failed("create", &dir, e))?;
     forget_expired(&dir);

@@ -59,31 +59,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// An error and its causes on one line, each cause said once: an error whose message
-/// already quotes its source (`{path}: {source}`) would otherwise show the operating
-/// system's words twice, as `{:#}` prints every cause. A port in use gets a way out. The
-/// line is escaped ([`boxsync::text::escape`]): a cause may quote a peer or a name on disk.
+/// An error and its causes on one line, as `{:#}` writes them (`context: cause: cause`).
+/// Each cause is said once because no error of boxsync's both quotes its cause in its
+/// message and returns it as its source. The line is escaped ([`boxsync::text::escape`]):
+/// a cause may quote a peer or a name on disk.
 fn one_line(error: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    let in_use = error.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
-    });
-    if in_use {
-        line.push_str(" (pick another port, or -l 127.0.0.1:0 for any free one)");
-    }
-    boxsync::text::escape(&line).into_owned()
+    boxsync::text::escape(&format!("{error:#}")).into_owned()
 }
 
 /// Runs the configured mode; for a script, how its commands went.

@@ -63,12 +63,12 @@ pub enum PeerError {
         reason: String,
     },
     /// Connected, but the handshake failed.
-    #[error("peer {addr}: {source}")]
+    #[error("peer {addr}: {cause}")]
     Handshake {
         /// The peer's address.
         addr: String,
-        /// What went wrong.
-        source: HandshakeError,
+        /// What went wrong (in the message, so not also its source).
+        cause: HandshakeError,
     },
     /// The box at the address is not the box dialed.
     #[error("the box at {addr} is {seen}, not {expected}")]
@@ -105,12 +105,12 @@ pub enum PeerError {
         peer: BoxId,
     },
     /// The connection failed during the request.
-    #[error("connection to peer {addr} lost: {source}")]
+    #[error("connection to peer {addr} lost: {cause}")]
     Connection {
         /// The peer's address.
         addr: String,
-        /// What went wrong.
-        source: ConnectionError,
+        /// What went wrong (in the message, so not also its source).
+        cause: ConnectionError,
     },
     /// The peer answered with an error.
     #[error("{message}")]
@@ -150,9 +150,9 @@ impl PeerError {
     /// The error of a request's exchange with the peer at `addr`.
     fn from_call(addr: &str, error: CallError) -> PeerError {
         match error {
-            CallError::Connection(source) => PeerError::Connection {
+            CallError::Connection(cause) => PeerError::Connection {
                 addr: addr.to_string(),
-                source,
+                cause,
             },
             CallError::Remote { kind, message } => PeerError::Remote { kind, message },
             CallError::Protocol(detail) => PeerError::Protocol {
@@ -935,7 +935,7 @@ impl Peer {
         let link = self.connect().await?;
         let stream = link.mux.open().await.map_err(|e| PeerError::Connection {
             addr: self.label.clone(),
-            source: ConnectionError::Io(io::Error::other(e)),
+            cause: ConnectionError::Io(io::Error::other(e)),
         })?;
         Ok((Connection::new(stream), false))
     }
@@ -1083,9 +1083,9 @@ impl Peer {
                 peer: self.id.clone(),
                 this: self.local.id.clone(),
             },
-            source => PeerError::Handshake {
+            cause => PeerError::Handshake {
                 addr: addr.to_string(),
-                source,
+                cause,
             },
         })?;
         Ok(links.keep(PeerLink::new(dialed.mux, dialed.theirs)))

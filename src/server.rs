@@ -49,36 +49,54 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long shutdown waits for requests in progress before cutting them off.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Why the server could not start.
+/// Why the server could not start. Each message says the operating system's words itself
+/// (so they are no error's source as well: a printer of the chain says them once).
 #[derive(Debug, Error)]
 pub enum ServerError {
     /// The address could not be bound for TCP or UDP.
-    #[error("cannot listen on {addr}")]
+    #[error("cannot listen on {addr}: {cause}{}", in_use_hint(cause))]
     Bind {
         /// The address asked for.
         addr: SocketAddr,
         /// What the operating system said.
-        source: io::Error,
+        cause: io::Error,
     },
     /// The box's key could not be set up for TLS.
     #[error("cannot set up TLS with this box's key: {0}")]
-    Tls(#[from] rustls::Error),
+    Tls(rustls::Error),
     /// The notices kept for sync (`.boxsync/inbox/`) could not be read.
-    #[error("cannot read sync's inbox {path}")]
+    #[error("cannot read sync's inbox {}: {cause}", path.display())]
     Inbox {
         /// The inbox folder.
         path: std::path::PathBuf,
         /// What the operating system said.
-        source: io::Error,
+        cause: io::Error,
     },
     /// The UDP socket could not be set up for transfers.
-    #[error("cannot set up UDP on {addr}")]
+    #[error("cannot set up UDP on {addr}: {cause}")]
     Udp {
         /// The address bound.
         addr: SocketAddr,
         /// What the operating system said.
-        source: io::Error,
+        cause: io::Error,
     },
+}
+
+/// By hand rather than `#[from]`: the message quotes TLS's error (see [`ServerError`]).
+impl From<rustls::Error> for ServerError {
+    fn from(error: rustls::Error) -> ServerError {
+        ServerError::Tls(error)
+    }
+}
+
+/// A port in use gets a way out: another port, or any free one.
+fn in_use_hint(cause: &io::Error) -> &'static str {
+    match cause.kind() {
+        io::ErrorKind::AddrInUse => {
+            " (another program, or another box, listens there: pick another port, or -l 127.0.0.1:0 for any free one)"
+        }
+        _ => "",
+    }
 }
 
 /// Folder under the state folder where acknowledged `installed` notices wait for sync.
@@ -89,7 +107,7 @@ fn durable_notices(local: &LocalBox) -> Result<Arc<Notices>, ServerError> {
     let path = local.share.state_dir().join(INBOX_DIR);
     match Notices::durable(&path) {
         Ok(notices) => Ok(Arc::new(notices)),
-        Err(source) => Err(ServerError::Inbox { path, source }),
+        Err(cause) => Err(ServerError::Inbox { path, cause }),
     }
 }
 
@@ -115,7 +133,7 @@ impl Server {
     pub async fn bind(local: Arc<LocalBox>, addr: SocketAddr) -> Result<Server, ServerError> {
         let tls = protocol::tls::server_config(&local.identity)?;
         let notices = durable_notices(&local)?;
-        let bind_error = |source| ServerError::Bind { addr, source };
+        let bind_error = |cause| ServerError::Bind { addr, cause };
         // With port 0, the TCP port the kernel picks may be taken for UDP: try a few.
         let attempts = if addr.port() == 0 { 16 } else { 1 };
         let mut last_error = None;
@@ -125,10 +143,8 @@ impl Server {
             match UdpSocket::bind(bound).await {
                 Ok(udp) => {
                     let max_rate = local.settings.max_udp_rate.map(|r| r as f64);
-                    let hub = UdpHub::new(udp, max_rate).map_err(|source| ServerError::Udp {
-                        addr: bound,
-                        source,
-                    })?;
+                    let hub = UdpHub::new(udp, max_rate)
+                        .map_err(|cause| ServerError::Udp { addr: bound, cause })?;
                     // For `boxsync invite`: where this box listens (best effort).
                     let _ = std::fs::write(
                         local.share.state_dir().join(invite::LISTEN_FILE),
@@ -161,14 +177,12 @@ impl Server {
         let addr = SocketAddr::from(([127, 0, 0, 1], 0));
         let udp = UdpSocket::bind(addr)
             .await
-            .map_err(|source| ServerError::Bind { addr, source })?;
+            .map_err(|cause| ServerError::Bind { addr, cause })?;
         let bound = udp
             .local_addr()
-            .map_err(|source| ServerError::Bind { addr, source })?;
-        let hub = UdpHub::new(udp, None).map_err(|source| ServerError::Udp {
-            addr: bound,
-            source,
-        })?;
+            .map_err(|cause| ServerError::Bind { addr, cause })?;
+        let hub =
+            UdpHub::new(udp, None).map_err(|cause| ServerError::Udp { addr: bound, cause })?;
         local.links.set_listen(None);
         Ok(Server {
             local,

@@ -26,14 +26,14 @@ const MAX_NAME: usize = 64;
 #[derive(Debug, Error)]
 pub enum TrustError {
     /// Reading or writing the file failed.
-    #[error("cannot {action} {path}: {source}")]
+    #[error("cannot {action} {path}: {cause}")]
     Io {
         /// What was being done.
         action: &'static str,
         /// The file.
         path: PathBuf,
         /// What the operating system said.
-        source: io::Error,
+        cause: io::Error,
     },
     /// The file is not valid.
     #[error("{path} is damaged ({detail}): fix or remove it, then trust the boxes again")]
@@ -245,10 +245,10 @@ impl Trust {
         let Some(path) = &self.file else {
             return Ok(());
         };
-        let failed = |action, source| TrustError::Io {
+        let failed = |action, cause| TrustError::Io {
             action,
             path: path.clone(),
-            source,
+            cause,
         };
         let stamp = match fs::metadata(path) {
             Ok(meta) => (
@@ -304,10 +304,10 @@ impl Trust {
         let Some(path) = &self.file else {
             return Ok(());
         };
-        let failed = |source| TrustError::Io {
+        let failed = |cause| TrustError::Io {
             action: "write",
             path: path.clone(),
-            source,
+            cause,
         };
         let file = TrustFile {
             trusted: state.stored.values().cloned().collect(),

@@ -26,11 +26,11 @@ const WRITE_BUFFER: usize = 64 * 1024;
 #[derive(Debug, Error)]
 pub enum ConnectionError {
     /// The socket failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// The bytes on the wire are not a valid frame.
     #[error("malformed frame: {0}")]
-    Frame(#[from] FrameError),
+    Frame(FrameError),
     /// The other side closed the connection between frames.
     #[error("connection closed")]
     Closed,
@@ -46,6 +46,14 @@ pub enum ConnectionError {
     /// A message too large for a control frame.
     #[error("message of {0} bytes is too large for a control frame")]
     MessageTooLarge(usize),
+}
+
+/// By hand rather than `#[from]`: the message quotes the frame's error, so it is not also
+/// this error's source (a printer of the chain would say it twice).
+impl From<FrameError> for ConnectionError {
+    fn from(error: FrameError) -> ConnectionError {
+        ConnectionError::Frame(error)
+    }
 }
 
 /// A framed, buffered connection.

@@ -197,10 +197,10 @@ impl Response {
         let message = match error {
             // A file of the folder, named relative to it, is the peer's business; the
             // server's own absolute paths are not.
-            ShareError::Io { path, source } if path.is_relative() => {
-                format!("read error on the peer for '{}': {source}", path.display())
+            ShareError::Io { path, cause } if path.is_relative() => {
+                format!("read error on the peer for '{}': {cause}", path.display())
             }
-            ShareError::Io { source, .. } => format!("read error on the peer: {source}"),
+            ShareError::Io { cause, .. } => format!("read error on the peer: {cause}"),
             ShareError::Busy { .. } => "the peer's folder is held by another process".into(),
             other => other.to_string(),
         };

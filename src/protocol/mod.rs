@@ -80,6 +80,13 @@ pub struct Dialed {
 /// included); one that has not authenticated by then is closed.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a dialer waits for the other side's first TLS answer. A boxsync box answers a
+/// caller's hello at once (one round trip, however busy: past its bound it closes the
+/// connection instead), so silence this long means no boxsync box is there (a server that
+/// waits for its client to speak first, a port that accepts and says nothing). Garbage
+/// fails at once; this is the bound for silence.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Why the opening handshake failed.
 #[derive(Debug, Error)]
 pub enum HandshakeError {
@@ -87,7 +94,7 @@ pub enum HandshakeError {
     #[error(transparent)]
     Connection(#[from] ConnectionError),
     /// The socket failed during the handshake.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     /// The other side is not a boxsync box.
     #[error("not a boxsync peer (greeting '{0}')")]
@@ -114,9 +121,14 @@ pub enum HandshakeError {
     },
     /// The other side's bytes are not boxsync's TLS at all.
     #[error(
-        "it does not speak boxsync protocol {PROTOCOL_VERSION} (TLS): an older boxsync, or another program"
+        "not a boxsync box: it does not speak boxsync protocol {PROTOCOL_VERSION} (TLS): another program, or an older boxsync"
     )]
     NotBoxsync,
+    /// The other side accepted the connection and said nothing.
+    #[error(
+        "not a boxsync box: it accepted the connection but did not answer within {ANSWER_TIMEOUT:?} (a boxsync box answers at once)"
+    )]
+    Silent,
     /// (Server side) a client of the old plaintext protocol, told to upgrade.
     #[error("a client of the old plaintext protocol (told to upgrade)")]
     Plaintext,
@@ -164,7 +176,9 @@ pub async fn dial_session(
     inbound: Option<mpsc::Sender<Link>>,
 ) -> Result<Dialed, HandshakeError> {
     let exchange = async {
-        let link = tls::connect(stream, identity, expected).await?;
+        let link = tokio::time::timeout(ANSWER_TIMEOUT, tls::connect(stream, identity, expected))
+            .await
+            .unwrap_or(Err(HandshakeError::Silent))?;
         let mut connection = Connection::new(link);
         connection
             .write_message(&ours.hello(invite.map(str::to_string)))

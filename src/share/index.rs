@@ -64,12 +64,12 @@ pub struct ChangeMark {
 #[derive(Debug, Error)]
 pub enum IndexError {
     /// SQLite failed.
-    #[error("index database {path}: {source}")]
+    #[error("index database {path}: {cause}")]
     Db {
         /// The database's file.
         path: PathBuf,
         /// What SQLite said.
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     /// A stored path is not a valid relative path (a damaged row).
     #[error("index database {path}: a stored path is invalid: {detail}")]
@@ -149,7 +149,7 @@ impl IndexDb {
                 let moved_to = set_aside(&file);
                 let db = Self::open_file(&file).map_err(|e| IndexError::Db {
                     path: file.clone(),
-                    source: e.into_sqlite(),
+                    cause: e.into_sqlite(),
                 })?;
                 Ok((
                     db,
@@ -161,7 +161,7 @@ impl IndexDb {
             }
             Err(e) => Err(IndexError::Db {
                 path: file,
-                source: e.into_sqlite(),
+                cause: e.into_sqlite(),
             }),
         }
     }
@@ -241,10 +241,10 @@ impl IndexDb {
         Ok(true)
     }
 
-    fn error(&self, source: rusqlite::Error) -> IndexError {
+    fn error(&self, cause: rusqlite::Error) -> IndexError {
         IndexError::Db {
             path: self.file.clone(),
-            source,
+            cause,
         }
     }
 

@@ -102,21 +102,21 @@ pub enum ShareError {
         pid: Option<u32>,
     },
     /// An operating-system error on a specific path.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The path the operation was on.
         path: PathBuf,
-        /// What the operating system said.
-        source: io::Error,
+        /// What the operating system said (in the message, so not also its source).
+        cause: io::Error,
     },
 }
 
 impl ShareError {
     /// Wraps an I/O error with the path it happened on.
-    pub fn io(path: impl AsRef<Path>, source: io::Error) -> ShareError {
+    pub fn io(path: impl AsRef<Path>, cause: io::Error) -> ShareError {
         ShareError::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            cause,
         }
     }
 }
@@ -405,8 +405,8 @@ impl Share {
                 Err(ShareError::NotFound(_) | ShareError::Changed(_) | ShareError::Unstable(_)) => {
                 }
                 // Named as the peer knows it (relative), so that the answer says which file.
-                Err(ShareError::Io { source, .. }) => {
-                    return Err(ShareError::io(entry.name.as_str(), source));
+                Err(ShareError::Io { cause, .. }) => {
+                    return Err(ShareError::io(entry.name.as_str(), cause));
                 }
                 Err(e) => return Err(e),
             }

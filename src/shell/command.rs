@@ -42,8 +42,8 @@ pub enum Command {
         /// UDP only: a cap on the sending rate, bytes per second.
         max_rate: Option<u64>,
     },
-    /// `history`: requests made and served.
-    History,
+    /// `history [N] [WORD]`: requests made and served.
+    History(HistoryQuery),
     /// `peer [ID@HOST:PORT]`: show or switch the current peer.
     Peer(Option<PeerAddress>),
     /// `peers`: the session's peers and the boxes this box trusts.
@@ -74,6 +74,34 @@ impl Command {
             Command::Background(inner) => inner.writes_locally(),
             _ => false,
         }
+    }
+}
+
+/// Which requests `history` shows: the last `count` of those that mention `word`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// At most this many, the newest (`None`: all).
+    pub count: Option<usize>,
+    /// Only records whose request, peer, direction or result holds this, ignoring case.
+    pub word: Option<String>,
+}
+
+impl HistoryQuery {
+    /// The records `records` (oldest first) that the query asks for, oldest first.
+    pub fn select<T>(&self, records: Vec<T>, text: impl Fn(&T) -> String) -> Vec<T> {
+        let word = self.word.as_ref().map(|w| w.to_lowercase());
+        let mut chosen: Vec<T> = records
+            .into_iter()
+            .filter(|r| {
+                word.as_ref()
+                    .is_none_or(|w| text(r).to_lowercase().contains(w))
+            })
+            .collect();
+        if let Some(count) = self.count {
+            let skip = chosen.len().saturating_sub(count);
+            chosen.drain(..skip);
+        }
+        chosen
     }
 }
 
@@ -117,7 +145,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("index", USAGE_INDEX),
     ("hash", USAGE_HASH),
     ("download", USAGE_DOWNLOAD),
-    ("history", "history"),
+    ("history", USAGE_HISTORY),
     ("peer", "peer [ID@HOST:PORT]"),
     ("peers", "peers"),
     ("sync", "sync status|now|on|off|allow-deletes"),
@@ -148,6 +176,7 @@ const USAGE_INDEX: &str =
     "index longlist | index shortlist <start> <end> | index regex <pattern> | index glob <pattern>";
 const USAGE_HASH: &str = "hash verify <file> | hash checkall";
 const USAGE_DOWNLOAD: &str = "download tcp <file> | download udp <file> [--max-rate RATE]";
+const USAGE_HISTORY: &str = "history [N] [WORD] (the last N requests; only those mentioning WORD)";
 const USAGE_KILL: &str = "kill <job> (the number 'jobs' shows)";
 const USAGE_BG: &str = "bg download tcp|udp <file> (or: download ... &)";
 
@@ -201,8 +230,7 @@ fn parse_words(first: &str, rest: &[String]) -> Result<Command, CommandError> {
         "index" => Command::Index(parse_index(&args)?),
         "hash" => parse_hash(&args)?,
         "download" => parse_download(&args)?,
-        "history" if args.is_empty() => Command::History,
-        "history" => return Err(CommandError::Usage("history")),
+        "history" => Command::History(parse_history(&args)?),
         "peer" => match args.as_slice() {
             [] => Command::Peer(None),
             [target] => Command::Peer(Some(PeerAddress::parse(target)?)),
@@ -239,6 +267,21 @@ fn parse_words(first: &str, rest: &[String]) -> Result<Command, CommandError> {
         _ => return Err(CommandError::Unknown(first.to_string(), suggestion(first))),
     };
     Ok(command)
+}
+
+/// `history [N] [WORD]`, in either order: a number is the count, anything else the word.
+fn parse_history(args: &[&str]) -> Result<HistoryQuery, CommandError> {
+    let usage = CommandError::Usage(USAGE_HISTORY);
+    let mut query = HistoryQuery::default();
+    for arg in args {
+        match arg.parse::<usize>() {
+            Ok(0) => return Err(usage),
+            Ok(count) if query.count.is_none() => query.count = Some(count),
+            Err(_) if query.word.is_none() && !arg.is_empty() => query.word = Some(arg.to_string()),
+            _ => return Err(usage),
+        }
+    }
+    Ok(query)
 }
 
 /// A job number as `jobs` shows it: `2`, or `%2` as in other shells.
@@ -438,6 +481,36 @@ mod tests {
         assert!(parse("kill 0").is_err());
         assert!(parse("kill one").is_err());
         assert_eq!(parse("wait").unwrap(), Some(Command::Wait));
+    }
+
+    /// `history` takes a count and a word, in either order, and picks the newest matches.
+    #[test]
+    fn history_count_and_word() {
+        let query = |count: Option<usize>, word: Option<&str>| {
+            Some(Command::History(HistoryQuery {
+                count,
+                word: word.map(str::to_string),
+            }))
+        };
+        assert_eq!(parse("history").unwrap(), query(None, None));
+        assert_eq!(parse("history 20").unwrap(), query(Some(20), None));
+        assert_eq!(
+            parse("history download").unwrap(),
+            query(None, Some("download"))
+        );
+        assert_eq!(parse("history udp 5").unwrap(), query(Some(5), Some("udp")));
+        assert!(parse("history 0").is_err());
+        assert!(parse("history 1 2").is_err());
+        assert!(parse("history a b").is_err());
+        let picked = HistoryQuery {
+            count: Some(2),
+            word: Some("DOWN".into()),
+        }
+        .select(
+            vec!["download a", "index", "download b", "download c"],
+            |r| r.to_string(),
+        );
+        assert_eq!(picked, vec!["download b", "download c"]);
     }
 
     /// A download written back as a line reads the same, rate included.

@@ -17,7 +17,7 @@ commands (keywords are case-insensitive; quote names with spaces: \"my file.txt\
   jobs                            background downloads in flight, with their progress
   kill <job>                      cancel a background download
   wait                            wait for the background downloads, with progress bars
-  history                         requests this box made and served, newest last
+  history [N] [WORD]              requests this box made and served, newest last
   peer [HOST:PORT]                show the current peer, or switch to another
   sync status|now|on|off          auto-sync: state per peer, sync at once, resume, pause
   help [command]                  this list, or details and examples for one command
@@ -119,11 +119,17 @@ examples:
     download tcp \"music/song one.mp3\" &"
             .to_string(),
         "history" => "\
-history
+history [N] [WORD]
     The requests this box has made (to peers) and served (to peers), oldest first,
-    with their time and result. Kept across restarts in .boxsync/history.jsonl.
-example:
-    history"
+    with their time, whether this box made or served each, the peer and the result.
+    Kept across restarts in .boxsync/history.jsonl. N shows only the last N; WORD only
+    those that mention it (in the request, the peer, the result, or 'made'/'served'),
+    ignoring case; both together give the last N of those.
+examples:
+    history
+    history 20
+    history download
+    history served 5"
             .to_string(),
         "peer" => "\
 peer
@@ -148,12 +154,16 @@ sync status (or: sync)
     Auto-sync's state: on or paused, and for each peer its last round, what it
     brought and sent, conflicts and the last error.
 sync now
-    Starts a round with every peer at once instead of at the next rescan.
+    Starts a round with every peer at once instead of at the next rescan, waits for
+    it (30 s at most; Ctrl-C stops waiting, the round goes on) and says what it did
+    with each peer: files received, moved and deleted here, conflicts, failures, or
+    nothing to do. (What this box changed, each peer pulls in its own rounds.) While
+    sync is paused it runs nothing and says so.
 sync on
     Resumes auto-sync (a round starts at once).
 sync off
     Pauses auto-sync: no round runs until 'sync on'. The shell's own commands still
-    work. Each form then shows the state, as 'sync status' does.
+    work. 'sync on' and 'sync off' then show the state, as 'sync status' does.
 Auto-sync runs only with peers given by --peer and a --sync period other than 0.
 examples:
     sync

@@ -1,14 +1,16 @@
 //! What rustyline asks of the shell while a line is typed: completions ([`super::complete`]
-//! with the peer's cached names), a greyed suggestion from history, and colours for the
-//! command word and the prompt.
+//! with the peer's cached names), a greyed suggestion from history (never a line that
+//! failed when last run), and colours for the command word and the prompt.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustyline::completion::{Completer, Pair};
 use rustyline::highlight::{CmdKind, Highlighter};
-use rustyline::hint::{Hinter, HistoryHinter};
+use rustyline::hint::Hinter;
+use rustyline::history::SearchDirection;
 use rustyline::validate::Validator;
 use rustyline::{Context, Helper};
 
@@ -31,8 +33,9 @@ pub struct ShellHelper {
     jobs: Jobs,
     /// The peer's names, cached.
     names: RemoteNames,
-    /// Suggestions from history.
-    hinter: HistoryHinter,
+    /// The lines that failed (or were not understood) when last run this session, which
+    /// a suggestion from history never offers again.
+    failed: HashSet<String>,
     /// Whether to colour (hints are shown only with colours: an uncoloured hint would look
     /// like typed text).
     colour: bool,
@@ -46,10 +49,38 @@ impl ShellHelper {
             peers: Vec::new(),
             jobs,
             names,
-            hinter: HistoryHinter::new(),
+            failed: HashSet::new(),
             colour,
         }
     }
+}
+
+impl ShellHelper {
+    /// Notes how `line` went when it ran: a line that failed is not suggested again until
+    /// it has run well.
+    pub fn note_result(&mut self, line: &str, succeeded: bool) {
+        if succeeded {
+            self.failed.remove(line);
+        } else {
+            self.failed.insert(line.to_string());
+        }
+    }
+}
+
+/// The rest of the newest line of `history` (newest first) that starts with `line` and is
+/// neither `line` itself nor one of `failed`.
+fn suggestion<'a>(
+    history: impl Iterator<Item = Cow<'a, str>>,
+    line: &str,
+    failed: &HashSet<String>,
+) -> Option<String> {
+    if line.is_empty() {
+        return None;
+    }
+    history
+        .filter(|entry| entry.starts_with(line) && entry.len() > line.len())
+        .find(|entry| !failed.contains(entry.as_ref()))
+        .map(|entry| entry[line.len()..].to_string())
 }
 
 /// The sources of one completion.
@@ -108,10 +139,18 @@ impl Hinter for ShellHelper {
     type Hint = String;
 
     fn hint(&self, line: &str, pos: usize, ctx: &Context<'_>) -> Option<String> {
-        if !self.colour {
+        if !self.colour || pos < line.len() {
             return None;
         }
-        self.hinter.hint(line, pos, ctx)
+        let history = ctx.history();
+        let newest_first = (0..history.len()).rev().filter_map(|i| {
+            history
+                .get(i, SearchDirection::Reverse)
+                .ok()
+                .flatten()
+                .map(|found| found.entry)
+        });
+        suggestion(newest_first, line, &self.failed)
     }
 }
 
@@ -201,5 +240,30 @@ mod tests {
         assert_eq!(word_kind("ind"), WordKind::Partial);
         assert_eq!(word_kind("fileh"), WordKind::Partial);
         assert_eq!(word_kind("frobnicate"), WordKind::Unknown);
+    }
+
+    /// A suggestion is the newest matching line that did not fail when last run.
+    #[test]
+    fn suggestions_skip_failed_lines() {
+        let history = [
+            "index longlist",
+            "download tcp missing.txt",
+            "download tcp a.txt",
+        ];
+        let newest_first = || history.iter().rev().map(|s| Cow::Borrowed(*s));
+        let mut failed = HashSet::new();
+        assert_eq!(
+            suggestion(newest_first(), "down", &failed).as_deref(),
+            Some("load tcp a.txt")
+        );
+        failed.insert("download tcp a.txt".to_string());
+        assert_eq!(
+            suggestion(newest_first(), "down", &failed).as_deref(),
+            Some("load tcp missing.txt")
+        );
+        failed.insert("download tcp missing.txt".to_string());
+        assert_eq!(suggestion(newest_first(), "down", &failed), None);
+        assert_eq!(suggestion(newest_first(), "index longlist", &failed), None);
+        assert_eq!(suggestion(newest_first(), "", &failed), None);
     }
 }

@@ -1,6 +1,8 @@
-//! The current peer's file names for completion, cached and refreshed in the background,
-//! so that Tab never waits on the network for long: a stale list is used at once while a
-//! fresh one is fetched; only when nothing is cached yet does Tab wait, briefly.
+//! The current peer's file names for completion, cached so that Tab never waits on the
+//! network for long. A list older than [`FRESH_FOR`] is fetched again at the next Tab,
+//! which waits for it briefly (the caller's bound) and falls back to the old list only if
+//! the peer is slower than that: a file made on the peer a minute ago completes, even after
+//! the shell sat idle.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -11,8 +13,8 @@ use crate::peer::Peer;
 use crate::share::Entry;
 use crate::share::filter::IndexFilter;
 
-/// How long a fetched list is used before Tab asks for a fresh one (in the background).
-const FRESH_FOR: Duration = Duration::from_secs(15);
+/// How long a fetched list is used before Tab asks for a fresh one.
+pub const FRESH_FOR: Duration = Duration::from_secs(15);
 
 /// The cached file names of one peer at a time, shared with the tasks that refresh them.
 #[derive(Clone)]
@@ -21,6 +23,8 @@ pub struct RemoteNames {
     shared: Arc<Shared>,
     /// The runtime refreshes run on.
     handle: Handle,
+    /// How long a fetched list is used before the next Tab fetches another.
+    fresh_for: Duration,
 }
 
 /// The cache and the signal that a refresh ended.
@@ -47,19 +51,27 @@ struct State {
 }
 
 impl RemoteNames {
-    /// An empty cache whose refreshes run on `handle`.
+    /// An empty cache whose refreshes run on `handle`, lists kept [`FRESH_FOR`].
     pub fn new(handle: Handle) -> RemoteNames {
+        RemoteNames::fresh_for(handle, FRESH_FOR)
+    }
+
+    /// An empty cache whose lists are used for `fresh_for` before the next Tab fetches
+    /// another (tests shorten it).
+    pub fn fresh_for(handle: Handle, fresh_for: Duration) -> RemoteNames {
         RemoteNames {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 refreshed: Condvar::new(),
             }),
             handle,
+            fresh_for,
         }
     }
 
-    /// The files of `peer`: the cached list, refreshed in the background when stale. Only
-    /// when nothing has been fetched yet does this wait, at most `wait`, for the first list.
+    /// The files of `peer`: the cached list while it is fresh; otherwise a new one, waited
+    /// for at most `wait` (then the old list, while the new one keeps coming). A failed
+    /// fetch counts as fresh too, so that a peer that is away does not make every Tab wait.
     /// Called on the prompt's thread, never from the runtime.
     pub fn files(&self, peer: &Arc<Peer>, wait: Duration) -> Arc<Vec<String>> {
         let mut state = self.state();
@@ -70,12 +82,12 @@ impl RemoteNames {
                 ..State::default()
             };
         }
-        let stale = state.fetched.is_none_or(|at| at.elapsed() > FRESH_FOR);
+        let stale = state.fetched.is_none_or(|at| at.elapsed() > self.fresh_for);
         if stale && !state.refreshing {
             state.refreshing = true;
             self.spawn_refresh(Arc::clone(peer), state.generation);
         }
-        if state.fetched.is_none() {
+        if stale {
             let (waited, _) = self
                 .shared
                 .refreshed

@@ -113,6 +113,7 @@ fn outcome_json(outcome: &Outcome) -> Option<Value> {
         Outcome::Peers(rows) => serde_json::to_value(rows).unwrap_or(Value::Null),
         Outcome::Help(text) => json!({ "help": text }),
         Outcome::Sync(status) => serde_json::to_value(status).unwrap_or(Value::Null),
+        Outcome::SyncRound(round) => sync_round_json(round),
         Outcome::Quit => return None,
         Outcome::Jobs(jobs) => Value::Array(jobs.iter().map(job_json).collect()),
         Outcome::Started(job) | Outcome::Killed(job) => job_json(job),
@@ -247,7 +248,7 @@ fn outcome_human(outcome: &Outcome, layout: Layout) -> String {
         Outcome::History(records) => table(
             &[
                 Column::keep("TIME"),
-                Column::keep(""),
+                Column::keep("DIRECTION"),
                 Column::keep("PEER"),
                 Column::shrink("REQUEST", Fit::Middle),
                 Column::shrink("RESULT", Fit::End),
@@ -297,6 +298,7 @@ fn outcome_human(outcome: &Outcome, layout: Layout) -> String {
         ),
         Outcome::Help(text) => text.clone(),
         Outcome::Sync(status) => sync_status(status, layout),
+        Outcome::SyncRound(round) => sync_round(round),
         Outcome::Quit => String::new(),
         Outcome::Jobs(jobs) if jobs.is_empty() => "no jobs".to_string(),
         Outcome::Jobs(jobs) => table(
@@ -321,6 +323,95 @@ fn outcome_human(outcome: &Outcome, layout: Layout) -> String {
             .collect::<Vec<_>>()
             .join("\n"),
     }
+}
+
+/// `{"round": {"finished", "peers": [...]}}`: per peer its counts, its `error`, or
+/// `"tried": false`.
+fn sync_round_json(round: &crate::shell::session::SyncRound) -> Value {
+    use crate::shell::session::PeerRoundResult;
+    let peers: Vec<Value> = round
+        .peers
+        .iter()
+        .map(|p| match &p.result {
+            PeerRoundResult::Done(c) => json!({
+                "peer": p.peer,
+                "received": c.received,
+                "moved": c.moved,
+                "deleted": c.deleted,
+                "conflicts": c.conflicts,
+                "other": c.other,
+                "failed": c.failed,
+            }),
+            PeerRoundResult::Failed(error) => json!({ "peer": p.peer, "error": error }),
+            PeerRoundResult::NotTried => json!({ "peer": p.peer, "tried": false }),
+        })
+        .collect();
+    json!({ "round": { "finished": round.finished, "peers": peers } })
+}
+
+/// What `sync now`'s round did, a line per peer: `sync [peer]: received 2 files, 1
+/// conflict` or `nothing to do`.
+fn sync_round(round: &crate::shell::session::SyncRound) -> String {
+    use crate::shell::session::PeerRoundResult;
+    let mut lines: Vec<String> = round
+        .peers
+        .iter()
+        .map(|p| {
+            let said = match &p.result {
+                PeerRoundResult::Done(counts) => round_counts(counts),
+                PeerRoundResult::Failed(error) => format!("failed: {}", escape(error)),
+                PeerRoundResult::NotTried if round.finished => {
+                    "not tried in this round (unreachable lately, it dials this box, or busy with an earlier round; 'sync status' says which)".to_string()
+                }
+                PeerRoundResult::NotTried => "still going".to_string(),
+            };
+            format!("sync [{}]: {said}", escape(&p.peer))
+        })
+        .collect();
+    if lines.is_empty() {
+        lines.push("sync: no peers to sync with yet".to_string());
+    }
+    if !round.finished {
+        lines.push(format!(
+            "the round is still running after {}s; 'sync status' shows how it goes",
+            crate::shell::session::SYNC_NOW_WAIT.as_secs()
+        ));
+    }
+    lines.join("\n")
+}
+
+/// A round's counts in words, each with its noun in the right number.
+fn round_counts(counts: &crate::sync::RoundCounts) -> String {
+    if counts.is_empty() {
+        return "nothing to do".to_string();
+    }
+    let n = |count: usize| count as u64;
+    let mut parts = Vec::new();
+    if counts.received > 0 {
+        parts.push(format!("received {}", counted(n(counts.received), "file")));
+    }
+    if counts.moved > 0 {
+        parts.push(format!("moved {}", counted(n(counts.moved), "file")));
+    }
+    if counts.deleted > 0 {
+        parts.push(format!(
+            "deleted {} (kept in .boxsync/trash)",
+            counted(n(counts.deleted), "file")
+        ));
+    }
+    if counts.conflicts > 0 {
+        parts.push(counted(n(counts.conflicts), "conflict"));
+    }
+    if counts.other > 0 {
+        parts.push(counted(n(counts.other), "other change"));
+    }
+    if counts.failed > 0 {
+        parts.push(format!(
+            "{} failed (retried next round)",
+            counted(n(counts.failed), "action")
+        ));
+    }
+    parts.join(", ")
 }
 
 /// `sync status` as text: the engine's state, a table of peers, then conflicts and errors.
@@ -541,6 +632,26 @@ mod tests {
                 "auto-sync on (a round every 10s, watching for changes, full rescan every 3600s; 1 round)"
             ),
             "{text}"
+        );
+    }
+
+    /// A round's counts read as words with the right plurals, and an empty one as
+    /// "nothing to do".
+    #[test]
+    fn round_counts_in_words() {
+        let counts = crate::sync::RoundCounts {
+            received: 1,
+            deleted: 2,
+            conflicts: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            round_counts(&counts),
+            "received 1 file, deleted 2 files (kept in .boxsync/trash), 1 conflict"
+        );
+        assert_eq!(
+            round_counts(&crate::sync::RoundCounts::default()),
+            "nothing to do"
         );
     }
 

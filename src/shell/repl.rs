@@ -111,6 +111,7 @@ impl Runner<'_> {
         }
         let draws_bars = matches!(command, Command::Download { .. } | Command::Wait);
         let waits = matches!(command, Command::Wait);
+        let waits_for_round = matches!(command, Command::Sync(command::SyncAction::Now));
         let bar = match &command {
             Command::Download { name, .. } => Some(self.screen.transfer_bar("", name.as_str())),
             _ => None,
@@ -136,6 +137,12 @@ impl Runner<'_> {
             None if waits => {
                 output::print_error_line(
                     "stopped waiting; the downloads go on ('jobs' lists them)",
+                );
+                LineResult::Done
+            }
+            None if waits_for_round => {
+                output::print_error_line(
+                    "stopped waiting; the round goes on ('sync status' shows how it goes)",
                 );
                 LineResult::Done
             }
@@ -414,7 +421,12 @@ pub fn run_interactive(
             Ok(line) => {
                 remember(&mut editor, &line, &history_file);
                 let mut ask = |question: &str| ask_yes(&mut editor, question);
-                match runner.run_line(&line, Some(&mut ask)) {
+                let result = runner.run_line(&line, Some(&mut ask));
+                if let Some(helper) = editor.helper_mut() {
+                    let succeeded = !matches!(result, LineResult::Failed | LineResult::Refused);
+                    helper.note_result(&line, succeeded);
+                }
+                match result {
                     LineResult::Quit if confirm_quit(&mut editor, runner.session) => break,
                     LineResult::OutputClosed | LineResult::OutputFailed => break,
                     _ => {}

@@ -40,6 +40,8 @@ pub enum Outcome {
     Help(String),
     /// The state of auto-sync.
     Sync(SyncStatus),
+    /// What the round `sync now` started did.
+    SyncRound(SyncRound),
     /// The user wants to leave.
     Quit,
     /// The background jobs in flight.
@@ -106,6 +108,39 @@ impl Batch {
     }
 }
 
+/// Longest `sync now` waits for the round it started before it reports what it has.
+pub const SYNC_NOW_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What `sync now` saw of the round it started.
+#[derive(Debug, Clone)]
+pub struct SyncRound {
+    /// Whether the round ended within [`SYNC_NOW_WAIT`] (else it goes on).
+    pub finished: bool,
+    /// Each peer and how its part of the round went.
+    pub peers: Vec<PeerRound>,
+}
+
+/// One peer's part of the round `sync now` started.
+#[derive(Debug, Clone)]
+pub struct PeerRound {
+    /// The peer, as `sync status` names it.
+    pub peer: String,
+    /// How it went.
+    pub result: PeerRoundResult,
+}
+
+/// How one peer's part of a round went.
+#[derive(Debug, Clone)]
+pub enum PeerRoundResult {
+    /// It went through and did this.
+    Done(crate::sync::RoundCounts),
+    /// It failed as a whole, for this reason.
+    Failed(String),
+    /// The round did not try it (unreachable lately and waiting out its back-off, it dials
+    /// this box, or still busy with an earlier round), or has not finished with it yet.
+    NotTried,
+}
+
 /// One line of `peers`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PeerRow {
@@ -131,6 +166,11 @@ pub enum SessionError {
     /// The request to the peer failed.
     #[error(transparent)]
     Peer(#[from] PeerError),
+    /// `sync now` while sync is paused.
+    #[error(
+        "auto-sync is paused, so no round ran: 'sync on' resumes it (and starts a round at once)"
+    )]
+    SyncPaused,
     /// A sync command without sync running.
     #[error(
         "auto-sync is not running: it runs in a box with a shell or `serve` (not in a -c run), unless started with --sync 0"
@@ -148,6 +188,41 @@ pub enum SessionError {
     /// Only downloads run in the background.
     #[error("only downloads run in the background")]
     NotAJob,
+}
+
+/// Starts a round, waits for it (at most [`SYNC_NOW_WAIT`]) and says what it did with each
+/// peer; refused while sync is paused.
+async fn sync_now(sync: &SyncHandle) -> Result<SyncRound, SessionError> {
+    if !sync.status().enabled {
+        return Err(SessionError::SyncPaused);
+    }
+    let since = crate::time::Timestamp::now();
+    let round = sync.next_round();
+    sync.sync_now();
+    let finished = tokio::time::timeout(SYNC_NOW_WAIT, round).await.is_ok();
+    let peers = sync
+        .status()
+        .peers
+        .into_iter()
+        .map(|p| {
+            let tried = p.last_attempt.is_some_and(|at| at >= since);
+            let result = match (&p.failure, p.last_round) {
+                _ if !tried => PeerRoundResult::NotTried,
+                (Some(_), _) | (None, None) => PeerRoundResult::Failed(
+                    p.errors
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| "the round failed".to_string()),
+                ),
+                (None, Some(counts)) => PeerRoundResult::Done(counts),
+            };
+            PeerRound {
+                peer: p.peer,
+                result,
+            }
+        })
+        .collect();
+    Ok(SyncRound { finished, peers })
 }
 
 /// The state of one shell: this box, the known peers and which one commands go to.
@@ -345,12 +420,20 @@ impl Session {
                 let max_rate = max_rate.or(self.local.settings.max_udp_rate);
                 Outcome::Downloaded(self.peer()?.download_udp(&name, max_rate, progress).await?)
             }
-            Command::History => Outcome::History(
-                self.local
+            Command::History(query) => {
+                let records = self
+                    .local
                     .history
                     .records()
-                    .map_err(SessionError::History)?,
-            ),
+                    .map_err(SessionError::History)?;
+                Outcome::History(query.select(records, |r| {
+                    let direction = match r.direction {
+                        crate::history::Direction::Made => "made",
+                        crate::history::Direction::Served => "served",
+                    };
+                    format!("{direction} {} {} {}", r.peer, r.request, r.outcome)
+                }))
+            }
             Command::Peer(None) => {
                 Outcome::Peer(self.current_peer().map(|p| p.target().to_string()))
             }
@@ -371,7 +454,7 @@ impl Session {
                 let sync = self.sync.as_ref().ok_or(SessionError::NoSync)?;
                 match action {
                     SyncAction::Status => {}
-                    SyncAction::Now => sync.sync_now(),
+                    SyncAction::Now => return sync_now(sync).await.map(Outcome::SyncRound),
                     SyncAction::On => sync.set_enabled(true),
                     SyncAction::Off => sync.set_enabled(false),
                     SyncAction::AllowDeletes => sync.allow_deletions(),

@@ -1,6 +1,8 @@
 //! Aligned text tables that fit a terminal: widths count terminal columns (not bytes), and
 //! when a table is too wide its long columns give up width, names losing their middle
-//! (`music/…/song.mp3`) so that what tells them apart (the file name) stays visible.
+//! (`music/…/song.mp3`) so that what tells them apart (the file name) stays visible. A
+//! table that still does not fit (long hashes at 80 columns) has its lines cut at the
+//! terminal's width with `…`: nothing both wraps and is shortened.
 //!
 //! A cell is text to show, never terminal control: every cell is escaped
 //! ([`crate::text::escape`]) before widths are measured, so that a peer's name cannot move
@@ -150,7 +152,7 @@ impl TableStream {
                 .iter()
                 .map(|c| Cow::Borrowed(c.header))
                 .collect();
-            let header_line = line(&self.columns, &widths, &header);
+            let header_line = line(&self.columns, &widths, &header, self.width);
             lines.push(if self.bold_header && !header_line.is_empty() {
                 format!("\x1b[1m{header_line}\x1b[0m")
             } else {
@@ -158,14 +160,21 @@ impl TableStream {
             });
         }
         for row in &rows {
-            lines.push(line(&self.columns, &widths, row));
+            lines.push(line(&self.columns, &widths, row, self.width));
         }
         lines.join("\n")
     }
 }
 
-/// One line: each cell shortened to its column's width if needed, then padded.
-fn line(columns: &[Column], widths: &[usize], cells: &[Cow<'_, str>]) -> String {
+/// One line: each cell shortened to its column's width if needed, then padded; the whole
+/// cut at `limit` (the terminal's width) with `…` if the columns could not shrink enough,
+/// so that it never wraps.
+fn line(
+    columns: &[Column],
+    widths: &[usize],
+    cells: &[Cow<'_, str>],
+    limit: Option<usize>,
+) -> String {
     let cells: Vec<String> = columns
         .iter()
         .zip(widths)
@@ -179,14 +188,18 @@ fn line(columns: &[Column], widths: &[usize], cells: &[Cow<'_, str>]) -> String 
             }
         })
         .collect();
-    cells.join(GAP).trim_end().to_string()
+    let line = cells.join(GAP).trim_end().to_string();
+    match limit {
+        Some(limit) if line.width() > limit => shorten_end(&line, limit),
+        _ => line,
+    }
 }
 
 /// Column widths: each column's widest cell (`widths`), then, while the table is wider than `width`,
 /// columns lose width one at a time: first those cut at the end (least telling), then
 /// those shortened in the middle, then paths (names are what people look for); within a
 /// kind, the widest first. None goes below [`MIN_SHRUNK`] or its header. A table that
-/// cannot fit even so is left wider than the terminal (it wraps).
+/// cannot fit even so has its lines cut at the width ([`line`]).
 fn fit_widths(columns: &[Column], mut widths: Vec<usize>, width: Option<usize>) -> Vec<usize> {
     let Some(limit) = width else {
         return widths;
@@ -370,9 +383,17 @@ mod tests {
             assert!(text.lines().all(|l| l.width() <= width), "{width}:\n{text}");
             assert!(text.contains("0123456789abcdef0123456789abcdef"));
         }
-        // Too narrow for the kept column: shrinkable ones stop at their floor.
-        let text = render(&columns, &rows, Some(20), false);
-        assert!(text.contains("0123456789abcdef0123456789abcdef"));
+        // Too narrow for the kept column: shrinkable ones stop at their floor, and each
+        // line is cut at the width with an ellipsis rather than wrapped.
+        let text = render(&columns, &rows, Some(40), false);
+        for line in text.lines() {
+            assert!(line.width() <= 40, "{text}");
+        }
+        assert!(
+            text.lines().nth(1).is_some_and(|l| l.ends_with('…')),
+            "{text}"
+        );
+        assert!(text.contains("0123456789abcdef012345"), "{text}");
     }
 
     /// Cells are escaped before they are measured: a name holding escape sequences shows

@@ -16,7 +16,7 @@ use crate::share::{RelPath, ShareError};
 pub enum SyncError {
     /// This box's folder could not be read: nothing can be compared.
     #[error("cannot read the shared folder: {0}")]
-    ReadFolder(#[source] ShareError),
+    ReadFolder(ShareError),
     /// A request to the peer failed (unreachable, connection lost, a broken answer).
     #[error(transparent)]
     Peer(#[from] PeerError),
@@ -25,10 +25,10 @@ pub enum SyncError {
     SelfPeer,
     /// The record of the last agreement could not be read.
     #[error("cannot read the sync record: {0}")]
-    LoadRecord(#[source] io::Error),
+    LoadRecord(io::Error),
     /// The record of what both now agree on could not be written.
     #[error("cannot save the sync record: {0}")]
-    SaveRecord(#[source] io::Error),
+    SaveRecord(io::Error),
     /// The mass-delete guard: this box's folder lost most of what was in sync at once (an
     /// unmounted disk, a folder emptied by mistake); the round stops before the peer is
     /// told anything, whatever else appeared in the folder meanwhile.

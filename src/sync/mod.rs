@@ -179,6 +179,32 @@ pub struct PeerStatus {
     /// tests (people read `errors`).
     #[serde(skip)]
     pub failure: Option<Arc<SyncError>>,
+    /// What the last round that went through did (`sync now` reports it).
+    pub last_round: Option<RoundCounts>,
+}
+
+/// What one round with a peer did to this box's folder, counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RoundCounts {
+    /// Files received (new or changed on the peer).
+    pub received: usize,
+    /// Files renamed or moved here as on the peer.
+    pub moved: usize,
+    /// Files deleted here (kept in the trash).
+    pub deleted: usize,
+    /// Conflicts found (each left a conflict copy).
+    pub conflicts: usize,
+    /// Other changes (folders made or removed, a mode changed).
+    pub other: usize,
+    /// Actions that failed (retried next round).
+    pub failed: usize,
+}
+
+impl RoundCounts {
+    /// Whether the round changed nothing and nothing failed.
+    pub fn is_empty(&self) -> bool {
+        *self == RoundCounts::default()
+    }
 }
 
 /// What `sync status` shows.

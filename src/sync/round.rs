@@ -1345,6 +1345,18 @@ pub fn fold(
             status.reused_bytes += report.reused;
             status.errors = report.errors.iter().map(ToString::to_string).collect();
             status.failure = None;
+            let counted = report.downloaded + report.moved + report.deleted;
+            status.last_round = Some(crate::sync::RoundCounts {
+                received: report.downloaded,
+                moved: report.moved,
+                deleted: report.deleted,
+                conflicts: report.conflicts.len(),
+                other: report
+                    .changes
+                    .len()
+                    .saturating_sub(counted + report.conflicts.len()),
+                failed: report.failed,
+            });
             status
                 .conflicts
                 .retain(|conflict| here.versions.contains_key(&conflict.copy));

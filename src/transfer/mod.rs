@@ -94,7 +94,7 @@ pub struct Downloaded {
 pub enum TransferError {
     /// The connection failed mid-transfer.
     #[error("connection lost during the transfer: {0}")]
-    Connection(#[from] ConnectionError),
+    Connection(ConnectionError),
     /// The peer refused or failed the request.
     #[error("{message}")]
     Remote {
@@ -146,6 +146,14 @@ pub enum TransferError {
         /// The free space of the shared folder's file system.
         free: u64,
     },
+}
+
+/// By hand rather than `#[from]`: the message quotes the connection's error, so it is not
+/// also this error's source (a printer of the chain would say it twice).
+impl From<ConnectionError> for TransferError {
+    fn from(error: ConnectionError) -> TransferError {
+        TransferError::Connection(error)
+    }
 }
 
 /// Fails unless a file of `size` bytes, as a peer announced it, fits in the free space of

@@ -444,6 +444,58 @@ async fn start_up_errors_say_it_once() {
     drop(taken);
 }
 
+/// A peer address where something other than a boxsync box answers is reported as "not a
+/// boxsync box": at once when it sends bytes that are not boxsync's TLS, within the
+/// 3-second answer deadline when it accepts and says nothing (not the 5-second handshake
+/// limit, nor any longer wait for a greeting).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_is_no_box_is_named_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = boxsync::identity::Identity::generate()
+        .unwrap()
+        .id()
+        .clone();
+    for (garbage, within) in [
+        (
+            Some(&b"SSH-2.0-OpenSSH_9.6\r\n"[..]),
+            Duration::from_secs(2),
+        ),
+        (None, Duration::from_millis(4500)),
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                if let Some(bytes) = garbage {
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut socket, bytes).await;
+                }
+                held.push(socket);
+            }
+        });
+        let started = std::time::Instant::now();
+        let out = run(
+            vec![
+                "-d".into(),
+                dir.path().display().to_string(),
+                "-p".into(),
+                format!("{id}@127.0.0.1:{port}"),
+                "-c".into(),
+                "index longlist".into(),
+            ],
+            None,
+        )
+        .await;
+        let took = started.elapsed();
+        server.abort();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("not a boxsync box"), "{stderr}");
+        assert!(took < within, "{garbage:?}: {took:?}: {stderr}");
+    }
+}
+
 /// `--help` documents every option, and `serve --help` too.
 #[tokio::test(flavor = "multi_thread")]
 async fn help_documents_options() {

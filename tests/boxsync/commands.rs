@@ -666,3 +666,39 @@ async fn a_changed_ignore_file_applies_at_once() {
     b.write(".boxsyncignore", b"# the other way now\n*.txt\n");
     assert_eq!(names().await, ["b.key"]);
 }
+
+/// Tab's names (the shell's cache of the peer's files): once the list is older than its
+/// freshness (15 s in the shell, 2 s here), the next Tab fetches the peer's names again
+/// and waits for them, so a file made on the peer meanwhile completes at once rather than
+/// one Tab later.
+#[tokio::test(flavor = "multi_thread")]
+async fn tab_names_follow_the_peer_after_idle() {
+    let b = TestBox::start().await;
+    b.write("old.txt", b"o");
+    let (_t, me) = TestBox::client();
+    let peer = std::sync::Arc::new(b.peer_for(&me));
+    let fresh_for = Duration::from_secs(2);
+    let names =
+        boxsync::shell::names::RemoteNames::fresh_for(tokio::runtime::Handle::current(), fresh_for);
+    let tab = {
+        let (names, peer) = (names.clone(), std::sync::Arc::clone(&peer));
+        move || {
+            let (names, peer) = (names.clone(), std::sync::Arc::clone(&peer));
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    names.files(&peer, Duration::from_secs(10)).as_ref().clone()
+                })
+                .await
+                .unwrap()
+            }
+        }
+    };
+    assert_eq!(tab().await, vec!["old.txt"]);
+    b.write("new.txt", b"n");
+    // Fresh: the cached list, without asking the peer.
+    assert_eq!(tab().await, vec!["old.txt"]);
+    let fetched = std::time::Instant::now();
+    // Idle until the list is stale (a wait for time itself, not for another task).
+    assert!(eventually(Duration::from_secs(10), || fetched.elapsed() > fresh_for).await);
+    assert_eq!(tab().await, vec!["new.txt", "old.txt"]);
+}

@@ -159,6 +159,55 @@ async fn prompt_shows_sync_state() {
     );
 }
 
+/// `help sync` explains every sync subcommand, `sync <Tab>` completes them, and `sync now`
+/// says what its round did: the file it received, then "nothing to do"; paused, it runs
+/// nothing and says how to resume.
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_now_reports_its_round() {
+    let b = TestBox::start().await;
+    b.write("first.txt", b"1");
+    let dir = tempfile::tempdir().unwrap();
+    let peer = b.cli_target(dir.path());
+    let addr = b.addr.to_string();
+    let dir_path = dir.path().to_path_buf();
+    let root = b.root();
+    drive(move || {
+        // A long period: only the first round and `sync now` run during the test.
+        let mut sh = shell_with(&dir_path, &peer, &["--sync", "3600"])?;
+        sh.exp_string("boxsync [")?;
+        assert!(
+            poll(Duration::from_secs(15), || dir_path
+                .join("first.txt")
+                .exists()),
+            "the first round did not bring first.txt"
+        );
+        sh.send_line("help sync")?;
+        for form in ["sync status", "sync now", "sync on", "sync off"] {
+            sh.exp_string(form)?;
+        }
+        // The rounds that installing first.txt set off (the watcher saw it) end within two
+        // awaited rounds; from then on only `sync now` starts one.
+        for _ in 0..2 {
+            sh.send_line("sync now")?;
+            sh.exp_string(&format!("sync [{addr}]: nothing to do"))?;
+        }
+        std::fs::write(root.join("second.txt"), b"2").unwrap();
+        keys(&mut sh, "sync n\t")?;
+        sh.exp_string("sync now ")?;
+        keys(&mut sh, "\r")?;
+        sh.exp_string(&format!("sync [{addr}]: received 1 file"))?;
+        sh.send_line("sync off")?;
+        sh.exp_string("auto-sync off")?;
+        sh.send_line("sync now")?;
+        sh.exp_string("auto-sync is paused, so no round ran: 'sync on' resumes it")?;
+        sh.send_line("quit")?;
+        sh.exp_eof()?;
+        Ok(())
+    })
+    .await;
+    assert_eq!(std::fs::read(dir.path().join("second.txt")).unwrap(), b"2");
+}
+
 /// Tab completes a remote name with a space (fetching the peer's names on the first Tab),
 /// a command, a subcommand and a transport; the completed lines run and show their tables;
 /// an unknown command is a one-line error that keeps the prompt; quit leaves.

@@ -70,8 +70,8 @@ fn help_overview() {
 #[test]
 fn help_topics() {
     for topic in [
-        "index", "hash", "download", "jobs", "kill", "wait", "bg", "history", "peer", "help",
-        "quit",
+        "index", "hash", "download", "jobs", "kill", "wait", "bg", "history", "peer", "peers",
+        "sync", "help", "quit",
     ] {
         insta::assert_snapshot!(format!("help_{topic}"), help::text(Some(topic)));
     }
@@ -114,6 +114,30 @@ fn jobs_table() {
         "jobs_80_columns",
         render::outcome_with(&jobs, Format::Human, plain(80))
     );
+}
+
+/// `hash verify` at 80 columns: the hashes cannot fit with the name, so the line is cut at
+/// the width with `…` rather than wrapped (nothing both wraps and is shortened).
+#[test]
+fn hash_table_is_cut_not_wrapped() {
+    let hash = Outcome::Hash(boxsync::share::FileHash {
+        name: RelPath::parse("music/live/2024/berlin/the longest song title ever recorded.mp3")
+            .expect("a valid name"),
+        size: 7_340_032,
+        blake3: "b".repeat(64),
+        md5: Some("0123456789abcdef0123456789abcdef".into()),
+        sha256: Some("89abcdef".repeat(8)),
+        mtime: Timestamp::from_system(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_763_719_200),
+        ),
+    });
+    redact_times().bind(|| {
+        let text = render::outcome_with(&hash, Format::Human, plain(80));
+        for line in text.lines() {
+            assert!(line.chars().count() <= 80, "{line}");
+        }
+        insta::assert_snapshot!("hash_80_columns", text);
+    });
 }
 
 /// The binary's `--help` documents every option with examples.

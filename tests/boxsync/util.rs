@@ -83,8 +83,8 @@ impl TestBox {
         let server = loop {
             match boxsync::server::Server::bind(Arc::clone(&local), addr).await {
                 Ok(server) => break server,
-                Err(boxsync::server::ServerError::Bind { source, .. })
-                    if source.kind() == std::io::ErrorKind::AddrInUse
+                Err(boxsync::server::ServerError::Bind { cause, .. })
+                    if cause.kind() == std::io::ErrorKind::AddrInUse
                         && Instant::now() < deadline =>
                 {
                     tokio::time::sleep(Duration::from_millis(50)).await;
