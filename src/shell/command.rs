@@ -24,6 +24,22 @@ pub enum SyncAction {
     AllowDeletes,
 }
 
+/// What `trash` is asked to do: this box's own trash, no peer needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrashAction {
+    /// `trash`: how much the trash holds.
+    Usage,
+    /// `trash list [PATH]`: the versions kept, of a file or of everything in a folder.
+    List(Option<RelPath>),
+    /// `trash restore PATH [--version N]`: puts a version back (1, the newest, by default).
+    Restore {
+        /// The file.
+        path: RelPath,
+        /// Which version (1: the newest).
+        version: usize,
+    },
+}
+
 /// A validated shell command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -50,6 +66,8 @@ pub enum Command {
     Peers,
     /// `sync status|now|on|off`.
     Sync(SyncAction),
+    /// `trash`, `trash list [PATH]`, `trash restore PATH [--version N]`.
+    Trash(TrashAction),
     /// `help [command]`.
     Help(Option<String>),
     /// `quit` / `exit`.
@@ -67,10 +85,11 @@ pub enum Command {
 
 impl Command {
     /// Whether the command writes into this box's shared folder (a download, in the
-    /// foreground or not): a script that runs one needs the folder, others can run without.
+    /// foreground or not, or a restore from the trash): a script that runs one needs the
+    /// folder, others can run without.
     pub fn writes_locally(&self) -> bool {
         match self {
-            Command::Download { .. } => true,
+            Command::Download { .. } | Command::Trash(_) => true,
             Command::Background(inner) => inner.writes_locally(),
             _ => false,
         }
@@ -153,6 +172,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("kill", USAGE_KILL),
     ("wait", "wait"),
     ("bg", USAGE_BG),
+    ("trash", USAGE_TRASH),
     ("help", "help [command]"),
     ("quit", "quit"),
 ];
@@ -168,6 +188,7 @@ pub fn subcommands(command: &str) -> &'static [&'static str] {
         "hash" => &["verify", "checkall"],
         "download" => &["tcp", "udp"],
         "sync" => &["status", "now", "on", "off", "allow-deletes"],
+        "trash" => &["list", "restore"],
         _ => &[],
     }
 }
@@ -177,6 +198,7 @@ const USAGE_INDEX: &str =
 const USAGE_HASH: &str = "hash verify <file> | hash checkall";
 const USAGE_DOWNLOAD: &str = "download tcp <file> | download udp <file> [--max-rate RATE]";
 const USAGE_HISTORY: &str = "history [N] [WORD] (the last N requests; only those mentioning WORD)";
+const USAGE_TRASH: &str = "trash | trash list [PATH] | trash restore PATH [--version N]";
 const USAGE_KILL: &str = "kill <job> (the number 'jobs' shows)";
 const USAGE_BG: &str = "bg download tcp|udp <file> (or: download ... &)";
 
@@ -236,6 +258,7 @@ fn parse_words(first: &str, rest: &[String]) -> Result<Command, CommandError> {
             [target] => Command::Peer(Some(PeerAddress::parse(target)?)),
             _ => return Err(CommandError::Usage("peer [ID@HOST:PORT]")),
         },
+        "trash" => Command::Trash(parse_trash(&args)?),
         "peers" if args.is_empty() => Command::Peers,
         "peers" => return Err(CommandError::Usage("peers")),
         "help" => match args.as_slice() {
@@ -270,6 +293,31 @@ fn parse_words(first: &str, rest: &[String]) -> Result<Command, CommandError> {
 }
 
 /// `history [N] [WORD]`, in either order: a number is the count, anything else the word.
+fn parse_trash(args: &[&str]) -> Result<TrashAction, CommandError> {
+    let usage = CommandError::Usage(USAGE_TRASH);
+    let Some((word, rest)) = args.split_first() else {
+        return Ok(TrashAction::Usage);
+    };
+    match (keyword(word).as_str(), rest) {
+        ("list", []) => Ok(TrashAction::List(None)),
+        ("list", [path]) => Ok(TrashAction::List(Some(RelPath::parse(path)?))),
+        ("restore", [path]) => Ok(TrashAction::Restore {
+            path: RelPath::parse(path)?,
+            version: 1,
+        }),
+        ("restore", [path, flag, n]) | ("restore", [flag, n, path]) if *flag == "--version" => {
+            match n.parse::<usize>() {
+                Ok(version) if version >= 1 => Ok(TrashAction::Restore {
+                    path: RelPath::parse(path)?,
+                    version,
+                }),
+                _ => Err(usage),
+            }
+        }
+        _ => Err(usage),
+    }
+}
+
 fn parse_history(args: &[&str]) -> Result<HistoryQuery, CommandError> {
     let usage = CommandError::Usage(USAGE_HISTORY);
     let mut query = HistoryQuery::default();

@@ -20,6 +20,9 @@ commands (keywords are case-insensitive; quote names with spaces: \"my file.txt\
   history [N] [WORD]              requests this box made and served, newest last
   peer [HOST:PORT]                show the current peer, or switch to another
   sync status|now|on|off          auto-sync: state per peer, sync at once, resume, pause
+  sync allow-deletes              let the deletions the mass-delete guard stopped through
+  trash [list [PATH]]             what sync replaced or deleted here, kept 30 days
+  trash restore PATH [--version N]  put a kept version back
   help [command]                  this list, or details and examples for one command
   quit | exit                     leave (Ctrl-D too)
 keys: Tab completes commands and the peer's file names; Up and Ctrl-R search the
@@ -164,11 +167,30 @@ sync on
 sync off
     Pauses auto-sync: no round runs until 'sync on'. The shell's own commands still
     work. 'sync on' and 'sync off' then show the state, as 'sync status' does.
+sync allow-deletes
+    When a folder lost most of what was in sync at once, sync pauses (an unmounted
+    disk must not empty the peers). If the deletions are meant, this lets the next
+    round carry them out, once; the peers are told, and their guard lets them too.
 Auto-sync runs only with peers given by --peer and a --sync period other than 0.
 examples:
     sync
     sync now
     sync off"
+            .to_string(),
+        "trash" => "\
+trash
+    How many versions the trash holds here, and their size. Everything sync replaces
+    or deletes goes there first, for --trash-days (30 by default).
+trash list [PATH]
+    The versions kept, of one file or of everything in a folder: path, version
+    (1 is the newest), when it went to the trash (UTC) and its size.
+trash restore PATH [--version N]
+    Puts version N (1, the newest, by default) back at its name; what is there now
+    goes to the trash first, so nothing is lost. Sync then carries it to the peers.
+examples:
+    trash
+    trash list docs
+    trash restore docs/report.txt --version 2"
             .to_string(),
         "help" => "\
 help [command]

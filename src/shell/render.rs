@@ -112,6 +112,11 @@ fn outcome_json(outcome: &Outcome) -> Option<Value> {
         Outcome::Peer(addr) => json!({ "peer": addr }),
         Outcome::Peers(rows) => serde_json::to_value(rows).unwrap_or(Value::Null),
         Outcome::Help(text) => json!({ "help": text }),
+        Outcome::TrashUsage { files, bytes } => {
+            json!({ "trash": { "files": files, "bytes": bytes } })
+        }
+        Outcome::Trashed(items) => serde_json::to_value(items).unwrap_or(Value::Null),
+        Outcome::Restored(item) => json!({ "restored": item }),
         Outcome::Sync(status) => serde_json::to_value(status).unwrap_or(Value::Null),
         Outcome::SyncRound(round) => sync_round_json(round),
         Outcome::Quit => return None,
@@ -297,6 +302,38 @@ fn outcome_human(outcome: &Outcome, layout: Layout) -> String {
                 .collect(),
         ),
         Outcome::Help(text) => text.clone(),
+        Outcome::TrashUsage { files, bytes } => format!(
+            "trash: {} ({}) in .boxsync/trash; 'trash list' shows them",
+            crate::sync::counted(*files as u64, "version"),
+            human_size(*bytes)
+        ),
+        Outcome::Trashed(items) if items.is_empty() => "nothing in the trash".to_string(),
+        Outcome::Trashed(items) => table(
+            &[
+                Column::shrink("PATH", Fit::Middle),
+                Column::keep("VERSION"),
+                Column::keep("TRASHED (UTC)"),
+                Column::keep("SIZE"),
+            ],
+            items
+                .iter()
+                .map(|item| {
+                    vec![
+                        item.path.to_string(),
+                        item.version.to_string(),
+                        item.trashed.clone(),
+                        human_size(item.size),
+                    ]
+                })
+                .collect(),
+        ),
+        Outcome::Restored(item) => format!(
+            "restored {} (version {}, trashed {} UTC, {}); what was there is in the trash",
+            escape(item.path.as_str()),
+            item.version,
+            item.trashed,
+            human_size(item.size)
+        ),
         Outcome::Sync(status) => sync_status(status, layout),
         Outcome::SyncRound(round) => sync_round(round),
         Outcome::Quit => String::new(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use super::command::{self, Command, SyncAction};
+use super::command::{self, Command, SyncAction, TrashAction};
 use super::help;
 use super::jobs::{JobProgress, JobStatus, Jobs, Waited};
 use super::prompt;
@@ -14,7 +14,7 @@ use crate::history::HistoryRecord;
 use crate::local::LocalBox;
 use crate::peer::{Peer, PeerError, Streamed};
 use crate::share::filter::IndexFilter;
-use crate::share::{Entry, FileHash};
+use crate::share::{Entry, FileHash, RelPath};
 use crate::sync::{SyncHandle, SyncStatus};
 use crate::transfer::{Downloaded, Progress};
 use crate::types::{BoxId, PeerAddress, Transport};
@@ -36,6 +36,17 @@ pub enum Outcome {
     Peer(Option<String>),
     /// The session's peers and the boxes this box trusts.
     Peers(Vec<PeerRow>),
+    /// What the trash holds: files and bytes, and the days they are kept.
+    TrashUsage {
+        /// Versions kept.
+        files: usize,
+        /// Their bytes.
+        bytes: u64,
+    },
+    /// Versions in the trash.
+    Trashed(Vec<crate::share::trash::Trashed>),
+    /// A version put back from the trash.
+    Restored(crate::share::trash::Trashed),
     /// Help text.
     Help(String),
     /// The state of auto-sync.
@@ -188,6 +199,9 @@ pub enum SessionError {
     /// Only downloads run in the background.
     #[error("only downloads run in the background")]
     NotAJob,
+    /// The trash could not be read, or a version not be put back.
+    #[error(transparent)]
+    Trash(crate::share::ShareError),
 }
 
 /// Starts a round, waits for it (at most [`SYNC_NOW_WAIT`]) and says what it did with each
@@ -286,6 +300,45 @@ impl Session {
     }
 
     /// The rows of `peers`: the session's peers in order, then the other trusted boxes.
+    /// `trash ...`: this box's own trash.
+    async fn trash(&self, action: TrashAction) -> Result<Outcome, SessionError> {
+        let share = &self.local.share;
+        let root = share.root().to_path_buf();
+        let read = move |under: Option<RelPath>| {
+            tokio::task::spawn_blocking(move || crate::share::trash::list(&root, under.as_ref()))
+        };
+        let joined = |e: tokio::task::JoinError| {
+            SessionError::Trash(crate::share::ShareError::io(
+                "<trash>",
+                std::io::Error::other(e),
+            ))
+        };
+        Ok(match action {
+            TrashAction::Usage => {
+                let all = read(None)
+                    .await
+                    .map_err(joined)?
+                    .map_err(SessionError::Trash)?;
+                Outcome::TrashUsage {
+                    files: all.len(),
+                    bytes: all.iter().map(|item| item.size).sum(),
+                }
+            }
+            TrashAction::List(under) => Outcome::Trashed(
+                read(under)
+                    .await
+                    .map_err(joined)?
+                    .map_err(SessionError::Trash)?,
+            ),
+            TrashAction::Restore { path, version } => Outcome::Restored(
+                share
+                    .restore_from_trash(&path, version)
+                    .await
+                    .map_err(SessionError::Trash)?,
+            ),
+        })
+    }
+
     fn peer_rows(&self) -> Result<Vec<PeerRow>, SessionError> {
         let trusted = self.local.trust.list().map_err(SessionError::Trust)?;
         let kind = |id: &BoxId| match trusted.iter().find(|t| &t.id == id) {
@@ -450,6 +503,7 @@ impl Session {
                 Outcome::Peer(Some(target.to_string()))
             }
             Command::Peers => Outcome::Peers(self.peer_rows()?),
+            Command::Trash(action) => self.trash(action).await?,
             Command::Sync(action) => {
                 let sync = self.sync.as_ref().ok_or(SessionError::NoSync)?;
                 match action {

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{TestBox, binary, coreutils_hashes, files_under, poll};
+use crate::util::{TestBox, binary, coreutils_hashes, files_under, poll, write_file};
+use std::fs;
 
 /// Runs the binary off the async threads (the peer box runs on them).
 async fn run(args: Vec<String>, stdin: Option<&'static str>) -> Output {
@@ -556,4 +557,83 @@ async fn closed_output_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(stderr.is_empty(), "{stderr}");
     assert_eq!(status.code(), Some(0), "{stderr}");
+}
+
+/// `trash`, `trash list` and `trash restore` work on this box's own trash, from `-c`: the
+/// versions are listed newest first, a restore puts the one asked for back (what was
+/// there going to the trash), and a version that is not there is a one-line error that
+/// changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn trash_lists_and_restores() {
+    use boxsync::share::{RelPath, trash};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shared");
+    let rel = RelPath::parse("docs/a.txt").unwrap();
+    for content in ["first version", "second"] {
+        write_file(&root, "docs/a.txt", content.as_bytes());
+        trash::move_to_trash(&root, &rel).unwrap();
+    }
+    write_file(&root, "docs/a.txt", b"written since");
+    let d = root.display().to_string();
+    let out = run(
+        vec![
+            "-d".into(),
+            d.clone(),
+            "-c".into(),
+            "trash".into(),
+            "-c".into(),
+            "trash list docs".into(),
+            "-c".into(),
+            "trash restore docs/a.txt --version 2".into(),
+        ],
+        None,
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("trash: 2 versions"), "{stdout}");
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("docs/a.txt"))
+        .collect();
+    assert!(rows.len() >= 3, "{stdout}");
+    assert!(
+        rows[0].contains(" 1 ") && rows[0].contains("6 B"),
+        "{stdout}"
+    );
+    assert!(
+        rows[1].contains(" 2 ") && rows[1].contains("13 B"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("restored docs/a.txt (version 2"),
+        "{stdout}"
+    );
+    assert_eq!(fs::read(root.join("docs/a.txt")).unwrap(), b"first version");
+    let kept: Vec<u64> = trash::list(&root, Some(&rel))
+        .unwrap()
+        .iter()
+        .map(|t| t.size)
+        .collect();
+    assert_eq!(kept, [13, 6], "what was there went to the trash");
+
+    let out = run(
+        vec![
+            "-d".into(),
+            d,
+            "-c".into(),
+            "trash restore docs/a.txt --version 7".into(),
+        ],
+        None,
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no version 7 of 'docs/a.txt'"), "{stderr}");
+    assert_eq!(fs::read(root.join("docs/a.txt")).unwrap(), b"first version");
 }
