@@ -13,7 +13,8 @@
 //!   index database (`share::index`, SQLite) and the folder's change numbers
 //!   (`share::numbering`), per-file locks, the trash and atomic installation of downloads,
 //!   the parts kept to resume downloads (`share::resume`), the budget of answers waiting
-//!   for slow clients.
+//!   for slow clients, the one box allowed per folder (`share::owner`, a lock on
+//!   `.boxsync/box.lock`).
 //! - [`types`]: the shared nouns: a box's ID (the hash of its key, with check characters)
 //!   and where to reach one, one version of a file, a transport.
 //! - [`discovery`]: local discovery: boxes announce their ID and port by broadcast, so
@@ -45,7 +46,8 @@
 //!   shutdown.
 //! - [`peer`]: the typed async client for one peer box: connection pool, retries, log.
 //! - [`sync`]: auto-sync: a pure planner (each side classified against the last agreed
-//!   state, one match over the rules), rounds that carry the plan out, watching.
+//!   state, one match over the rules), rounds that carry the plan out, the backoff of
+//!   files that do not fit (`sync::backoff`), watching.
 //! - [`config`]: a box's settings kept in `.boxsync/config.toml` (listen address, peers and
 //!   trust, sync period, rate cap, trash days...), in the flags' own texts, checked when
 //!   read; the command line's flags merged over them; written back atomically.

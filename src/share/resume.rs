@@ -94,6 +94,17 @@ impl ResumeStore {
         }))
     }
 
+    /// The bytes on disk of the part for the version named `blake3`, if there is one (0
+    /// otherwise): what a resumed download of it needs no new room for.
+    pub fn held(&self, blake3: &str) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        if blake3.len() != 64 || !blake3.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return 0;
+        }
+        fs::metadata(self.dir.join(blake3.to_ascii_lowercase()))
+            .map_or(0, |meta| meta.blocks() * 512)
+    }
+
     /// Removes the parts older than [`LIFETIME`] at `now`, then the oldest ones while all
     /// of them take more than their share of the space free (`free`, in bytes, besides
     /// theirs). Parts in use are left alone.

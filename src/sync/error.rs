@@ -76,6 +76,15 @@ pub enum SyncError {
         /// Why.
         source: ShareError,
     },
+    /// A download that did not fit lately, not tried again this round (see
+    /// [`super::backoff`]): shown in the status, not logged again.
+    #[error("{path}: waiting for space ({needed} bytes needed)")]
+    Waiting {
+        /// The path here.
+        path: RelPath,
+        /// The bytes it needs.
+        needed: u64,
+    },
     /// The plan left a path alone, for a person to sort out.
     #[error("{path}: {reason}")]
     Skipped {

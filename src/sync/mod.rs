@@ -18,6 +18,7 @@
 //! - [`round`]: one round with one peer;
 //! - [`watch`]: the file-system watcher.
 
+pub mod backoff;
 pub mod error;
 pub mod plan;
 pub mod record;
@@ -468,6 +469,8 @@ struct PeerState {
     records: std::collections::HashMap<BoxId, record::Record>,
     /// What the peer's folder looked like at its last answers.
     view: round::PeerView,
+    /// Its files that did not fit here lately, waiting for space.
+    room: backoff::RoomBackoff,
 }
 
 /// A peer between rounds, or out on one.
@@ -539,8 +542,11 @@ async fn peer_round(job: PeerRound, done: tokio::sync::mpsc::UnboundedSender<Fin
         &peer,
         transport,
         &ignore,
-        &mut state.records,
-        &mut state.view,
+        round::Kept {
+            records: &mut state.records,
+            view: &mut state.view,
+            room: &mut state.room,
+        },
     )
     .await
     .map_err(Arc::new);
@@ -915,6 +921,16 @@ impl SyncHandle {
 
     fn emit(&self, peer: &str, message: &str) {
         tracing::info!(peer, "{}", crate::text::for_log(message));
+        self.send_event(peer, message);
+    }
+
+    /// Like [`SyncHandle::emit`] for a failure: logged at WARN.
+    fn emit_failure(&self, peer: &str, message: &str) {
+        tracing::warn!(peer, "{}", crate::text::for_log(message));
+        self.send_event(peer, message);
+    }
+
+    fn send_event(&self, peer: &str, message: &str) {
         let _ = self.events.send(SyncEvent {
             peer: peer.to_string(),
             message: message.to_string(),
@@ -942,8 +958,13 @@ impl SyncHandle {
                     }
                     self.emit(addr, &summary(report));
                 }
-                for error in &report.errors {
-                    self.emit(addr, &format!("error: {error}"));
+                // A file waiting for space was logged when it did not fit, not each round.
+                for error in report
+                    .errors
+                    .iter()
+                    .filter(|e| !matches!(e, SyncError::Waiting { .. }))
+                {
+                    self.emit_failure(addr, &format!("error: {error}"));
                 }
                 if report.fetched + report.reused > 0 {
                     tracing::info!(

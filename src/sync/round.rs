@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use futures_util::{StreamExt, stream};
 
-use super::plan::{self, Action, Kept, Seen, Sides, Version};
+use super::backoff::RoomBackoff;
+use super::plan::{self, Action, Seen, Sides, Version};
 use super::record::Record;
 use super::{Conflict, PeerStatus, SyncError};
 use crate::local::LocalBox;
@@ -293,8 +294,8 @@ impl PeerView {
 
 /// The record's paths this box still holds, for the mass-delete guard: of those neither
 /// box keeps to itself.
-fn kept_here(record: &Record, here: &LocalState, ignore: &Ignore, view: &PeerView) -> Kept {
-    Kept::count(
+fn kept_here(record: &Record, here: &LocalState, ignore: &Ignore, view: &PeerView) -> plan::Kept {
+    plan::Kept::count(
         record.entries.keys(),
         |path| here.versions.contains_key(path) || here.unknown.contains(path),
         |path| ignore.ignores(path) || view.peer_ignores(path),
@@ -361,6 +362,16 @@ pub struct ThisBox<'a> {
     pub waive_guard: bool,
 }
 
+/// What a peer's rounds carry from one to the next, lent to one round.
+pub struct Kept<'a> {
+    /// Sync records by peer box id.
+    pub records: &'a mut HashMap<BoxId, Record>,
+    /// What the peer's folder looked like at its last answers.
+    pub view: &'a mut PeerView,
+    /// Its files that did not fit here lately.
+    pub room: &'a mut RoomBackoff,
+}
+
 /// Runs one round against `peer`: the decisions are [`plan`]'s; this carries them out.
 pub async fn sync_with(
     this: ThisBox<'_>,
@@ -368,14 +379,18 @@ pub async fn sync_with(
     peer: &Peer,
     transport: Transport,
     ignore: &Ignore,
-    records: &mut HashMap<BoxId, Record>,
-    view: &mut PeerView,
+    kept: Kept<'_>,
 ) -> Result<RoundReport, SyncError> {
     let ThisBox {
         local,
         notices,
         waive_guard,
     } = this;
+    let Kept {
+        records,
+        view,
+        room,
+    } = kept;
     // Notices from the peer are taken before its folder is read, so that the folder as read
     // is at least as new as every notice applied this round.
     let peer_id = peer.id();
@@ -508,7 +523,7 @@ pub async fn sync_with(
         plan::guard_here(kept_here(record, here, ignore, view))?;
     }
     if !waive_guard && !meant_there {
-        plan::guard_peer(Kept::count(
+        plan::guard_peer(plan::Kept::count(
             record.entries.keys(),
             |path| view.entries.contains_key(path),
             |path| ignore.ignores(path) || view.peer_ignores(path),
@@ -547,7 +562,7 @@ pub async fn sync_with(
         local_id: local.id.as_str(),
         remote_id: peer_id.as_str(),
     };
-    let plan = plan::plan(
+    let mut plan = plan::plan(
         &here_versions,
         &there,
         &record.entries,
@@ -564,6 +579,32 @@ pub async fn sync_with(
         });
     }
     let quiet = plan.is_quiet(&unknown);
+    // A file that did not fit lately waits (see `backoff`): pending, not tried again.
+    let free = crate::transfer::free_space(&local.share).unwrap_or(u64::MAX);
+    let now = std::time::Instant::now();
+    plan.actions.retain(|action| match action {
+        Action::Download { local, version, .. }
+            if !room.allows(local, version.blake3.as_deref(), free, now) =>
+        {
+            report.failed += 1;
+            report.errors.push(SyncError::Waiting {
+                path: local.clone(),
+                needed: room.needed(local).unwrap_or(version.size),
+            });
+            false
+        }
+        _ => true,
+    });
+    let fetching: Vec<(RelPath, Option<String>, u64)> = plan
+        .actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Download { local, version, .. } => {
+                Some((local.clone(), version.blake3.clone(), version.size))
+            }
+            _ => None,
+        })
+        .collect();
     // Downloads confirm themselves to the peer as they land; every other agreement this
     // round reaches (identical files found, metadata taken) is confirmed at its end.
     let downloaded: BTreeSet<RelPath> = plan
@@ -585,6 +626,16 @@ pub async fn sync_with(
         held: Vec::new(),
     };
     carry_out_plan(pull, plan.actions, &there, &mut settled, &mut report).await;
+    let short: HashMap<&RelPath, Option<u64>> = report.errors.iter().filter_map(no_room).collect();
+    for (path, blake3, size) in &fetching {
+        match short.get(path) {
+            Some(needed) => {
+                let needed = needed.unwrap_or(size + crate::transfer::room_margin(*size));
+                room.failed(path, blake3.as_deref(), needed, now);
+            }
+            None => room.clear(path),
+        }
+    }
     // Agreements are symmetric: the peer records what this box found both hold, or both
     // lack, so that a later change on either side is read as that side's change, not as a
     // version the other box never saw (a metadata tie lost to the smaller ID, a deletion
@@ -827,6 +878,25 @@ async fn carry_out_plan(
                 }
             }
         }
+    }
+}
+
+/// The path of a download that failed for lack of space here, with the bytes it needed
+/// when known (`None`: the disk filled while it was written).
+fn no_room(error: &SyncError) -> Option<(&RelPath, Option<u64>)> {
+    let (path, source) = match error {
+        SyncError::Transfer { path, source } => (path, source),
+        SyncError::Batch { path, source } => (path, &**source),
+        _ => return None,
+    };
+    match source {
+        PeerError::Transfer(TransferError::NoRoom { needed, .. }) => Some((path, Some(*needed))),
+        PeerError::Transfer(TransferError::Local(ShareError::Io { cause, .. }))
+            if matches!(cause.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+        {
+            Some((path, None))
+        }
+        _ => None,
     }
 }
 

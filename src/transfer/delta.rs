@@ -215,7 +215,8 @@ pub async fn prepare(
     let Some(list) = remote.list.clone() else {
         return Ok(Prepared::Whole);
     };
-    super::check_room(share, &remote.name, remote.size)?;
+    let held = crate::share::resume::ResumeStore::new(&share.tmp_dir()).held(&remote.blake3);
+    super::check_room(share, &landing.name, remote.size, held)?;
     let share = Arc::clone(share);
     let landing = landing.clone();
     let started = Instant::now();

@@ -136,14 +136,15 @@ pub enum TransferError {
     /// exchange.
     #[error("the peer stopped answering: nothing arrived for {}", seconds(*.0))]
     Stalled(Duration),
-    /// The peer announced a file larger than the free space here.
-    #[error("'{name}' does not fit: the peer announces {size} bytes, {free} bytes are free here")]
+    /// The file does not fit in the free space here.
+    #[error("'{name}' does not fit: it needs {needed} bytes, {free} bytes are free here")]
     NoRoom {
-        /// The file.
+        /// The file, under its name in the shared folder.
         name: RelPath,
-        /// The size the peer announced.
-        size: u64,
-        /// The free space of the shared folder's file system.
+        /// The bytes it needs: its size, less what a kept part already holds, plus a
+        /// margin.
+        needed: u64,
+        /// The free space of the file system it must be written to.
         free: u64,
     },
 }
@@ -156,31 +157,69 @@ impl From<ConnectionError> for TransferError {
     }
 }
 
-/// Fails unless a file of `size` bytes, as a peer announced it, fits in the free space of
-/// the shared folder's file system: checked before anything is created or allocated for
-/// it, so that a hostile size cannot fill the disk or memory (a bitset sized from it).
+/// Room kept free beyond a file's size: 1 MiB and 1/64 of the size, for the file system's
+/// own blocks and what else writes meanwhile.
+pub fn room_margin(size: u64) -> u64 {
+    (1 << 20) + size / 64
+}
+
+/// Fails unless a file of `size` bytes, as a peer announced it, fits in the free space here:
+/// checked before anything is created or allocated for it, so that a hostile size cannot
+/// fill the disk or memory (a bitset sized from it), and a file too big is refused before
+/// any byte of it is fetched. `held` bytes of it are already on disk (a part kept to resume
+/// it). It needs room in `.boxsync/tmp/` and, when `name`'s folder is on another file
+/// system, there too (it is copied across when installed).
 pub fn check_room(
     share: &crate::share::Share,
     name: &RelPath,
     size: u64,
+    held: u64,
 ) -> Result<(), TransferError> {
-    let free = free_space(share)?;
-    if size > free {
+    let needed = size.saturating_sub(held).saturating_add(room_margin(size));
+    let tmp = share.tmp_dir();
+    let tmp_stats = statvfs(&tmp)?;
+    let mut free = tmp_stats.0;
+    if let Some(folder) = existing_folder_of(share, name)
+        && let Ok((there, device)) = statvfs(&folder)
+        && device != tmp_stats.1
+    {
+        free = free.min(there);
+    }
+    if needed > free {
         return Err(TransferError::NoRoom {
             name: name.clone(),
-            size,
+            needed,
             free,
         });
     }
     Ok(())
 }
 
-/// The free space of the shared folder's file system, in bytes.
-pub fn free_space(share: &crate::share::Share) -> Result<u64, TransferError> {
-    let state = share.state_dir();
+/// The nearest folder of `name` (its own, or the closest one above it) that exists.
+fn existing_folder_of(share: &crate::share::Share, name: &RelPath) -> Option<PathBuf> {
+    let mut folder = name.under(share.root()).parent()?.to_path_buf();
+    while !folder.is_dir() {
+        if !folder.pop() || !folder.starts_with(share.root()) {
+            return None;
+        }
+    }
+    Some(folder)
+}
+
+/// The free bytes of the file system holding `path`, and its device (`st_dev`).
+fn statvfs(path: &std::path::Path) -> Result<(u64, u64), TransferError> {
+    use std::os::unix::fs::MetadataExt;
     let stats =
-        rustix::fs::statvfs(&state).map_err(|e| ShareError::io(&state, std::io::Error::from(e)))?;
-    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+        rustix::fs::statvfs(path).map_err(|e| ShareError::io(path, std::io::Error::from(e)))?;
+    let device = std::fs::metadata(path)
+        .map_err(|e| ShareError::io(path, e))?
+        .dev();
+    Ok((stats.f_bavail.saturating_mul(stats.f_frsize), device))
+}
+
+/// The free space of the file system of `.boxsync/tmp/`, in bytes.
+pub fn free_space(share: &crate::share::Share) -> Result<u64, TransferError> {
+    statvfs(&share.tmp_dir()).map(|(free, _)| free)
 }
 
 /// A duration as people read it in these errors: `1.5s`.

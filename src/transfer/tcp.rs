@@ -644,7 +644,7 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
         Response::Error { kind, message } => return Err(TransferError::Remote { kind, message }),
         other => return Err(unexpected(&other)),
     };
-    super::check_room(share, rel, size)?;
+    super::check_room(share, &landing.name, size, 0)?;
     progress(0, size);
 
     let (partial, file) = PartialFile::create(share.temp_path())?;

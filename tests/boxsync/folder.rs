@@ -13,7 +13,13 @@ use boxsync::share::Expect;
 use boxsync::share::path::STAGING_PREFIX;
 use boxsync::transfer::{Landing, Wanted};
 
-use crate::util::{TestBox, binary, box_id, bytes, files_under, rel, write_file};
+use std::time::Duration;
+
+use boxsync::types::Transport;
+
+use crate::util::{
+    TestBox, binary, box_id, bytes, eventually, files_under, rel, start_sync, write_file,
+};
 
 /// A `boxsync serve` process, killed with SIGKILL when dropped.
 struct Process {
@@ -289,4 +295,61 @@ async fn a_subfolder_on_another_file_system_receives_files() {
         "{listed:?}"
     );
     assert!(!left.exists(), "a crash's staged file was not removed");
+}
+
+/// Item 9: a file bigger than the free space is refused before any byte of it is fetched,
+/// with an error naming the person's file, the space needed and the space free; sync then
+/// waits (backs off) instead of fetching again each round, and takes the file as soon as
+/// enough space is freed, without waiting out its backoff (30 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_that_does_not_fit_waits_for_space() {
+    let temp = tempfile::tempdir().unwrap();
+    let Some(_mount) = Tmpfs::mount(&temp.path().join("shared"), "16m") else {
+        return;
+    };
+    let me = TestBox::start_in(temp).await;
+    let b = TestBox::start().await;
+    let big = bytes(8 * 1024 * 1024, 9);
+    b.write("big.bin", &big);
+    b.local.trust.allow_for_this_run(&me.local.id);
+    let ballast = me.local.share.state_dir().join("ballast");
+    fs::write(&ballast, vec![0u8; 10 * 1024 * 1024]).unwrap();
+    let refused = b
+        .peer_for(&me.local)
+        .download_tcp(&rel("big.bin"), &mut |_, _| {})
+        .await
+        .expect_err("a download that does not fit")
+        .to_string();
+    assert!(
+        refused.contains("'big.bin' does not fit: it needs ")
+            && refused.contains(" bytes are free here"),
+        "{refused}"
+    );
+    assert!(!refused.contains(".part"), "{refused}");
+    let (sync, _stop) = start_sync(&me, &[b.target()], Transport::Tcp);
+
+    let mut errors = Vec::new();
+    let refused = eventually(Duration::from_secs(20), || {
+        let status = sync.status();
+        errors = status
+            .peers
+            .first()
+            .map(|p| p.errors.clone())
+            .unwrap_or_default();
+        errors.iter().any(|e| e.contains("waiting for space"))
+    })
+    .await;
+    assert!(refused, "{errors:?}");
+    let waiting = errors.iter().find(|e| e.contains("waiting")).unwrap();
+    assert!(waiting.starts_with("big.bin: "), "{waiting}");
+    assert!(!me.root().join("big.bin").exists());
+    let parts = files_under(&me.local.share.tmp_dir());
+    assert!(parts.is_empty(), "bytes were fetched: {parts:?}");
+
+    fs::remove_file(&ballast).unwrap();
+    let arrived = eventually(Duration::from_secs(20), || {
+        fs::read(me.root().join("big.bin")).ok().as_deref() == Some(&big[..])
+    })
+    .await;
+    assert!(arrived, "the file never came once there was room");
 }

@@ -247,7 +247,7 @@ async fn receive_stream(
     // Bounded before anything (the partial file, the bitset) is sized from it.
     announced.check().map_err(|e| protocol(&e.to_string()))?;
     if sink.is_none() {
-        crate::transfer::check_room(share, rel, ready.size)?;
+        crate::transfer::check_room(share, rel, ready.size, 0)?;
     }
     let secret = connection
         .export_secret(&seal::exporter_context(ready.session, &ready.token))
