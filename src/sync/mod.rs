@@ -13,6 +13,7 @@
 //! than the retention period.
 //!
 //! - [`plan`]: the decision rules and the guards, pure;
+//! - [`backoff`]: files that did not fit here, retried later and said once;
 //! - [`error`]: why a round or an action failed;
 //! - [`record`]: the persisted last-agreed state per peer;
 //! - [`round`]: one round with one peer;
