@@ -294,10 +294,18 @@ impl PeerView {
 
 /// The record's paths this box still holds, for the mass-delete guard: of those neither
 /// box keeps to itself.
-fn kept_here(record: &Record, here: &LocalState, ignore: &Ignore, view: &PeerView) -> plan::Kept {
+/// `versions` is this box's side as the guard must see it: as read at the start of the
+/// round, with what the round pulled since (the record already counts those as in sync).
+fn kept_here(
+    record: &Record,
+    versions: &BTreeMap<RelPath, Version>,
+    unknown: &BTreeSet<RelPath>,
+    ignore: &Ignore,
+    view: &PeerView,
+) -> plan::Kept {
     plan::Kept::count(
         record.entries.keys(),
-        |path| here.versions.contains_key(path) || here.unknown.contains(path),
+        |path| versions.contains_key(path) || unknown.contains(path),
         |path| ignore.ignores(path) || view.peer_ignores(path),
     )
 }
@@ -485,7 +493,13 @@ pub async fn sync_with(
     // The mass-delete guards count the record's paths each side still holds, leaving out
     // what either box keeps to itself. A person who means the deletions waives them once.
     if early_index.is_some() && !waive_guard {
-        plan::guard_here(kept_here(record, here, ignore, view))?;
+        plan::guard_here(kept_here(
+            record,
+            &here.versions,
+            &here.unknown,
+            ignore,
+            view,
+        ))?;
     }
     let mut report = RoundReport::default();
     let mut pulled = BTreeMap::new();
@@ -518,9 +532,22 @@ pub async fn sync_with(
         return Ok(report);
     }
     view.quiet = None;
+    // This box's side as read at the start of the round, with what it pulled since.
+    let here_versions: Cow<BTreeMap<RelPath, Version>> = if pulled.is_empty() {
+        Cow::Borrowed(&here.versions)
+    } else {
+        let mut versions = here.versions.clone();
+        versions.extend(
+            pulled
+                .into_iter()
+                .filter_map(|(path, version)| Some((path, version?))),
+        );
+        Cow::Owned(versions)
+    };
     let meant_there = view.take_deletions_meant();
     if !waive_guard {
-        plan::guard_here(kept_here(record, here, ignore, view))?;
+        let kept = kept_here(record, &here_versions, &here.unknown, ignore, view);
+        plan::guard_here(kept)?;
     }
     if !waive_guard && !meant_there {
         plan::guard_peer(plan::Kept::count(
@@ -538,18 +565,6 @@ pub async fn sync_with(
         .filter(|path| view.peer_ignores(path))
         .cloned()
         .collect();
-    // This box's side as read at the start of the round, with what it pulled since.
-    let here_versions: Cow<BTreeMap<RelPath, Version>> = if pulled.is_empty() {
-        Cow::Borrowed(&here.versions)
-    } else {
-        let mut versions = here.versions.clone();
-        versions.extend(
-            pulled
-                .into_iter()
-                .filter_map(|(path, version)| Some((path, version?))),
-        );
-        Cow::Owned(versions)
-    };
     let mut unknown = here.unknown.clone();
     unknown.extend(unknown_there);
     // What the peer keeps to itself is left alone like what cannot be read, but does not
