@@ -230,6 +230,9 @@ pub struct Config {
     pub run: Run,
     /// The shared folder.
     pub dir: PathBuf,
+    /// Whether a person named the folder (-d, or a --config file); `false`: the default
+    /// `./shared`, which a read-only script must not create.
+    pub dir_named: bool,
     /// The server address; `None` listens nowhere (`-l none`).
     pub listen: Option<SocketAddr>,
     /// Peers, validated.
@@ -371,6 +374,7 @@ impl Config {
                 max_udp_rate: max_rate,
             },
             run,
+            dir_named: cli.dir.is_some() || cli.config.is_some(),
             dir,
             listen,
             peers,

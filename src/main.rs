@@ -455,8 +455,15 @@ fn open_client_box(config: &Config) -> Result<(Arc<LocalBox>, Option<tempfile::T
         .tempdir()
         .context("cannot create a temporary folder for the script's box")?;
     // The script acts as the folder's box (its peers trust that box's ID), so it borrows
-    // the folder's identity, creating only the key if there is none yet.
-    let identity = Identity::load_or_create(&config.dir.join(STATE_DIR))?;
+    // the folder's identity, creating only the key if there is none yet. Without -d and
+    // with no box in ./shared, it acts as this user's own client identity instead, kept
+    // in the user's state folder, so that a query creates nothing where it runs.
+    let state = config.dir.join(STATE_DIR);
+    let identity_dir = match config.dir_named || state.exists() {
+        true => state,
+        false => client_identity_dir()?,
+    };
+    let identity = Identity::load_or_create(&identity_dir)?;
     let local = LocalBox::open_as(
         scratch.path(),
         identity,
@@ -464,6 +471,21 @@ fn open_client_box(config: &Config) -> Result<(Arc<LocalBox>, Option<tempfile::T
         config.settings.clone(),
     )?;
     Ok((local, Some(scratch)))
+}
+
+/// Where a script run without a box keeps this user's client identity:
+/// `$XDG_STATE_HOME/boxsync/client`, or `~/.local/state/boxsync/client`.
+fn client_identity_dir() -> Result<PathBuf> {
+    let state_home = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(home) => PathBuf::from(home).join(".local/state"),
+            None => bail!(
+                "no box in ./shared, and neither XDG_STATE_HOME nor HOME is set to keep this user's client identity: give -d DIR"
+            ),
+        },
+    };
+    Ok(state_home.join("boxsync").join("client"))
 }
 
 /// Completes when `stop` turns true (or its sender is gone).

@@ -296,6 +296,54 @@ async fn read_only_script_leaves_nothing() {
     );
 }
 
+/// A read-only `-c` with no box at all in `./shared` (no identity either) acts as the
+/// user's own client identity, kept in `$XDG_STATE_HOME/boxsync/client`: it creates
+/// nothing where it runs, a peer that does not trust it names that ID, and once trusted
+/// the same ID is used again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_without_a_box_uses_the_users_client_identity() {
+    let cwd = tempfile::tempdir().unwrap();
+    let state_home = tempfile::tempdir().unwrap();
+    let b = TestBox::start().await;
+    b.write("a.txt", b"a");
+    let peer = b.target().to_string();
+    let query = |cwd: std::path::PathBuf, state_home: std::path::PathBuf| {
+        let peer = peer.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(binary())
+                .current_dir(cwd)
+                .env("XDG_STATE_HOME", state_home)
+                .args(["-p", &peer, "-c", "index longlist"])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run boxsync")
+        })
+    };
+    let refused = query(cwd.path().to_path_buf(), state_home.path().to_path_buf())
+        .await
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let id_file = state_home.path().join("boxsync/client/box-id");
+    let id = std::fs::read_to_string(&id_file).unwrap();
+    let id = id.trim();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains(&format!("boxsync trust {id}")), "{stderr}");
+    assert!(files_under(cwd.path()).is_empty(), "left behind");
+
+    b.local.trust.allow_for_this_run(&id.parse().unwrap());
+    let out = query(cwd.path().to_path_buf(), state_home.path().to_path_buf())
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("a.txt"));
+    assert!(files_under(cwd.path()).is_empty(), "left behind");
+}
+
 /// Without `-c` and with stdin not a terminal, commands are read one per line.
 #[tokio::test(flavor = "multi_thread")]
 async fn batch_mode_reads_stdin() {
