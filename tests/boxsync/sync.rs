@@ -930,7 +930,8 @@ async fn mass_delete_guard() {
     boxes[0].handle.allow_deletions();
     assert!(
         eventually(CONVERGE, || {
-            !boxes[1].root().join("data/f00.txt").exists()
+            // Every deletion carried out (they run in parallel), not only the first.
+            (0..20).all(|i| !boxes[1].root().join(format!("data/f{i:02}.txt")).exists())
                 && boxes[1]
                     .root()
                     .join("written-on-the-mount-point.txt")
