@@ -3,6 +3,7 @@
 
 pub mod blocks;
 pub mod budget;
+pub mod bursts;
 pub mod dirs;
 pub mod filter;
 pub mod folder;
@@ -205,6 +206,9 @@ pub struct Share {
     owner: Arc<owner::FolderLock>,
     /// The index database, when there is one: written back should the state folder go.
     db: Option<Arc<IndexDb>>,
+    /// Recent installations, so that a file written in bursts leaves one intermediate
+    /// version in the trash, not one per burst. A std mutex, never held across an await.
+    bursts: Mutex<bursts::Bursts>,
 }
 
 impl Share {
@@ -240,6 +244,7 @@ impl Share {
             rules: Mutex::new((rules, Arc::new(ignore))),
             owner,
             db,
+            bursts: Mutex::new(bursts::Bursts::new()),
         }))
     }
 
@@ -684,19 +689,23 @@ impl Share {
         let rel = rel.clone();
         let expect = expect.clone();
         self.changing(move || {
+            let intermediate = share.replacing_intermediate(&rel);
             let trashed = install::install(&share.root, &tmp, &rel, meta, &expect);
             if trashed.is_err() {
                 let _ = fs::remove_file(&tmp);
             }
             let trashed = trashed?;
             // The content is known; remember it so that hashing it later reads nothing.
+            let mut installed = None;
             if let Ok(Some(meta)) = folder::stat(&share.root, &rel) {
                 let fingerprint = Fingerprint::of(&meta);
                 share.cache.insert(&rel, fingerprint, digests);
                 if let Some(list) = &list {
                     share.cache.store_blocks(&rel, &fingerprint, list);
                 }
+                installed = Some(fingerprint);
             }
+            share.note_installed(&rel, installed, trashed.as_deref(), intermediate);
             share.persist_cache();
             Ok(trashed)
         })
@@ -793,6 +802,7 @@ impl Share {
                                 if let Some(fingerprint) = fingerprint {
                                     self.cache.insert(&item.rel, fingerprint, item.digests);
                                 }
+                                self.note_installed(&item.rel, fingerprint, None, false);
                                 return Ok(None);
                             }
                             Err(PlaceNewError::Failed(e)) => return Err(e),
@@ -802,14 +812,18 @@ impl Share {
                         }
                     }
                     let tmp = item.staged.path(|| self.temp_path())?;
+                    let intermediate = self.replacing_intermediate(&item.rel);
                     let placed = install::place(&self.root, tmp, &item.rel, &item.expect);
                     // The folders on the way were checked as it was placed.
-                    if placed.is_ok()
-                        && let Ok(meta) = fs::symlink_metadata(item.rel.under(&self.root))
-                    {
-                        // The content is known; hashing it later reads nothing.
-                        self.cache
-                            .insert(&item.rel, Fingerprint::of(&meta), item.digests);
+                    if let Ok(trashed) = &placed {
+                        let mut installed = None;
+                        if let Ok(meta) = fs::symlink_metadata(item.rel.under(&self.root)) {
+                            // The content is known; hashing it later reads nothing.
+                            let fingerprint = Fingerprint::of(&meta);
+                            self.cache.insert(&item.rel, fingerprint, item.digests);
+                            installed = Some(fingerprint);
+                        }
+                        self.note_installed(&item.rel, installed, trashed.as_deref(), intermediate);
                     }
                     placed
                 });
@@ -836,6 +850,50 @@ impl Share {
         }
         self.persist_cache_now();
         results
+    }
+
+    /// Whether the version of `rel` about to be replaced is an intermediate state of a file
+    /// written in bursts (see [`bursts`]); called under the path's write lock.
+    fn replacing_intermediate(&self, rel: &RelPath) -> bool {
+        let Ok(meta) = fs::symlink_metadata(rel.under(&self.root)) else {
+            return false;
+        };
+        self.bursts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_intermediate(rel, &Fingerprint::of(&meta), std::time::Instant::now())
+    }
+
+    /// Records an installation of `rel` (`installed`: its fingerprint, when `stat` could
+    /// tell), whose previous version went to the trash at `trashed`; drops from the trash
+    /// the intermediate version that this one supersedes.
+    fn note_installed(
+        &self,
+        rel: &RelPath,
+        installed: Option<Fingerprint>,
+        trashed: Option<&Path>,
+        intermediate: bool,
+    ) {
+        let mut bursts = self.bursts.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(fingerprint) = installed else {
+            bursts.forget(rel);
+            return;
+        };
+        let now = std::time::Instant::now();
+        let replaced = bursts.installed(
+            rel,
+            fingerprint,
+            trashed.map(Path::to_path_buf),
+            intermediate,
+            now,
+        );
+        drop(bursts);
+        if let bursts::Replaced::Intermediate {
+            superseded: Some(superseded),
+        } = replaced
+        {
+            trash::discard(&self.root, &superseded);
+        }
     }
 
     /// Moves the file `rel` to the trash, provided it still looks as `expect` says.

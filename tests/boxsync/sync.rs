@@ -621,6 +621,48 @@ async fn growing_file_is_never_torn() {
     }
 }
 
+/// A file written in bursts (issue 22 item 6): each burst reaches the peer, whose every
+/// replaced version only ever existed as an intermediate state there. Its trash keeps the
+/// latest of them, not one per burst, for big files (block lists) and small ones
+/// (batches) alike; the final content is whole on both boxes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_written_in_bursts_leaves_one_partial_version_in_the_trash() {
+    let boxes = mesh(2, Transport::Tcp, |_, _| {}).await;
+    for (name, burst) in [("big.bin", 1 << 20), ("small.txt", 700)] {
+        let mut content = Vec::new();
+        let mut states = Vec::new();
+        for step in 0..6u64 {
+            content.extend_from_slice(&bytes(burst, step + 1));
+            write_file(&boxes[0].root(), name, &content);
+            let there = boxes[1].root().join(name);
+            assert!(
+                eventually(CONVERGE, || fs::read(&there).ok().as_ref()
+                    == Some(&content))
+                .await,
+                "burst {step} of {name} did not arrive"
+            );
+            states.push(content.clone());
+        }
+        let trash = boxes[1].root().join(".boxsync/trash");
+        let kept: Vec<Vec<u8>> = crate::util::files_under(&trash)
+            .into_iter()
+            .filter(|path| path.file_name() == Some(std::ffi::OsStr::new(name)))
+            .map(|path| fs::read(trash.join(path)).unwrap())
+            .collect();
+        // Five versions were replaced; the one kept is the last before the final one.
+        assert_eq!(
+            kept.len(),
+            1,
+            "{name}: {} versions in the trash",
+            kept.len()
+        );
+        assert_eq!(
+            kept[0], states[4],
+            "{name}: the kept version is not the latest"
+        );
+    }
+}
+
 /// The serving box is killed in the middle of a transfer: no partial file on the other
 /// box (what arrived, verified, waits in `.boxsync/tmp/resume/`), and the file arrives
 /// after the box restarts, resumed from what had arrived.
