@@ -15,7 +15,8 @@
 //!   the latest intermediate version: `share::bursts`) and atomic installation of
 //!   downloads, the parts kept to resume downloads (`share::resume`), the budget of
 //!   answers waiting for slow clients, the one box allowed per folder (`share::owner`, a
-//!   lock on `.boxsync/box.lock`).
+//!   lock on `.boxsync/box.lock`), what a read leaves out and why (`share::unshared`:
+//!   symlinks, special files).
 //! - [`types`]: the shared nouns: a box's ID (the hash of its key, with check characters)
 //!   and where to reach one, one version of a file, a transport.
 //! - [`discovery`]: local discovery: boxes announce their ID and port by broadcast, so

@@ -18,6 +18,7 @@ pub mod path;
 pub mod resume;
 pub mod staged;
 pub mod trash;
+pub mod unshared;
 pub mod view;
 
 use std::fs;
@@ -209,6 +210,9 @@ pub struct Share {
     /// Recent installations, so that a file written in bursts leaves one intermediate
     /// version in the trash, not one per burst. A std mutex, never held across an await.
     bursts: Mutex<bursts::Bursts>,
+    /// What the latest reads left out that a person may expect to be shared (symlinks,
+    /// special files, names that cannot travel). A std mutex, never held across an await.
+    unshared: Mutex<unshared::NotSharedList>,
 }
 
 impl Share {
@@ -245,6 +249,7 @@ impl Share {
             owner,
             db,
             bursts: Mutex::new(bursts::Bursts::new()),
+            unshared: Mutex::new(unshared::NotSharedList::default()),
         }))
     }
 
@@ -488,7 +493,10 @@ impl Share {
     /// Every entry of the folder with, for files, their hashes (from the cache when
     /// unchanged); forgets the cached hashes of files no longer there.
     fn read_whole(&self, ignore: &Ignore) -> Result<Vec<Item>, ShareError> {
-        let entries = folder::list_detailed(&self.root, ignore)?;
+        let mut unshared = Vec::new();
+        let entries = folder::list_detailed_noting(&self.root, ignore, &mut unshared)?;
+        let new = self.unshared().replace_all(unshared);
+        log_unshared(new);
         let names: std::collections::HashSet<&RelPath> =
             entries.iter().map(|(e, _)| &e.name).collect();
         self.cache.retain(|rel| names.contains(rel));
@@ -542,7 +550,10 @@ impl Share {
         }
         let mut fresh = Vec::new();
         for folder in &children {
-            let listed = folder::list_scope(&self.root, &Scope::Children(folder.clone()), ignore)?;
+            let scope = Scope::Children(folder.clone());
+            let mut unshared = Vec::new();
+            let listed = folder::list_scope_noting(&self.root, &scope, ignore, &mut unshared)?;
+            log_unshared(self.unshared().replace_scope(&scope, unshared));
             // A child folder that appeared (or turned from a file into a folder) is read
             // whole; one that went (or became a file) takes what was below it with it.
             let dirs_now: std::collections::HashSet<&str> = listed
@@ -560,11 +571,15 @@ impl Share {
             fresh.extend(listed);
         }
         for folder in &subtrees {
-            fresh.extend(folder::list_scope(
+            let scope = Scope::Subtree(folder.clone());
+            let mut unshared = Vec::new();
+            fresh.extend(folder::list_scope_noting(
                 &self.root,
-                &Scope::Subtree(folder.clone()),
+                &scope,
                 ignore,
+                &mut unshared,
             )?);
+            log_unshared(self.unshared().replace_scope(&scope, unshared));
         }
         fresh.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         fresh.dedup_by(|a, b| a.0.name == b.0.name);
@@ -850,6 +865,16 @@ impl Share {
         }
         self.persist_cache_now();
         results
+    }
+
+    fn unshared(&self) -> std::sync::MutexGuard<'_, unshared::NotSharedList> {
+        self.unshared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The first `most` paths of the folder that are not shared (symlinks, special files,
+    /// names that cannot travel) as the latest reads found them, and how many in all.
+    pub fn not_shared(&self, most: usize) -> (Vec<unshared::NotShared>, usize) {
+        self.unshared().first(most)
     }
 
     /// Whether the version of `rel` about to be replaced is an intermediate state of a file
@@ -1177,6 +1202,22 @@ fn ignore_file_identity(root: &Path) -> Option<Fingerprint> {
         .ok()
         .filter(|meta| meta.is_file())
         .map(|meta| Fingerprint::of(&meta))
+}
+
+/// Most paths newly found not shared that one read names in the log; the rest are counted.
+const LOG_UNSHARED: usize = 10;
+
+/// Says once, at WARN, each path a read found not shared that it was not known for.
+fn log_unshared(new: Vec<unshared::NotShared>) {
+    for item in new.iter().take(LOG_UNSHARED) {
+        tracing::warn!(path = %crate::text::for_log(&item.path), "not shared: {}", crate::text::for_log(item.reason.to_string()));
+    }
+    if new.len() > LOG_UNSHARED {
+        tracing::warn!(
+            "and {} more paths not shared (see 'sync status')",
+            new.len() - LOG_UNSHARED
+        );
+    }
 }
 
 #[cfg(test)]

@@ -663,6 +663,81 @@ async fn a_file_written_in_bursts_leaves_one_partial_version_in_the_trash() {
     }
 }
 
+/// Symlinks and special files are never followed or copied (issue 22 item 13), and not
+/// in silence: `sync status` names each one with its reason, and the files beside them
+/// travel as usual. A link that goes changes the list at the next read.
+#[tokio::test(flavor = "multi_thread")]
+async fn symlinks_and_sockets_are_named_as_not_shared() {
+    let boxes = mesh(2, Transport::Tcp, |i, root| {
+        if i == 0 {
+            write_file(root, "music/a.txt", b"a");
+            std::os::unix::fs::symlink("/etc/hostname", root.join("host")).unwrap();
+            std::os::unix::fs::symlink("a.txt", root.join("music/inside")).unwrap();
+            std::os::unix::fs::symlink("/etc", root.join("etc")).unwrap();
+        }
+    })
+    .await;
+    let socket = std::os::unix::net::UnixListener::bind(boxes[0].root().join("music/sock"));
+    let socket = socket.unwrap();
+    write_file(&boxes[0].root(), "after.txt", b"later");
+    let peer = boxes[1].root();
+    assert!(
+        eventually(CONVERGE, || peer.join("after.txt").is_file()
+            && peer.join("music/a.txt").is_file())
+        .await
+    );
+    for name in ["host", "music/inside", "etc", "music/sock"] {
+        assert!(
+            fs::symlink_metadata(peer.join(name)).is_err(),
+            "{name} reached the peer"
+        );
+    }
+    let named = |boxes: &[SyncBox]| {
+        let status = boxes[0].handle.status();
+        status
+            .not_shared
+            .iter()
+            .map(|n| (n.path.clone(), n.reason.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let expected = [
+        (
+            "etc",
+            "a symlink to '/etc': symlinks are never followed or copied",
+        ),
+        (
+            "host",
+            "a symlink to '/etc/hostname': symlinks are never followed or copied",
+        ),
+        (
+            "music/inside",
+            "a symlink to 'a.txt': symlinks are never followed or copied",
+        ),
+        (
+            "music/sock",
+            "a socket, FIFO or device: only files and folders are shared",
+        ),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(p, r)| (p.to_string(), r.to_string()))
+        .collect();
+    assert!(
+        eventually(CONVERGE, || named(&boxes) == expected).await,
+        "{:?}",
+        named(&boxes)
+    );
+    assert_eq!(boxes[0].handle.status().not_shared_total, 4);
+    // The socket goes: the next read of its folder drops it from the list.
+    drop(socket);
+    fs::remove_file(boxes[0].root().join("music/sock")).unwrap();
+    assert!(
+        eventually(CONVERGE, || named(&boxes).len() == 3).await,
+        "{:?}",
+        named(&boxes)
+    );
+}
+
 /// The serving box is killed in the middle of a transfer: no partial file on the other
 /// box (what arrived, verified, waits in `.boxsync/tmp/resume/`), and the file arrives
 /// after the box restarts, resumed from what had arrived.
