@@ -16,7 +16,8 @@
 //!   downloads, the parts kept to resume downloads (`share::resume`), the budget of
 //!   answers waiting for slow clients, the one box allowed per folder (`share::owner`, a
 //!   lock on `.boxsync/box.lock`), what a read leaves out and why (`share::unshared`:
-//!   symlinks, special files).
+//!   symlinks, special files), where the state lives (`share::state`: in the folder, or
+//!   under `$XDG_STATE_HOME` for a read-only one).
 //! - [`types`]: the shared nouns: a box's ID (the hash of its key, with check characters)
 //!   and where to reach one, one version of a file, a transport.
 //! - [`discovery`]: local discovery: boxes announce their ID and port by broadcast, so

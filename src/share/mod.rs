@@ -17,6 +17,7 @@ pub mod owner;
 pub mod path;
 pub mod resume;
 pub mod staged;
+pub mod state;
 pub mod trash;
 pub mod unshared;
 pub mod view;
@@ -90,6 +91,10 @@ pub enum ShareError {
     /// The file kept changing and could not be hashed.
     #[error("'{0}' keeps changing; try again when it is no longer being written")]
     Unstable(RelPath),
+    /// The folder cannot be written by this user (see [`state`]): it is served as it is,
+    /// and nothing is written to it.
+    #[error("{} is read-only here: this box serves it as it is and writes nothing to it", .0.display())]
+    ReadOnly(PathBuf),
     /// Another process runs a box on this folder (see [`owner`]): two boxes would write
     /// the same state under the same box ID.
     #[error(
@@ -181,6 +186,10 @@ const ONE_FLUSH_FOLDERS: usize = 3;
 pub struct Share {
     /// The folder's absolute path.
     root: PathBuf,
+    /// The box's private state folder: `<root>/.boxsync`, or outside a read-only folder.
+    state: PathBuf,
+    /// Whether the folder is read-only to this user: nothing is ever written to it.
+    read_only: bool,
     /// Remembered hashes.
     cache: HashCache,
     /// Per-path locks between serving and replacing.
@@ -220,11 +229,12 @@ impl Share {
     pub fn open(root: &Path) -> Result<Arc<Share>, ShareError> {
         fs::create_dir_all(root).map_err(|e| ShareError::io(root, e))?;
         let root = root.canonicalize().map_err(|e| ShareError::io(root, e))?;
-        let state = root.join(STATE_DIR);
-        fs::create_dir_all(state.join(TMP_DIR)).map_err(|e| ShareError::io(&state, e))?;
-        // The state (key, history, records, trash, partial downloads) is the owner's only.
-        fs::set_permissions(&state, fs::Permissions::from_mode(0o700))
-            .map_err(|e| ShareError::io(&state, e))?;
+        // Created owner-only: the state (key, history, records, trash, partial downloads)
+        // is the owner's only.
+        let state::StateDir {
+            path: state,
+            read_only,
+        } = state::locate(&root)?;
         // Before anything of the state is touched: a second box on the folder changes nothing.
         let owner = owner::FolderLock::acquire(&root, &state)?;
         remove_stale_partials(&state.join(TMP_DIR));
@@ -237,11 +247,13 @@ impl Share {
         };
         Ok(Arc::new(Share {
             root,
+            tmp_prefix: state.join(TMP_DIR).join(std::process::id().to_string()),
+            state,
+            read_only,
             cache,
             locks: PathLocks::new(),
             answers: AnswerBudget::new(),
             next_tmp: AtomicU64::new(0),
-            tmp_prefix: state.join(TMP_DIR).join(std::process::id().to_string()),
             view: SnapshotCache::new(numbering),
             reading: tokio::sync::Mutex::new(()),
             link_method: OnceLock::new(),
@@ -329,9 +341,24 @@ impl Share {
         Ok(restored)
     }
 
-    /// The box's private state folder (`<root>/.boxsync`).
+    /// The box's private state folder (`<root>/.boxsync`, or outside a read-only folder:
+    /// see [`state`]).
     pub fn state_dir(&self) -> PathBuf {
-        self.root.join(STATE_DIR)
+        self.state.clone()
+    }
+
+    /// Whether the folder is read-only to this user: served as it is, never written to.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Fails with [`ShareError::ReadOnly`] for a read-only folder: what anything that
+    /// would write to the folder checks first (before a byte is fetched for it).
+    pub fn check_writable(&self) -> Result<(), ShareError> {
+        match self.read_only {
+            true => Err(ShareError::ReadOnly(self.root.clone())),
+            false => Ok(()),
+        }
     }
 
     /// The per-path locks shared by serving and replacing.
@@ -1135,6 +1162,11 @@ impl Share {
         count: usize,
         work: impl FnOnce() -> Vec<Result<T, ShareError>> + Send + 'static,
     ) -> Vec<Result<T, ShareError>> {
+        if self.read_only {
+            return (0..count)
+                .map(|_| Err(ShareError::ReadOnly(self.root.clone())))
+                .collect();
+        }
         let outcome = tokio::task::spawn_blocking(work).await;
         self.view.changed();
         outcome.unwrap_or_else(|e| {
@@ -1152,6 +1184,7 @@ impl Share {
         &self,
         work: impl FnOnce() -> Result<T, ShareError> + Send + 'static,
     ) -> Result<T, ShareError> {
+        self.check_writable()?;
         let result = blocking(work).await;
         self.view.changed();
         result
