@@ -1021,10 +1021,18 @@ async fn mass_delete_guard() {
         "no pause reported: {:?}",
         boxes[1].handle.status()
     );
-    assert!(matches!(
-        boxes[0].handle.status().peers[0].failure.as_deref(),
-        Some(SyncError::WipedHere { gone, .. }) if *gone >= 20
-    ));
+    // Box 1 can see the loss (asking box 0 what changed) before box 0's own round ends.
+    let paused_here = |b: &SyncBox| {
+        matches!(
+            b.handle.status().peers[0].failure.as_deref(),
+            Some(SyncError::WipedHere { gone, .. }) if *gone >= 20
+        )
+    };
+    assert!(
+        eventually(CONVERGE, || paused_here(&boxes[0])).await,
+        "no pause reported here: {:?}",
+        boxes[0].handle.status()
+    );
     // One file written into the emptied folder does not lift the pause.
     write_file(&boxes[0].root(), "written-on-the-mount-point.txt", b"app");
     rounds_on_every_box(&boxes, 2).await;
