@@ -1090,6 +1090,8 @@ async fn apply(pull: Pull<'_>, action: &Action) -> Result<Settled, SyncError> {
                 path: name.clone(),
                 source,
             })?;
+            // In place: no longer in flight while the peer is told.
+            drop(flight);
             pull.moved.add(&downloaded);
             let (settled, confirmation) = settle(remote, name, downloaded);
             confirm(peer, owed, vec![Agreement::Holds(confirmation)]).await;
