@@ -222,6 +222,17 @@ listens ('boxsync box <id> serving <dir> on <addr>'); logs go to stderr.",
     /// run) and name, then the boxes it trusts that are not peers (they may dial in).
     #[command(after_help = "Examples:\n  boxsync peers -d ~/shared\n  boxsync peers --json")]
     Peers,
+    /// Ask the box running on the folder (from another terminal, or a script) how it is
+    /// doing: its peers, sync's state and the files being received.
+    ///
+    /// It asks through the box's control socket, DIR/.boxsync/control.sock, which only
+    /// the user running the box can open, and prints what the box's `sync status` shows
+    /// (--json: one JSON object). Exit status 1, with one line, when no box runs on the
+    /// folder or it does not answer within 3 seconds.
+    #[command(
+        after_help = "Examples:\n  boxsync status -d ~/shared\n  boxsync status -d ~/shared --json | jq '.sync.transfers'"
+    )]
+    Status,
 }
 
 /// The validated configuration: everything checked before any work starts.
@@ -289,6 +300,8 @@ pub enum Run {
     Invite,
     /// Join with an invitation.
     Join(boxsync::invite::Invitation),
+    /// Ask the running box for its status.
+    Status,
 }
 
 impl Config {
@@ -346,6 +359,7 @@ impl Config {
             },
             Some(Mode::Untrust { id }) => Run::Untrust(BoxId::parse(&id)?),
             Some(Mode::Peers) => Run::Peers,
+            Some(Mode::Status) => Run::Status,
             Some(Mode::Invite) => Run::Invite,
             Some(Mode::Join { line }) => {
                 let line = if line == "-" {

@@ -6,6 +6,7 @@
 //! - [`text`]: text from a peer or the disk made safe to show and to log: control and bidi
 //!   characters escaped (unambiguously), log copies bounded, JSON kept terminal-safe.
 //! - [`time`]: instants on the wire and on screen (RFC 3339 UTC, nanoseconds).
+//! - [`units`]: sizes, rates and durations as people read them.
 //! - [`parse`]: values people type (rates, peer addresses), checked one way everywhere.
 //! - [`share`]: the shared folder: safe relative paths, what the box keeps to itself
 //!   (`share::ignore`, `.boxsyncignore`), the index and its filters, hashes
@@ -57,6 +58,9 @@
 //! - [`shell`]: command parsing, execution, background jobs and rendering (listings
 //!   written as they arrive, in bounded memory), and the interactive loop with completion,
 //!   history, progress bars, a prompt and the question before a very long listing.
+//! - [`control`]: the control socket (`.boxsync/control.sock`, owner-only) through which
+//!   `boxsync status` asks the box running on a folder for its peers, sync's state and the
+//!   transfers in flight.
 //! - [`demo`]: sample folders for `boxsync demo`.
 //!
 //! The binary (`src/main.rs`, with `src/cli.rs` turning the command line into a validated
@@ -65,6 +69,7 @@
 //! The library never prints: the shell and the CLI (`src/main.rs`) render.
 
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod discovery;
 pub mod history;
@@ -86,3 +91,4 @@ pub mod time;
 pub mod transfer;
 pub mod trust;
 pub mod types;
+pub mod units;

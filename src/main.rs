@@ -77,6 +77,7 @@ fn run(config: Config) -> Result<ScriptStatus> {
             return identity_command(&config);
         }
         Run::Join(invitation) => return join(&handle, &config, invitation),
+        Run::Status => return status_command(&handle, &config),
         Run::Serve => {
             let _log = init_logging(None, config.verbose);
             let local = LocalBox::open_with(&config.dir, config.settings.clone())?;
@@ -136,9 +137,10 @@ fn run(config: Config) -> Result<ScriptStatus> {
                     notices,
                     peers,
                     sync,
-                    wait_for(stopped),
+                    wait_for(stopped.clone()),
                 ));
             }
+            let control = start_control(&handle, &local, session.sync().cloned(), stopped);
             let result = repl::run_interactive(
                 &handle,
                 &mut session,
@@ -147,8 +149,54 @@ fn run(config: Config) -> Result<ScriptStatus> {
             );
             let _ = stop.send(true);
             let _ = handle.block_on(serving);
+            if let Some(control) = control {
+                let _ = handle.block_on(control);
+            }
             result.context("the shell failed")?;
             Ok(ScriptStatus::Succeeded)
+        }
+    }
+}
+
+/// `boxsync status`: asks the box running on the folder, through its control socket, and
+/// prints its answer (the text as its `sync status` lays it out for this terminal, or the
+/// JSON object). Creates nothing.
+fn status_command(handle: &Handle, config: &Config) -> Result<ScriptStatus> {
+    let terminal = boxsync::shell::terminal::Terminal::detect();
+    let json = config.format == boxsync::shell::Format::Json;
+    let request = boxsync::control::Request::Status {
+        width: terminal.width(),
+        colour: terminal.colour && !json,
+    };
+    let answer = handle.block_on(boxsync::control::ask(&config.dir, &request))?;
+    if json {
+        say(&boxsync::text::json(&answer.status)?);
+    } else {
+        say(&answer.text);
+    }
+    Ok(ScriptStatus::Succeeded)
+}
+
+/// Listens on the box's control socket (`boxsync status`) until `stopped`; a box that
+/// cannot still runs, and its log says why. Call within the runtime.
+fn start_control(
+    handle: &Handle,
+    local: &Arc<LocalBox>,
+    sync: Option<boxsync::sync::SyncHandle>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let _guard = handle.enter();
+    match boxsync::control::ControlSocket::bind(&local.share.state_dir()) {
+        Ok(socket) => {
+            let state = boxsync::control::BoxState {
+                local: Arc::clone(local),
+                sync,
+            };
+            Some(handle.spawn(socket.run(state, wait_for(stopped))))
+        }
+        Err(e) => {
+            tracing::warn!(error = %boxsync::text::for_log(&e), "`boxsync status` cannot reach this box");
+            None
         }
     }
 }
@@ -564,14 +612,21 @@ async fn serve(
 ) -> Result<()> {
     let server = bind(&local, listen, discovery).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    if let Some(sync) = sync {
+    let sync = sync.map(|sync| {
         let peers = peers
             .iter()
             .map(|spec| (Arc::new(spec.client(Arc::clone(&local))), spec.transport))
             .collect();
         let notices = server.notices();
-        boxsync::sync::start(Arc::clone(&local), notices, peers, sync, wait_for(stopped));
-    }
+        boxsync::sync::start(
+            Arc::clone(&local),
+            notices,
+            peers,
+            sync,
+            wait_for(stopped.clone()),
+        )
+    });
+    let control = start_control(&Handle::current(), &local, sync, stopped);
     tracing::info!(
         addr = %server.local_addr(),
         dir = %local.share.root().display(),
@@ -600,6 +655,9 @@ async fn serve(
         })
         .await;
     let _ = stop.send(true);
+    if let Some(control) = control {
+        let _ = control.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -79,6 +79,25 @@ impl FolderLock {
     }
 }
 
+/// Whether a process holds the lock of the state folder `state`, without taking it: `None`
+/// when none does (or there is no lock file), else the pid its lock file names, if any.
+/// Tries a shared lock, which conflicts with the holder's exclusive one, and drops it at
+/// once: a box starting in that instant would be refused as if one ran.
+pub fn holder(state: &Path) -> Option<Option<u32>> {
+    let mut file = File::open(state.join(LOCK_FILE)).ok()?;
+    match rustix::fs::flock(&file, FlockOperation::NonBlockingLockShared) {
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let mut text = String::new();
+            Some(
+                file.read_to_string(&mut text)
+                    .ok()
+                    .and_then(|_| text.trim().parse::<u32>().ok()),
+            )
+        }
+        _ => None,
+    }
+}
+
 /// Opens (creating) and locks the lock file at `path`, writing this process's id in it.
 fn lock_file(folder: &Path, path: &Path) -> Result<File, ShareError> {
     let mut file = File::options()

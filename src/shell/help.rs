@@ -155,7 +155,9 @@ example:
         "sync" => "\
 sync status (or: sync)
     Auto-sync's state: on or paused, and for each peer its last round, what it
-    brought and sent, conflicts and the last error.
+    brought and sent, conflicts and the last error; then each file being received:
+    bytes done of its size, rate and time left. (From another terminal:
+    boxsync status -d DIR.)
 sync now
     Starts a round with every peer at once instead of at the next rescan, waits for
     it (30 s at most; Ctrl-C stops waiting, the round goes on) and says what it did

@@ -17,6 +17,7 @@ use crate::share::{Entry, FileHash};
 use crate::sync::counted;
 use crate::text::{self, escape};
 use crate::transfer::Downloaded;
+pub use crate::units::{human_duration, human_size};
 
 /// How a session's output is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -507,6 +508,9 @@ fn sync_status(status: &crate::sync::SyncStatus, layout: Layout) -> String {
         layout.width,
         layout.colour,
     ));
+    if !status.transfers.is_empty() {
+        lines.push(transfers_table(&status.transfers, layout));
+    }
     for peer in &status.peers {
         let addr = escape(&peer.peer);
         let seen = peer
@@ -558,6 +562,43 @@ fn sync_status(status: &crate::sync::SyncStatus, layout: Layout) -> String {
         }
     }
     lines.join("\n")
+}
+
+/// The files sync is receiving, a row each: the file, its peer, bytes done of its size, the
+/// mean rate and the time left at it. Fits 80 columns (names lose their middle first).
+fn transfers_table(transfers: &[crate::sync::TransferStatus], layout: Layout) -> String {
+    let rows: Vec<Vec<String>> = transfers
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.to_string(),
+                t.peer.clone(),
+                human_size(t.done),
+                human_size(t.total),
+                match t.total {
+                    0 => "-".to_string(),
+                    total => format!("{}%", t.done.min(total) * 100 / total),
+                },
+                crate::units::human_rate(t.bytes_per_second),
+                t.eta_seconds
+                    .map_or("-".to_string(), |eta| human_duration(eta as f64)),
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            Column::shrink("RECEIVING", Fit::Path),
+            Column::shrink("FROM", Fit::Middle),
+            Column::right("DONE"),
+            Column::right("SIZE"),
+            Column::right("%"),
+            Column::right("RATE"),
+            Column::right("ETA"),
+        ],
+        &rows,
+        layout.width,
+        layout.colour,
+    )
 }
 
 /// A job's row: bytes done and in all, percentage, mean rate and the time left at it.
@@ -641,35 +682,85 @@ pub(super) fn hash_row(h: &FileHash) -> Vec<String> {
     ]
 }
 
-/// Sizes as people read them: `512 B`, `1.5 KiB`, `3.0 GiB`.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
-/// Durations as people read them: `42s`, `3m05s`, `2h10m`.
-pub fn human_duration(seconds: f64) -> String {
-    let s = seconds.max(0.0).round() as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::shell::jobs::Waited;
+
+    /// A transfer in flight from `peer`: 1.2 GiB of 2.0 GiB at 41 MiB/s.
+    fn transfer(name: crate::share::RelPath, peer: &str) -> crate::sync::TransferStatus {
+        crate::sync::TransferStatus {
+            peer: peer.to_string(),
+            name,
+            done: 1230 << 20,
+            total: 2 << 30,
+            bytes_per_second: 41 << 20,
+            eta_seconds: Some(20),
+            started: crate::time::Timestamp::now(),
+            seconds: 30.0,
+            id: 0,
+        }
+    }
+
+    /// `sync status` lists the transfers in flight under the peers, with bytes done of the
+    /// size, the rate and the time left; at 80 columns a long name loses its middle and the
+    /// numbers stay whole.
+    #[test]
+    fn sync_status_lists_transfers_within_80_columns() {
+        let long = crate::share::RelPath::parse(
+            "videos/holidays/2025/the very long name of a family film.mkv",
+        )
+        .unwrap();
+        let status = crate::sync::SyncStatus {
+            enabled: true,
+            peers: vec![crate::sync::PeerStatus {
+                peer: "hub.example.org:7002".to_string(),
+                state: "syncing".to_string(),
+                ..Default::default()
+            }],
+            transfers: vec![transfer(long, "hub.example.org:7002")],
+            ..Default::default()
+        };
+        let text = sync_status(
+            &status,
+            Layout {
+                width: Some(80),
+                colour: false,
+            },
+        );
+        let table: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("RECEIVING"))
+            .take(2)
+            .collect();
+        assert_eq!(table.len(), 2, "{text}");
+        for line in &table {
+            assert!(
+                unicode_width::UnicodeWidthStr::width(*line) <= 80,
+                "{line:?} in\n{text}"
+            );
+        }
+        let header = table[0];
+        for column in ["FROM", "DONE", "SIZE", "%", "RATE", "ETA"] {
+            assert!(header.contains(column), "{header}");
+        }
+        let row = text
+            .lines()
+            .find(|l| l.ends_with("20s"))
+            .unwrap_or_else(|| panic!("no transfer row in\n{text}"));
+        for cell in ["film.mkv", "1.2 GiB", "2.0 GiB", "60%", "41.0 MiB/s"] {
+            assert!(row.contains(cell), "{row}");
+        }
+        let json = outcome(&Outcome::Sync(status), Format::Json);
+        let value: Value = serde_json::from_str(&json).unwrap();
+        let t = &value["transfers"][0];
+        assert_eq!(t["done"], 1230u64 << 20, "{json}");
+        assert_eq!(t["total"], 2u64 << 30, "{json}");
+        assert_eq!(t["bytes_per_second"], 41u64 << 20, "{json}");
+        assert_eq!(t["eta_seconds"], 20, "{json}");
+        assert_eq!(t["peer"], "hub.example.org:7002", "{json}");
+        assert!(t["name"].as_str().unwrap().ends_with("film.mkv"), "{json}");
+    }
 
     /// `sync status` after one round says "1 round".
     #[test]
@@ -818,6 +909,7 @@ mod tests {
                 state: HOSTILE.to_string(),
                 ..Default::default()
             }],
+            transfers: vec![transfer(name(), HOSTILE)],
             ..Default::default()
         };
         let outcomes = [

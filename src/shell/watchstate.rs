@@ -47,9 +47,16 @@ impl Watched {
 }
 
 /// The lines that say what changed from `before` to `now`, for the current peer `peer`
-/// (its address). A round that stopped is said with its reason, once per reason; a change
-/// of the marks alone in a few words. Nothing when nothing changed.
-pub fn lines(before: &Watched, now: &Watched, peer: Option<&str>) -> Vec<String> {
+/// (its address); `was_in_sync`: whether sync has been in sync since the shell started. A
+/// round that stopped is said with its reason, once per reason; a change of the marks
+/// alone in a few words, except the comings and goings of `sync …` while files arrive
+/// (their own lines say so). Nothing when nothing changed.
+pub fn lines(
+    before: &Watched,
+    now: &Watched,
+    peer: Option<&str>,
+    was_in_sync: bool,
+) -> Vec<String> {
     let mut lines = Vec::new();
     for (name, why) in &now.stopped {
         let was = before
@@ -70,13 +77,17 @@ pub fn lines(before: &Watched, now: &Watched, peer: Option<&str>) -> Vec<String>
     }
     if now.prompt.sync != before.prompt.sync {
         match now.prompt.sync {
-            Some(SyncMark::InSync) => lines.push("sync: in sync with every peer".to_string()),
+            Some(SyncMark::InSync)
+                if !was_in_sync || before.prompt.sync == Some(SyncMark::Errors) =>
+            {
+                lines.push("sync: in sync with every peer".to_string())
+            }
             Some(SyncMark::Errors) => {
                 lines.push("sync: errors in the last round (see 'sync status')".to_string())
             }
-            Some(SyncMark::Pending) => lines.push("sync: not in sync yet".to_string()),
-            // A person turned it off or on: the command said so.
-            Some(SyncMark::Off) | None => {}
+            // Files arriving (their own lines say so), or a person turned sync off or on
+            // (the command said so).
+            _ => {}
         }
     } else if let Some(addr) = peer {
         match (before.prompt.reach, now.prompt.reach) {
@@ -106,14 +117,17 @@ pub fn watch(
         .name("boxsync-prompt-state".into())
         .spawn(move || {
             let mut before = Watched::now(current().as_deref(), &sync);
+            let mut was_in_sync = false;
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                 stop.recv_timeout(LOOK_EVERY)
             {
                 let peer = current();
                 let now = Watched::now(peer.as_deref(), &sync);
-                for line in lines(&before, &now, peer.as_ref().map(|p| p.addr())) {
+                let addr = peer.as_ref().map(|p| p.addr());
+                for line in lines(&before, &now, addr, was_in_sync) {
                     screen.announce(&line);
                 }
+                was_in_sync |= now.prompt.sync == Some(SyncMark::InSync);
                 before = now;
             }
         });
@@ -147,11 +161,14 @@ mod tests {
             Some("peer h:1 is unreachable: connection refused"),
         );
         assert_eq!(
-            lines(&fine, &away, Some("h:1")),
+            lines(&fine, &away, Some("h:1"), true),
             ["sync [h:1] stopped: peer h:1 is unreachable: connection refused"]
         );
-        assert!(lines(&away, &away, Some("h:1")).is_empty());
-        assert_eq!(lines(&away, &fine, Some("h:1")), ["sync [h:1] going again"]);
+        assert!(lines(&away, &away, Some("h:1"), true).is_empty());
+        assert_eq!(
+            lines(&away, &fine, Some("h:1"), true),
+            ["sync [h:1] going again"]
+        );
     }
 
     /// The mass-delete guard's pause is a new reason even while errors were shown.
@@ -168,7 +185,7 @@ mod tests {
             Some("this box's shared folder lost 20 of the 20 paths in sync: sync paused"),
         );
         assert_eq!(
-            lines(&away, &paused, None),
+            lines(&away, &paused, None, true),
             [
                 "sync [h:1] stopped: this box's shared folder lost 20 of the 20 paths in sync: sync paused"
             ]
@@ -181,17 +198,20 @@ mod tests {
         let pending = state(Reachability::Unknown, SyncMark::Pending, None);
         let synced = state(Reachability::Reachable, SyncMark::InSync, None);
         assert_eq!(
-            lines(&pending, &synced, Some("h:1")),
+            lines(&pending, &synced, Some("h:1"), false),
             ["sync: in sync with every peer"]
         );
+        // Files arriving and done again: their own lines say so.
+        assert!(lines(&synced, &pending, Some("h:1"), true).is_empty());
+        assert!(lines(&pending, &synced, Some("h:1"), true).is_empty());
         let mut lost = synced.clone();
         lost.prompt.reach = Reachability::Unreachable;
         assert_eq!(
-            lines(&synced, &lost, Some("h\x1b:1")),
+            lines(&synced, &lost, Some("h\x1b:1"), true),
             ["peer h\\x1b:1 does not answer"]
         );
         assert_eq!(
-            lines(&lost, &synced, Some("h:1")),
+            lines(&lost, &synced, Some("h:1"), true),
             ["peer h:1 answers again"]
         );
     }

@@ -17,6 +17,7 @@
 //! - [`error`]: why a round or an action failed;
 //! - [`record`]: the persisted last-agreed state per peer;
 //! - [`round`]: one round with one peer;
+//! - [`transfers`]: the files being received right now, for the status and the feed;
 //! - [`watch`]: the file-system watcher.
 
 pub mod backoff;
@@ -24,17 +25,19 @@ pub mod error;
 pub mod plan;
 pub mod record;
 pub mod round;
+pub mod transfers;
 pub mod watch;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{Notify, broadcast, watch as signal};
 
 pub use error::SyncError;
+pub use transfers::TransferStatus;
 
 use crate::local::LocalBox;
 use crate::peer::Peer;
@@ -231,6 +234,8 @@ pub struct SyncStatus {
     pub not_shared: Vec<crate::share::unshared::NotShared>,
     /// How many paths are not shared in all.
     pub not_shared_total: usize,
+    /// The files being received right now, in the order they began.
+    pub transfers: Vec<TransferStatus>,
 }
 
 /// Most paths not shared that the status names (the rest are counted).
@@ -272,6 +277,8 @@ pub struct SyncHandle {
     rounds: Arc<signal::Sender<Rounds>>,
     /// Activity feed.
     events: broadcast::Sender<SyncEvent>,
+    /// The files being received right now.
+    transfers: Arc<transfers::Transfers>,
     /// Set by a person who means the deletions the mass-delete guard stopped: the next
     /// round, with every peer, goes ahead without the guard (then it holds again).
     deletions_allowed: Arc<AtomicBool>,
@@ -297,8 +304,10 @@ impl SyncHandle {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        status.transfers = self.transfers.snapshot(Instant::now());
         for (row, peer) in status.peers.iter_mut().zip(&peers) {
-            live(row, peer, &self.notices);
+            let receiving = status.transfers.iter().any(|t| t.peer == row.peer);
+            live(row, peer, &self.notices, receiving);
         }
         (status.not_shared, status.not_shared_total) = self.share.not_shared(NOT_SHARED_SHOWN);
         status
@@ -361,8 +370,9 @@ impl SyncHandle {
 /// The one state that means both directions are synced.
 const IN_SYNC: &str = "in sync";
 
-/// Fills in a peer's row what its session says now.
-fn live(row: &mut PeerStatus, peer: &Peer, notices: &Notices) {
+/// Fills in a peer's row what its session says now; `receiving`: a file from it is in
+/// flight (it is then `syncing`, not `in sync`).
+fn live(row: &mut PeerStatus, peer: &Peer, notices: &Notices, receiving: bool) {
     let link = peer.link();
     row.id = peer.id().to_string();
     row.connected = link.is_some();
@@ -389,7 +399,7 @@ fn live(row: &mut PeerStatus, peer: &Peer, notices: &Notices) {
         "never synced".to_string()
     } else if row.syncs_back == Some(false) {
         "one-way: it does not sync back".to_string()
-    } else if !row.errors.is_empty() || row.pending > 0 {
+    } else if !row.errors.is_empty() || row.pending > 0 || receiving {
         "syncing".to_string()
     } else {
         IN_SYNC.to_string()
@@ -434,6 +444,7 @@ pub fn start(
         trigger: Arc::new(Notify::new()),
         rounds: Arc::new(signal::channel(rounds).0),
         events: broadcast::channel(256).0,
+        transfers: Arc::default(),
         deletions_allowed: Arc::new(AtomicBool::new(false)),
         share: Arc::clone(&local.share),
     };
@@ -547,6 +558,7 @@ async fn peer_round(job: PeerRound, done: tokio::sync::mpsc::UnboundedSender<Fin
     let this = round::ThisBox {
         local: &local,
         notices: &notices,
+        transfers: &handle.transfers,
         waive_guard,
     };
     let outcome = round::sync_with(
@@ -654,6 +666,7 @@ impl Engine {
                 None
             }
         };
+        let _announcer = AbortOnDrop(tokio::spawn(announce_transfers(self.handle.clone())));
         // Without a watcher every round reads the whole folder: the rescan is the round.
         let watching = _watcher.is_some();
         let mut rescan = tokio::time::interval(match watching {
@@ -924,6 +937,30 @@ impl Engine {
 
     fn emit(&self, peer: &str, message: &str) {
         self.handle.emit(peer, message);
+    }
+}
+
+/// Stops a task when dropped: what ends the engine's helpers with the engine.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Says on the activity feed how long transfers go, as [`transfers::Announcer`] decides,
+/// looking every [`transfers::ANNOUNCE_TICK`].
+async fn announce_transfers(handle: SyncHandle) {
+    let mut announcer = transfers::Announcer::default();
+    let mut tick = tokio::time::interval(transfers::ANNOUNCE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = handle.transfers.snapshot(Instant::now());
+        for (peer, line) in announcer.due(&now) {
+            handle.emit(&peer, &line);
+        }
     }
 }
 

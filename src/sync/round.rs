@@ -13,6 +13,7 @@ use futures_util::{StreamExt, stream};
 use super::backoff::RoomBackoff;
 use super::plan::{self, Action, Seen, Sides, Version};
 use super::record::Record;
+use super::transfers::Transfers;
 use super::{Conflict, PeerStatus, SyncError};
 use crate::local::LocalBox;
 use crate::peer::{Peer, PeerError};
@@ -365,6 +366,8 @@ pub struct ThisBox<'a> {
     pub local: &'a Arc<LocalBox>,
     /// Peers' notices and what was served to them.
     pub notices: &'a Notices,
+    /// Where the round's downloads show while they run.
+    pub transfers: &'a Arc<Transfers>,
     /// Whether a person waived the mass-delete guards for this round (`sync
     /// allow-deletes`): the deletions they stopped are meant.
     pub waive_guard: bool,
@@ -392,6 +395,7 @@ pub async fn sync_with(
     let ThisBox {
         local,
         notices,
+        transfers,
         waive_guard,
     } = this;
     let Kept {
@@ -489,6 +493,7 @@ pub async fn sync_with(
         transport,
         owed: &owed,
         moved: &moved,
+        transfers,
     };
     // The mass-delete guards count the record's paths each side still holds, leaving out
     // what either box keeps to itself. A person who means the deletions waives them once.
@@ -1037,6 +1042,7 @@ async fn apply(pull: Pull<'_>, action: &Action) -> Result<Settled, SyncError> {
         peer,
         transport,
         owed,
+        transfers,
         ..
     } = pull;
     let share = &local.share;
@@ -1049,7 +1055,7 @@ async fn apply(pull: Pull<'_>, action: &Action) -> Result<Settled, SyncError> {
         Action::Download {
             remote,
             local: name,
-            version: _,
+            version,
             expect,
         } => {
             let landing = Landing {
@@ -1057,7 +1063,8 @@ async fn apply(pull: Pull<'_>, action: &Action) -> Result<Settled, SyncError> {
                 expect: expect.clone(),
                 digests: DigestSet::Blake3,
             };
-            let mut progress = |_: u64, _: u64| {};
+            let flight = transfers.begin(peer.addr(), remote, version.size);
+            let mut progress = |done: u64, total: u64| flight.progress(done, total);
             let downloaded = match transport {
                 Transport::Tcp => peer.download_tcp_to(remote, &landing, &mut progress).await,
                 Transport::Udp => {
@@ -1083,6 +1090,8 @@ async fn apply(pull: Pull<'_>, action: &Action) -> Result<Settled, SyncError> {
                 path: name.clone(),
                 source,
             })?;
+            // In place: no longer in flight while the peer is told.
+            drop(flight);
             pull.moved.add(&downloaded);
             let (settled, confirmation) = settle(remote, name, downloaded);
             confirm(peer, owed, vec![Agreement::Holds(confirmation)]).await;
@@ -1340,6 +1349,8 @@ struct Pull<'a> {
     transport: Transport,
     owed: &'a Owed,
     moved: &'a Moved,
+    /// Where each download shows while it runs.
+    transfers: &'a Arc<Transfers>,
 }
 
 /// The bytes a round's downloads fetched and found locally, added up as they complete.

@@ -16,6 +16,7 @@ mod relay;
 mod shell;
 mod snapshots;
 mod stalls;
+mod status;
 mod sync;
 mod trust;
 mod udp;

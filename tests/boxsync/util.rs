@@ -61,6 +61,19 @@ impl TestBox {
         TestBox::start_in_limited(temp, limits).await
     }
 
+    /// A new box with an empty shared folder, serving on 127.0.0.1:0, with `settings` (a
+    /// UDP rate cap, to make its downloads slow).
+    pub async fn start_with(settings: Settings) -> TestBox {
+        let temp = tempfile::tempdir().expect("temporary folder");
+        let shared = temp.path().join("shared");
+        let local = LocalBox::open_with(&shared, settings).expect("open box");
+        let server = Server::bind(Arc::clone(&local), "127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("bind");
+        let addr = server.local_addr();
+        TestBox::run(temp, local, server, addr)
+    }
+
     /// A box serving the shared folder `<temp>/shared`, with `limits`.
     pub async fn start_in_limited(temp: TempDir, limits: Limits) -> TestBox {
         let shared = temp.path().join("shared");
