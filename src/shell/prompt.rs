@@ -30,11 +30,13 @@ pub struct PromptText {
 }
 
 /// The prompt for `peer` (its address, `None` when no peer is set), what the last request
-/// showed about it, and the sync loop's label.
+/// showed about it, the sync loop's label, and the current remote folder when `cd` left
+/// the root (`/music`).
 pub fn prompt(
     peer: Option<&str>,
     reachability: Reachability,
     sync: Option<&str>,
+    folder: Option<&str>,
     colour: bool,
 ) -> PromptText {
     // Each part is (plain text, ANSI style).
@@ -47,6 +49,9 @@ pub fn prompt(
         (Some(_), Reachability::Reachable) => parts.push(("✓".to_string(), "32")),
         (Some(_), Reachability::Unreachable) => parts.push(("✗".to_string(), "31")),
         _ => {}
+    }
+    if let (Some(_), Some(folder)) = (peer, folder) {
+        parts.push((crate::text::escape(folder).into_owned(), "34"));
     }
     if let Some(label) = sync.filter(|l| !l.is_empty()) {
         parts.push((label.to_string(), "33"));
@@ -82,7 +87,7 @@ mod tests {
     /// without colours the styled prompt is the plain one.
     #[test]
     fn prompt_parts() {
-        let p = |reach, sync| prompt(Some("127.0.0.1:7002"), reach, sync, false).plain;
+        let p = |reach, sync| prompt(Some("127.0.0.1:7002"), reach, sync, None, false).plain;
         assert_eq!(p(Reachability::Unknown, None), "boxsync [127.0.0.1:7002]> ");
         assert_eq!(
             p(Reachability::Reachable, None),
@@ -97,11 +102,24 @@ mod tests {
             "boxsync [127.0.0.1:7002 ✓ synced]> "
         );
         assert_eq!(
-            prompt(None, Reachability::Reachable, None, false).plain,
+            prompt(None, Reachability::Reachable, None, None, false).plain,
             "boxsync [no peer]> "
         );
-        let coloured = prompt(Some("h:1"), Reachability::Reachable, None, true);
+        let coloured = prompt(Some("h:1"), Reachability::Reachable, None, None, true);
         assert_eq!(coloured.plain, "boxsync [h:1 ✓]> ");
         assert!(coloured.styled.contains("\x1b[32m✓"));
+    }
+
+    /// After `cd`, the current remote folder shows after the mark.
+    #[test]
+    fn prompt_folder() {
+        let p = prompt(
+            Some("127.0.0.1:7002"),
+            Reachability::Reachable,
+            Some("sync ✓"),
+            Some("/music"),
+            false,
+        );
+        assert_eq!(p.plain, "boxsync [127.0.0.1:7002 ✓ /music sync ✓]> ");
     }
 }
