@@ -395,6 +395,51 @@ mod tests {
         assert!(offered("peer ").is_empty());
     }
 
+    /// The fixed peer seen from its `music` folder (`cd music`).
+    struct InMusic;
+
+    impl Sources for InMusic {
+        fn remote_files(&self) -> Vec<String> {
+            Fixed.remote_files()
+        }
+        fn peers(&self) -> Vec<String> {
+            Vec::new()
+        }
+        fn jobs(&self) -> Vec<u32> {
+            Vec::new()
+        }
+        fn remote_folder(&self) -> Option<String> {
+            Some("music".into())
+        }
+    }
+
+    /// `get`, `ls` and `cd` complete the peer's names (`cd` folders only), relative to the
+    /// current remote folder, and `ls -` its flag; the cursor there wants the names.
+    #[test]
+    fn sftp_names_complete() {
+        assert_eq!(replacements("g"), vec!["get "]);
+        assert_eq!(replacements("get h"), vec!["hello.txt "]);
+        assert_eq!(replacements("ls mu"), vec!["music/"]);
+        assert_eq!(replacements("ls -"), vec!["-l "]);
+        assert_eq!(replacements("ls -l no"), vec!["notes/"]);
+        assert_eq!(replacements("cd "), vec!["music/", "notes/"]);
+        assert_eq!(replacements("cd music/"), vec!["music/live/"]);
+        let offered = |line: &str| -> Vec<String> {
+            complete(line, line.len(), &InMusic)
+                .candidates
+                .into_iter()
+                .map(|c| c.replacement)
+                .collect()
+        };
+        assert_eq!(offered("get l"), vec!["live/"]);
+        assert_eq!(offered("download tcp live/"), vec!["live/a.mp3 "]);
+        assert_eq!(offered("cd "), vec!["live/"]);
+        assert!(wants_remote_names("get ", 4));
+        assert!(wants_remote_names("cd mu", 5));
+        assert!(wants_remote_names("ls -l ", 6));
+        assert!(!wants_remote_names("pwd ", 4));
+    }
+
     fn replacements(line: &str) -> Vec<String> {
         complete(line, line.len(), &Fixed)
             .candidates

@@ -1,5 +1,6 @@
 //! The shell: command parsing ([`command`], [`timestamp`]), execution against a peer
-//! ([`session`], with background [`jobs`]), rendering ([`render`], [`table`], [`help`],
+//! ([`session`], with background [`jobs`], the current remote folder and patterns of
+//! [`remote`], several files at once in [`many`]), rendering ([`render`], [`table`], [`help`],
 //! [`prompt`], and [`listing`] for listings shown while they arrive) and the loops that read commands from a person ([`repl`], with
 //! [`helper`], [`complete`], [`names`], [`screen`], [`terminal`]) or a script.
 //!

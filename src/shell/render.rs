@@ -233,8 +233,8 @@ fn summary_json(summary: &Summary) -> Value {
     })
 }
 
-/// The line for one file of a several-file download as it ends (a failure's line is
-/// shown as an error: [`error_with`] of this text).
+/// The line for one file of a several-file download as it ends. A failure's human line
+/// is raw, to be shown as an error: [`error_with`] escapes it.
 pub fn file_line(name: &RelPath, result: &Result<Downloaded, PeerError>, format: Format) -> String {
     match (format, result) {
         (Format::Json, Ok(d)) => text::json(&download_json(d)).unwrap_or_default(),
@@ -958,6 +958,32 @@ mod tests {
                 mtime: crate::time::Timestamp::now(),
             }),
             Outcome::Downloaded(downloaded()),
+            Outcome::Listed {
+                long: false,
+                folder: Some(crate::share::RelPath::parse("dir").expect("a path")),
+                entries: vec![Entry {
+                    name: name(),
+                    size: 1,
+                    mtime: crate::time::Timestamp::now(),
+                    file_type: "directory".to_string(),
+                    mode: 0o755,
+                }],
+            },
+            Outcome::Listed {
+                long: true,
+                folder: None,
+                entries: vec![Entry {
+                    name: name(),
+                    size: 1,
+                    mtime: crate::time::Timestamp::now(),
+                    file_type: HOSTILE.to_string(),
+                    mode: 0o644,
+                }],
+            },
+            Outcome::Folder {
+                folder: Some(name()),
+                moved: false,
+            },
             Outcome::History(vec![crate::history::HistoryRecord {
                 time: crate::time::Timestamp::now(),
                 direction: Direction::Served,
@@ -980,6 +1006,13 @@ mod tests {
                     JobEvent {
                         status: job(),
                         result: Err(peer_error().into()),
+                    },
+                    JobEvent {
+                        status: job(),
+                        result: Ok(Fetched::Files(Summary {
+                            failed: vec![(name(), HOSTILE.to_string())],
+                            ..Summary::default()
+                        })),
                     },
                 ],
             }),
@@ -1007,6 +1040,41 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r"\r") && text.contains(r"\n") && text.contains(r"\u{202e}"));
+    }
+
+    /// Each file of a set gets a line naming it escaped, in human and JSON form; the summary
+    /// counts what happened, leaving out the parts that did not.
+    #[test]
+    fn file_lines_and_summaries() {
+        let ok: Result<Downloaded, PeerError> = Ok(downloaded());
+        let failed: Result<Downloaded, PeerError> = Err(peer_error());
+        for result in [&ok, &failed] {
+            for format in [Format::Human, Format::Json] {
+                let mut line = file_line(&name(), result, format);
+                if result.is_err() && format == Format::Human {
+                    line = error(&line, format);
+                }
+                assert!(inert(&line) && !line.contains('\n'), "{line}");
+            }
+        }
+        assert!(file_line(&name(), &ok, Format::Human).starts_with("downloaded dir/t\\x1b"));
+        let summary = Summary {
+            downloaded: 12,
+            bytes: 3 << 20,
+            up_to_date: 0,
+            failed: vec![(name(), "gone".into())],
+            ..Summary::default()
+        };
+        assert_eq!(
+            summary_line(&summary),
+            "downloaded 12 files (3.0 MiB), 1 failed"
+        );
+        let one = Summary {
+            downloaded: 1,
+            up_to_date: 2,
+            ..Summary::default()
+        };
+        assert_eq!(summary_line(&one), "downloaded 1 file (0 B), 2 up to date");
     }
 
     /// A listing with an escaped name stays aligned: widths count the escaped text.

@@ -272,3 +272,87 @@ async fn cd_refuses_outside_missing_and_files() {
         assert_eq!(text(&out.stdout).trim(), "/music", "{line}");
     }
 }
+
+/// A shell through a pseudo-terminal on a box in `dir` whose peer is `peer`, auto-sync
+/// off, colours off.
+fn pty_shell(
+    dir: &Path,
+    peer: &str,
+) -> Result<rexpect::session::PtySession, rexpect::error::Error> {
+    let mut command = Command::new(binary());
+    command.args([
+        "-d",
+        &dir.display().to_string(),
+        "-l",
+        "127.0.0.1:0",
+        "-p",
+        peer,
+        "--sync",
+        "0",
+    ]);
+    command.env("NO_COLOR", "1");
+    command.env("TERM", "xterm");
+    command.env_remove("RUST_LOG");
+    rexpect::session::spawn_command(command, Some(30_000))
+}
+
+/// At the prompt: `cd` shows in the prompt, a set runs as one background job that says
+/// how it went when it ends, and `kill` stops a set in flight, its partial files removed
+/// and its later files never started.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_set_runs_as_a_job_and_kill_stops_the_rest() {
+    let b = sample().await;
+    b.write("big/one.bin", &bytes(16 << 20, 5));
+    b.write("big/two.bin", &bytes(16 << 20, 6));
+    let dir = tempfile::tempdir().unwrap();
+    let peer = b.cli_target(dir.path());
+    let addr = b.addr.to_string();
+    let dir_path = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || -> Result<(), rexpect::error::Error> {
+        let mut sh = pty_shell(&dir_path, &peer)?;
+        sh.exp_string("]> ")?;
+        sh.send_line("cd music")?;
+        sh.exp_string(&crate::util::as_pty_bytes(&format!(
+            "boxsync [{addr} ✓ /music]> "
+        )))?;
+        sh.send_line("get '*' &")?;
+        sh.exp_string("[1] download tcp '*'")?;
+        sh.exp_string("[1] done download tcp '*': downloaded 1 file (48.8 KiB)")?;
+        sh.send_line("cd /big")?;
+        sh.exp_string("/big]> ")?;
+        // Both files at 8 Mbit/s take half a minute: killed long before.
+        sh.send_line("download udp '*.bin' --max-rate 8M &")?;
+        sh.exp_string("[2] download udp '*.bin'")?;
+        assert!(
+            crate::util::poll(std::time::Duration::from_secs(20), || {
+                !files_under(&dir_path.join(".boxsync/tmp")).is_empty()
+            }),
+            "the set never started"
+        );
+        sh.send_line("kill 2")?;
+        sh.exp_string("[2] killed download udp '*.bin'")?;
+        sh.send_line("quit")?;
+        sh.exp_eof()?;
+        Ok(())
+    })
+    .await
+    .expect("pty thread")
+    .expect("shell session");
+    assert_eq!(
+        std::fs::read(dir.path().join("music/a.mp3")).unwrap(),
+        std::fs::read(b.root().join("music/a.mp3")).unwrap()
+    );
+    assert!(!dir.path().join("big/one.bin").exists());
+    assert!(!dir.path().join("big/two.bin").exists());
+    let partials = || {
+        files_under(&dir.path().join(".boxsync/tmp"))
+            .into_iter()
+            .filter(|p| !p.starts_with("resume"))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        crate::util::poll(std::time::Duration::from_secs(10), || partials().is_empty()),
+        "partial files left: {:?}",
+        partials()
+    );
+}
