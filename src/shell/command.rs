@@ -129,10 +129,10 @@ pub enum Selection {
 }
 
 impl Selection {
-    /// `word` as typed: a pattern when it holds a glob character, else a name.
+    /// `word` as typed: a pattern when it holds a glob character and is a valid one, else
+    /// a name (`a[1` is a file's name: no glob).
     fn parse(word: &str) -> Result<Selection, CommandError> {
-        if remote::is_pattern(word) {
-            remote::check_pattern(word)?;
+        if is_glob(word) {
             Ok(Selection::Glob(word.to_string()))
         } else {
             Ok(Selection::Path(RelPath::parse(word)?))
@@ -508,7 +508,7 @@ fn download_command(
     word: &str,
     max_rate: Option<u64>,
 ) -> Result<Command, CommandError> {
-    if remote::is_pattern(word) || word.ends_with('/') {
+    if is_glob(word) || word.ends_with('/') {
         return Ok(Command::DownloadMany {
             transport,
             selection: Selection::parse(word)?,
@@ -520,6 +520,12 @@ fn download_command(
         name: RelPath::parse(word)?,
         max_rate,
     })
+}
+
+/// Whether `word` is to be read as a pattern: it holds a glob character and is a valid,
+/// relative glob. Anything else is a name, checked as names are.
+fn is_glob(word: &str) -> bool {
+    remote::is_pattern(word) && remote::check_pattern(word).is_ok()
 }
 
 /// `ls`, `ls -l`, `ls PATH`, `ls -l PATTERN` (the flag before or after).
@@ -744,6 +750,15 @@ mod tests {
                 max_rate: None,
             })
         );
+        // Not a valid glob: a name.
+        assert_eq!(
+            parse("get 'a[1'").unwrap(),
+            Some(Command::Download {
+                transport: Transport::Tcp,
+                name: RelPath::parse("a[1").unwrap(),
+                max_rate: None,
+            })
+        );
         assert!(matches!(
             parse("get '*.iso' &").unwrap(),
             Some(Command::Background(inner)) if matches!(*inner, Command::DownloadMany { .. })
@@ -758,7 +773,6 @@ mod tests {
         for bad in [
             "get",
             "get a b",
-            "get '['",
             "get '../*'",
             "get '/etc/*'",
             "get ../x",

@@ -89,6 +89,8 @@ pub struct Pick {
     pub filter: IndexFilter,
     /// The glob every path is matched against, whole, `*` not crossing `/`.
     pattern: Pattern,
+    /// A pattern taken as a name instead (`a[1].txt` may name a file), when it is one.
+    literal: Option<RelPath>,
 }
 
 /// How picks match: case-sensitive, `*` and `?` never match `/`, dot files included.
@@ -106,7 +108,17 @@ impl Pick {
             None => pattern.to_string(),
             Some(folder) => format!("{}/{pattern}", Pattern::escape(folder.as_str())),
         };
-        Pick::from_full(full)
+        let mut pick = Pick::from_full(full)?;
+        pick.literal = RelPath::parse(pattern)
+            .ok()
+            .and_then(|name| join(folder, &name).ok());
+        Ok(pick)
+    }
+
+    /// The pattern read as a name (from the current folder), for when it picks nothing: a
+    /// file may be called `a[1].txt`.
+    pub fn literal(&self) -> Option<&RelPath> {
+        self.literal.as_ref()
     }
 
     /// Every entry directly inside `folder` (`None`: the root).
@@ -136,7 +148,11 @@ impl Pick {
         };
         filter.compile()?;
         let pattern = Pattern::new(&full).map_err(|e| FilterError::Glob(e.to_string()))?;
-        Ok(Pick { filter, pattern })
+        Ok(Pick {
+            filter,
+            pattern,
+            literal: None,
+        })
     }
 
     /// Every entry; only reached if an escaped name would not compile, which cannot
@@ -145,6 +161,7 @@ impl Pick {
         Pick {
             filter: IndexFilter::Longlist,
             pattern: Pattern::new("**").unwrap_or_default(),
+            literal: None,
         }
     }
 }
@@ -255,6 +272,12 @@ mod tests {
         assert!(Pick::glob(None, "../*").is_err());
         assert!(Pick::glob(None, "/etc/*").is_err());
         assert!(Pick::glob(None, "[").is_err());
+        assert_eq!(
+            Pick::glob(Some(&path("music")), "a[1].mp3")
+                .unwrap()
+                .literal(),
+            Some(&path("music/a[1].mp3"))
+        );
         assert!(is_pattern("*.txt") && is_pattern("a?") && !is_pattern("music/"));
     }
 }

@@ -711,7 +711,14 @@ impl Session {
         Ok(match target {
             None => entries(&peer, &Pick::children(folder)).await?,
             Some(Selection::Glob(pattern)) => {
-                let picked = entries(&peer, &Pick::glob(folder, pattern)?).await?;
+                let pick = Pick::glob(folder, pattern)?;
+                let mut picked = entries(&peer, &pick).await?;
+                if picked.is_empty() {
+                    // `a[1].txt` matches no file but may be one's name.
+                    if let Some(literal) = pick.literal() {
+                        picked = entries(&peer, &Pick::exactly(literal)).await?;
+                    }
+                }
                 if picked.is_empty() {
                     return Err(SessionError::NoMatch(pattern.clone()));
                 }
@@ -842,6 +849,13 @@ async fn fetch_many(
         Selection::Glob(pattern) => {
             // A pattern picks files; a folder it matches is not taken whole.
             picked.folders.clear();
+            if picked.files.is_empty() {
+                // `a[1].txt` matches no file but may be one's name.
+                if let Some(literal) = pick.literal() {
+                    picked = many::pick(peer, &Pick::exactly(literal)).await?;
+                    picked.folders.clear();
+                }
+            }
             if picked.files.is_empty() {
                 return Err(SessionError::NoMatch(pattern.clone()));
             }

@@ -356,3 +356,31 @@ async fn a_set_runs_as_a_job_and_kill_stops_the_rest() {
         partials()
     );
 }
+
+/// A name holding glob characters still names its file: as a pattern it picks nothing
+/// (or is no valid pattern), so it is taken as the name, by `get` and by `ls`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_with_glob_characters_still_names_its_file() {
+    let b = TestBox::start().await;
+    b.write("odd[1].txt", b"one\n");
+    b.write("half[open.txt", b"half\n");
+    let dir = tempfile::tempdir().unwrap();
+    let out = script(
+        dir.path(),
+        &b,
+        false,
+        &["get 'odd[1].txt'", "get 'half[open.txt'", "ls 'odd[1].txt'"],
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}{stdout}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read(dir.path().join("odd[1].txt")).unwrap(),
+        b"one\n"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("half[open.txt")).unwrap(),
+        b"half\n"
+    );
+    assert_eq!(stdout.lines().last(), Some("odd[1].txt"), "{stdout}");
+}
