@@ -384,3 +384,43 @@ async fn a_name_with_glob_characters_still_names_its_file() {
     );
     assert_eq!(stdout.lines().last(), Some("odd[1].txt"), "{stdout}");
 }
+
+/// A set downloads a few files at a time, not all at once: while twelve rate-capped files
+/// come, this box never holds more than four of them in flight (their parts in
+/// `.boxsync/tmp/`), and does hold more than one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_set_downloads_four_at_a_time() {
+    let b = TestBox::start().await;
+    for i in 0..12 {
+        b.write(&format!("set/f{i:02}.bin"), &bytes(1 << 20, 10 + i));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join(".boxsync/tmp");
+    let run = script(
+        dir.path(),
+        &b,
+        false,
+        &["download udp 'set/*.bin' --max-rate 8M"],
+    );
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = {
+        let (tmp, done) = (tmp.clone(), std::sync::Arc::clone(&done));
+        tokio::task::spawn_blocking(move || {
+            let mut most = 0;
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            while !done.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < end
+            {
+                most = most.max(files_under(&tmp).len());
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            most
+        })
+    };
+    let out = run.await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = watch.await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(landed(dir.path()).len(), 12);
+    assert!((2..=4).contains(&most), "{most} files in flight at most");
+}
