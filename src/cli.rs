@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use boxsync::config::BoxConfig;
 use boxsync::local::Settings;
 use boxsync::parse::parse_rate;
-use boxsync::share::STATE_DIR;
+
 use boxsync::shell::Format;
 use boxsync::sync::{PeerSpec, SyncConfig};
 use boxsync::types::BoxId;
@@ -425,7 +425,7 @@ fn read_settings(cli: &Cli) -> Result<(BoxConfig, PathBuf, PathBuf)> {
                 .dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR));
-            let file = BoxConfig::path_in(&dir.join(STATE_DIR));
+            let file = BoxConfig::path_in(&boxsync::share::state::existing(&dir));
             // The demo's boxes live in a temporary folder, not in DIR.
             let settings = if demo {
                 BoxConfig::default()

@@ -11,10 +11,13 @@
 //!   (`share::ignore`, `.boxsyncignore`), the index and its filters, hashes
 //!   and their cache, files as block lists (`share::blocks`, BLAKE3 chaining values), the
 //!   index database (`share::index`, SQLite) and the folder's change numbers
-//!   (`share::numbering`), per-file locks, the trash and atomic installation of downloads,
-//!   the parts kept to resume downloads (`share::resume`), the budget of answers waiting
-//!   for slow clients, the one box allowed per folder (`share::owner`, a lock on
-//!   `.boxsync/box.lock`).
+//!   (`share::numbering`), per-file locks, the trash (of a file written in bursts, only
+//!   the latest intermediate version: `share::bursts`) and atomic installation of
+//!   downloads, the parts kept to resume downloads (`share::resume`), the budget of
+//!   answers waiting for slow clients, the one box allowed per folder (`share::owner`, a
+//!   lock on `.boxsync/box.lock`), what a read leaves out and why (`share::unshared`:
+//!   symlinks, special files), where the state lives (`share::state`: in the folder, or
+//!   under `$XDG_STATE_HOME` for a read-only one).
 //! - [`types`]: the shared nouns: a box's ID (the hash of its key, with check characters)
 //!   and where to reach one, one version of a file, a transport.
 //! - [`discovery`]: local discovery: boxes announce their ID and port by broadcast, so

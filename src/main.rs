@@ -18,7 +18,7 @@ use boxsync::identity::Identity;
 use boxsync::local::{LocalBox, OpenError};
 use boxsync::peer::Peer;
 use boxsync::server::Server;
-use boxsync::share::{STATE_DIR, ShareError};
+use boxsync::share::ShareError;
 use boxsync::shell::repl::ScriptStatus;
 use boxsync::shell::{Session, output, repl};
 use boxsync::sync::{PeerSpec, SyncConfig};
@@ -82,13 +82,14 @@ fn run(config: Config) -> Result<ScriptStatus> {
             let local = LocalBox::open_with(&config.dir, config.settings.clone())?;
             apply_trust(&local, &config);
             save_settings(&local, &config);
+            let sync = unless_read_only(&local, config.sync);
             return handle
                 .block_on(serve(
                     local,
                     config.listen,
                     config.discovery,
                     &config.peers,
-                    config.sync,
+                    sync,
                 ))
                 .map(|()| ScriptStatus::Succeeded);
         }
@@ -127,7 +128,7 @@ fn run(config: Config) -> Result<ScriptStatus> {
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let notices = server.notices();
             let serving = handle.spawn(server.run(wait_for(stopped.clone())));
-            if let Some(sync) = config.sync {
+            if let Some(sync) = unless_read_only(&local, config.sync) {
                 let _guard = handle.enter();
                 let peers = sync_peers(&session, &config.peers);
                 session.set_sync(boxsync::sync::start(
@@ -272,10 +273,24 @@ fn peers_command(config: &Config, trust: &Trust) -> Result<()> {
     Ok(())
 }
 
+/// A read-only folder is served as it is: said in one line, and its sync does not run (it
+/// would write to the folder); peers still copy from it.
+fn unless_read_only(local: &LocalBox, sync: Option<SyncConfig>) -> Option<SyncConfig> {
+    if !local.share.read_only() {
+        return sync;
+    }
+    output::print_error_line(&format!(
+        "note: {} is read-only: serving it as it is (peers copy from it; nothing is written to it, and sync does not run); its state is kept in {}",
+        boxsync::text::escape(&local.share.root().display().to_string()),
+        boxsync::text::escape(&local.share.state_dir().display().to_string())
+    ));
+    None
+}
+
 /// `boxsync id`, `trust`, `untrust` and `peers`: the box's identity and trust, without
 /// opening its folder for sharing.
 fn identity_command(config: &Config) -> Result<ScriptStatus> {
-    let state = config.dir.join(STATE_DIR);
+    let state = boxsync::share::state::existing(&config.dir);
     let json = config.format == boxsync::shell::Format::Json;
     match &config.run {
         Run::Id => {
@@ -369,7 +384,7 @@ fn join(
     config: &Config,
     invitation: &boxsync::invite::Invitation,
 ) -> Result<ScriptStatus> {
-    let state = config.dir.join(STATE_DIR);
+    let state = boxsync::share::state::existing(&config.dir);
     let identity = Identity::load_or_create(&state)?;
     let trust = Trust::open(&state)?;
     let inviter = &invitation.inviter;
@@ -430,11 +445,12 @@ fn open_client_box(config: &Config) -> Result<(Arc<LocalBox>, Option<tempfile::T
         boxsync::identity::ID_FILE,
         boxsync::trust::TRUST_FILE,
     ];
-    let is_box = std::fs::read_dir(config.dir.join(STATE_DIR)).is_ok_and(|entries| {
-        entries
-            .flatten()
-            .any(|entry| !identity_files.iter().any(|name| entry.file_name() == *name))
-    });
+    let is_box =
+        std::fs::read_dir(boxsync::share::state::existing(&config.dir)).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|entry| !identity_files.iter().any(|name| entry.file_name() == *name))
+        });
     let reads_only = match &config.run {
         Run::Commands(lines) => !lines.iter().any(|line| {
             matches!(boxsync::shell::command::parse(line), Ok(Some(c)) if c.writes_locally())
@@ -458,7 +474,7 @@ fn open_client_box(config: &Config) -> Result<(Arc<LocalBox>, Option<tempfile::T
     // the folder's identity, creating only the key if there is none yet. Without -d and
     // with no box in ./shared, it acts as this user's own client identity instead, kept
     // in the user's state folder, so that a query creates nothing where it runs.
-    let state = config.dir.join(STATE_DIR);
+    let state = boxsync::share::state::existing(&config.dir);
     let identity_dir = match config.dir_named || state.exists() {
         true => state,
         false => client_identity_dir()?,
@@ -476,14 +492,10 @@ fn open_client_box(config: &Config) -> Result<(Arc<LocalBox>, Option<tempfile::T
 /// Where a script run without a box keeps this user's client identity:
 /// `$XDG_STATE_HOME/boxsync/client`, or `~/.local/state/boxsync/client`.
 fn client_identity_dir() -> Result<PathBuf> {
-    let state_home = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-            Some(home) => PathBuf::from(home).join(".local/state"),
-            None => bail!(
-                "no box in ./shared, and neither XDG_STATE_HOME nor HOME is set to keep this user's client identity: give -d DIR"
-            ),
-        },
+    let Some(state_home) = boxsync::share::state::user_state_home() else {
+        bail!(
+            "no box in ./shared, and neither XDG_STATE_HOME nor HOME is set to keep this user's client identity: give -d DIR"
+        );
     };
     Ok(state_home.join("boxsync").join("client"))
 }

@@ -191,7 +191,8 @@ impl Response {
             | ShareError::Symlink(_)
             | ShareError::IsDirectory(_)
             | ShareError::NotAFile(_)
-            | ShareError::NotADirectory(_) => ErrorKind::Refused,
+            | ShareError::NotADirectory(_)
+            | ShareError::ReadOnly(_) => ErrorKind::Refused,
             ShareError::Io { .. } | ShareError::Busy { .. } => ErrorKind::Internal,
         };
         let message = match error {
@@ -202,6 +203,7 @@ impl Response {
             }
             ShareError::Io { cause, .. } => format!("read error on the peer: {cause}"),
             ShareError::Busy { .. } => "the peer's folder is held by another process".into(),
+            ShareError::ReadOnly(_) => "the peer's folder is read-only".into(),
             other => other.to_string(),
         };
         Response::Error { kind, message }

@@ -12,6 +12,7 @@ use super::ShareError;
 use super::dirs::Dirs;
 use super::ignore::Ignore;
 use super::path::{RelPath, STAGING_PREFIX, STATE_DIR};
+use super::unshared::{NotShared, Reason};
 use crate::time::Timestamp;
 
 /// The `type` of a directory entry; files carry a MIME type instead.
@@ -93,7 +94,17 @@ pub fn list_detailed(
     root: &Path,
     ignore: &Ignore,
 ) -> Result<Vec<(Entry, Fingerprint)>, ShareError> {
-    let mut entries = walk(root, PathBuf::new(), true, ignore)?;
+    list_detailed_noting(root, ignore, &mut Vec::new())
+}
+
+/// [`list_detailed`], adding to `unshared` each path it leaves out that a person may have
+/// expected to be shared (see [`super::unshared`]).
+pub fn list_detailed_noting(
+    root: &Path,
+    ignore: &Ignore,
+    unshared: &mut Vec<NotShared>,
+) -> Result<Vec<(Entry, Fingerprint)>, ShareError> {
+    let mut entries = walk(root, PathBuf::new(), true, ignore, unshared)?;
     entries.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     Ok(entries)
 }
@@ -124,6 +135,17 @@ pub fn list_scope(
     root: &Path,
     scope: &Scope,
     ignore: &Ignore,
+) -> Result<Vec<(Entry, Fingerprint)>, ShareError> {
+    list_scope_noting(root, scope, ignore, &mut Vec::new())
+}
+
+/// [`list_scope`], adding to `unshared` each path of the scope it leaves out (see
+/// [`super::unshared`]).
+pub fn list_scope_noting(
+    root: &Path,
+    scope: &Scope,
+    ignore: &Ignore,
+    unshared: &mut Vec<NotShared>,
 ) -> Result<Vec<(Entry, Fingerprint)>, ShareError> {
     let folder = scope.folder();
     let mut entries = Vec::new();
@@ -161,17 +183,25 @@ pub fn list_scope(
         entries.push((Entry::from_metadata(rel, &meta), Fingerprint::of(&meta)));
     }
     let recursive = matches!(scope, Scope::Subtree(_));
-    entries.extend(walk(root, PathBuf::from(folder), recursive, ignore)?);
+    entries.extend(walk(
+        root,
+        PathBuf::from(folder),
+        recursive,
+        ignore,
+        unshared,
+    )?);
     Ok(entries)
 }
 
 /// The entries below `start` (relative to `root`), unsorted: its children, and theirs
-/// when `recursive`; an ignored path is skipped (a folder with everything in it).
+/// when `recursive`; an ignored path is skipped (a folder with everything in it), and
+/// what cannot be shared is noted in `unshared`.
 fn walk(
     root: &Path,
     start: PathBuf,
     recursive: bool,
     ignore: &Ignore,
+    unshared: &mut Vec<NotShared>,
 ) -> Result<Vec<(Entry, Fingerprint)>, ShareError> {
     let mut entries = Vec::new();
     let mut pending = vec![start];
@@ -199,7 +229,7 @@ fn walk(
                 continue;
             }
             let Ok(name) = RelPath::from_local(&relative) else {
-                tracing::warn!(path = %crate::text::for_log(relative.display()), "skipping a name that cannot be shared");
+                unshared.push(NotShared::new(&relative, Reason::Name));
                 continue;
             };
             if ignore.ignores(&name) {
@@ -216,7 +246,14 @@ fn walk(
                 if recursive {
                     pending.push(relative);
                 }
+            } else if meta.file_type().is_symlink() {
+                let target = fs::read_link(item.path())
+                    .map(|target| target.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                unshared.push(NotShared::new(&relative, Reason::Symlink { target }));
+                continue;
             } else if !meta.is_file() {
+                unshared.push(NotShared::new(&relative, Reason::Special));
                 continue;
             }
             entries.push((Entry::from_metadata(name, &meta), Fingerprint::of(&meta)));

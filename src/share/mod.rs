@@ -3,6 +3,7 @@
 
 pub mod blocks;
 pub mod budget;
+pub mod bursts;
 pub mod dirs;
 pub mod filter;
 pub mod folder;
@@ -16,7 +17,9 @@ pub mod owner;
 pub mod path;
 pub mod resume;
 pub mod staged;
+pub mod state;
 pub mod trash;
+pub mod unshared;
 pub mod view;
 
 use std::fs;
@@ -88,6 +91,10 @@ pub enum ShareError {
     /// The file kept changing and could not be hashed.
     #[error("'{0}' keeps changing; try again when it is no longer being written")]
     Unstable(RelPath),
+    /// The folder cannot be written by this user (see [`state`]): it is served as it is,
+    /// and nothing is written to it.
+    #[error("{} is read-only here: this box serves it as it is and writes nothing to it", .0.display())]
+    ReadOnly(PathBuf),
     /// Another process runs a box on this folder (see [`owner`]): two boxes would write
     /// the same state under the same box ID.
     #[error(
@@ -179,6 +186,10 @@ const ONE_FLUSH_FOLDERS: usize = 3;
 pub struct Share {
     /// The folder's absolute path.
     root: PathBuf,
+    /// The box's private state folder: `<root>/.boxsync`, or outside a read-only folder.
+    state: PathBuf,
+    /// Whether the folder is read-only to this user: nothing is ever written to it.
+    read_only: bool,
     /// Remembered hashes.
     cache: HashCache,
     /// Per-path locks between serving and replacing.
@@ -205,6 +216,12 @@ pub struct Share {
     owner: Arc<owner::FolderLock>,
     /// The index database, when there is one: written back should the state folder go.
     db: Option<Arc<IndexDb>>,
+    /// Recent installations, so that a file written in bursts leaves one intermediate
+    /// version in the trash, not one per burst. A std mutex, never held across an await.
+    bursts: Mutex<bursts::Bursts>,
+    /// What the latest reads left out that a person may expect to be shared (symlinks,
+    /// special files, names that cannot travel). A std mutex, never held across an await.
+    unshared: Mutex<unshared::NotSharedList>,
 }
 
 impl Share {
@@ -212,11 +229,12 @@ impl Share {
     pub fn open(root: &Path) -> Result<Arc<Share>, ShareError> {
         fs::create_dir_all(root).map_err(|e| ShareError::io(root, e))?;
         let root = root.canonicalize().map_err(|e| ShareError::io(root, e))?;
-        let state = root.join(STATE_DIR);
-        fs::create_dir_all(state.join(TMP_DIR)).map_err(|e| ShareError::io(&state, e))?;
-        // The state (key, history, records, trash, partial downloads) is the owner's only.
-        fs::set_permissions(&state, fs::Permissions::from_mode(0o700))
-            .map_err(|e| ShareError::io(&state, e))?;
+        // Created owner-only: the state (key, history, records, trash, partial downloads)
+        // is the owner's only.
+        let state::StateDir {
+            path: state,
+            read_only,
+        } = state::locate(&root)?;
         // Before anything of the state is touched: a second box on the folder changes nothing.
         let owner = owner::FolderLock::acquire(&root, &state)?;
         remove_stale_partials(&state.join(TMP_DIR));
@@ -229,17 +247,21 @@ impl Share {
         };
         Ok(Arc::new(Share {
             root,
+            tmp_prefix: state.join(TMP_DIR).join(std::process::id().to_string()),
+            state,
+            read_only,
             cache,
             locks: PathLocks::new(),
             answers: AnswerBudget::new(),
             next_tmp: AtomicU64::new(0),
-            tmp_prefix: state.join(TMP_DIR).join(std::process::id().to_string()),
             view: SnapshotCache::new(numbering),
             reading: tokio::sync::Mutex::new(()),
             link_method: OnceLock::new(),
             rules: Mutex::new((rules, Arc::new(ignore))),
             owner,
             db,
+            bursts: Mutex::new(bursts::Bursts::new()),
+            unshared: Mutex::new(unshared::NotSharedList::default()),
         }))
     }
 
@@ -319,9 +341,24 @@ impl Share {
         Ok(restored)
     }
 
-    /// The box's private state folder (`<root>/.boxsync`).
+    /// The box's private state folder (`<root>/.boxsync`, or outside a read-only folder:
+    /// see [`state`]).
     pub fn state_dir(&self) -> PathBuf {
-        self.root.join(STATE_DIR)
+        self.state.clone()
+    }
+
+    /// Whether the folder is read-only to this user: served as it is, never written to.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Fails with [`ShareError::ReadOnly`] for a read-only folder: what anything that
+    /// would write to the folder checks first (before a byte is fetched for it).
+    pub fn check_writable(&self) -> Result<(), ShareError> {
+        match self.read_only {
+            true => Err(ShareError::ReadOnly(self.root.clone())),
+            false => Ok(()),
+        }
     }
 
     /// The per-path locks shared by serving and replacing.
@@ -483,7 +520,10 @@ impl Share {
     /// Every entry of the folder with, for files, their hashes (from the cache when
     /// unchanged); forgets the cached hashes of files no longer there.
     fn read_whole(&self, ignore: &Ignore) -> Result<Vec<Item>, ShareError> {
-        let entries = folder::list_detailed(&self.root, ignore)?;
+        let mut unshared = Vec::new();
+        let entries = folder::list_detailed_noting(&self.root, ignore, &mut unshared)?;
+        let new = self.unshared().replace_all(unshared);
+        log_unshared(new);
         let names: std::collections::HashSet<&RelPath> =
             entries.iter().map(|(e, _)| &e.name).collect();
         self.cache.retain(|rel| names.contains(rel));
@@ -537,7 +577,10 @@ impl Share {
         }
         let mut fresh = Vec::new();
         for folder in &children {
-            let listed = folder::list_scope(&self.root, &Scope::Children(folder.clone()), ignore)?;
+            let scope = Scope::Children(folder.clone());
+            let mut unshared = Vec::new();
+            let listed = folder::list_scope_noting(&self.root, &scope, ignore, &mut unshared)?;
+            log_unshared(self.unshared().replace_scope(&scope, unshared));
             // A child folder that appeared (or turned from a file into a folder) is read
             // whole; one that went (or became a file) takes what was below it with it.
             let dirs_now: std::collections::HashSet<&str> = listed
@@ -555,11 +598,15 @@ impl Share {
             fresh.extend(listed);
         }
         for folder in &subtrees {
-            fresh.extend(folder::list_scope(
+            let scope = Scope::Subtree(folder.clone());
+            let mut unshared = Vec::new();
+            fresh.extend(folder::list_scope_noting(
                 &self.root,
-                &Scope::Subtree(folder.clone()),
+                &scope,
                 ignore,
+                &mut unshared,
             )?);
+            log_unshared(self.unshared().replace_scope(&scope, unshared));
         }
         fresh.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         fresh.dedup_by(|a, b| a.0.name == b.0.name);
@@ -684,19 +731,23 @@ impl Share {
         let rel = rel.clone();
         let expect = expect.clone();
         self.changing(move || {
+            let intermediate = share.replacing_intermediate(&rel);
             let trashed = install::install(&share.root, &tmp, &rel, meta, &expect);
             if trashed.is_err() {
                 let _ = fs::remove_file(&tmp);
             }
             let trashed = trashed?;
             // The content is known; remember it so that hashing it later reads nothing.
+            let mut installed = None;
             if let Ok(Some(meta)) = folder::stat(&share.root, &rel) {
                 let fingerprint = Fingerprint::of(&meta);
                 share.cache.insert(&rel, fingerprint, digests);
                 if let Some(list) = &list {
                     share.cache.store_blocks(&rel, &fingerprint, list);
                 }
+                installed = Some(fingerprint);
             }
+            share.note_installed(&rel, installed, trashed.as_deref(), intermediate);
             share.persist_cache();
             Ok(trashed)
         })
@@ -793,6 +844,7 @@ impl Share {
                                 if let Some(fingerprint) = fingerprint {
                                     self.cache.insert(&item.rel, fingerprint, item.digests);
                                 }
+                                self.note_installed(&item.rel, fingerprint, None, false);
                                 return Ok(None);
                             }
                             Err(PlaceNewError::Failed(e)) => return Err(e),
@@ -802,14 +854,18 @@ impl Share {
                         }
                     }
                     let tmp = item.staged.path(|| self.temp_path())?;
+                    let intermediate = self.replacing_intermediate(&item.rel);
                     let placed = install::place(&self.root, tmp, &item.rel, &item.expect);
                     // The folders on the way were checked as it was placed.
-                    if placed.is_ok()
-                        && let Ok(meta) = fs::symlink_metadata(item.rel.under(&self.root))
-                    {
-                        // The content is known; hashing it later reads nothing.
-                        self.cache
-                            .insert(&item.rel, Fingerprint::of(&meta), item.digests);
+                    if let Ok(trashed) = &placed {
+                        let mut installed = None;
+                        if let Ok(meta) = fs::symlink_metadata(item.rel.under(&self.root)) {
+                            // The content is known; hashing it later reads nothing.
+                            let fingerprint = Fingerprint::of(&meta);
+                            self.cache.insert(&item.rel, fingerprint, item.digests);
+                            installed = Some(fingerprint);
+                        }
+                        self.note_installed(&item.rel, installed, trashed.as_deref(), intermediate);
                     }
                     placed
                 });
@@ -836,6 +892,60 @@ impl Share {
         }
         self.persist_cache_now();
         results
+    }
+
+    fn unshared(&self) -> std::sync::MutexGuard<'_, unshared::NotSharedList> {
+        self.unshared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The first `most` paths of the folder that are not shared (symlinks, special files,
+    /// names that cannot travel) as the latest reads found them, and how many in all.
+    pub fn not_shared(&self, most: usize) -> (Vec<unshared::NotShared>, usize) {
+        self.unshared().first(most)
+    }
+
+    /// Whether the version of `rel` about to be replaced is an intermediate state of a file
+    /// written in bursts (see [`bursts`]); called under the path's write lock.
+    fn replacing_intermediate(&self, rel: &RelPath) -> bool {
+        let Ok(meta) = fs::symlink_metadata(rel.under(&self.root)) else {
+            return false;
+        };
+        self.bursts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_intermediate(rel, &Fingerprint::of(&meta), std::time::Instant::now())
+    }
+
+    /// Records an installation of `rel` (`installed`: its fingerprint, when `stat` could
+    /// tell), whose previous version went to the trash at `trashed`; drops from the trash
+    /// the intermediate version that this one supersedes.
+    fn note_installed(
+        &self,
+        rel: &RelPath,
+        installed: Option<Fingerprint>,
+        trashed: Option<&Path>,
+        intermediate: bool,
+    ) {
+        let mut bursts = self.bursts.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(fingerprint) = installed else {
+            bursts.forget(rel);
+            return;
+        };
+        let now = std::time::Instant::now();
+        let replaced = bursts.installed(
+            rel,
+            fingerprint,
+            trashed.map(Path::to_path_buf),
+            intermediate,
+            now,
+        );
+        drop(bursts);
+        if let bursts::Replaced::Intermediate {
+            superseded: Some(superseded),
+        } = replaced
+        {
+            trash::discard(&self.root, &superseded);
+        }
     }
 
     /// Moves the file `rel` to the trash, provided it still looks as `expect` says.
@@ -1052,6 +1162,11 @@ impl Share {
         count: usize,
         work: impl FnOnce() -> Vec<Result<T, ShareError>> + Send + 'static,
     ) -> Vec<Result<T, ShareError>> {
+        if self.read_only {
+            return (0..count)
+                .map(|_| Err(ShareError::ReadOnly(self.root.clone())))
+                .collect();
+        }
         let outcome = tokio::task::spawn_blocking(work).await;
         self.view.changed();
         outcome.unwrap_or_else(|e| {
@@ -1069,6 +1184,7 @@ impl Share {
         &self,
         work: impl FnOnce() -> Result<T, ShareError> + Send + 'static,
     ) -> Result<T, ShareError> {
+        self.check_writable()?;
         let result = blocking(work).await;
         self.view.changed();
         result
@@ -1119,6 +1235,22 @@ fn ignore_file_identity(root: &Path) -> Option<Fingerprint> {
         .ok()
         .filter(|meta| meta.is_file())
         .map(|meta| Fingerprint::of(&meta))
+}
+
+/// Most paths newly found not shared that one read names in the log; the rest are counted.
+const LOG_UNSHARED: usize = 10;
+
+/// Says once, at WARN, each path a read found not shared that it was not known for.
+fn log_unshared(new: Vec<unshared::NotShared>) {
+    for item in new.iter().take(LOG_UNSHARED) {
+        tracing::warn!(path = %crate::text::for_log(&item.path), "not shared: {}", crate::text::for_log(item.reason.to_string()));
+    }
+    if new.len() > LOG_UNSHARED {
+        tracing::warn!(
+            "and {} more paths not shared (see 'sync status')",
+            new.len() - LOG_UNSHARED
+        );
+    }
 }
 
 #[cfg(test)]

@@ -72,6 +72,23 @@ pub fn move_to_trash(root: &Path, rel: &RelPath) -> Result<PathBuf, ShareError> 
     Ok(kept)
 }
 
+/// Removes one kept version from the trash (an intermediate state of a file written in
+/// bursts that a later one superseded: see [`super::bursts`]), and the folders it leaves
+/// empty up to the trash itself. Best effort: a version that stays is only space.
+pub fn discard(root: &Path, kept: &Path) {
+    let trash = root.join(STATE_DIR).join(TRASH_DIR);
+    if !kept.starts_with(&trash) || fs::remove_file(kept).is_err() {
+        return;
+    }
+    let mut dir = kept.parent();
+    while let Some(folder) = dir {
+        if folder == trash || !folder.starts_with(&trash) || fs::remove_dir(folder).is_err() {
+            break;
+        }
+        dir = folder.parent();
+    }
+}
+
 /// Removes trash folders older than `keep`; returns how many were removed.
 pub fn prune(root: &Path, keep: Duration) -> usize {
     let trash = root.join(STATE_DIR).join(TRASH_DIR);

@@ -678,6 +678,25 @@ fn sync_status(status: &crate::sync::SyncStatus, layout: Layout) -> String {
             lines.push(format!("error ({addr}): {}", escape(error)));
         }
     }
+    if status.not_shared_total > 0 {
+        lines.push(format!(
+            "not shared: {} of this box's folder",
+            counted(status.not_shared_total as u64, "path")
+        ));
+        for item in &status.not_shared {
+            lines.push(format!(
+                "  {}: {}",
+                escape(&item.path),
+                escape(&item.reason.to_string())
+            ));
+        }
+        if status.not_shared_total > status.not_shared.len() {
+            lines.push(format!(
+                "  and {} more",
+                status.not_shared_total - status.not_shared.len()
+            ));
+        }
+    }
     lines.join("\n")
 }
 

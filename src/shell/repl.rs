@@ -11,7 +11,7 @@
 use std::io::BufRead;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustyline::error::ReadlineError;
 use rustyline::history::FileHistory;
@@ -28,6 +28,7 @@ use super::render::{self, Format, Layout};
 use super::screen::Screen;
 use super::session::{Batch, ListingKind, Outcome, Session};
 use super::terminal::Terminal;
+use super::watchstate;
 use crate::peer::Streamed;
 use crate::share::filter::IndexFilter;
 use crate::text::escape;
@@ -431,6 +432,18 @@ pub fn run_interactive(
     watch_interrupts(handle);
     announce_jobs(session, &screen, terminal);
     announce_sync(session, &screen);
+    // The prompt's marks change by themselves while sync runs: each change is said above
+    // the prompt, which redraws it. Dropping `_stop_watching` ends the watcher.
+    let current_peer = Arc::new(Mutex::new(session.current_peer().cloned()));
+    let (_stop_watching, stop) = std::sync::mpsc::channel::<()>();
+    if let Some(sync) = session.sync() {
+        watchstate::watch(
+            sync.clone(),
+            Arc::clone(&current_peer),
+            Arc::clone(&screen),
+            stop,
+        );
+    }
     let mut runner = Runner {
         handle,
         session,
@@ -442,16 +455,13 @@ pub fn run_interactive(
     };
     loop {
         let session = &*runner.session;
-        let prompt = prompt::prompt(
-            session.current_peer().map(|p| p.addr()),
-            session
-                .current_peer()
-                .map_or(crate::peer::Reachability::Unknown, |p| p.reachability()),
-            session.sync_label().as_deref(),
+        *current_peer.lock().unwrap_or_else(|e| e.into_inner()) = session.current_peer().cloned();
+        let prompt = prompt::LivePrompt::new(
+            session.current_peer().cloned(),
+            session.sync().cloned(),
             session
                 .remote_folder()
-                .map(|f| super::remote::display_folder(Some(f)))
-                .as_deref(),
+                .map(|f| super::remote::display_folder(Some(f))),
             terminal.colour,
         );
         if let Some(helper) = editor.helper_mut() {
@@ -459,7 +469,7 @@ pub fn run_interactive(
             helper.peers = session.peer_addrs();
             helper.folder = session.remote_folder().map(|f| f.to_string());
         }
-        match editor.readline(&(prompt.plain, prompt.styled)) {
+        match editor.readline(&prompt) {
             Ok(line) => {
                 remember(&mut editor, &line, &history_file);
                 let mut ask = |question: &str| ask_yes(&mut editor, question);

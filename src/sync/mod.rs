@@ -226,7 +226,15 @@ pub struct SyncStatus {
     pub rounds: u64,
     /// Per peer.
     pub peers: Vec<PeerStatus>,
+    /// Paths of this box's folder that are not shared, and why (symlinks, special files,
+    /// names that cannot travel): the first [`NOT_SHARED_SHOWN`] by name.
+    pub not_shared: Vec<crate::share::unshared::NotShared>,
+    /// How many paths are not shared in all.
+    pub not_shared_total: usize,
 }
+
+/// Most paths not shared that the status names (the rest are counted).
+pub const NOT_SHARED_SHOWN: usize = 20;
 
 /// Something sync did, for the activity feed above the prompt.
 #[derive(Debug, Clone)]
@@ -267,6 +275,8 @@ pub struct SyncHandle {
     /// Set by a person who means the deletions the mass-delete guard stopped: the next
     /// round, with every peer, goes ahead without the guard (then it holds again).
     deletions_allowed: Arc<AtomicBool>,
+    /// The shared folder, for what its reads left out.
+    share: Arc<crate::share::Share>,
 }
 
 impl SyncHandle {
@@ -290,6 +300,7 @@ impl SyncHandle {
         for (row, peer) in status.peers.iter_mut().zip(&peers) {
             live(row, peer, &self.notices);
         }
+        (status.not_shared, status.not_shared_total) = self.share.not_shared(NOT_SHARED_SHOWN);
         status
     }
 
@@ -424,6 +435,7 @@ pub fn start(
         rounds: Arc::new(signal::channel(rounds).0),
         events: broadcast::channel(256).0,
         deletions_allowed: Arc::new(AtomicBool::new(false)),
+        share: Arc::clone(&local.share),
     };
     let engine = Engine {
         slots: peers.iter().map(|_| Slot::Idle(Box::default())).collect(),

@@ -175,6 +175,7 @@ pub fn check_room(
     size: u64,
     held: u64,
 ) -> Result<(), TransferError> {
+    share.check_writable()?;
     let needed = size.saturating_sub(held).saturating_add(room_margin(size));
     let tmp = share.tmp_dir();
     let tmp_stats = statvfs(&tmp)?;

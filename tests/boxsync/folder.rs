@@ -353,3 +353,83 @@ async fn a_file_that_does_not_fit_waits_for_space() {
     .await;
     assert!(arrived, "the file never came once there was room");
 }
+
+/// Item 22: a read-only folder (a tmpfs remounted read-only) is served as it is, with its
+/// state kept under `$XDG_STATE_HOME` and a one-line note saying so: `boxsync id` and
+/// `trust` work on it, a peer downloads from it, and nothing is written to it.
+#[test]
+fn a_read_only_folder_is_served_with_its_state_elsewhere() {
+    let temp = tempfile::tempdir().unwrap();
+    let ro = temp.path().join("ro");
+    let Some(_mount) = Tmpfs::mount(&ro, "4m") else {
+        return;
+    };
+    write_file(&ro, "sub/b.txt", b"read me");
+    let remount = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&ro)
+        .status()
+        .expect("run mount");
+    assert!(remount.success(), "cannot remount the tmpfs read-only");
+    let state_home = temp.path().join("state");
+    let boxsync = |args: &[&str], dir: &Path| {
+        Command::new(binary())
+            .args(args)
+            .arg("-d")
+            .arg(dir)
+            .env("XDG_STATE_HOME", &state_home)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run boxsync")
+    };
+    let client = temp.path().join("client");
+    let client_id = String::from_utf8(boxsync(&["id"], &client).stdout).unwrap();
+    let trusted = boxsync(&["trust", client_id.trim()], &ro);
+    assert!(trusted.status.success(), "{trusted:?}");
+    let ro_id = String::from_utf8(boxsync(&["id"], &ro).stdout).unwrap();
+    assert!(!ro_id.trim().is_empty());
+    let log = temp.path().join("ro.log");
+    let mut child = Command::new(binary())
+        .args(["serve", "-d"])
+        .arg(&ro)
+        .args(["-l", "127.0.0.1:0", "--no-discovery"])
+        .env("XDG_STATE_HOME", &state_home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start boxsync serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let server = Process { child };
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(line.contains("serving"), "no serving line: {line:?}");
+    let note = fs::read_to_string(&log).unwrap();
+    let notes: Vec<&str> = note.lines().filter(|l| l.contains("read-only")).collect();
+    assert_eq!(notes.len(), 1, "{note}");
+    assert!(
+        notes[0].contains(&state_home.display().to_string()),
+        "{note}"
+    );
+    let peer = format!("{}@{addr}", ro_id.trim());
+    let got = boxsync(
+        &["--sync", "0", "-p", &peer, "-c", "download tcp sub/b.txt"],
+        &client,
+    );
+    assert!(got.status.success(), "{got:?}");
+    assert_eq!(fs::read(client.join("sub/b.txt")).unwrap(), b"read me");
+    // Nothing was written to the folder; its state is under the state home.
+    assert!(!ro.join(".boxsync").exists());
+    let states = fs::read_dir(state_home.join("boxsync/folders"))
+        .unwrap()
+        .count();
+    assert_eq!(states, 1);
+    drop(server);
+}

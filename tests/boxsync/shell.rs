@@ -159,6 +159,60 @@ async fn prompt_shows_sync_state() {
     );
 }
 
+/// The prompt redraws itself when sync's state changes, with no key pressed (issue 22
+/// item 2): it turns to `✓ sync ✓` once the first round is done, a peer that stops is
+/// said above the prompt with the reason and the prompt shows `✗ sync !`, and its return
+/// is said and drawn too.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_prompt_follows_sync_without_a_key() {
+    let mut b = TestBox::start().await;
+    let (_sync, stop_sync) = crate::util::start_sync(&b, &[], boxsync::types::Transport::Tcp);
+    let dir = tempfile::tempdir().unwrap();
+    let peer = b.cli_target(dir.path());
+    let addr = b.addr;
+    let dir_path = dir.path().to_path_buf();
+    let synced = as_pty_bytes(&format!("boxsync [{addr} ✓ sync ✓]> "));
+    let away = as_pty_bytes(&format!("boxsync [{addr} ✗ sync !]> "));
+    let sh = drive({
+        let synced = synced.clone();
+        move || {
+            let mut sh = shell_with(&dir_path, &peer, &["--sync", "1"])?;
+            // Nothing is typed from here on: every prompt below is one the shell redrew.
+            sh.exp_string("sync: in sync with every peer")?;
+            sh.exp_string(&synced)?;
+            Ok(sh)
+        }
+    })
+    .await;
+    let _ = stop_sync.send(true);
+    b.stop().await;
+    let temp = std::mem::replace(&mut b.temp, tempfile::tempdir().unwrap());
+    drop(b);
+    let sh = drive({
+        let (addr, away) = (addr.to_string(), away.clone());
+        move || {
+            let mut sh = sh;
+            sh.exp_string(&format!("sync [{addr}] stopped: "))?;
+            sh.exp_string(&away)?;
+            Ok(sh)
+        }
+    })
+    .await;
+    let back = TestBox::restart_at(temp, addr).await;
+    // The shell's box was trusted for the peer's first run only.
+    back.cli_target(dir.path());
+    let (_sync, _stop) = crate::util::start_sync(&back, &[], boxsync::types::Transport::Tcp);
+    drive(move || {
+        let mut sh = sh;
+        sh.exp_string(&format!("sync [{addr}] going again"))?;
+        sh.exp_string(&synced)?;
+        sh.send_line("quit")?;
+        sh.exp_eof()?;
+        Ok(())
+    })
+    .await;
+}
+
 /// `help sync` explains every sync subcommand, `sync <Tab>` completes them, and `sync now`
 /// says what its round did: the file it received, then "nothing to do"; paused, it runs
 /// nothing and says how to resume.

@@ -621,6 +621,123 @@ async fn growing_file_is_never_torn() {
     }
 }
 
+/// A file written in bursts (issue 22 item 6): each burst reaches the peer, whose every
+/// replaced version only ever existed as an intermediate state there. Its trash keeps the
+/// latest of them, not one per burst, for big files (block lists) and small ones
+/// (batches) alike; the final content is whole on both boxes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_written_in_bursts_leaves_one_partial_version_in_the_trash() {
+    let boxes = mesh(2, Transport::Tcp, |_, _| {}).await;
+    for (name, burst) in [("big.bin", 1 << 20), ("small.txt", 700)] {
+        let mut content = Vec::new();
+        let mut states = Vec::new();
+        for step in 0..6u64 {
+            content.extend_from_slice(&bytes(burst, step + 1));
+            write_file(&boxes[0].root(), name, &content);
+            let there = boxes[1].root().join(name);
+            assert!(
+                eventually(CONVERGE, || fs::read(&there).ok().as_ref()
+                    == Some(&content))
+                .await,
+                "burst {step} of {name} did not arrive"
+            );
+            states.push(content.clone());
+        }
+        let trash = boxes[1].root().join(".boxsync/trash");
+        let kept: Vec<Vec<u8>> = crate::util::files_under(&trash)
+            .into_iter()
+            .filter(|path| path.file_name() == Some(std::ffi::OsStr::new(name)))
+            .map(|path| fs::read(trash.join(path)).unwrap())
+            .collect();
+        // Five versions were replaced; the one kept is the last before the final one.
+        assert_eq!(
+            kept.len(),
+            1,
+            "{name}: {} versions in the trash",
+            kept.len()
+        );
+        assert_eq!(
+            kept[0], states[4],
+            "{name}: the kept version is not the latest"
+        );
+    }
+}
+
+/// Symlinks and special files are never followed or copied (issue 22 item 13), and not
+/// in silence: `sync status` names each one with its reason, and the files beside them
+/// travel as usual. A link that goes changes the list at the next read.
+#[tokio::test(flavor = "multi_thread")]
+async fn symlinks_and_sockets_are_named_as_not_shared() {
+    let boxes = mesh(2, Transport::Tcp, |i, root| {
+        if i == 0 {
+            write_file(root, "music/a.txt", b"a");
+            std::os::unix::fs::symlink("/etc/hostname", root.join("host")).unwrap();
+            std::os::unix::fs::symlink("a.txt", root.join("music/inside")).unwrap();
+            std::os::unix::fs::symlink("/etc", root.join("etc")).unwrap();
+        }
+    })
+    .await;
+    let socket = std::os::unix::net::UnixListener::bind(boxes[0].root().join("music/sock"));
+    let socket = socket.unwrap();
+    write_file(&boxes[0].root(), "after.txt", b"later");
+    let peer = boxes[1].root();
+    assert!(
+        eventually(CONVERGE, || peer.join("after.txt").is_file()
+            && peer.join("music/a.txt").is_file())
+        .await
+    );
+    for name in ["host", "music/inside", "etc", "music/sock"] {
+        assert!(
+            fs::symlink_metadata(peer.join(name)).is_err(),
+            "{name} reached the peer"
+        );
+    }
+    let named = |boxes: &[SyncBox]| {
+        let status = boxes[0].handle.status();
+        status
+            .not_shared
+            .iter()
+            .map(|n| (n.path.clone(), n.reason.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let expected = [
+        (
+            "etc",
+            "a symlink to '/etc': symlinks are never followed or copied",
+        ),
+        (
+            "host",
+            "a symlink to '/etc/hostname': symlinks are never followed or copied",
+        ),
+        (
+            "music/inside",
+            "a symlink to 'a.txt': symlinks are never followed or copied",
+        ),
+        (
+            "music/sock",
+            "a socket, FIFO or device: only files and folders are shared",
+        ),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(p, r)| (p.to_string(), r.to_string()))
+        .collect();
+    assert!(
+        eventually(CONVERGE, || named(&boxes) == expected).await,
+        "{:?}",
+        named(&boxes)
+    );
+    assert_eq!(boxes[0].handle.status().not_shared_total, 4);
+    // The socket goes: the next read of its folder drops it from the list.
+    drop(socket);
+    fs::remove_file(boxes[0].root().join("music/sock")).unwrap();
+    assert!(
+        eventually(CONVERGE, || named(&boxes).len() == 3).await,
+        "{:?}",
+        named(&boxes)
+    );
+}
+
 /// The serving box is killed in the middle of a transfer: no partial file on the other
 /// box (what arrived, verified, waits in `.boxsync/tmp/resume/`), and the file arrives
 /// after the box restarts, resumed from what had arrived.
