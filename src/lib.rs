@@ -56,8 +56,10 @@
 //!   trust, sync period, rate cap, trash days...), in the flags' own texts, checked when
 //!   read; the command line's flags merged over them; written back atomically.
 //! - [`shell`]: command parsing, execution, background jobs and rendering (listings
-//!   written as they arrive, in bounded memory), and the interactive loop with completion,
-//!   history, progress bars, a prompt and the question before a very long listing.
+//!   written as they arrive, in bounded memory), the current remote folder of `cd` and the
+//!   patterns that pick files (`shell::remote`), several files downloaded a few at a time
+//!   (`shell::many`), and the interactive loop with completion, history, progress bars, a
+//!   prompt and the question before a very long listing.
 //! - [`control`]: the control socket (`.boxsync/control.sock`, owner-only) through which
 //!   `boxsync status` asks the box running on a folder for its peers, sync's state and the
 //!   transfers in flight.

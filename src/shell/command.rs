@@ -3,6 +3,7 @@
 
 use thiserror::Error;
 
+use super::remote;
 use super::timestamp::{self, Bound, TimestampError};
 use crate::parse::{BadPeerAddress, BadRate, format_rate, parse_rate};
 use crate::share::filter::{FilterError, IndexFilter};
@@ -58,6 +59,28 @@ pub enum Command {
         /// UDP only: a cap on the sending rate, bytes per second.
         max_rate: Option<u64>,
     },
+    /// `download tcp|udp PATTERN|FOLDER/` or `get ...`: every file a glob picks, or every
+    /// file under a folder, a few at a time.
+    DownloadMany {
+        /// The transport asked for.
+        transport: Transport,
+        /// Which files.
+        selection: Selection,
+        /// UDP only: a cap on the sending rate of each file, bytes per second.
+        max_rate: Option<u64>,
+    },
+    /// `ls [-l] [PATH|PATTERN]`: the entries directly inside the current remote folder (or
+    /// the one named), or those a pattern picks.
+    Ls {
+        /// `-l`: with mode, size and modification time.
+        long: bool,
+        /// What to list (`None`: the current remote folder).
+        target: Option<Selection>,
+    },
+    /// `cd [FOLDER]`: changes the current remote folder (`None`: back to the root).
+    Cd(Option<String>),
+    /// `pwd`: shows the current remote folder.
+    Pwd,
     /// `history [N] [WORD]`: requests made and served.
     History(HistoryQuery),
     /// `peer [ID@HOST:PORT]`: show or switch the current peer.
@@ -89,9 +112,38 @@ impl Command {
     /// folder, others can run without.
     pub fn writes_locally(&self) -> bool {
         match self {
-            Command::Download { .. } | Command::Trash(_) => true,
+            Command::Download { .. } | Command::DownloadMany { .. } | Command::Trash(_) => true,
             Command::Background(inner) => inner.writes_locally(),
             _ => false,
+        }
+    }
+}
+
+/// Several remote files named at once, relative to the current remote folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// The files whose path matches a glob (`*.txt`, `music/**/*.mp3`).
+    Glob(String),
+    /// A folder (`ls`: or a file) named by its path.
+    Path(RelPath),
+}
+
+impl Selection {
+    /// `word` as typed: a pattern when it holds a glob character and is a valid one, else
+    /// a name (`a[1` is a file's name: no glob).
+    fn parse(word: &str) -> Result<Selection, CommandError> {
+        if is_glob(word) {
+            Ok(Selection::Glob(word.to_string()))
+        } else {
+            Ok(Selection::Path(RelPath::parse(word)?))
+        }
+    }
+
+    /// As typed again (`'*.txt'`, `music/`).
+    pub fn line_word(&self) -> String {
+        match self {
+            Selection::Glob(pattern) => shell_words::quote(pattern).into_owned(),
+            Selection::Path(path) => format!("{}/", shell_words::quote(path.as_str())),
         }
     }
 }
@@ -154,6 +206,9 @@ pub enum CommandError {
     /// A bad `ID@HOST:PORT`.
     #[error(transparent)]
     Peer(#[from] crate::types::BadPeerAddress),
+    /// A bad remote folder or pattern.
+    #[error(transparent)]
+    Remote(#[from] remote::RemoteError),
     /// `&` or `bg` on a command that is not a download.
     #[error("only downloads run in the background ('{0}' cannot)")]
     NotBackground(String),
@@ -164,6 +219,10 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("index", USAGE_INDEX),
     ("hash", USAGE_HASH),
     ("download", USAGE_DOWNLOAD),
+    ("get", USAGE_GET),
+    ("ls", USAGE_LS),
+    ("cd", USAGE_CD),
+    ("pwd", "pwd"),
     ("history", USAGE_HISTORY),
     ("peer", "peer [ID@HOST:PORT]"),
     ("peers", "peers"),
@@ -196,11 +255,15 @@ pub fn subcommands(command: &str) -> &'static [&'static str] {
 const USAGE_INDEX: &str =
     "index longlist | index shortlist <start> <end> | index regex <pattern> | index glob <pattern>";
 const USAGE_HASH: &str = "hash verify <file> | hash checkall";
-const USAGE_DOWNLOAD: &str = "download tcp <file> | download udp <file> [--max-rate RATE]";
+const USAGE_DOWNLOAD: &str =
+    "download tcp <file|pattern|folder/> | download udp <file|pattern|folder/> [--max-rate RATE]";
+const USAGE_GET: &str = "get <file|pattern|folder>";
+const USAGE_LS: &str = "ls [-l] [path|pattern]";
+const USAGE_CD: &str = "cd [folder] (.. goes up, / or nothing to the root)";
 const USAGE_HISTORY: &str = "history [N] [WORD] (the last N requests; only those mentioning WORD)";
 const USAGE_TRASH: &str = "trash | trash list [PATH] | trash restore PATH [--version N]";
 const USAGE_KILL: &str = "kill <job> (the number 'jobs' shows)";
-const USAGE_BG: &str = "bg download tcp|udp <file> (or: download ... &)";
+const USAGE_BG: &str = "bg download tcp|udp <file> | bg get <file> (or: download ... &)";
 
 /// Parses one line; `Ok(None)` for a blank line or a `#` comment.
 ///
@@ -230,7 +293,9 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
         return Ok(Some(command));
     }
     match command {
-        Command::Download { .. } => Ok(Some(Command::Background(Box::new(command)))),
+        Command::Download { .. } | Command::DownloadMany { .. } => {
+            Ok(Some(Command::Background(Box::new(command))))
+        }
         _ => Err(CommandError::NotBackground(canonical(first))),
     }
 }
@@ -252,6 +317,18 @@ fn parse_words(first: &str, rest: &[String]) -> Result<Command, CommandError> {
         "index" => Command::Index(parse_index(&args)?),
         "hash" => parse_hash(&args)?,
         "download" => parse_download(&args)?,
+        "get" => match args.as_slice() {
+            [name] => download_command(Transport::Tcp, name, None)?,
+            _ => return Err(CommandError::Usage(USAGE_GET)),
+        },
+        "ls" => parse_ls(&args)?,
+        "cd" => match args.as_slice() {
+            [] => Command::Cd(None),
+            [folder] => Command::Cd(Some(folder.to_string())),
+            _ => return Err(CommandError::Usage(USAGE_CD)),
+        },
+        "pwd" if args.is_empty() => Command::Pwd,
+        "pwd" => return Err(CommandError::Usage("pwd")),
         "history" => Command::History(parse_history(&args)?),
         "peer" => match args.as_slice() {
             [] => Command::Peer(None),
@@ -421,11 +498,62 @@ fn parse_download(args: &[&str]) -> Result<Command, CommandError> {
         "udp" => Transport::Udp,
         _ => return Err(usage()),
     };
+    download_command(transport, file, max_rate)
+}
+
+/// A download of `word`: several files when it is a pattern or ends with `/`, else one
+/// (which the session still takes as a folder when the peer has a folder by that name).
+fn download_command(
+    transport: Transport,
+    word: &str,
+    max_rate: Option<u64>,
+) -> Result<Command, CommandError> {
+    if is_glob(word) || word.ends_with('/') {
+        return Ok(Command::DownloadMany {
+            transport,
+            selection: Selection::parse(word)?,
+            max_rate,
+        });
+    }
     Ok(Command::Download {
         transport,
-        name: RelPath::parse(file)?,
+        name: RelPath::parse(word)?,
         max_rate,
     })
+}
+
+/// Whether `word` is to be read as a pattern: it holds a glob character and is a valid,
+/// relative glob. Anything else is a name, checked as names are.
+fn is_glob(word: &str) -> bool {
+    remote::is_pattern(word) && remote::check_pattern(word).is_ok()
+}
+
+/// `ls`, `ls -l`, `ls PATH`, `ls -l PATTERN` (the flag before or after).
+fn parse_ls(args: &[&str]) -> Result<Command, CommandError> {
+    let mut long = false;
+    let mut target = None;
+    for arg in args {
+        match *arg {
+            "-l" => long = true,
+            _ if arg.starts_with('-') => return Err(CommandError::Usage(USAGE_LS)),
+            _ if target.is_none() => target = Some(Selection::parse(arg)?),
+            _ => return Err(CommandError::Usage(USAGE_LS)),
+        }
+    }
+    Ok(Command::Ls { long, target })
+}
+
+/// A several-file download as a line a person could type again; names background jobs.
+pub fn download_many_line(
+    transport: Transport,
+    selection: &Selection,
+    max_rate: Option<u64>,
+) -> String {
+    let mut line = format!("download {} {}", transport.name(), selection.line_word());
+    if let Some(rate) = max_rate {
+        line.push_str(&format!(" --max-rate {}", format_rate(rate)));
+    }
+    line
 }
 
 /// A download as a line a person could type again (`download udp big.iso --max-rate 8M`);
@@ -581,6 +709,115 @@ mod tests {
                 name,
                 max_rate: Some(62_500),
             })
+        );
+    }
+
+    /// A pattern or a trailing `/` makes a several-file download, `get` is `download tcp`,
+    /// and `ls`, `cd`, `pwd` take what sftp's do; bad patterns are refused before
+    /// anything is sent.
+    #[test]
+    fn several_files_and_sftp_names() {
+        let many = |transport, selection| {
+            Some(Command::DownloadMany {
+                transport,
+                selection,
+                max_rate: None,
+            })
+        };
+        let glob = |p: &str| Selection::Glob(p.to_string());
+        let folder = |p: &str| Selection::Path(RelPath::parse(p).unwrap());
+        assert_eq!(
+            parse("download tcp '*.txt'").unwrap(),
+            many(Transport::Tcp, glob("*.txt"))
+        );
+        assert_eq!(
+            parse("download udp music/").unwrap(),
+            many(Transport::Udp, folder("music"))
+        );
+        assert_eq!(
+            parse("get 'docs/**/*.md'").unwrap(),
+            many(Transport::Tcp, glob("docs/**/*.md"))
+        );
+        assert_eq!(
+            parse("GET music/").unwrap(),
+            many(Transport::Tcp, folder("music"))
+        );
+        assert_eq!(
+            parse("get a.mp3").unwrap(),
+            Some(Command::Download {
+                transport: Transport::Tcp,
+                name: RelPath::parse("a.mp3").unwrap(),
+                max_rate: None,
+            })
+        );
+        // Not a valid glob: a name.
+        assert_eq!(
+            parse("get 'a[1'").unwrap(),
+            Some(Command::Download {
+                transport: Transport::Tcp,
+                name: RelPath::parse("a[1").unwrap(),
+                max_rate: None,
+            })
+        );
+        assert!(matches!(
+            parse("get '*.iso' &").unwrap(),
+            Some(Command::Background(inner)) if matches!(*inner, Command::DownloadMany { .. })
+        ));
+        assert!(matches!(
+            parse("download udp '*.iso' --max-rate 8M").unwrap(),
+            Some(Command::DownloadMany {
+                max_rate: Some(1_000_000),
+                ..
+            })
+        ));
+        for bad in [
+            "get",
+            "get a b",
+            "get '../*'",
+            "get '/etc/*'",
+            "get ../x",
+            "ls -x",
+            "ls a b",
+            "ls '../*'",
+            "cd a b",
+            "pwd x",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse("ls").unwrap(),
+            Some(Command::Ls {
+                long: false,
+                target: None
+            })
+        );
+        assert_eq!(
+            parse("ls music -l").unwrap(),
+            Some(Command::Ls {
+                long: true,
+                target: Some(folder("music"))
+            })
+        );
+        assert_eq!(
+            parse("ls -l '*.txt'").unwrap(),
+            Some(Command::Ls {
+                long: true,
+                target: Some(glob("*.txt"))
+            })
+        );
+        assert_eq!(parse("cd").unwrap(), Some(Command::Cd(None)));
+        assert_eq!(
+            parse("cd ..").unwrap(),
+            Some(Command::Cd(Some("..".into())))
+        );
+        assert_eq!(parse("pwd").unwrap(), Some(Command::Pwd));
+        assert_eq!(
+            download_many_line(Transport::Udp, &glob("*.txt"), Some(1_000_000)),
+            "download udp '*.txt' --max-rate 8M"
+        );
+        assert_eq!(
+            download_many_line(Transport::Tcp, &folder("my music"), None),
+            "download tcp 'my music'/"
         );
     }
 

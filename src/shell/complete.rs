@@ -16,6 +16,11 @@ pub trait Sources {
     fn peers(&self) -> Vec<String>;
     /// The numbers of the background jobs in flight.
     fn jobs(&self) -> Vec<u32>;
+    /// The current remote folder (`cd`), which names complete relative to; `None`: the
+    /// root.
+    fn remote_folder(&self) -> Option<String> {
+        None
+    }
 }
 
 /// One completion: what the list shows and what replaces the word.
@@ -52,12 +57,17 @@ pub fn complete(line: &str, pos: usize, sources: &dyn Sources) -> Completion {
             "help" => command_words(partial, false),
             "peer" => plain_words(partial, sources.peers()),
             "kill" => plain_words(partial, sources.jobs().iter().map(u32::to_string).collect()),
+            "ls" if partial.starts_with('-') => keywords(partial, &["-l"]),
+            "get" | "ls" | "cd" => {
+                let folders_only = canonical(command) == "cd";
+                return remote_names(&lexed, relative_files(sources), folders_only);
+            }
             command => keywords(partial, subcommands(command)),
         },
         [command, sub] => match (canonical(command).as_str(), keyword(sub).as_str()) {
             ("download", "udp") if partial.starts_with('-') => keywords(partial, &["--max-rate"]),
-            ("hash", "verify") | ("download", "tcp" | "udp") => {
-                return remote_names(&lexed, sources.remote_files());
+            ("hash", "verify") | ("download", "tcp" | "udp") | ("ls", "-l") => {
+                return remote_names(&lexed, relative_files(sources), false);
             }
             _ => Vec::new(),
         },
@@ -83,11 +93,28 @@ pub fn wants_remote_names(line: &str, pos: usize) -> bool {
         words.remove(0);
     }
     match words.as_slice() {
+        [command] => matches!(canonical(command).as_str(), "get" | "ls" | "cd"),
         [command, sub] => matches!(
             (canonical(command).as_str(), keyword(sub).as_str()),
-            ("hash", "verify") | ("download", "tcp" | "udp")
+            ("hash", "verify") | ("download", "tcp" | "udp") | ("ls", "-l")
         ),
         _ => false,
+    }
+}
+
+/// The peer's file names as typed from the current remote folder: those inside it, with
+/// its path taken off.
+fn relative_files(sources: &dyn Sources) -> Vec<String> {
+    let files = sources.remote_files();
+    match sources.remote_folder() {
+        None => files,
+        Some(folder) => {
+            let prefix = format!("{folder}/");
+            files
+                .iter()
+                .filter_map(|name| name.strip_prefix(&prefix).map(str::to_string))
+                .collect()
+        }
     }
 }
 
@@ -159,7 +186,8 @@ fn word_candidate(word: String) -> Candidate {
 ///
 /// A choice holding a control or bidi character is never offered: rustyline would show it
 /// raw in the list and echo it raw on the line, where it would act on the terminal.
-fn remote_names(lexed: &Lexed, files: Vec<String>) -> Completion {
+/// With `folders_only` (`cd`), only folders are offered.
+fn remote_names(lexed: &Lexed, files: Vec<String>, folders_only: bool) -> Completion {
     let prefix = lexed.partial.as_str();
     let mut choices: Vec<(String, bool)> = files
         .iter()
@@ -170,7 +198,7 @@ fn remote_names(lexed: &Lexed, files: Vec<String>) -> Completion {
                 None => (name.clone(), true),
             })
         })
-        .filter(|(choice, _)| crate::text::is_plain(choice))
+        .filter(|(choice, is_file)| crate::text::is_plain(choice) && !(folders_only && *is_file))
         .collect();
     choices.sort();
     choices.dedup();
@@ -365,6 +393,51 @@ mod tests {
         assert_eq!(offered("download tcp "), vec!["clean/", "ok.txt "]);
         assert!(offered("download tcp clean/").is_empty());
         assert!(offered("peer ").is_empty());
+    }
+
+    /// The fixed peer seen from its `music` folder (`cd music`).
+    struct InMusic;
+
+    impl Sources for InMusic {
+        fn remote_files(&self) -> Vec<String> {
+            Fixed.remote_files()
+        }
+        fn peers(&self) -> Vec<String> {
+            Vec::new()
+        }
+        fn jobs(&self) -> Vec<u32> {
+            Vec::new()
+        }
+        fn remote_folder(&self) -> Option<String> {
+            Some("music".into())
+        }
+    }
+
+    /// `get`, `ls` and `cd` complete the peer's names (`cd` folders only), relative to the
+    /// current remote folder, and `ls -` its flag; the cursor there wants the names.
+    #[test]
+    fn sftp_names_complete() {
+        assert_eq!(replacements("g"), vec!["get "]);
+        assert_eq!(replacements("get h"), vec!["hello.txt "]);
+        assert_eq!(replacements("ls mu"), vec!["music/"]);
+        assert_eq!(replacements("ls -"), vec!["-l "]);
+        assert_eq!(replacements("ls -l no"), vec!["notes/"]);
+        assert_eq!(replacements("cd "), vec!["music/", "notes/"]);
+        assert_eq!(replacements("cd music/"), vec!["music/live/"]);
+        let offered = |line: &str| -> Vec<String> {
+            complete(line, line.len(), &InMusic)
+                .candidates
+                .into_iter()
+                .map(|c| c.replacement)
+                .collect()
+        };
+        assert_eq!(offered("get l"), vec!["live/"]);
+        assert_eq!(offered("download tcp live/"), vec!["live/a.mp3 "]);
+        assert_eq!(offered("cd "), vec!["live/"]);
+        assert!(wants_remote_names("get ", 4));
+        assert!(wants_remote_names("cd mu", 5));
+        assert!(wants_remote_names("ls -l ", 6));
+        assert!(!wants_remote_names("pwd ", 4));
     }
 
     fn replacements(line: &str) -> Vec<String> {

@@ -13,7 +13,11 @@ commands (keywords are case-insensitive; quote names with spaces: \"my file.txt\
   hash checkall                   the same for every file on the peer
   download tcp <file>             fetch a file over TCP into the local folder, verified
   download udp <file>             fetch a file over UDP (fast on lossy long links)
+  download tcp '*.txt' | music/   several files: those a pattern picks, a whole folder
   download ... &                  the same in the background (or: bg download ...)
+  ls [-l] [PATH|PATTERN]          the peer's current folder (sftp style; -l: details)
+  cd [FOLDER] | pwd               change or show the current folder on the peer
+  get NAME|PATTERN|FOLDER         sftp's name for 'download tcp'
   jobs                            background downloads in flight, with their progress
   kill <job>                      cancel a background download
   wait                            wait for the background downloads, with progress bars
@@ -79,18 +83,71 @@ download udp <file> [--max-rate RATE]
     mistake random loss for congestion. Also shows how many datagrams were resent.
     RATE is bits per second (500k, 50M, 1G) or bytes per second with a B (50MB).
     If no UDP datagram gets through within 3 s, the file comes over TCP instead.
+download tcp|udp <pattern>
+    Every file whose path matches the glob, relative to the current folder ('cd'):
+    '*' and '?' stay within a folder ('*.txt' is the current folder's text files),
+    '**' crosses folders ('**/*.txt' takes them at any depth), [abc] is a class.
+    Quote the pattern. Folders a pattern matches are not taken: name them instead.
+download tcp|udp <folder>/ (or a name that is a folder on the peer)
+    Every file under the folder, at any depth, keeping the layout; empty folders too.
+Several files download 4 at a time, with one bar for the whole set; a line for each
+file says how it ended (up to date: already here as on the peer, nothing fetched),
+then a summary: 'downloaded 12 files (3.4 MiB), 1 up to date, 1 failed'. A file that
+fails does not stop the others; the command then fails (exit status 1 with -c).
 download ... &
     Runs the download in the background: the prompt comes back at once, 'jobs' shows
-    its progress, 'kill <job>' cancels it, and a line above the prompt says when it
-    ended. 'bg download ...' is the same.
+    its progress, 'kill <job>' cancels it (and the rest of a set), and a line above
+    the prompt says when it ended. 'bg download ...' is the same.
 While a download runs in the foreground a progress bar shows bytes, rate and time
 left; Ctrl-C cancels it and leaves no partial file.
 examples:
     download tcp notes/todo.md
     FileDownload TCP \"music/song one.mp3\"
     download udp data/big.bin --max-rate 50M
-    download tcp data/big.bin &"
+    download tcp data/big.bin &
+    download tcp '*.txt'
+    download udp music/ --max-rate 50M"
             .to_string(),
+        "get" => "\
+get <file> | get <pattern> | get <folder>
+    sftp's name for 'download tcp' (see 'help download'): one file, the files a
+    pattern picks ('*' within a folder, '**' across folders), or a folder with
+    everything under it. Names are relative to the current folder ('cd').
+examples:
+    get notes/todo.md
+    get '*.mp3'
+    get music
+    get 'docs/**/*.md' &"
+            .to_string(),
+        "ls" => "\
+ls [-l] [path|pattern]
+    The entries directly inside the peer's current folder ('cd'), as sftp shows them:
+    names relative to it, folders ending with '/'. A folder's path lists inside it,
+    a file's shows the file, a pattern shows what it picks ('*' within a folder).
+    -l adds mode, size and last-modified time. Hidden names (.x) are shown too.
+examples:
+    ls
+    ls -l music
+    ls '*.txt'"
+            .to_string(),
+        "cd" => "\
+cd [folder]
+    Changes the current folder on the peer, which names in ls, get, download and
+    hash verify are relative to, and which the prompt shows. '..' goes up, a name
+    starting with '/' starts from the top of the peer's shared folder, and 'cd' or
+    'cd /' goes back there. A folder the peer does not have is refused, and nothing
+    leads outside the shared folder. Each peer keeps its own current folder.
+examples:
+    cd music/live
+    cd ..
+    cd"
+        .to_string(),
+        "pwd" => "\
+pwd
+    Shows the current folder on the peer, from the top of its shared folder ('/').
+example:
+    pwd"
+        .to_string(),
         "jobs" => "\
 jobs
     The background downloads in flight: job number, bytes so far and in all, mean
@@ -116,6 +173,7 @@ example:
         "bg" => "\
 bg download tcp|udp <file> [--max-rate RATE]
 download tcp|udp <file> [--max-rate RATE] &
+bg get <file|pattern|folder>
     Runs a download in the background; see 'help download' and 'help jobs'.
 examples:
     bg download udp data/big.bin

@@ -29,6 +29,8 @@ pub struct ShellHelper {
     pub peer: Option<Arc<Peer>>,
     /// Every known peer address, for `peer <TAB>`.
     pub peers: Vec<String>,
+    /// The current remote folder (`cd`), which remote names complete relative to.
+    pub folder: Option<String>,
     /// The session's jobs, for `kill <TAB>`.
     jobs: Jobs,
     /// The peer's names, cached.
@@ -47,6 +49,7 @@ impl ShellHelper {
         ShellHelper {
             peer: None,
             peers: Vec::new(),
+            folder: None,
             jobs,
             names,
             failed: HashSet::new(),
@@ -104,6 +107,10 @@ impl Sources for HelperSources<'_> {
 
     fn peers(&self) -> Vec<String> {
         self.helper.peers.clone()
+    }
+
+    fn remote_folder(&self) -> Option<String> {
+        self.helper.folder.clone()
     }
 
     fn jobs(&self) -> Vec<u32> {

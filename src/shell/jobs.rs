@@ -15,6 +15,9 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
+use super::many::Summary;
+use super::session::SessionError;
+#[cfg(test)]
 use crate::peer::PeerError;
 use crate::transfer::Downloaded;
 
@@ -38,13 +41,22 @@ pub struct JobStatus {
     pub seconds: f64,
 }
 
+/// What a job fetched: one file, or a set of them.
+#[derive(Debug)]
+pub enum Fetched {
+    /// `download tcp a.iso`.
+    File(Downloaded),
+    /// `get '*.txt'`, `get music/`: how the set went (it may hold failures).
+    Files(Summary),
+}
+
 /// A job that ended by itself (a killed job sends none).
 #[derive(Debug)]
 pub struct JobEvent {
     /// The job, as it was when it ended.
     pub status: JobStatus,
     /// What the download produced.
-    pub result: Result<Downloaded, PeerError>,
+    pub result: Result<Fetched, SessionError>,
 }
 
 /// The background jobs of one session. Cheap to clone: clones share the table (the
@@ -161,7 +173,7 @@ impl Jobs {
     ) -> JobStatus
     where
         W: FnOnce(JobProgress) -> F,
-        F: Future<Output = Result<Downloaded, PeerError>> + Send + 'static,
+        F: Future<Output = Result<Fetched, SessionError>> + Send + 'static,
     {
         let mut table = lock(&self.shared.table);
         let id = table.next_id;
@@ -312,7 +324,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn never() -> impl Future<Output = Result<Downloaded, PeerError>> + Send + 'static {
+    fn never() -> impl Future<Output = Result<Fetched, SessionError>> + Send + 'static {
         std::future::pending()
     }
 
@@ -331,10 +343,10 @@ mod tests {
             |_| Box::new(|_, _| {}),
             |_| async move {
                 let _ = released.await;
-                Err(PeerError::Unreachable {
+                Err(SessionError::Peer(PeerError::Unreachable {
                     addr: "127.0.0.1:9".into(),
                     reason: "connection refused".into(),
-                })
+                }))
             },
         );
         (jobs, events, release)

@@ -70,11 +70,13 @@ pub struct PromptText {
 }
 
 /// The prompt for `peer` (its address, `None` when no peer is set), what the last request
-/// showed about it, and the sync loop's label.
+/// showed about it, the sync loop's label, and the current remote folder when `cd` left
+/// the root (`/music`).
 pub fn prompt(
     peer: Option<&str>,
     reachability: Reachability,
     sync: Option<&str>,
+    folder: Option<&str>,
     colour: bool,
 ) -> PromptText {
     // Each part is (plain text, ANSI style).
@@ -90,6 +92,9 @@ pub fn prompt(
         // of the same width lets the prompt be redrawn in place (see [`LivePrompt`]).
         (Some(_), Reachability::Unknown) if sync.is_some() => parts.push(("?".to_string(), "2")),
         _ => {}
+    }
+    if let (Some(_), Some(folder)) = (peer, folder) {
+        parts.push((crate::text::escape(folder).into_owned(), "34"));
     }
     if let Some(label) = sync.filter(|l| !l.is_empty()) {
         parts.push((label.to_string(), "33"));
@@ -143,14 +148,21 @@ pub struct LivePrompt {
 }
 
 impl LivePrompt {
-    /// The prompt for `peer` and `sync` as they are now, ready to follow them.
-    pub fn new(peer: Option<Arc<Peer>>, sync: Option<SyncHandle>, colour: bool) -> LivePrompt {
+    /// The prompt for `peer` and `sync` as they are now, with the current remote `folder`
+    /// (`/music`; `None` at the root), ready to follow them.
+    pub fn new(
+        peer: Option<Arc<Peer>>,
+        sync: Option<SyncHandle>,
+        folder: Option<String>,
+        colour: bool,
+    ) -> LivePrompt {
         let addr = peer.as_ref().map(|p| p.addr().to_string());
         let draw = |state: PromptState| {
             prompt(
                 addr.as_deref(),
                 state.reach,
                 state.sync.map(SyncMark::label),
+                folder.as_deref(),
                 colour,
             )
         };
@@ -228,7 +240,7 @@ mod tests {
     /// without colours the styled prompt is the plain one.
     #[test]
     fn prompt_parts() {
-        let p = |reach, sync| prompt(Some("127.0.0.1:7002"), reach, sync, false).plain;
+        let p = |reach, sync| prompt(Some("127.0.0.1:7002"), reach, sync, None, false).plain;
         assert_eq!(p(Reachability::Unknown, None), "boxsync [127.0.0.1:7002]> ");
         assert_eq!(
             p(Reachability::Reachable, None),
@@ -243,7 +255,7 @@ mod tests {
             "boxsync [127.0.0.1:7002 ✓ synced]> "
         );
         assert_eq!(
-            prompt(None, Reachability::Reachable, None, false).plain,
+            prompt(None, Reachability::Reachable, None, None, false).plain,
             "boxsync [no peer]> "
         );
         // With sync, a peer not asked yet has a stand-in of the marks' width.
@@ -251,8 +263,21 @@ mod tests {
             p(Reachability::Unknown, Some("sync …")),
             "boxsync [127.0.0.1:7002 ? sync …]> "
         );
-        let coloured = prompt(Some("h:1"), Reachability::Reachable, None, true);
+        let coloured = prompt(Some("h:1"), Reachability::Reachable, None, None, true);
         assert_eq!(coloured.plain, "boxsync [h:1 ✓]> ");
         assert!(coloured.styled.contains("\x1b[32m✓"));
+    }
+
+    /// After `cd`, the current remote folder shows after the mark.
+    #[test]
+    fn prompt_folder() {
+        let p = prompt(
+            Some("127.0.0.1:7002"),
+            Reachability::Reachable,
+            Some("sync ✓"),
+            Some("/music"),
+            false,
+        );
+        assert_eq!(p.plain, "boxsync [127.0.0.1:7002 ✓ /music sync ✓]> ");
     }
 }

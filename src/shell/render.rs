@@ -9,10 +9,14 @@
 
 use serde_json::{Value, json};
 
-use super::jobs::{JobEvent, JobStatus};
+use super::jobs::{Fetched, JobEvent, JobStatus};
+use super::many::Summary;
+use super::remote;
 use super::session::Outcome;
 use super::table::{self, Column, Fit};
 use crate::history::Direction;
+use crate::peer::PeerError;
+use crate::share::RelPath;
 use crate::share::{Entry, FileHash};
 use crate::sync::counted;
 use crate::text::{self, escape};
@@ -75,6 +79,7 @@ pub fn error_with(message: &str, format: Format, layout: Layout) -> String {
 pub fn job_event(event: &JobEvent, layout: Layout) -> String {
     let JobEvent { status, result } = event;
     let (word, colour) = match result {
+        Ok(Fetched::Files(summary)) if !summary.failed.is_empty() => ("failed", "31"),
         Ok(_) => ("done", "32"),
         Err(_) => ("failed", "31"),
     };
@@ -84,7 +89,7 @@ pub fn job_event(event: &JobEvent, layout: Layout) -> String {
         word.to_string()
     };
     let detail = match result {
-        Ok(d) => format!(
+        Ok(Fetched::File(d)) => format!(
             "{} in {:.2}s ({}/s){}",
             human_size(d.version.size),
             d.seconds,
@@ -94,6 +99,16 @@ pub fn job_event(event: &JobEvent, layout: Layout) -> String {
                 .map(|n| format!("; note: {}", escape(n)))
                 .unwrap_or_default()
         ),
+        Ok(Fetched::Files(summary)) => {
+            let mut text = summary_line(summary);
+            for (name, why) in summary.failed.iter().take(3) {
+                text.push_str(&format!("; {}: {}", escape(name.as_str()), escape(why)));
+            }
+            if summary.failed.len() > 3 {
+                text.push_str(&format!("; {} more failed", summary.failed.len() - 3));
+            }
+            text
+        }
         Err(e) => escape(&e.to_string()).into_owned(),
     };
     format!(
@@ -109,6 +124,11 @@ fn outcome_json(outcome: &Outcome) -> Option<Value> {
         Outcome::Hash(hash) => hash_json(hash),
         Outcome::Hashes(hashes) => Value::Array(hashes.iter().map(hash_json).collect()),
         Outcome::Downloaded(d) => download_json(d),
+        Outcome::DownloadedMany(summary) => summary_json(summary),
+        Outcome::Listed { entries, .. } => Value::Array(entries.iter().map(entry_json).collect()),
+        Outcome::Folder { folder, .. } => {
+            json!({ "folder": remote::display_folder(folder.as_ref()) })
+        }
         Outcome::History(records) => serde_json::to_value(records).unwrap_or(Value::Null),
         Outcome::Peer(addr) => json!({ "peer": addr }),
         Outcome::Peers(rows) => serde_json::to_value(rows).unwrap_or(Value::Null),
@@ -182,6 +202,116 @@ fn download_json(d: &Downloaded) -> Value {
     value
 }
 
+/// The summary of a several-file download: `downloaded 12 files (3.4 MiB), 2 up to date,
+/// 1 failed`.
+pub fn summary_line(summary: &Summary) -> String {
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let mut text = format!(
+        "downloaded {} file{} ({})",
+        summary.downloaded,
+        plural(summary.downloaded),
+        human_size(summary.bytes)
+    );
+    if summary.up_to_date > 0 {
+        text.push_str(&format!(", {} up to date", summary.up_to_date));
+    }
+    if !summary.failed.is_empty() {
+        text.push_str(&format!(", {} failed", summary.failed.len()));
+    }
+    text
+}
+
+fn summary_json(summary: &Summary) -> Value {
+    json!({
+        "summary": {
+            "downloaded": summary.downloaded,
+            "bytes": summary.bytes,
+            "up_to_date": summary.up_to_date,
+            "failed": summary.failed.len(),
+            "folders": summary.folders,
+            "seconds": (summary.seconds * 1000.0).round() / 1000.0,
+        }
+    })
+}
+
+/// The line for one file of a several-file download as it ends. A failure's human line
+/// is raw, to be shown as an error: [`error_with`] escapes it.
+pub fn file_line(name: &RelPath, result: &Result<Downloaded, PeerError>, format: Format) -> String {
+    match (format, result) {
+        (Format::Json, Ok(d)) => text::json(&download_json(d)).unwrap_or_default(),
+        (Format::Json, Err(e)) => {
+            text::json(&json!({ "name": name, "error": e.to_string() })).unwrap_or_default()
+        }
+        (Format::Human, Ok(d)) if d.up_to_date => {
+            format!("{} is up to date", escape(name.as_str()))
+        }
+        (Format::Human, Ok(d)) => format!(
+            "downloaded {} ({})",
+            escape(name.as_str()),
+            human_size(d.version.size)
+        ),
+        (Format::Human, Err(e)) => format!("{}: {e}", name.as_str()),
+    }
+}
+
+/// `ls`: names one per line, folders ending with `/`; `ls -l`: with mode, size and time.
+/// Names are shown relative to the current remote folder.
+fn listed(long: bool, folder: Option<&RelPath>, entries: &[Entry], layout: Layout) -> String {
+    let name = |e: &Entry| {
+        let shown = remote::relative(folder, &e.name);
+        if e.is_dir() {
+            format!("{shown}/")
+        } else {
+            shown
+        }
+    };
+    if !long {
+        return entries
+            .iter()
+            .map(|e| escape(&name(e)).into_owned())
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
+    let rows = entries
+        .iter()
+        .map(|e| {
+            vec![
+                mode_string(e),
+                if e.is_dir() {
+                    "-".to_string()
+                } else {
+                    human_size(e.size)
+                },
+                e.mtime.to_local_string(),
+                name(e),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table::render(
+        &[
+            Column::keep("MODE"),
+            Column::right("SIZE"),
+            Column::keep("MODIFIED"),
+            Column::shrink("NAME", Fit::Path),
+        ],
+        &rows,
+        layout.width,
+        layout.colour,
+    )
+}
+
+/// `drwxr-xr-x`, `-rw-r--r--`: the entry's kind and permission bits, as `ls -l` shows them.
+fn mode_string(entry: &Entry) -> String {
+    let mut text = String::from(if entry.is_dir() { "d" } else { "-" });
+    for shift in [6, 3, 0] {
+        let bits = (entry.mode >> shift) & 0o7;
+        text.push(if bits & 4 != 0 { 'r' } else { '-' });
+        text.push(if bits & 2 != 0 { 'w' } else { '-' });
+        text.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    text
+}
+
 /// What an empty index listing shows.
 pub(super) const NO_ENTRIES: &str = "no matching entries";
 
@@ -198,6 +328,16 @@ fn outcome_human(outcome: &Outcome, layout: Layout) -> String {
         Outcome::Hash(hash) => hash_table(std::slice::from_ref(hash), layout),
         Outcome::Hashes(hashes) if hashes.is_empty() => NO_FILES.to_string(),
         Outcome::Hashes(hashes) => hash_table(hashes, layout),
+        Outcome::DownloadedMany(summary) => summary_line(summary),
+        Outcome::Listed {
+            long,
+            folder,
+            entries,
+        } => listed(*long, folder.as_ref(), entries, layout),
+        Outcome::Folder { moved: true, .. } => String::new(),
+        Outcome::Folder { folder, .. } => {
+            escape(&remote::display_folder(folder.as_ref())).into_owned()
+        }
         Outcome::Downloaded(d) if d.up_to_date => format!(
             "{} is up to date: this box already has the peer's version ({}); nothing changed",
             escape(d.version.name.as_str()),
@@ -929,6 +1069,32 @@ mod tests {
                 mtime: crate::time::Timestamp::now(),
             }),
             Outcome::Downloaded(downloaded()),
+            Outcome::Listed {
+                long: false,
+                folder: Some(crate::share::RelPath::parse("dir").expect("a path")),
+                entries: vec![Entry {
+                    name: name(),
+                    size: 1,
+                    mtime: crate::time::Timestamp::now(),
+                    file_type: "directory".to_string(),
+                    mode: 0o755,
+                }],
+            },
+            Outcome::Listed {
+                long: true,
+                folder: None,
+                entries: vec![Entry {
+                    name: name(),
+                    size: 1,
+                    mtime: crate::time::Timestamp::now(),
+                    file_type: HOSTILE.to_string(),
+                    mode: 0o644,
+                }],
+            },
+            Outcome::Folder {
+                folder: Some(name()),
+                moved: false,
+            },
             Outcome::History(vec![crate::history::HistoryRecord {
                 time: crate::time::Timestamp::now(),
                 direction: Direction::Served,
@@ -946,11 +1112,18 @@ mod tests {
                 ended: vec![
                     JobEvent {
                         status: job(),
-                        result: Ok(downloaded()),
+                        result: Ok(Fetched::File(downloaded())),
                     },
                     JobEvent {
                         status: job(),
-                        result: Err(peer_error()),
+                        result: Err(peer_error().into()),
+                    },
+                    JobEvent {
+                        status: job(),
+                        result: Ok(Fetched::Files(Summary {
+                            failed: vec![(name(), HOSTILE.to_string())],
+                            ..Summary::default()
+                        })),
                     },
                 ],
             }),
@@ -978,6 +1151,41 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r"\r") && text.contains(r"\n") && text.contains(r"\u{202e}"));
+    }
+
+    /// Each file of a set gets a line naming it escaped, in human and JSON form; the summary
+    /// counts what happened, leaving out the parts that did not.
+    #[test]
+    fn file_lines_and_summaries() {
+        let ok: Result<Downloaded, PeerError> = Ok(downloaded());
+        let failed: Result<Downloaded, PeerError> = Err(peer_error());
+        for result in [&ok, &failed] {
+            for format in [Format::Human, Format::Json] {
+                let mut line = file_line(&name(), result, format);
+                if result.is_err() && format == Format::Human {
+                    line = error(&line, format);
+                }
+                assert!(inert(&line) && !line.contains('\n'), "{line}");
+            }
+        }
+        assert!(file_line(&name(), &ok, Format::Human).starts_with("downloaded dir/t\\x1b"));
+        let summary = Summary {
+            downloaded: 12,
+            bytes: 3 << 20,
+            up_to_date: 0,
+            failed: vec![(name(), "gone".into())],
+            ..Summary::default()
+        };
+        assert_eq!(
+            summary_line(&summary),
+            "downloaded 12 files (3.0 MiB), 1 failed"
+        );
+        let one = Summary {
+            downloaded: 1,
+            up_to_date: 2,
+            ..Summary::default()
+        };
+        assert_eq!(summary_line(&one), "downloaded 1 file (0 B), 2 up to date");
     }
 
     /// A listing with an escaped name stays aligned: widths count the escaped text.

@@ -110,13 +110,39 @@ impl Runner<'_> {
         if let Some(kind) = ListingKind::of(&command) {
             return self.run_listing(&kind, ask);
         }
-        let draws_bars = matches!(command, Command::Download { .. } | Command::Wait);
+        let draws_bars = matches!(
+            command,
+            Command::Download { .. } | Command::DownloadMany { .. } | Command::Wait
+        );
         let waits = matches!(command, Command::Wait);
         let waits_for_round = matches!(command, Command::Sync(command::SyncAction::Now));
         let bar = match &command {
             Command::Download { name, .. } => Some(self.screen.transfer_bar("", name.as_str())),
+            Command::DownloadMany { selection, .. } => {
+                Some(self.screen.transfer_bar("", &selection.line_word()))
+            }
             _ => None,
         };
+        // Each file of a set gets its line as it ends, above the bar; the first output
+        // failure is kept for after the command.
+        let (format, layout, screen) = (self.format, self.layout(), Arc::clone(&self.screen));
+        let unwritten: std::sync::Mutex<Option<OutputError>> = std::sync::Mutex::new(None);
+        let report =
+            |name: &crate::share::RelPath,
+             result: &Result<crate::transfer::Downloaded, crate::peer::PeerError>| {
+                let line = render::file_line(name, result, format);
+                let written = screen.suspend(|| match (format, result) {
+                    (Format::Human, Err(_)) => {
+                        output::print_error_line(&render::error_with(&line, format, layout));
+                        Ok(())
+                    }
+                    _ => output::print_line(&line),
+                });
+                if let Err(e) = written {
+                    let mut kept = unwritten.lock().unwrap_or_else(|e| e.into_inner());
+                    kept.get_or_insert(e);
+                }
+            };
         if draws_bars {
             self.screen.show_bars();
         }
@@ -128,7 +154,7 @@ impl Runner<'_> {
                 }
             };
             tokio::select! {
-                result = session.execute(command, &mut progress) => Some(result),
+                result = session.execute_with(command, &mut progress, &report) => Some(result),
                 _ = tokio::signal::ctrl_c() => None,
             }
         });
@@ -148,7 +174,17 @@ impl Runner<'_> {
                 LineResult::Done
             }
             None => self.fail("cancelled"),
+            _ if unwritten.lock().is_ok_and(|kept| kept.is_some()) => {
+                let kept = unwritten.lock().ok().and_then(|mut kept| kept.take());
+                written(kept.map_or(Ok(()), Err), LineResult::Done)
+            }
             Some(Ok(Outcome::Quit)) => LineResult::Quit,
+            Some(Ok(Outcome::DownloadedMany(summary))) if !summary.failed.is_empty() => {
+                match self.show(&Outcome::DownloadedMany(summary)) {
+                    LineResult::Done => LineResult::Failed,
+                    stopped => stopped,
+                }
+            }
             Some(Ok(outcome)) => self.show(&outcome),
             Some(Err(e)) => self.fail(&e.to_string()),
         }
@@ -257,6 +293,7 @@ impl Runner<'_> {
     fn start_job(&mut self, command: Command) -> LineResult {
         let name = match &command {
             Command::Download { name, .. } => name.to_string(),
+            Command::DownloadMany { selection, .. } => selection.line_word(),
             _ => String::new(),
         };
         let screen = Arc::clone(&self.screen);
@@ -422,11 +459,15 @@ pub fn run_interactive(
         let prompt = prompt::LivePrompt::new(
             session.current_peer().cloned(),
             session.sync().cloned(),
+            session
+                .remote_folder()
+                .map(|f| super::remote::display_folder(Some(f))),
             terminal.colour,
         );
         if let Some(helper) = editor.helper_mut() {
             helper.peer = session.current_peer().cloned();
             helper.peers = session.peer_addrs();
+            helper.folder = session.remote_folder().map(|f| f.to_string());
         }
         match editor.readline(&prompt) {
             Ok(line) => {

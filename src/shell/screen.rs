@@ -126,6 +126,12 @@ impl Screen {
         }
     }
 
+    /// Runs `write` (which prints a line) with the bars wiped, drawing them again after,
+    /// so that a line printed while a transfer runs does not tear its bar.
+    pub fn suspend<T>(&self, write: impl FnOnce() -> T) -> T {
+        self.bars.suspend(write)
+    }
+
     /// Shows `text` (one or more lines) without disturbing the bars or the line being
     /// typed.
     pub fn announce(&self, text: &str) {

@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use super::command::{self, Command, SyncAction, TrashAction};
+use super::command::{self, Command, Selection, SyncAction, TrashAction};
 use super::help;
-use super::jobs::{JobProgress, JobStatus, Jobs, Waited};
+use super::jobs::{Fetched, JobProgress, JobStatus, Jobs, Waited};
+use super::many::{self, FileReport, Summary};
 use super::prompt;
+use super::remote::{self, Pick, RemoteError};
 use crate::history::HistoryRecord;
 use crate::local::LocalBox;
 use crate::peer::{Peer, PeerError, Streamed};
@@ -30,6 +32,25 @@ pub enum Outcome {
     Hashes(Vec<FileHash>),
     /// A completed download.
     Downloaded(Downloaded),
+    /// A set of files downloaded (`get '*.txt'`, `get music/`): how it went; each file
+    /// was reported as it ended.
+    DownloadedMany(Summary),
+    /// `ls`: entries, directly inside a folder or picked by a pattern.
+    Listed {
+        /// `ls -l`: with mode, size and modification time.
+        long: bool,
+        /// The current remote folder, which names are shown relative to.
+        folder: Option<RelPath>,
+        /// The entries, by name.
+        entries: Vec<Entry>,
+    },
+    /// The current remote folder (`pwd`, or after `cd`).
+    Folder {
+        /// The folder (`None`: the root).
+        folder: Option<RelPath>,
+        /// Whether `cd` moved to it (it says nothing then, as sftp).
+        moved: bool,
+    },
     /// The request log.
     History(Vec<HistoryRecord>),
     /// The current peer, if any, as `ID@HOST:PORT`.
@@ -202,6 +223,27 @@ pub enum SessionError {
     /// The trash could not be read, or a version not be put back.
     #[error(transparent)]
     Trash(crate::share::ShareError),
+    /// A remote name or folder that cannot be (outside the shared folder, too long).
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// A pattern that picked no file.
+    #[error("no file on the peer matches '{0}'")]
+    NoMatch(String),
+    /// `cd`, `ls` or a folder download named no folder the peer has.
+    #[error("no folder '{0}' on the peer")]
+    NoFolder(String),
+    /// `cd` named a file.
+    #[error("'{0}' is a file on the peer, not a folder")]
+    NotAFolder(String),
+    /// `ls` named nothing the peer has.
+    #[error("no file or folder '{0}' on the peer")]
+    NoSuchName(String),
+}
+
+impl From<crate::share::PathError> for SessionError {
+    fn from(e: crate::share::PathError) -> SessionError {
+        SessionError::Remote(RemoteError::Path(e))
+    }
 }
 
 /// Starts a round, waits for it (at most [`SYNC_NOW_WAIT`]) and says what it did with each
@@ -251,6 +293,9 @@ pub struct Session {
     jobs: Jobs,
     /// The auto-sync engine, when it runs: for the `sync` commands and the prompt.
     sync: Option<SyncHandle>,
+    /// The current remote folder of each peer that has one (`cd`), by index into `peers`;
+    /// a peer not here is at its root.
+    folders: std::collections::BTreeMap<usize, RelPath>,
 }
 
 impl Session {
@@ -271,6 +316,7 @@ impl Session {
             peers,
             jobs: Jobs::new(),
             sync: None,
+            folders: std::collections::BTreeMap::new(),
         }
     }
 
@@ -391,25 +437,69 @@ impl Session {
         command: Command,
         make_progress: impl FnOnce(&JobStatus) -> JobProgress,
     ) -> Result<JobStatus, SessionError> {
-        let Command::Download {
-            transport,
-            name,
-            max_rate,
-        } = command
-        else {
-            return Err(SessionError::NotAJob);
-        };
         let peer = self.peer()?;
-        let line = command::download_line(transport, &name, max_rate);
-        let max_rate = max_rate.or(self.local.settings.max_udp_rate);
+        let folder = self.remote_folder().cloned();
+        let share = Arc::clone(&self.local.share);
+        let default_rate = self.local.settings.max_udp_rate;
+        let (line, work) = match command {
+            Command::Download {
+                transport,
+                name,
+                max_rate,
+            } => {
+                let name = remote::join(folder.as_ref(), &name)?;
+                let line = command::download_line(transport, &name, max_rate);
+                (line, Work::One(transport, name, max_rate.or(default_rate)))
+            }
+            Command::DownloadMany {
+                transport,
+                selection,
+                max_rate,
+            } => {
+                let line = command::download_many_line(transport, &selection, max_rate);
+                let pick = pick_of(folder.as_ref(), &selection)?;
+                let work = Work::Many(transport, selection, pick, max_rate.or(default_rate));
+                (line, work)
+            }
+            _ => return Err(SessionError::NotAJob),
+        };
         Ok(self
             .jobs
             .start(line, make_progress, move |mut progress| async move {
-                match transport {
-                    Transport::Tcp => peer.download_tcp(&name, &mut *progress).await,
-                    Transport::Udp => peer.download_udp(&name, max_rate, &mut *progress).await,
+                let quiet = |_: &RelPath, _: &Result<Downloaded, PeerError>| {};
+                match work {
+                    Work::One(transport, name, max_rate) => {
+                        let fetched = fetch_one(
+                            &peer,
+                            &share,
+                            transport,
+                            &name,
+                            max_rate,
+                            &mut *progress,
+                            &quiet,
+                        );
+                        fetched.await
+                    }
+                    Work::Many(transport, selection, pick, max_rate) => {
+                        let fetched = fetch_many(
+                            &peer,
+                            &share,
+                            transport,
+                            &selection,
+                            &pick,
+                            max_rate,
+                            &mut *progress,
+                            &quiet,
+                        );
+                        fetched.await.map(Fetched::Files)
+                    }
                 }
             }))
+    }
+
+    /// The current peer's current remote folder (`None`: its root).
+    pub fn remote_folder(&self) -> Option<&RelPath> {
+        self.current.and_then(|i| self.folders.get(&i))
     }
 
     /// This box.
@@ -448,31 +538,111 @@ impl Session {
         })
     }
 
-    /// Runs one command. Downloads report progress through `progress`. A `Background`
-    /// command starts a job whose progress goes nowhere (the interactive shell calls
-    /// [`Session::spawn_job`] itself, to draw a bar).
+    /// Runs one command, as [`Session::execute_with`] does, telling no one of the files
+    /// of a set as they end.
     pub async fn execute(
         &mut self,
         command: Command,
         progress: Progress<'_>,
     ) -> Result<Outcome, SessionError> {
+        self.execute_with(command, progress, &|_, _| {}).await
+    }
+
+    /// Runs one command. Downloads report progress through `progress`. A `Background`
+    /// command starts a job whose progress goes nowhere (the interactive shell calls
+    /// [`Session::spawn_job`] itself, to draw a bar).
+    ///
+    /// A download of several files (`get '*.txt'`, a folder) reports each file to `report`
+    /// as it ends, and its bytes as a whole to `progress`.
+    pub async fn execute_with(
+        &mut self,
+        command: Command,
+        progress: Progress<'_>,
+        report: FileReport<'_>,
+    ) -> Result<Outcome, SessionError> {
+        let folder = self.remote_folder().cloned();
         Ok(match command {
             Command::Index(filter) => Outcome::Entries(self.peer()?.index(&filter).await?),
-            Command::HashVerify(name) => Outcome::Hash(self.peer()?.hash(&name).await?),
+            Command::HashVerify(name) => Outcome::Hash(
+                self.peer()?
+                    .hash(&remote::join(folder.as_ref(), &name)?)
+                    .await?,
+            ),
             Command::HashCheckall => Outcome::Hashes(self.peer()?.hash_all().await?),
             Command::Download {
-                transport: Transport::Tcp,
-                name,
-                ..
-            } => Outcome::Downloaded(self.peer()?.download_tcp(&name, progress).await?),
-            Command::Download {
-                transport: Transport::Udp,
+                transport,
                 name,
                 max_rate,
             } => {
+                let name = remote::join(folder.as_ref(), &name)?;
                 let max_rate = max_rate.or(self.local.settings.max_udp_rate);
-                Outcome::Downloaded(self.peer()?.download_udp(&name, max_rate, progress).await?)
+                let peer = self.peer()?;
+                let fetched = fetch_one(
+                    &peer,
+                    &self.local.share,
+                    transport,
+                    &name,
+                    max_rate,
+                    progress,
+                    report,
+                );
+                match fetched.await? {
+                    Fetched::File(d) => Outcome::Downloaded(d),
+                    Fetched::Files(summary) => Outcome::DownloadedMany(summary),
+                }
             }
+            Command::DownloadMany {
+                transport,
+                selection,
+                max_rate,
+            } => {
+                let max_rate = max_rate.or(self.local.settings.max_udp_rate);
+                let pick = pick_of(folder.as_ref(), &selection)?;
+                let peer = self.peer()?;
+                let fetched = fetch_many(
+                    &peer,
+                    &self.local.share,
+                    transport,
+                    &selection,
+                    &pick,
+                    max_rate,
+                    progress,
+                    report,
+                );
+                Outcome::DownloadedMany(fetched.await?)
+            }
+            Command::Ls { long, target } => {
+                let entries = self.ls(folder.as_ref(), target.as_ref()).await?;
+                Outcome::Listed {
+                    long,
+                    folder,
+                    entries,
+                }
+            }
+            Command::Cd(arg) => {
+                let peer = self.peer()?;
+                let to = match arg {
+                    None => None,
+                    Some(arg) => remote::change_folder(folder.as_ref(), &arg)?,
+                };
+                if let Some(to) = &to {
+                    check_folder(&peer, to).await?;
+                }
+                if let Some(i) = self.current {
+                    match &to {
+                        Some(to) => self.folders.insert(i, to.clone()),
+                        None => self.folders.remove(&i),
+                    };
+                }
+                Outcome::Folder {
+                    folder: to,
+                    moved: true,
+                }
+            }
+            Command::Pwd => Outcome::Folder {
+                folder,
+                moved: false,
+            },
             Command::History(query) => {
                 let records = self
                     .local
@@ -527,4 +697,173 @@ impl Session {
             }
         })
     }
+}
+
+impl Session {
+    /// What `ls` shows from `folder`: the entries directly inside it, or inside the folder
+    /// named, or the file named, or those a pattern picks.
+    async fn ls(
+        &self,
+        folder: Option<&RelPath>,
+        target: Option<&Selection>,
+    ) -> Result<Vec<Entry>, SessionError> {
+        let peer = self.peer()?;
+        Ok(match target {
+            None => entries(&peer, &Pick::children(folder)).await?,
+            Some(Selection::Glob(pattern)) => {
+                let pick = Pick::glob(folder, pattern)?;
+                let mut picked = entries(&peer, &pick).await?;
+                if picked.is_empty() {
+                    // `a[1].txt` matches no file but may be one's name.
+                    if let Some(literal) = pick.literal() {
+                        picked = entries(&peer, &Pick::exactly(literal)).await?;
+                    }
+                }
+                if picked.is_empty() {
+                    return Err(SessionError::NoMatch(pattern.clone()));
+                }
+                picked
+            }
+            Some(Selection::Path(name)) => {
+                let full = remote::join(folder, name)?;
+                let inside = entries(&peer, &Pick::children(Some(&full))).await?;
+                if !inside.is_empty() {
+                    return Ok(inside);
+                }
+                let itself = entries(&peer, &Pick::exactly(&full)).await?;
+                match itself.first() {
+                    None => return Err(SessionError::NoSuchName(name.to_string())),
+                    Some(entry) if entry.is_dir() => Vec::new(),
+                    Some(_) => itself,
+                }
+            }
+        })
+    }
+}
+
+/// What a background download does, decided before it starts.
+enum Work {
+    /// One file (or a folder by that name), its transport and rate cap.
+    One(Transport, RelPath, Option<u64>),
+    /// A set of files: the transport, what was typed, what it picks, the rate cap.
+    Many(Transport, Selection, Pick, Option<u64>),
+}
+
+/// The entries a selection typed in `folder` asks the peer for.
+fn pick_of(folder: Option<&RelPath>, selection: &Selection) -> Result<Pick, SessionError> {
+    Ok(match selection {
+        Selection::Glob(pattern) => Pick::glob(folder, pattern)?,
+        Selection::Path(name) => Pick::under(&remote::join(folder, name)?),
+    })
+}
+
+/// The peer's entries that `pick` picks, by name.
+async fn entries(peer: &Peer, pick: &Pick) -> Result<Vec<Entry>, SessionError> {
+    let mut kept = Vec::new();
+    peer.index_each(&pick.filter, |batch| {
+        kept.extend(batch.into_iter().filter(|e| pick.matches(e)));
+        ControlFlow::Continue(())
+    })
+    .await?;
+    Ok(kept)
+}
+
+/// Refuses a `cd` to what is no folder on the peer.
+async fn check_folder(peer: &Peer, folder: &RelPath) -> Result<(), SessionError> {
+    let itself = entries(peer, &Pick::exactly(folder)).await?;
+    match itself.first() {
+        Some(entry) if entry.is_dir() => Ok(()),
+        Some(_) => Err(SessionError::NotAFolder(folder.to_string())),
+        None if !entries(peer, &Pick::children(Some(folder)))
+            .await?
+            .is_empty() =>
+        {
+            Ok(())
+        }
+        None => Err(SessionError::NoFolder(folder.to_string())),
+    }
+}
+
+/// Whether a download's error is the peer saying the name is no file it serves (gone, or
+/// a folder), so that it may be a folder to take whole.
+fn not_a_file(error: &PeerError) -> bool {
+    use crate::protocol::ErrorKind;
+    use crate::transfer::TransferError;
+    matches!(
+        error,
+        PeerError::Remote {
+            kind: ErrorKind::NotFound | ErrorKind::Refused,
+            ..
+        } | PeerError::Transfer(TransferError::Remote {
+            kind: ErrorKind::NotFound | ErrorKind::Refused,
+            ..
+        })
+    )
+}
+
+/// Downloads `name`; when the peer has no file but a folder by that name, every file
+/// under it instead (`get music` as `get music/`).
+async fn fetch_one(
+    peer: &Peer,
+    share: &Arc<crate::share::Share>,
+    transport: Transport,
+    name: &RelPath,
+    max_rate: Option<u64>,
+    progress: Progress<'_>,
+    report: FileReport<'_>,
+) -> Result<Fetched, SessionError> {
+    let result = match transport {
+        Transport::Tcp => peer.download_tcp(name, &mut *progress).await,
+        Transport::Udp => peer.download_udp(name, max_rate, &mut *progress).await,
+    };
+    match result {
+        Ok(d) => Ok(Fetched::File(d)),
+        Err(e) if not_a_file(&e) => {
+            let picked = many::pick(peer, &Pick::under(name)).await?;
+            if picked.is_empty() {
+                return Err(e.into());
+            }
+            let summary =
+                many::download(peer, share, picked, transport, max_rate, progress, report).await;
+            Ok(Fetched::Files(summary))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Downloads what `pick` picks (`selection` as typed, for the error when it is nothing):
+/// a pattern's files, or a folder's files and folders.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_many(
+    peer: &Peer,
+    share: &Arc<crate::share::Share>,
+    transport: Transport,
+    selection: &Selection,
+    pick: &Pick,
+    max_rate: Option<u64>,
+    progress: Progress<'_>,
+    report: FileReport<'_>,
+) -> Result<Summary, SessionError> {
+    let mut picked = many::pick(peer, pick).await?;
+    match selection {
+        Selection::Glob(pattern) => {
+            // A pattern picks files; a folder it matches is not taken whole.
+            picked.folders.clear();
+            if picked.files.is_empty() {
+                // `a[1].txt` matches no file but may be one's name.
+                if let Some(literal) = pick.literal() {
+                    picked = many::pick(peer, &Pick::exactly(literal)).await?;
+                    picked.folders.clear();
+                }
+            }
+            if picked.files.is_empty() {
+                return Err(SessionError::NoMatch(pattern.clone()));
+            }
+        }
+        Selection::Path(name) if picked.is_empty() => {
+            return Err(SessionError::NoFolder(name.to_string()));
+        }
+        Selection::Path(_) => {}
+    }
+    Ok(many::download(peer, share, picked, transport, max_rate, progress, report).await)
 }

@@ -12,6 +12,7 @@ mod discovery;
 mod escapes;
 mod failures;
 mod folder;
+mod multi;
 mod relay;
 mod shell;
 mod snapshots;

@@ -71,7 +71,7 @@ fn help_overview() {
 fn help_topics() {
     for topic in [
         "index", "hash", "download", "jobs", "kill", "wait", "bg", "history", "peer", "peers",
-        "sync", "help", "quit",
+        "sync", "help", "quit", "get", "ls", "cd", "pwd",
     ] {
         insta::assert_snapshot!(format!("help_{topic}"), help::text(Some(topic)));
     }
