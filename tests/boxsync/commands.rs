@@ -357,7 +357,20 @@ async fn history_records_made_and_served() {
 
     drop(peer);
     drop(me);
-    let reopened = boxsync::local::LocalBox::open(&temp.path().join("shared")).unwrap();
+    // The session's tasks let go of the box (and its lock on the folder) as they wind
+    // down: reopening waits for that, within a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let reopened = loop {
+        match boxsync::local::LocalBox::open(&temp.path().join("shared")) {
+            Ok(reopened) => break reopened,
+            Err(boxsync::local::OpenError::Share(boxsync::share::ShareError::Busy { .. }))
+                if std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot reopen the box: {e}"),
+        }
+    };
     assert_eq!(reopened.history.records().unwrap().len(), 2);
 }
 
