@@ -104,6 +104,10 @@ pub enum Command {
     /// `download ... &` or `bg download ...`: a download run as a background job, so that
     /// the prompt stays usable. Only downloads run in the background.
     Background(Box<Command>),
+    /// A command whose name was typed from the top of the peer's folder (`get /notes/a`,
+    /// `ls /`, as in sftp): it runs as if no `cd` had been made. The name inside is
+    /// relative to the top.
+    Rooted(Box<Command>),
 }
 
 impl Command {
@@ -113,9 +117,28 @@ impl Command {
     pub fn writes_locally(&self) -> bool {
         match self {
             Command::Download { .. } | Command::DownloadMany { .. } | Command::Trash(_) => true,
-            Command::Background(inner) => inner.writes_locally(),
+            Command::Background(inner) | Command::Rooted(inner) => inner.writes_locally(),
             _ => false,
         }
+    }
+
+    /// The command itself, whether or not its name was typed from the top.
+    pub fn unrooted(&self) -> &Command {
+        match self {
+            Command::Rooted(inner) => inner,
+            other => other,
+        }
+    }
+
+    /// The command, and whether its name was typed from the top of the peer's folder
+    /// (never [`Command::Rooted`] itself).
+    pub fn split_rooted(self) -> (Command, bool) {
+        let mut command = self;
+        let mut rooted = false;
+        while let Command::Rooted(inner) = command {
+            (command, rooted) = (*inner, true);
+        }
+        (command, rooted)
     }
 }
 
@@ -292,7 +315,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
     if !background {
         return Ok(Some(command));
     }
-    match command {
+    match command.unrooted() {
         Command::Download { .. } | Command::DownloadMany { .. } => {
             Ok(Some(Command::Background(Box::new(command))))
         }
@@ -310,10 +333,38 @@ fn split_ampersand(line: &str) -> (&str, bool) {
     }
 }
 
-/// Parses a command word and its arguments.
+/// Parses a command word and its arguments. A remote name typed with a leading `/`
+/// (`hash`, `download`, `get`, `ls`) is from the top of the peer's folder, whatever `cd`
+/// said: the command comes back [`Command::Rooted`].
 fn parse_words(first: &str, rest: &[String]) -> Result<Command, CommandError> {
-    let args: Vec<&str> = rest.iter().map(String::as_str).collect();
-    let command = match canonical(first).as_str() {
+    let word = canonical(first);
+    let names_remote = matches!(word.as_str(), "hash" | "download" | "get" | "ls");
+    let mut rooted = false;
+    let mut args: Vec<&str> = Vec::with_capacity(rest.len());
+    for arg in rest.iter().map(String::as_str) {
+        match arg.strip_prefix('/') {
+            Some(from_top) if names_remote => {
+                rooted = true;
+                let from_top = from_top.trim_start_matches('/');
+                // `ls /`: the top itself.
+                if !(from_top.is_empty() && word == "ls") {
+                    args.push(from_top);
+                }
+            }
+            _ => args.push(arg),
+        }
+    }
+    let command = parse_args(&word, first, &args)?;
+    Ok(match rooted {
+        true => Command::Rooted(Box::new(command)),
+        false => command,
+    })
+}
+
+/// Parses a command word (`word`, canonical; `first` as typed) and its arguments.
+fn parse_args(word: &str, first: &str, args: &[&str]) -> Result<Command, CommandError> {
+    let args = args.to_vec();
+    let command = match word {
         "index" => Command::Index(parse_index(&args)?),
         "hash" => parse_hash(&args)?,
         "download" => parse_download(&args)?,
@@ -571,6 +622,43 @@ pub fn download_line(transport: Transport, name: &RelPath, max_rate: Option<u64>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A leading `/` names from the top of the peer's folder (sftp's way): the command
+    /// comes back rooted, with the name relative to the top; `ls /` is the top itself.
+    #[test]
+    fn a_leading_slash_is_from_the_top() {
+        let rooted = |c: Command| Some(Command::Rooted(Box::new(c)));
+        assert_eq!(
+            parse("get /notes/a.txt").unwrap(),
+            rooted(Command::Download {
+                transport: Transport::Tcp,
+                name: RelPath::parse("notes/a.txt").unwrap(),
+                max_rate: None,
+            })
+        );
+        assert_eq!(
+            parse("hash verify //a.txt").unwrap(),
+            rooted(Command::HashVerify(RelPath::parse("a.txt").unwrap()))
+        );
+        assert_eq!(
+            parse("ls /").unwrap(),
+            rooted(Command::Ls {
+                long: false,
+                target: None
+            })
+        );
+        // In the background, the job is the rooted download.
+        assert!(matches!(
+            parse("get /a.txt &").unwrap(),
+            Some(Command::Background(inner)) if matches!(*inner, Command::Rooted(_))
+        ));
+        // A name without one, and other commands, are as before.
+        assert!(matches!(
+            parse("get a.txt").unwrap(),
+            Some(Command::Download { .. })
+        ));
+        assert_eq!(parse("cd /").unwrap(), Some(Command::Cd(Some("/".into()))));
+    }
 
     /// Keywords ignore case, the assignment's spellings work, quoting keeps spaces.
     #[test]

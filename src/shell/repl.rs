@@ -111,12 +111,12 @@ impl Runner<'_> {
             return self.run_listing(&kind, ask);
         }
         let draws_bars = matches!(
-            command,
+            command.unrooted(),
             Command::Download { .. } | Command::DownloadMany { .. } | Command::Wait
         );
         let waits = matches!(command, Command::Wait);
         let waits_for_round = matches!(command, Command::Sync(command::SyncAction::Now));
-        let bar = match &command {
+        let bar = match command.unrooted() {
             Command::Download { name, .. } => Some(self.screen.transfer_bar("", name.as_str())),
             Command::DownloadMany { selection, .. } => {
                 Some(self.screen.transfer_bar("", &selection.line_word()))
@@ -291,7 +291,7 @@ impl Runner<'_> {
 
     /// Starts a download as a background job with its own (hidden until shown) bar.
     fn start_job(&mut self, command: Command) -> LineResult {
-        let name = match &command {
+        let name = match command.unrooted() {
             Command::Download { name, .. } => name.to_string(),
             Command::DownloadMany { selection, .. } => selection.line_word(),
             _ => String::new(),

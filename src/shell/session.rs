@@ -438,7 +438,8 @@ impl Session {
         make_progress: impl FnOnce(&JobStatus) -> JobProgress,
     ) -> Result<JobStatus, SessionError> {
         let peer = self.peer()?;
-        let folder = self.remote_folder().cloned();
+        let (command, rooted) = command.split_rooted();
+        let folder = self.remote_folder().filter(|_| !rooted).cloned();
         let share = Arc::clone(&self.local.share);
         let default_rate = self.local.settings.max_udp_rate;
         let (line, work) = match command {
@@ -560,7 +561,9 @@ impl Session {
         progress: Progress<'_>,
         report: FileReport<'_>,
     ) -> Result<Outcome, SessionError> {
-        let folder = self.remote_folder().cloned();
+        // A name typed from the top (`get /notes/a`) runs as if no `cd` had been made.
+        let (command, rooted) = command.split_rooted();
+        let folder = self.remote_folder().filter(|_| !rooted).cloned();
         Ok(match command {
             Command::Index(filter) => Outcome::Entries(self.peer()?.index(&filter).await?),
             Command::HashVerify(name) => Outcome::Hash(
@@ -695,6 +698,8 @@ impl Session {
             Command::Background(inner) => {
                 Outcome::Started(self.spawn_job(*inner, |_| Box::new(|_, _| {}))?)
             }
+            // Taken off above (`split_rooted` leaves none).
+            Command::Rooted(_) => return Err(SessionError::NotAJob),
         })
     }
 }

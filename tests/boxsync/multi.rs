@@ -199,6 +199,48 @@ async fn json_gives_each_file_and_a_summary() {
     assert_eq!(summary["up_to_date"], 0);
 }
 
+/// After `cd`, a name with a leading `/` is from the top, as in sftp: `get /notes/deep.txt`
+/// lands at its place, `hash verify /a.txt` and `ls /` read the top, and a pattern from the
+/// top (`get '/music/live/*.mp3'`) too; the current folder stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leading_slash_names_from_the_top() {
+    let b = sample().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = script(
+        dir.path(),
+        &b,
+        false,
+        &[
+            "cd music/live",
+            "get /notes/deep.txt",
+            "hash verify /a.txt",
+            "get '/music/*.mp3'",
+            "ls /",
+            "pwd",
+        ],
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}{stdout}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read(dir.path().join("notes/deep.txt")).unwrap(),
+        b"deep\n"
+    );
+    assert!(stdout.contains("a.txt"), "{stdout}");
+    assert_eq!(
+        landed(dir.path()),
+        [
+            PathBuf::from("music/a.mp3"),
+            PathBuf::from("notes/deep.txt")
+        ]
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    for top in ["b.txt", "c.md", "music/", "notes/"] {
+        assert!(lines.contains(&top), "ls / did not list {top}: {stdout}");
+    }
+    assert_eq!(lines.last(), Some(&"/music/live"), "{stdout}");
+}
+
 /// `cd music; ls; get a.mp3; pwd` works as in sftp: ls lists the folder's own entries,
 /// folders marked, get lands the file at its place in the tree, names resolve against
 /// the current folder (hash verify too), and `cd ..` comes back.
