@@ -862,7 +862,8 @@ mod tests {
             "get",
             "get a b",
             "get '../*'",
-            "get '/etc/*'",
+            // A leading `/` is the top of the peer's folder: nothing above it.
+            "get '/../*'",
             "get ../x",
             "ls -x",
             "ls a b",
@@ -919,7 +920,7 @@ mod tests {
             "index shortlist yesterday today",
             "hash verify ../etc/passwd",
             "download ftp x",
-            "download tcp /etc/passwd",
+            "download tcp /../etc/passwd",
             "peer nowhere",
             "\"unbalanced",
         ] {

@@ -10,7 +10,8 @@ use super::command::{ALIASES, COMMANDS, canonical, subcommands};
 /// What completion may draw on besides the line. Remote names are asked for only when
 /// the cursor is where a remote file name goes (getting them may wait on the peer).
 pub trait Sources {
-    /// The peer's file names (relative paths, files only).
+    /// The peer's names (relative paths; folders end with `/`, see
+    /// [`super::names::completion_name`]).
     fn remote_files(&self) -> Vec<String>;
     /// The known peer addresses.
     fn peers(&self) -> Vec<String>;
@@ -193,6 +194,10 @@ fn remote_names(lexed: &Lexed, files: Vec<String>, folders_only: bool) -> Comple
         .iter()
         .filter_map(|name| {
             let rest = name.strip_prefix(prefix)?;
+            // A folder's own entry (`music/`) once its name is typed: what is in it follows.
+            if rest.is_empty() && name.ends_with('/') {
+                return None;
+            }
             Some(match rest.find('/') {
                 Some(slash) => (format!("{prefix}{}", &rest[..=slash]), false),
                 None => (name.clone(), true),
@@ -343,6 +348,11 @@ mod tests {
                 "music/live/a.mp3",
                 "notes/todo.md",
                 "it's.txt",
+                // Folders come as the index lists them, an empty one too.
+                "music/",
+                "music/live/",
+                "notes/",
+                "empty/",
             ]
             .iter()
             .map(|s| s.to_string())
@@ -422,7 +432,7 @@ mod tests {
         assert_eq!(replacements("ls mu"), vec!["music/"]);
         assert_eq!(replacements("ls -"), vec!["-l "]);
         assert_eq!(replacements("ls -l no"), vec!["notes/"]);
-        assert_eq!(replacements("cd "), vec!["music/", "notes/"]);
+        assert_eq!(replacements("cd "), vec!["empty/", "music/", "notes/"]);
         assert_eq!(replacements("cd music/"), vec!["music/live/"]);
         let offered = |line: &str| -> Vec<String> {
             complete(line, line.len(), &InMusic)

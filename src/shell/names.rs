@@ -145,13 +145,18 @@ impl RemoteNames {
     }
 }
 
-/// The files among `entries` (folders come from the paths themselves).
+/// The names Tab offers for `entries`: files by their path, folders with a trailing `/`
+/// (so that an empty folder is offered too; the others also come from their files' paths).
 fn file_names(entries: &[Entry]) -> Vec<String> {
-    let mut names: Vec<String> = entries
-        .iter()
-        .filter(|e| !e.is_dir())
-        .map(|e| e.name.as_str().to_string())
-        .collect();
+    let mut names: Vec<String> = entries.iter().map(completion_name).collect();
     names.sort();
     names
+}
+
+/// How Tab's names hold one entry: a file by its path, a folder as `path/`.
+pub fn completion_name(entry: &Entry) -> String {
+    match entry.is_dir() {
+        true => format!("{}/", entry.name),
+        false => entry.name.as_str().to_string(),
+    }
 }

@@ -216,12 +216,7 @@ impl Runner<'_> {
         let mut output = Ok(());
         let mut show = |part: Batch| {
             if let (Some(kept), Batch::Entries(entries)) = (&mut names, &part) {
-                kept.extend(
-                    entries
-                        .iter()
-                        .filter(|e| !e.is_dir())
-                        .map(|e| e.name.as_str().to_string()),
-                );
+                kept.extend(entries.iter().map(super::names::completion_name));
                 if kept.len() > NAMES_KEPT {
                     names = None;
                 }
