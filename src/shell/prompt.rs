@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::peer::{Peer, Reachability};
-use crate::sync::SyncHandle;
+use crate::sync::{SyncHandle, SyncStatus};
 
 /// Auto-sync's state in a word: `✓` (every peer synced), `!` (errors, see `sync status`),
 /// `…` (not synced yet), `off`.
@@ -31,12 +31,16 @@ impl SyncMark {
 
     /// Sync's mark as it stands now.
     pub fn of(sync: &SyncHandle) -> SyncMark {
-        let status = sync.status();
+        SyncMark::of_status(&sync.status())
+    }
+
+    /// Sync's mark for `status`.
+    pub fn of_status(status: &SyncStatus) -> SyncMark {
         if !status.enabled {
             SyncMark::Off
         } else if status.peers.iter().any(|p| !p.errors.is_empty()) {
             SyncMark::Errors
-        } else if sync.healthy() {
+        } else if status.healthy() {
             SyncMark::InSync
         } else {
             SyncMark::Pending

@@ -441,14 +441,30 @@ impl Session {
         let (command, rooted) = command.split_rooted();
         let folder = self.remote_folder().filter(|_| !rooted).cloned();
         let share = Arc::clone(&self.local.share);
+        let (line, work) = self.work_of(command, folder.as_ref())?;
+        Ok(self
+            .jobs
+            .start(line, make_progress, move |mut progress| async move {
+                let quiet = |_: &RelPath, _: &Result<Downloaded, PeerError>| {};
+                run_work(work, &peer, &share, &mut *progress, &quiet).await
+            }))
+    }
+
+    /// The download `command` asks for, with names resolved against `folder` and the box's
+    /// rate cap as the default: the line that names it (for jobs) and the work to run.
+    fn work_of(
+        &self,
+        command: Command,
+        folder: Option<&RelPath>,
+    ) -> Result<(String, Work), SessionError> {
         let default_rate = self.local.settings.max_udp_rate;
-        let (line, work) = match command {
+        Ok(match command {
             Command::Download {
                 transport,
                 name,
                 max_rate,
             } => {
-                let name = remote::join(folder.as_ref(), &name)?;
+                let name = remote::join(folder, &name)?;
                 let line = command::download_line(transport, &name, max_rate);
                 (line, Work::One(transport, name, max_rate.or(default_rate)))
             }
@@ -458,44 +474,14 @@ impl Session {
                 max_rate,
             } => {
                 let line = command::download_many_line(transport, &selection, max_rate);
-                let pick = pick_of(folder.as_ref(), &selection)?;
-                let work = Work::Many(transport, selection, pick, max_rate.or(default_rate));
-                (line, work)
+                let pick = pick_of(folder, &selection)?;
+                (
+                    line,
+                    Work::Many(transport, selection, pick, max_rate.or(default_rate)),
+                )
             }
             _ => return Err(SessionError::NotAJob),
-        };
-        Ok(self
-            .jobs
-            .start(line, make_progress, move |mut progress| async move {
-                let quiet = |_: &RelPath, _: &Result<Downloaded, PeerError>| {};
-                match work {
-                    Work::One(transport, name, max_rate) => {
-                        let fetched = fetch_one(
-                            &peer,
-                            &share,
-                            transport,
-                            &name,
-                            max_rate,
-                            &mut *progress,
-                            &quiet,
-                        );
-                        fetched.await
-                    }
-                    Work::Many(transport, selection, pick, max_rate) => {
-                        let fetched = fetch_many(
-                            &peer,
-                            &share,
-                            transport,
-                            &selection,
-                            &pick,
-                            max_rate,
-                            &mut *progress,
-                            &quiet,
-                        );
-                        fetched.await.map(Fetched::Files)
-                    }
-                }
-            }))
+        })
     }
 
     /// The current peer's current remote folder (`None`: its root).
@@ -572,47 +558,13 @@ impl Session {
                     .await?,
             ),
             Command::HashCheckall => Outcome::Hashes(self.peer()?.hash_all().await?),
-            Command::Download {
-                transport,
-                name,
-                max_rate,
-            } => {
-                let name = remote::join(folder.as_ref(), &name)?;
-                let max_rate = max_rate.or(self.local.settings.max_udp_rate);
+            command @ (Command::Download { .. } | Command::DownloadMany { .. }) => {
+                let (_, work) = self.work_of(command, folder.as_ref())?;
                 let peer = self.peer()?;
-                let fetched = fetch_one(
-                    &peer,
-                    &self.local.share,
-                    transport,
-                    &name,
-                    max_rate,
-                    progress,
-                    report,
-                );
-                match fetched.await? {
+                match run_work(work, &peer, &self.local.share, progress, report).await? {
                     Fetched::File(d) => Outcome::Downloaded(d),
                     Fetched::Files(summary) => Outcome::DownloadedMany(summary),
                 }
-            }
-            Command::DownloadMany {
-                transport,
-                selection,
-                max_rate,
-            } => {
-                let max_rate = max_rate.or(self.local.settings.max_udp_rate);
-                let pick = pick_of(folder.as_ref(), &selection)?;
-                let peer = self.peer()?;
-                let fetched = fetch_many(
-                    &peer,
-                    &self.local.share,
-                    transport,
-                    &selection,
-                    &pick,
-                    max_rate,
-                    progress,
-                    report,
-                );
-                Outcome::DownloadedMany(fetched.await?)
             }
             Command::Ls { long, target } => {
                 let entries = self.ls(folder.as_ref(), target.as_ref()).await?;
@@ -752,6 +704,27 @@ enum Work {
     One(Transport, RelPath, Option<u64>),
     /// A set of files: the transport, what was typed, what it picks, the rate cap.
     Many(Transport, Selection, Pick, Option<u64>),
+}
+
+/// Runs a download's work against `peer`, landing files in `share`.
+async fn run_work(
+    work: Work,
+    peer: &Peer,
+    share: &Arc<crate::share::Share>,
+    progress: Progress<'_>,
+    report: FileReport<'_>,
+) -> Result<Fetched, SessionError> {
+    match work {
+        Work::One(transport, name, max_rate) => {
+            fetch_one(peer, share, transport, &name, max_rate, progress, report).await
+        }
+        Work::Many(transport, selection, pick, max_rate) => {
+            let fetched = fetch_many(
+                peer, share, transport, &selection, &pick, max_rate, progress, report,
+            );
+            fetched.await.map(Fetched::Files)
+        }
+    }
 }
 
 /// The entries a selection typed in `folder` asks the peer for.

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::prompt::{PromptState, SyncMark, state_of};
+use super::prompt::{PromptState, SyncMark};
 use super::screen::Screen;
 use crate::peer::{Peer, Reachability};
 use crate::sync::SyncHandle;
@@ -30,7 +30,10 @@ impl Watched {
     pub fn now(peer: Option<&Peer>, sync: &SyncHandle) -> Watched {
         let status = sync.status();
         Watched {
-            prompt: state_of(peer, Some(sync)),
+            prompt: PromptState {
+                reach: peer.map_or(Reachability::Unknown, Peer::reachability),
+                sync: Some(SyncMark::of_status(&status)),
+            },
             stopped: status
                 .peers
                 .iter()

@@ -362,8 +362,14 @@ impl SyncHandle {
 
     /// Whether sync with every peer stands `in sync`, both ways (for the prompt).
     pub fn healthy(&self) -> bool {
-        let status = self.status();
-        status.enabled && status.peers.iter().all(|p| p.state == IN_SYNC)
+        self.status().healthy()
+    }
+}
+
+impl SyncStatus {
+    /// Whether sync is on and every peer stands `in sync`, both ways.
+    pub fn healthy(&self) -> bool {
+        self.enabled && self.peers.iter().all(|p| p.state == IN_SYNC)
     }
 }
 
