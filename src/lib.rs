@@ -50,8 +50,9 @@
 //!   shutdown.
 //! - [`peer`]: the typed async client for one peer box: connection pool, retries, log.
 //! - [`sync`]: auto-sync: a pure planner (each side classified against the last agreed
-//!   state, one match over the rules), rounds that carry the plan out, the backoff of
-//!   files that do not fit (`sync::backoff`), watching.
+//!   state, one match over the rules, for the paths changed since the last plan), rounds
+//!   that carry the plan out, the backoff of files that do not fit (`sync::backoff`),
+//!   watching.
 //! - [`config`]: a box's settings kept in `.boxsync/config.toml` (listen address, peers and
 //!   trust, sync period, rate cap, trash days...), in the flags' own texts, checked when
 //!   read; the command line's flags merged over them; written back atomically.

@@ -40,6 +40,10 @@ struct Installed {
 pub struct Bursts {
     /// Per file, its latest installation.
     files: HashMap<RelPath, Installed>,
+    /// The size at which the record next forgets what is too old to matter: twice what
+    /// the last tidying kept, so that a box installing a million files in a few minutes
+    /// (a first sync) tidies now and then, not at every file.
+    tidy_at: usize,
 }
 
 /// What to do once a replacement of a file went through.
@@ -93,9 +97,10 @@ impl Bursts {
             // An ordinary version ends the burst: every version from here on is kept.
             (_, _) => (Replaced::Ordinary, None),
         };
-        if self.files.len() >= TIDY_OVER {
+        if self.files.len() >= self.tidy_at.max(TIDY_OVER) {
             self.files
                 .retain(|_, last| now.saturating_duration_since(last.at) < BURST_WINDOW);
+            self.tidy_at = 2 * self.files.len();
         }
         self.files.insert(
             rel.clone(),
@@ -207,6 +212,44 @@ mod tests {
         assert_eq!(
             bursts.installed(&rel, print(5), Some(PathBuf::from("trash/4")), true, fourth),
             Replaced::Intermediate { superseded: None }
+        );
+    }
+
+    /// A first sync installs a million files within minutes: the record tidies now and
+    /// then, not at every file (it did, and a 300,000-file first sync spent two thirds of
+    /// its time there), and still forgets what is older than the window.
+    #[test]
+    fn many_installs_in_the_window_tidy_now_and_then() {
+        let mut bursts = Bursts::new();
+        let start = Instant::now();
+        let mut tidied = 0;
+        let mut before = 0;
+        // 200,000 files, 10,000 a second: 20 s, all within one window.
+        for n in 0..200_000u64 {
+            let at = start + Duration::from_micros(n * 100);
+            bursts.installed(&path(&format!("d/f{n}")), print(n), None, false, at);
+            if bursts.files.len() < before {
+                tidied += 1;
+            }
+            before = bursts.files.len();
+        }
+        assert_eq!(
+            bursts.files.len(),
+            200_000,
+            "nothing is old enough to forget"
+        );
+        assert_eq!(tidied, 0);
+        assert!(bursts.tidy_at >= 131_072, "tidy_at {}", bursts.tidy_at);
+        // Later, past the window: the next tidying forgets them.
+        let later = start + BURST_WINDOW + Duration::from_secs(30);
+        for n in 0..(bursts.tidy_at as u64) {
+            bursts.installed(&path(&format!("e/g{n}")), print(n), None, false, later);
+        }
+        assert!(
+            bursts
+                .files
+                .keys()
+                .all(|rel| rel.as_str().starts_with("e/"))
         );
     }
 }

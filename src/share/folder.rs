@@ -1,6 +1,7 @@
 //! Reading the shared folder safely: listing entries and opening files without ever
 //! following a symlink or leaving the folder.
 
+use std::borrow::Cow;
 use std::fs::{self, File, Metadata};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -29,7 +30,7 @@ pub struct Entry {
     pub mtime: Timestamp,
     /// `directory`, or the MIME type guessed from the name.
     #[serde(rename = "type")]
-    pub file_type: String,
+    pub file_type: Cow<'static, str>,
     /// Unix permission bits (`0o644`), so copies keep them.
     #[serde(default)]
     pub mode: u32,
@@ -44,11 +45,11 @@ impl Entry {
     fn from_metadata(name: RelPath, meta: &Metadata) -> Entry {
         let is_dir = meta.is_dir();
         Entry {
-            file_type: if is_dir {
-                DIRECTORY_TYPE.to_string()
+            file_type: Cow::Borrowed(if is_dir {
+                DIRECTORY_TYPE
             } else {
                 mime_type(&name)
-            },
+            }),
             size: if is_dir { 0 } else { meta.len() },
             mtime: modified(meta),
             mode: mode(meta),
@@ -58,11 +59,10 @@ impl Entry {
 }
 
 /// The MIME type guessed from a file name; `application/octet-stream` when unknown.
-pub fn mime_type(name: &RelPath) -> String {
+pub fn mime_type(name: &RelPath) -> &'static str {
     mime_guess::from_path(name.file_name())
         .first_raw()
         .unwrap_or("application/octet-stream")
-        .to_string()
 }
 
 /// A file's permission bits (`0o644`), as copies keep them.

@@ -137,6 +137,23 @@ fn parent_of_str(name: &str) -> &str {
     name.rsplit_once('/').map_or("", |(parent, _)| parent)
 }
 
+/// The parts of the folder that a change to `paths` touches, for the next read to read
+/// only those: each path's folder and every folder above it (a change can create missing
+/// folders on the way, or remove the path's own folder).
+fn touched_scopes<'p>(paths: impl IntoIterator<Item = &'p RelPath>) -> Vec<Scope> {
+    let mut folders = std::collections::BTreeSet::new();
+    for path in paths {
+        let mut folder = parent_of(path);
+        while folders.insert(folder) && !folder.is_empty() {
+            folder = parent_of_str(folder);
+        }
+    }
+    folders
+        .into_iter()
+        .map(|folder| Scope::Children(folder.to_string()))
+        .collect()
+}
+
 /// `name` and each folder above it, up to the top (`a/b/c`, `a/b`, `a`).
 fn ancestors_or_self(name: &str) -> impl Iterator<Item = &str> {
     std::iter::successors(Some(name), |n| n.rsplit_once('/').map(|(parent, _)| parent))
@@ -730,7 +747,7 @@ impl Share {
         let share = Arc::clone(self);
         let rel = rel.clone();
         let expect = expect.clone();
-        self.changing(move || {
+        self.changing(touched_scopes([&rel]), move || {
             let intermediate = share.replacing_intermediate(&rel);
             let trashed = install::install(&share.root, &tmp, &rel, meta, &expect);
             if trashed.is_err() {
@@ -796,7 +813,8 @@ impl Share {
         items: Vec<BatchInstall>,
     ) -> Vec<Result<Option<PathBuf>, ShareError>> {
         let share = Arc::clone(self);
-        self.changing_each(items.len(), move || share.install_batch_now(items))
+        let scopes = touched_scopes(items.iter().map(|item| &item.rel));
+        self.changing_each(items.len(), scopes, move || share.install_batch_now(items))
             .await
     }
 
@@ -957,7 +975,7 @@ impl Share {
         let _guard = self.locks.write(rel).await?;
         let share = Arc::clone(self);
         let (rel, expect) = (rel.clone(), expect.clone());
-        self.changing(move || {
+        self.changing(touched_scopes([&rel]), move || {
             install::check(&share.root, &rel, &expect)?;
             folder::check_ancestors(&share.root, &rel)?;
             trash::move_to_trash(&share.root, &rel).map(Some)
@@ -975,15 +993,17 @@ impl Share {
         let _guard = self.locks.write(rel).await?;
         let share = Arc::clone(self);
         let rel = rel.clone();
-        self.changing(move || trash::restore(&share.root, &rel, version))
-            .await
+        self.changing(touched_scopes([&rel]), move || {
+            trash::restore(&share.root, &rel, version)
+        })
+        .await
     }
 
     /// Removes the directory `rel` if it is empty; `Ok(false)` if it is not (or is gone).
     pub async fn remove_empty_dir(self: &Arc<Self>, rel: &RelPath) -> Result<bool, ShareError> {
         let share = Arc::clone(self);
         let rel = rel.clone();
-        self.changing(move || {
+        self.changing(touched_scopes([&rel]), move || {
             match folder::stat(&share.root, &rel)? {
                 Some(meta) if meta.is_dir() => {}
                 _ => return Ok(false),
@@ -1003,7 +1023,8 @@ impl Share {
     /// folder, in order; a folder already there is fine, a file in its place is not.
     pub async fn create_dirs(self: &Arc<Self>, rels: Vec<RelPath>) -> Vec<Result<(), ShareError>> {
         let share = Arc::clone(self);
-        self.changing_each(rels.len(), move || {
+        let scopes = touched_scopes(rels.iter());
+        self.changing_each(rels.len(), scopes, move || {
             rels.iter().map(|rel| share.create_dir_now(rel)).collect()
         })
         .await
@@ -1035,7 +1056,7 @@ impl Share {
         let _to_guard = self.locks.write(to).await?;
         let share = Arc::clone(self);
         let (from, to, expect) = (from.clone(), to.clone(), expect.clone());
-        self.changing(move || {
+        self.changing(touched_scopes([&from, &to]), move || {
             install::check(&share.root, &from, &expect)?;
             install::check(&share.root, &to, &Expect::Absent)?;
             install::create_parents(&share.root, &to)?;
@@ -1052,7 +1073,8 @@ impl Share {
     /// result per move, in order; the renames are made durable before this returns.
     pub async fn move_files(self: &Arc<Self>, moves: Vec<FileMove>) -> Vec<Result<(), ShareError>> {
         let share = Arc::clone(self);
-        self.changing_each(moves.len(), move || {
+        let scopes = touched_scopes(moves.iter().flat_map(|item| [&item.from, &item.to]));
+        self.changing_each(moves.len(), scopes, move || {
             let mut folders = std::collections::BTreeSet::new();
             let results = moves
                 .into_iter()
@@ -1146,7 +1168,7 @@ impl Share {
         let _guard = self.locks.write(rel).await?;
         let share = Arc::clone(self);
         let (rel, expect) = (rel.clone(), expect.clone());
-        self.changing(move || {
+        self.changing(touched_scopes([&rel]), move || {
             install::check(&share.root, &rel, &expect)?;
             install::set_meta_in_place(&rel.under(&share.root), meta)
         })
@@ -1160,6 +1182,7 @@ impl Share {
     async fn changing_each<T: Send + 'static>(
         &self,
         count: usize,
+        scopes: Vec<Scope>,
         work: impl FnOnce() -> Vec<Result<T, ShareError>> + Send + 'static,
     ) -> Vec<Result<T, ShareError>> {
         if self.read_only {
@@ -1168,7 +1191,7 @@ impl Share {
                 .collect();
         }
         let outcome = tokio::task::spawn_blocking(work).await;
-        self.view.changed();
+        self.view.changed_in(scopes);
         outcome.unwrap_or_else(|e| {
             let reason = e.to_string();
             (0..count)
@@ -1177,16 +1200,18 @@ impl Share {
         })
     }
 
-    /// Runs blocking work that changes the folder, then marks the latest snapshot stale at
-    /// once: a notice sent after the change (`installed`) must never meet an answer from a
-    /// snapshot older than the change, whenever the watcher gets to report it.
+    /// Runs blocking work that changes the folder in `scopes`, then marks those parts of the
+    /// latest snapshot stale at once: a notice sent after the change (`installed`) must
+    /// never meet an answer from a snapshot older than the change, whenever the watcher gets
+    /// to report it; the next read reads only those parts.
     async fn changing<T: Send + 'static>(
         &self,
+        scopes: Vec<Scope>,
         work: impl FnOnce() -> Result<T, ShareError> + Send + 'static,
     ) -> Result<T, ShareError> {
         self.check_writable()?;
         let result = blocking(work).await;
-        self.view.changed();
+        self.view.changed_in(scopes);
         result
     }
 }

@@ -319,7 +319,7 @@ mod tests {
                 name: name.clone(),
                 size,
                 mtime,
-                file_type: "text/plain".to_string(),
+                file_type: "text/plain".into(),
                 mode: 0o644,
             },
             blake3.map(|b| FileHash {

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
@@ -63,8 +64,10 @@ pub enum PathError {
 }
 
 /// A validated, normalized path relative to the shared folder, with `/` separators.
+/// Shared, not copied, when cloned: the same path sits in the snapshot, the hashes and
+/// sync's maps of a folder of a million files.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RelPath(String);
+pub struct RelPath(Arc<str>);
 
 impl RelPath {
     /// Validates and normalizes `raw`; the only way to build a `RelPath`.
@@ -99,7 +102,7 @@ impl RelPath {
         if parts.iter().any(|part| part.starts_with(STAGING_PREFIX)) {
             return Err(PathError::Staging(raw.to_string()));
         }
-        Ok(RelPath(parts.join("/")))
+        Ok(RelPath(Arc::from(parts.join("/"))))
     }
 
     /// Builds a `RelPath` from a path found on local disk relative to the folder root.
@@ -127,12 +130,12 @@ impl RelPath {
     pub fn parent(&self) -> Option<RelPath> {
         self.0
             .rsplit_once('/')
-            .map(|(dir, _)| RelPath(dir.to_string()))
+            .map(|(dir, _)| RelPath(Arc::from(dir)))
     }
 
     /// Where this path lives under `root`.
     pub fn under(&self, root: &Path) -> PathBuf {
-        root.join(&self.0)
+        root.join(&*self.0)
     }
 }
 

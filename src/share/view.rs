@@ -298,7 +298,7 @@ mod tests {
                 name,
                 size,
                 mtime: Timestamp::from_system(std::time::UNIX_EPOCH),
-                file_type: "text/plain".to_string(),
+                file_type: "text/plain".into(),
                 mode: 0o644,
             },
             None,

@@ -800,7 +800,7 @@ pub(super) fn entry_row(e: &Entry) -> Vec<String> {
             human_size(e.size)
         },
         e.mtime.to_local_string(),
-        e.file_type.clone(),
+        e.file_type.to_string(),
     ]
 }
 
@@ -1057,7 +1057,7 @@ mod tests {
                 name: name(),
                 size: 1,
                 mtime: crate::time::Timestamp::now(),
-                file_type: HOSTILE.to_string(),
+                file_type: HOSTILE.into(),
                 mode: 0o644,
             }]),
             Outcome::Hash(FileHash {
@@ -1076,7 +1076,7 @@ mod tests {
                     name: name(),
                     size: 1,
                     mtime: crate::time::Timestamp::now(),
-                    file_type: "directory".to_string(),
+                    file_type: "directory".into(),
                     mode: 0o755,
                 }],
             },
@@ -1087,7 +1087,7 @@ mod tests {
                     name: name(),
                     size: 1,
                     mtime: crate::time::Timestamp::now(),
-                    file_type: HOSTILE.to_string(),
+                    file_type: HOSTILE.into(),
                     mode: 0o644,
                 }],
             },
@@ -1195,7 +1195,7 @@ mod tests {
             name: crate::share::RelPath::parse(name).expect("a valid path"),
             size: 1,
             mtime: crate::time::Timestamp::now(),
-            file_type: "text/plain".to_string(),
+            file_type: "text/plain".into(),
             mode: 0o644,
         };
         let text = outcome(

@@ -898,9 +898,11 @@ impl Engine {
         if missing {
             self.notices.set_peer_missing(true);
         }
-        // What was just taken from the peers is this box's side for the next round.
+        // What was just taken from the peers is this box's side for the next round: read
+        // where the round's changes were made (each marks its folders), not the whole
+        // folder again.
         if changed_here
-            && let Ok(fresh) = round::LocalState::read(&self.local, &ignore, true, None).await
+            && let Ok(fresh) = round::LocalState::read(&self.local, &ignore, false, None).await
         {
             here = fresh;
         }

@@ -415,18 +415,65 @@ pub fn plan(
     unknown: &BTreeSet<RelPath>,
     sides: &Sides<'_>,
 ) -> Plan {
-    let mut out = Plan::default();
     let paths: BTreeSet<&RelPath> = local
         .keys()
         .chain(remote.keys())
         .chain(record.keys())
         .collect();
+    let state = State {
+        local,
+        remote: &|path: &RelPath| remote.get(path),
+        record,
+        ours,
+        left_alone: &|path: &RelPath| unknown.contains(path),
+    };
+    plan_paths(paths, &state, sides)
+}
+
+/// What the planner looks at, for [`plan_paths`]: this box's side whole (conflict names
+/// are checked against it), the peer's side and what is left alone as lookups, so that a
+/// round that plans a few paths builds nothing of the whole folders.
+pub struct State<'a, 'v> {
+    /// This box's side: every path sync may touch, with its version.
+    pub local: &'a BTreeMap<RelPath, Version>,
+    /// The peer's version of a path (`None`: absent, or left out by the ignore rules).
+    pub remote: &'a dyn Fn(&RelPath) -> Option<&'v Version>,
+    /// The record's agreed versions.
+    pub record: &'a BTreeMap<RelPath, Version>,
+    /// The versions this box held since the record.
+    pub ours: &'a BTreeMap<RelPath, Vec<Version>>,
+    /// Paths left alone this round (unreadable, or kept to itself by a side).
+    pub left_alone: &'a dyn Fn(&RelPath) -> bool,
+}
+
+/// [`plan`] for the given `paths` only, in their order (sorted, each once): every other
+/// path is taken to be as the record has it on both sides, with nothing to do. A round
+/// plans the paths that changed on either side or in the record since its last plan, and
+/// those that plan left unsettled.
+pub fn plan_paths<'p>(
+    paths: impl IntoIterator<Item = &'p RelPath>,
+    state: &State<'_, '_>,
+    sides: &Sides<'_>,
+) -> Plan {
+    let State {
+        local,
+        remote,
+        record,
+        ours,
+        left_alone,
+    } = state;
+    let mut out = Plan::default();
     let mut steps = Steps::default();
     for path in paths {
-        if unknown.contains(path) {
+        if left_alone(path) {
             continue;
         }
-        let (l, r, s) = (local.get(path), remote.get(path), record.get(path));
+        let (l, r, s) = (local.get(path), remote(path), record.get(path));
+        // On neither side nor in the record: nothing to plan (and what the record holds
+        // for it, versions held or a copy awaited, stays).
+        if l.is_none() && r.is_none() && s.is_none() {
+            continue;
+        }
         // Before the table: what both hold already agrees, and kinds that differ wait for
         // a person.
         if same(l, r) {
@@ -1409,6 +1456,99 @@ mod tests {
             "a.sync-conflict-20231114-221320-0123456789abcdeg.txt",
         ] {
             assert!(!is_conflict_copy(&RelPath::parse(name).unwrap()), "{name}");
+        }
+    }
+
+    /// Planning only some paths gives, for them, what planning every path gives, as long as
+    /// they include every path that plan acts on, reports or skips: the paths a round does
+    /// not plan (as the record has them on both sides, or unchanged since a plan that did
+    /// nothing there) change nothing. Seeded random folders: every row of the table,
+    /// conflicts (and their names taken), kinds that differ, moves, held versions.
+    #[test]
+    fn planning_some_paths_agrees_with_planning_all() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x91a7);
+        let pool = [
+            None,
+            Some(file("a", 1)),
+            Some(file("a", 2)),
+            Some(file("b", 1)),
+            Some(file("c", 3)),
+            Some(dir()),
+        ];
+        for trial in 0..300 {
+            let (mut local, mut remote, mut record) =
+                (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+            let mut ours: BTreeMap<RelPath, Vec<Version>> = BTreeMap::new();
+            let mut unknown = BTreeSet::new();
+            for n in 0..40 {
+                let path = rel(&format!("d{}/f{n}.txt", n % 3));
+                let pick =
+                    |rng: &mut rand::rngs::StdRng| pool[rng.random_range(0..pool.len())].clone();
+                // Mostly in sync, as folders are; the rest anything.
+                let base = pick(&mut rng);
+                let (l, r, s) = match rng.random_range(0..10) {
+                    0..6 => (base.clone(), base.clone(), base),
+                    _ => (pick(&mut rng), pick(&mut rng), pick(&mut rng)),
+                };
+                for (side, version) in [(&mut local, l), (&mut remote, r), (&mut record, s)] {
+                    if let Some(version) = version {
+                        side.insert(path.clone(), version);
+                    }
+                }
+                if let Some(held) = pick(&mut rng).filter(|_| rng.random_range(0..8) == 0) {
+                    ours.entry(path.clone()).or_default().push(held);
+                }
+                if rng.random_range(0..30) == 0 {
+                    unknown.insert(path);
+                }
+            }
+            // A conflict copy's name already taken here, now and then.
+            if let Some((path, version)) = remote.iter().next().filter(|_| trial % 5 == 0) {
+                let taken = conflict_name(path, version, SIDES.remote_id);
+                local.insert(taken, file("other", 9));
+            }
+            let all = plan(&local, &remote, &record, &ours, &unknown, &SIDES);
+            let mut some: BTreeSet<RelPath> = all
+                .actions
+                .iter()
+                .flat_map(|action| match action {
+                    Action::Download { remote, local, .. } => vec![remote.clone(), local.clone()],
+                    Action::SetAside { path, to, .. } => vec![path.clone(), to.clone()],
+                    Action::Move { from, to, .. } => vec![from.clone(), to.clone()],
+                    Action::DeleteFile { path, .. } | Action::SetMetadata { path, .. } => {
+                        vec![path.clone()]
+                    }
+                    Action::DeleteDir(path) | Action::CreateDir(path) => vec![path.clone()],
+                })
+                .collect();
+            some.extend(all.conflicts.iter().map(|(path, _)| path.clone()));
+            some.extend(all.skipped.iter().map(|(path, _)| path.clone()));
+            // And some of the rest, as a round plans more than it must.
+            some.extend(
+                local
+                    .keys()
+                    .chain(remote.keys())
+                    .filter(|_| rng.random_range(0..4) == 0)
+                    .cloned(),
+            );
+            let state = State {
+                local: &local,
+                remote: &|path: &RelPath| remote.get(path),
+                record: &record,
+                ours: &ours,
+                left_alone: &|path: &RelPath| unknown.contains(path),
+            };
+            let part = plan_paths(&some, &state, &SIDES);
+            assert_eq!(part.actions, all.actions, "trial {trial}");
+            assert_eq!(part.conflicts, all.conflicts, "trial {trial}");
+            assert_eq!(part.skipped, all.skipped, "trial {trial}");
+            let agreed: BTreeMap<RelPath, Option<Version>> = all
+                .agreed
+                .into_iter()
+                .filter(|(path, _)| some.contains(path))
+                .collect();
+            assert_eq!(part.agreed, agreed, "trial {trial}");
         }
     }
 }

@@ -5,7 +5,7 @@
 //! not in it; a path one box deleted stays in it, with its last agreed version, until the
 //! other box has deleted it too (a tombstone), however long that box stays offline.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -47,7 +47,22 @@ pub struct Record {
     dirty: bool,
     /// Counts changes since it was loaded.
     revision: u64,
+    /// Paths whose agreement, held versions or copies changed since [`Record::take_touched`]
+    /// was last called (`None`: all of them, as after loading).
+    touched: Option<BTreeSet<RelPath>>,
 }
+
+/// What changed in a record since the planner last looked ([`Record::take_touched`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Touched {
+    /// Anything may have: plan every path.
+    All,
+    /// These paths.
+    Paths(BTreeSet<RelPath>),
+}
+
+/// Most paths [`Record::take_touched`] names; beyond it, it says [`Touched::All`].
+const MAX_TOUCHED: usize = 200_000;
 
 /// The content hash that the stored versions name. A record written with another one (by
 /// an older boxsync) cannot be compared with today's listings: it is set aside as if it
@@ -101,7 +116,27 @@ impl Record {
             landing: stored.landing,
             dirty: false,
             revision: 0,
+            touched: None,
         })
+    }
+
+    /// The paths whose agreement, held versions or copies changed since the last call
+    /// (all of them, the first time).
+    pub fn take_touched(&mut self) -> Touched {
+        match self.touched.replace(BTreeSet::new()) {
+            None => Touched::All,
+            Some(paths) => Touched::Paths(paths),
+        }
+    }
+
+    /// Notes that `path` changed, for [`Record::take_touched`].
+    fn touch(&mut self, path: &RelPath) {
+        if let Some(paths) = &mut self.touched {
+            paths.insert(path.clone());
+            if paths.len() > MAX_TOUCHED {
+                self.touched = None;
+            }
+        }
     }
 
     /// Changes since it was loaded: equal revisions mean an unchanged record.
@@ -113,12 +148,13 @@ impl Record {
     pub fn add_ours(&mut self, path: &RelPath, version: Version) {
         let list = self.ours.entry(path.clone()).or_default();
         if !list.iter().any(|v| v.same(&version)) {
-            self.dirty = true;
-            self.revision += 1;
             list.push(version);
             if list.len() > MAX_OURS {
                 list.remove(0);
             }
+            self.touch(path);
+            self.dirty = true;
+            self.revision += 1;
         }
     }
 
@@ -205,6 +241,7 @@ impl Record {
     /// this box has not set aside there yet.
     pub fn add_copy(&mut self, path: RelPath, version: Version) {
         if self.copies.get(&path) != Some(&version) {
+            self.touch(&path);
             self.copies.insert(path, version);
             self.dirty = true;
             self.revision += 1;
@@ -219,13 +256,14 @@ impl Record {
                 Some(version) => {
                     let unchanged = self.entries.get(&path).is_some_and(|v| *v == version);
                     if !unchanged {
-                        self.entries.insert(path, version);
+                        self.entries.insert(path.clone(), version);
                     }
                     unchanged
                 }
                 None => self.entries.remove(&path).is_none(),
             };
             if forgot || !before {
+                self.touch(&path);
                 self.dirty = true;
                 self.revision += 1;
             }

@@ -12,7 +12,7 @@ use futures_util::{StreamExt, stream};
 
 use super::backoff::RoomBackoff;
 use super::plan::{self, Action, Seen, Sides, Version};
-use super::record::Record;
+use super::record::{Record, Touched};
 use super::transfers::Transfers;
 use super::{Conflict, PeerStatus, SyncError};
 use crate::local::LocalBox;
@@ -25,8 +25,8 @@ use crate::requests::notices::Notices;
 use crate::share::Ignore;
 use crate::share::filter::IndexFilter;
 use crate::share::{
-    ChangeMark, DigestSet, Entry as ShareEntry, FileHash, FileMove, InstallMeta, RelPath,
-    ShareError,
+    ChangeMark, ChangesSince, DigestSet, Entry as ShareEntry, FileHash, FileMove, InstallMeta,
+    RelPath, ShareError, Snapshot,
 };
 use crate::time::Timestamp;
 use crate::transfer::{Downloaded, Landing, TransferError, Wanted};
@@ -128,6 +128,9 @@ pub struct LocalState {
     pub unknown: BTreeSet<RelPath>,
     /// The version of the snapshot read (equal versions: the same folder).
     pub snapshot_version: String,
+    /// The snapshot itself, whose change numbers tell a round what changed since the
+    /// one it last planned against (`None`: not known, every round plans every path).
+    pub snapshot: Option<Arc<Snapshot>>,
 }
 
 impl LocalState {
@@ -154,6 +157,7 @@ impl LocalState {
             versions: BTreeMap::new(),
             unknown: BTreeSet::new(),
             snapshot_version: snapshot.version(),
+            snapshot: Some(Arc::clone(&snapshot)),
         };
         for (entry, hash) in snapshot.items.iter().cloned() {
             if ignore.ignores(&entry.name) {
@@ -238,24 +242,62 @@ pub struct PeerView {
     /// answer, and the one this box last let through its guard (or found already there
     /// when the view began: a confirmation older than this view is not taken).
     deletions_meant: (Option<u64>, Option<u64>),
+    /// The paths of `entries` without a version (files the peer could not hash).
+    unknown: BTreeSet<RelPath>,
+    /// The paths the answers named since the last plan (`None`: all, a whole answer or
+    /// new rules came).
+    changed: Option<BTreeSet<RelPath>>,
+    /// What the last plan covered (`None`: no plan yet, or one that did not finish).
+    planned: Option<Planned>,
 }
+
+/// What a round's plan covered: the next plans only what changed since, with what this one
+/// left unsettled.
+#[derive(Debug)]
+struct Planned {
+    /// The change mark of this box's snapshot it planned against.
+    here: ChangeMark,
+    /// This box's ignore rules then.
+    rules: Vec<String>,
+    /// Paths it did not settle (actions, conflicts, paths it skipped): planned again.
+    unsettled: BTreeSet<RelPath>,
+}
+
+/// Most paths the view notes as changed since the last plan; beyond it, the next plans
+/// every path.
+const MAX_CHANGED: usize = 200_000;
 
 impl PeerView {
     /// Takes in one answer to `changes`.
     fn apply(&mut self, answer: ChangesAnswer) -> Result<(), &'static str> {
         if answer.whole {
             self.entries.clear();
+            self.unknown.clear();
+            self.changed = None;
         } else if self.mark.is_none() {
             return Err("changes since a mark this box never sent");
         }
         for change in answer.changes {
-            match change {
+            let path = match change {
                 Change::Present { entry, blake3 } => {
                     let version = remote_version(&entry, blake3);
-                    self.entries.insert(entry.name, version);
+                    match version {
+                        Some(_) => self.unknown.remove(&entry.name),
+                        None => self.unknown.insert(entry.name.clone()),
+                    };
+                    self.entries.insert(entry.name.clone(), version);
+                    entry.name
                 }
                 Change::Removed { removed } => {
                     self.entries.remove(&removed);
+                    self.unknown.remove(&removed);
+                    removed
+                }
+            };
+            if let Some(changed) = &mut self.changed {
+                changed.insert(path);
+                if changed.len() > MAX_CHANGED {
+                    self.changed = None;
                 }
             }
         }
@@ -268,15 +310,57 @@ impl PeerView {
         }
         self.deletions_meant.0 = answer.deletions_meant;
         self.mark = Some(answer.mark);
-        let same = self
-            .rules
-            .as_ref()
-            .is_some_and(|rules| rules.lines() == answer.ignored.as_slice());
+        let same = match &self.rules {
+            Some(rules) => rules.lines() == answer.ignored.as_slice(),
+            None => answer.ignored.is_empty(),
+        };
         if !same {
             self.rules =
                 (!answer.ignored.is_empty()).then(|| Arc::new(Ignore::from_peer(&answer.ignored)));
+            self.changed = None;
         }
         Ok(())
+    }
+
+    /// What to plan this round: the paths that changed here (`here`), on the peer (its
+    /// answers) or in the record (`touched`) since the last plan, those it left unsettled,
+    /// and those either side could not read; or why every path must be planned (nothing
+    /// of that is known, or this box's `rules` changed).
+    fn candidates(
+        &self,
+        here: &LocalState,
+        touched: Touched,
+        rules: &[String],
+    ) -> Result<BTreeSet<RelPath>, &'static str> {
+        let planned = self
+            .planned
+            .as_ref()
+            .ok_or("no plan finished since the view began")?;
+        let changed = self
+            .changed
+            .as_ref()
+            .ok_or("the peer sent a whole listing, new rules or too many changes")?;
+        let Touched::Paths(mut paths) = touched else {
+            return Err("the record changed too much since it was loaded");
+        };
+        if planned.rules != rules {
+            return Err("this box's ignore rules changed");
+        }
+        let snapshot = here.snapshot.as_ref().ok_or("no snapshot")?;
+        match snapshot.changes_since(Some(planned.here)) {
+            ChangesSince::Whole => {
+                return Err("this folder's changes since the plan are not known");
+            }
+            ChangesSince::Later { present, removed } => {
+                paths.extend(present.into_iter().map(|(entry, _)| entry.name.clone()));
+                paths.extend(removed.into_iter().cloned());
+            }
+        }
+        paths.extend(changed.iter().cloned());
+        paths.extend(planned.unsettled.iter().cloned());
+        paths.extend(here.unknown.iter().cloned());
+        paths.extend(self.unknown.iter().cloned());
+        Ok(paths)
     }
 
     /// Whether a person on the peer meant the deletions since this box last looked: its
@@ -550,47 +634,114 @@ pub async fn sync_with(
         Cow::Owned(versions)
     };
     let meant_there = view.take_deletions_meant();
-    if !waive_guard {
+    // What to plan: what changed on either side or in the record since the last plan and
+    // what it left unsettled, or every path (see `PeerView::candidates`; on first contact,
+    // after the early pull, every path). A plan that does not finish leaves none behind:
+    // the next plans every path.
+    let candidates = match view.candidates(here, record.take_touched(), ignore.lines()) {
+        Ok(paths) => {
+            tracing::debug!(
+                peer = peer.addr(),
+                paths = paths.len(),
+                "planning the paths changed since the last plan"
+            );
+            Some(paths)
+        }
+        Err(reason) => {
+            tracing::debug!(peer = peer.addr(), reason, "planning every path");
+            None
+        }
+    };
+    view.planned = None;
+    let unknown_there =
+        |path: &RelPath| matches!(view.entries.get(path), Some(None)) && !ignore.ignores(path);
+    // The guards count every path only when a path to plan is one the record has and the
+    // side lacks: a path not planned is as the record has it on both sides.
+    let gone = |held: &dyn Fn(&RelPath) -> bool| {
+        candidates.as_ref().is_none_or(|paths| {
+            paths
+                .iter()
+                .any(|path| record.entries.contains_key(path) && !held(path))
+        })
+    };
+    if !waive_guard && gone(&|path| here_versions.contains_key(path) || here.unknown.contains(path))
+    {
         let kept = kept_here(record, &here_versions, &here.unknown, ignore, view);
         plan::guard_here(kept)?;
     }
-    if !waive_guard && !meant_there {
+    if !waive_guard && !meant_there && gone(&|path| view.entries.contains_key(path)) {
         plan::guard_peer(plan::Kept::count(
             record.entries.keys(),
             |path| view.entries.contains_key(path),
             |path| ignore.ignores(path) || view.peer_ignores(path),
         ))?;
     }
-    let (there, unknown_there) = remote_state(&view.entries, ignore);
-    // What the peer keeps to itself, of this box's paths.
-    let withheld: BTreeSet<RelPath> = here
-        .versions
-        .keys()
-        .chain(here.unknown.iter())
-        .filter(|path| view.peer_ignores(path))
-        .cloned()
-        .collect();
-    let mut unknown = here.unknown.clone();
-    unknown.extend(unknown_there);
-    // What the peer keeps to itself is left alone like what cannot be read, but does not
-    // keep a round from being quiet: it stays so until the peer's rules change.
-    let left_alone: Cow<BTreeSet<RelPath>> = match withheld.is_empty() {
-        true => Cow::Borrowed(&unknown),
-        false => Cow::Owned(unknown.iter().chain(&withheld).cloned().collect()),
+    // The peer's side: its paths the ignore rules let through; files listed without a hash
+    // (they were changing on the peer) are unknown this round.
+    let there = |path: &RelPath| -> Option<&'_ Version> {
+        match view.entries.get(path)? {
+            Some(version) if !ignore.ignores(path) => Some(version),
+            _ => None,
+        }
     };
+    // Left alone: what either side could not read, and what the peer keeps to itself of
+    // this box's paths (which does not keep a round from being quiet: it stays so until
+    // the peer's rules change).
+    let left_alone = |path: &RelPath| {
+        here.unknown.contains(path)
+            || unknown_there(path)
+            || ((here_versions.contains_key(path) || here.unknown.contains(path))
+                && view.peer_ignores(path))
+    };
+    let mut unknown = here.unknown.clone();
+    unknown.extend(
+        view.unknown
+            .iter()
+            .filter(|path| !ignore.ignores(path))
+            .cloned(),
+    );
     let sides = Sides {
         local_id: local.id.as_str(),
         remote_id: peer_id.as_str(),
     };
-    let mut plan = plan::plan(
-        &here_versions,
-        &there,
-        &record.entries,
-        &record.ours,
-        &left_alone,
-        &sides,
+    let mut plan = {
+        let state = plan::State {
+            local: &here_versions,
+            remote: &there,
+            record: &record.entries,
+            ours: &record.ours,
+            left_alone: &left_alone,
+        };
+        match &candidates {
+            Some(paths) => plan::plan_paths(paths, &state, &sides),
+            None => {
+                let every: BTreeSet<&RelPath> = here_versions
+                    .keys()
+                    .chain(view.entries.keys())
+                    .chain(record.entries.keys())
+                    .collect();
+                plan::plan_paths(every, &state, &sides)
+            }
+        }
+    };
+    match &candidates {
+        Some(paths) => {
+            let planned_here: BTreeMap<RelPath, Version> = paths
+                .iter()
+                .filter_map(|path| Some((path.clone(), here_versions.get(path)?.clone())))
+                .collect();
+            record.hold_unagreed(&planned_here, &plan.agreed);
+        }
+        None => record.hold_unagreed(&here_versions, &plan.agreed),
+    }
+    // What this plan leaves unsettled, unless its actions settle it: planned again.
+    let mut unsettled: BTreeSet<RelPath> = plan.actions.iter().flat_map(action_paths).collect();
+    unsettled.extend(
+        plan.conflicts
+            .iter()
+            .flat_map(|(path, copy)| [path.clone(), copy.clone()]),
     );
-    record.hold_unagreed(&here_versions, &plan.agreed);
+    unsettled.extend(plan.skipped.iter().map(|(path, _)| path.clone()));
     report.conflicts = plan.conflicts.clone();
     for (path, reason) in &plan.skipped {
         report.errors.push(SyncError::Skipped {
@@ -688,6 +839,7 @@ pub async fn sync_with(
             confirmations.push(copy);
         }
     }
+    unsettled.retain(|path| !settled.agreed.contains_key(path));
     record.update(settled.agreed);
     for (path, version) in settled.held {
         record.add_ours(&path, version);
@@ -702,8 +854,30 @@ pub async fn sync_with(
             ..seen
         });
     }
+    // Planned through: the next round plans only what changes from here. What the record
+    // took since the plan began is this plan's own doing, on paths it planned.
+    if let Some(snapshot) = &here.snapshot {
+        let _ = record.take_touched();
+        view.changed = Some(BTreeSet::new());
+        view.planned = Some(Planned {
+            here: snapshot.mark,
+            rules: ignore.lines().to_vec(),
+            unsettled,
+        });
+    }
     moved.fill(&mut report);
     Ok(report)
+}
+
+/// The paths an action changes or settles, here or on the peer.
+fn action_paths(action: &Action) -> Vec<RelPath> {
+    match action {
+        Action::Download { remote, local, .. } => vec![remote.clone(), local.clone()],
+        Action::SetAside { path, to, .. } => vec![path.clone(), to.clone()],
+        Action::Move { from, to, .. } => vec![from.clone(), to.clone()],
+        Action::DeleteFile { path, .. } | Action::SetMetadata { path, .. } => vec![path.clone()],
+        Action::DeleteDir(path) | Action::CreateDir(path) => vec![path.clone()],
+    }
 }
 
 /// What this box holds, as a round takes the peer's notices.
@@ -856,10 +1030,10 @@ impl Settlement {
 /// Carries out a plan's `actions` in their order, adding to `settled` what each did (the
 /// peer's versions `there` name the folders created); a failed action fails alone (it is
 /// retried next round).
-async fn carry_out_plan(
+async fn carry_out_plan<'v>(
     pull: Pull<'_>,
     actions: Vec<Action>,
-    there: &BTreeMap<RelPath, Version>,
+    there: &(dyn Fn(&RelPath) -> Option<&'v Version> + Sync),
     settled: &mut Settlement,
     report: &mut RoundReport,
 ) {
@@ -883,7 +1057,7 @@ async fn carry_out_plan(
                     report.done += 1;
                     describe(&action, report);
                     let folder = match &action {
-                        Action::CreateDir(path) => there.get(path).filter(|v| v.dir),
+                        Action::CreateDir(path) => there(path).filter(|v| v.dir),
                         _ => None,
                     };
                     settled.add(&action, outcome, folder);
@@ -1007,31 +1181,6 @@ async fn carry_out(pull: Pull<'_>, group: Vec<Action>) -> Outcomes {
         .collect()
         .await;
     results.into_iter().flatten().collect()
-}
-
-/// The peer's side as sync compares it: its paths that the ignore rules let through, with
-/// their versions; files listed without a hash (they were changing on the peer) are
-/// unknown this round.
-fn remote_state(
-    entries: &BTreeMap<RelPath, Option<Version>>,
-    ignore: &Ignore,
-) -> (BTreeMap<RelPath, Version>, BTreeSet<RelPath>) {
-    let mut versions = BTreeMap::new();
-    let mut unknown = BTreeSet::new();
-    for (path, version) in entries {
-        if ignore.ignores(path) {
-            continue;
-        }
-        match version {
-            Some(version) => {
-                versions.insert(path.clone(), version.clone());
-            }
-            None => {
-                unknown.insert(path.clone());
-            }
-        }
-    }
-    (versions, unknown)
 }
 
 /// Carries out one action. On success, returns the path's new agreed state when the action
@@ -1606,6 +1755,7 @@ mod tests {
                 .collect(),
             unknown: BTreeSet::new(),
             snapshot_version: String::new(),
+            snapshot: None,
         };
         let removed = Agreement::Lacks {
             removed: rel("f.txt"),
@@ -1674,6 +1824,7 @@ mod tests {
             versions: [(rel("f.txt"), v2.clone())].into(),
             unknown: BTreeSet::new(),
             snapshot_version: String::new(),
+            snapshot: None,
         };
         let this = |held| Holding {
             id: "LAPTOPX",

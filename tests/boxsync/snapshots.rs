@@ -36,7 +36,7 @@ fn entry(name: &str, size: u64, file_type: &str) -> Entry {
         mtime: Timestamp::from_system(
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_763_719_200),
         ),
-        file_type: file_type.to_string(),
+        file_type: file_type.to_string().into(),
         mode: 0o644,
     }
 }
