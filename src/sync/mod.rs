@@ -902,7 +902,8 @@ impl Engine {
         // where the round's changes were made (each marks its folders), not the whole
         // folder again.
         if changed_here
-            && let Ok(fresh) = round::LocalState::read(&self.local, &ignore, false, None).await
+            && let Ok(fresh) =
+                round::LocalState::read(&self.local, &ignore, false, Some(Arc::clone(&here))).await
         {
             here = fresh;
         }

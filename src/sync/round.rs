@@ -131,6 +131,8 @@ pub struct LocalState {
     /// The snapshot itself, whose change numbers tell a round what changed since the
     /// one it last planned against (`None`: not known, every round plans every path).
     pub snapshot: Option<Arc<Snapshot>>,
+    /// The ignore rules it was read with.
+    pub rules: Vec<String>,
 }
 
 impl LocalState {
@@ -150,29 +152,78 @@ impl LocalState {
             local.share.recent_snapshot().await
         }
         .map_err(SyncError::ReadFolder)?;
-        if let Some(previous) = previous.filter(|p| p.snapshot_version == snapshot.version()) {
-            return Ok(previous);
-        }
+        let previous = match previous {
+            Some(previous) if previous.snapshot_version == snapshot.version() => {
+                return Ok(previous);
+            }
+            previous => previous.filter(|p| p.rules == ignore.lines()),
+        };
+        // From the read before, when its snapshot's numbers say what changed since: only
+        // the changed paths are looked at (a change in a folder of a million files costs
+        // a copy of the map, not a million checks against the ignore rules).
+        let since = previous.as_ref().and_then(|previous| {
+            let mark = previous.snapshot.as_ref()?.mark;
+            match snapshot.changes_since(Some(mark)) {
+                ChangesSince::Whole => None,
+                ChangesSince::Later { present, removed } => {
+                    Some((Arc::clone(previous), present, removed))
+                }
+            }
+        });
         let mut state = LocalState {
             versions: BTreeMap::new(),
             unknown: BTreeSet::new(),
             snapshot_version: snapshot.version(),
-            snapshot: Some(Arc::clone(&snapshot)),
+            snapshot: None,
+            rules: ignore.lines().to_vec(),
         };
-        for (entry, hash) in snapshot.items.iter().cloned() {
-            if ignore.ignores(&entry.name) {
-                continue;
+        match since {
+            Some((previous, present, removed)) => {
+                state.versions = previous.versions.clone();
+                state.unknown = previous.unknown.clone();
+                for path in removed {
+                    state.versions.remove(path);
+                    state.unknown.remove(path);
+                }
+                for (entry, hash) in present {
+                    state.versions.remove(&entry.name);
+                    state.unknown.remove(&entry.name);
+                    if !ignore.ignores(&entry.name) {
+                        state.take(entry, hash.as_ref());
+                    }
+                }
             }
-            match version(&entry, hash.as_ref()) {
-                Some(version) => {
-                    state.versions.insert(entry.name, version);
-                }
-                None => {
-                    state.unknown.insert(entry.name);
-                }
+            None => {
+                let mut unknown = BTreeSet::new();
+                state.versions = snapshot
+                    .items
+                    .iter()
+                    .filter(|(entry, _)| !ignore.ignores(&entry.name))
+                    .filter_map(|(entry, hash)| match version(entry, hash.as_ref()) {
+                        Some(version) => Some((entry.name.clone(), version)),
+                        None => {
+                            unknown.insert(entry.name.clone());
+                            None
+                        }
+                    })
+                    .collect();
+                state.unknown = unknown;
             }
         }
+        state.snapshot = Some(snapshot);
         Ok(Arc::new(state))
+    }
+
+    /// Adds an entry of the folder: its version, or unknown (a file not hashed).
+    fn take(&mut self, entry: &ShareEntry, hash: Option<&FileHash>) {
+        match version(entry, hash) {
+            Some(version) => {
+                self.versions.insert(entry.name.clone(), version);
+            }
+            None => {
+                self.unknown.insert(entry.name.clone());
+            }
+        }
     }
 }
 
@@ -1756,6 +1807,7 @@ mod tests {
             unknown: BTreeSet::new(),
             snapshot_version: String::new(),
             snapshot: None,
+            rules: Vec::new(),
         };
         let removed = Agreement::Lacks {
             removed: rel("f.txt"),
@@ -1825,6 +1877,7 @@ mod tests {
             unknown: BTreeSet::new(),
             snapshot_version: String::new(),
             snapshot: None,
+            rules: Vec::new(),
         };
         let this = |held| Holding {
             id: "LAPTOPX",
