@@ -198,10 +198,18 @@ async fn note_installed(
         .await
         .unwrap_or_else(|e| Err(io::Error::other(e)));
     if let Err(e) = noted {
-        tracing::warn!(peer = %cx.peer_id, error = %e, "cannot keep an installed notice");
         let kind = match e.kind() {
-            io::ErrorKind::QuotaExceeded => ErrorKind::Unavailable,
-            _ => ErrorKind::Internal,
+            // A full inbox is back-pressure, not a fault: the peer keeps the notices and
+            // sends them again after this box's next round (a first sync of a million
+            // files owes about ten rounds of them).
+            io::ErrorKind::QuotaExceeded => {
+                tracing::debug!(peer = %cx.peer_id, error = %e, "installed notices wait for this box's next round");
+                ErrorKind::Unavailable
+            }
+            _ => {
+                tracing::warn!(peer = %cx.peer_id, error = %e, "cannot keep an installed notice");
+                ErrorKind::Internal
+            }
         };
         return refuse(connection, kind, format!("cannot note it: {e}"), cx.stall()).await;
     }

@@ -645,13 +645,24 @@ impl Engine {
         let share = Arc::clone(&self.local.share);
         let _watcher = match watch::watch(share.root(), Arc::clone(&local_change), {
             let share = Arc::clone(&share);
+            let handle = self.handle.clone();
+            let told = std::sync::atomic::AtomicBool::new(false);
             move |report| match report {
                 watch::WatchReport::Changed(Some(scopes)) => share.view().changed_in(scopes),
                 watch::WatchReport::Changed(None) => share.view().changed(),
                 watch::WatchReport::Lost(e) => {
                     // Part of the folder is not watched: vouch for no snapshot any more.
-                    tracing::warn!(error = %e, "not all of the folder is watched; every round reads the whole folder from now on");
                     share.view().set_trust(None);
+                    // Said once (a limit refuses every new folder after the first).
+                    if told.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::debug!(error = %e, "not all of the folder is watched");
+                        return;
+                    }
+                    let notice = format!(
+                        "not all of the folder is watched ({e}); every round reads the whole folder from now on"
+                    );
+                    handle.emit_failure("", &notice);
+                    handle.update(|s| s.notice = Some(notice));
                 }
             }
         }) {

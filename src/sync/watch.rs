@@ -557,6 +557,65 @@ mod tests {
         );
     }
 
+    /// When the kernel's queue overflows (`IN_Q_OVERFLOW`), events are lost: the watcher
+    /// says the change cannot be placed (the next read takes the whole folder) and watches
+    /// the folders whose creation it never heard of. The test's own runtime has one thread,
+    /// so the watcher reads nothing while the queue is filled.
+    #[tokio::test]
+    async fn an_overflow_is_caught_up_by_a_whole_read() {
+        let limit: usize = match fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+        {
+            Some(limit) if limit <= 1 << 20 => limit,
+            other => {
+                eprintln!(
+                    "skipped: fs.inotify.max_queued_events is {other:?}; overflowing it takes too many files"
+                );
+                return;
+            }
+        };
+        let dir = tempfile::tempdir().expect("temporary folder");
+        fs::create_dir(dir.path().join("a")).expect("folder");
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&reports);
+        let changed = Arc::new(Notify::new());
+        let _watcher = watch(dir.path(), Arc::clone(&changed), move |report| {
+            if let WatchReport::Changed(scopes) = report {
+                seen.lock().expect("reports").push(scopes);
+            }
+        })
+        .expect("watcher");
+        // Each new file is at least two events (created, closed after writing).
+        for i in 0..limit / 2 + 100 {
+            fs::write(dir.path().join(format!("a/f{i}")), b"x").expect("write");
+        }
+        // Created after the overflow: the kernel drops its event.
+        fs::create_dir_all(dir.path().join("late/deep")).expect("folders");
+        let deadline = Instant::now() + DEADLINE;
+        while !reports.lock().expect("reports").contains(&None) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "the overflow was not reported as unplaced");
+            let _ = tokio::time::timeout(left, changed.notified()).await;
+        }
+        // The folder whose creation was lost is watched now.
+        reports.lock().expect("reports").clear();
+        fs::write(dir.path().join("late/deep/f.txt"), b"x").expect("write");
+        let wanted = Scope::Children("late/deep".into());
+        let deadline = Instant::now() + DEADLINE;
+        while !reports
+            .lock()
+            .expect("reports")
+            .iter()
+            .flatten()
+            .any(|scopes| scopes.contains(&wanted))
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "a write in late/deep was not reported");
+            let _ = tokio::time::timeout(left, changed.notified()).await;
+        }
+    }
+
     /// Hitting a kernel limit names the limit, not "no space left on device".
     #[test]
     fn limits_are_named() {
