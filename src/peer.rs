@@ -767,13 +767,13 @@ impl Peer {
                 .map(|replaced| Downloaded {
                     version: FileVersion {
                         name: want.name.clone(),
-                        blake3: digests.blake3,
+                        blake3: digests.blake3.to_string(),
                         size,
                         mtime,
                         mode,
                     },
-                    sha256: digests.sha256,
-                    md5: digests.md5,
+                    sha256: digests.sha256.map(|d| d.to_string()),
+                    md5: digests.md5.map(|d| d.to_string()),
                     transport: Transport::Tcp,
                     path: want.landing.name.under(share.root()),
                     seconds,
@@ -847,14 +847,14 @@ impl Peer {
             });
             assembly.written(&written);
             match fetched {
-                Ok(received) if received.digests.blake3 == assembly.remote_blake3() => {
+                Ok(received) if *received.digests.blake3 == *assembly.remote_blake3() => {
                     (Some(received.digests), Some(received.resent))
                 }
                 Ok(received) => {
                     return Err(PeerError::Transfer(TransferError::Checksum {
                         name: name.clone(),
                         expected: assembly.remote_blake3().to_string(),
-                        got: received.digests.blake3,
+                        got: received.digests.blake3.to_string(),
                     }));
                 }
                 Err(PeerError::Udp(UdpError::Blocked(waited))) => {

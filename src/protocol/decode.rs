@@ -65,8 +65,8 @@ mod tests {
     #[test]
     fn fast_and_general_reading_agree() {
         let digests = Digests {
-            blake3: "b".repeat(64),
-            sha256: Some("s".repeat(64)),
+            blake3: "b".repeat(64).into(),
+            sha256: Some("s".repeat(64).into()),
             md5: None,
         };
         let entry = Entry {
@@ -80,7 +80,7 @@ mod tests {
             name: rel("a.txt"),
             size: 7,
             mtime: mtime(),
-            blake3: "b".repeat(64),
+            blake3: "b".repeat(64).into(),
             sha256: None,
             md5: None,
         };

@@ -60,7 +60,7 @@ impl Change {
         let blake3 = hash
             .as_ref()
             .filter(|hash| hash.size == entry.size && hash.mtime == entry.mtime)
-            .map(|hash| hash.blake3.clone());
+            .map(|hash| hash.blake3.to_string());
         Change::Present {
             entry: entry.clone(),
             blake3,

@@ -150,7 +150,7 @@ impl Listed for FileHash {
     }
 
     fn held_len(&self) -> usize {
-        let digests = [&self.sha256, &self.md5].map(|d| d.as_ref().map_or(0, String::len));
+        let digests = [&self.sha256, &self.md5].map(|d| d.as_ref().map_or(0, |d| d.len()));
         std::mem::size_of::<FileHash>()
             + self.name.as_str().len()
             + self.blake3.len()

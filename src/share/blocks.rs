@@ -317,7 +317,7 @@ pub fn read_list(dirs: &mut Dirs, rel: &RelPath, cache: &HashCache) -> Result<Li
             fingerprint,
             mtime,
             mode,
-            blake3: hash.blake3,
+            blake3: hash.blake3.to_string(),
             list: None,
         });
     }
@@ -347,7 +347,7 @@ pub fn read_list(dirs: &mut Dirs, rel: &RelPath, cache: &HashCache) -> Result<Li
         rel,
         fingerprint,
         Digests {
-            blake3: blake3.clone(),
+            blake3: blake3.clone().into(),
             sha256: None,
             md5: None,
         },

@@ -81,13 +81,13 @@ impl DigestSet {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Digests {
     /// BLAKE3: sync's name for a content, and what every transfer is checked against.
-    pub blake3: String,
+    pub blake3: Arc<str>,
     /// SHA-256, for people; computed only when someone asks for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
+    pub sha256: Option<Arc<str>>,
     /// MD5, what the original assignment displays; computed only when someone asks for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub md5: Option<String>,
+    pub md5: Option<Arc<str>>,
 }
 
 impl Digests {
@@ -102,14 +102,16 @@ impl Digests {
 pub struct FileHash {
     /// Path relative to the shared folder.
     pub name: RelPath,
-    /// BLAKE3 of the content, hex.
-    pub blake3: String,
+    /// BLAKE3 of the content, hex. The digests are shared, not copied, when a hash is
+    /// cloned: the same digests sit in the hash cache and every snapshot of a folder of a
+    /// million files.
+    pub blake3: Arc<str>,
     /// SHA-256 of the content, hex; absent from answers that did not ask for it (sync's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
+    pub sha256: Option<Arc<str>>,
     /// MD5 of the content, hex; absent from answers that did not ask for it (sync's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub md5: Option<String>,
+    pub md5: Option<Arc<str>>,
     /// Last-modified time of the hashed version.
     pub mtime: Timestamp,
     /// Size of the hashed version.
@@ -152,9 +154,9 @@ impl ContentHasher {
             None => (None, None),
         };
         Digests {
-            blake3: self.blake3.finalize().to_hex().to_string(),
-            sha256,
-            md5,
+            blake3: self.blake3.finalize().to_hex().to_string().into(),
+            sha256: sha256.map(Into::into),
+            md5: md5.map(Into::into),
         }
     }
 }
@@ -264,9 +266,9 @@ impl BackgroundHasher {
         };
         let blake3 = self.blake3.finish();
         Ok(Digests {
-            blake3: blake3?,
-            sha256: sha256.transpose()?,
-            md5: md5.transpose()?,
+            blake3: blake3?.into(),
+            sha256: sha256.transpose()?.map(Into::into),
+            md5: md5.transpose()?.map(Into::into),
         })
     }
 }
@@ -391,7 +393,7 @@ impl HashCache {
         for (rel, cached) in &entries {
             if cached.fingerprint.size >= LARGE_CONTENT {
                 by_content
-                    .entry(cached.digests.blake3.clone())
+                    .entry(cached.digests.blake3.to_string())
                     .or_default()
                     .push(rel.clone());
             }
@@ -515,7 +517,7 @@ impl HashCache {
         let found: Vec<_> = candidates
             .iter()
             .filter_map(|rel| Some((rel, entries.get(rel)?)))
-            .filter(|(_, c)| c.fingerprint.size == size && c.digests.blake3 == blake3)
+            .filter(|(_, c)| c.fingerprint.size == size && *c.digests.blake3 == *blake3)
             .map(|(rel, c)| (rel.clone(), c.fingerprint))
             .collect();
         drop(entries);
@@ -538,7 +540,9 @@ impl HashCache {
             return;
         }
         let mut by_content = self.by_content.lock().unwrap_or_else(|e| e.into_inner());
-        let paths = by_content.entry(cached.digests.blake3.clone()).or_default();
+        let paths = by_content
+            .entry(cached.digests.blake3.to_string())
+            .or_default();
         if !paths.contains(rel) {
             paths.push(rel.clone());
         }
@@ -787,7 +791,7 @@ mod tests {
         // is still that of the whole content in one piece.
         assert_eq!(
             hashes[0].blake3,
-            blake3::hash(&content).to_hex().to_string()
+            blake3::hash(&content).to_hex().to_string().into()
         );
     }
 

@@ -574,7 +574,7 @@ mod tests {
 
     fn digests(b: &str) -> Digests {
         Digests {
-            blake3: b.to_string(),
+            blake3: b.to_string().into(),
             sha256: None,
             md5: Some("m".into()),
         }

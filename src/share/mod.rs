@@ -634,9 +634,35 @@ impl Share {
                 || ancestors_or_self(name).any(|a| subtrees.contains(a))
         };
         let fresh = self.hashed(fresh)?;
+        // Only the items under a scoped folder can be covered, and under each folder they
+        // sit together (the names that begin with it), found by binary search: the rest
+        // of a folder of a million files is copied without a check. The root's scope
+        // covers items everywhere, so then every item is checked.
+        let whole = children.contains("") || subtrees.contains("");
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        if !whole {
+            let base = &base.items;
+            for folder in children.iter().chain(&subtrees) {
+                let at = base.partition_point(|(e, _)| e.name.as_str() < folder.as_str());
+                spans.push((at, at + 1)); // the folder itself
+                let below = format!("{folder}/");
+                let lo = base.partition_point(|(e, _)| e.name.as_str() < below.as_str());
+                let len = base[lo..].partition_point(|(e, _)| e.name.as_str().starts_with(&below));
+                spans.push((lo, lo + len));
+            }
+            spans.sort_unstable();
+        }
+        let mut span = spans.iter().peekable();
+        let mut may_be_covered = |at: usize| {
+            while span.next_if(|(_, end)| *end <= at).is_some() {}
+            whole || span.peek().is_some_and(|(start, _)| *start <= at)
+        };
         let mut items = Vec::with_capacity(base.items.len() + fresh.len());
         let mut fresh = fresh.into_iter().peekable();
-        for item in base.items.iter().filter(|(entry, _)| !covered(&entry.name)) {
+        for (at, item) in base.items.iter().enumerate() {
+            if may_be_covered(at) && covered(&item.0.name) {
+                continue;
+            }
             while let Some(next) = fresh.next_if(|(entry, _)| entry.name < item.0.name) {
                 items.push(next);
             }

@@ -324,7 +324,7 @@ mod tests {
             },
             blake3.map(|b| FileHash {
                 name,
-                blake3: b.to_string(),
+                blake3: b.to_string().into(),
                 sha256: None,
                 md5: None,
                 mtime,

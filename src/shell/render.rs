@@ -816,8 +816,8 @@ pub(super) const HASH_COLUMNS: &[Column] = &[
 pub(super) fn hash_row(h: &FileHash) -> Vec<String> {
     vec![
         h.name.to_string(),
-        h.md5.clone().unwrap_or_else(|| "-".to_string()),
-        h.sha256.clone().unwrap_or_else(|| "-".to_string()),
+        h.md5.as_deref().unwrap_or("-").to_string(),
+        h.sha256.as_deref().unwrap_or("-").to_string(),
         h.mtime.to_local_string(),
     ]
 }
@@ -1063,9 +1063,9 @@ mod tests {
             Outcome::Hash(FileHash {
                 name: name(),
                 size: 1,
-                blake3: HOSTILE.to_string(),
-                sha256: Some(HOSTILE.to_string()),
-                md5: Some(HOSTILE.to_string()),
+                blake3: HOSTILE.to_string().into(),
+                sha256: Some(HOSTILE.to_string().into()),
+                md5: Some(HOSTILE.to_string().into()),
                 mtime: crate::time::Timestamp::now(),
             }),
             Outcome::Downloaded(downloaded()),

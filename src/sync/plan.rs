@@ -25,6 +25,7 @@
 //! UTC), so that both boxes arrive at the same two files.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +43,7 @@ pub struct Version {
     pub dir: bool,
     /// BLAKE3 of the content (files): what tells two contents apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blake3: Option<String>,
+    pub blake3: Option<Arc<str>>,
     /// Size (files).
     #[serde(default)]
     pub size: u64,
@@ -58,7 +59,7 @@ impl From<&FileVersion> for Version {
     fn from(file: &FileVersion) -> Version {
         Version {
             dir: false,
-            blake3: Some(file.blake3.clone()),
+            blake3: Some(file.blake3.clone().into()),
             size: file.size,
             mtime: file.mtime,
             mode: file.mode,
@@ -94,7 +95,7 @@ impl Version {
     pub fn test_file(content: &str, secs: i64) -> Version {
         Version {
             dir: false,
-            blake3: Some(content.to_string()),
+            blake3: Some(content.to_string().into()),
             size: content.len() as u64,
             mtime: Timestamp(chrono::DateTime::from_timestamp(secs, 0).expect("a valid time")),
             mode: 0o644,
@@ -323,7 +324,7 @@ impl Steps {
     /// move on the peer then costs a rename here. Pairs one to one; what is left stays a
     /// download (which finds its blocks in the folder anyway) or a deletion.
     fn pair_moves(&mut self, local: &BTreeMap<RelPath, Version>) {
-        let mut deleted: BTreeMap<(String, u64), Vec<usize>> = BTreeMap::new();
+        let mut deleted: BTreeMap<(Arc<str>, u64), Vec<usize>> = BTreeMap::new();
         for (at, delete) in self.deletes_file.iter().enumerate().rev() {
             if let Action::DeleteFile { path, .. } = delete
                 && let Some(Version {
@@ -334,7 +335,7 @@ impl Steps {
                 }) = local.get(path)
             {
                 deleted
-                    .entry((content.clone(), *size))
+                    .entry((Arc::clone(content), *size))
                     .or_default()
                     .push(at);
             }
@@ -353,8 +354,8 @@ impl Steps {
                     expect: Expect::Absent,
                 } if remote == name => version
                     .blake3
-                    .as_deref()
-                    .and_then(|content| deleted.get_mut(&(content.to_string(), version.size)))
+                    .as_ref()
+                    .and_then(|content| deleted.get_mut(&(Arc::clone(content), version.size)))
                     .and_then(Vec::pop),
                 _ => None,
             };

@@ -462,7 +462,7 @@ fn remote_version(entry: &ShareEntry, blake3: Option<String>) -> Option<Version>
     }
     Some(Version {
         dir: false,
-        blake3: Some(blake3?),
+        blake3: Some(blake3?.into()),
         size: entry.size,
         mtime: entry.mtime,
         mode: entry.mode,
@@ -817,7 +817,7 @@ pub async fn sync_with(
         }
         _ => true,
     });
-    let fetching: Vec<(RelPath, Option<String>, u64)> = plan
+    let fetching: Vec<(RelPath, Option<Arc<str>>, u64)> = plan
         .actions
         .iter()
         .filter_map(|action| match action {
@@ -1040,7 +1040,7 @@ fn holds(
 fn file_version(path: &RelPath, version: &Version) -> Option<FileVersion> {
     Some(FileVersion {
         name: path.clone(),
-        blake3: version.blake3.clone()?,
+        blake3: version.blake3.clone()?.to_string(),
         size: version.size,
         mtime: version.mtime,
         mode: version.mode,
@@ -1707,7 +1707,7 @@ mod tests {
         Downloaded {
             version: FileVersion {
                 name: rel(name),
-                blake3: v.blake3.clone().unwrap(),
+                blake3: v.blake3.clone().unwrap().to_string(),
                 size: v.size,
                 mtime: v.mtime,
                 mode: v.mode,

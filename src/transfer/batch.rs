@@ -278,10 +278,10 @@ impl Writing {
     fn finish(self, digests: Digests) -> Result<Received, TransferError> {
         let mut staged = self.state?;
         let got = self.hasher.finalize().to_hex().to_string();
-        if got != digests.blake3 {
+        if *got != *digests.blake3 {
             return Err(TransferError::Checksum {
                 name: self.name,
-                expected: digests.blake3,
+                expected: digests.blake3.to_string(),
                 got,
             });
         }

@@ -331,7 +331,7 @@ fn up_to_date(
             Err(_) => return false,
         },
     };
-    blake3 == remote.blake3
+    *blake3 == *remote.blake3
 }
 
 /// Reads each block not yet in `have` from `source` at its place, and, where it matches
@@ -475,11 +475,11 @@ pub async fn receive_ranges<S: AsyncRead + AsyncWrite + Unpin>(
     if !assembly.missing.is_empty() {
         return Err(TransferError::Protocol("blocks are missing".into()));
     }
-    if digests.blake3 != assembly.remote.blake3 {
+    if *digests.blake3 != *assembly.remote.blake3 {
         return Err(TransferError::Checksum {
             name,
             expected: assembly.remote.blake3.clone(),
-            got: digests.blake3,
+            got: digests.blake3.to_string(),
         });
     }
     Ok(digests)
@@ -551,8 +551,8 @@ pub async fn finish(
     let (replaced, digests) = installed?;
     Ok(Downloaded {
         version: remote.version(),
-        sha256: digests.sha256,
-        md5: digests.md5,
+        sha256: digests.sha256.map(|d| d.to_string()),
+        md5: digests.md5.map(|d| d.to_string()),
         transport: Transport::Tcp,
         path: landing.name.under(share.root()),
         seconds: started.elapsed().as_secs_f64(),
@@ -609,7 +609,7 @@ async fn install(
             .unwrap_or_else(|e| Err(ShareError::io("<worker>", std::io::Error::other(e))))?
         }
         None => Digests {
-            blake3: remote.blake3.clone(),
+            blake3: remote.blake3.clone().into(),
             sha256: None,
             md5: None,
         },

@@ -213,7 +213,7 @@ fn open_version(
         .ranges
         .last()
         .is_some_and(|[offset, len]| offset + len > meta.len());
-    if digests.blake3 != ranges.blake3 || beyond {
+    if *digests.blake3 != *ranges.blake3 || beyond {
         return Err(ShareError::Changed(rel.clone()));
     }
     Ok((file, meta, fingerprint, digests))
@@ -514,7 +514,7 @@ async fn queue_end<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<FileVersion, ConnectionError> {
     let served = FileVersion {
         name: rel.clone(),
-        blake3: digests.blake3.clone(),
+        blake3: digests.blake3.to_string(),
         size: meta.len(),
         mtime: folder::modified(meta),
         mode: folder::mode(meta),
@@ -687,10 +687,10 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
     let Some(sent_digests) = sent_digests else {
         return Err(TransferError::Protocol("local writer stopped early".into()));
     };
-    if local_blake3 != sent_digests.blake3 {
+    if *local_blake3 != *sent_digests.blake3 {
         return Err(TransferError::Checksum {
             name: rel.clone(),
-            expected: sent_digests.blake3,
+            expected: sent_digests.blake3.to_string(),
             got: local_blake3,
         });
     }
@@ -710,13 +710,13 @@ pub async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(Downloaded {
         version: FileVersion {
             name: rel.clone(),
-            blake3: local_digests.blake3,
+            blake3: local_digests.blake3.to_string(),
             size,
             mtime,
             mode,
         },
-        sha256: local_digests.sha256,
-        md5: local_digests.md5,
+        sha256: local_digests.sha256.map(|d| d.to_string()),
+        md5: local_digests.md5.map(|d| d.to_string()),
         transport: Transport::Tcp,
         path: landing.name.under(share.root()),
         seconds: started.elapsed().as_secs_f64(),
@@ -753,7 +753,7 @@ fn write_and_hash(
         }
     }
     file.sync_all().map_err(|e| ShareError::io(path, e))?;
-    Ok(hasher.finish().blake3)
+    Ok(hasher.finish().blake3.to_string())
 }
 
 /// Asks the kernel to start writing a range to disk without waiting for it (Linux's

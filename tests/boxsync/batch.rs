@@ -210,9 +210,9 @@ fn digests_of(content: &[u8]) -> Digests {
     use sha2::Digest;
     let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
     Digests {
-        blake3: blake3::hash(content).to_hex().to_string(),
-        sha256: Some(hex(&sha2::Sha256::digest(content))),
-        md5: Some(hex(&md5::Md5::digest(content))),
+        blake3: blake3::hash(content).to_hex().to_string().into(),
+        sha256: Some(hex(&sha2::Sha256::digest(content)).into()),
+        md5: Some(hex(&md5::Md5::digest(content)).into()),
     }
 }
 

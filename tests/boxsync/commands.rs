@@ -186,7 +186,11 @@ async fn hashes_match_coreutils() {
     ] {
         let hash = peer.hash(&rel(name)).await.unwrap();
         let (md5, sha256) = coreutils_hashes(&b.root().join(name));
-        assert_eq!((hash.md5, hash.sha256), (Some(md5), Some(sha256)), "{name}");
+        assert_eq!(
+            (hash.md5, hash.sha256),
+            (Some(md5.into()), Some(sha256.into())),
+            "{name}"
+        );
     }
     let all = peer.hash_all().await.unwrap();
     assert_eq!(all.len(), 7, "every file, no directory");
@@ -194,7 +198,7 @@ async fn hashes_match_coreutils() {
         let (md5, sha256) = coreutils_hashes(&b.root().join(hash.name.as_str()));
         assert_eq!(
             (hash.md5, hash.sha256),
-            (Some(md5), Some(sha256)),
+            (Some(md5.into()), Some(sha256.into())),
             "{}",
             hash.name
         );
@@ -233,7 +237,7 @@ async fn hash_cache_avoids_rereading() {
     assert_eq!(b.local.share.hash_cache().bytes_hashed(), 8);
     assert_eq!(
         hash.sha256,
-        Some(coreutils_hashes(&b.root().join("hello.txt")).1)
+        Some(coreutils_hashes(&b.root().join("hello.txt")).1.into())
     );
 }
 
@@ -534,7 +538,7 @@ async fn md5_is_computed_when_a_person_asks() {
         let (md5, sha256) = coreutils_hashes(&hash.name.under(&b.root()));
         assert_eq!(
             (hash.md5, hash.sha256),
-            (Some(md5), Some(sha256)),
+            (Some(md5.into()), Some(sha256.into())),
             "{}",
             hash.name
         );

@@ -354,7 +354,7 @@ async fn a_block_that_does_not_match_its_hash_is_refused() {
         }
         let end = Response::FileEnd(FileEnd {
             digests: Digests {
-                blake3: blake3::hash(&content).to_hex().to_string(),
+                blake3: blake3::hash(&content).to_hex().to_string().into(),
                 sha256: None,
                 md5: None,
             },

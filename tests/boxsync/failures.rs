@@ -121,9 +121,9 @@ async fn lying_server_gets_nothing_stored() {
                 };
                 connection.write_data(body).await.unwrap();
                 let digests = Digests {
-                    blake3: "0".repeat(64),
-                    sha256: Some("0".repeat(64)),
-                    md5: Some("0".repeat(32)),
+                    blake3: "0".repeat(64).into(),
+                    sha256: Some("0".repeat(64).into()),
+                    md5: Some("0".repeat(32).into()),
                 };
                 let _ = connection
                     .write_message(&Response::FileEnd(FileEnd { digests }))

@@ -124,9 +124,9 @@ fn hash_table_is_cut_not_wrapped() {
         name: RelPath::parse("music/live/2024/berlin/the longest song title ever recorded.mp3")
             .expect("a valid name"),
         size: 7_340_032,
-        blake3: "b".repeat(64),
+        blake3: "b".repeat(64).into(),
         md5: Some("0123456789abcdef0123456789abcdef".into()),
-        sha256: Some("89abcdef".repeat(8)),
+        sha256: Some("89abcdef".repeat(8).into()),
         mtime: Timestamp::from_system(
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_763_719_200),
         ),

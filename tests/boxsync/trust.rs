@@ -530,7 +530,7 @@ async fn hostile_sizes_are_refused_before_anything_is_created() {
             mode: 0o644,
             chunk_len: boxsync::transfer::udp::wire::CHUNK_LEN as u32,
             digests: Digests {
-                blake3: "00".repeat(32),
+                blake3: "00".repeat(32).into(),
                 sha256: None,
                 md5: None,
             },

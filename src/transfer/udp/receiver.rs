@@ -79,10 +79,10 @@ pub async fn receive_file(
     let Written::Whole(partial, blake3) = written else {
         return Err(protocol("a whole download came back as blocks"));
     };
-    if blake3 != ready.digests.blake3 {
+    if *blake3 != *ready.digests.blake3 {
         return Err(TransferError::Checksum {
             name: rel.clone(),
-            expected: ready.digests.blake3,
+            expected: ready.digests.blake3.to_string(),
             got: blake3,
         }
         .into());
@@ -104,8 +104,8 @@ pub async fn receive_file(
             mtime: ready.meta.mtime,
             mode: ready.meta.mode,
         },
-        sha256: ready.digests.sha256,
-        md5: ready.digests.md5,
+        sha256: ready.digests.sha256.map(|d| d.to_string()),
+        md5: ready.digests.md5.map(|d| d.to_string()),
         transport: Transport::Udp,
         path: landing.name.under(share.root()),
         seconds: started.elapsed().as_secs_f64(),
@@ -605,7 +605,7 @@ fn write_and_hash(
     hash_written(written, &mut hashed);
     hash_up_to(&mut hashed, size, &file)?;
     file.sync_all().map_err(|e| ShareError::io(path, e))?;
-    Ok(hasher.finish().blake3)
+    Ok(hasher.finish().blake3.to_string())
 }
 
 /// Consecutive chunks gathered into one write.

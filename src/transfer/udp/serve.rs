@@ -74,7 +74,7 @@ pub async fn serve_download(
                     .ranges
                     .last()
                     .is_some_and(|[offset, len]| offset + len > meta.len());
-                if ranges.blake3 != hash.blake3 || beyond {
+                if *ranges.blake3 != *hash.blake3 || beyond {
                     return Err(ShareError::Changed(rel.clone()));
                 }
             }
@@ -137,7 +137,7 @@ pub async fn serve_download(
     };
     let served = FileVersion {
         name: rel.clone(),
-        blake3: hash.blake3,
+        blake3: hash.blake3.to_string(),
         size: meta.len(),
         mtime: folder::modified(&meta),
         mode: folder::mode(&meta),
