@@ -560,7 +560,8 @@ pub async fn sync_with(
     let record = match records.entry(peer_id.clone()) {
         Entry::Occupied(cached) => cached.into_mut(),
         Entry::Vacant(slot) => slot.insert(
-            Record::load(&local.share.state_dir(), peer_id).map_err(SyncError::LoadRecord)?,
+            off_the_runtime(|| Record::load(&local.share.state_dir(), peer_id))
+                .map_err(SyncError::LoadRecord)?,
         ),
     };
     // What the peer installed from us, both boxes held: agreed (oldest first, so that the
@@ -1511,13 +1512,23 @@ async fn save(
     record.owe(std::mem::take(
         &mut *owed.lock().unwrap_or_else(|e| e.into_inner()),
     ));
-    record.save().map_err(SyncError::SaveRecord)?;
+    off_the_runtime(|| record.save()).map_err(SyncError::SaveRecord)?;
     if let Some((epoch, n)) = record.inbox
         && let Err(e) = notices.installed_recorded(peer_id, epoch, n)
     {
         tracing::warn!(error = %e, "cannot remove a recorded inbox journal");
     }
     Ok(())
+}
+
+/// Runs database work that can take seconds (loading or first saving the record of a
+/// million paths) so that the other tasks of this worker thread (other peers' requests)
+/// move to another worker meanwhile; inline on a single-threaded runtime (tests).
+fn off_the_runtime<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|handle| handle.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
 }
 
 /// The peer's versions `actions` install under their own names.
