@@ -548,34 +548,30 @@ def main():
                 ref = References(work, src, args.ref_timeout)
                 try:
                     out = []
+
+                    def took(name, how, t, whose, peak, noise):
+                        """One reference's line; a timed-out one is a lower bound."""
+                        if t is None:
+                            out.append(f"4. initial sync, {name}: stopped after "
+                                       f"{args.ref_timeout} s, not finished {noise}")
+                            ref_stopped.append(name)
+                        else:
+                            out.append(f"4. initial sync, {name} {how}: {t:.2f} s, "
+                                       f"{whose} peak RSS {mib(peak)} {noise}")
+                            ref_times[name] = t
+
                     if "rsync" in refs:
                         noise = Noise()
                         t, peak = ref.rsync([])
-                        out.append(f"4. initial sync, rsync -a (daemon on loopback): {t:.2f} s, "
-                                   f"client peak RSS {mib(peak)} {noise}")
-                        ref_times["rsync -a"] = t
+                        took("rsync -a", "(daemon on loopback)", t, "client", peak, noise)
                     if "rsync-fsync" in refs:
                         noise = Noise()
                         t, peak = ref.rsync(["--fsync"], timed_out_ok=True)
-                        if t is None:
-                            out.append(f"4. initial sync, rsync -a --fsync: stopped after "
-                                       f"{args.ref_timeout} s, not finished {noise}")
-                            ref_stopped.append("rsync -a --fsync")
-                        else:
-                            out.append(f"4. initial sync, rsync -a --fsync (daemon on loopback): {t:.2f} s, "
-                                       f"client peak RSS {mib(peak)} {noise}")
-                            ref_times["rsync -a --fsync"] = t
+                        took("rsync -a --fsync", "(daemon on loopback)", t, "client", peak, noise)
                     if "unison" in refs:
                         noise = Noise()
                         t, speak, _ = ref.unison()
-                        if t is None:
-                            out.append(f"4. initial sync, unison (socket): stopped after "
-                                       f"{args.ref_timeout} s, not finished {noise}")
-                            ref_stopped.append("unison")
-                        else:
-                            out.append(f"4. initial sync, unison -socket (loopback), -times: {t:.2f} s, "
-                                       f"server peak RSS {mib(speak)} {noise}")
-                            ref_times["unison"] = t
+                        took("unison", "-socket (loopback), -times", t, "server", speak, noise)
                     progress(lines, out)
                 finally:
                     ref.close()

@@ -194,20 +194,11 @@ impl LocalState {
                 }
             }
             None => {
-                let mut unknown = BTreeSet::new();
-                state.versions = snapshot
-                    .items
-                    .iter()
-                    .filter(|(entry, _)| !ignore.ignores(&entry.name))
-                    .filter_map(|(entry, hash)| match version(entry, hash.as_ref()) {
-                        Some(version) => Some((entry.name.clone(), version)),
-                        None => {
-                            unknown.insert(entry.name.clone());
-                            None
-                        }
-                    })
-                    .collect();
-                state.unknown = unknown;
+                for (entry, hash) in snapshot.items.iter() {
+                    if !ignore.ignores(&entry.name) {
+                        state.take(entry, hash.as_ref());
+                    }
+                }
             }
         }
         state.snapshot = Some(snapshot);

@@ -350,6 +350,17 @@ mod tests {
     /// How long silence is awaited where no signal is expected.
     const QUIET: Duration = Duration::from_millis(300);
 
+    /// Waits until `done` holds, looking again at each signal of `changed`; fails with
+    /// `what` after [`DEADLINE`].
+    async fn until(changed: &Notify, what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + DEADLINE;
+        while !done() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "{what}");
+            let _ = tokio::time::timeout(left, changed.notified()).await;
+        }
+    }
+
     /// A new, edited, renamed or deleted file anywhere below the root is a change.
     #[tokio::test]
     async fn changes_at_any_depth_are_signalled() {
@@ -423,12 +434,11 @@ mod tests {
             let reported = Arc::clone(&reported);
             let changed = Arc::clone(&changed);
             async move {
-                let deadline = Instant::now() + DEADLINE;
-                while !reported.lock().expect("scopes").contains(&wanted) {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    assert!(!left.is_zero(), "{wanted:?} not reported");
-                    let _ = tokio::time::timeout(left, changed.notified()).await;
-                }
+                let what = format!("{wanted:?} not reported");
+                until(&changed, &what, || {
+                    reported.lock().expect("scopes").contains(&wanted)
+                })
+                .await;
             }
         };
         fs::write(dir.path().join("a/b/f.txt"), b"x").expect("write");
@@ -592,28 +602,25 @@ mod tests {
         }
         // Created after the overflow: the kernel drops its event.
         fs::create_dir_all(dir.path().join("late/deep")).expect("folders");
-        let deadline = Instant::now() + DEADLINE;
-        while !reports.lock().expect("reports").contains(&None) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "the overflow was not reported as unplaced");
-            let _ = tokio::time::timeout(left, changed.notified()).await;
-        }
+        until(
+            &changed,
+            "the overflow was not reported as unplaced",
+            || reports.lock().expect("reports").contains(&None),
+        )
+        .await;
         // The folder whose creation was lost is watched now.
         reports.lock().expect("reports").clear();
         fs::write(dir.path().join("late/deep/f.txt"), b"x").expect("write");
         let wanted = Scope::Children("late/deep".into());
-        let deadline = Instant::now() + DEADLINE;
-        while !reports
-            .lock()
-            .expect("reports")
-            .iter()
-            .flatten()
-            .any(|scopes| scopes.contains(&wanted))
-        {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "a write in late/deep was not reported");
-            let _ = tokio::time::timeout(left, changed.notified()).await;
-        }
+        until(&changed, "a write in late/deep was not reported", || {
+            reports
+                .lock()
+                .expect("reports")
+                .iter()
+                .flatten()
+                .any(|scopes| scopes.contains(&wanted))
+        })
+        .await;
     }
 
     /// Hitting a kernel limit names the limit, not "no space left on device".
